@@ -1,0 +1,177 @@
+"""The exception hierarchy every module raises; imports nothing of ours.
+
+Exit codes of the ``supervisor`` command:
+
+====  ==========================================================
+0     success
+1     any :class:`SupervisorError` (the message says what to do)
+2     usage error (click's own)
+3     :class:`InstanceNotRunning` (LSB "program is not running")
+130   interrupted by Ctrl-C
+====  ==========================================================
+
+Each class has a stable ``code`` string, used in ``--json`` output and in
+MQTT replies, so scripts never have to parse the message.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+
+class SupervisorError(Exception):
+    """Base of every error the user should see as one clear line."""
+
+    exit_code: t.ClassVar[int] = 1
+    code: t.ClassVar[str] = "error"
+
+    def to_dict(self) -> dict[str, str]:
+        """Return the error as the ``{"code", "message"}`` pair replies carry."""
+        return {"code": self.code, "message": str(self)}
+
+
+class RecipeError(SupervisorError):
+    """A recipe is unknown, unreadable or breaks the schema."""
+
+    code = "recipe_error"
+
+
+class RecipeNotFound(RecipeError):
+    """No recipe of that name or path exists."""
+
+    code = "recipe_not_found"
+
+    def __init__(self, name: str, known: t.Sequence[str]) -> None:
+        choices = ", ".join(sorted(known)) or "none"
+        msg = (
+            f"recipe '{name}' not found. Known recipes: {choices}. "
+            "Run 'supervisor recipes' or pass a file with -r PATH."
+        )
+        super().__init__(msg)
+        self.name = name
+
+
+class InvalidName(SupervisorError):
+    """An instance name breaks the ``[a-z0-9][a-z0-9_-]*`` rule."""
+
+    code = "invalid_name"
+
+    def __init__(self, name: str) -> None:
+        msg = (
+            f"instance name '{name}' is not valid. Use lowercase letters, digits, "
+            "'-' and '_', starting with a letter or digit (at most 48 characters)."
+        )
+        super().__init__(msg)
+        self.name = name
+
+
+class InstanceError(SupervisorError):
+    """Something is wrong with one instance."""
+
+    code = "instance_error"
+
+
+class InstanceNotFound(InstanceError):
+    """No instance of that name is recorded."""
+
+    code = "instance_not_found"
+
+    def __init__(self, name: str) -> None:
+        msg = f"instance '{name}' not found. Run 'supervisor ls' to see instances."
+        super().__init__(msg)
+        self.name = name
+
+
+class InstanceExists(InstanceError):
+    """An instance of that name is already recorded."""
+
+    code = "instance_exists"
+
+    def __init__(self, name: str) -> None:
+        msg = (
+            f"instance '{name}' already exists. Pick another name or remove it "
+            f"with 'supervisor rm {name}'."
+        )
+        super().__init__(msg)
+        self.name = name
+
+
+class InstanceNotRunning(InstanceError):
+    """The action needs a running bot and this one is not running."""
+
+    exit_code = 3
+    code = "instance_not_running"
+
+    def __init__(self, name: str, state: str = "stopped") -> None:
+        msg = f"instance '{name}' is not running (state: {state}). Start it with 'supervisor start {name}'."
+        super().__init__(msg)
+        self.name = name
+
+
+class InstanceRunning(InstanceError):
+    """The action needs a stopped bot and this one is running."""
+
+    code = "instance_running"
+
+    def __init__(self, name: str, action: str) -> None:
+        msg = (
+            f"instance '{name}' is running; refusing to {action} it. "
+            f"Stop it first with 'supervisor stop {name}' or pass --force."
+        )
+        super().__init__(msg)
+        self.name = name
+
+
+class InstanceBusy(InstanceError):
+    """Another ``supervisor`` process is installing or changing this instance."""
+
+    code = "instance_busy"
+
+
+class InstallError(SupervisorError):
+    """A clone, fetch, checkout or install step failed; keeps the log tail."""
+
+    code = "install_failed"
+
+    def __init__(self, message: str, *, step: str | None = None, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.step = step
+        self.log_tail = log_tail
+
+
+class SessionError(SupervisorError):
+    """A tmux or screen operation failed."""
+
+    code = "session_error"
+
+
+class BackendUnavailable(SessionError):
+    """The tmux or screen binary is not installed."""
+
+    code = "backend_unavailable"
+
+    def __init__(self, backend: str) -> None:
+        msg = (
+            f"backend '{backend}': the '{backend}' program is not installed. "
+            f"Install it (for example 'apt-get install {backend}') or use --backend with another one."
+        )
+        super().__init__(msg)
+        self.backend = backend
+
+
+class ReadyTimeout(SessionError):
+    """The bot did not print its readiness pattern in time."""
+
+    code = "ready_timeout"
+
+
+class AgentError(SupervisorError):
+    """The agent cannot reach its broker, or a request is malformed."""
+
+    code = "agent_error"
+
+
+class AuthError(AgentError):
+    """A request's signature is missing, wrong, expired or replayed."""
+
+    code = "unauthorized"

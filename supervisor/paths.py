@@ -1,0 +1,130 @@
+"""Every default location of bot-supervisor; nothing else computes paths.
+
+Imports nothing of ours. Environment: ``SUPERVISOR_HOME`` (state root),
+``SUPERVISOR_TMUX_SOCKET`` (tmux ``-L`` name) and screen's own ``SCREENDIR``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import os
+import typing as t
+from pathlib import Path
+
+DEFAULT_TMUX_SOCKET = "bot-supervisor"
+SESSION_PREFIX = "sup-"
+
+
+def default_home() -> Path:
+    """Return ``$SUPERVISOR_HOME`` or ``~/.local/share/bot-supervisor``."""
+    env = os.environ.get("SUPERVISOR_HOME")
+    if env:
+        return Path(env).expanduser()
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "bot-supervisor"
+
+
+def builtin_recipes_dir() -> Path:
+    """Return the folder of the recipes shipped with the package.
+
+    In a wheel they live at ``supervisor/recipes``; in a source checkout
+    (editable install) they are the repository's top-level ``recipes/``.
+    """
+    packaged = Path(str(importlib.resources.files("supervisor"))) / "recipes"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "recipes"
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths:
+    """The files and folders under one ``SUPERVISOR_HOME``."""
+
+    home: Path
+    tmux_socket: str = DEFAULT_TMUX_SOCKET
+
+    @classmethod
+    def from_env(cls, home: Path | None = None, tmux_socket: str | None = None) -> Paths:
+        """Build from explicit values, falling back to the environment."""
+        return cls(
+            home=(home or default_home()).expanduser().resolve(),
+            tmux_socket=tmux_socket or os.environ.get("SUPERVISOR_TMUX_SOCKET") or DEFAULT_TMUX_SOCKET,
+        )
+
+    @property
+    def registry(self) -> Path:
+        """The instance registry (versioned JSON)."""
+        return self.home / "registry.json"
+
+    @property
+    def registry_lock(self) -> Path:
+        """The lock file guarding registry read-modify-write cycles."""
+        return self.home / "registry.lock"
+
+    @property
+    def user_recipes(self) -> Path:
+        """Recipes the user keeps next to the state."""
+        return self.home / "recipes"
+
+    @property
+    def mirrors(self) -> Path:
+        """Bare object mirrors shared by all instances of one repository."""
+        return self.home / "mirrors"
+
+    @property
+    def origins(self) -> Path:
+        """Git origins made from bots shipped with the package (``builtin:``)."""
+        return self.home / "origins"
+
+    @property
+    def screenrc(self) -> Path:
+        """The screen configuration our sessions start with."""
+        return self.home / "screenrc"
+
+    @property
+    def agent_config(self) -> Path:
+        """The agent's TOML configuration file."""
+        return self.home / "agent.toml"
+
+    @property
+    def audit_log(self) -> Path:
+        """The agent's append-only record of remote commands."""
+        return self.home / "audit.log"
+
+    def instance_dir(self, name: str) -> Path:
+        """Per-instance state: run script, logs, exit record."""
+        return self.home / "instances" / name
+
+    def default_checkout(self, name: str) -> Path:
+        """Where ``new`` clones an instance when no ``--dir`` is given."""
+        return self.instance_dir(name) / "checkout"
+
+    def run_script(self, name: str) -> Path:
+        """The wrapper script a session runs."""
+        return self.instance_dir(name) / "run.sh"
+
+    def exit_file(self, name: str) -> Path:
+        """Written by the wrapper when the bot exits: ``<rc> <epoch>``."""
+        return self.instance_dir(name) / "exit"
+
+    def console_log(self, name: str) -> Path:
+        """Everything the session printed (rotated by size)."""
+        return self.instance_dir(name) / "console.log"
+
+    def install_log(self, name: str) -> Path:
+        """Output of clone, checkout and install steps."""
+        return self.instance_dir(name) / "install.log"
+
+    def instance_lock(self, name: str) -> Path:
+        """Held while one process installs, starts or stops the instance."""
+        return self.instance_dir(name) / ".lock"
+
+
+def ensure_dir(path: Path, mode: int = 0o755) -> Path:
+    """Create ``path`` with parents if missing and return it."""
+    path.mkdir(parents=True, exist_ok=True, mode=mode)
+    return path
+
+
+StrPath: t.TypeAlias = "str | os.PathLike[str]"
