@@ -27,7 +27,7 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` to completion and return its result (text mode)."""
     logger.debug("run %s (cwd=%s)", list(argv), cwd)
-    return subprocess.run(  # noqa: S603 - argv lists only, never a shell string from outside
+    return subprocess.run(
         list(argv),
         cwd=cwd,
         env=dict(env) if env is not None else None,
@@ -51,7 +51,7 @@ def spawn(
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` without waiting (used for streaming install output)."""
     logger.debug("spawn %s (cwd=%s)", list(argv), cwd)
-    return subprocess.Popen(  # noqa: S603 - argv lists only
+    return subprocess.Popen(
         list(argv),
         cwd=cwd,
         env=dict(env) if env is not None else None,

@@ -88,10 +88,7 @@ class InstanceExists(InstanceError):
     code = "instance_exists"
 
     def __init__(self, name: str) -> None:
-        msg = (
-            f"instance '{name}' already exists. Pick another name or remove it "
-            f"with 'supervisor rm {name}'."
-        )
+        msg = f"instance '{name}' already exists. Pick another name or remove it with 'supervisor rm {name}'."
         super().__init__(msg)
         self.name = name
 

@@ -101,7 +101,7 @@ class Paths:
         return self.instance_dir(name) / "checkout"
 
     def run_script(self, name: str) -> Path:
-        """The wrapper script a session runs."""
+        """Return the wrapper script a session runs."""
         return self.instance_dir(name) / "run.sh"
 
     def exit_file(self, name: str) -> Path:

@@ -159,6 +159,8 @@ def start_mosquitto(workdir: Path, port: int | None = None, extra_conf: str = ""
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
         f"log_dest file {log}\nlog_type all\n{extra_conf}"
+        # As root, mosquitto drops to user 'mosquitto', which cannot write into pytest's tmp_path.
+        + ("user root\n" if os.geteuid() == 0 and "user " not in extra_conf else "")
     )
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 5
@@ -198,7 +200,9 @@ def mosquitto(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Broker
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> t.Iterator[t.Any]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> t.Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report

@@ -1,5 +1,7 @@
 """A tiny console bot for tests: a prompt, a few commands, a tick line every interval."""
 
+from __future__ import annotations
+
 import os
 import sys
 import threading

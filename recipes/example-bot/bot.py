@@ -1,0 +1,115 @@
+"""example-bot: a small console bot that behaves like a trading bot's console.
+
+It prints a prompt, answers start/stop/status/import/history/exit, and logs a
+line every second. bot-supervisor's demo and tests run it; it needs only the
+Python standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import threading
+import time
+
+PROMPT = "example-bot >>> "
+
+
+class Bot:
+    def __init__(self, name: str, interval: float) -> None:
+        self.name = name
+        self.interval = interval
+        self.strategy: str | None = None
+        self.running_since: float | None = None
+        self.ticks = 0
+        self.lock = threading.Lock()
+
+    def say(self, text: str) -> None:
+        with self.lock:
+            sys.stdout.write(f"{text}\n")
+            sys.stdout.flush()
+
+    def ticker(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            self.ticks += 1
+            state = f"running {self.strategy}" if self.running_since else "idle"
+            self.say(f"{time.strftime('%H:%M:%S')} [{self.name}] tick {self.ticks} ({state})")
+
+    def handle(self, line: str) -> bool:
+        try:
+            words = shlex.split(line)
+        except ValueError as e:
+            self.say(f"error: {e}")
+            return True
+        if not words:
+            return True
+        cmd, args = words[0], words[1:]
+        if cmd == "start":
+            parser = argparse.ArgumentParser(prog="start", add_help=False, exit_on_error=False)
+            parser.add_argument("--script")
+            parser.add_argument("--conf")
+            try:
+                opts = parser.parse_args(args)
+            except (argparse.ArgumentError, SystemExit):
+                self.say("usage: start [--script FILE] [--conf FILE]")
+                return True
+            if self.running_since:
+                self.say('The bot is already running - please run "stop" first')
+                return True
+            self.strategy = opts.script or self.strategy or "default"
+            self.running_since = time.time()
+            extra = f" with config {opts.conf}" if opts.conf else ""
+            self.say(f"Strategy {self.strategy} started{extra}.")
+        elif cmd == "stop":
+            if self.running_since:
+                self.say(f"Stopping strategy {self.strategy}: cancelling open orders... done.")
+            else:
+                self.say("No strategy is running.")
+            self.running_since = None
+        elif cmd == "status":
+            if self.running_since:
+                self.say(f"Strategy {self.strategy} running for {time.time() - self.running_since:.0f}s, ticks {self.ticks}.")
+            else:
+                self.say("No strategy is currently running!")
+        elif cmd == "import":
+            if not args:
+                self.say("Empty strategy_name given!")
+            else:
+                self.strategy = args[0]
+                self.say(f"Configuration from {args[0]} file is imported.")
+        elif cmd == "history":
+            self.say(f"No trades yet ({self.ticks} ticks).")
+        elif cmd in ("exit", "quit"):
+            self.say("Bye.")
+            return False
+        else:
+            self.say(f"Unknown command: {cmd}. Try start, stop, status, import, history or exit.")
+        return True
+
+    def run(self) -> int:
+        self.say(f"example-bot '{self.name}' ready (pid {os.getpid()}).")
+        threading.Thread(target=self.ticker, daemon=True).start()
+        while True:
+            with self.lock:
+                sys.stdout.write(PROMPT)
+                sys.stdout.flush()
+            line = sys.stdin.readline()
+            if not line:
+                return 0
+            if not self.handle(line.strip()):
+                return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--name", default=os.environ.get("SUPERVISOR_INSTANCE", "example"))
+    parser.add_argument("--interval", type=float, default=float(os.environ.get("EXAMPLE_BOT_INTERVAL", "1")))
+    opts = parser.parse_args()
+    return Bot(opts.name, opts.interval).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

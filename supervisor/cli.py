@@ -1,0 +1,498 @@
+"""The ``supervisor`` command: parse -> Manager -> render (text or ``--json``); nothing else.
+
+The only module that imports click.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import typing as t
+from pathlib import Path
+
+import click
+
+from supervisor import __version__
+from supervisor.errors import InstallError, SupervisorError
+from supervisor.paths import Paths
+from supervisor.sessions import KNOWN_BACKENDS
+
+if t.TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from supervisor.manager import ActionResult, InstanceStatus, Manager
+
+logger = logging.getLogger(__name__)
+
+
+class SupervisorGroup(click.Group):
+    """Turn our errors into one ``Error: …`` line and the documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> t.Any:
+        """Run the command and render our errors."""
+        try:
+            return super().invoke(ctx)
+        except SupervisorError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                logger.exception("failed")
+            click.echo(f"Error: {e}", err=True)
+            if isinstance(e, InstallError) and e.log_tail:
+                click.echo("--- last lines of the install log ---", err=True)
+                click.echo(e.log_tail.rstrip(), err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+
+
+def _manager(ctx: click.Context) -> Manager:
+    from supervisor.manager import Manager
+
+    obj = ctx.find_root().obj
+    if "manager" not in obj:
+        paths = Paths.from_env(obj.get("home"), obj.get("tmux_socket"))
+        obj["manager"] = Manager(paths, extra_recipes=obj.get("recipe_files", ()))
+    return t.cast("Manager", obj["manager"])
+
+
+def _json(data: t.Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _human_bytes(value: int | None) -> str:
+    if value is None:
+        return "-"
+    size = float(value)
+    for unit in ("B", "K", "M", "G"):
+        if size < 1024 or unit == "G":
+            return f"{size:.0f}{unit}" if unit in ("B", "K") else f"{size:.1f}{unit}"
+        size /= 1024
+    return f"{size:.1f}G"
+
+
+def _human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+STATE_COLOURS = {
+    "running": "green",
+    "starting": "cyan",
+    "stopped": None,
+    "exited": "yellow",
+    "crashed": "red",
+    "fatal": "red",
+    "install-failed": "red",
+    "installing": "cyan",
+}
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], colour_col: int | None = None) -> None:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=False)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False)).rstrip())
+    for row in rows:
+        cells = []
+        for i, (cell, width) in enumerate(zip(row, widths, strict=False)):
+            text = cell.ljust(width)
+            if i == colour_col and STATE_COLOURS.get(cell):
+                text = click.style(text, fg=STATE_COLOURS[cell])
+            cells.append(text)
+        click.echo("  ".join(cells).rstrip())
+
+
+def _progress() -> tuple[t.Callable[[str, int | None, int | None], None], t.Callable[[str], None]]:
+    """Return (git progress, step line) callbacks: a live line on a terminal, plain lines otherwise."""
+    tty = sys.stderr.isatty()
+    last: dict[str, t.Any] = {"stage": "", "at": 0.0}
+
+    def progress(stage: str, current: int | None, total: int | None) -> None:
+        if tty:
+            pct = f" {100 * (current or 0) // total:3d}% ({current}/{total})" if total else ""
+            click.echo(f"\r  {stage}{pct}\x1b[K", nl=False, err=True)
+        elif stage != last["stage"] or time.monotonic() - last["at"] > 5:
+            click.echo(f"  {stage}" + (f" {current}/{total}" if total else ""), err=True)
+        last.update(stage=stage, at=time.monotonic())
+
+    def line(text: str) -> None:
+        if tty and last["stage"]:
+            click.echo("\r\x1b[K", nl=False, err=True)
+            last["stage"] = ""
+        click.echo(f"==> {text}", err=True)
+
+    return progress, line
+
+
+@click.group(
+    cls=SupervisorGroup, context_settings={"auto_envvar_prefix": "SUPERVISOR", "help_option_names": ["-h", "--help"]}
+)
+@click.option(
+    "--home",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="State folder (registry, checkouts, logs). Default: ~/.local/share/bot-supervisor.",
+)
+@click.option("--tmux-socket", help="Name of our tmux server's socket (tmux -L). Default: bot-supervisor.")
+@click.option("--debug", is_flag=True, help="Log debug output and show tracebacks.")
+@click.version_option(__version__, prog_name="supervisor")
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None, tmux_socket: str | None, debug: bool) -> None:
+    """Install, run and supervise many source-installed bots in tmux or screen sessions.
+
+    \b
+    Quick tour:
+      supervisor recipes                     # what can be installed
+      supervisor new mm-1 -r example-bot     # clone + install one instance
+      supervisor start mm-1                  # run it in its own session
+      supervisor ls                          # state, pid, CPU, memory, uptime
+      supervisor attach mm-1                 # the bot's real console
+    """
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    ctx.ensure_object(dict)
+    ctx.obj.update(home=home, tmux_socket=tmux_socket, debug=debug)
+
+
+@cli.command("recipes")
+@click.option(
+    "-r",
+    "--recipe",
+    "recipe_files",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Also list this recipe file (repeatable).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def recipes_cmd(ctx: click.Context, recipe_files: tuple[Path, ...], as_json: bool) -> None:
+    """List recipes: built-in ones, those in $SUPERVISOR_HOME/recipes, and files given with -r."""
+    ctx.find_root().obj["recipe_files"] = recipe_files
+    found = _manager(ctx).recipes()
+    if as_json:
+        _json([r.to_dict() for r in found])
+        return
+    _table(
+        ["NAME", "KIND", "MQTT", "SOURCE", "DESCRIPTION"],
+        [
+            [
+                r.name,
+                "built-in" if r.builtin else "user",
+                "plugin" if r.plugin else "agent",
+                r.source,
+                r.description[:50],
+            ]
+            for r in found
+        ],
+    )
+
+
+@cli.command("new")
+@click.argument("name")
+@click.option("-r", "--recipe", "recipe", required=True, help="Recipe name or path to a recipe file.")
+@click.option("--repo", help="Git URL or path to clone instead of the recipe's.")
+@click.option("--ref", help="Branch, tag or commit to check out instead of the recipe's.")
+@click.option(
+    "--backend", type=click.Choice(KNOWN_BACKENDS), default="tmux", show_default=True, help="Session backend."
+)
+@click.option("--dir", "directory", type=click.Path(path_type=Path, file_okay=False), help="Checkout folder.")
+@click.option("--no-install", is_flag=True, help="Clone only; skip the recipe's install steps.")
+@click.option(
+    "--set", "settings", multiple=True, metavar="KEY=VALUE", help="Recipe variable or env.NAME=VALUE (repeatable)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the new instance as JSON.")
+@click.pass_context
+def new_cmd(
+    ctx: click.Context,
+    name: str,
+    recipe: str,
+    repo: str | None,
+    ref: str | None,
+    backend: str,
+    directory: Path | None,
+    no_install: bool,
+    settings: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Create an instance: clone its own checkout and run the recipe's install steps.
+
+    \b
+    Example:
+      supervisor new mm-1 -r hummingbot --ref v2.16.0 --set mqtt_host=10.0.0.5
+    """
+    progress, line = _progress()
+    status = _manager(ctx).new(
+        name,
+        recipe,
+        repo=repo,
+        ref=ref,
+        backend=backend,
+        directory=directory,
+        install=not no_install,
+        settings=settings,
+        progress=progress,
+        on_line=line,
+    )
+    if as_json:
+        _json(status.to_dict())
+    else:
+        click.echo(
+            f"created '{name}' ({status.recipe}, {status.backend}) at {status.checkout} [{(status.commit or '')[:10]}]"
+        )
+        click.echo(f"start it with: supervisor start {name}")
+
+
+@cli.command("install")
+@click.argument("name")
+@click.pass_context
+def install_cmd(ctx: click.Context, name: str) -> None:
+    """Run an instance's install steps again (for example after a failed install)."""
+    _, line = _progress()
+    status = _manager(ctx).install(name, on_line=line)
+    click.echo(f"installed '{name}' at {status.checkout}")
+
+
+@cli.command("update")
+@click.argument("name")
+@click.option("--ref", help="Branch, tag or commit to move to (default: the instance's ref).")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds for the graceful stop.")
+@click.pass_context
+def update_cmd(ctx: click.Context, name: str, ref: str | None, timeout: float) -> None:
+    """Fetch and check out new code, reinstall, and restart if it was running.
+
+    On failure the previous commit stays checked out and usable.
+    """
+    progress, line = _progress()
+    status = _manager(ctx).update(name, ref=ref, progress=progress, on_line=line, stop_timeout=timeout)
+    click.echo(f"updated '{name}' to {status.ref} [{(status.commit or '')[:10]}], state {status.state}")
+
+
+@cli.command("rm")
+@click.argument("name")
+@click.option("--purge", is_flag=True, help="Also delete the checkout and logs.")
+@click.option("--force", is_flag=True, help="Stop the instance first if it is running.")
+@click.option("--yes", is_flag=True, help="Do not ask before purging.")
+@click.pass_context
+def rm_cmd(ctx: click.Context, name: str, purge: bool, force: bool, yes: bool) -> None:
+    """Remove an instance (keeps its checkout unless --purge)."""
+    manager = _manager(ctx)
+    if purge and not yes:
+        record = manager.registry.get(name)
+        if not sys.stdin.isatty():
+            msg = f"instance '{name}': --purge deletes {record.checkout}. Pass --yes to confirm."
+            raise SupervisorError(msg)
+        click.confirm(f"Delete {record.checkout} and all logs of '{name}'?", abort=True)
+    removed = manager.remove(name, purge=purge, force=force)
+    click.echo(
+        f"removed '{name}'"
+        + (f" and deleted {removed.checkout}" if purge else f" (checkout kept at {removed.checkout})")
+    )
+
+
+def _render_actions(results: Sequence[ActionResult], as_json: bool) -> None:
+    if as_json:
+        _json([r.to_dict() for r in results])
+        return
+    for result in results:
+        click.echo(result.message)
+
+
+def _names(ctx: click.Context, names: tuple[str, ...], all_: bool) -> list[str]:
+    return _manager(ctx).resolve(names, all_instances=all_)
+
+
+@cli.command("start")
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Start every instance.")
+@click.option("--no-wait", is_flag=True, help="Do not wait for the recipe's readiness pattern.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@click.pass_context
+def start_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, no_wait: bool, as_json: bool) -> None:
+    """Start instances in their sessions (a running one is left alone)."""
+    manager = _manager(ctx)
+    selected = _names(ctx, names, all_)
+    if all_:
+        selected = [s.name for s in manager.status(selected) if s.state not in ("install-failed", "installing")]
+    _render_actions(manager.start(selected, wait_ready=not no_wait), as_json)
+
+
+@cli.command("stop")
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Stop every instance.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds after the console quit lines before SIGTERM.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@click.pass_context
+def stop_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, timeout: float, as_json: bool) -> None:
+    """Stop instances: the recipe's quit lines first, then SIGTERM, then SIGKILL."""
+    _render_actions(_manager(ctx).stop(_names(ctx, names, all_), timeout=timeout), as_json)
+
+
+@cli.command("restart")
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Restart every instance.")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds for the graceful stop.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@click.pass_context
+def restart_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, timeout: float, as_json: bool) -> None:
+    """Stop and start instances again."""
+    _render_actions(_manager(ctx).restart(_names(ctx, names, all_), timeout=timeout), as_json)
+
+
+@cli.command("ls")
+@click.argument("names", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (every field, including checkout and repo).")
+@click.option("--no-foreign", is_flag=True, help="Do not look for bot sessions that are not ours.")
+@click.pass_context
+def ls_cmd(ctx: click.Context, names: tuple[str, ...], as_json: bool, no_foreign: bool) -> None:
+    """List instances with state, pid, CPU, memory, uptime, restarts and commit.
+
+    CPU% is the average since the process started (like ps).
+    """
+    manager = _manager(ctx)
+    statuses = manager.status(list(names) or None)
+    foreign = [] if (no_foreign or names) else manager.foreign_sessions()
+    if as_json:
+        _json({"instances": [s.to_dict() for s in statuses], "foreign_sessions": [f.to_dict() for f in foreign]})
+        return
+    _print_statuses(statuses)
+    if foreign:
+        click.echo(
+            "\nBot sessions not managed by supervisor (take one over with 'supervisor adopt SESSION --name NAME'):"
+        )
+        _table(
+            ["SESSION", "BACKEND", "SERVER", "PID", "RECIPE", "COMMAND"],
+            [[f.session, f.backend, f.server, str(f.pid or "-"), f.recipe or "?", f.command[:40]] for f in foreign],
+        )
+
+
+def _print_statuses(statuses: Sequence[InstanceStatus]) -> None:
+    if not statuses:
+        click.echo("No instances. Create one with: supervisor new NAME -r RECIPE")
+        return
+    rows = [
+        [
+            s.name,
+            s.recipe,
+            s.backend,
+            s.state,
+            s.desired,
+            str(s.pid or "-"),
+            f"{s.cpu_percent:.1f}" if s.cpu_percent is not None else "-",
+            _human_bytes(s.rss),
+            _human_duration(s.uptime),
+            str(s.restarts),
+            (s.commit or "-")[:8],
+        ]
+        for s in statuses
+    ]
+    _table(
+        ["NAME", "RECIPE", "BACKEND", "STATE", "WANT", "PID", "CPU%", "RSS", "UPTIME", "RESTARTS", "COMMIT"],
+        rows,
+        colour_col=3,
+    )
+
+
+@cli.command("status")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def status_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Show one instance; exits 3 when it is not running."""
+    status = _manager(ctx).status([name])[0]
+    if as_json:
+        _json(status.to_dict())
+    else:
+        for key, value in status.to_dict().items():
+            click.echo(f"{key:12} {value if value is not None else '-'}")
+    if not status.is_running:
+        ctx.exit(3)
+
+
+@cli.command("adopt")
+@click.argument("session")
+@click.option("--name", required=True, help="Instance name to record it under.")
+@click.option("-r", "--recipe", help="Recipe (default: the one whose detect pattern matched).")
+@click.pass_context
+def adopt_cmd(ctx: click.Context, session: str, name: str, recipe: str | None) -> None:
+    """Take over a bot session started by hand (for example 'screen -S hbot1')."""
+    status = _manager(ctx).adopt(session, name, recipe)
+    click.echo(f"adopted session '{session}' as '{name}' ({status.recipe}, {status.state})")
+
+
+@cli.command("attach")
+@click.argument("name")
+@click.pass_context
+def attach_cmd(ctx: click.Context, name: str) -> None:
+    """Attach this terminal to the bot's console (detach again with the multiplexer's keys)."""
+    argv, env = _manager(ctx).attach_command(name)
+    if not sys.stdin.isatty():
+        msg = (
+            f"instance '{name}': attach needs a terminal. "
+            f"Use 'supervisor tail {name}' or 'supervisor send {name} TEXT'."
+        )
+        raise SupervisorError(msg)
+    from supervisor import _proc
+
+    _proc.exec_replace(argv, env)
+
+
+@cli.command("logs")
+@click.argument("name")
+@click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new output.")
+@click.option("-n", "--lines", type=click.IntRange(min=0), default=50, show_default=True, help="Lines to show.")
+@click.pass_context
+def logs_cmd(ctx: click.Context, name: str, follow_: bool, lines: int) -> None:
+    """Print the bot's console output from its log file."""
+    from supervisor.manager import clean_console, follow, last_lines
+
+    path = _manager(ctx).log_path(name)
+    if follow_:
+        for line in follow(path, lines):
+            click.echo(clean_console(line) if line else line)
+        return
+    if not path.exists():
+        click.echo(f"(no output logged yet at {path})", err=True)
+        return
+    for line in last_lines(path, lines):
+        click.echo(clean_console(line))
+
+
+@cli.command("tail")
+@click.argument("name")
+@click.option(
+    "-n", "--lines", type=click.IntRange(min=1, max=10000), default=50, show_default=True, help="Lines to show."
+)
+@click.pass_context
+def tail_cmd(ctx: click.Context, name: str, lines: int) -> None:
+    """Print the bot's current screen."""
+    click.echo(_manager(ctx).tail(name, lines))
+
+
+@cli.command("send")
+@click.argument("name")
+@click.argument("text")
+@click.pass_context
+def send_cmd(ctx: click.Context, name: str, text: str) -> None:
+    """Type one line into the bot's console, literally (no shell, no key names)."""
+    _manager(ctx).send(name, text)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the command line."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    cli.main(args=list(argv) if argv is not None else None, prog_name="supervisor")

@@ -1,0 +1,1110 @@
+"""The core both front ends (CLI and agent) call; returns result objects, never prints.
+
+Composes recipes, the registry, git installs, session backends and process
+metrics. Must not import click or paho.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import os
+import re
+import shlex
+import shutil
+import sys
+import time
+import typing as t
+from pathlib import Path
+
+from supervisor import metrics
+from supervisor.errors import (
+    BackendUnavailable,
+    InstallError,
+    InstanceBusy,
+    InstanceError,
+    InstanceExists,
+    InstanceNotFound,
+    InstanceNotRunning,
+    InstanceRunning,
+    ReadyTimeout,
+    SessionError,
+    SupervisorError,
+)
+from supervisor.paths import SESSION_PREFIX, Paths, ensure_dir
+from supervisor.recipe import (
+    Recipe,
+    check_name,
+    find_recipe,
+    list_recipes,
+    load_recipe,
+    parse_settings,
+    render,
+)
+from supervisor.registry import (
+    DESIRED_RUNNING,
+    DESIRED_STOPPED,
+    INSTALL_FAILED,
+    INSTALLED,
+    INSTALLING,
+    Instance,
+    Registry,
+)
+from supervisor.sessions import KNOWN_BACKENDS, SessionBackend, SessionInfo, get_backend
+
+if t.TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+logger = logging.getLogger(__name__)
+
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_KEEP = 3
+DEFAULT_STOP_TIMEOUT = 30.0
+
+# Live states, derived at every look (never stored).
+RUNNING = "running"
+STARTING = "starting"
+STOPPED = "stopped"
+EXITED = "exited"
+CRASHED = "crashed"
+FATAL = "fatal"
+
+ProgressFn = t.Callable[[str, "int | None", "int | None"], None]
+LineFn = t.Callable[[str], None]
+
+
+def session_name(name: str) -> str:
+    """Return the session name of instance ``name``; every listing filters on this prefix."""
+    return f"{SESSION_PREFIX}{name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceStatus:
+    """One instance as ``ls`` shows it: record plus live process figures."""
+
+    name: str
+    recipe: str
+    backend: str
+    session: str
+    state: str
+    desired: str
+    pid: int | None
+    cpu_percent: float | None
+    rss: int | None
+    uptime: float | None
+    restarts: int
+    checkout: str
+    repo: str
+    ref: str
+    commit: str | None
+    exit_code: int | None
+    plugin: bool
+    adopted: bool
+    last_error: str | None
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the bot's process is alive."""
+        return self.state == RUNNING
+
+    def to_dict(self) -> dict[str, t.Any]:
+        """Return the ``ls --json`` record."""
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionResult:
+    """What one start, stop or restart did."""
+
+    name: str
+    action: str
+    changed: bool
+    message: str
+    step: str | None = None
+    status: InstanceStatus | None = None
+
+    def to_dict(self) -> dict[str, t.Any]:
+        """Return the result as a JSON-able dict."""
+        data = dataclasses.asdict(self)
+        data["status"] = self.status.to_dict() if self.status else None
+        return data
+
+
+@dataclasses.dataclass(frozen=True)
+class ForeignSession:
+    """A tmux or screen session that is not ours but runs something that looks like a bot."""
+
+    session: str
+    backend: str
+    server: str
+    pid: int | None
+    command: str
+    cwd: str | None
+    recipe: str | None
+
+    def to_dict(self) -> dict[str, t.Any]:
+        """Return the record as a JSON-able dict."""
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeInfo:
+    """A recipe as ``supervisor recipes`` lists it."""
+
+    name: str
+    description: str
+    source: str
+    path: str
+    builtin: bool
+    plugin: bool
+    settable: list[str]
+
+    def to_dict(self) -> dict[str, t.Any]:
+        """Return the record as a JSON-able dict."""
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExitRecord:
+    """What the wrapper wrote when the bot exited."""
+
+    code: int
+    when: float
+
+
+class Manager:
+    """Install, start, stop, list and talk to instances."""
+
+    def __init__(
+        self,
+        paths: Paths,
+        registry: Registry | None = None,
+        backends: t.Mapping[str, SessionBackend] | None = None,
+        sampler: metrics.Sampler | None = None,
+        extra_recipes: Sequence[Path] = (),
+    ) -> None:
+        self.paths = paths
+        self.registry = registry or Registry(paths.registry, paths.registry_lock)
+        self._backends: dict[str, SessionBackend] = dict(backends or {})
+        self.sampler = sampler or metrics.Sampler()
+        self.extra_recipes = list(extra_recipes)
+
+    # -- collaborators -----------------------------------------------------
+
+    def backend(self, name: str) -> SessionBackend:
+        """Return the session backend called ``name``."""
+        if name not in self._backends:
+            self._backends[name] = get_backend(name, self.paths)
+        return self._backends[name]
+
+    def recipe_for(self, instance: Instance) -> Recipe:
+        """Return the recipe an instance was created from."""
+        if instance.recipe_path and Path(instance.recipe_path).is_file():
+            return load_recipe(Path(instance.recipe_path))
+        return find_recipe(instance.recipe, self.paths.user_recipes)
+
+    def recipes(self) -> list[RecipeInfo]:
+        """Return every known recipe: built-in, the user's, and any given with ``-r PATH``."""
+        found = list_recipes(self.paths.user_recipes)
+        names = {r.name for r in found}
+        for path in self.extra_recipes:
+            recipe = load_recipe(path)
+            if recipe.name not in names:
+                found.append(recipe)
+        return [
+            RecipeInfo(
+                name=r.name,
+                description=r.description,
+                source=r.source.repo,
+                path=str(r.path),
+                builtin=r.builtin,
+                plugin=r.mqtt.plugin,
+                settable=r.settable(),
+            )
+            for r in found
+        ]
+
+    # -- locks ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _instance_lock(self, name: str, *, wait: float = 600.0) -> Iterator[None]:
+        """Hold the per-instance lock so two processes never install or start one instance at once."""
+        path = self.paths.instance_lock(name)
+        ensure_dir(path.parent)
+        with path.open("a") as handle:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        msg = (
+                            f"instance '{name}' is busy: another supervisor process is changing it. Try again shortly."
+                        )
+                        raise InstanceBusy(msg) from None
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def _is_locked(self, name: str) -> bool:
+        path = self.paths.instance_lock(name)
+        if not path.exists():
+            return False
+        with path.open("a") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            return False
+
+    # -- variables -------------------------------------------------------------
+
+    def _values(self, instance: Instance, recipe: Recipe) -> dict[str, str]:
+        values = {**recipe.vars, **instance.vars}
+        values.update(name=instance.name, checkout=instance.checkout, home=str(self.paths.home))
+        values.setdefault("python", sys.executable)
+        if not values["python"]:
+            values["python"] = sys.executable
+        return values
+
+    def _install_env(self, instance: Instance, recipe: Recipe) -> dict[str, str]:
+        values = self._values(instance, recipe)
+        env = dict(os.environ)
+        env.update({k: render(v, values) for k, v in recipe.run.env.items()})
+        env.update(instance.env)
+        env["SUPERVISOR_INSTANCE"] = instance.name
+        return env
+
+    # -- install ----------------------------------------------------------------
+
+    def _source_url(self, recipe: Recipe, repo: str | None) -> str:
+        from supervisor import install
+
+        url = repo or recipe.source.repo
+        builtin = url.removeprefix("builtin:") if url.startswith("builtin:") else None
+        if builtin is not None:
+            folder = recipe.path.parent / builtin
+            if not folder.is_dir():
+                msg = f"recipe '{recipe.name}': built-in source folder '{folder}' is missing. Reinstall bot-supervisor."
+                raise InstallError(msg)
+            return install.ensure_builtin_origin(folder, self.paths.origins / builtin)
+        if "://" not in url and not url.startswith("git@"):
+            local = Path(url).expanduser()
+            if local.exists():
+                return str(local.resolve())
+        return url
+
+    def new(
+        self,
+        name: str,
+        recipe_ref: str,
+        *,
+        repo: str | None = None,
+        ref: str | None = None,
+        backend: str = "tmux",
+        directory: Path | None = None,
+        install: bool = True,
+        settings: Sequence[str] = (),
+        progress: ProgressFn | None = None,
+        on_line: LineFn | None = None,
+    ) -> InstanceStatus:
+        """Clone a checkout for a new instance, install it, and record it.
+
+        Raises
+        ------
+        InvalidName, RecipeError, InstanceExists
+            Before anything touches disk.
+        InstallError
+            Clone failures leave nothing behind; install-step failures leave the
+            instance recorded as ``install-failed``.
+        """
+        from supervisor import install as git_install
+
+        check_name(name)
+        if name in self.registry.all():
+            raise InstanceExists(name)
+        if backend not in KNOWN_BACKENDS:
+            msg = f"backend '{backend}' is not known. Choose one of: {', '.join(KNOWN_BACKENDS)}."
+            raise SupervisorError(msg)
+        recipe = find_recipe(recipe_ref, self.paths.user_recipes)
+        variables, env = parse_settings(recipe, settings)
+        if not self.backend(backend).is_available():
+            raise BackendUnavailable(backend)
+        checkout = directory.expanduser().resolve() if directory else self.paths.default_checkout(name)
+        if checkout.exists() and any(checkout.iterdir()):
+            msg = f"directory '{checkout}' is not empty. Choose another --dir or empty it first."
+            raise InstallError(msg)
+        url = self._source_url(recipe, repo)
+        record = Instance(
+            name=name,
+            recipe=recipe.name,
+            recipe_path=None if recipe.builtin or recipe.path.parent == self.paths.user_recipes else str(recipe.path),
+            backend=backend,
+            session=session_name(name),
+            checkout=str(checkout),
+            repo=url,
+            ref=ref or recipe.source.ref,
+            vars=variables,
+            env=env,
+            lifecycle=INSTALLING,
+        )
+        self.registry.add(record)
+        created_dir = not checkout.exists()
+        try:
+            with self._instance_lock(name):
+                ensure_dir(self.paths.instance_dir(name))
+                log = self.paths.install_log(name)
+                try:
+                    if on_line:
+                        on_line(f"mirror {url}")
+                    mirror = git_install.ensure_mirror(self.paths.mirrors, url, progress=progress)
+                    if on_line:
+                        on_line(f"checkout {record.ref} -> {checkout}")
+                    commit = git_install.clone_checkout(mirror, url, checkout, record.ref, progress=progress)
+                    self._write_bot_config(record, recipe)
+                except BaseException:
+                    self.registry.remove(name)
+                    if created_dir:
+                        shutil.rmtree(checkout, ignore_errors=True)
+                    shutil.rmtree(self.paths.instance_dir(name), ignore_errors=True)
+                    raise
+                record = self.registry.update(name, commit=commit)
+                if install:
+                    self._run_install(record, recipe, log, on_line)
+                else:
+                    record = self.registry.update(name, lifecycle=INSTALLED)
+        except KeyboardInterrupt:
+            with contextlib.suppress(InstanceNotFound):
+                self.registry.update(name, lifecycle=INSTALL_FAILED, last_error="interrupted")
+            raise
+        return self.status([name])[0]
+
+    def _run_install(self, record: Instance, recipe: Recipe, log: Path, on_line: LineFn | None) -> None:
+        from supervisor import install as git_install
+
+        values = self._values(record, recipe)
+        steps = [render(step, values) for step in recipe.install]
+        self.registry.update(record.name, lifecycle=INSTALLING, last_error=None)
+        try:
+            git_install.run_install_steps(
+                steps, cwd=Path(record.checkout), env=self._install_env(record, recipe), log_path=log, on_line=on_line
+            )
+        except InstallError as e:
+            self.registry.update(record.name, lifecycle=INSTALL_FAILED, last_error=str(e))
+            raise
+        except BaseException:
+            self.registry.update(record.name, lifecycle=INSTALL_FAILED, last_error="install interrupted")
+            raise
+        self.registry.update(record.name, lifecycle=INSTALLED, last_error=None)
+
+    def _write_bot_config(self, record: Instance, recipe: Recipe) -> None:
+        """Write the recipe's ``mqtt.values`` (e.g. Hummingbot's ``instance_id``) into the bot's config file."""
+        if not recipe.mqtt.config or not recipe.mqtt.values:
+            return
+        import yaml
+
+        values = self._values(record, recipe)
+        path = Path(record.checkout) / recipe.mqtt.config
+        data: dict[str, t.Any] = {}
+        if path.exists():
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            if isinstance(loaded, dict):
+                data = loaded
+        for dotted, raw in recipe.mqtt.values.items():
+            value: t.Any = raw
+            if isinstance(raw, str):
+                value = render(raw, values)
+                if value.isdigit():
+                    value = int(value)
+            node = data
+            *parents, leaf = str(dotted).split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        ensure_dir(path.parent)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        tmp.replace(path)
+
+    def install(self, name: str, *, on_line: LineFn | None = None) -> InstanceStatus:
+        """Run the recipe's install steps again (after a failure, or to rebuild).
+
+        Raises
+        ------
+        InstanceRunning
+            The bot is running; stop it first.
+        InstallError
+            A step failed; the instance is left ``install-failed``.
+        """
+        record = self.registry.get(name)
+        if self._live_status(record).is_running:
+            raise InstanceRunning(name, "reinstall")
+        recipe = self.recipe_for(record)
+        with self._instance_lock(name):
+            self._run_install(record, recipe, self.paths.install_log(name), on_line)
+        return self.status([name])[0]
+
+    def update(
+        self,
+        name: str,
+        *,
+        ref: str | None = None,
+        progress: ProgressFn | None = None,
+        on_line: LineFn | None = None,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+    ) -> InstanceStatus:
+        """Stop if running, fetch, check out ``ref``, reinstall, and start again if it was running.
+
+        On any failure the previous commit is checked out again, reinstalled,
+        and started if it was running, and the error is raised.
+        """
+        from supervisor import install as git_install
+
+        record = self.registry.get(name)
+        recipe = self.recipe_for(record)
+        was_running = self._live_status(record).is_running
+        if was_running:
+            self.stop([name], timeout=stop_timeout)
+        target = ref or record.ref
+        checkout = Path(record.checkout)
+        old = git_install.current_commit(checkout)
+        failure: SupervisorError | None = None
+        with self._instance_lock(name):
+            try:
+                mirror = git_install.ensure_mirror(self.paths.mirrors, record.repo, progress=progress)
+                _, new = git_install.fetch_and_checkout(checkout, mirror, record.repo, target, progress=progress)
+                self._run_install(record, recipe, self.paths.install_log(name), on_line)
+                self.registry.update(name, ref=target, commit=new)
+            except SupervisorError as e:
+                failure = e
+                if old:
+                    self._roll_back(record, recipe, old, f"update to {target} failed: {e}", on_line)
+        # Start outside the lock: start takes the same per-instance lock.
+        if was_running:
+            if failure is None:
+                self.start([name])
+            else:
+                with contextlib.suppress(SupervisorError):
+                    self.start([name])
+        if failure is not None:
+            raise failure
+        return self.status([name])[0]
+
+    def _roll_back(self, record: Instance, recipe: Recipe, commit: str, reason: str, on_line: LineFn | None) -> None:
+        """Put the previous commit back and reinstall it, so the instance stays usable."""
+        from supervisor import install as git_install
+
+        if on_line:
+            on_line(f"rolling back to {commit[:12]}")
+        try:
+            git_install.checkout_commit(Path(record.checkout), commit)
+            self._run_install(record, recipe, self.paths.install_log(record.name), on_line)
+            self.registry.update(record.name, commit=commit, last_error=reason)
+        except SupervisorError:
+            logger.exception("rollback of %s to %s failed", record.name, commit)
+
+    def remove(self, name: str, *, purge: bool = False, force: bool = False) -> Instance:
+        """Forget an instance; with ``purge`` also delete its checkout and logs.
+
+        Raises
+        ------
+        InstanceRunning
+            The bot is running and ``force`` is not set.
+        """
+        record = self.registry.get(name)
+        if self._live_status(record).is_running or self._session_exists(record):
+            if not force:
+                raise InstanceRunning(name, "remove")
+            self.stop([name], timeout=5.0)
+        with self._instance_lock(name, wait=30):
+            removed = self.registry.remove(name)
+        if purge:
+            checkout = Path(removed.checkout)
+            if not removed.adopted:
+                shutil.rmtree(checkout, ignore_errors=True)
+            shutil.rmtree(self.paths.instance_dir(name), ignore_errors=True)
+        return removed
+
+    # -- live state ---------------------------------------------------------------
+
+    def _exit_record(self, instance: Instance) -> ExitRecord | None:
+        try:
+            code, _, when = self.paths.exit_file(instance.name).read_text().strip().partition(" ")
+            return ExitRecord(int(code), float(when or 0))
+        except (OSError, ValueError):
+            return None
+
+    def _sessions(self, backends: t.Iterable[str]) -> dict[str, dict[str, SessionInfo]]:
+        found: dict[str, dict[str, SessionInfo]] = {}
+        for name in set(backends):
+            backend = self.backend(name)
+            found[name] = backend.list_sessions() if backend.is_available() else {}
+        return found
+
+    def _session_exists(self, instance: Instance) -> bool:
+        backend = self.backend(instance.backend)
+        return backend.is_available() and backend.has_session(instance.session)
+
+    def _derive(
+        self, instance: Instance, info: SessionInfo | None, sample: metrics.ProcessSample | None
+    ) -> InstanceStatus:
+        exit_record = self._exit_record(instance)
+        alive = bool(sample and sample.alive)
+        exit_code: int | None = None
+        if instance.lifecycle == INSTALLING:
+            state = INSTALLING if self._is_locked(instance.name) else INSTALL_FAILED
+        elif instance.lifecycle == INSTALL_FAILED:
+            state = INSTALL_FAILED
+        elif alive:
+            state = RUNNING
+        elif info is not None and not instance.adopted and instance.desired == DESIRED_RUNNING:
+            state = STARTING
+        elif instance.fatal:
+            state = FATAL
+        elif instance.desired == DESIRED_STOPPED:
+            state = STOPPED
+        else:
+            if exit_record is not None and (
+                instance.started_at is None or exit_record.when >= int(instance.started_at)
+            ):
+                exit_code = exit_record.code
+            state = CRASHED if exit_code not in (None, 0) else EXITED
+        uptime = None
+        if alive and sample is not None and sample.create_time:
+            uptime = max(0.0, time.time() - sample.create_time)
+        return InstanceStatus(
+            name=instance.name,
+            recipe=instance.recipe,
+            backend=instance.backend,
+            session=instance.session,
+            state=state,
+            desired=instance.desired,
+            pid=sample.pid if alive and sample else None,
+            cpu_percent=sample.cpu_percent if alive and sample else None,
+            rss=sample.rss if alive and sample else None,
+            uptime=uptime,
+            restarts=instance.restarts,
+            checkout=instance.checkout,
+            repo=instance.repo,
+            ref=instance.ref,
+            commit=self._commit(instance),
+            exit_code=exit_code,
+            plugin=self._plugin(instance),
+            adopted=instance.adopted,
+            last_error=instance.last_error,
+        )
+
+    def _plugin(self, instance: Instance) -> bool:
+        try:
+            return self.recipe_for(instance).mqtt.plugin
+        except SupervisorError:
+            return False
+
+    @staticmethod
+    def _commit(instance: Instance) -> str | None:
+        from supervisor import install as git_install
+
+        return git_install.current_commit(Path(instance.checkout)) or instance.commit
+
+    def _match(self, instance: Instance) -> str | None:
+        """Return the pattern that finds an adopted bot inside the user's shell (``None``: the shell's oldest child)."""
+        if not instance.adopted:
+            return None
+        try:
+            return self.recipe_for(instance).detect
+        except SupervisorError:
+            return None
+
+    def _sample(self, instance: Instance) -> tuple[SessionInfo | None, metrics.ProcessSample]:
+        info = None
+        backend = self.backend(instance.backend)
+        if backend.is_available():
+            info = backend.list_sessions().get(instance.session)
+        return info, self.sampler.sample(info.pid if info else None, match=self._match(instance))
+
+    def _live_status(self, instance: Instance) -> InstanceStatus:
+        info, sample = self._sample(instance)
+        return self._derive(instance, info, sample)
+
+    def status(self, names: Sequence[str] | None = None) -> list[InstanceStatus]:
+        """Return the live status of ``names`` (all instances when ``None``).
+
+        One session query per backend in use, one process-table pass, then a
+        psutil sample per instance: no subprocess per instance.
+
+        Raises
+        ------
+        InstanceNotFound
+            A named instance is not recorded.
+        """
+        records = self.registry.all()
+        if names:
+            missing = [n for n in names if n not in records]
+            if missing:
+                raise InstanceNotFound(missing[0])
+            selected = [records[n] for n in names]
+        else:
+            selected = [records[n] for n in sorted(records)]
+        sessions = self._sessions(r.backend for r in selected)
+        infos = {r.name: sessions.get(r.backend, {}).get(r.session) for r in selected}
+        samples = self.sampler.sample_many(
+            {n: (i.pid if i else None) for n, i in infos.items()}, matches={r.name: self._match(r) for r in selected}
+        )
+        return [self._derive(r, infos[r.name], samples.get(r.name)) for r in selected]
+
+    def resolve(self, names: Sequence[str], *, all_instances: bool = False) -> list[str]:
+        """Return the instance names an action applies to (all of them with ``all_instances``)."""
+        if all_instances:
+            return sorted(self.registry.all())
+        if not names:
+            msg = "no instance named. Give one or more NAMEs, or --all."
+            raise SupervisorError(msg)
+        records = self.registry.all()
+        for name in names:
+            if name not in records:
+                raise InstanceNotFound(name)
+        return list(dict.fromkeys(names))
+
+    # -- start / stop -------------------------------------------------------------
+
+    def _write_run_script(self, instance: Instance, recipe: Recipe) -> Path:
+        values = self._values(instance, recipe)
+        exit_file = self.paths.exit_file(instance.name)
+        lines = [
+            "#!/usr/bin/env bash",
+            f"# Written by bot-supervisor for instance {instance.name!r} at every start; edits are lost.",
+            f"cd -- {shlex.quote(instance.checkout)} || exit 97",
+            f"export SUPERVISOR_INSTANCE={shlex.quote(instance.name)}",
+        ]
+        env = {k: render(v, values) for k, v in recipe.run.env.items()}
+        env.update(instance.env)
+        lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+        if recipe.run.prelude:
+            prelude = render(recipe.run.prelude, values)
+            lines.append(f"{prelude} || {{ echo 'bot-supervisor: prelude failed' >&2; rc=98; }}")
+        lines += [
+            f'if [ -z "${{rc:-}}" ]; then {render(recipe.run.command, values)}; rc=$?; fi',
+            (
+                f'printf \'%s %s\\n\' "$rc" "$(date +%s)" > {shlex.quote(str(exit_file))}.tmp'
+                f" && mv -f -- {shlex.quote(str(exit_file))}.tmp {shlex.quote(str(exit_file))}"
+            ),
+            'exit "$rc"',
+        ]
+        script = self.paths.run_script(instance.name)
+        ensure_dir(script.parent)
+        tmp = script.with_name(".run.sh.tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.chmod(0o755)
+        tmp.replace(script)
+        return script
+
+    def start(self, names: Sequence[str], *, wait_ready: bool = True) -> list[ActionResult]:
+        """Start each instance in its session; a running one is left alone.
+
+        Raises
+        ------
+        InstanceNotFound, InstanceError, SessionError, ReadyTimeout
+        """
+        return [self._start_one(name, wait_ready=wait_ready) for name in names]
+
+    def _start_one(self, name: str, *, wait_ready: bool = True, count_restart: bool = False) -> ActionResult:
+        with self._instance_lock(name, wait=60):
+            record = self.registry.get(name)
+            if record.lifecycle != INSTALLED:
+                msg = (
+                    f"instance '{name}' cannot start: it is {record.lifecycle}. "
+                    f"Run 'supervisor install {name}' first (see {self.paths.install_log(name)})."
+                )
+                raise InstanceError(msg)
+            current = self._live_status(record)
+            if current.is_running:
+                self.registry.update(name, desired=DESIRED_RUNNING)
+                return ActionResult(
+                    name, "start", False, f"instance '{name}' is already running (pid {current.pid}).", status=current
+                )
+            recipe = self.recipe_for(record)
+            backend = self.backend(record.backend)
+            if not backend.is_available():
+                raise BackendUnavailable(record.backend)
+            session = session_name(name)
+            if backend.has_session(session):
+                backend.kill_session(session)
+            script = self._write_run_script(record, recipe)
+            self.paths.exit_file(name).unlink(missing_ok=True)
+            log = self.paths.console_log(name)
+            rotate_log(log)
+            offset = log.stat().st_size if log.exists() else 0
+            now = time.time()
+            backend.new_session(session, ["bash", str(script)], cwd=Path(record.checkout), log_path=log)
+            record = self.registry.update(
+                name,
+                session=session,
+                desired=DESIRED_RUNNING,
+                started_at=now,
+                fatal=False,
+                last_error=None,
+                restarts=record.restarts + (1 if count_restart else 0),
+            )
+        if wait_ready:
+            self._wait_ready(record, recipe, log, offset)
+        status = self.status([name])[0]
+        return ActionResult(
+            name, "start", True, f"started '{name}' in {record.backend} session '{session}'.", status=status
+        )
+
+    def _wait_ready(self, record: Instance, recipe: Recipe, log: Path, offset: int) -> None:
+        """Wait for the readiness pattern, or at least a live bot process; fail loudly if it dies."""
+        pattern = re.compile(recipe.run.ready) if recipe.run.ready else None
+        deadline = time.monotonic() + (recipe.run.ready_timeout if pattern else 10.0)
+        backend = self.backend(record.backend)
+        seen_alive = False
+        while time.monotonic() < deadline:
+            info = backend.list_sessions().get(record.session)
+            sample = self.sampler.sample(info.pid if info else None)
+            seen_alive = seen_alive or sample.alive
+            if pattern is None and sample.alive:
+                return
+            if pattern is not None and pattern.search(read_from(log, offset)):
+                return
+            if info is None:
+                exit_record = self._exit_record(record)
+                code = f" with exit code {exit_record.code}" if exit_record else ""
+                tail = "\n".join(read_from(log, offset).splitlines()[-15:])
+                msg = f"instance '{record.name}': the bot exited during start{code}. Last output:\n{tail}"
+                self.registry.update(record.name, last_error=f"exited during start{code}")
+                raise InstanceError(msg)
+            time.sleep(0.05)
+        if pattern is None and seen_alive:
+            return
+        what = f"print /{recipe.run.ready}/" if pattern else "start a process"
+        msg = (
+            f"instance '{record.name}' did not {what} within {recipe.run.ready_timeout if pattern else 10.0:g}s. "
+            f"It is left running; check 'supervisor tail {record.name}'."
+        )
+        raise ReadyTimeout(msg)
+
+    def stop(self, names: Sequence[str], *, timeout: float = DEFAULT_STOP_TIMEOUT) -> list[ActionResult]:
+        """Stop each instance gracefully: console quit lines, then SIGTERM, then SIGKILL.
+
+        The user's intent is recorded first (``desired = stopped``), so the
+        agent never restarts a bot the user stopped.
+        """
+        return [self._stop_one(name, timeout=timeout) for name in names]
+
+    def _stop_one(
+        self, name: str, *, timeout: float = DEFAULT_STOP_TIMEOUT, desired: str = DESIRED_STOPPED
+    ) -> ActionResult:
+        with self._instance_lock(name, wait=60):
+            record = self.registry.update(name, desired=desired, stopped_at=time.time())
+            backend = self.backend(record.backend)
+            info, sample = self._sample(record)
+            if info is None or not sample.alive:
+                if info is not None and not record.adopted:
+                    backend.kill_session(record.session)
+                return ActionResult(name, "stop", False, f"instance '{name}' is not running.", step="already-stopped")
+            recipe = self.recipe_for(record)
+            step = self._quit(record, recipe, backend, sample, timeout)
+            if info is not None and not record.adopted:
+                with contextlib.suppress(SessionError):
+                    backend.kill_session(record.session)
+        status = self.status([name])[0]
+        how = {"console": "by its console quit sequence", "sigterm": "with SIGTERM", "sigkill": "with SIGKILL"}
+        return ActionResult(name, "stop", True, f"stopped '{name}' {how.get(step, step)}.", step=step, status=status)
+
+    def _quit(
+        self, record: Instance, recipe: Recipe, backend: SessionBackend, sample: metrics.ProcessSample, timeout: float
+    ) -> str:
+        assert sample.pid is not None
+        watched = [sample.pid]
+        if recipe.console.quit:
+            deadline = time.monotonic() + timeout
+            try:
+                for i, line in enumerate(recipe.console.quit):
+                    backend.send_line(record.session, line)
+                    if i < len(recipe.console.quit) - 1:
+                        time.sleep(recipe.console.quit_delay)
+                        if not metrics.is_alive(sample.pid):
+                            break
+            except SessionError as e:
+                logger.warning("typing the quit sequence into %s failed: %s", record.session, e)
+            if not metrics.wait_gone(watched, max(0.0, deadline - time.monotonic())):
+                return "console"
+        # An adopted session's root is the user's own shell: signal only the bot's tree there.
+        target = sample.pid if record.adopted else (sample.root_pid or sample.pid)
+        return metrics.terminate_tree(target, timeout=5.0)
+
+    def restart(self, names: Sequence[str], *, timeout: float = DEFAULT_STOP_TIMEOUT) -> list[ActionResult]:
+        """Stop then start each instance, counting the restart."""
+        results = []
+        for name in names:
+            stopped = self._stop_one(name, timeout=timeout, desired=DESIRED_RUNNING)
+            started = self._start_one(name, count_restart=True)
+            how = f" (stopped: {stopped.step})" if stopped.changed else ""
+            results.append(
+                ActionResult(
+                    name, "restart", True, f"restarted '{name}'{how}.", step=stopped.step, status=started.status
+                )
+            )
+        return results
+
+    # -- console ----------------------------------------------------------------
+
+    def _running_record(self, name: str) -> tuple[Instance, InstanceStatus]:
+        record = self.registry.get(name)
+        status = self._live_status(record)
+        if not status.is_running:
+            raise InstanceNotRunning(name, status.state)
+        return record, status
+
+    def send(self, name: str, text: str) -> None:
+        """Type one line into the bot's console, literally.
+
+        Raises
+        ------
+        InstanceNotRunning
+            The bot is not running.
+        SessionError
+            ``text`` spans more than one line.
+        """
+        if "\n" in text or "\r" in text or "\x00" in text:
+            msg = f"instance '{name}': send takes one line of text without newlines or NUL bytes."
+            raise SessionError(msg)
+        record, _ = self._running_record(name)
+        self.backend(record.backend).send_line(record.session, text)
+
+    def tail(self, name: str, lines: int = 50) -> str:
+        """Return the bot's current screen (last ``lines`` lines).
+
+        Raises
+        ------
+        InstanceNotRunning
+            There is no session to read.
+        """
+        record = self.registry.get(name)
+        backend = self.backend(record.backend)
+        if not (backend.is_available() and backend.has_session(record.session)):
+            raise InstanceNotRunning(name, self._live_status(record).state)
+        return backend.capture(record.session, lines)
+
+    def log_path(self, name: str) -> Path:
+        """Return the console log file of an instance (after rotating it if it grew too large)."""
+        self.registry.get(name)
+        path = self.paths.console_log(name)
+        rotate_log(path)
+        return path
+
+    def attach_command(self, name: str) -> tuple[list[str], dict[str, str] | None]:
+        """Return the argv that attaches the terminal to the bot's session."""
+        record = self.registry.get(name)
+        backend = self.backend(record.backend)
+        if not (backend.is_available() and backend.has_session(record.session)):
+            raise InstanceNotRunning(name, self._live_status(record).state)
+        return backend.attach_command(record.session)
+
+    def console_line(self, name: str, command: str, values: t.Mapping[str, t.Any]) -> str:
+        """Render the recipe's console line for a bot-level ``command`` (e.g. ``start --script x.py``).
+
+        Raises
+        ------
+        InstanceError
+            The recipe has no console equivalent for ``command``.
+        """
+        recipe = self.recipe_for(self.registry.get(name))
+        template = recipe.console.commands.get(command)
+        if template is None:
+            msg = f"instance '{name}': recipe '{recipe.name}' has no console command for '{command}'."
+            raise InstanceError(msg)
+        rendered = {k: "" if v is None else str(v) for k, v in values.items()}
+        return render(template, rendered, optional_groups=True).strip()
+
+    def relay(self, name: str, command: str, values: t.Mapping[str, t.Any], *, capture: bool = False) -> str:
+        """Type the console line for ``command`` and return what the bot printed after it (if ``capture``)."""
+        line = self.console_line(name, command, values)
+        if "\n" in line or "\r" in line:
+            msg = f"instance '{name}': the console line for '{command}' must be one line."
+            raise SessionError(msg)
+        record, _ = self._running_record(name)
+        log = self.paths.console_log(name)
+        offset = log.stat().st_size if log.exists() else 0
+        self.backend(record.backend).send_line(record.session, line)
+        if not capture:
+            return ""
+        time.sleep(self.recipe_for(record).console.reply_wait)
+        return clean_console(read_from(log, offset), echo=line)
+
+    # -- adoption -----------------------------------------------------------------
+
+    def foreign_sessions(self) -> list[ForeignSession]:
+        """Return tmux and screen sessions that are not ours but run something a recipe recognises."""
+        records = self.registry.all()
+        ours = {(r.backend, r.session) for r in records.values()}
+        recipes = [r for r in list_recipes(self.paths.user_recipes) if r.detect]
+        found: list[ForeignSession] = []
+        servers: list[tuple[str, str, SessionBackend]] = [("tmux", self.paths.tmux_socket, self.backend("tmux"))]
+        if self.paths.tmux_socket != "default":
+            from supervisor.sessions.tmux import TmuxBackend
+
+            servers.append(("tmux", "default", TmuxBackend(socket_name="default")))
+        servers.append(("screen", os.environ.get("SCREENDIR", "default"), self.backend("screen")))
+        table = self.sampler.table()
+        for backend_name, server, backend in servers:
+            if not backend.is_available():
+                continue
+            for session, info in backend.list_sessions().items():
+                if (backend_name, session) in ours and server in (
+                    self.paths.tmux_socket,
+                    os.environ.get("SCREENDIR", "default"),
+                ):
+                    continue
+                if session.startswith(SESSION_PREFIX) and server == self.paths.tmux_socket:
+                    continue
+                sample = self.sampler.sample(info.pid, table)
+                command = " ".join(sample.cmdline or ())
+                match = next((r.name for r in recipes if r.detect and re.search(r.detect, command)), None)
+                if match is None:
+                    continue
+                found.append(ForeignSession(session, backend_name, server, sample.pid, command, sample.cwd, match))
+        return found
+
+    def adopt(self, session: str, name: str, recipe_ref: str | None = None) -> InstanceStatus:
+        """Record a bot running in someone else's session as an instance, without touching it.
+
+        Raises
+        ------
+        SessionError
+            No such session among :meth:`foreign_sessions`, or it is on a
+            tmux server other than ours (it cannot be addressed later).
+        """
+        check_name(name)
+        candidates = [f for f in self.foreign_sessions() if f.session == session]
+        if not candidates:
+            msg = f"session '{session}' not found among sessions that look like bots. Run 'supervisor ls' to see them."
+            raise SessionError(msg)
+        found = candidates[0]
+        if found.backend == "tmux" and found.server != self.paths.tmux_socket:
+            msg = (
+                f"session '{session}' is on the tmux server '{found.server}', not ours ('{self.paths.tmux_socket}'). "
+                f"Set SUPERVISOR_TMUX_SOCKET={found.server} to manage that server's bots."
+            )
+            raise SessionError(msg)
+        recipe = find_recipe(recipe_ref or found.recipe or "", self.paths.user_recipes)
+        from supervisor import install as git_install
+
+        checkout = Path(found.cwd or ".")
+        record = Instance(
+            name=name,
+            recipe=recipe.name,
+            recipe_path=None if recipe.builtin else str(recipe.path),
+            backend=found.backend,
+            session=session,
+            checkout=str(checkout),
+            repo=str(checkout),
+            ref=git_install.describe_ref(checkout) or "",
+            lifecycle=INSTALLED,
+            desired=DESIRED_RUNNING,
+            adopted=True,
+            commit=git_install.current_commit(checkout),
+            started_at=time.time(),
+        )
+        self.registry.add(record)
+        return self.status([name])[0]
+
+    # -- supervision helpers (the agent) ---------------------------------------
+
+    def mark(self, name: str, **changes: t.Any) -> Instance:
+        """Change stored fields of an instance (the agent records restarts and ``fatal``)."""
+        return self.registry.update(name, **changes)
+
+    def restart_crashed(self, name: str) -> ActionResult:
+        """Start an instance the agent found dead while it should run, counting the restart."""
+        return self._start_one(name, count_restart=True)
+
+
+def rotate_log(path: Path, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_KEEP) -> bool:
+    """Rotate ``path`` by copy-and-truncate when it exceeds ``max_bytes``; return whether it did.
+
+    Copy-and-truncate (not rename) because the session's writer keeps the file
+    open in append mode and would go on writing to a renamed file.
+    """
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    for i in range(keep - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{i}")
+        if older.exists():
+            older.replace(path.with_name(f"{path.name}.{i + 1}"))
+    shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+    with path.open("r+b") as handle:
+        handle.truncate(0)
+    return True
+
+
+def read_from(path: Path, offset: int) -> str:
+    """Return the text of ``path`` after byte ``offset`` (all of it if the file shrank)."""
+    try:
+        with path.open("rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(offset if offset <= size else 0)
+            return handle.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+
+
+_ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][A-Za-z0-9]|\x1b[=>]|\r")
+
+
+def clean_console(text: str, *, echo: str | None = None) -> str:
+    """Strip terminal escapes and the echoed command line from console output."""
+    lines = [_ANSI_RE.sub("", line).rstrip() for line in text.split("\n")]
+    if echo is not None:
+        lines = [line for line in lines if not line.endswith(echo)]
+    return "\n".join(line for line in lines if line).strip()
+
+
+def follow(path: Path, lines: int, *, poll: float = 0.2, stop: Callable[[], bool] | None = None) -> Iterator[str]:
+    """Yield the last ``lines`` lines of ``path`` and then every new line, surviving rotation."""
+    with contextlib.suppress(FileNotFoundError):
+        yield from last_lines(path, lines)
+    position = path.stat().st_size if path.exists() else 0
+    buffer = ""
+    while not (stop and stop()):
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size < position:
+            position = 0
+        if size > position:
+            with path.open("rb") as handle:
+                handle.seek(position)
+                chunk = handle.read(size - position)
+            position = size
+            buffer += chunk.decode("utf-8", "replace")
+            *complete, buffer = buffer.split("\n")
+            yield from complete
+        else:
+            time.sleep(poll)
+
+
+def last_lines(path: Path, count: int) -> list[str]:
+    """Return the last ``count`` lines of a text file, reading only its end."""
+    with path.open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        block = min(size, max(8192, count * 256))
+        data = b""
+        while True:
+            handle.seek(size - block)
+            data = handle.read(block)
+            if data.count(b"\n") > count or block == size:
+                break
+            block = min(size, block * 2)
+    text = data.decode("utf-8", "replace").splitlines()
+    return text[-count:] if count else []

@@ -1,0 +1,365 @@
+"""Recipes: how a kind of bot is fetched, installed, run and talked to.
+
+Owns the YAML schema, its validation (every error names file and key) and
+template rendering. Imports only :mod:`supervisor.errors` and :mod:`supervisor.paths`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing as t
+from pathlib import Path
+
+import yaml
+
+from supervisor.errors import InvalidName, RecipeError, RecipeNotFound
+from supervisor.paths import builtin_recipes_dir
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
+VAR_RE = re.compile(r"(?<!\$)\{([a-z_][a-z0-9_]*)\}")
+OPTIONAL_RE = re.compile(r"\[([^\[\]]*)\]")
+BUILTIN_VARS = ("name", "checkout", "python", "home")
+CONSOLE_COMMANDS = ("start", "stop", "status", "import", "history", "config", "balance_limit", "balance_paper")
+RECIPE_SUFFIXES = (".yaml", ".yml")
+
+_TOP_KEYS = {"name", "description", "source", "vars", "install", "run", "console", "mqtt", "detect"}
+_SOURCE_KEYS = {"repo", "ref"}
+_RUN_KEYS = {"command", "prelude", "env", "ready", "ready_timeout"}
+_CONSOLE_KEYS = {*CONSOLE_COMMANDS, "quit", "quit_delay", "reply_wait"}
+_MQTT_KEYS = {"plugin", "config", "values"}
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a valid instance name, else raise :class:`InvalidName`."""
+    if not NAME_RE.match(name):
+        raise InvalidName(name)
+    return name
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where the bot's code comes from: a git URL, a path, or ``builtin:NAME``."""
+
+    repo: str
+    ref: str = "main"
+
+    @property
+    def builtin(self) -> str | None:
+        """The shipped bot folder's name for ``builtin:NAME`` sources."""
+        return self.repo.removeprefix("builtin:") if self.repo.startswith("builtin:") else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """How the session runs the bot."""
+
+    command: str
+    prelude: str | None = None
+    env: t.Mapping[str, str] = dataclasses.field(default_factory=dict)
+    ready: str | None = None
+    ready_timeout: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Console:
+    """What bot-level commands type into the console; ``None`` where the bot has no equivalent."""
+
+    commands: t.Mapping[str, str] = dataclasses.field(default_factory=dict)
+    quit: tuple[str, ...] = ()
+    quit_delay: float = 1.0
+    reply_wait: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Mqtt:
+    """Whether the bot speaks the Hummingbot protocol itself, and the config keys ``new`` writes."""
+
+    plugin: bool = False
+    config: str | None = None
+    values: t.Mapping[str, t.Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A validated recipe."""
+
+    name: str
+    source: Source
+    run: Run
+    path: Path
+    description: str = ""
+    vars: t.Mapping[str, str] = dataclasses.field(default_factory=dict)
+    install: tuple[str, ...] = ()
+    console: Console = dataclasses.field(default_factory=Console)
+    mqtt: Mqtt = dataclasses.field(default_factory=Mqtt)
+    detect: str | None = None
+    builtin: bool = False
+
+    def settable(self) -> list[str]:
+        """Return the keys ``--set`` accepts."""
+        return sorted(self.vars)
+
+
+def _fail(path: Path, key: str, what: str) -> t.NoReturn:
+    msg = f"recipe '{path}': key '{key}' {what}. See the recipe format in the README."
+    raise RecipeError(msg)
+
+
+def _table(path: Path, key: str, value: object, allowed: set[str]) -> dict[str, t.Any]:
+    if not isinstance(value, dict):
+        _fail(path, key, "must be a mapping")
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        _fail(
+            path, f"{key}.{unknown[0]}" if key else unknown[0], f"is not known (allowed: {', '.join(sorted(allowed))})"
+        )
+    return value
+
+
+def _string(path: Path, key: str, value: object, *, required: bool = False) -> str | None:
+    if value is None:
+        if required:
+            _fail(path, key, "is required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        _fail(path, key, "must be a string")
+    return str(value)
+
+
+def _number(path: Path, key: str, value: object, default: float) -> float:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        _fail(path, key, "must be a non-negative number")
+    return float(value)
+
+
+def _string_list(path: Path, key: str, value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        _fail(path, key, "must be a string or a list of strings")
+    return tuple(value)
+
+
+def _check_vars(path: Path, key: str, text: str, known: t.Collection[str]) -> None:
+    for var in VAR_RE.findall(text):
+        if var not in known:
+            _fail(path, key, f"uses '{{{var}}}', which is not a variable (known: {', '.join(sorted(known))})")
+
+
+def parse_recipe(data: object, path: Path, *, builtin: bool = False) -> Recipe:
+    """Validate parsed YAML ``data`` read from ``path`` and return the :class:`Recipe`."""
+    top = _table(path, "", data, _TOP_KEYS)
+    name = _string(path, "name", top.get("name"), required=True)
+    assert name is not None
+    if not NAME_RE.match(name):
+        _fail(path, "name", "must match [a-z0-9][a-z0-9_-]*")
+    source_raw = _table(path, "source", top.get("source"), _SOURCE_KEYS)
+    repo = _string(path, "source.repo", source_raw.get("repo"), required=True)
+    ref = _string(path, "source.ref", source_raw.get("ref")) or "main"
+    assert repo is not None
+
+    vars_raw = top.get("vars") or {}
+    if not isinstance(vars_raw, dict):
+        _fail(path, "vars", "must be a mapping")
+    variables: dict[str, str] = {}
+    for key, value in vars_raw.items():
+        if not isinstance(key, str) or not re.match(r"^[a-z_][a-z0-9_]*$", key):
+            _fail(path, f"vars.{key}", "must be a lowercase identifier")
+        if key in BUILTIN_VARS and key != "python":
+            _fail(path, f"vars.{key}", "is a built-in variable and cannot be redefined")
+        variables[key] = _string(path, f"vars.{key}", value) or ""
+    # console-only variables a remote command fills in
+    known = {*BUILTIN_VARS, *variables}
+    console_known = {
+        *known,
+        "script",
+        "conf",
+        "strategy",
+        "days",
+        "verbose",
+        "precision",
+        "params",
+        "exchange",
+        "asset",
+        "amount",
+    }
+
+    install = _string_list(path, "install", top.get("install"))
+    for i, step in enumerate(install):
+        _check_vars(path, f"install[{i}]", step, known)
+
+    run_raw = _table(path, "run", top.get("run"), _RUN_KEYS)
+    command = _string(path, "run.command", run_raw.get("command"), required=True)
+    assert command is not None
+    _check_vars(path, "run.command", command, known)
+    prelude = _string(path, "run.prelude", run_raw.get("prelude"))
+    if prelude:
+        _check_vars(path, "run.prelude", prelude, known)
+    env_raw = run_raw.get("env") or {}
+    if not isinstance(env_raw, dict):
+        _fail(path, "run.env", "must be a mapping of NAME: value")
+    env: dict[str, str] = {}
+    for key, value in env_raw.items():
+        if not isinstance(key, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            _fail(path, f"run.env.{key}", "is not a valid environment variable name")
+        env[key] = _string(path, f"run.env.{key}", value) or ""
+        _check_vars(path, f"run.env.{key}", env[key], known)
+    ready = _string(path, "run.ready", run_raw.get("ready"))
+    if ready:
+        try:
+            re.compile(ready)
+        except re.error as e:
+            _fail(path, "run.ready", f"is not a valid regular expression ({e})")
+    run = Run(
+        command=command,
+        prelude=prelude,
+        env=env,
+        ready=ready,
+        ready_timeout=_number(path, "run.ready_timeout", run_raw.get("ready_timeout"), 60.0),
+    )
+
+    console_raw = _table(path, "console", top.get("console") or {}, _CONSOLE_KEYS)
+    commands: dict[str, str] = {}
+    for key in CONSOLE_COMMANDS:
+        value = _string(path, f"console.{key}", console_raw.get(key))
+        if value is not None:
+            _check_vars(path, f"console.{key}", value, console_known)
+            commands[key] = value
+    console = Console(
+        commands=commands,
+        quit=_string_list(path, "console.quit", console_raw.get("quit")),
+        quit_delay=_number(path, "console.quit_delay", console_raw.get("quit_delay"), 1.0),
+        reply_wait=_number(path, "console.reply_wait", console_raw.get("reply_wait"), 1.0),
+    )
+
+    mqtt_raw = _table(path, "mqtt", top.get("mqtt") or {}, _MQTT_KEYS)
+    plugin = mqtt_raw.get("plugin", False)
+    if not isinstance(plugin, bool):
+        _fail(path, "mqtt.plugin", "must be true or false")
+    values = mqtt_raw.get("values") or {}
+    if not isinstance(values, dict):
+        _fail(path, "mqtt.values", "must be a mapping of dotted.key: value")
+    mqtt = Mqtt(plugin=plugin, config=_string(path, "mqtt.config", mqtt_raw.get("config")), values=values)
+    if values and not mqtt.config:
+        _fail(path, "mqtt.config", "is required when mqtt.values is given")
+
+    detect = _string(path, "detect", top.get("detect"))
+    if detect:
+        try:
+            re.compile(detect)
+        except re.error as e:
+            _fail(path, "detect", f"is not a valid regular expression ({e})")
+
+    return Recipe(
+        name=name,
+        description=_string(path, "description", top.get("description")) or "",
+        source=Source(repo=repo, ref=ref),
+        vars=variables,
+        install=install,
+        run=run,
+        console=console,
+        mqtt=mqtt,
+        detect=detect,
+        path=path,
+        builtin=builtin,
+    )
+
+
+def load_recipe(path: Path, *, builtin: bool = False) -> Recipe:
+    """Read and validate the recipe file at ``path``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        msg = f"recipe '{path}': cannot be read ({e.strerror}). Check the path."
+        raise RecipeError(msg) from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        msg = f"recipe '{path}': not valid YAML{where}. Fix the file and try again."
+        raise RecipeError(msg) from e
+    return parse_recipe(data, path, builtin=builtin)
+
+
+def recipe_dirs(user_dir: Path) -> list[tuple[Path, bool]]:
+    """Return the folders searched for recipes, user first, with a flag telling built-in ones."""
+    return [(user_dir, False), (builtin_recipes_dir(), True)]
+
+
+def list_recipes(user_dir: Path) -> list[Recipe]:
+    """Return every recipe found, a user recipe hiding a built-in of the same name."""
+    found: dict[str, Recipe] = {}
+    for folder, builtin in recipe_dirs(user_dir):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if path.suffix in RECIPE_SUFFIXES and path.is_file():
+                recipe = load_recipe(path, builtin=builtin)
+                found.setdefault(recipe.name, recipe)
+    return sorted(found.values(), key=lambda r: r.name)
+
+
+def find_recipe(ref: str, user_dir: Path) -> Recipe:
+    """Return the recipe named ``ref``, or loaded from ``ref`` when it is a path."""
+    if ref.endswith(RECIPE_SUFFIXES) or "/" in ref:
+        return load_recipe(Path(ref).expanduser().resolve())
+    for folder, builtin in recipe_dirs(user_dir):
+        for suffix in RECIPE_SUFFIXES:
+            candidate = folder / f"{ref}{suffix}"
+            if candidate.is_file():
+                recipe = load_recipe(candidate, builtin=builtin)
+                if recipe.name != ref:
+                    _fail(candidate, "name", f"is '{recipe.name}' but the file is named '{ref}'")
+                return recipe
+    raise RecipeNotFound(ref, [r.name for r in list_recipes(user_dir)])
+
+
+def render(template: str, values: t.Mapping[str, str], *, optional_groups: bool = False) -> str:
+    """Fill ``{var}`` placeholders; with ``optional_groups``, drop ``[...]`` parts whose variables are empty.
+
+    ``${VAR}`` (shell syntax) is left alone.
+    """
+
+    def fill(text: str) -> str:
+        return VAR_RE.sub(lambda m: str(values.get(m.group(1), "")), text)
+
+    if optional_groups:
+
+        def group(match: re.Match[str]) -> str:
+            inner = match.group(1)
+            needed = VAR_RE.findall(inner)
+            return fill(inner) if all(values.get(v) not in (None, "") for v in needed) else ""
+
+        template = OPTIONAL_RE.sub(group, template)
+    return fill(template)
+
+
+def parse_settings(recipe: Recipe, pairs: t.Iterable[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Split ``--set KEY=VALUE`` pairs into recipe variables and ``env.NAME`` environment values."""
+    variables: dict[str, str] = {}
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            msg = f"setting '{pair}' is not KEY=VALUE. Example: --set env.API_KEY=abc."
+            raise RecipeError(msg)
+        if key.startswith("env."):
+            name = key[4:]
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+                msg = f"setting '{pair}': '{name}' is not a valid environment variable name."
+                raise RecipeError(msg)
+            env[name] = value
+        elif key in recipe.vars:
+            variables[key] = value
+        else:
+            choices = ", ".join([*recipe.settable(), "env.NAME"])
+            msg = f"setting '{key}' is not known to recipe '{recipe.name}'. Settable keys: {choices}."
+            raise RecipeError(msg)
+    return variables, env

@@ -1,0 +1,271 @@
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import typing as t
+from pathlib import Path
+
+import git
+import pytest
+
+from supervisor.errors import (
+    InstallError,
+    InstanceError,
+    InstanceExists,
+    InstanceNotRunning,
+    InstanceRunning,
+    InvalidName,
+    SessionError,
+)
+from supervisor.manager import Manager, session_name
+from supervisor.paths import Paths
+from tests.conftest import RECIPES, commit_files, wait_until
+
+TICKER = str(RECIPES / "ticker.yaml")
+
+
+@pytest.fixture(params=["tmux", "screen"])
+def backend(request: pytest.FixtureRequest) -> str:
+    name = t.cast("str", request.param)
+    request.getfixturevalue("tmux_socket" if name == "tmux" else "screendir")
+    return name
+
+
+@pytest.fixture
+def manager(isolated_env: Path, request: pytest.FixtureRequest) -> t.Iterator[Manager]:
+    socket = request.getfixturevalue("tmux_socket")
+    mgr = Manager(Paths.from_env(isolated_env, socket))
+    yield mgr
+    for status in mgr.status():
+        if status.pid:
+            with_suppress_kill(status.pid)
+
+
+def with_suppress_kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def state_of(manager: Manager, name: str) -> str:
+    return manager.status([name])[0].state
+
+
+def test_lifecycle_new_start_send_tail_logs_stop(manager: Manager, backend: str, bot_origin: Path) -> None:
+    created = manager.new("mm-1", TICKER, repo=str(bot_origin), backend=backend)
+    assert created.state == "stopped"
+    assert created.commit == git.Repo(bot_origin).head.commit.hexsha
+    assert (Path(created.checkout) / "bot.py").exists()
+    assert "installed" in manager.paths.install_log("mm-1").read_text()
+
+    [started] = manager.start(["mm-1"])
+    assert started.changed
+    status = manager.status(["mm-1"])[0]
+    assert status.state == "running"
+    assert status.session == session_name("mm-1")
+    assert status.pid is not None
+    proc_cmdline = Path(f"/proc/{status.pid}/cmdline").read_bytes().split(b"\0")
+    assert b"bot.py" in proc_cmdline
+    assert status.rss is not None and status.rss > 1_000_000
+    assert status.uptime is not None and status.uptime >= 0
+
+    again = manager.start(["mm-1"])[0]
+    assert not again.changed
+    assert "already running" in again.message
+
+    text = 'hello $(id) ; rm -rf / | & "q" ^M \\n'
+    manager.send("mm-1", text)
+    wait_until(lambda: f"echo: {text}" in manager.tail("mm-1", 50), message="the echo on screen")
+    wait_until(lambda: f"echo: {text}" in manager.log_path("mm-1").read_text(), message="the echo in the log")
+    assert "ticker-bot ready" in manager.log_path("mm-1").read_text()
+
+    [stopped] = manager.stop(["mm-1"], timeout=10)
+    assert stopped.step == "console"
+    assert not Path(f"/proc/{status.pid}").exists()
+    after = manager.status(["mm-1"])[0]
+    assert (after.state, after.desired, after.pid) == ("stopped", "stopped", None)
+    log = manager.log_path("mm-1").read_text()
+    assert "stopped strategy" in log and "bye" in log
+
+    noop = manager.stop(["mm-1"])[0]
+    assert not noop.changed
+    assert noop.step == "already-stopped"
+
+
+def test_crashed_and_exited_bots_are_told_apart(manager: Manager, backend: str, bot_origin: Path) -> None:
+    manager.new("crash", str(RECIPES / "crasher.yaml"), repo=str(bot_origin), backend=backend)
+    manager.start(["crash"])
+    wait_until(lambda: state_of(manager, "crash") == "crashed", message="crashed state")
+    assert manager.status(["crash"])[0].exit_code == 3
+
+    manager.new("quits", TICKER, repo=str(bot_origin), backend=backend)
+    manager.start(["quits"])
+    manager.send("quits", "exit")
+    wait_until(lambda: state_of(manager, "quits") == "exited", message="exited state")
+    assert manager.status(["quits"])[0].exit_code == 0
+
+
+def test_stop_escalates_to_sigkill(manager: Manager, bot_origin: Path) -> None:
+    manager.new("stub", str(RECIPES / "stubborn.yaml"), repo=str(bot_origin))
+    manager.start(["stub"])
+    pid = manager.status(["stub"])[0].pid
+    assert pid
+    [result] = manager.stop(["stub"], timeout=0.5)
+    assert result.step == "sigkill"
+    assert "SIGKILL" in result.message
+    assert manager.status(["stub"])[0].state == "stopped"
+
+
+def test_restart_counts_and_changes_pid(manager: Manager, bot_origin: Path) -> None:
+    manager.new("r1", TICKER, repo=str(bot_origin))
+    manager.start(["r1"])
+    before = manager.status(["r1"])[0].pid
+    [result] = manager.restart(["r1"])
+    after = manager.status(["r1"])[0]
+    assert result.changed and after.state == "running"
+    assert after.pid != before
+    assert after.restarts == 1
+
+
+def test_second_instance_reuses_mirror(manager: Manager, bot_origin: Path) -> None:
+    manager.new("a", TICKER, repo=str(bot_origin))
+    manager.new("b", TICKER, repo=str(bot_origin))
+    mirrors = list(manager.paths.mirrors.glob("*.git"))
+    assert len(mirrors) == 1
+    for name in ("a", "b"):
+        checkout = Path(manager.status([name])[0].checkout)
+        alternates = (checkout / ".git/objects/info/alternates").read_text().strip()
+        assert Path(alternates).resolve() == (mirrors[0] / "objects").resolve()
+        assert git.Repo(checkout).remotes.origin.url == str(bot_origin)
+
+
+def test_failed_install_is_recorded_and_retried(manager: Manager, bot_origin: Path) -> None:
+    with pytest.raises(InstallError) as info:
+        manager.new("bad", str(RECIPES / "failing-install.yaml"), repo=str(bot_origin))
+    assert "install step 2/2" in str(info.value)
+    assert "exit code 7" in str(info.value)
+    assert "about to fail" in info.value.log_tail
+    assert state_of(manager, "bad") == "install-failed"
+    with pytest.raises(InstanceError, match="cannot start: it is install-failed"):
+        manager.start(["bad"])
+    (Path(manager.status(["bad"])[0].checkout) / ".ok").write_text("")
+    assert manager.install("bad").state == "stopped"
+
+
+def test_failed_clone_leaves_nothing(manager: Manager, tmp_path: Path) -> None:
+    with pytest.raises(InstallError):
+        manager.new("ghost", TICKER, repo=str(tmp_path / "no-such-repo"))
+    assert manager.registry.all() == {}
+    assert not manager.paths.instance_dir("ghost").exists()
+
+
+def test_names_and_duplicates_checked_before_disk(manager: Manager, bot_origin: Path) -> None:
+    with pytest.raises(InvalidName):
+        manager.new("Bad.Name", TICKER, repo=str(bot_origin))
+    assert not (manager.paths.home / "instances").exists()
+    manager.new("dup", TICKER, repo=str(bot_origin))
+    with pytest.raises(InstanceExists):
+        manager.new("dup", TICKER, repo=str(bot_origin))
+
+
+def test_update_moves_forward_and_rolls_back(manager: Manager, bot_origin: Path) -> None:
+    manager.new("u", TICKER, repo=str(bot_origin))
+    manager.start(["u"])
+    origin = git.Repo(bot_origin)
+    first = origin.head.commit.hexsha
+    second = commit_files(origin, {"NOTES": "v2\n"}, "second")
+    status = manager.update("u")
+    assert status.commit == second
+    assert status.state == "running"
+    with pytest.raises(InstallError):
+        manager.update("u", ref="no-such-branch")
+    status = manager.status(["u"])[0]
+    assert status.commit == second
+    assert status.state == "running"
+    assert first != second
+
+
+def test_remove_refuses_running_without_force(manager: Manager, bot_origin: Path) -> None:
+    manager.new("rm1", TICKER, repo=str(bot_origin))
+    manager.start(["rm1"])
+    with pytest.raises(InstanceRunning, match="refusing to remove"):
+        manager.remove("rm1")
+    checkout = Path(manager.status(["rm1"])[0].checkout)
+    manager.remove("rm1", force=True, purge=True)
+    assert not checkout.exists()
+    assert manager.registry.all() == {}
+
+
+def test_send_needs_running_bot_and_one_line(manager: Manager, bot_origin: Path) -> None:
+    manager.new("s", TICKER, repo=str(bot_origin))
+    with pytest.raises(InstanceNotRunning) as info:
+        manager.send("s", "status")
+    assert info.value.exit_code == 3
+    manager.start(["s"])
+    with pytest.raises(SessionError, match="one line"):
+        manager.send("s", "a\nb")
+
+
+def test_relay_renders_console_lines_and_captures_reply(manager: Manager, bot_origin: Path) -> None:
+    manager.new("rl", TICKER, repo=str(bot_origin))
+    manager.start(["rl"])
+    assert manager.console_line("rl", "start", {"script": "x.py", "conf": None}) == "start --script x.py"
+    reply = manager.relay("rl", "status", {}, capture=True)
+    assert "status: running=False" in reply
+    with pytest.raises(InstanceError, match="no console command for 'history'"):
+        manager.relay("rl", "history", {})
+
+
+def test_adopt_foreign_screen_session(manager: Manager, screendir: Path, tmp_path: Path) -> None:
+    bot = tmp_path / "handmade"
+    bot.mkdir()
+    (bot / "bot.py").write_text((RECIPES.parent / "ticker_bot.py").read_text())
+    (manager.paths.user_recipes).mkdir(parents=True)
+    (manager.paths.user_recipes / "ticker.yaml").write_text((RECIPES / "ticker.yaml").read_text())
+    subprocess.run(
+        ["screen", "-dmS", "hbot1", "bash", "-c", f"cd {bot} && {sys.executable} bot.py ticker_marker; exec bash"],
+        check=True,
+    )
+    found = wait_until(lambda: [f for f in manager.foreign_sessions() if f.session == "hbot1"], timeout=10)
+    assert found[0].recipe == "ticker"
+    assert found[0].cwd == str(bot)
+    status = manager.adopt("hbot1", "hand-1")
+    assert status.state == "running"
+    assert status.adopted
+    assert status.checkout == str(bot)
+    assert not [f for f in manager.foreign_sessions() if f.session == "hbot1"]
+    [result] = manager.stop(["hand-1"], timeout=10)
+    assert result.step == "console"
+    assert manager.status(["hand-1"])[0].state == "stopped"
+
+
+def test_many_concurrent_cli_processes_lose_no_record(isolated_env: Path, tmux_socket: str, bot_origin: Path) -> None:
+    env = {**os.environ, "SUPERVISOR_HOME": str(isolated_env), "SUPERVISOR_TMUX_SOCKET": tmux_socket}
+    script = (
+        f"{sys.executable} -m supervisor new c$0 -r {TICKER} --repo {bot_origin} >/dev/null && "
+        f"{sys.executable} -m supervisor start c$0 --no-wait >/dev/null"
+    )
+    procs = [
+        subprocess.Popen(["bash", "-c", script, str(i)], env=env, stderr=subprocess.PIPE, text=True) for i in range(20)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 20, errors
+    listing = subprocess.run(
+        [sys.executable, "-m", "supervisor", "ls", "--json", "--no-foreign"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    records = json.loads(listing.stdout)["instances"]
+    assert sorted(r["name"] for r in records) == sorted(f"c{i}" for i in range(20))
+    mgr = Manager(Paths.from_env(isolated_env, tmux_socket))
+    wait_until(lambda: all(s.state == "running" for s in mgr.status()), timeout=30, message="all 20 running")
+    assert len(list(mgr.paths.mirrors.glob("*.git"))) == 1
+    mgr.stop(sorted(r["name"] for r in records), timeout=5)
+    assert all(s.state == "stopped" for s in mgr.status())
+    assert time.time() > 0

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import re
+import typing as t
+from pathlib import Path
+
+import pytest
+
+from supervisor.errors import InvalidName, RecipeError, RecipeNotFound
+from supervisor.recipe import check_name, find_recipe, list_recipes, load_recipe, parse_settings, render
+from tests.conftest import RECIPES
+
+
+def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+MINIMAL = "name: r\nsource: {repo: x}\nrun: {command: bot}\n"
+
+
+def test_builtin_recipes_load_and_validate(tmp_path: Path) -> None:
+    names = {r.name for r in list_recipes(tmp_path / "none")}
+    assert {"example-bot", "hummingbot"} <= names
+    hb = find_recipe("hummingbot", tmp_path / "none")
+    assert hb.mqtt.plugin is True
+    assert hb.mqtt.config == "conf/conf_client.yml"
+    assert hb.run.command == "bin/hummingbot.py"
+    assert hb.install[0] == "./install"
+    assert hb.console.quit == ("stop", "exit")
+    example = find_recipe("example-bot", tmp_path / "none")
+    assert example.source.builtin == "example-bot"
+    assert example.builtin
+
+
+def test_user_recipe_hides_builtin(tmp_path: Path) -> None:
+    user = tmp_path / "user"
+    user.mkdir()
+    write(user, MINIMAL.replace("name: r", "name: hummingbot"), "hummingbot.yaml")
+    recipe = find_recipe("hummingbot", user)
+    assert not recipe.builtin
+    assert recipe.run.command == "bot"
+
+
+def test_recipe_by_path() -> None:
+    recipe = find_recipe(str(RECIPES / "ticker.yaml"), Path("/nonexistent"))
+    assert recipe.name == "ticker"
+    assert recipe.vars == {"interval": "0.2"}
+
+
+def test_unknown_recipe_lists_choices(tmp_path: Path) -> None:
+    with pytest.raises(RecipeNotFound) as info:
+        find_recipe("nope", tmp_path)
+    assert "recipe 'nope' not found" in str(info.value)
+    assert "example-bot" in str(info.value)
+
+
+class Bad(t.NamedTuple):
+    test_id: str
+    text: str
+    key: str
+
+
+BAD = [
+    Bad("not-yaml", "name: [unclosed", "not valid YAML at line"),
+    Bad("not-mapping", "- a\n- b\n", "must be a mapping"),
+    Bad("missing-name", "source: {repo: x}\nrun: {command: b}\n", "key 'name' is required"),
+    Bad("bad-name", "name: Bad.Name\nsource: {repo: x}\nrun: {command: b}\n", "key 'name' must match"),
+    Bad("missing-command", "name: r\nsource: {repo: x}\nrun: {}\n", "key 'run.command' is required"),
+    Bad("unknown-top", MINIMAL + "colour: red\n", "key 'colour' is not known"),
+    Bad("unknown-run", "name: r\nsource: {repo: x}\nrun: {command: b, cmd: c}\n", "key 'run.cmd' is not known"),
+    Bad("bad-ready", "name: r\nsource: {repo: x}\nrun: {command: b, ready: '(('}\n", "key 'run.ready' is not a valid"),
+    Bad("unknown-var", "name: r\nsource: {repo: x}\nrun: {command: 'b {nope}'}\n", "uses '{nope}'"),
+    Bad("install-type", MINIMAL + "install: {a: 1}\n", "key 'install' must be a string or a list"),
+    Bad("plugin-type", MINIMAL + "mqtt: {plugin: yes-please}\n", "key 'mqtt.plugin' must be true or false"),
+    Bad("values-need-config", MINIMAL + "mqtt: {values: {a: 1}}\n", "key 'mqtt.config' is required"),
+    Bad("env-name", "name: r\nsource: {repo: x}\nrun: {command: b, env: {'1X': y}}\n", "key 'run.env.1X'"),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c.test_id for c in BAD])
+def test_malformed_recipes_name_file_and_key(tmp_path: Path, case: Bad) -> None:
+    path = write(tmp_path, case.text)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert str(path) in str(info.value)
+    assert case.key in str(info.value)
+
+
+def test_file_name_must_match_recipe_name(tmp_path: Path) -> None:
+    write(tmp_path, MINIMAL, "other.yaml")
+    with pytest.raises(RecipeError, match="is 'r' but the file is named 'other'"):
+        find_recipe("other", tmp_path)
+
+
+def test_render_optional_groups_and_shell_vars() -> None:
+    template = "start[ --script {script}][ --conf {conf}]"
+    assert render(template, {"script": "a.py", "conf": ""}, optional_groups=True) == "start --script a.py"
+    assert (
+        render(template, {"script": "a.py", "conf": "c.yml"}, optional_groups=True)
+        == "start --script a.py --conf c.yml"
+    )
+    assert render(template, {}, optional_groups=True) == "start"
+    assert render("echo ${HOME} {name}", {"name": "x"}) == "echo ${HOME} x"
+    # install steps keep shell brackets: optional groups only apply to console lines
+    assert render("[ -f x ] && {name}", {"name": "y"}) == "[ -f x ] && y"
+
+
+def test_parse_settings(tmp_path: Path) -> None:
+    recipe = find_recipe(str(RECIPES / "ticker.yaml"), tmp_path)
+    variables, env = parse_settings(recipe, ["interval=5", "env.API_KEY=a=b"])
+    assert variables == {"interval": "5"}
+    assert env == {"API_KEY": "a=b"}
+    with pytest.raises(
+        RecipeError,
+        match=re.escape("setting 'colour' is not known to recipe 'ticker'. Settable keys: interval, env.NAME"),
+    ):
+        parse_settings(recipe, ["colour=red"])
+    with pytest.raises(RecipeError, match="is not KEY=VALUE"):
+        parse_settings(recipe, ["novalue"])
+
+
+@pytest.mark.parametrize("name", ["mm-1", "a", "bot_2", "0x"])
+def test_valid_names(name: str) -> None:
+    assert check_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "MM", "-a", "a.b", "a:b", "a b", "a/b", "é", "x" * 49])
+def test_invalid_names(name: str) -> None:
+    with pytest.raises(InvalidName, match="is not valid"):
+        check_name(name)
