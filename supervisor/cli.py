@@ -496,3 +496,145 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run the command line."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     cli.main(args=list(argv) if argv is not None else None, prog_name="supervisor")
+
+
+def _agent_option(*names: str, **kwargs: t.Any) -> t.Callable[[t.Callable[..., t.Any]], t.Callable[..., t.Any]]:
+    """Return an option that skips SUPERVISOR_AGENT_* (the agent config reads SUPERVISOR_* itself)."""
+    return click.option(*names, allow_from_autoenv=False, **kwargs)
+
+
+@cli.command("agent")
+@_agent_option("--broker", help="mqtt://[user@]host[:port] or mqtts://… (env SUPERVISOR_BROKER).")
+@_agent_option(
+    "--ca", type=click.Path(path_type=Path, dir_okay=False), help="CA file that signs the broker's certificate."
+)
+@_agent_option("--cert", type=click.Path(path_type=Path, dir_okay=False), help="Client certificate (mutual TLS).")
+@_agent_option("--key", type=click.Path(path_type=Path, dir_okay=False), help="Client certificate's private key.")
+@_agent_option("--namespace", help="Hummingbot topic namespace. Default: hbot.")
+@_agent_option("--host-id", help="This host's id in topics. Default: the short host name.")
+@_agent_option("--mqtt5", is_flag=True, default=None, help="Speak MQTT 5 instead of 3.1.1.")
+@_agent_option("--heartbeat-interval", type=click.FloatRange(min=0.05), help="Seconds between heartbeats. Default: 10.")
+@_agent_option(
+    "--state-interval", type=click.FloatRange(min=0.05), help="Seconds between state refreshes. Default: 30."
+)
+@_agent_option("--check-interval", type=click.FloatRange(min=0.05), help="Seconds between crash checks. Default: 5.")
+@_agent_option(
+    "--fatal-after",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Fast failures in a row before 'fatal'.",
+)
+@_agent_option(
+    "--backoff", type=click.FloatRange(min=0), default=1.0, show_default=True, help="First restart delay (doubles)."
+)
+@_agent_option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="TOML file (default $SUPERVISOR_HOME/agent.toml).",
+)
+@click.pass_context
+def agent_cmd(
+    ctx: click.Context,
+    broker: str | None,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    namespace: str | None,
+    host_id: str | None,
+    mqtt5: bool | None,
+    heartbeat_interval: float | None,
+    state_interval: float | None,
+    check_interval: float | None,
+    fatal_after: int,
+    backoff: float,
+    config_file: Path | None,
+) -> None:
+    """Run the MQTT agent in the foreground.
+
+    It relays Hummingbot-style commands into the sessions, publishes heartbeats
+    and state, and restarts crashed bots. Bots keep running when it stops.
+    Keep the broker password out of the command line: use SUPERVISOR_BROKER_PASSWORD
+    or password_file in the config file.
+    """
+    import signal
+
+    from supervisor.agent.config import load_agent_config
+    from supervisor.agent.service import Agent
+
+    manager = _manager(ctx)
+    overrides = {
+        "url": broker,
+        "ca": ca,
+        "cert": cert,
+        "key": key,
+        "namespace": namespace,
+        "host_id": host_id,
+        "protocol": "5" if mqtt5 else None,
+        "heartbeat_interval": heartbeat_interval,
+        "state_interval": state_interval,
+    }
+    path = config_file or manager.paths.agent_config
+    config = load_agent_config(path if (config_file or path.exists()) else None, os.environ, overrides)
+    if not ctx.find_root().obj.get("debug"):
+        logging.getLogger().setLevel(logging.INFO)
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    agent = Agent(manager, config, fatal_after=fatal_after, backoff_base=backoff, check_interval=check_interval)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
+    signal.signal(signal.SIGINT, lambda *_: agent.stop())
+    agent.run()
+
+
+@cli.group("service")
+def service_grp() -> None:
+    """Run the agent as a systemd user service."""
+
+
+@service_grp.command("install")
+@click.option("--broker", help="Broker URL written into the unit (no password: use agent.toml's password_file).")
+@click.option("--print", "print_only", is_flag=True, help="Print the unit instead of writing it.")
+@click.pass_context
+def service_install_cmd(ctx: click.Context, broker: str | None, print_only: bool) -> None:
+    """Write a systemd user unit that starts the agent at boot and restarts it if it dies."""
+    import shlex
+
+    manager = _manager(ctx)
+    argv = [sys.executable, "-m", "supervisor", "agent"] + (["--broker", broker] if broker else [])
+    unit = "\n".join(
+        [
+            "[Unit]",
+            "Description=bot-supervisor agent (MQTT relay, heartbeats, crash recovery)",
+            "After=network-online.target",
+            "Wants=network-online.target",
+            "",
+            "[Service]",
+            f"Environment=SUPERVISOR_HOME={manager.paths.home}",
+            f"Environment=SUPERVISOR_TMUX_SOCKET={manager.paths.tmux_socket}",
+            f"ExecStart={shlex.join(argv)}",
+            "Restart=on-failure",
+            "RestartSec=5",
+            "# Bots live in tmux/screen, not in this unit's cgroup slice of processes we own:",
+            "KillMode=process",
+            "",
+            "[Install]",
+            "WantedBy=default.target",
+            "",
+        ]
+    )
+    if print_only:
+        click.echo(unit, nl=False)
+        return
+    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    target = config_home / "systemd" / "user" / "bot-supervisor-agent.service"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(unit)
+    tmp.replace(target)
+    user = os.environ.get("USER", "$USER")
+    click.echo(f"wrote {target}")
+    click.echo("enable it with:")
+    click.echo("  systemctl --user daemon-reload && systemctl --user enable --now bot-supervisor-agent")
+    click.echo("and let it run without a login session (survives logout and reboot):")
+    click.echo(f"  sudo loginctl enable-linger {user}")

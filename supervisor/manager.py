@@ -713,9 +713,14 @@ class Manager:
         """
         return [self._start_one(name, wait_ready=wait_ready) for name in names]
 
-    def _start_one(self, name: str, *, wait_ready: bool = True, count_restart: bool = False) -> ActionResult:
+    def _start_one(
+        self, name: str, *, wait_ready: bool = True, count_restart: bool = False, only_if_wanted: bool = False
+    ) -> ActionResult:
         with self._instance_lock(name, wait=60):
             record = self.registry.get(name)
+            if only_if_wanted and (record.desired != DESIRED_RUNNING or record.fatal):
+                # Checked under the lock: a user's stop that raced the agent always wins.
+                return ActionResult(name, "start", False, f"instance '{name}' is no longer meant to run; left alone.")
             if record.lifecycle != INSTALLED:
                 msg = (
                     f"instance '{name}' cannot start: it is {record.lifecycle}. "
@@ -1023,7 +1028,7 @@ class Manager:
 
     def restart_crashed(self, name: str) -> ActionResult:
         """Start an instance the agent found dead while it should run, counting the restart."""
-        return self._start_one(name, count_restart=True)
+        return self._start_one(name, count_restart=True, only_if_wanted=True)
 
 
 def rotate_log(path: Path, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_KEEP) -> bool:

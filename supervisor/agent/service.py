@@ -1,0 +1,562 @@
+"""The agent: relays MQTT requests into sessions, publishes heartbeats and state, supervises.
+
+It calls the same :class:`~supervisor.manager.Manager` as the CLI; bots never run
+under it. Three kinds of work:
+
+* requests (network thread -> worker pool): Hummingbot-compatible commands on
+  ``{ns}/{id}/{command}`` for instances whose bot has no MQTT plugin (or whose
+  plugin is down), and our own verbs on ``{own}/{host}/{instance}/{verb}``;
+* a supervision loop (its own thread): restarts crashed bots with backoff,
+  marks ``fatal`` after repeated fast failures, brings back after a reboot the
+  bots meant to run, rotates console logs;
+* periodic publishing: heartbeats and ``status_updates`` for plugin-less bots
+  whose process is alive, retained ``state`` records and agent availability.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+import typing as t
+
+from supervisor import __version__
+from supervisor.agent import protocol
+from supervisor.agent.auth import Verifier
+from supervisor.agent.connection import Connection
+from supervisor.errors import AuthError, InstanceNotRunning, SupervisorError
+from supervisor.manager import CRASHED, EXITED, RUNNING, rotate_log
+from supervisor.registry import DESIRED_RUNNING
+
+if t.TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from supervisor.agent.config import AgentConfig
+    from supervisor.manager import InstanceStatus, Manager
+
+logger = logging.getLogger(__name__)
+
+MAX_PENDING = 64
+DEDUP_SECONDS = 300.0
+BACKOFF_BASE = 1.0
+BACKOFF_MAX = 60.0
+FATAL_AFTER = 5
+FAST_FAILURE = 30.0
+_VOLATILE = ("cpu_percent", "rss", "uptime")
+
+
+@dataclasses.dataclass
+class _Failures:
+    """Crash bookkeeping of one instance."""
+
+    count: int = 0
+    next_attempt: float = 0.0
+    started_at: float = 0.0
+
+
+class AuditLog:
+    """Append-only JSON lines: who asked what, when, and the result."""
+
+    def __init__(self, path: os.PathLike[str] | str) -> None:
+        self.path = os.fspath(path)
+        self._lock = threading.Lock()
+
+    def record(self, **entry: t.Any) -> None:
+        """Append one entry (never raises: auditing must not break serving)."""
+        entry = {"ts": round(time.time(), 3), **entry}
+        line = json.dumps(entry, default=str, separators=(",", ":")) + "\n"
+        with self._lock:
+            try:
+                with open(self.path, "a", encoding="utf-8") as handle:  # noqa: PTH123 - append mode on a str path
+                    handle.write(line)
+            except OSError as e:
+                logger.warning("cannot write the audit log %s: %s", self.path, e)
+
+
+class Agent:
+    """One host's agent.
+
+    Parameters
+    ----------
+    manager
+        The core; the agent keeps one, so CPU figures are live deltas.
+    config
+        Broker, namespaces, timers and secret.
+    fatal_after, fast_failure, backoff_base, backoff_max
+        Supervision policy: ``fatal_after`` failures in a row, each within
+        ``fast_failure`` seconds of its start, mark an instance ``fatal``.
+    """
+
+    def __init__(
+        self,
+        manager: Manager,
+        config: AgentConfig,
+        *,
+        fatal_after: int = FATAL_AFTER,
+        fast_failure: float = FAST_FAILURE,
+        backoff_base: float = BACKOFF_BASE,
+        backoff_max: float = BACKOFF_MAX,
+        check_interval: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.manager = manager
+        self.config = config
+        self.host = config.host_id
+        self.ns = config.namespace
+        self.own = f"{config.own_prefix}/{self.host}"
+        self.fatal_after = fatal_after
+        self.fast_failure = fast_failure
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.check_interval = check_interval or min(config.heartbeat_interval, 5.0)
+        self._clock = clock
+        self.verifier = Verifier(config.secret, skew=config.clock_skew, clock=clock) if config.secret else None
+        self.audit = AuditLog(manager.paths.audit_log)
+        self._stop = threading.Event()
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="agent-request")
+        self._pending = threading.BoundedSemaphore(MAX_PENDING)
+        self._failures: dict[str, _Failures] = {}
+        self._alive: dict[str, bool] = {}
+        self._published: dict[str, tuple[dict[str, t.Any], float]] = {}
+        self._seen: dict[str, tuple[float, bytes | None]] = {}
+        self._seen_lock = threading.Lock()
+        self._statuses: dict[str, InstanceStatus] = {}
+        self._status_lock = threading.Lock()
+        self._supervision_lock = threading.Lock()
+        self.connection = Connection(
+            config.broker,
+            client_id=config.broker.client_id or f"supervisor-agent-{self.host}",
+            will=(f"{self.own}/agent", self._availability("offline"), 1, True),
+            on_connect=self._on_connect,
+        )
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until :meth:`stop` is called (from a signal handler or another thread)."""
+        if self.verifier is None:
+            logger.warning(
+                "no shared secret configured: anyone who can publish on %s can start, stop and type into "
+                "this host's bots through %s/#. Set SUPERVISOR_SECRET (and broker ACLs) to prevent it.",
+                self.config.broker.url,
+                self.own,
+            )
+        self._subscribe()
+        self.connection.start()
+        logger.info("agent %s serving %s/+/… and %s/… on %s", self.host, self.ns, self.own, self.config.broker.url)
+        next_heartbeat = 0.0
+        next_state = 0.0
+        next_check = 0.0
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now >= next_check:
+                    self._supervise()
+                    next_check = now + self.check_interval
+                if now >= next_heartbeat:
+                    self._heartbeats()
+                    next_heartbeat = now + self.config.heartbeat_interval
+                if now >= next_state:
+                    self._publish_states(force=True)
+                    next_state = now + self.config.state_interval
+                else:
+                    self._publish_states(force=False)
+                wake = min(next_check, next_heartbeat, next_state) - time.monotonic()
+                self._stop.wait(max(0.01, wake))
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return."""
+        self._stop.set()
+
+    def _shutdown(self) -> None:
+        for name, alive in list(self._alive.items()):
+            if alive:
+                self._status_update(name, "offline")
+        with contextlib.suppress(SupervisorError):
+            self.connection.publish_and_wait(
+                f"{self.own}/agent", self._availability("offline"), qos=1, retain=True, timeout=2
+            )
+        self._pool.shutdown(wait=True, cancel_futures=False)
+        self.connection.stop()
+        logger.info("agent %s stopped; bots keep running in their sessions", self.host)
+
+    def _availability(self, state: str) -> bytes:
+        record = {
+            "host": self.host,
+            "state": state,
+            "ts": round(self._clock(), 3),
+            "version": __version__,
+            "pid": os.getpid(),
+            "heartbeat_interval": self.config.heartbeat_interval,
+            "state_interval": self.config.state_interval,
+            "keepalive": self.config.broker.keepalive,
+            "signed": self.verifier is not None,
+        }
+        return json.dumps(record, separators=(",", ":")).encode()
+
+    def _on_connect(self) -> None:
+        self.connection.publish(f"{self.own}/agent", self._availability("online"), qos=1, retain=True)
+        # Retained state may have been lost with a broker restart: publish everything again.
+        self._published.clear()
+
+    def _subscribe(self) -> None:
+        for command in protocol.HBOT_COMMANDS:
+            self.connection.subscribe(f"{self.ns}/+/{command}", self._on_hbot, qos=1)
+        for verb in protocol.OWN_VERBS:
+            self.connection.subscribe(f"{self.own}/+/{verb}", self._on_own, qos=1)
+        for verb in protocol.HOST_VERBS:
+            self.connection.subscribe(f"{self.own}/{verb}", self._on_own, qos=1)
+
+    # -- request plumbing ----------------------------------------------------------
+
+    def _dispatch(self, topic: str, payload: bytes, work: Callable[[str, bytes], None]) -> None:
+        """Hand a request to the pool (handlers run on the network thread and must be quick)."""
+        if not self._pending.acquire(blocking=False):
+            logger.warning("too many requests in flight; refusing %s", topic)
+            self._reply_error_raw(payload, "agent is busy: too many requests in flight. Try again.")
+            return
+
+        def job() -> None:
+            try:
+                work(topic, payload)
+            except Exception:
+                logger.exception("request on %s failed unexpectedly", topic)
+                self._reply_error_raw(payload, "internal error in the agent; see its log.")
+            finally:
+                self._pending.release()
+
+        self._pool.submit(job)
+
+    def _on_hbot(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
+        self._dispatch(topic, payload, self._handle_hbot)
+
+    def _on_own(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
+        self._dispatch(topic, payload, self._handle_own)
+
+    def _reply(self, reply_to: str, data: Mapping[str, t.Any], key: str | None = None) -> None:
+        try:
+            topic = protocol.reply_topic(reply_to)
+        except protocol.ProtocolError as e:
+            logger.warning("cannot answer on reply_to %r: %s", reply_to[:80], e)
+            return
+        body = protocol.encode_reply(data)
+        if key is not None:
+            with self._seen_lock:
+                if key in self._seen:
+                    self._seen[key] = (self._seen[key][0], body)
+        self.connection.publish(topic, body, qos=1)
+
+    def _reply_error_raw(self, payload: bytes, message: str) -> None:
+        try:
+            request = protocol.parse_request(payload)
+        except protocol.ProtocolError as e:
+            if e.reply_to:
+                self._reply(e.reply_to, {"status": protocol.STATUS_ERROR, "msg": message})
+            return
+        self._reply(request.reply_to, {"status": protocol.STATUS_ERROR, "msg": message})
+
+    def _first_sight(self, topic: str, payload: bytes) -> tuple[bool, str]:
+        """Return whether this exact request is new; a QoS 1 redelivery gets the cached reply instead."""
+        key = hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()
+        now = time.monotonic()
+        with self._seen_lock:
+            for old in [k for k, (when, _) in self._seen.items() if now - when > DEDUP_SECONDS]:
+                del self._seen[old]
+            if key in self._seen:
+                cached = self._seen[key][1]
+                if cached is not None:
+                    with contextlib.suppress(protocol.ProtocolError):
+                        request = protocol.parse_request(payload)
+                        self.connection.publish(protocol.reply_topic(request.reply_to), cached, qos=1)
+                return False, key
+            self._seen[key] = (now, None)
+        return True, key
+
+    def _parse(self, topic: str, payload: bytes) -> protocol.Request | None:
+        """Parse a request; answer 400 where possible and return ``None`` when it is unusable."""
+        try:
+            return protocol.parse_request(payload)
+        except protocol.ProtocolError as e:
+            logger.warning("malformed request on %s: %s", topic, e)
+            self.audit.record(topic=topic, result="rejected", reason=str(e))
+            if e.reply_to:
+                self._reply(e.reply_to, {"status": protocol.STATUS_ERROR, "msg": f"bad request: {e}"})
+            return None
+
+    # -- Hummingbot-compatible commands -------------------------------------------
+
+    def _handle_hbot(self, topic: str, payload: bytes) -> None:
+        rest = topic[len(self.ns) + 1 :]
+        instance, _, command = rest.partition("/")
+        records = self.manager.registry.all()
+        if instance not in records:
+            # Another host's agent, or a real Hummingbot, may own this id: stay silent.
+            return
+        new, key = self._first_sight(topic, payload)
+        if not new:
+            logger.info("ignoring a redelivered request on %s", topic)
+            return
+        request = self._parse(topic, payload)
+        if request is None:
+            return
+        status = self._status(instance)
+        if status.plugin and status.is_running:
+            # The bot's own MQTT bridge answers while it is up: never a double reply.
+            return
+        try:
+            data = protocol.validate(command, request.data)
+        except protocol.ProtocolError as e:
+            self._answer_hbot(request, command, topic, key, protocol.STATUS_ERROR, f"bad request: {e}")
+            return
+        if data.get("async_backend") is True and command in ("start", "stop"):
+            # As the bot does: answer at once, then do the (possibly long) work.
+            self._answer_hbot(request, command, topic, key, protocol.STATUS_OK, "")
+            try:
+                self._run_hbot(instance, command, data, status)
+            except SupervisorError as e:
+                logger.warning("%s of %s failed: %s", command, instance, e)
+                self._notify(instance, f"{command} failed: {e}")
+            return
+        try:
+            code, msg = self._run_hbot(instance, command, data, status)
+        except SupervisorError as e:
+            code, msg = protocol.STATUS_ERROR, str(e)
+        self._answer_hbot(request, command, topic, key, code, msg)
+
+    def _answer_hbot(self, request: protocol.Request, command: str, topic: str, key: str, code: int, msg: str) -> None:
+        self.audit.record(
+            topic=topic,
+            client=request.header.get("node_id") or request.header.get("agent"),
+            reply_to=request.reply_to,
+            result=code,
+            msg=msg[:200],
+        )
+        self._reply(request.reply_to, protocol.response(command, status=code, msg=msg), key)
+
+    def _run_hbot(
+        self, instance: str, command: str, data: Mapping[str, t.Any], status: InstanceStatus
+    ) -> tuple[int, str]:
+        """Carry out one bot-level command; return ``(status code, msg)``."""
+        sync = data.get("async_backend") is False
+        if status.plugin:
+            # Down plugin bot: only start can help (the plugin takes over once it is up).
+            if command == "start":
+                self.manager.start([instance])
+                return protocol.STATUS_OK, f"instance '{instance}' was down; launched it, its MQTT bridge takes over."
+            msg = f"instance '{instance}' is not running, so its MQTT bridge cannot answer. Send start first."
+            return protocol.STATUS_ERROR, msg
+        if command == "start":
+            if not status.is_running:
+                self.manager.start([instance])
+            values = {"script": data.get("script"), "conf": data.get("conf")}
+            if data.get("is_quickstart"):
+                logger.info("is_quickstart has no console equivalent; starting normally")
+            return protocol.STATUS_OK, self.manager.relay(instance, "start", values, capture=sync)
+        if command == "stop":
+            # A plugin-less bot's remote stop is the graceful process stop: the recipe's quit
+            # lines (its console 'stop' first, so open orders are cancelled), then signals.
+            [result] = self.manager.stop([instance])
+            return protocol.STATUS_OK, result.message
+        if not status.is_running:
+            raise InstanceNotRunning(instance, status.state)
+        if command == "status":
+            text = self.manager.relay(instance, "status", {}, capture=True)
+            if sync:
+                return protocol.STATUS_OK, text
+            self.connection.publish(f"{self.ns}/{instance}/notify", protocol.notify(0, text))
+            return protocol.STATUS_OK, ""
+        if command == "import":
+            return protocol.STATUS_OK, self.manager.relay(
+                instance, "import", {"strategy": data["strategy"]}, capture=True
+            )
+        if command == "history":
+            values = {k: data.get(k) for k in ("days", "verbose", "precision")}
+            return protocol.STATUS_OK, self.manager.relay(instance, "history", values, capture=True)
+        console = command.replace("/", "_")
+        return protocol.STATUS_OK, self.manager.relay(instance, console, dict(data), capture=True)
+
+    # -- our own verbs -----------------------------------------------------------------
+
+    def _handle_own(self, topic: str, payload: bytes) -> None:
+        rest = topic[len(self.own) + 1 :]
+        instance, _, verb = rest.rpartition("/")
+        new, key = self._first_sight(topic, payload)
+        if not new:
+            logger.info("ignoring a redelivered request on %s", topic)
+            return
+        request = self._parse(topic, payload)
+        if request is None:
+            return
+        who = request.header.get("node_id") or request.header.get("agent") or "?"
+        if self.verifier is not None:
+            try:
+                self.verifier.verify(topic, request.reply_to, request.header, request.data)
+            except AuthError as e:
+                logger.warning("refused %s from %s: %s", topic, who, e)
+                self.audit.record(topic=topic, client=who, result=protocol.STATUS_UNAUTHORIZED, msg=str(e))
+                self._reply(
+                    request.reply_to,
+                    {"status": protocol.STATUS_UNAUTHORIZED, "msg": f"unauthorized: {e}", "code": e.code},
+                    key,
+                )
+                return
+        try:
+            args = protocol.validate_own(verb, request.data)
+            reply = self._run_own(instance, verb, args)
+        except SupervisorError as e:
+            reply = {"status": protocol.STATUS_ERROR, "msg": str(e), "code": e.code}
+        self.audit.record(
+            topic=topic, client=who, reply_to=request.reply_to, result=reply["status"], msg=str(reply.get("msg"))[:200]
+        )
+        self._reply(request.reply_to, reply, key)
+
+    def _run_own(self, instance: str, verb: str, args: Mapping[str, t.Any]) -> dict[str, t.Any]:
+        ok = protocol.STATUS_OK
+        if verb == "list":
+            statuses = self.manager.status()
+            return {
+                "status": ok,
+                "msg": "",
+                "result": {"host": self.host, "instances": [s.to_dict() for s in statuses]},
+            }
+        self.manager.registry.get(instance)
+        if verb == "status":
+            status = self._status(instance)
+            return {"status": ok, "msg": status.state, "result": status.to_dict()}
+        if verb == "tail":
+            return {"status": ok, "msg": "", "result": {"screen": self.manager.tail(instance, args["lines"])}}
+        if verb == "send":
+            self.manager.send(instance, args["text"])
+            return {"status": ok, "msg": f"sent one line to '{instance}'."}
+        if verb == "start":
+            [result] = self.manager.start([instance])
+        elif verb == "stop":
+            timeout = args.get("timeout")
+            [result] = self.manager.stop([instance], **({"timeout": timeout} if timeout else {}))
+        else:
+            [result] = self.manager.restart([instance])
+        self._failures.pop(instance, None)
+        self._publish_states(force=False)
+        return {"status": ok, "msg": result.message, "result": result.to_dict()}
+
+    # -- periodic work ----------------------------------------------------------------
+
+    def _status(self, instance: str) -> InstanceStatus:
+        return self.manager.status([instance])[0]
+
+    def _refresh(self) -> dict[str, InstanceStatus]:
+        statuses = {s.name: s for s in self.manager.status()}
+        with self._status_lock:
+            self._statuses = statuses
+        return statuses
+
+    def _supervise(self) -> None:
+        """Restart crashed bots with backoff, mark fatal ones, rotate logs."""
+        with self._supervision_lock:
+            statuses = self._refresh()
+            now = self._clock()
+            for name, status in statuses.items():
+                rotate_log(self.manager.paths.console_log(name))
+                if status.state == RUNNING:
+                    failures = self._failures.get(name)
+                    if failures and failures.count and now - failures.started_at > self.fast_failure:
+                        failures.count = 0
+                    continue
+                if status.desired != DESIRED_RUNNING or status.state not in (CRASHED, EXITED):
+                    continue
+                self._recover(name, status, now)
+
+    def _recover(self, name: str, status: InstanceStatus, now: float) -> None:
+        failures = self._failures.setdefault(name, _Failures())
+        if now < failures.next_attempt:
+            return
+        ran_for = now - failures.started_at if failures.started_at else None
+        if failures.started_at and ran_for is not None and ran_for > self.fast_failure:
+            failures.count = 0
+        if failures.started_at:
+            failures.count += 1
+        if failures.count >= self.fatal_after:
+            message = (
+                f"instance '{name}' failed {failures.count} times in a row (last exit code {status.exit_code}); "
+                f"marked fatal. Fix it and run 'supervisor start {name}'."
+            )
+            logger.error("%s", message)
+            self.manager.mark(name, fatal=True, last_error=message)
+            self._failures.pop(name, None)
+            self._notify(name, message)
+            return
+        logger.warning(
+            "instance %s is %s (exit code %s) but should run: starting it (attempt %d)",
+            name,
+            status.state,
+            status.exit_code,
+            failures.count + 1,
+        )
+        failures.started_at = now
+        failures.next_attempt = now + min(self.backoff_max, self.backoff_base * (2**failures.count))
+        try:
+            result = self.manager.restart_crashed(name)
+            if result.changed:
+                self._notify(
+                    name, f"instance '{name}' was {status.state}; restarted it (restart #{failures.count + 1})."
+                )
+        except SupervisorError as e:
+            logger.warning("restarting %s failed: %s", name, e)
+
+    def _notify(self, name: str, message: str) -> None:
+        event = {"ts": round(self._clock(), 3), "host": self.host, "instance": name, "msg": message}
+        self.connection.publish(f"{self.own}/{name}/events", json.dumps(event).encode(), qos=1)
+        with self._status_lock:
+            status = self._statuses.get(name)
+        if status is not None and not status.plugin:
+            self.connection.publish(f"{self.ns}/{name}/notify", protocol.notify(0, message))
+
+    def _heartbeats(self) -> None:
+        """Publish ``hb`` for plugin-less bots whose process is alive right now; announce transitions."""
+        statuses = self._refresh()
+        for name, status in statuses.items():
+            if status.plugin:
+                continue
+            alive = status.state == RUNNING
+            if alive != self._alive.get(name, False):
+                self._status_update(name, "online" if alive else "offline")
+            self._alive[name] = alive
+            if alive:
+                self.connection.publish(f"{self.ns}/{name}/hb", protocol.heartbeat())
+        for gone in set(self._alive) - set(statuses):
+            self._alive.pop(gone)
+
+    def _status_update(self, name: str, state: t.Literal["online", "offline"]) -> None:
+        self.connection.publish(f"{self.ns}/{name}/status_updates", protocol.status_update(state))
+
+    def _publish_states(self, *, force: bool) -> None:
+        """Publish retained ``state`` records that changed (all of them when ``force``)."""
+        if not self.connection.is_connected:
+            return
+        with self._status_lock:
+            statuses = dict(self._statuses)
+        if not force and not statuses:
+            return
+        if force:
+            statuses = self._refresh()
+        now = self._clock()
+        for name, status in statuses.items():
+            record = status.to_dict()
+            stable = {k: v for k, v in record.items() if k not in _VOLATILE}
+            previous = self._published.get(name)
+            if not force and previous is not None and previous[0] == stable:
+                continue
+            body = {**record, "host": self.host, "ts": round(now, 3), "refresh": self.config.state_interval}
+            self.connection.publish(f"{self.own}/{name}/state", json.dumps(body).encode(), qos=1, retain=True)
+            self._published[name] = (stable, now)
+        for gone in set(self._published) - set(statuses):
+            self.connection.publish(f"{self.own}/{gone}/state", b"", qos=1, retain=True)
+            self._published.pop(gone)
