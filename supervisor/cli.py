@@ -638,3 +638,156 @@ def service_install_cmd(ctx: click.Context, broker: str | None, print_only: bool
     click.echo("  systemctl --user daemon-reload && systemctl --user enable --now bot-supervisor-agent")
     click.echo("and let it run without a login session (survives logout and reboot):")
     click.echo(f"  sudo loginctl enable-linger {user}")
+
+
+@cli.group("fleet")
+@_agent_option("--broker", help="Broker URL (env SUPERVISOR_BROKER; default from agent.toml).")
+@_agent_option("--ca", type=click.Path(path_type=Path, dir_okay=False), help="CA file for mqtts://.")
+@_agent_option("--cert", type=click.Path(path_type=Path, dir_okay=False), help="Client certificate.")
+@_agent_option("--key", type=click.Path(path_type=Path, dir_okay=False), help="Client certificate's key.")
+@_agent_option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), help="TOML config file.")
+@click.pass_context
+def fleet_grp(
+    ctx: click.Context,
+    broker: str | None,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    config_file: Path | None,
+) -> None:
+    """See and drive the instances of every host through the shared broker.
+
+    \b
+    Targets are HOST/INSTANCE; '*' selects many:
+      supervisor fleet ls
+      supervisor fleet restart host-1/mm-1
+      supervisor fleet stop 'host-2/*'
+      supervisor fleet status '*/mm-1'
+    With SUPERVISOR_SECRET set (the same on agents), requests are signed.
+    """
+    ctx.obj["fleet"] = {"url": broker, "ca": ca, "cert": cert, "key": key, "config": config_file}
+
+
+def _fleet(ctx: click.Context) -> t.Any:
+    from supervisor.agent.config import load_agent_config
+    from supervisor.agent.fleet import FleetClient
+
+    opts = dict(ctx.find_root().obj["fleet"])
+    config_file = opts.pop("config")
+    home_config = Paths.from_env(ctx.find_root().obj.get("home")).agent_config
+    path = config_file or (home_config if home_config.exists() else None)
+    return FleetClient(load_agent_config(path, os.environ, opts))
+
+
+@fleet_grp.command("ls")
+@click.option(
+    "--wait", type=click.FloatRange(min=0.1, max=60), default=1.5, show_default=True, help="Seconds to collect."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def fleet_ls_cmd(ctx: click.Context, wait: float, as_json: bool) -> None:
+    """List every host and instance the broker knows (offline hosts and stale records are marked)."""
+    with _fleet(ctx) as client:
+        snap = client.snapshot(wait)
+    if as_json:
+        _json(snap.to_dict())
+        return
+    if not snap.hosts and not snap.instances:
+        click.echo("No agents seen on this broker. Start one with: supervisor agent --broker URL")
+        return
+    rows = []
+    for view in snap.instances:
+        rec = view.record
+        rows.append(
+            [
+                view.host,
+                view.name,
+                view.state,
+                str(rec.get("pid") or "-") if view.state == "running" else "-",
+                f"{rec['cpu_percent']:.1f}" if view.state == "running" and rec.get("cpu_percent") is not None else "-",
+                _human_bytes(rec.get("rss")) if view.state == "running" else "-",
+                _human_duration(rec.get("uptime")) if view.state == "running" else "-",
+                str(rec.get("restarts", "-")),
+                str(rec.get("commit") or "-")[:8],
+                _human_duration(view.heartbeat_age),
+                _human_duration(view.age),
+            ]
+        )
+    headers = ["HOST", "INSTANCE", "STATE", "PID", "CPU%", "RSS", "UPTIME", "RESTARTS", "COMMIT", "HB AGE", "REC AGE"]
+    _table(headers, rows, colour_col=2)
+    offline = sorted(h.host for h in snap.hosts.values() if h.state != "online")
+    if offline:
+        click.echo(f"\noffline hosts (agent's last will): {', '.join(offline)}")
+
+
+def _fleet_command(
+    ctx: click.Context, verb: str, targets: tuple[str, ...], data: dict[str, t.Any], timeout: float, as_json: bool
+) -> None:
+    from supervisor.agent.fleet import expand
+
+    with _fleet(ctx) as client:
+        needs_view = any("*" in target for target in targets)
+        snap = client.snapshot(1.5) if needs_view else None
+        chosen = expand(targets, snap) if snap else expand(targets, _empty_snapshot())
+        replies = client.run(chosen, verb, data, timeout)
+    if as_json:
+        _json([r.to_dict() for r in replies])
+    else:
+        for reply in replies:
+            mark = "ok" if reply.ok else ("TIMEOUT" if reply.timed_out else f"FAILED ({reply.status})")
+            click.echo(f"{reply.target}: {mark}: {reply.msg}")
+            if verb == "tail" and reply.ok and isinstance(reply.result, dict):
+                click.echo(reply.result.get("screen", ""))
+    if not all(r.ok for r in replies):
+        ctx.exit(1)
+
+
+def _empty_snapshot() -> t.Any:
+    from supervisor.agent.fleet import Snapshot
+
+    return Snapshot(hosts={}, instances=[])
+
+
+def _make_fleet_verb(verb: str, summary: str) -> None:
+    @fleet_grp.command(verb, help=summary)
+    @click.argument("targets", nargs=-1, required=True)
+    @click.option(
+        "--timeout", type=click.FloatRange(min=0.1), default=45.0, show_default=True, help="Seconds to wait per target."
+    )
+    @click.option("--json", "as_json", is_flag=True, help="Print replies as JSON.")
+    @click.pass_context
+    def command(ctx: click.Context, targets: tuple[str, ...], timeout: float, as_json: bool) -> None:
+        _fleet_command(ctx, verb, targets, {}, timeout, as_json)
+
+
+for _verb, _summary in (
+    ("start", "Start instances on their hosts (HOST/INSTANCE...)."),
+    ("stop", "Stop instances gracefully on their hosts (HOST/INSTANCE...)."),
+    ("restart", "Restart instances on their hosts (HOST/INSTANCE...)."),
+    ("status", "Ask hosts for the live status of instances (HOST/INSTANCE...)."),
+):
+    _make_fleet_verb(_verb, _summary)
+
+
+@fleet_grp.command("tail")
+@click.argument("targets", nargs=-1, required=True)
+@click.option("-n", "--lines", type=click.IntRange(1, 1000), default=30, show_default=True, help="Lines of screen.")
+@click.option(
+    "--timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True, help="Seconds to wait per target."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print replies as JSON.")
+@click.pass_context
+def fleet_tail_cmd(ctx: click.Context, targets: tuple[str, ...], lines: int, timeout: float, as_json: bool) -> None:
+    """Print the current screen of instances on their hosts."""
+    _fleet_command(ctx, "tail", targets, {"lines": lines}, timeout, as_json)
+
+
+@fleet_grp.command("send")
+@click.argument("target")
+@click.argument("text")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True, help="Seconds to wait.")
+@click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
+@click.pass_context
+def fleet_send_cmd(ctx: click.Context, target: str, text: str, timeout: float, as_json: bool) -> None:
+    """Type one line into an instance's console on its host, literally."""
+    _fleet_command(ctx, "send", (target,), {"text": text}, timeout, as_json)

@@ -48,7 +48,7 @@ BACKOFF_BASE = 1.0
 BACKOFF_MAX = 60.0
 FATAL_AFTER = 5
 FAST_FAILURE = 30.0
-_VOLATILE = ("cpu_percent", "rss", "uptime")
+_VOLATILE = ("cpu_percent", "rss", "uptime", "last_heartbeat")
 
 
 @dataclasses.dataclass
@@ -123,6 +123,7 @@ class Agent:
         self._pending = threading.BoundedSemaphore(MAX_PENDING)
         self._failures: dict[str, _Failures] = {}
         self._alive: dict[str, bool] = {}
+        self._last_heartbeat: dict[str, float] = {}
         self._published: dict[str, tuple[dict[str, t.Any], float]] = {}
         self._seen: dict[str, tuple[float, bytes | None]] = {}
         self._seen_lock = threading.Lock()
@@ -531,6 +532,7 @@ class Agent:
             self._alive[name] = alive
             if alive:
                 self.connection.publish(f"{self.ns}/{name}/hb", protocol.heartbeat())
+                self._last_heartbeat[name] = round(self._clock(), 3)
         for gone in set(self._alive) - set(statuses):
             self._alive.pop(gone)
 
@@ -549,7 +551,7 @@ class Agent:
             statuses = self._refresh()
         now = self._clock()
         for name, status in statuses.items():
-            record = status.to_dict()
+            record = {**status.to_dict(), "last_heartbeat": self._last_heartbeat.get(name)}
             stable = {k: v for k, v in record.items() if k not in _VOLATILE}
             previous = self._published.get(name)
             if not force and previous is not None and previous[0] == stable:
