@@ -3,13 +3,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sup=".venv/bin/supervisor"
+# Idempotent: existing instances are reused and running bots are left alone.
 for n in demo-1 demo-2 demo-3; do
-  if ! "$sup" status "$n" --json >/dev/null 2>&1 && ! "$sup" ls "$n" --json >/dev/null 2>&1; then
+  # `ls NAME` exits 1 only when the instance does not exist.
+  if ! "$sup" ls "$n" --json >/dev/null 2>&1; then
     "$sup" new "$n" -r example-bot
   fi
 done
+# `status` exits 0 only when the bot runs: give demo-2 its strategy once, right after its first start.
+demo2_was_running=yes
+"$sup" status demo-2 >/dev/null 2>&1 || demo2_was_running=no
 "$sup" start demo-1 demo-2 demo-3
-"$sup" send demo-2 "start --script demo_strategy.py"
+if [ "$demo2_was_running" = no ]; then
+  "$sup" send demo-2 "start --script demo_strategy.py"
+fi
 sleep 1
 echo
 "$sup" ls

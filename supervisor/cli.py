@@ -181,19 +181,26 @@ def recipes_cmd(ctx: click.Context, recipe_files: tuple[Path, ...], as_json: boo
     if as_json:
         _json([r.to_dict() for r in found])
         return
-    _table(
-        ["NAME", "KIND", "MQTT", "SOURCE", "DESCRIPTION"],
-        [
-            [
-                r.name,
-                "built-in" if r.builtin else "user",
-                "plugin" if r.plugin else "agent",
-                r.source,
-                r.description[:50],
-            ]
-            for r in found
-        ],
-    )
+    rows = [
+        [r.name + ("" if r.builtin else " *"), "plugin" if r.plugin else "agent", _short_source(r.source)]
+        for r in found
+    ]
+    used = sum(max((len(row[k]) for row in rows), default=0) for k in range(3)) + 3 * 2
+    for row, recipe in zip(rows, found, strict=True):
+        row.append(_clip(recipe.description, max(20, 100 - used - 2)))
+    _table(["NAME", "MQTT", "SOURCE", "DESCRIPTION"], rows)
+    if not all(r.builtin for r in found):
+        click.echo("* your own recipe (from $SUPERVISOR_HOME/recipes or -r)")
+
+
+def _short_source(source: str) -> str:
+    for prefix in ("https://", "http://", "ssh://", "git@"):
+        source = source.removeprefix(prefix)
+    return source.removesuffix(".git")
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
 
 
 @cli.command("new")
@@ -534,6 +541,11 @@ def _agent_option(*names: str, **kwargs: t.Any) -> t.Callable[[t.Callable[..., t
     type=click.Path(path_type=Path, dir_okay=False),
     help="TOML file (default $SUPERVISOR_HOME/agent.toml).",
 )
+@_agent_option(
+    "--embedded-broker",
+    is_flag=True,
+    help="Run an MQTT broker (amqtt) inside the agent, on --broker's address (default 127.0.0.1:1883).",
+)
 @click.pass_context
 def agent_cmd(
     ctx: click.Context,
@@ -550,6 +562,7 @@ def agent_cmd(
     fatal_after: int,
     backoff: float,
     config_file: Path | None,
+    embedded_broker: bool,
 ) -> None:
     """Run the MQTT agent in the foreground.
 
@@ -581,10 +594,22 @@ def agent_cmd(
         logging.getLogger().setLevel(logging.INFO)
         for handler in logging.getLogger().handlers:
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    embedded = None
+    if embedded_broker or config.embedded_broker:
+        from supervisor.agent.embedded import EmbeddedBroker
+
+        if broker is None and "SUPERVISOR_BROKER" not in os.environ and config_file is None:
+            config.broker.host = "127.0.0.1"  # the default broker URL says localhost; bind loopback only
+        embedded = EmbeddedBroker(config.broker.host, config.broker.port)
+        embedded.start()
     agent = Agent(manager, config, fatal_after=fatal_after, backoff_base=backoff, check_interval=check_interval)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
-    agent.run()
+    try:
+        agent.run()
+    finally:
+        if embedded is not None:
+            embedded.stop()
 
 
 @cli.group("service")

@@ -1,0 +1,391 @@
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import typing as t
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+
+from supervisor.cli import cli
+from tests.conftest import RECIPES, wait_until
+
+if t.TYPE_CHECKING:
+    from collections.abc import Iterator
+
+TICKER = str(RECIPES / "ticker.yaml")
+FAILING = str(RECIPES / "failing-install.yaml")
+HEX40 = re.compile(r"[0-9a-f]{40}")
+
+
+def invoke(*args: str, code: int = 0) -> Result:
+    """Run ``supervisor ARGS`` in-process and check its exit code (printing its output if it differs)."""
+    result = CliRunner().invoke(cli, list(args), prog_name="supervisor")
+    assert result.exit_code == code, (
+        f"supervisor {' '.join(args)} exited {result.exit_code} (expected {code})\n"
+        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}\n{result.exception!r}"
+    )
+    return result
+
+
+def ls_json(*names: str) -> list[dict[str, t.Any]]:
+    data = json.loads(invoke("ls", "--json", "--no-foreign", *names).stdout)
+    return t.cast("list[dict[str, t.Any]]", data["instances"])
+
+
+def state_of(name: str) -> str:
+    return str(ls_json(name)[0]["state"])
+
+
+@pytest.fixture
+def home(isolated_env: Path, tmux_socket: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """``SUPERVISOR_HOME`` plus a private tmux socket; every bot still alive at teardown is stopped or killed."""
+    monkeypatch.setenv("SUPERVISOR_TMUX_SOCKET", tmux_socket)
+    yield isolated_env
+    with contextlib.suppress(Exception):
+        CliRunner().invoke(cli, ["stop", "--all", "--timeout", "2"])
+        for record in ls_json():
+            if record["pid"]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(record["pid"], signal.SIGKILL)
+
+
+@pytest.fixture(params=["tmux", "screen"])
+def backend(request: pytest.FixtureRequest) -> str:
+    name = t.cast("str", request.param)
+    if name == "screen":
+        request.getfixturevalue("screendir")
+    return name
+
+
+# -- help ------------------------------------------------------------------------
+
+
+def command_paths(group: click.Group = cli, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Return the path of every command and subcommand, the group itself first."""
+    paths = [prefix]
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            paths += command_paths(command, (*prefix, name))
+        else:
+            paths.append((*prefix, name))
+    return paths
+
+
+@pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "supervisor")
+def test_help_of_group_and_every_command(path: tuple[str, ...]) -> None:
+    result = invoke(*path, "--help")
+    assert result.stdout.startswith(" ".join(["Usage: supervisor", *path, "[OPTIONS]"]))
+    assert result.stderr == ""
+    assert "\nOptions:\n" in result.stdout
+    command: click.Command = cli
+    for name in path:
+        command = t.cast("click.Group", command).commands[name]
+    assert [p.name for p in command.params if isinstance(p, click.Option) and not p.help] == []
+
+
+def test_python_dash_m_help_smoke() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "supervisor", "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Usage: supervisor [OPTIONS] COMMAND [ARGS]...")
+    for command in ("new", "start", "stop", "ls", "logs", "send", "tail", "attach"):
+        assert re.search(rf"^  {command}\b", proc.stdout, re.MULTILINE), command
+
+
+# -- recipes ---------------------------------------------------------------------
+
+
+def test_recipes_text_and_json(home: Path) -> None:
+    text = invoke("recipes").stdout
+    assert text.splitlines()[0].split() == ["NAME", "MQTT", "SOURCE", "DESCRIPTION"]
+    assert re.search(r"^example-bot\s+agent\s+builtin:example-bot", text, re.MULTILINE)
+    assert re.search(r"^hummingbot\s+plugin\s+github.com/hummingbot/hummingbot\s", text, re.MULTILINE)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "ticker" not in text
+
+    found = {r["name"]: r for r in json.loads(invoke("recipes", "--json").stdout)}
+    assert {"example-bot", "hummingbot"} <= set(found)
+    assert found["example-bot"]["settable"] == ["interval"]
+    assert found["hummingbot"]["plugin"] is True
+
+    with_ticker = {r["name"]: r for r in json.loads(invoke("recipes", "--json", "-r", TICKER).stdout)}
+    assert with_ticker["ticker"]["builtin"] is False
+    assert with_ticker["ticker"]["path"] == TICKER
+    assert re.search(r"^ticker \*\s+agent\s", invoke("recipes", "-r", TICKER).stdout, re.MULTILINE)
+
+
+# -- the whole life of an example bot, on both backends ----------------------------
+
+
+def test_example_bot_lifecycle(home: Path, backend: str) -> None:
+    created = invoke("new", "ex-1", "-r", "example-bot", "--backend", backend)
+    assert created.stdout.startswith(f"created 'ex-1' (example-bot, {backend}) at {home / 'instances'}")
+    assert "start it with: supervisor start ex-1" in created.stdout
+    assert "==> mirror" in created.stderr
+    assert (home / "origins" / "example-bot" / ".git").is_dir()
+
+    started = invoke("start", "ex-1")
+    assert started.stdout.strip() == f"started 'ex-1' in {backend} session 'sup-ex-1'."
+    again = invoke("start", "ex-1")
+    assert again.stdout.startswith("instance 'ex-1' is already running (pid ")
+
+    table = invoke("ls", "--no-foreign").stdout.splitlines()
+    assert table[0].split() == [
+        "NAME",
+        "RECIPE",
+        "BACKEND",
+        "STATE",
+        "WANT",
+        "PID",
+        "CPU%",
+        "RSS",
+        "UPTIME",
+        "RESTARTS",
+        "COMMIT",
+    ]
+    assert table[1].split()[:5] == ["ex-1", "example-bot", backend, "running", "running"]
+
+    [record] = ls_json()
+    assert record["state"] == "running"
+    assert record["backend"] == backend
+    assert b"bot.py" in Path(f"/proc/{record['pid']}/cmdline").read_bytes()
+    assert record["rss"] > 0
+    assert HEX40.fullmatch(record["commit"])
+    assert record["restarts"] == 0
+
+    assert invoke("send", "ex-1", "status").stdout == ""
+    wait_until(lambda: "No strategy is currently running!" in invoke("tail", "ex-1").stdout, message="the bot's answer")
+    logs = invoke("logs", "ex-1", "-n", "20").stdout
+    assert f"example-bot 'ex-1' ready (pid {record['pid']})." in logs
+    assert "\x1b" not in logs
+
+    stopped = invoke("stop", "ex-1")
+    assert stopped.stdout.strip() == "stopped 'ex-1' by its console quit sequence."
+    assert not Path(f"/proc/{record['pid']}").exists()
+    assert "Bye." in invoke("logs", "ex-1").stdout
+
+    status = invoke("status", "ex-1", code=3)
+    assert re.search(r"^state\s+stopped$", status.stdout, re.MULTILINE)
+    assert re.search(r"^pid\s+-$", status.stdout, re.MULTILINE)
+    as_json = json.loads(invoke("status", "ex-1", "--json", code=3).stdout)
+    assert (as_json["state"], as_json["desired"], as_json["pid"]) == ("stopped", "stopped", None)
+
+    assert invoke("stop", "ex-1").stdout.strip() == "instance 'ex-1' is not running."
+    assert invoke("tail", "ex-1", code=3).stderr == (
+        "Error: instance 'ex-1' is not running (state: stopped). Start it with 'supervisor start ex-1'.\n"
+    )
+
+    checkout = Path(as_json["checkout"])
+    assert checkout.is_dir()
+    removed = invoke("rm", "ex-1", "--purge", "--yes")
+    assert removed.stdout.strip() == f"removed 'ex-1' and deleted {checkout}"
+    assert not checkout.exists()
+    assert ls_json() == []
+
+
+# -- exact error lines ---------------------------------------------------------------
+
+
+class ErrorCase(t.NamedTuple):
+    test_id: str
+    args: list[str]
+    code: int
+    stderr: str
+
+
+ERROR_CASES = [
+    ErrorCase(
+        "start-unknown",
+        ["start", "nope"],
+        1,
+        "Error: instance 'nope' not found. Run 'supervisor ls' to see instances.\n",
+    ),
+    ErrorCase(
+        "status-unknown",
+        ["status", "nope"],
+        1,
+        "Error: instance 'nope' not found. Run 'supervisor ls' to see instances.\n",
+    ),
+    ErrorCase(
+        "start-nothing-named",
+        ["start"],
+        1,
+        "Error: no instance named. Give one or more NAMEs, or --all.\n",
+    ),
+    ErrorCase(
+        "stop-nothing-named",
+        ["stop"],
+        1,
+        "Error: no instance named. Give one or more NAMEs, or --all.\n",
+    ),
+    ErrorCase(
+        "bad-name",
+        ["new", "Bad.Name", "-r", "example-bot"],
+        1,
+        "Error: instance name 'Bad.Name' is not valid. Use lowercase letters, digits, '-' and '_', "
+        "starting with a letter or digit (at most 48 characters).\n",
+    ),
+    ErrorCase(
+        "unknown-recipe",
+        ["new", "x", "-r", "no-such-recipe"],
+        1,
+        "Error: recipe 'no-such-recipe' not found. Known recipes: example-bot, hummingbot. "
+        "Run 'supervisor recipes' or pass a file with -r PATH.\n",
+    ),
+    ErrorCase(
+        "unknown-setting",
+        ["new", "x", "-r", "example-bot", "--set", "colour=red"],
+        1,
+        "Error: setting 'colour' is not known to recipe 'example-bot'. Settable keys: interval, env.NAME.\n",
+    ),
+    ErrorCase(
+        "adopt-unknown-session",
+        ["adopt", "no-such-session", "--name", "x"],
+        1,
+        "Error: session 'no-such-session' not found among sessions that look like bots. "
+        "Run 'supervisor ls' to see them.\n",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", ERROR_CASES, ids=[c.test_id for c in ERROR_CASES])
+def test_error_lines(home: Path, case: ErrorCase) -> None:
+    result = invoke(*case.args, code=case.code)
+    assert result.stderr == case.stderr
+    assert result.stdout == ""
+    assert not (home / "instances").exists()
+    assert ls_json() == []
+
+
+def test_unknown_backend_is_a_usage_error(home: Path, bot_origin: Path) -> None:
+    result = invoke("new", "x", "-r", TICKER, "--repo", str(bot_origin), "--backend", "nope", code=2)
+    assert result.stderr.splitlines()[0] == "Usage: supervisor new [OPTIONS] NAME"
+    assert (
+        result.stderr.splitlines()[-1] == "Error: Invalid value for '--backend': 'nope' is not one of 'tmux', 'screen'."
+    )
+    assert not (home / "instances").exists()
+
+
+def test_failing_install_shows_step_and_log_tail(home: Path, bot_origin: Path) -> None:
+    result = invoke("new", "bad", "-r", FAILING, "--repo", str(bot_origin), code=1)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1
+    assert "install step 2/2" in errors[0]
+    assert "exit code 7" in errors[0]
+    tail = result.stderr.split("--- last lines of the install log ---\n", 1)[1]
+    assert "about to fail" in tail
+    assert state_of("bad") == "install-failed"
+
+    start = invoke("start", "bad", code=1)
+    assert start.stderr.startswith("Error: instance 'bad' cannot start: it is install-failed. ")
+    # --all skips instances that cannot start instead of failing on them.
+    assert invoke("start", "--all").stdout == ""
+
+    (Path(ls_json("bad")[0]["checkout"]) / ".ok").write_text("")
+    assert invoke("install", "bad").stdout.startswith("installed 'bad' at ")
+    assert state_of("bad") == "stopped"
+
+
+def test_send_to_stopped_instance_exits_3(home: Path, bot_origin: Path) -> None:
+    created = json.loads(invoke("new", "s1", "-r", TICKER, "--repo", str(bot_origin), "--json").stdout)
+    assert (created["name"], created["recipe"], created["state"]) == ("s1", "ticker", "stopped")
+    result = invoke("send", "s1", "status", code=3)
+    assert result.stderr == (
+        "Error: instance 's1' is not running (state: stopped). Start it with 'supervisor start s1'.\n"
+    )
+
+
+def test_rm_guards(home: Path, bot_origin: Path) -> None:
+    invoke("new", "r1", "-r", TICKER, "--repo", str(bot_origin))
+    checkout = Path(ls_json("r1")[0]["checkout"])
+
+    # CliRunner's stdin is not a terminal, so there is nobody to ask.
+    purge = invoke("rm", "r1", "--purge", code=1)
+    assert purge.stderr == f"Error: instance 'r1': --purge deletes {checkout}. Pass --yes to confirm.\n"
+    assert checkout.is_dir()
+
+    invoke("start", "r1")
+    running = invoke("rm", "r1", code=1)
+    assert running.stderr == (
+        "Error: instance 'r1' is running; refusing to remove it. "
+        "Stop it first with 'supervisor stop r1' or pass --force.\n"
+    )
+    pid = ls_json("r1")[0]["pid"]
+    assert pid
+
+    removed = invoke("rm", "r1", "--force")
+    assert removed.stdout.strip() == f"removed 'r1' (checkout kept at {checkout})"
+    assert not Path(f"/proc/{pid}").exists()
+    assert checkout.is_dir()
+    assert ls_json() == []
+
+
+def test_start_all_stop_all_and_restart(home: Path, bot_origin: Path) -> None:
+    for name in ("a1", "a2"):
+        invoke("new", name, "-r", TICKER, "--repo", str(bot_origin))
+
+    started = json.loads(invoke("start", "--all", "--json").stdout)
+    assert [(r["name"], r["action"], r["changed"]) for r in started] == [("a1", "start", True), ("a2", "start", True)]
+    assert [r["state"] for r in ls_json()] == ["running", "running"]
+
+    before = ls_json("a1")[0]["pid"]
+    restarted = invoke("restart", "a1")
+    assert restarted.stdout.strip() == "restarted 'a1' (stopped: console)."
+    a1, a2 = ls_json()
+    assert (a1["state"], a1["restarts"]) == ("running", 1)
+    assert a1["pid"] != before
+    assert a2["restarts"] == 0
+
+    stopped = invoke("stop", "--all").stdout.splitlines()
+    assert stopped == ["stopped 'a1' by its console quit sequence.", "stopped 'a2' by its console quit sequence."]
+    assert [(r["state"], r["pid"]) for r in ls_json()] == [("stopped", None), ("stopped", None)]
+    again = json.loads(invoke("stop", "--all", "--json").stdout)
+    assert [(r["name"], r["changed"], r["step"]) for r in again] == [
+        ("a1", False, "already-stopped"),
+        ("a2", False, "already-stopped"),
+    ]
+
+
+def test_ls_fits_100_columns(home: Path) -> None:
+    # A small bot's row is len(name) + 83 + pid digits wide: names of up to 10 characters fit
+    # even with 7-digit pids (pid_max 4194304).
+    names = ["mm-1", "demo-3", "binance-01"]
+    for name in names:
+        invoke("new", name, "-r", "example-bot")
+    invoke("start", *names)
+    lines = invoke("ls", "--no-foreign").stdout.splitlines()
+    assert len(lines) == 1 + len(names)
+    widest = max(len(line) for line in lines)
+    assert widest <= 100, "\n".join(lines)
+
+
+def test_logs_follow_prints_new_lines(home: Path, tmp_path: Path) -> None:
+    invoke("new", "f1", "-r", "example-bot", "--set", "interval=0.2")
+    invoke("start", "f1")
+    out = tmp_path / "follow.out"
+
+    def ticks() -> list[int]:
+        return [int(n) for n in re.findall(r"\[f1\] tick (\d+)", out.read_text())]
+
+    with out.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor", "logs", "f1", "-f", "-n", "1"], stdout=sink, stderr=subprocess.STDOUT
+        )
+        try:
+            wait_until(lambda: len(ticks()) >= 6, timeout=10, message="tick lines from logs -f")
+            assert proc.poll() is None, "logs -f must keep running"
+        finally:
+            proc.terminate()
+            proc.wait(5)
+    seen = ticks()
+    assert seen == sorted(seen), out.read_text()
+    assert seen == list(range(seen[0], seen[0] + len(seen))), "no tick line lost or repeated"
