@@ -524,7 +524,11 @@ def _agent_option(*names: str, **kwargs: t.Any) -> t.Callable[[t.Callable[..., t
 @_agent_option(
     "--state-interval", type=click.FloatRange(min=0.05), help="Seconds between state refreshes. Default: 30."
 )
-@_agent_option("--check-interval", type=click.FloatRange(min=0.05), help="Seconds between crash checks. Default: 5.")
+@_agent_option(
+    "--check-interval",
+    type=click.FloatRange(min=0.05),
+    help="Seconds between crash checks. Default: the heartbeat interval.",
+)
 @_agent_option(
     "--fatal-after",
     type=click.IntRange(min=1),

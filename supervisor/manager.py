@@ -190,6 +190,7 @@ class Manager:
         self._backends: dict[str, SessionBackend] = dict(backends or {})
         self.sampler = sampler or metrics.Sampler()
         self.extra_recipes = list(extra_recipes)
+        self._recipes: dict[tuple[str, str | None], tuple[Recipe, float]] = {}
 
     # -- collaborators -----------------------------------------------------
 
@@ -200,10 +201,21 @@ class Manager:
         return self._backends[name]
 
     def recipe_for(self, instance: Instance) -> Recipe:
-        """Return the recipe an instance was created from."""
+        """Return the recipe an instance was created from (cached while its file is unchanged)."""
+        key = (instance.recipe, instance.recipe_path)
+        cached = self._recipes.get(key)
+        if cached is not None:
+            recipe, mtime = cached
+            with contextlib.suppress(OSError):
+                if recipe.path.stat().st_mtime == mtime:
+                    return recipe
         if instance.recipe_path and Path(instance.recipe_path).is_file():
-            return load_recipe(Path(instance.recipe_path))
-        return find_recipe(instance.recipe, self.paths.user_recipes)
+            recipe = load_recipe(Path(instance.recipe_path))
+        else:
+            recipe = find_recipe(instance.recipe, self.paths.user_recipes)
+        with contextlib.suppress(OSError):
+            self._recipes[key] = (recipe, recipe.path.stat().st_mtime)
+        return recipe
 
     def recipes(self) -> list[RecipeInfo]:
         """Return every known recipe: built-in, the user's, and any given with ``-r PATH``."""

@@ -114,7 +114,7 @@ class Agent:
         self.fast_failure = fast_failure
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
-        self.check_interval = check_interval or min(config.heartbeat_interval, 5.0)
+        self.check_interval = check_interval or config.heartbeat_interval
         self._clock = clock
         self.verifier = Verifier(config.secret, skew=config.clock_skew, clock=clock) if config.secret else None
         self.audit = AuditLog(manager.paths.audit_log)
@@ -157,12 +157,15 @@ class Agent:
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
-                if now >= next_check:
-                    self._supervise()
-                    next_check = now + self.check_interval
-                if now >= next_heartbeat:
-                    self._heartbeats()
-                    next_heartbeat = now + self.config.heartbeat_interval
+                check_due, heartbeat_due = now >= next_check, now >= next_heartbeat
+                if check_due or heartbeat_due:
+                    statuses = self._refresh()  # one snapshot serves both
+                    if check_due:
+                        self._supervise(statuses)
+                        next_check = now + self.check_interval
+                    if heartbeat_due:
+                        self._heartbeats(statuses)
+                        next_heartbeat = now + self.config.heartbeat_interval
                 if now >= next_state:
                     self._publish_states(force=True)
                     next_state = now + self.config.state_interval
@@ -459,10 +462,9 @@ class Agent:
             self._statuses = statuses
         return statuses
 
-    def _supervise(self) -> None:
+    def _supervise(self, statuses: Mapping[str, InstanceStatus]) -> None:
         """Restart crashed bots with backoff, mark fatal ones, rotate logs."""
         with self._supervision_lock:
-            statuses = self._refresh()
             now = self._clock()
             for name, status in statuses.items():
                 rotate_log(self.manager.paths.console_log(name))
@@ -520,9 +522,8 @@ class Agent:
         if status is not None and not status.plugin:
             self.connection.publish(f"{self.ns}/{name}/notify", protocol.notify(0, message))
 
-    def _heartbeats(self) -> None:
+    def _heartbeats(self, statuses: Mapping[str, InstanceStatus]) -> None:
         """Publish ``hb`` for plugin-less bots whose process is alive right now; announce transitions."""
-        statuses = self._refresh()
         for name, status in statuses.items():
             if status.plugin:
                 continue
