@@ -23,9 +23,11 @@ demo: system-deps venv  ## three example bots in tmux, then `supervisor ls`
 demo-clean: venv  ## stop and remove the demo bots
 	@for n in demo-1 demo-2 demo-3; do $(BIN)/supervisor rm $$n --force --purge --yes 2>/dev/null || true; done
 
+LINT_DIRS := supervisor tests $(wildcard bench)
+
 lint: venv
-	$(BIN)/ruff format --check supervisor tests bench
-	$(BIN)/ruff check supervisor tests bench
+	$(BIN)/ruff format --check $(LINT_DIRS)
+	$(BIN)/ruff check $(LINT_DIRS)
 	$(BIN)/mypy
 
 unit: venv
