@@ -389,3 +389,20 @@ def test_logs_follow_prints_new_lines(home: Path, tmp_path: Path) -> None:
     seen = ticks()
     assert seen == sorted(seen), out.read_text()
     assert seen == list(range(seen[0], seen[0] + len(seen))), "no tick line lost or repeated"
+
+
+def test_service_install_writes_a_user_unit(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    printed = invoke("service", "install", "--print", "--broker", "mqtt://broker.lan:1883").stdout
+    assert f"Environment=SUPERVISOR_HOME={home}" in printed
+    assert "-m supervisor agent --broker mqtt://broker.lan:1883" in printed
+    assert "KillMode=process" in printed
+    assert "WantedBy=default.target" in printed
+    assert not (tmp_path / "config").exists()
+
+    result = invoke("service", "install")
+    unit = tmp_path / "config" / "systemd" / "user" / "bot-supervisor-agent.service"
+    assert unit.read_text().startswith("[Unit]\n")
+    assert "ExecStart=" in unit.read_text()
+    assert "loginctl enable-linger" in result.stdout
+    assert "systemctl --user enable --now bot-supervisor-agent" in result.stdout
