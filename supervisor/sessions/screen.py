@@ -251,7 +251,40 @@ class ScreenBackend:
             else:
                 msg = f"session '{name}': screen {command[0]} failed: {detail}."
             raise SessionError(msg)
-        self._run("-S", address, "-p", "0", "-Q", "number")
+        self._sync(address)
+
+    def _sync(self, address: str, timeout: float = 3.0) -> None:
+        """Wait until screen has handled our previous command.
+
+        A typed line may end the program and with it the session (``exit``);
+        ``-Q`` then never gets its answer, so a vanished session counts as done.
+        """
+        screen_pid = int(address.split(".", 1)[0])
+        try:
+            client = _proc.spawn(
+                ["screen", "-S", address, "-p", "0", "-Q", "number"],
+                env=self._env(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        except FileNotFoundError as e:
+            raise BackendUnavailable(self.name) from e
+        deadline = time.monotonic() + timeout
+        try:
+            while client.poll() is None:
+                if not Path(f"/proc/{screen_pid}").exists():
+                    return
+                if time.monotonic() > deadline:
+                    msg = (
+                        f"backend 'screen': session '{address}' did not answer within {timeout:g} s. "
+                        "Check 'screen -ls'."
+                    )
+                    raise SessionError(msg)
+                time.sleep(0.01)
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
 
     def send_line(self, name: str, text: str, *, enter: bool = True) -> None:
         """Type ``text`` literally into window 0, then press Enter.
