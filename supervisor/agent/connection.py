@@ -155,6 +155,7 @@ class Connection:
         self._attempt = 0
         self._failing = False
         self._last_failure_log = 0.0
+        self._last_failure: str | None = None
         self._queue_full_logged = False
 
         v5 = config.protocol == "5"
@@ -405,7 +406,13 @@ class Connection:
             logger.exception("MQTT network loop failed")
         self._mark_down(mqtt.error_string(rc))
 
+    @property
+    def last_failure(self) -> str | None:
+        """Why the latest connection attempt failed (``None`` once connected)."""
+        return None if self.is_connected else self._last_failure
+
     def _note_failure(self, reason: str) -> None:
+        self._last_failure = reason
         now = time.monotonic()
         if not self._failing:
             self._failing = True
@@ -427,6 +434,9 @@ class Connection:
             self._resubscribe = None
         self._ready.clear()
         if not was_up:
+            # Dropped after TCP/TLS but before CONNACK (e.g. a refused client certificate).
+            if not self._stopping.is_set():
+                self._note_failure(reason)
             return
         if time.monotonic() - self._up_since >= self._max_backoff:
             # Only a connection that stayed up resets the backoff, so a flapping

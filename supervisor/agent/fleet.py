@@ -134,9 +134,11 @@ class FleetClient:
         self.connection.start()
         if not self.connection.wait_connected(10):
             self.connection.stop()
+            reason = self.connection.last_failure
             msg = (
-                f"broker '{self.config.broker.url}': could not connect within 10s. "
-                "Check --broker and that the broker runs."
+                f"broker '{self.config.broker.url}': could not connect within 10s"
+                + (f" ({reason})" if reason else "")
+                + ". Check --broker, the TLS files, and that the broker runs."
             )
             raise AgentError(msg)
         return self
