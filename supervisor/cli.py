@@ -546,6 +546,9 @@ def _agent_option(*names: str, **kwargs: t.Any) -> t.Callable[[t.Callable[..., t
     help="TOML file (default $SUPERVISOR_HOME/agent.toml).",
 )
 @_agent_option(
+    "--no-hbot-relay", is_flag=True, help="Do not answer Hummingbot's topics (they cannot be signed); heartbeats go on."
+)
+@_agent_option(
     "--embedded-broker",
     is_flag=True,
     help="Run an MQTT broker (amqtt) inside the agent, on --broker's address (default 127.0.0.1:1883).",
@@ -566,6 +569,7 @@ def agent_cmd(
     fatal_after: int,
     backoff: float,
     config_file: Path | None,
+    no_hbot_relay: bool,
     embedded_broker: bool,
 ) -> None:
     """Run the MQTT agent in the foreground.
@@ -606,7 +610,14 @@ def agent_cmd(
             config.broker.host = "127.0.0.1"  # the default broker URL says localhost; bind loopback only
         embedded = EmbeddedBroker(config.broker.host, config.broker.port)
         embedded.start()
-    agent = Agent(manager, config, fatal_after=fatal_after, backoff_base=backoff, check_interval=check_interval)
+    agent = Agent(
+        manager,
+        config,
+        fatal_after=fatal_after,
+        backoff_base=backoff,
+        check_interval=check_interval,
+        hbot_relay=not no_hbot_relay,
+    )
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     try:
@@ -764,7 +775,13 @@ def _fleet_command(
         _json([r.to_dict() for r in replies])
     else:
         for reply in replies:
-            mark = "ok" if reply.ok else ("TIMEOUT" if reply.timed_out else f"FAILED ({reply.status})")
+            mark = (
+                "ok"
+                if reply.ok
+                else "TIMEOUT"
+                if reply.timed_out
+                else "FAILED" + (f" ({reply.status})" if reply.status else "")
+            )
             click.echo(f"{reply.target}: {mark}: {reply.msg}")
             if verb == "tail" and reply.ok and isinstance(reply.result, dict):
                 click.echo(reply.result.get("screen", ""))

@@ -332,7 +332,8 @@ def test_three_hosts_list_restart_send_tail_and_go_offline(
     [reply] = fleet_json(url, "tail", "h2/bot", "-n", "20")
     assert reply["ok"] is True and f"echo: {marker}" in reply["result"]["screen"]
 
-    # Failures: unknown instance on a live host (agent answers 400), unknown host (timeout naming it).
+    # Failures: unknown instance on a live host (agent answers 400), unknown host (refused at once, named),
+    # and a live target slower than --timeout (the timeout is named).
     done = run_fleet(url, "status", "h1/nope", "--json")
     assert done.returncode == 1
     [reply] = json.loads(done.stdout)
@@ -340,7 +341,11 @@ def test_three_hosts_list_restart_send_tail_and_go_offline(
     done = run_fleet(url, "status", "h1/bot", "h9/ghost", "--timeout", "1")
     assert done.returncode == 1, done.stdout
     assert "h1/bot: ok" in done.stdout
-    assert "h9/ghost: TIMEOUT: timed out after 1s waiting for h9/ghost" in done.stdout
+    assert "h9/ghost: FAILED: no agent of host 'h9' is known to this broker" in done.stdout
+    done = run_fleet(url, "restart", "h1/bot", "--timeout", "0.1")
+    assert done.returncode == 1
+    assert "h1/bot: TIMEOUT: timed out after 0.1s waiting for h1/bot" in done.stdout
+    wait_until(lambda: fleet_ls(url)[1]["h1/bot"]["restarts"] == 2, timeout=15, message="the slow restart landing")
 
     # Kill h3's agent outright and freeze h2's (a hung host: only the keepalive can notice).
     frozen = hosts["h2"].agent
@@ -368,10 +373,12 @@ def test_three_hosts_list_restart_send_tail_and_go_offline(
     assert "offline hosts (agent's last will): h2, h3" in text.stdout
     assert not any(line.split()[2:3] == ["running"] for line in text.stdout.splitlines() if line.startswith("h3"))
 
-    # A command for an offline host times out and names it; exit code is non-zero.
-    done = run_fleet(url, "restart", "h3/bot", "--timeout", "1")
+    # A command for an offline host fails at once, names it, sends nothing; exit code is non-zero.
+    started = time.monotonic()
+    done = run_fleet(url, "restart", "h3/bot", "--timeout", "30")
     assert done.returncode == 1
-    assert "h3/bot: TIMEOUT" in done.stdout and "waiting for h3/bot" in done.stdout
+    assert "h3/bot: FAILED: host 'h3' is offline (its agent's last will); nothing was sent." in done.stdout
+    assert time.monotonic() - started < 15
 
     # The frozen agent comes back by itself once it runs again.
     frozen.send_signal(signal.SIGCONT)

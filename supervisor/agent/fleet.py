@@ -275,14 +275,41 @@ class FleetClient:
             body.get("result"),
         )
 
+    def host_states(self, hosts: t.Collection[str], wait: float = 1.0) -> dict[str, str]:
+        """Return the retained availability of ``hosts`` (missing ones are absent), waiting at most ``wait``."""
+        for host in hosts:
+            self.connection.subscribe(f"{self.own}/{host}/agent", self._on_agent, qos=1)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            with self._lock:
+                if all(host in self._agents for host in hosts):
+                    break
+            time.sleep(0.01)
+        with self._lock:
+            return {h: str(self._agents[h].get("state", "unknown")) for h in hosts if h in self._agents}
+
     def run(
         self, targets: Sequence[tuple[str, str | None]], verb: str, data: Mapping[str, t.Any], timeout: float
     ) -> list[Reply]:
-        """Send ``verb`` to every target at once and return the replies in target order."""
+        """Send ``verb`` to every target at once and return the replies in target order.
+
+        Targets on hosts whose retained agent record is offline, or missing, fail
+        at once instead of waiting out the timeout.
+        """
         replies: list[Reply | None] = [None] * len(targets)
+        hosts = self.host_states({host for host, _ in targets})
 
         def one(index: int, host: str, instance: str | None) -> None:
-            replies[index] = self.request(host, instance, verb, data, timeout)
+            target = f"{host}/{instance}" if instance else host
+            state = hosts.get(host)
+            if state is None:
+                msg = f"no agent of host '{host}' is known to this broker. Run 'supervisor fleet ls' to see hosts."
+                replies[index] = Reply(target, verb, False, None, msg)
+            elif state != "online":
+                msg = f"host '{host}' is {state} (its agent's last will); nothing was sent."
+                replies[index] = Reply(target, verb, False, None, msg)
+            else:
+                replies[index] = self.request(host, instance, verb, data, timeout)
 
         threads = [
             threading.Thread(target=one, args=(i, host, inst), daemon=True) for i, (host, inst) in enumerate(targets)

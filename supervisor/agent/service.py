@@ -103,6 +103,7 @@ class Agent:
         backoff_base: float = BACKOFF_BASE,
         backoff_max: float = BACKOFF_MAX,
         check_interval: float | None = None,
+        hbot_relay: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.manager = manager
@@ -110,6 +111,7 @@ class Agent:
         self.host = config.host_id
         self.ns = config.namespace
         self.own = f"{config.own_prefix}/{self.host}"
+        self.hbot_relay = hbot_relay
         self.fatal_after = fatal_after
         self.fast_failure = fast_failure
         self.backoff_base = backoff_base
@@ -147,6 +149,12 @@ class Agent:
                 "this host's bots through %s/#. Set SUPERVISOR_SECRET (and broker ACLs) to prevent it.",
                 self.config.broker.url,
                 self.own,
+            )
+        elif self.hbot_relay:
+            logger.warning(
+                "requests on %s/+/… (Hummingbot's protocol) cannot be signed: existing clients know nothing of it. "
+                "Restrict those topics with broker ACLs, or run with --no-hbot-relay.",
+                self.ns,
             )
         self._subscribe()
         self.connection.start()
@@ -212,7 +220,7 @@ class Agent:
         self._published.clear()
 
     def _subscribe(self) -> None:
-        for command in protocol.HBOT_COMMANDS:
+        for command in protocol.HBOT_COMMANDS if self.hbot_relay else ():
             self.connection.subscribe(f"{self.ns}/+/{command}", self._on_hbot, qos=1)
         for verb in protocol.OWN_VERBS:
             self.connection.subscribe(f"{self.own}/+/{verb}", self._on_own, qos=1)
