@@ -13,6 +13,8 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+TimeoutExpired = subprocess.TimeoutExpired
+
 
 def run(
     argv: t.Sequence[str],

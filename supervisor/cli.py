@@ -308,9 +308,14 @@ def rm_cmd(ctx: click.Context, name: str, purge: bool, force: bool, yes: bool) -
 def _render_actions(results: Sequence[ActionResult], as_json: bool) -> None:
     if as_json:
         _json([r.to_dict() for r in results])
-        return
-    for result in results:
-        click.echo(result.message)
+    else:
+        for result in results:
+            if result.ok:
+                click.echo(result.message)
+            else:
+                click.echo(f"Error: {result.message}", err=True)
+    if not all(r.ok for r in results):
+        click.get_current_context().exit(1)
 
 
 def _names(ctx: click.Context, names: tuple[str, ...], all_: bool) -> list[str]:
@@ -838,3 +843,104 @@ def fleet_tail_cmd(ctx: click.Context, targets: tuple[str, ...], lines: int, tim
 def fleet_send_cmd(ctx: click.Context, target: str, text: str, timeout: float, as_json: bool) -> None:
     """Type one line into an instance's console on its host, literally."""
     _fleet_command(ctx, "send", (target,), {"text": text}, timeout, as_json)
+
+
+@cli.group("dashboard", invoke_without_command=True)
+@_agent_option("--broker", help="Broker URL (env SUPERVISOR_BROKER; default from agent.toml).")
+@_agent_option("--ca", type=click.Path(path_type=Path, dir_okay=False), help="CA file for mqtts://.")
+@_agent_option("--cert", type=click.Path(path_type=Path, dir_okay=False), help="Client certificate.")
+@_agent_option("--key", type=click.Path(path_type=Path, dir_okay=False), help="Client certificate's key.")
+@_agent_option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), help="Agent TOML config.")
+@click.option(
+    "--listen",
+    default="127.0.0.1:8080",
+    show_default=True,
+    help="HOST:PORT to serve on (env SUPERVISOR_DASHBOARD_LISTEN); anything but loopback needs a password.",
+)
+@_agent_option(
+    "--db",
+    "db_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="SQLite history file. Default: $SUPERVISOR_HOME/dashboard.sqlite.",
+)
+@click.pass_context
+def dashboard_grp(
+    ctx: click.Context,
+    broker: str | None,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    config_file: Path | None,
+    listen: str,
+    db_path: Path | None,
+) -> None:
+    """Serve one live web page for the whole fleet (state, heartbeats, controls, consoles, PnL).
+
+    \b
+    Examples:
+      supervisor dashboard --broker mqtt://broker.lan     # http://127.0.0.1:8080/
+      supervisor dashboard passwd --write                 # set the login password
+      supervisor dashboard --listen 0.0.0.0:8080          # needs the password
+    The password hash lives in $SUPERVISOR_HOME/dashboard.toml or SUPERVISOR_DASHBOARD_PASSWORD_HASH.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    import signal
+
+    from supervisor.agent.config import load_agent_config
+    from supervisor.dashboard.auth import config_path, load_settings
+    from supervisor.dashboard.server import Dashboard
+    from supervisor.dashboard.store import Store
+
+    paths = Paths.from_env(ctx.find_root().obj.get("home"))
+    agent_toml = config_file or (paths.agent_config if paths.agent_config.exists() else None)
+    config = load_agent_config(agent_toml, os.environ, {"url": broker, "ca": ca, "cert": cert, "key": key})
+    settings = load_settings(config_path(paths.home), os.environ)
+    if not ctx.find_root().obj.get("debug"):
+        logging.getLogger().setLevel(logging.INFO)
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    store = Store(db_path or paths.home / "dashboard.sqlite")
+    try:
+        dashboard = Dashboard(config, settings, listen, store)
+    except SupervisorError:
+        store.close()
+        raise
+    signal.signal(signal.SIGTERM, lambda *_: dashboard.stop())
+    signal.signal(signal.SIGINT, lambda *_: dashboard.stop())
+    click.echo(
+        f"dashboard: {dashboard.url} (broker {config.broker.url}"
+        + (", login required)" if settings.login_required else ", no login: loopback only)"),
+        err=True,
+    )
+    dashboard.run()
+
+
+@dashboard_grp.command("passwd")
+@click.option("--stdin", "from_stdin", is_flag=True, help="Read the password from the first line of standard input.")
+@click.option("--write", is_flag=True, help="Store the hash in $SUPERVISOR_HOME/dashboard.toml (mode 600).")
+@click.pass_context
+def dashboard_passwd_cmd(ctx: click.Context, from_stdin: bool, write: bool) -> None:
+    """Hash a dashboard password: print it, or store it with --write.
+
+    \b
+    Examples:
+      supervisor dashboard passwd --write
+      printf '%s\\n' "$PASS" | supervisor dashboard passwd --stdin   # prints the hash
+    """
+    from supervisor.dashboard.auth import config_path, hash_password, write_password_hash
+
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Dashboard password", hide_input=True, confirmation_prompt=True, err=True)
+    if len(password) < 8:
+        msg = "the dashboard password must have at least 8 characters. Choose a longer one."
+        raise SupervisorError(msg)
+    encoded = hash_password(password)
+    if not write:
+        click.echo(encoded)
+        return
+    target = config_path(Paths.from_env(ctx.find_root().obj.get("home")).home)
+    write_password_hash(target, encoded)
+    click.echo(f"wrote the password hash to {target}; restart the dashboard to use it.", err=True)

@@ -124,6 +124,7 @@ class ActionResult:
     message: str
     step: str | None = None
     status: InstanceStatus | None = None
+    ok: bool = True
 
     def to_dict(self) -> dict[str, t.Any]:
         """Return the result as a JSON-able dict."""
@@ -167,6 +168,20 @@ class RecipeInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class _Launch:
+    """A session just started, waiting for its bot to be ready."""
+
+    name: str
+    backend: str
+    session: str
+    log: Path
+    offset: int
+    pattern: re.Pattern[str] | None
+    deadline: float
+    timeout: float
+
+
+@dataclasses.dataclass(frozen=True)
 class ExitRecord:
     """What the wrapper wrote when the bot exited."""
 
@@ -191,6 +206,9 @@ class Manager:
         self.sampler = sampler or metrics.Sampler()
         self.extra_recipes = list(extra_recipes)
         self._recipes: dict[tuple[str, str | None], tuple[Recipe, float]] = {}
+        self.session_cache_ttl = 0.0
+        """Seconds a session listing may be reused (the agent sets this; actions clear it)."""
+        self._session_cache: dict[str, tuple[float, dict[str, SessionInfo]]] = {}
 
     # -- collaborators -----------------------------------------------------
 
@@ -546,18 +564,32 @@ class Manager:
     # -- live state ---------------------------------------------------------------
 
     def _exit_record(self, instance: Instance) -> ExitRecord | None:
+        return self._exit_record_of(instance.name)
+
+    def _exit_record_of(self, name: str) -> ExitRecord | None:
         try:
-            code, _, when = self.paths.exit_file(instance.name).read_text().strip().partition(" ")
+            code, _, when = self.paths.exit_file(name).read_text().strip().partition(" ")
             return ExitRecord(int(code), float(when or 0))
         except (OSError, ValueError):
             return None
 
     def _sessions(self, backends: t.Iterable[str]) -> dict[str, dict[str, SessionInfo]]:
         found: dict[str, dict[str, SessionInfo]] = {}
+        now = time.monotonic()
         for name in set(backends):
+            cached = self._session_cache.get(name)
+            if cached is not None and now - cached[0] < self.session_cache_ttl:
+                found[name] = cached[1]
+                continue
             backend = self.backend(name)
             found[name] = backend.list_sessions() if backend.is_available() else {}
+            if self.session_cache_ttl:
+                self._session_cache[name] = (now, found[name])
         return found
+
+    def forget_sessions(self) -> None:
+        """Drop cached session listings (after anything that starts or ends a session)."""
+        self._session_cache.clear()
 
     def _session_exists(self, instance: Instance) -> bool:
         backend = self.backend(instance.backend)
@@ -634,11 +666,10 @@ class Manager:
             return None
 
     def _sample(self, instance: Instance) -> tuple[SessionInfo | None, metrics.ProcessSample]:
-        info = None
-        backend = self.backend(instance.backend)
-        if backend.is_available():
-            info = backend.list_sessions().get(instance.session)
-        return info, self.sampler.sample(info.pid if info else None, match=self._match(instance))
+        info = self._sessions([instance.backend])[instance.backend].get(instance.session)
+        pid = info.pid if info else None
+        table = self.sampler.table(roots=[pid] if pid else [])
+        return info, self.sampler.sample(pid, table, match=self._match(instance))
 
     def _live_status(self, instance: Instance) -> InstanceStatus:
         info, sample = self._sample(instance)
@@ -665,9 +696,11 @@ class Manager:
             selected = [records[n] for n in sorted(records)]
         sessions = self._sessions(r.backend for r in selected)
         infos = {r.name: sessions.get(r.backend, {}).get(r.session) for r in selected}
-        samples = self.sampler.sample_many(
-            {n: (i.pid if i else None) for n, i in infos.items()}, matches={r.name: self._match(r) for r in selected}
-        )
+        roots = {n: (i.pid if i else None) for n, i in infos.items()}
+        # A few instances: read only their process trees; many: one pass over every process.
+        few = len(selected) <= 16
+        table = self.sampler.table(roots=[pid for pid in roots.values() if pid] if few else None)
+        samples = self.sampler.sample_many(roots, table, matches={r.name: self._match(r) for r in selected})
         return [self._derive(r, infos[r.name], samples.get(r.name)) for r in selected]
 
     def resolve(self, names: Sequence[str], *, all_instances: bool = False) -> list[str]:
@@ -719,92 +752,156 @@ class Manager:
     def start(self, names: Sequence[str], *, wait_ready: bool = True) -> list[ActionResult]:
         """Start each instance in its session; a running one is left alone.
 
+        All sessions are started first, then one loop waits for every bot's
+        readiness pattern, so starting 100 bots costs about as much as the
+        slowest of them. With several names, a bot that fails to come up is
+        reported in its result (``ok`` false); with one name, it raises.
+
         Raises
         ------
         InstanceNotFound, InstanceError, SessionError, ReadyTimeout
         """
-        return [self._start_one(name, wait_ready=wait_ready) for name in names]
+        return self._start_many(names, wait_ready=wait_ready)
 
     def _start_one(
         self, name: str, *, wait_ready: bool = True, count_restart: bool = False, only_if_wanted: bool = False
     ) -> ActionResult:
-        with self._instance_lock(name, wait=60):
-            record = self.registry.get(name)
-            if only_if_wanted and (record.desired != DESIRED_RUNNING or record.fatal):
-                # Checked under the lock: a user's stop that raced the agent always wins.
-                return ActionResult(name, "start", False, f"instance '{name}' is no longer meant to run; left alone.")
-            if record.lifecycle != INSTALLED:
-                msg = (
-                    f"instance '{name}' cannot start: it is {record.lifecycle}. "
-                    f"Run 'supervisor install {name}' first (see {self.paths.install_log(name)})."
-                )
-                raise InstanceError(msg)
-            current = self._live_status(record)
-            if current.is_running:
-                self.registry.update(name, desired=DESIRED_RUNNING)
-                return ActionResult(
-                    name, "start", False, f"instance '{name}' is already running (pid {current.pid}).", status=current
-                )
-            recipe = self.recipe_for(record)
-            backend = self.backend(record.backend)
-            if not backend.is_available():
-                raise BackendUnavailable(record.backend)
-            session = session_name(name)
-            if backend.has_session(session):
-                backend.kill_session(session)
-            script = self._write_run_script(record, recipe)
-            self.paths.exit_file(name).unlink(missing_ok=True)
-            log = self.paths.console_log(name)
-            rotate_log(log)
-            offset = log.stat().st_size if log.exists() else 0
-            now = time.time()
-            backend.new_session(session, ["bash", str(script)], cwd=Path(record.checkout), log_path=log)
-            record = self.registry.update(
-                name,
-                session=session,
-                desired=DESIRED_RUNNING,
-                started_at=now,
-                fatal=False,
-                last_error=None,
-                restarts=record.restarts + (1 if count_restart else 0),
-            )
-        if wait_ready:
-            self._wait_ready(record, recipe, log, offset)
-        status = self.status([name])[0]
-        return ActionResult(
-            name, "start", True, f"started '{name}' in {record.backend} session '{session}'.", status=status
-        )
+        return self._start_many(
+            [name], wait_ready=wait_ready, count_restart=count_restart, only_if_wanted=only_if_wanted
+        )[0]
 
-    def _wait_ready(self, record: Instance, recipe: Recipe, log: Path, offset: int) -> None:
-        """Wait for the readiness pattern, or at least a live bot process; fail loudly if it dies."""
-        pattern = re.compile(recipe.run.ready) if recipe.run.ready else None
-        deadline = time.monotonic() + (recipe.run.ready_timeout if pattern else 10.0)
+    def _start_many(
+        self,
+        names: Sequence[str],
+        *,
+        wait_ready: bool = True,
+        count_restart: bool = False,
+        only_if_wanted: bool = False,
+    ) -> list[ActionResult]:
+        names = list(dict.fromkeys(names))
+        done: dict[str, ActionResult] = {}
+        already_running: set[str] = set()
+        launched: list[_Launch] = []
+        with contextlib.ExitStack() as locks:
+            for name in sorted(names):  # a fixed order: two batch starts never deadlock
+                locks.enter_context(self._instance_lock(name, wait=60))
+            records = self.registry.all()
+            for name in names:
+                if name not in records:
+                    raise InstanceNotFound(name)
+            current = {s.name: s for s in self.status(names)}
+            for name in names:
+                record = records[name]
+                if only_if_wanted and (record.desired != DESIRED_RUNNING or record.fatal):
+                    # Checked under the lock: a user's stop that raced the agent always wins.
+                    message = f"instance '{name}' is no longer meant to run; left alone."
+                    done[name] = ActionResult(name, "start", False, message)
+                    continue
+                if record.lifecycle != INSTALLED:
+                    msg = (
+                        f"instance '{name}' cannot start: it is {record.lifecycle}. "
+                        f"Run 'supervisor install {name}' first (see {self.paths.install_log(name)})."
+                    )
+                    raise InstanceError(msg)
+                if current[name].is_running:
+                    message = f"instance '{name}' is already running (pid {current[name].pid})."
+                    done[name] = ActionResult(name, "start", False, message)
+                    already_running.add(name)
+                    continue
+                launched.append(self._launch(record))
+            now = time.time()
+            with self.registry.transaction() as instances:
+                for name in already_running:
+                    instances[name].desired = DESIRED_RUNNING
+                for launch in launched:
+                    record = instances[launch.name]
+                    record.session = launch.session
+                    record.desired = DESIRED_RUNNING
+                    record.started_at = now
+                    record.fatal = False
+                    record.last_error = None
+                    record.restarts += 1 if count_restart else 0
+        self.forget_sessions()
+        failures = self._wait_ready(launched) if wait_ready else {}
+        if failures:
+            with self.registry.transaction() as instances:
+                for name, error in failures.items():
+                    instances[name].last_error = str(error).splitlines()[0]
+            if len(names) == 1:
+                raise failures[names[0]]
+        statuses = {s.name: s for s in self.status(names)}
+        results = []
+        for name in names:
+            if name in done:
+                results.append(dataclasses.replace(done[name], status=statuses[name]))
+            elif name in failures:
+                results.append(ActionResult(name, "start", True, str(failures[name]), status=statuses[name], ok=False))
+            else:
+                launch = next(item for item in launched if item.name == name)
+                message = f"started '{name}' in {launch.backend} session '{launch.session}'."
+                results.append(ActionResult(name, "start", True, message, status=statuses[name]))
+        return results
+
+    def _launch(self, record: Instance) -> _Launch:
+        """Start one instance's session (the caller holds its lock and records the start)."""
+        recipe = self.recipe_for(record)
         backend = self.backend(record.backend)
-        seen_alive = False
-        while time.monotonic() < deadline:
-            info = backend.list_sessions().get(record.session)
-            sample = self.sampler.sample(info.pid if info else None)
-            seen_alive = seen_alive or sample.alive
-            if pattern is None and sample.alive:
-                return
-            if pattern is not None and pattern.search(read_from(log, offset)):
-                return
-            if info is None:
-                exit_record = self._exit_record(record)
-                code = f" with exit code {exit_record.code}" if exit_record else ""
-                tail = "\n".join(read_from(log, offset).splitlines()[-15:])
-                msg = f"instance '{record.name}': the bot exited during start{code}. Last output:\n{tail}"
-                self.registry.update(record.name, last_error=f"exited during start{code}")
-                raise InstanceError(msg)
-            time.sleep(0.05)
-        if pattern is None and seen_alive:
-            return
-        what = f"print /{recipe.run.ready}/" if pattern else "start a process"
-        msg = (
-            f"instance '{record.name}' did not {what} within {recipe.run.ready_timeout if pattern else 10.0:g}s. "
-            f"It is left running; check 'supervisor tail {record.name}'."
-        )
-        raise ReadyTimeout(msg)
+        if not backend.is_available():
+            raise BackendUnavailable(record.backend)
+        session = session_name(record.name)
+        if backend.has_session(session):
+            backend.kill_session(session)
+        script = self._write_run_script(record, recipe)
+        self.paths.exit_file(record.name).unlink(missing_ok=True)
+        log = self.paths.console_log(record.name)
+        rotate_log(log)
+        offset = log.stat().st_size if log.exists() else 0
+        backend.new_session(session, ["bash", str(script)], cwd=Path(record.checkout), log_path=log)
+        pattern = re.compile(recipe.run.ready) if recipe.run.ready else None
+        timeout = recipe.run.ready_timeout if pattern else 10.0
+        return _Launch(record.name, record.backend, session, log, offset, pattern, time.monotonic() + timeout, timeout)
+
+    def _wait_ready(self, launched: Sequence[_Launch]) -> dict[str, SupervisorError]:
+        """Wait until every launched bot printed its readiness pattern (or, without one, has a process).
+
+        One session query per backend and a few file reads per round; no
+        process-table scans. Returns the bots that died or timed out.
+        """
+        waiting = {launch.name: launch for launch in launched}
+        texts = {launch.name: "" for launch in launched}
+        positions = {launch.name: launch.offset for launch in launched}
+        failures: dict[str, SupervisorError] = {}
+        while waiting:
+            self.forget_sessions()
+            sessions = self._sessions({launch.backend for launch in waiting.values()})
+            for name, launch in list(waiting.items()):
+                chunk, positions[name] = read_chunk(launch.log, positions[name])
+                texts[name] = (texts[name] + chunk)[-65536:]
+                info = sessions.get(launch.backend, {}).get(launch.session)
+                if launch.pattern is not None:
+                    ready = launch.pattern.search(texts[name]) is not None
+                else:
+                    ready = info is not None and metrics.first_child(info.pid) is not None
+                if ready:
+                    del waiting[name]
+                elif info is None:
+                    exit_record = self._exit_record_of(name)
+                    code = f" with exit code {exit_record.code}" if exit_record else ""
+                    tail = "\n".join(clean_console(texts[name]).splitlines()[-15:])
+                    msg = f"instance '{name}': the bot exited during start{code}. Last output:\n{tail}"
+                    failures[name] = InstanceError(msg)
+                    del waiting[name]
+                elif time.monotonic() > launch.deadline:
+                    what = f"print /{launch.pattern.pattern}/" if launch.pattern else "start a process"
+                    msg = (
+                        f"instance '{name}' did not {what} within {launch.timeout:g}s. "
+                        f"It is left running; check 'supervisor tail {name}'."
+                    )
+                    failures[name] = ReadyTimeout(msg)
+                    del waiting[name]
+            if waiting:
+                time.sleep(0.02)
+        return failures
 
     def stop(self, names: Sequence[str], *, timeout: float = DEFAULT_STOP_TIMEOUT) -> list[ActionResult]:
         """Stop each instance gracefully: console quit lines, then SIGTERM, then SIGKILL.
@@ -818,6 +915,7 @@ class Manager:
         self, name: str, *, timeout: float = DEFAULT_STOP_TIMEOUT, desired: str = DESIRED_STOPPED
     ) -> ActionResult:
         with self._instance_lock(name, wait=60):
+            self.forget_sessions()
             record = self.registry.update(name, desired=desired, stopped_at=time.time())
             backend = self.backend(record.backend)
             info, sample = self._sample(record)
@@ -830,6 +928,7 @@ class Manager:
             if info is not None and not record.adopted:
                 with contextlib.suppress(SessionError):
                     backend.kill_session(record.session)
+            self.forget_sessions()
         status = self.status([name])[0]
         how = {"console": "by its console quit sequence", "sigterm": "with SIGTERM", "sigkill": "with SIGKILL"}
         return ActionResult(name, "stop", True, f"stopped '{name}' {how.get(step, step)}.", step=step, status=status)
@@ -969,11 +1068,12 @@ class Manager:
 
             servers.append(("tmux", "default", TmuxBackend(socket_name="default")))
         servers.append(("screen", os.environ.get("SCREENDIR", "default"), self.backend("screen")))
-        table = self.sampler.table()
         for backend_name, server, backend in servers:
             if not backend.is_available():
                 continue
-            for session, info in backend.list_sessions().items():
+            listed = backend.list_sessions()
+            table = self.sampler.table(roots=[i.pid for i in listed.values() if i.pid])
+            for session, info in listed.items():
                 if (backend_name, session) in ours and server in (
                     self.paths.tmux_socket,
                     os.environ.get("SCREENDIR", "default"),
@@ -1062,6 +1162,20 @@ def rotate_log(path: Path, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_KEEP)
     with path.open("r+b") as handle:
         handle.truncate(0)
     return True
+
+
+def read_chunk(path: Path, offset: int) -> tuple[str, int]:
+    """Return the text of ``path`` after byte ``offset`` and the new offset (from 0 if the file shrank)."""
+    try:
+        with path.open("rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size < offset:
+                offset = 0
+            handle.seek(offset)
+            data = handle.read()
+    except FileNotFoundError:
+        return "", offset
+    return data.decode("utf-8", "replace"), offset + len(data)
 
 
 def read_from(path: Path, offset: int) -> str:

@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 import typing as t
+from pathlib import Path
 
 import psutil
 
@@ -67,14 +68,17 @@ class ProcessTable:
     sessions does not rescan ``/proc`` per session. Children are ordered oldest first.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, roots: Iterable[int] | None = None) -> None:
         self._ppid: dict[int, int] = {}
         self._name: dict[int, str] = {}
         self._create_time: dict[int, float | None] = {}
         self._zombies: set[int] = set()
         self._children: dict[int, list[int]] = {}
-        for proc in psutil.process_iter(_TABLE_ATTRS, ad_value=None):
-            info = proc.info
+        subtree = _subtree_infos(roots) if roots is not None else None
+        infos: Iterable[dict[str, t.Any]] = (
+            subtree if subtree is not None else (proc.info for proc in psutil.process_iter(_TABLE_ATTRS, ad_value=None))
+        )
+        for info in infos:
             pid = int(info["pid"])
             self._ppid[pid] = int(info["ppid"] or 0)
             self._name[pid] = str(info["name"] or "")
@@ -165,9 +169,14 @@ class Sampler:
         """The pids whose ``psutil.Process`` this Sampler is keeping."""
         return frozenset(self._entries)
 
-    def table(self) -> ProcessTable:
-        """Scan all processes once, for :meth:`sample` calls on many sessions."""
-        return ProcessTable()
+    def table(self, roots: Iterable[int] | None = None) -> ProcessTable:
+        """Scan all processes once, for :meth:`sample` calls on many sessions.
+
+        With ``roots``, only those processes and their descendants are read
+        (through ``/proc/<pid>/task/<pid>/children``), which is much cheaper for
+        a few sessions on a busy host.
+        """
+        return ProcessTable(roots)
 
     def sample(
         self,
@@ -521,3 +530,60 @@ def _matching_pid(root_pid: int, table: ProcessTable, pattern: str) -> int | Non
         if regex.search(cmdline):
             return pid
     return None
+
+
+def _subtree_infos(roots: Iterable[int]) -> list[dict[str, t.Any]] | None:
+    """Return table rows for ``roots`` and their descendants, or ``None`` if the kernel cannot tell children."""
+    rows: list[dict[str, t.Any]] = []
+    queue = [pid for pid in roots if pid]
+    seen: set[int] = set()
+    while queue:
+        pid = queue.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            process = psutil.Process(pid)
+            with process.oneshot():
+                row = {
+                    "pid": pid,
+                    "ppid": process.ppid(),
+                    "name": process.name(),
+                    "create_time": process.create_time(),
+                    "status": process.status(),
+                }
+            with open(f"/proc/{pid}/task/{pid}/children") as handle:  # noqa: PTH123 - a procfs read
+                queue.extend(int(kid) for kid in handle.read().split())
+            rows.append(row)
+        except FileNotFoundError:
+            if not Path(f"/proc/{pid}/task").exists() and Path("/proc/self/task").exists():
+                continue  # the process is gone
+            return None  # no children file on this kernel: fall back to the full scan
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, ProcessLookupError):
+            continue
+        except (psutil.AccessDenied, PermissionError, OSError):
+            continue
+    return rows
+
+
+def first_child(pid: int | None) -> int | None:
+    """Return the oldest child of ``pid`` without scanning every process (``None`` if it has none)."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:  # noqa: PTH123 - a procfs read
+            kids = [int(kid) for kid in handle.read().split()]
+    except OSError:
+        try:
+            children = psutil.Process(pid).children()
+        except psutil.Error:
+            return None
+        kids = [c.pid for c in children]
+    return min(kids, key=_start_key) if kids else None
+
+
+def _start_key(pid: int) -> tuple[float, int]:
+    try:
+        return (psutil.Process(pid).create_time(), pid)
+    except psutil.Error:
+        return (float("inf"), pid)

@@ -75,6 +75,7 @@ class Registry:
     def __init__(self, path: Path, lock_path: Path | None = None) -> None:
         self.path = path
         self.lock_path = lock_path or path.with_suffix(".lock")
+        self._cache: tuple[tuple[int, int, int], dict[str, Instance]] | None = None
 
     def _read(self) -> dict[str, Instance]:
         try:
@@ -130,13 +131,27 @@ class Registry:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     def all(self) -> dict[str, Instance]:
-        """Return every record (a consistent snapshot; no lock needed to read)."""
-        return self._read()
+        """Return every record (a consistent snapshot; no lock needed to read).
+
+        Parsed once per version of the file: every write replaces it, so inode,
+        size and mtime tell a new version. The records returned are shared:
+        change them only through :meth:`update` or :meth:`transaction`.
+        """
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return {}
+        key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if self._cache is not None and self._cache[0] == key:
+            return dict(self._cache[1])
+        records = self._read()
+        self._cache = (key, records)
+        return dict(records)
 
     def get(self, name: str) -> Instance:
         """Return the record of ``name`` or raise :class:`InstanceNotFound`."""
         try:
-            return self._read()[name]
+            return self.all()[name]
         except KeyError:
             raise InstanceNotFound(name) from None
 

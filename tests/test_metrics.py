@@ -11,6 +11,7 @@ import sys
 import time
 import typing as t
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -238,9 +239,9 @@ class CountingSampler(Sampler):
         super().__init__()
         self.tables = 0
 
-    def table(self) -> ProcessTable:
+    def table(self, roots: Iterable[int] | None = None) -> ProcessTable:
         self.tables += 1
-        return super().table()
+        return super().table(roots)
 
 
 def test_sample_many_uses_one_table(start_bot: StartBot) -> None:

@@ -15,6 +15,7 @@ under it. Three kinds of work:
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -107,6 +108,8 @@ class Agent:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.manager = manager
+        # Requests reuse a session listing for a moment; the manager drops it after any action.
+        manager.session_cache_ttl = min(1.0, config.heartbeat_interval / 2)
         self.config = config
         self.host = config.host_id
         self.ns = config.namespace
@@ -127,7 +130,7 @@ class Agent:
         self._alive: dict[str, bool] = {}
         self._last_heartbeat: dict[str, float] = {}
         self._published: dict[str, tuple[dict[str, t.Any], float]] = {}
-        self._seen: dict[str, tuple[float, bytes | None]] = {}
+        self._seen: collections.OrderedDict[str, tuple[float, bytes | None]] = collections.OrderedDict()
         self._seen_lock = threading.Lock()
         self._statuses: dict[str, InstanceStatus] = {}
         self._status_lock = threading.Lock()
@@ -280,8 +283,8 @@ class Agent:
         key = hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()
         now = time.monotonic()
         with self._seen_lock:
-            for old in [k for k, (when, _) in self._seen.items() if now - when > DEDUP_SECONDS]:
-                del self._seen[old]
+            while self._seen and now - next(iter(self._seen.values()))[0] > DEDUP_SECONDS:
+                self._seen.popitem(last=False)
             if key in self._seen:
                 cached = self._seen[key][1]
                 if cached is not None:
@@ -312,16 +315,16 @@ class Agent:
         if instance not in records:
             # Another host's agent, or a real Hummingbot, may own this id: stay silent.
             return
+        status = self._status(instance)
+        if status.plugin and status.is_running:
+            # The bot's own MQTT bridge answers while it is up (even to bad requests): never a double reply.
+            return
         new, key = self._first_sight(topic, payload)
         if not new:
             logger.info("ignoring a redelivered request on %s", topic)
             return
         request = self._parse(topic, payload)
         if request is None:
-            return
-        status = self._status(instance)
-        if status.plugin and status.is_running:
-            # The bot's own MQTT bridge answers while it is up: never a double reply.
             return
         try:
             data = protocol.validate(command, request.data)

@@ -1,6 +1,9 @@
 """The tmux session backend, driven through libtmux on a private socket.
 
 The only module that imports :mod:`libtmux`; its exceptions never leave here.
+libtmux loads lazily: the read-only queries every ``ls`` makes (``list-panes``,
+``has-session``) are single plain ``tmux`` calls through :mod:`supervisor._proc`,
+which keeps the command's start-up short.
 """
 
 from __future__ import annotations
@@ -12,13 +15,12 @@ import shutil
 import typing as t
 from pathlib import Path
 
-import libtmux
-from libtmux import exc as tmux_exc
-
+from supervisor import _proc
 from supervisor.errors import BackendUnavailable, SessionError
 from supervisor.sessions.base import SessionInfo
 
 if t.TYPE_CHECKING:
+    import libtmux
     from libtmux.common import tmux_cmd
 
 logger = logging.getLogger(__name__)
@@ -72,10 +74,32 @@ class TmuxBackend:
 
     def __init__(self, socket_name: str) -> None:
         self.socket_name = socket_name
-        self._server = libtmux.Server(socket_name=socket_name)
+        self._server_object: libtmux.Server | None = None
+
+    @property
+    def _server(self) -> libtmux.Server:
+        if self._server_object is None:
+            import libtmux
+
+            self._server_object = libtmux.Server(socket_name=self.socket_name)
+        return self._server_object
+
+    def _query(self, *args: str) -> tuple[int, list[str]]:
+        """Run a read-only tmux command without libtmux; ``(-1, [])`` when tmux cannot run."""
+        try:
+            proc = _proc.run(["tmux", "-L", self.socket_name, *args], timeout=10.0)
+        except (OSError, _proc.TimeoutExpired):
+            logger.debug("tmux %s failed", args[0], exc_info=True)
+            return -1, []
+        if proc.returncode != 0:
+            # "no server running", "error connecting to ...", "server exited ..."
+            logger.debug("tmux %s: %s", args[0], proc.stderr.strip())
+        return proc.returncode, proc.stdout.splitlines()
 
     def _cmd(self, *args: str) -> tmux_cmd:
         """Run one tmux command line on our socket, translating libtmux errors."""
+        from libtmux import exc as tmux_exc
+
         try:
             return self._server.cmd(*args)
         except tmux_exc.TmuxCommandNotFound as e:
@@ -93,17 +117,11 @@ class TmuxBackend:
 
         A missing binary or a dead server means "no sessions".
         """
-        try:
-            proc = self._server.cmd("list-panes", "-a", "-F", _LIST_FORMAT)
-        except (tmux_exc.LibTmuxException, OSError):
-            logger.debug("tmux list-panes failed", exc_info=True)
-            return {}
-        if proc.returncode != 0:
-            # "no server running", "error connecting to ...", "server exited ..."
-            logger.debug("tmux list-panes: %s", " ".join(proc.stderr))
+        returncode, lines = self._query("list-panes", "-a", "-F", _LIST_FORMAT)
+        if returncode != 0:
             return {}
         best: dict[str, tuple[tuple[int, int], SessionInfo]] = {}
-        for line in proc.stdout:
+        for line in lines:
             parts = line.split("\t")
             if len(parts) != len(_FIELDS):
                 continue
@@ -127,11 +145,8 @@ class TmuxBackend:
 
     def has_session(self, name: str) -> bool:
         """Return whether a session of exactly that name exists (not if no server)."""
-        try:
-            proc = self._server.cmd("has-session", "-t", _arg(_exact(name)))
-        except (tmux_exc.LibTmuxException, OSError):
-            return False
-        return proc.returncode == 0
+        returncode, _ = self._query("has-session", "-t", _arg(_exact(name)))
+        return returncode == 0
 
     def new_session(
         self,
@@ -221,7 +236,7 @@ class TmuxBackend:
         _check_one_line(name, text)
         args: list[str] = []
         if text:
-            args += ["send-keys", "-t", _pane(name), "-l", _arg(text)]
+            args += ["send-keys", "-t", _pane(name), "-l", "--", _arg(text)]  # "--": text may start with "-"
         if enter:
             args += [";"] if args else []
             args += ["send-keys", "-t", _pane(name), "Enter"]

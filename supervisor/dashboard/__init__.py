@@ -1,0 +1,16 @@
+"""The web dashboard: one live page for the whole fleet, served with the standard library only.
+
+``server`` (HTTP + Server-Sent Events, one long-lived MQTT connection through
+:mod:`supervisor.agent`), ``store`` (SQLite history) and ``auth`` (password hashes,
+sessions). Imports no manager: like the fleet, it knows hosts only through the broker.
+"""
+
+from __future__ import annotations
+
+from supervisor.errors import SupervisorError
+
+
+class DashboardError(SupervisorError):
+    """The dashboard cannot start: bad listen address, no password for a public address, bad config."""
+
+    code = "dashboard_error"

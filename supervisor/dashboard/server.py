@@ -1,0 +1,957 @@
+"""The dashboard server: static page, JSON API and Server-Sent Events over ``http.server``.
+
+One long-lived MQTT connection (a :class:`~supervisor.agent.fleet.FleetClient`)
+watches the retained agent and state records, heartbeats, Hummingbot's
+``notify``/``log``/``performance`` streams and our ``events``; the merged view is
+pushed to browsers every second and at once on a change. Commands go through the
+same client (signed when a secret is configured). Stdlib only; no paho here.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import http.cookies
+import http.server
+import ipaddress
+import json
+import logging
+import math
+import queue
+import re
+import secrets
+import socket
+import threading
+import time
+import typing as t
+import urllib.parse
+import uuid
+from importlib import resources
+
+from supervisor import __version__
+from supervisor.agent import protocol
+from supervisor.agent.fleet import STALE_GRACE, FleetClient
+from supervisor.dashboard import DashboardError
+from supervisor.dashboard.auth import LoginThrottle, Sessions, verify_password
+from supervisor.errors import SupervisorError
+
+if t.TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from supervisor.agent.config import AgentConfig
+    from supervisor.dashboard.auth import DashboardSettings, Session
+    from supervisor.dashboard.store import Store
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+COOKIE = "supervisor_session"
+HBOT_VERBS = ("import", "config")
+TIMEOUTS: dict[str, float] = {
+    "start": 60.0,
+    "stop": 60.0,
+    "restart": 120.0,
+    "status": 10.0,
+    "tail": 5.0,
+    "send": 10.0,
+    "import": 15.0,
+    "config": 15.0,
+}
+"""Seconds to wait for each verb's reply before telling the page it timed out."""
+BAD_STATES = frozenset({"crashed", "exited", "fatal", "install-failed"})
+GREY_STATES = frozenset({"offline", "stale"})
+RECENT_CRASH = 15.0
+"""Seconds a row stays red after its bot crashed, even once the agent has restarted it."""
+HEARTBEAT_SLACK = 2.5
+"""A running bot is red when its last heartbeat is older than this many intervals."""
+PLUGIN_HEARTBEAT = 10.0
+"""Hummingbot's own bridge beats every 10 s, whatever the agent's interval."""
+BUSY_AFTER = 3.0
+SPARK_POINTS = 60
+MAX_BODY = 64 * 1024
+MAX_STREAMS = 64
+TICK = 1.0
+_RECORD_FIELDS = (
+    "pid",
+    "cpu_percent",
+    "rss",
+    "uptime",
+    "restarts",
+    "commit",
+    "recipe",
+    "backend",
+    "desired",
+    "plugin",
+    "exit_code",
+    "last_error",
+)
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_STATIC = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "app.css": "text/css; charset=utf-8",
+}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+}
+
+
+# --- listen address ----------------------------------------------------------------
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:8080``; a bare port means loopback).
+
+    Raises
+    ------
+    DashboardError
+        For a missing or bad port or host.
+    """
+    value = text.strip()
+    if value.isdigit():
+        value = f"127.0.0.1:{value}"
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535 or any(c in host for c in "/ []"):
+        msg = f"listen address '{text}' is not HOST:PORT. Examples: 127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080."
+        raise DashboardError(msg)
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Return whether ``host`` is a loopback address (``localhost`` counts; other names do not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# --- server push -------------------------------------------------------------------
+
+
+def sse_frame(event: str, data: t.Any) -> bytes:
+    """Return one Server-Sent Events frame (``json.dumps`` never writes a newline)."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'), default=str)}\n\n".encode()
+
+
+class Hub:
+    """Fan-out of SSE frames to every open ``/events`` stream; a stream that cannot keep up is dropped."""
+
+    def __init__(self, limit: int = MAX_STREAMS, backlog: int = 500) -> None:
+        self.limit = limit
+        self.backlog = backlog
+        self._lock = threading.Lock()
+        self._clients: set[queue.Queue[bytes | None]] = set()
+
+    def subscribe(self) -> queue.Queue[bytes | None] | None:
+        """Return a new stream's queue, or ``None`` when too many are open."""
+        with self._lock:
+            if len(self._clients) >= self.limit:
+                return None
+            q: queue.Queue[bytes | None] = queue.Queue(self.backlog)
+            self._clients.add(q)
+            return q
+
+    def unsubscribe(self, q: queue.Queue[bytes | None]) -> None:
+        """Forget a stream."""
+        with self._lock:
+            self._clients.discard(q)
+
+    def broadcast(self, event: str, data: t.Any) -> None:
+        """Queue one frame for every stream; a stream whose queue is full is dropped (its reader ends)."""
+        frame = sse_frame(event, data)
+        with self._lock:
+            for q in list(self._clients):
+                if q.full():
+                    self._clients.discard(q)
+                else:
+                    q.put_nowait(frame)
+
+    def is_subscribed(self, q: queue.Queue[bytes | None]) -> bool:
+        """Return whether the stream of ``q`` is still wanted."""
+        with self._lock:
+            return q in self._clients
+
+    def close(self) -> None:
+        """End every stream."""
+        with self._lock:
+            clients, self._clients = list(self._clients), set()
+        for q in clients:
+            with contextlib.suppress(queue.Full):
+                q.put_nowait(None)
+
+
+# --- the fleet, live -----------------------------------------------------------------
+
+
+class Monitor:
+    """The dashboard's MQTT side: the merged live view, history capture and commands."""
+
+    def __init__(self, config: AgentConfig, store: Store, hub: Hub, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.store = store
+        self.hub = hub
+        self.own = config.own_prefix
+        self.ns = config.namespace
+        self._clock = clock
+        token = uuid.uuid4().hex
+        self.fleet = FleetClient(config, client_id=f"supervisor-dashboard-{token[:12]}")
+        # Hummingbot-style replies come back under the fleet's prefix, which broker ACLs already grant.
+        self._hbot_prefix = f"supervisor-fleet/{token}-hbot"
+        self._lock = threading.Lock()
+        self._agents: dict[str, dict[str, t.Any]] = {}
+        self._states: dict[tuple[str, str], dict[str, t.Any]] = {}
+        self._heartbeats: dict[str, float] = {}
+        self._crashes: dict[tuple[str, str], tuple[float, str, t.Any]] = {}
+        self._busy: dict[tuple[str, str], float] = {}
+        self._spark: dict[str, collections.deque[tuple[float, float]]] = {}
+        self._waiters: dict[str, tuple[threading.Event, list[bytes]]] = {}
+        self._work: queue.Queue[Callable[[], None] | None] = queue.Queue(10_000)
+        self._poke = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.started = clock()
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load history, subscribe and connect (within 10 s, else :class:`AgentError`)."""
+        for name in self.store.instances_with_performance():
+            self._spark[name] = collections.deque(self.store.performance(name, SPARK_POINTS), SPARK_POINTS)
+        subscribe = self.fleet.connection.subscribe
+        subscribe(f"{self.own}/+/agent", self._on_agent, qos=1)
+        subscribe(f"{self.own}/+/+/state", self._on_state, qos=1)
+        subscribe(f"{self.own}/+/+/events", self._on_event, qos=1)
+        subscribe(f"{self.ns}/+/hb", self._on_heartbeat, qos=0)
+        subscribe(f"{self.ns}/+/notify", self._on_notify, qos=0)
+        subscribe(f"{self.ns}/+/log", self._on_log, qos=0)
+        subscribe(f"{self.ns}/+/performance", self._on_performance, qos=0)
+        subscribe(f"{self._hbot_prefix}/+", self._on_hbot_reply, qos=1)
+        self.fleet.__enter__()
+        for target, name in ((self._writer, "dashboard-store"), (self._ticker, "dashboard-tick")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Disconnect and end the worker threads."""
+        self._stop.set()
+        self._poke.set()
+        self._work.put(None)
+        for thread in self._threads:
+            thread.join(5)
+        self.fleet.__exit__()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the MQTT session is up."""
+        return self.fleet.connection.is_connected
+
+    def _defer(self, job: Callable[[], None]) -> None:
+        """Run ``job`` on the store thread (MQTT handlers must return quickly)."""
+        try:
+            self._work.put_nowait(job)
+        except queue.Full:
+            logger.warning("dashboard history queue is full; dropping a message")
+
+    def _writer(self) -> None:
+        while True:
+            job = self._work.get()
+            if job is None:
+                return
+            try:
+                job()
+            except Exception:
+                logger.exception("recording a message failed")
+
+    def _ticker(self) -> None:
+        while not self._stop.is_set():
+            self._poke.wait(TICK)
+            self._poke.clear()
+            if self._stop.is_set():
+                return
+            self.hub.broadcast("snapshot", self.snapshot())
+            self._stop.wait(0.1)  # at most ten pushes a second, however busy the fleet
+
+    def poke(self) -> None:
+        """Push a fresh snapshot now."""
+        self._poke.set()
+
+    # -- MQTT handlers (network thread) -------------------------------------------------
+
+    def _on_agent(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
+        host = topic.split("/")[-2]
+        record = _loads(payload)
+        with self._lock:
+            if record is None:
+                self._agents.pop(host, None)
+            else:
+                self._agents[host] = record
+        self.poke()
+
+    def _on_state(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
+        parts = topic.split("/")
+        key = (parts[-3], parts[-2])
+        record = _loads(payload)
+        now = self._clock()
+        with self._lock:
+            previous = self._states.pop(key, None) if record is None else self._states.get(key)
+            if record is not None:
+                self._states[key] = record
+            before = None if previous is None else previous.get("state")
+            after = None if record is None else record.get("state")
+            busy = self._busy.get(key, 0.0) >= now
+            if record is not None and after in BAD_STATES and after != before and not busy:
+                self._crashes[key] = (now, str(after), record.get("exit_code"))
+        if previous is not None and record is not None and before != after:
+            code = record.get("exit_code")
+            text = f"state {before} → {after}" + (f" (exit code {code})" if after in BAD_STATES and code else "")
+            self._defer(lambda: self._record(key[1], "state", text, host=key[0], ts=now))
+        self.poke()
+
+    def _on_event(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
+        parts = topic.split("/")
+        host, name = parts[-3], parts[-2]
+        record = _loads(payload) or {}
+        text = str(record.get("msg") or payload.decode("utf-8", "replace"))
+        self._defer(lambda: self._record(name, "event", text, host=host))
+
+    def _on_heartbeat(self, topic: str, _payload: bytes, _props: Mapping[str, t.Any]) -> None:
+        with self._lock:
+            self._heartbeats[topic.split("/")[-2]] = self._clock()
+
+    def _on_notify(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
+        record = _loads(payload)
+        text = str(record.get("msg", "")) if record else payload.decode("utf-8", "replace")
+        name = topic.split("/")[-2]
+        self._defer(lambda: self._record(name, "notify", text))
+
+    def _on_log(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
+        record = _loads(payload) or {}
+        text = str(record.get("msg") or payload.decode("utf-8", "replace"))
+        level = record.get("level_name")
+        ts = record.get("timestamp")
+        when = float(ts) if isinstance(ts, (int, float)) and math.isfinite(ts) else None
+        name = topic.split("/")[-2]
+        self._defer(lambda: self._record(name, "log", text, level=str(level) if level else None, ts=when))
+
+    def _on_performance(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
+        name = topic.split("/")[-2]
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            return
+
+        def job() -> None:
+            now = self._clock()
+            pnl = self.store.add_performance(name, data, ts=now)
+            if pnl is None:
+                return
+            with self._lock:
+                self._spark.setdefault(name, collections.deque(maxlen=SPARK_POINTS)).append((now, pnl))
+            self.hub.broadcast("performance", {"instance": name, "ts": now, "pnl": pnl})
+            self.poke()  # the row's figure and sparkline
+
+        self._defer(job)
+
+    def _record(
+        self,
+        name: str,
+        kind: str,
+        text: str,
+        *,
+        host: str | None = None,
+        level: str | None = None,
+        ts: float | None = None,
+    ) -> None:
+        when = self._clock() if ts is None else ts
+        self.store.add_message(name, kind, text, host=host, level=level, ts=when)
+        self.hub.broadcast(
+            "message", {"instance": name, "host": host, "kind": kind, "level": level, "text": text, "ts": when}
+        )
+
+    # -- the merged view --------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, t.Any]:
+        """Return every host and instance with freshness, heartbeat age, health and PnL."""
+        now = self._clock()
+        with self._lock:
+            agents = dict(self._agents)
+            states = dict(self._states)
+            heartbeats = dict(self._heartbeats)
+            crashes = dict(self._crashes)
+            spark = {name: list(points) for name, points in self._spark.items()}
+        hosts = []
+        for host, rec in sorted(agents.items()):
+            ts = rec.get("ts")
+            hosts.append(
+                {
+                    "host": host,
+                    "state": str(rec.get("state", "unknown")),
+                    "online": rec.get("state") == "online",
+                    "age": now - ts if isinstance(ts, (int, float)) else None,
+                    "version": rec.get("version"),
+                    "signed": rec.get("signed"),
+                    "heartbeat_interval": rec.get("heartbeat_interval"),
+                    "instances": sum(1 for h, _ in states if h == host),
+                }
+            )
+        owners = collections.Counter(name for _, name in states)
+        instances = []
+        for (host, name), record in sorted(states.items()):
+            agent = agents.get(host)
+            online = agent is not None and agent.get("state") == "online"
+            ts = record.get("ts")
+            age = now - ts if isinstance(ts, (int, float)) else None
+            refresh = record.get("refresh") or 30.0
+            stale = age is None or age > refresh + STALE_GRACE
+            reported = str(record.get("state", "unknown"))
+            state = "offline" if not online else ("stale" if stale else reported)
+            # {ns}/{id}/hb carries no host: a live heartbeat is only attributable to a unique id.
+            last_hb = heartbeats.get(name) if owners[name] == 1 else None
+            recorded = record.get("last_heartbeat")
+            if isinstance(recorded, (int, float)):
+                last_hb = max(last_hb or 0.0, recorded)
+            hb_age = now - last_hb if last_hb else None
+            interval = (
+                PLUGIN_HEARTBEAT if record.get("plugin") else float((agent or {}).get("heartbeat_interval") or 10)
+            )
+            alert = None
+            if state in BAD_STATES:
+                code = record.get("exit_code")
+                alert = state + (f" (exit code {code})" if code not in (None, 0) else "")
+            elif (host, name) in crashes and now - crashes[(host, name)][0] < RECENT_CRASH:
+                when, what, code = crashes[(host, name)]
+                alert = f"{what} {now - when:.0f}s ago" + (f" (exit code {code})" if code not in (None, 0) else "")
+                alert += ", restarted" if state == "running" else ""
+            elif (
+                state == "running"
+                and hb_age is not None
+                and hb_age > HEARTBEAT_SLACK * interval
+                and now - self.started > HEARTBEAT_SLACK * interval
+            ):
+                alert = f"no heartbeat for {hb_age:.0f}s"
+            points = spark.get(name, []) if owners[name] == 1 else []
+            instances.append(
+                {
+                    "host": host,
+                    "instance": name,
+                    "target": f"{host}/{name}",
+                    "state": state,
+                    "reported_state": reported,
+                    "health": "off" if state in GREY_STATES else ("bad" if alert else "ok"),
+                    "alert": alert,
+                    **{k: record.get(k) for k in _RECORD_FIELDS},
+                    "record_age": age,
+                    "heartbeat_age": hb_age,
+                    "heartbeat_interval": interval,
+                    "stale": stale,
+                    "host_online": online,
+                    "pnl": points[-1][1] if points else None,
+                    "pnl_series": [p for _, p in points],
+                }
+            )
+        return {
+            "now": now,
+            "connected": self.connected,
+            "broker": self.config.broker.url,
+            "hosts": hosts,
+            "instances": instances,
+        }
+
+    def history(self, host: str, name: str) -> dict[str, t.Any]:
+        """Return the stored PnL samples and stream lines of one instance."""
+        return {
+            "target": f"{host}/{name}",
+            "performance": self.store.performance(name),
+            "messages": self.store.messages(name, host),
+        }
+
+    # -- commands -------------------------------------------------------------------------
+
+    def command(self, host: str, name: str, verb: str, data: Mapping[str, t.Any]) -> dict[str, t.Any]:
+        """Send one verb to ``host/name`` and return the reply (or why there is none) as JSON-able data.
+
+        Raises
+        ------
+        DashboardError
+            For an unknown verb or data the verb does not accept (nothing is sent).
+        """
+        target = f"{host}/{name}"
+        try:
+            if verb in HBOT_VERBS:
+                data = protocol.validate(verb, data)
+            elif verb in protocol.OWN_VERBS:
+                data = protocol.validate_own(verb, data)
+            else:
+                known = ", ".join((*protocol.OWN_VERBS, *HBOT_VERBS))
+                msg = f"verb '{verb}' is unknown. Known verbs: {known}."
+                raise DashboardError(msg)
+        except protocol.ProtocolError as e:
+            raise DashboardError(str(e)) from e
+        with self._lock:
+            agent = self._agents.get(host)
+        if agent is None:
+            msg = f"no agent of host '{host}' is known to this broker."
+            return _reply(target, verb, msg)
+        if agent.get("state") != "online":
+            msg = f"host '{host}' is {agent.get('state')} (its agent's last will); nothing was sent."
+            return _reply(target, verb, msg)
+        changes = verb in ("start", "stop", "restart")
+        key = (host, name)
+        if changes:
+            with self._lock:
+                self._busy[key] = math.inf
+        timeout = TIMEOUTS[verb]
+        reply: dict[str, t.Any] | None = None
+        try:
+            if verb in HBOT_VERBS:
+                reply = self._hbot_request(target, name, verb, data, timeout)
+            else:
+                reply = self.fleet.request(host, name, verb, data, timeout).to_dict()
+        finally:
+            if changes:
+                with self._lock:
+                    # The agent may report a passing 'exited' while it restarts a bot for us: not a crash.
+                    self._busy[key] = self._clock() + BUSY_AFTER
+                    if reply is not None and reply["ok"]:
+                        self._crashes.pop(key, None)
+                self.poke()
+        if verb not in ("tail", "status"):
+            outcome = "ok" if reply["ok"] else ("timed out" if reply["timed_out"] else "failed")
+            detail = f"{verb} from the dashboard: {outcome}" + (f": {reply['msg']}" if reply["msg"] else "")
+            if verb == "send":
+                detail = f"send {data['text']!r} from the dashboard: {outcome}"
+            self._defer(lambda: self._record(name, "command", detail, host=host))
+        return reply
+
+    def _on_hbot_reply(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
+        with self._lock:
+            waiter = self._waiters.get(topic)
+        if waiter is not None:
+            waiter[1].append(payload)
+            waiter[0].set()
+
+    def _hbot_request(
+        self, target: str, name: str, verb: str, data: Mapping[str, t.Any], timeout: float
+    ) -> dict[str, t.Any]:
+        """Send a Hummingbot command (commlib envelope) to ``{ns}/{name}/{verb}`` and wait for its reply."""
+        reply_to = f"{self._hbot_prefix}/{uuid.uuid4().hex}"
+        event = threading.Event()
+        box: list[bytes] = []
+        with self._lock:
+            self._waiters[reply_to] = (event, box)
+        try:
+            self.fleet.connection.publish(f"{self.ns}/{name}/{verb}", protocol.encode_request(data, reply_to), qos=1)
+            if not event.wait(timeout):
+                return _reply(target, verb, f"timed out after {timeout:g}s waiting for {target}", timed_out=True)
+        finally:
+            with self._lock:
+                self._waiters.pop(reply_to, None)
+        body = (_loads(box[0]) or {}).get("data")
+        body = body if isinstance(body, dict) else {}
+        status = body.get("status")
+        extra = {k: v for k, v in body.items() if k not in ("status", "msg")}
+        return {
+            "target": target,
+            "verb": verb,
+            "ok": status == protocol.STATUS_OK,
+            "status": status if isinstance(status, int) else None,
+            "msg": str(body.get("msg", "")),
+            "result": extra or None,
+            "timed_out": False,
+        }
+
+
+def _reply(target: str, verb: str, msg: str, *, timed_out: bool = False) -> dict[str, t.Any]:
+    return {
+        "target": target,
+        "verb": verb,
+        "ok": False,
+        "status": None,
+        "msg": msg,
+        "result": None,
+        "timed_out": timed_out,
+    }
+
+
+def _loads(payload: bytes) -> dict[str, t.Any] | None:
+    if not payload:
+        return None
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# --- HTTP ------------------------------------------------------------------------------
+
+
+class _HTTPServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], app: Dashboard) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.app = app
+        super().__init__(address, _Handler)
+
+
+class Dashboard:
+    """The whole dashboard: HTTP server, SSE hub, MQTT monitor and history store.
+
+    Parameters
+    ----------
+    config
+        Broker and namespaces, as ``load_agent_config`` builds them.
+    settings
+        Password hash and session lifetime.
+    listen
+        ``HOST:PORT``; anything but loopback needs ``settings.password_hash``.
+    store
+        The SQLite history.
+
+    Raises
+    ------
+    DashboardError
+        For a non-loopback address without a password, or an address that cannot be bound.
+    """
+
+    def __init__(self, config: AgentConfig, settings: DashboardSettings, listen: str, store: Store) -> None:
+        host, port = parse_listen(listen)
+        self.loopback = is_loopback(host)
+        if not self.loopback and not settings.login_required:
+            msg = (
+                f"refusing to listen on {listen} without a password: anyone who reaches it could stop your bots. "
+                "Set one with 'supervisor dashboard passwd --write', or listen on 127.0.0.1."
+            )
+            raise DashboardError(msg)
+        self.config = config
+        self.settings = settings
+        self.store = store
+        self.hub = Hub()
+        self.sessions = Sessions(settings.session_ttl)
+        self.throttle = LoginThrottle()
+        self.csrf = secrets.token_urlsafe(24)
+        """Loopback without a password: the page still needs this token, so other web pages cannot POST."""
+        self.monitor = Monitor(config, store, self.hub)
+        self._stopped = threading.Event()
+        try:
+            self.server = _HTTPServer((host, port), self)
+        except OSError as e:
+            msg = f"cannot listen on {listen}: {e.strerror or e}. Pick another address with --listen."
+            raise DashboardError(msg) from e
+        self.host, self.port = host, int(self.server.server_address[1])
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{self.port}/"
+        names = {shown, "localhost", "127.0.0.1", "[::1]"} if self.loopback else set()
+        self.allowed_hosts = {f"{name}:{self.port}" for name in names}
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Connect to the broker, then serve HTTP on a background thread."""
+        try:
+            self.monitor.start()
+        except SupervisorError:
+            self.server.server_close()
+            raise
+        self._thread = threading.Thread(target=self.server.serve_forever, name="dashboard-http", daemon=True)
+        self._thread.start()
+        logger.info("dashboard on %s (broker %s)", self.url, self.config.broker.url)
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (safe from a signal handler)."""
+        self._stopped.set()
+
+    def run(self) -> None:
+        """Serve until :meth:`stop`, then close everything."""
+        self.start()
+        try:
+            while not self._stopped.wait(0.5):
+                pass
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """End every stream, the HTTP server, the MQTT connection and the store."""
+        self.hub.close()
+        if self._thread is not None:
+            self.server.shutdown()
+            self._thread.join(5)
+        self.server.server_close()
+        self.monitor.stop()
+        self.store.close()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _HTTPServer
+    server_version = "supervisor-dashboard"
+    sys_version = ""
+    timeout = 60
+
+    @property
+    def app(self) -> Dashboard:
+        return self.server.app
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def log_message(self, format: str, *args: t.Any) -> None:
+        logger.debug("%s %s", self.address_string(), format % args)
+
+    def end_headers(self) -> None:
+        for name, value in SECURITY_HEADERS.items():
+            self.send_header(name, value)
+        super().end_headers()
+
+    # -- responses -------------------------------------------------------------------------
+
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        *,
+        cache: str = "no-store",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", cache)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, data: t.Any, *, headers: Mapping[str, str] | None = None) -> None:
+        body = json.dumps(data, separators=(",", ":"), default=str).encode()
+        self._send(status, body, "application/json", headers=headers)
+
+    def _error(self, status: int, message: str) -> None:
+        self._json(status, {"error": message})
+
+    # -- checks -------------------------------------------------------------------------------
+
+    def _host_ok(self) -> bool:
+        """On loopback, refuse other Host names (DNS rebinding would otherwise reach the API)."""
+        if not self.app.loopback:
+            return True
+        return self.headers.get("Host", "") in self.app.allowed_hosts
+
+    def _session(self) -> Session | None:
+        cookie = http.cookies.SimpleCookie()
+        try:
+            cookie.load(self.headers.get("Cookie", ""))
+        except http.cookies.CookieError:
+            return None
+        morsel = cookie.get(COOKIE)
+        return self.app.sessions.get(morsel.value if morsel else None)
+
+    def _csrf(self) -> str | None:
+        """Return the CSRF token this request must carry, or ``None`` when it is not logged in."""
+        if not self.app.settings.login_required:
+            return self.app.csrf
+        session = self._session()
+        return session.csrf if session else None
+
+    def _same_origin(self) -> bool:
+        site = self.headers.get("Sec-Fetch-Site")
+        if site is not None and site not in ("same-origin", "none"):
+            return False
+        origin = self.headers.get("Origin")
+        if origin is None:
+            return True
+        return urllib.parse.urlsplit(origin).netloc == self.headers.get("Host", "")
+
+    def _body(self) -> dict[str, t.Any] | None:
+        """Return the JSON object body, or answer 400/413/415 and return ``None``."""
+        if not self.headers.get("Content-Type", "").startswith("application/json"):
+            self._error(415, "send application/json")
+            return None
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            self._error(413, f"the body must be at most {MAX_BODY} bytes")
+            return None
+        try:
+            data = json.loads(self.rfile.read(length) or b"{}")
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            self._error(400, "the body must be a JSON object")
+            return None
+        return data
+
+    def _target(self, host: str, name: str) -> tuple[str, str] | None:
+        host, name = urllib.parse.unquote(host), urllib.parse.unquote(name)
+        if not _NAME.match(host) or not _NAME.match(name):
+            self._error(400, "target must be HOST/INSTANCE with letters, digits, '-' and '_'")
+            return None
+        return host, name
+
+    # -- routes -----------------------------------------------------------------------------------
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        if not self._host_ok():
+            self._error(421, "unexpected Host header")
+            return
+        path = urllib.parse.urlsplit(self.path).path
+        if path in ("/", "/index.html"):
+            self._static("index.html")
+        elif path.startswith("/static/"):
+            self._static(path.removeprefix("/static/"))
+        elif path == "/api/session":
+            csrf = self._csrf()
+            self._json(
+                200,
+                {
+                    "login_required": self.app.settings.login_required,
+                    "authenticated": csrf is not None,
+                    "csrf": csrf,
+                    "version": __version__,
+                },
+            )
+        elif path.startswith(("/api/", "/events")) and self._csrf() is None:
+            self._error(403, "log in first")
+        elif path == "/api/snapshot":
+            self._json(200, self.app.monitor.snapshot())
+        elif path.startswith("/api/history/") and path.count("/") == 4:
+            target = self._target(*path.split("/")[3:5])
+            if target is not None:
+                self._json(200, self.app.monitor.history(*target))
+        elif path == "/events":
+            self._events()
+        else:
+            self._error(404, "not found")
+
+    def do_POST(self) -> None:
+        if not self._host_ok():
+            self._error(421, "unexpected Host header")
+            return
+        path = urllib.parse.urlsplit(self.path).path
+        if not self._same_origin():
+            self._error(403, "cross-site request refused")
+            return
+        if path == "/api/login":
+            self._login()
+            return
+        csrf = self._csrf()
+        if csrf is None:
+            self._error(403, "log in first")
+            return
+        if not secrets.compare_digest(self.headers.get("X-CSRF-Token", ""), csrf):
+            self._error(403, "missing or wrong X-CSRF-Token header; reload the page")
+            return
+        if path == "/api/logout":
+            cookie = self._session()
+            self.app.sessions.revoke(cookie.token if cookie else None)
+            self._json(200, {"ok": True}, headers={"Set-Cookie": self._cookie("", 0)})
+        elif path == "/api/command":
+            self._command()
+        else:
+            self._error(404, "not found")
+
+    def _static(self, name: str) -> None:
+        if name not in _STATIC:
+            self._error(404, "not found")
+            return
+        body = resources.files("supervisor.dashboard").joinpath("static", name).read_bytes()
+        self._send(200, body, _STATIC[name], cache="no-cache")
+
+    def _cookie(self, value: str, max_age: int) -> str:
+        secure = "; Secure" if self.app.settings.secure_cookie else ""
+        return f"{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+
+    def _login(self) -> None:
+        data = self._body()
+        if data is None:
+            return
+        client = self.client_address[0]
+        settings = self.app.settings
+        if not settings.login_required or settings.password_hash is None:
+            self._json(200, {"ok": True, "csrf": self.app.csrf})
+            return
+        if not self.app.throttle.allowed(client):
+            self._error(429, "too many wrong passwords; wait a minute")
+            return
+        password = data.get("password")
+        if not isinstance(password, str) or not verify_password(password, settings.password_hash):
+            self.app.throttle.failed(client)
+            logger.warning("dashboard: wrong password from %s", client)
+            self._error(401, "wrong password")
+            return
+        self.app.throttle.succeeded(client)
+        session = self.app.sessions.create()
+        self._json(
+            200,
+            {"ok": True, "csrf": session.csrf},
+            headers={"Set-Cookie": self._cookie(session.token, int(settings.session_ttl))},
+        )
+
+    def _command(self) -> None:
+        data = self._body()
+        if data is None:
+            return
+        target, verb, args = data.get("target"), data.get("verb"), data.get("data", {})
+        if not isinstance(target, str) or target.count("/") != 1 or not isinstance(verb, str):
+            self._error(400, "send {target: 'HOST/INSTANCE', verb, data}")
+            return
+        if not isinstance(args, dict):
+            self._error(400, "data must be an object")
+            return
+        parsed = self._target(*target.split("/"))
+        if parsed is None:
+            return
+        try:
+            reply = self.app.monitor.command(*parsed, verb, args)
+        except DashboardError as e:
+            self._error(400, str(e))
+            return
+        self._json(200, reply)
+
+    def _events(self) -> None:
+        q = self.app.hub.subscribe()
+        if q is None:
+            self._error(503, "too many open dashboards")
+            return
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Accel-Buffering", "no")
+            self.end_headers()
+            self.wfile.write(b"retry: 2000\n\n" + sse_frame("snapshot", self.app.monitor.snapshot()))
+            self.wfile.flush()
+            while True:
+                try:
+                    frame = q.get(timeout=15)
+                except queue.Empty:
+                    frame = b": keep-alive\n\n"
+                if frame is None or not self.app.hub.is_subscribed(q) or self._csrf() is None:
+                    return
+                self.wfile.write(frame)
+                self.wfile.flush()
+        except OSError:  # the browser went away
+            return
+        finally:
+            self.app.hub.unsubscribe(q)
