@@ -1,0 +1,482 @@
+"""One function per figure of issue #5; each returns a JSON-able dict of measurements.
+
+The scaling figures (ls, start, agent) are measured per size by :func:`scaling`, which grows
+one fleet per tool (ours, supervisord, pm2) and calls ``ls_at``, ``start_at`` and ``agent_at``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+import subprocess
+import time
+import typing as t
+from pathlib import Path
+
+import gitrepo
+import psutil
+from common import PYTHON, SUPERVISOR, Env, Procs, du_kib, log, run, stats, timed
+from peers import Agent, Mosquitto, Ours, Pm2, Supervisord, agent_available, bench_origin, wait_count
+
+
+@dataclasses.dataclass
+class Ctx:
+    """What every figure gets: the isolated environment, the process book and the run's settings."""
+
+    env: Env
+    procs: Procs
+    quick: bool
+    sizes: list[int]
+    _origin: tuple[Path, Path] | None = None
+    _mosquitto: Mosquitto | None = None
+    _agent_reason: str | None = "unchecked"
+
+    def origin(self) -> tuple[Path, Path]:
+        """Return the bench bot's (git origin, recipe), made once."""
+        if self._origin is None:
+            self._origin = bench_origin(self.env)
+        return self._origin
+
+    def mosquitto(self) -> Mosquitto:
+        """Return the run's private broker, started once."""
+        if self._mosquitto is None:
+            self._mosquitto = Mosquitto(self.env, self.procs)
+        return self._mosquitto
+
+    def agent_missing(self) -> str | None:
+        """Return why the agent cannot be measured, or ``None`` when it can."""
+        if self._agent_reason == "unchecked":
+            self._agent_reason = agent_available(self.env.env)
+        return self._agent_reason
+
+    def ours(self, label: str) -> Ours:
+        """Return a fresh supervisor home with its own tmux socket."""
+        origin, recipe = self.origin()
+        return Ours(
+            self.env, self.procs, self.env.root / f"home-{label}", f"{self.env.tmux_socket}-{label}", origin, recipe
+        )
+
+
+def _imported(argv_tail: list[str], env: dict[str, str]) -> list[str]:
+    code = (
+        "import sys, contextlib, io\n"
+        "from supervisor.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        f"    main({argv_tail!r})\n"
+        "heavy = ('git', 'paho', 'yaml', 'psutil', 'libtmux', 'click')\n"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in heavy})))\n"
+    )
+    return run([PYTHON, "-c", code], env=env).stdout.split()
+
+
+# -- startup ----------------------------------------------------------------------------------
+
+
+def fig_startup(ctx: Ctx) -> dict[str, t.Any]:
+    """Startup cost of the ``supervisor`` command, and which heavy modules each command imports."""
+    ours = ctx.ours("startup")
+    origin, recipe = ctx.origin()
+    run(ours.cli("new", "st1", "-r", str(recipe), "--repo", str(origin)), env=ours.env)
+    reps = 5 if ctx.quick else 20
+    rows = {
+        "python -c pass": [PYTHON, "-c", "pass"],
+        "python -c 'import supervisor.cli'": [PYTHON, "-c", "import supervisor.cli"],
+        "supervisor --version": [SUPERVISOR, "--version"],
+        "supervisor ls --json (1 stopped instance)": [SUPERVISOR, "ls", "--json"],
+    }
+    for argv in rows.values():
+        timed(argv, env=ours.env)
+    samples: dict[str, list[float]] = {k: [] for k in rows}
+    for _ in range(reps):
+        for key, argv in rows.items():
+            samples[key].append(timed(argv, env=ours.env))
+    imports = {
+        "--version": _imported(["--version"], ours.env),
+        "ls --json": _imported(["ls", "--json"], ours.env),
+        "status st1 --json": _imported(["status", "st1", "--json"], ours.env),
+    }
+    return {"times": {k: stats(v) for k, v in samples.items()}, "imports": imports}
+
+
+# -- scaling figures -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Fleets:
+    """One fleet of N bench bots per tool."""
+
+    ours: Ours
+    supd: Supervisord
+    pm2: Pm2
+
+
+def _all_up(fleets: Fleets, n: int) -> None:
+    fleets.ours.start_all()
+    fleets.supd.start_all()
+    fleets.pm2.delete_all()
+    fleets.pm2.start_all()
+    for what, counter in (
+        ("ours", fleets.ours.running),
+        ("supervisord", fleets.supd.running),
+        ("pm2", fleets.pm2.running),
+    ):
+        if not wait_count(counter, n, 60):
+            msg = f"{what}: only {counter()} of {n} bots came up"
+            raise RuntimeError(msg)
+
+
+def _timed_start(argv: list[str], env: dict[str, str], counter: t.Callable[[], int], n: int) -> tuple[float, float]:
+    """Return (command wall time, time until all ``n`` bots are alive) for one start-all."""
+    start = time.perf_counter()
+    run(argv, env=env, timeout=900)
+    command = time.perf_counter() - start
+    if not wait_count(counter, n, 120):
+        msg = f"{argv[0]}: only {counter()} of {n} bots alive after start"
+        raise RuntimeError(msg)
+    return command, time.perf_counter() - start
+
+
+def start_at(ctx: Ctx, fleets: Fleets, n: int) -> dict[str, t.Any]:
+    """Time a start-all of ``n`` stopped bots with each tool; leaves every fleet running."""
+    reps = 2 if ctx.quick else (5 if n == 100 else 3)
+    ours, supd, pm2 = fleets.ours, fleets.supd, fleets.pm2
+    out: dict[str, dict[str, list[float]]] = {
+        k: {"command": [], "all_alive": []} for k in ("ours", "supervisord", "pm2")
+    }
+    for rep in range(reps):
+        log(f"  start-all n={n} rep {rep + 1}/{reps}")
+        ours.kill_server()
+        c, a = _timed_start(ours.cli("start", "--all"), ours.env, ours.running, n)
+        out["ours"]["command"].append(c)
+        out["ours"]["all_alive"].append(a)
+        supd.stop_all()
+        c, a = _timed_start(supd.ctl("start", "all"), supd.env, supd.running, n)
+        out["supervisord"]["command"].append(c)
+        out["supervisord"]["all_alive"].append(a)
+        pm2.delete_all()
+        c, a = _timed_start(pm2.cmd("start", str(pm2.ecosystem)), pm2.env, pm2.running, n)
+        out["pm2"]["command"].append(c)
+        out["pm2"]["all_alive"].append(a)
+    return {tool: {k: stats(v) for k, v in figures.items()} for tool, figures in out.items()}
+
+
+def ls_at(ctx: Ctx, fleets: Fleets, n: int) -> dict[str, t.Any]:
+    """Time listing ``n`` running bots with each tool (interleaved, after one warm-up each)."""
+    reps = 5 if ctx.quick else 10
+    ours = fleets.ours
+    commands = {
+        "ours": (ours.cli("ls", "--json"), ours.env),
+        "ours --no-foreign": (ours.cli("ls", "--json", "--no-foreign"), ours.env),
+        "supervisorctl": (fleets.supd.ctl("status"), fleets.supd.env),
+        "pm2": (fleets.pm2.cmd("jlist"), fleets.pm2.env),
+        "tmux": (ours.tmux("list-sessions"), ours.env),
+    }
+    listing = json.loads(run(ours.cli("ls", "--json"), env=ours.env).stdout)
+    running = sum(1 for s in listing["instances"] if s["state"] == "running")
+    samples: dict[str, list[float]] = {k: [] for k in commands}
+    for argv, env in commands.values():
+        run(argv, env=env, check=False)
+    for _ in range(reps):
+        for key, (argv, env) in commands.items():
+            start = time.perf_counter()
+            run(argv, env=env, check=False)  # supervisorctl status exits 3 when a program is not running
+            samples[key].append(time.perf_counter() - start)
+    return {"running_listed": running, **{k: stats(v) for k, v in samples.items()}}
+
+
+def _cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def _watch(pids: dict[str, int | None], window: float) -> dict[str, t.Any]:
+    """Sample RSS every second and CPU time over ``window`` seconds for each pid."""
+    procs = {k: psutil.Process(p) for k, p in pids.items() if p}
+    first = {k: _cpu_seconds(p) for k, p in procs.items()}
+    rss: dict[str, list[int]] = {k: [] for k in procs}
+    start = time.perf_counter()
+    while time.perf_counter() - start < window:
+        for k, p in procs.items():
+            with contextlib.suppress(psutil.Error):
+                rss[k].append(p.memory_info().rss)
+        time.sleep(1.0)
+    elapsed = time.perf_counter() - start
+    out: dict[str, t.Any] = {}
+    for k, p in procs.items():
+        try:
+            cpu = _cpu_seconds(p) - first[k]
+        except psutil.Error as e:
+            out[k] = {"error": f"process gone during the window: {e}"}
+            continue
+        out[k] = {
+            "rss_max_mib": max(rss[k]) / 2**20 if rss[k] else None,
+            "rss_median_mib": sorted(rss[k])[len(rss[k]) // 2] / 2**20 if rss[k] else None,
+            "cpu_percent": 100.0 * cpu / elapsed,
+            "window_s": round(elapsed, 1),
+        }
+    return out
+
+
+def agent_at(ctx: Ctx, fleets: Fleets, n: int) -> dict[str, t.Any]:
+    """Agent RSS and CPU beside the pm2 daemon's and supervisord's, with ``n`` bots each."""
+    from mqttclient import Counter
+
+    window = (5.0 if n < max(ctx.sizes) else 10.0) if ctx.quick else (20.0 if n < max(ctx.sizes) else 60.0)
+    pids: dict[str, int | None] = {"pm2": fleets.pm2.pid, "supervisord": fleets.supd.pid}
+    missing = ctx.agent_missing()
+    agent = None
+    counter = None
+    result: dict[str, t.Any] = {}
+    try:
+        if missing is None:
+            broker = ctx.mosquitto()
+            counter = Counter(broker.port, "hbot/+/hb")
+            agent = Agent(
+                ctx.procs, fleets.ours.env, broker.url, "benchhost", 10.0, 30.0, ctx.env.root / f"agent-{n}.log"
+            )
+            time.sleep(5.0)  # start-up and first state pass are not the steady state
+            if not agent.alive():
+                missing = f"the agent exited at start: {agent.log_tail()}"
+            else:
+                pids["ours"] = agent.proc.pid
+        log(f"  agent/peer resources n={n} over {window:.0f}s")
+        start = time.perf_counter()
+        result = _watch(pids, window)
+        if counter is not None and "ours" in result:
+            result["ours"]["heartbeats"] = len(counter.since(start))
+            result["ours"]["heartbeats_expected"] = int(n * window / 10.0)
+        if agent is not None and not agent.alive():
+            missing = f"the agent exited during the window: {agent.log_tail()}"
+            result.pop("ours", None)
+    finally:
+        if agent is not None:
+            agent.stop()
+        if counter is not None:
+            counter.close()
+    if missing is not None:
+        result["ours"] = {"not_available": missing}
+    return result
+
+
+def scaling(ctx: Ctx, selected: set[str]) -> dict[str, t.Any]:
+    """Grow one fleet per tool through ``ctx.sizes`` and measure the selected per-size figures."""
+    results: dict[str, dict[str, t.Any]] = {k: {} for k in ("ls", "start", "agent") if k in selected}
+    fleets = Fleets(ctx.ours("fleet"), Supervisord(ctx.env, ctx.procs), Pm2(ctx.env, ctx.procs))
+    try:
+        for n in sorted(ctx.sizes):
+            log(f"scaling: growing every fleet to {n}")
+            t0 = time.perf_counter()
+            fleets.ours.grow(n)
+            log(f"  {n} instances created with `supervisor new` in {time.perf_counter() - t0:.1f}s")
+            fleets.supd.grow(n)
+            fleets.pm2.grow(n)
+            if "start" in selected:
+                results["start"][n] = start_at(ctx, fleets, n)
+            else:
+                _all_up(fleets, n)
+            if "ls" in selected:
+                log(f"  ls n={n}")
+                results["ls"][n] = ls_at(ctx, fleets, n)
+            if "agent" in selected:
+                results["agent"][n] = agent_at(ctx, fleets, n)
+    finally:
+        log("scaling: tearing the fleets down")
+        fleets.pm2.kill()
+        fleets.supd.shutdown()
+        fleets.ours.kill_server()
+    return results
+
+
+# -- MQTT round trip ---------------------------------------------------------------------------------
+
+
+def _round_trips(requester: t.Any, topic: str, count: int) -> tuple[list[float], int, dict[str, t.Any]]:
+    samples: list[float] = []
+    failures = 0
+    first: dict[str, t.Any] = {}
+    for i in range(count):
+        try:
+            rtt, reply = requester.request(topic)
+        except Exception:  # noqa: BLE001 - a lost reply counts as a failure, the run goes on
+            failures += 1
+            continue
+        if i == 0:
+            first = reply
+        status = reply.get("data", {}).get("status") if isinstance(reply.get("data"), dict) else None
+        if status not in (200, "200"):
+            failures += 1
+        samples.append(rtt)
+    return samples, failures, first
+
+
+def fig_mqtt(ctx: Ctx) -> dict[str, t.Any]:
+    """Status request -> reply through the agent, beside a bare paho echo pair on the same broker."""
+    from mqttclient import Echo, Requester
+
+    count = 200 if ctx.quick else 1000
+    broker = ctx.mosquitto()
+    result: dict[str, t.Any] = {"requests": count}
+    echo, requester = Echo(broker.port, "bench/echo/req"), Requester(broker.port, "echo-req")
+    try:
+        _round_trips(requester, "bench/echo/req", 20)
+        samples, failures, _ = _round_trips(requester, "bench/echo/req", count)
+        result["echo"] = {**_ms(stats(samples)), "failures": failures}
+    finally:
+        requester.close()
+        echo.close()
+    missing = ctx.agent_missing()
+    if missing is not None:
+        result["ours"] = {"not_available": missing}
+        return result
+    ours = ctx.ours("mqtt")
+    ours.grow(10)
+    ours.start_all()
+    agent = Agent(ctx.procs, ours.env, broker.url, "benchhost", 10.0, 30.0, ctx.env.root / "agent-mqtt.log")
+    requester = Requester(broker.port, "agent-req")
+    topic = f"supervisor/benchhost/{ours.names[0]}/status"
+    try:
+        ok = False
+        for _ in range(50):  # wait until the agent answers
+            with contextlib.suppress(Exception):
+                requester.request(topic, timeout=0.5)
+                ok = True
+                break
+            if not agent.alive():
+                break
+        if not ok:
+            result["ours"] = {"not_available": f"no reply on {topic}; agent output: {agent.log_tail()}"}
+            return result
+        _round_trips(requester, topic, 20)
+        samples, failures, first = _round_trips(requester, topic, count)
+        result["ours"] = {**_ms(stats(samples)), "failures": failures, "first_reply": first}
+    finally:
+        requester.close()
+        agent.stop()
+        ours.kill_server()
+    return result
+
+
+def _ms(figures: dict[str, t.Any]) -> dict[str, t.Any]:
+    out = {k: v * 1000 if isinstance(v, float) else v for k, v in figures.items() if k != "samples"}
+    out["unit"] = "ms"
+    return out
+
+
+# -- remote restart ------------------------------------------------------------------------------------
+
+
+def fig_restart(ctx: Ctx) -> dict[str, t.Any]:
+    """``restart`` request -> reply, and -> first heartbeat after it, for the example bot."""
+    from mqttclient import Counter, Requester
+
+    missing = ctx.agent_missing()
+    if missing is not None:
+        return {"ours": {"not_available": missing}}
+    reps = 3 if ctx.quick else 10
+    broker = ctx.mosquitto()
+    ours = ctx.ours("restart")
+    run(ours.cli("new", "ex1", "-r", "example-bot"), env=ours.env, timeout=120)
+    run(ours.cli("start", "ex1"), env=ours.env, timeout=120)
+    # A 1 s heartbeat interval so the wait for the next beat does not dominate (documented).
+    agent = Agent(ctx.procs, ours.env, broker.url, "benchhost", 1.0, 30.0, ctx.env.root / "agent-restart.log")
+    counter = Counter(broker.port, "hbot/ex1/hb")
+    requester = Requester(broker.port, "restart-req")
+    replies: list[float] = []
+    beats: list[float] = []
+    errors: list[str] = []
+    try:
+        topic = "supervisor/benchhost/ex1/restart"
+        if not wait_count(lambda: len(counter.since(0.0)), 1, 15):
+            return {"ours": {"not_available": f"no heartbeat on hbot/ex1/hb; agent output: {agent.log_tail()}"}}
+        for rep in range(reps):
+            start = time.perf_counter()
+            try:
+                rtt, reply = requester.request(topic, timeout=60)
+            except Exception as e:  # noqa: BLE001 - recorded, the run goes on
+                errors.append(f"rep {rep}: no reply ({e!r})")
+                continue
+            if reply.get("data", {}).get("status") not in (200, "200"):
+                errors.append(f"rep {rep}: {json.dumps(reply)[:300]}")
+            replies.append(rtt)
+            replied = start + rtt
+            if wait_count(lambda replied=replied: len(counter.since(replied, "hbot/ex1/hb")), 1, 10):
+                beats.append(counter.since(replied, "hbot/ex1/hb")[0] - start)
+            else:
+                errors.append(f"rep {rep}: no heartbeat within 10 s after the reply")
+            time.sleep(0.5)
+    finally:
+        requester.close()
+        counter.close()
+        agent.stop()
+        ours.kill_server()
+    return {"ours": {"reply": stats(replies), "heartbeat": stats(beats), "errors": errors, "heartbeat_interval": 1.0}}
+
+
+# -- new ---------------------------------------------------------------------------------------------------
+
+
+def fig_new(ctx: Ctx) -> dict[str, t.Any]:
+    """``supervisor new`` of the 2nd..20th instance of one big repository, beside plain ``git clone``."""
+    repo = gitrepo.big_repo(commits=500) if ctx.quick else gitrepo.big_repo()
+    count = 5 if ctx.quick else 20
+    reps = 3 if ctx.quick else 5
+    _, recipe = ctx.origin()
+    ours = ctx.ours("new")
+    log(f"new: {count} instances of {repo.name}")
+    clones = ctx.env.root / "clones"
+    clones.mkdir()
+    first = timed(ours.cli("new", "n01", "-r", str(recipe), "--repo", str(repo)), env=ours.env, timeout=600)
+    mirror = next(p for p in (ours.home / "mirrors").iterdir() if p.is_dir())
+    peers: dict[str, list[float]] = {"no_local": [], "local": [], "shared": []}
+    argvs = {
+        "no_local": ["git", "clone", "-q", "--no-local", str(repo)],
+        "local": ["git", "clone", "-q", str(repo)],
+        # What `new` cannot go below: git writing the work tree (no objects copied).
+        "shared": ["git", "clone", "-q", "--shared", str(mirror)],
+    }
+
+    def settle() -> None:
+        # Each timing starts with no dirty pages left by the one before (they are GBs in all).
+        subprocess.run(["sync"], check=False, timeout=120)
+
+    def peer_round() -> None:
+        for kind, argv in argvs.items():
+            dest = clones / f"{kind}{len(peers[kind])}"
+            settle()
+            peers[kind].append(timed([*argv, str(dest)], env=ctx.env.env, timeout=600))
+            if dest.name != "no_local0":  # kept for the disk figure
+                shutil.rmtree(dest, ignore_errors=True)
+
+    later: list[float] = []
+    every = max(1, (count - 1) // reps)
+    for i in range(2, count + 1):  # ours and the peers interleaved, so drift hits both
+        settle()
+        later.append(timed(ours.cli("new", f"n{i:02d}", "-r", str(recipe), "--repo", str(repo)), env=ours.env))
+        if (i - 2) % every == 0 and len(peers["no_local"]) < reps:
+            peer_round()
+    while len(peers["no_local"]) < reps:
+        peer_round()
+    plain, local, shared = peers["no_local"], peers["local"], peers["shared"]
+    checkout = ours.home / "instances" / "n02" / "checkout"
+    disk = {
+        "instance_checkout_kib": du_kib(checkout),
+        "instance_dir_kib": du_kib(ours.home / "instances" / "n02"),
+        "work_tree_kib": du_kib(checkout, exclude_git=True),
+        "mirror_kib": du_kib(ours.home / "mirrors"),
+        "plain_clone_kib": du_kib(clones / "no_local0"),
+    }
+    facts = gitrepo.repo_facts(repo)
+    for folder in clones.iterdir():
+        shutil.rmtree(folder, ignore_errors=True)
+    return {
+        "repo": facts,
+        "first": first,
+        "later": stats(later),
+        "later_samples": later,
+        "git_clone_no_local": stats(plain),
+        "git_clone_local": stats(local),
+        "git_clone_shared": stats(shared),
+        "disk": disk,
+    }
