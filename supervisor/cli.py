@@ -539,7 +539,7 @@ def _agent_option(*names: str, **kwargs: t.Any) -> t.Callable[[t.Callable[..., t
     type=click.IntRange(min=1),
     default=5,
     show_default=True,
-    help="Fast failures in a row before 'fatal'.",
+    help="Restarts after fast failures before the instance is marked 'fatal' (the next fast failure ends it).",
 )
 @_agent_option(
     "--backoff", type=click.FloatRange(min=0), default=1.0, show_default=True, help="First restart delay (doubles)."

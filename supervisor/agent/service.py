@@ -135,6 +135,7 @@ class Agent:
         self._statuses: dict[str, InstanceStatus] = {}
         self._status_lock = threading.Lock()
         self._supervision_lock = threading.Lock()
+        self._publish_lock = threading.Lock()
         self.connection = Connection(
             config.broker,
             client_id=config.broker.client_id or f"supervisor-agent-{self.host}",
@@ -459,7 +460,8 @@ class Agent:
         else:
             [result] = self.manager.restart([instance])
         self._failures.pop(instance, None)
-        self._publish_states(force=False)
+        self._refresh()
+        self._publish_states(force=False)  # the new state goes out now, not at the next tick
         return {"status": ok, "msg": result.message, "result": result.to_dict()}
 
     # -- periodic work ----------------------------------------------------------------
@@ -555,6 +557,10 @@ class Agent:
         """Publish retained ``state`` records that changed (all of them when ``force``)."""
         if not self.connection.is_connected:
             return
+        with self._publish_lock:  # the main loop and request workers both publish
+            self._publish_states_locked(force=force)
+
+    def _publish_states_locked(self, *, force: bool) -> None:
         with self._status_lock:
             statuses = dict(self._statuses)
         if not force and not statuses:

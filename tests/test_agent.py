@@ -1,0 +1,972 @@
+"""End-to-end tests of ``supervisor agent``: a real subprocess, a real broker, real bots in tmux.
+
+Clients are a plain paho client (byte-level assertions, hand-made requests) and
+commlib-py's RPC client used the way hbot-remote-client-py (``hbotrc``) uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import typing as t
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import psutil
+import pytest
+from commlib.msg import RPCMessage
+from commlib.node import Node
+from commlib.transports.mqtt import ConnectionParameters
+from paho.mqtt.enums import CallbackAPIVersion
+
+from supervisor.manager import Manager
+from supervisor.paths import Paths
+from tests.conftest import IN_CI, RECIPES, Broker, free_port, start_mosquitto, stop_process, wait_until
+
+if t.TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+TICKER = str(RECIPES / "ticker.yaml")
+CRASHER = str(RECIPES / "crasher.yaml")
+PLUGIN_BOT = str(RECIPES / "plugin-bot.yaml")
+HOST = "h1"
+HEARTBEAT = 0.5
+# commlib 0.13.2 builds its paho client with the VERSION1 callback API, which paho 2.2 deprecates.
+COMMLIB_PAHO_WARNING = pytest.mark.filterwarnings(
+    "ignore:Callback API version 1 is deprecated:DeprecationWarning:commlib.transports.mqtt"
+)
+# The exact reply envelope of Hummingbot's commlib bridge (reference §9.1): member order included.
+REPLY_RE = re.compile(
+    rb'\{"header":\{"reply_to":"","timestamp":(\d+),"content_type":"json","encoding":"utf8","agent":"commlib"\},'
+    rb'"data":\{"status":(\d+),"msg":"(?:[^"\\]|\\.)*"(,.*)?\}\}'
+)
+
+
+# --- a plain MQTT client ------------------------------------------------------------
+
+
+class Message(t.NamedTuple):
+    topic: str
+    payload: bytes
+    retain: bool
+    at: float  # time.monotonic() when it arrived
+
+    def json(self) -> t.Any:
+        return json.loads(self.payload)
+
+
+class Watcher:
+    """A paho client (VERSION2 callbacks) whose subscriptions feed one queue each."""
+
+    def __init__(self, host: str, port: int, credentials: tuple[str, str] | None = None) -> None:
+        self._acks: queue.Queue[int] = queue.Queue()
+        connected: queue.Queue[bool] = queue.Queue()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"watcher-{uuid.uuid4().hex[:8]}")
+        if credentials:
+            self.client.username_pw_set(*credentials)
+        self.client.on_connect = lambda c, u, f, rc, p: connected.put(not rc.is_failure)
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self._acks.put(mid)
+        self.client.connect(host, port)
+        self.client.loop_start()
+        assert connected.get(timeout=5)
+
+    def watch(self, topic_filter: str) -> queue.Queue[Message]:
+        got: queue.Queue[Message] = queue.Queue()
+
+        def on_message(_c: mqtt.Client, _u: t.Any, m: mqtt.MQTTMessage) -> None:
+            got.put(Message(m.topic, bytes(m.payload), bool(m.retain), time.monotonic()))
+
+        self.client.message_callback_add(topic_filter, on_message)
+        _, mid = self.client.subscribe(topic_filter, 1)
+        assert self._acks.get(timeout=5) == mid
+        return got
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+
+    def request(self, topic: str, data: dict[str, t.Any], timeout: float = 15.0) -> tuple[t.Any, bytes]:
+        """Publish one request with a fresh reply topic; return (reply data, raw reply bytes)."""
+        reply_to = f"test-reply-{uuid.uuid4().hex}"
+        return self.request_raw(topic, envelope(reply_to, data), reply_to, timeout)
+
+    def request_raw(self, topic: str, payload: bytes, reply_to: str, timeout: float = 15.0) -> tuple[t.Any, bytes]:
+        """Publish ``payload`` as it is and return the reply that arrives on ``reply_to``."""
+        replies = self.watch(reply_to)
+        self.publish(topic, payload)
+        raw = replies.get(timeout=timeout).payload
+        return json.loads(raw)["data"], raw
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.disconnect()
+            self.client.loop_stop()
+
+
+def envelope(reply_to: str, data: dict[str, t.Any]) -> bytes:
+    """A request as commlib 0.11's RPC client writes it (reference §9.1)."""
+    header = {
+        "reply_to": reply_to,
+        "timestamp": time.time_ns() // 1_000_000,
+        "content_type": "json",
+        "encoding": "utf8",
+        "agent": "commlib",
+    }
+    return json.dumps({"header": header, "data": data}, separators=(",", ":")).encode()
+
+
+def next_matching(
+    got: queue.Queue[Message], predicate: Callable[[Message], t.Any] = bool, timeout: float = 5.0
+) -> Message:
+    """Return the first message from ``got`` that ``predicate`` accepts, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            message = got.get(timeout=max(0.01, remaining))
+        except queue.Empty:
+            pytest.fail(f"no matching message within {timeout}s")
+        if predicate(message):
+            return message
+
+
+def assert_silent(got: queue.Queue[Message], seconds: float) -> None:
+    """Assert that nothing arrives on ``got`` for ``seconds`` (the only way to observe 'no reply')."""
+    with pytest.raises(queue.Empty):
+        message = got.get(timeout=seconds)
+        pytest.fail(f"expected silence, got {message.topic} {message.payload[:200]!r}")
+
+
+def drain(got: queue.Queue[Message]) -> list[Message]:
+    items = []
+    with contextlib.suppress(queue.Empty):
+        while True:
+            items.append(got.get_nowait())
+    return items
+
+
+# --- commlib, as hbot-remote-client-py uses it --------------------------------------
+# commlib-py ships no type information, so its pydantic models are Any to mypy.
+
+
+class StartCommandMessage(RPCMessage):  # type: ignore[misc] # commlib is untyped
+    class Request(RPCMessage.Request):  # type: ignore[misc] # commlib is untyped
+        log_level: str | None = None
+        script: str | None = None
+        conf: str | None = None
+        is_quickstart: bool | None = False
+        async_backend: bool | None = False
+
+    class Response(RPCMessage.Response):  # type: ignore[misc] # commlib is untyped
+        status: int | None = 200
+        msg: str | None = ""
+
+
+class StopCommandMessage(RPCMessage):  # type: ignore[misc] # commlib is untyped
+    class Request(RPCMessage.Request):  # type: ignore[misc] # commlib is untyped
+        skip_order_cancellation: bool | None = False
+        async_backend: bool | None = False
+
+    class Response(RPCMessage.Response):  # type: ignore[misc] # commlib is untyped
+        status: int | None = 200
+        msg: str | None = ""
+
+
+class StatusCommandMessage(RPCMessage):  # type: ignore[misc] # commlib is untyped
+    class Request(RPCMessage.Request):  # type: ignore[misc] # commlib is untyped
+        async_backend: bool | None = True
+
+    class Response(RPCMessage.Response):  # type: ignore[misc] # commlib is untyped
+        status: int | None = 200
+        msg: str | None = ""
+        data: t.Any | None = ""
+
+
+class BotCommands:
+    """hbotrc's ``BotCommands``: a commlib Node with one RPC client per command, every field sent."""
+
+    def __init__(
+        self, host: str, port: int, bot_id: str, namespace: str = "hbot", credentials: tuple[str, str] = ("", "")
+    ) -> None:
+        username, password = credentials
+        self.node = Node(
+            node_name=f"{namespace}.{bot_id}",
+            connection_params=ConnectionParameters(host=host, port=port, username=username, password=password),
+            heartbeats=False,
+        )
+        prefix = f"{namespace}/{bot_id}"
+        self._start = self.node.create_rpc_client(msg_type=StartCommandMessage, rpc_name=f"{prefix}/start")
+        self._stop = self.node.create_rpc_client(msg_type=StopCommandMessage, rpc_name=f"{prefix}/stop")
+        self._status = self.node.create_rpc_client(msg_type=StatusCommandMessage, rpc_name=f"{prefix}/status")
+        self.node.run()
+
+    def start(self, timeout: float = 20.0) -> t.Any:
+        request = StartCommandMessage.Request(log_level=None, script=None, conf=None, async_backend=False)
+        return self._start.call(msg=request, timeout=timeout)
+
+    def stop(self, timeout: float = 20.0) -> t.Any:
+        request = StopCommandMessage.Request(skip_order_cancellation=False, async_backend=False)
+        return self._stop.call(msg=request, timeout=timeout)
+
+    def status(self, timeout: float = 10.0) -> t.Any:
+        return self._status.call(msg=StatusCommandMessage.Request(async_backend=False), timeout=timeout)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.node.stop()
+        for endpoint in (self._start, self._stop, self._status):
+            # commlib's clients sit in reference cycles, so paho's __del__ (which closes the
+            # wake-up socket pair) runs in gc after the sockets' own finalizers: ResourceWarning.
+            with contextlib.suppress(AttributeError):
+                endpoint._transport._client._reset_sockets()
+
+
+# --- fixtures -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def manager(isolated_env: Path, tmux_socket: str) -> Iterator[Manager]:
+    mgr = Manager(Paths.from_env(isolated_env, tmux_socket))
+    yield mgr
+    for status in mgr.status():
+        if status.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(status.pid, signal.SIGKILL)
+
+
+class AgentRunner:
+    """Starts ``python -m supervisor agent`` subprocesses; stops them all at teardown."""
+
+    def __init__(self, home: Path, tmux_socket: str, logs: Path) -> None:
+        self.home = home
+        self.tmux_socket = tmux_socket
+        self.logs = logs
+        self.started: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+    def start(
+        self,
+        broker_url: str,
+        *extra: str,
+        check_interval: float = 0.2,
+        backoff: float = 0.2,
+        fatal_after: int = 3,
+        credentials: tuple[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = self.logs / f"agent-{len(self.started)}.log"
+        argv = [
+            sys.executable,
+            "-m",
+            "supervisor",
+            "agent",
+            "--broker",
+            broker_url,
+            "--host-id",
+            HOST,
+            "--heartbeat-interval",
+            str(HEARTBEAT),
+            "--state-interval",
+            "1",
+            "--check-interval",
+            str(check_interval),
+            "--backoff",
+            str(backoff),
+            "--fatal-after",
+            str(fatal_after),
+            *extra,
+        ]
+        env = {**os.environ, "SUPERVISOR_HOME": str(self.home), "SUPERVISOR_TMUX_SOCKET": self.tmux_socket}
+        if credentials:
+            env["SUPERVISOR_BROKER_USERNAME"], env["SUPERVISOR_BROKER_PASSWORD"] = credentials
+        with log.open("wb") as out:
+            proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.started.append((proc, log))
+        self.wait_online(proc, broker_url, credentials=credentials)
+        return proc
+
+    def wait_online(
+        self,
+        proc: subprocess.Popen[bytes],
+        broker_url: str,
+        timeout: float = 15.0,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
+        """Wait for the retained ``supervisor/h1/agent`` record that this very process is online."""
+        host, _, port = broker_url.removeprefix("mqtt://").rpartition(":")
+        watcher = Watcher(host, int(port), credentials)
+        try:
+            records = watcher.watch(f"supervisor/{HOST}/agent")
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    pytest.fail(f"the agent exited with {proc.returncode}:\n{self.output(proc)}")
+                with contextlib.suppress(queue.Empty):
+                    record = records.get(timeout=0.2).json()
+                    if record["state"] == "online" and record["pid"] == proc.pid:
+                        return
+            pytest.fail(f"the agent did not come online within {timeout}s:\n{self.output(proc)}")
+        finally:
+            watcher.close()
+
+    def output(self, proc: subprocess.Popen[bytes]) -> str:
+        for started, log in self.started:
+            if started is proc:
+                return log.read_text(errors="replace")[-8000:]
+        return ""
+
+    def stop_all(self) -> None:
+        for proc, _ in self.started:
+            stop_process(proc, timeout=10)
+
+
+@pytest.fixture
+def agents(
+    isolated_env: Path, tmux_socket: str, tmp_path: Path, manager: Manager, request: pytest.FixtureRequest
+) -> Iterator[AgentRunner]:
+    runner = AgentRunner(isolated_env, tmux_socket, tmp_path / "agent-logs")
+    yield runner
+    runner.stop_all()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for proc, log in runner.started:
+            sys.stderr.write(f"--- agent pid {proc.pid} (exit {proc.returncode}) ---\n")
+            sys.stderr.write(log.read_text(errors="replace")[-8000:] + "\n")
+
+
+@pytest.fixture
+def watchers() -> Iterator[Callable[..., Watcher]]:
+    made: list[Watcher] = []
+
+    def make(broker: Broker, credentials: tuple[str, str] | None = None) -> Watcher:
+        made.append(Watcher(broker.host, broker.port, credentials))
+        return made[-1]
+
+    yield make
+    for watcher in made:
+        watcher.close()
+
+
+@pytest.fixture
+def bot_commands() -> Iterator[Callable[..., BotCommands]]:
+    made: list[BotCommands] = []
+
+    def make(broker: Broker, bot_id: str, credentials: tuple[str, str] = ("", "")) -> BotCommands:
+        made.append(BotCommands(broker.host, broker.port, bot_id, credentials=credentials))
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()
+
+
+def new_ticker(manager: Manager, name: str, origin: Path, *, start: bool = False, recipe: str = TICKER) -> int | None:
+    manager.new(name, recipe, repo=str(origin))
+    if not start:
+        return None
+    manager.start([name])
+    pid = manager.status([name])[0].pid
+    assert pid is not None
+    return pid
+
+
+def console(manager: Manager, name: str) -> str:
+    path = manager.paths.console_log(name)
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def state(manager: Manager, name: str) -> str:
+    return manager.status([name])[0].state
+
+
+# --- tests --------------------------------------------------------------------------
+
+
+@COMMLIB_PAHO_WARNING
+def test_commlib_start_launches_the_bot_then_heartbeats_until_it_is_killed(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+    bot_commands: Callable[..., BotCommands],
+) -> None:
+    new_ticker(manager, "tb", bot_origin)
+    assert state(manager, "tb") == "stopped"
+    # A long crash-check interval keeps the agent from restarting the bot we kill below.
+    agents.start(mosquitto.url, check_interval=60)
+    watcher = watchers(mosquitto)
+    heartbeats = watcher.watch("hbot/tb/hb")
+    updates = watcher.watch("hbot/tb/status_updates")
+    wire = watcher.watch("#")
+
+    reply = bot_commands(mosquitto, "tb").start()
+
+    assert reply.status == 200, reply
+    status = manager.status(["tb"])[0]
+    assert status.state == "running"
+    assert status.desired == "running"
+    assert status.pid is not None and psutil.pid_exists(status.pid)
+    assert "started: start" in console(manager, "tb")
+    # What went over the wire is hbotrc's request and the bot's reply envelope, byte for byte.
+    messages = drain(wire)
+    [sent] = [m for m in messages if m.topic == "hbot/tb/start"]
+    request = sent.json()
+    assert request["data"] == {
+        "log_level": None,
+        "script": None,
+        "conf": None,
+        "is_quickstart": False,
+        "async_backend": False,
+    }
+    [answer] = [m for m in messages if m.topic == request["header"]["reply_to"]]
+    match = REPLY_RE.fullmatch(answer.payload)
+    assert match is not None, answer.payload
+    assert match.group(2) == b"200"
+    assert abs(int(match.group(1)) / 1000 - time.time()) < 60  # milliseconds, as Hummingbot's bridge
+
+    online = next_matching(updates, timeout=5)
+    assert online.json()["msg"] == "online"
+    assert online.json()["type"] == "availability"
+    beats = [next_matching(heartbeats, timeout=5) for _ in range(4)]
+    for beat in beats:
+        assert re.fullmatch(rb'\{"ts":\d+\}', beat.payload), beat.payload
+        assert abs(beat.json()["ts"] / 1_000_000 - time.time()) < 60  # microseconds
+    gaps = [b.at - a.at for a, b in itertools.pairwise(beats)]
+    assert all(HEARTBEAT * 0.5 <= gap <= HEARTBEAT * 4 for gap in gaps), gaps
+
+    os.kill(status.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    offline = next_matching(updates, timeout=5)
+    assert offline.json()["msg"] == "offline"
+    late = [b for b in drain(heartbeats) if b.at > killed_at]
+    # At most the one heartbeat whose liveness check ran just before the kill.
+    assert all(b.at - killed_at <= HEARTBEAT + 0.5 for b in late), late
+    assert_silent(heartbeats, HEARTBEAT * 3)
+
+
+@COMMLIB_PAHO_WARNING
+def test_commlib_stop_types_the_quit_sequence_and_the_process_ends(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+    bot_commands: Callable[..., BotCommands],
+) -> None:
+    pid = new_ticker(manager, "tb", bot_origin, start=True)
+    assert pid is not None
+    agents.start(mosquitto.url)
+    watcher = watchers(mosquitto)
+
+    # A synchronous hbot status captures the console's answer; check that reply byte by byte.
+    data, raw = watcher.request("hbot/tb/status", {"async_backend": False})
+    assert REPLY_RE.fullmatch(raw), raw
+    # The console's answer, among whatever tick lines the bot printed while the agent listened.
+    answer = rb'"msg":"(?:[^"\\]|\\.)*status: running=False ticks=\d+(?:[^"\\]|\\.)*"'
+    assert re.fullmatch(rb'.*"data":\{"status":200,' + answer + rb',"data":""\}\}', raw), raw
+    assert data["status"] == 200
+
+    client = bot_commands(mosquitto, "tb")
+    assert "status: running=False" in client.status().msg
+    reply = client.stop()
+
+    assert reply.status == 200, reply
+    assert "console quit sequence" in reply.msg
+    text = console(manager, "tb")
+    assert text.index("stopped strategy") < text.index("bye")
+    wait_until(lambda: not psutil.pid_exists(pid), timeout=5, message="the bot process to be gone")
+    status = manager.status(["tb"])[0]
+    assert (status.state, status.desired) == ("stopped", "stopped")
+
+
+def test_own_restart_gives_a_new_process_and_counts_it(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+) -> None:
+    pid = new_ticker(manager, "tb", bot_origin, start=True)
+    agents.start(mosquitto.url)
+    watcher = watchers(mosquitto)
+
+    data, raw = watcher.request(f"supervisor/{HOST}/tb/restart", {})
+
+    assert data["status"] == 200, data
+    assert REPLY_RE.fullmatch(raw), raw
+    assert data["result"]["action"] == "restart"
+    new_pid = data["result"]["status"]["pid"]
+    assert new_pid is not None and new_pid != pid
+    assert psutil.pid_exists(new_pid)
+    assert pid is not None
+    wait_until(lambda: not psutil.pid_exists(pid), timeout=5, message="the old process to be reaped")
+    status = manager.status(["tb"])[0]
+    assert (status.state, status.pid, status.restarts) == ("running", new_pid, 1)
+    # The retained state record follows within a refresh (a look taken mid-restart may show the
+    # new pid before the restart is counted; the next one corrects it).
+    states = watcher.watch(f"supervisor/{HOST}/tb/state")
+    record = next_matching(states, lambda m: (m.json()["pid"], m.json()["restarts"]) == (new_pid, 1), timeout=5)
+    assert (record.json()["host"], record.json()["state"], record.json()["refresh"]) == (HOST, "running", 1.0)
+
+
+def test_hbot_start_and_status_default_to_async_as_the_bot_does(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+) -> None:
+    new_ticker(manager, "tb", bot_origin)
+    agents.start(mosquitto.url)
+    watcher = watchers(mosquitto)
+    notify = watcher.watch("hbot/tb/notify")
+
+    # No async_backend: the bot's default (true) answers at once, with an empty msg, then works.
+    _, raw = watcher.request("hbot/tb/start", {})
+    assert re.fullmatch(rb'.*"data":\{"status":200,"msg":""\}\}', raw), raw
+    wait_until(lambda: "started: start" in console(manager, "tb"), timeout=15, message="the relayed start line")
+    assert state(manager, "tb") == "running"
+    # An async status answers "" and puts the console's answer on {p}/notify, with the "-1" quirk.
+    _, raw = watcher.request("hbot/tb/status", {})
+    assert re.fullmatch(rb'.*"data":\{"status":200,"msg":"","data":""\}\}', raw), raw
+    note = next_matching(notify, lambda m: b"status: running=True" in m.payload, timeout=5)
+    assert re.fullmatch(rb'\{"seq":0,"timestamp":"-1","msg":".*status: running=True ticks=\d+.*"\}', note.payload)
+
+
+def test_bad_requests_get_400_or_silence_execute_nothing_and_the_agent_keeps_serving(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+    tmp_path: Path,
+) -> None:
+    pid = new_ticker(manager, "tb", bot_origin, start=True)
+    agent = agents.start(mosquitto.url)
+    watcher = watchers(mosquitto)
+    marker = tmp_path / f"PWNED_{uuid.uuid4().hex}"
+
+    # Not JSON: nobody to answer.
+    silent = watcher.watch("r-malformed")
+    watcher.publish("hbot/tb/start", b'{"header":{"reply_to":"r-malformed"},"data":{')
+    # Too big (1 MB): refused before parsing, so no reply either.
+    silent_big = watcher.watch("r-big")
+    watcher.publish("hbot/tb/start", envelope("r-big", {"async_backend": False, "script": "x" * (1024 * 1024)}))
+    watcher.publish(f"supervisor/{HOST}/tb/send", envelope("r-big", {"text": "y" * (1024 * 1024)}))
+    # An id this host does not own: another agent or a real Hummingbot may answer, so we stay silent.
+    silent_ghost = watcher.watch("r-ghost")
+    watcher.publish("hbot/ghost/start", envelope("r-ghost", {"async_backend": False}))
+
+    # Missing data: 400 (the bot would drop it; we can answer since reply_to is readable).
+    reply_to = f"r-nodata-{uuid.uuid4().hex}"
+    data, raw = watcher.request_raw("hbot/tb/stop", b'{"header":{"reply_to":"%s"}}' % reply_to.encode(), reply_to)
+    assert data["status"] == 400 and "data is missing" in data["msg"], data
+    assert REPLY_RE.fullmatch(raw), raw
+    # A field of the wrong type.
+    data, _ = watcher.request("hbot/tb/start", {"async_backend": "notabool"})
+    assert data["status"] == 400 and "async_backend" in data["msg"], data
+    data, _ = watcher.request("hbot/tb/stop", {"skip_order_cancellation": [1]})
+    assert data["status"] == 400 and "skip_order_cancellation" in data["msg"], data
+    # An unknown instance on our own namespace.
+    data, _ = watcher.request(f"supervisor/{HOST}/ghost/status", {})
+    assert (data["status"], data["code"]) == (400, "instance_not_found"), data
+    # A multi-line send with shell metacharacters.
+    data, _ = watcher.request(f"supervisor/{HOST}/tb/send", {"text": f"$(touch {marker}); rm -rf x | & \n"})
+    assert (data["status"], data["code"]) == (400, "bad_request"), data
+    assert "control character" in data["msg"]
+    # One line with shell metacharacters is typed literally; no shell ever sees it.
+    line = f"$(touch {marker}) ; echo hi `id` | cat && exit"
+    data, _ = watcher.request(f"supervisor/{HOST}/tb/send", {"text": line})
+    assert data["status"] == 200, data
+    wait_until(lambda: f"echo: {line}" in console(manager, "tb"), timeout=5, message="the literal line")
+    data, _ = watcher.request(f"supervisor/{HOST}/tb/tail", {"lines": 20})
+    assert data["status"] == 200 and f"echo: {line}" in data["result"]["screen"], data
+    # Missing required fields.
+    data, _ = watcher.request(f"supervisor/{HOST}/tb/send", {})
+    assert (data["status"], data["code"]) == (400, "bad_request") and "'text' is required" in data["msg"], data
+    data, _ = watcher.request("hbot/tb/import", {})
+    assert data["status"] == 400 and "'strategy' is required" in data["msg"], data
+
+    assert_silent(silent, 1.0)
+    assert_silent(silent_big, 0.2)
+    assert_silent(silent_ghost, 0.2)
+    assert not marker.exists()
+    text = console(manager, "tb")
+    assert "started:" not in text  # no start line was ever relayed
+    assert "stopped strategy" not in text
+    assert "bye" not in text
+    assert agent.poll() is None
+    # Still serving, and the bot is untouched.
+    data, _ = watcher.request(f"supervisor/{HOST}/tb/status", {})
+    assert data["status"] == 200
+    assert (data["result"]["state"], data["result"]["pid"], data["result"]["restarts"]) == ("running", pid, 0)
+    data, _ = watcher.request("hbot/tb/status", {"async_backend": False})
+    assert data["status"] == 200 and "status: running=False" in data["msg"], data
+
+
+class Tricky(t.NamedTuple):
+    test_id: str
+    text: str
+
+
+TRICKY_LINES = [
+    Tricky("trailing-separator", "ends with ;"),
+    Tricky("escaped-separator", "a \\; b"),
+    Tricky("key-names", "C-c Enter"),
+    Tricky("key-name-alone", "Enter"),
+    Tricky("carets-and-backslashes", "^C ^M \\n \\"),
+    Tricky("shell-quoting", "'q' \"d\" ~ * ? [x] {a,b} #c %s $HOME"),
+    Tricky("leading-dash", "-5 is a negative amount"),
+    Tricky("option-like", "-l -t nowhere"),
+]
+
+
+@pytest.mark.parametrize("case", TRICKY_LINES, ids=[c.test_id for c in TRICKY_LINES])
+def test_own_send_types_words_the_multiplexer_could_parse_literally(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+    case: Tricky,
+) -> None:
+    new_ticker(manager, "tb", bot_origin, start=True)
+    agents.start(mosquitto.url)
+    watcher = watchers(mosquitto)
+
+    data, _ = watcher.request(f"supervisor/{HOST}/tb/send", {"text": case.text})
+
+    assert data["status"] == 200, data
+    # (No "\n" after it: the bot's tick thread may print between the text and the line end.)
+    wait_until(lambda: f"echo: {case.text}" in console(manager, "tb"), timeout=5, message=repr(case.text))
+
+
+def test_kill_9_of_the_agent_leaves_bots_running_and_a_new_agent_adopts_them(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+    isolated_env: Path,
+) -> None:
+    pids = {name: new_ticker(manager, name, bot_origin, start=True) for name in ("tb1", "tb2")}
+    (isolated_env / "agent.toml").write_text("[broker]\nkeepalive = 5\n")
+    first = agents.start(mosquitto.url)
+    watcher = watchers(mosquitto)
+    records = watcher.watch(f"supervisor/{HOST}/agent")
+    assert next_matching(records, lambda m: m.json()["pid"] == first.pid).json()["keepalive"] == 5
+
+    first.send_signal(signal.SIGKILL)
+    first.wait(5)
+
+    will = next_matching(records, lambda m: m.json()["state"] == "offline", timeout=15)
+    assert will.json()["pid"] == first.pid
+    assert {s.name: s.pid for s in manager.status()} == pids
+    assert all(psutil.pid_exists(pid) for pid in pids.values() if pid)
+
+    heartbeats = watcher.watch("hbot/+/hb")
+    agents.start(mosquitto.url)
+    data, _ = watcher.request(f"supervisor/{HOST}/list", {})
+    assert data["status"] == 200
+    assert data["result"]["host"] == HOST
+    assert {i["name"]: (i["state"], i["pid"]) for i in data["result"]["instances"]} == {
+        name: ("running", pid) for name, pid in pids.items()
+    }
+    seen: set[str] = set()
+    while seen != {"hbot/tb1/hb", "hbot/tb2/hb"}:
+        seen.add(next_matching(heartbeats, timeout=5).topic)
+    status = manager.status()
+    assert [s.restarts for s in status] == [0, 0]
+
+
+def test_sigterm_stops_the_agent_cleanly_and_the_bots_keep_running(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+) -> None:
+    pid = new_ticker(manager, "tb", bot_origin, start=True)
+    watcher = watchers(mosquitto)
+    updates = watcher.watch("hbot/tb/status_updates")
+    agent = agents.start(mosquitto.url)
+    assert next_matching(updates, timeout=5).json()["msg"] == "online"
+    records = watcher.watch(f"supervisor/{HOST}/agent")
+    next_matching(records, lambda m: m.json()["state"] == "online")
+
+    agent.send_signal(signal.SIGTERM)
+
+    assert agent.wait(10) == 0
+    assert next_matching(updates, timeout=5).json()["msg"] == "offline"
+    record = next_matching(records, timeout=5)
+    assert (record.json()["state"], record.json()["pid"]) == ("offline", agent.pid)
+    status = manager.status(["tb"])[0]
+    assert (status.state, status.pid) == ("running", pid)
+
+
+def test_broker_outage_the_agent_reconnects_and_never_executes_a_request_twice(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    new_ticker(manager, "tb", bot_origin, start=True)
+    agents.start(mosquitto.url)
+    before = Watcher(mosquitto.host, mosquitto.port)
+    line = f"before-outage-{uuid.uuid4().hex}"
+    payload = envelope(f"r-{uuid.uuid4().hex}", {"text": line})
+    topic = f"supervisor/{HOST}/tb/send"
+    replies = before.watch(json.loads(payload)["header"]["reply_to"])
+    before.publish(topic, payload)
+    first_reply = replies.get(timeout=10).payload
+    assert json.loads(first_reply)["data"]["status"] == 200
+    before.close()
+
+    stop_process(mosquitto.process)
+    time.sleep(20)  # the outage itself is the scenario under test
+    restarted = start_mosquitto(tmp_path / "broker", port=mosquitto.port)
+    request.addfinalizer(lambda: stop_process(restarted.process))
+
+    after = Watcher(restarted.host, restarted.port)
+    try:
+        records = after.watch(f"supervisor/{HOST}/agent")
+        # Reconnect backoff is jittered up to 30 s; the retained record comes back with the agent.
+        next_matching(records, lambda m: m.json()["state"] == "online", timeout=45)
+        # The restarted broker lost every retained message; the agent publishes the state again.
+        states = after.watch(f"supervisor/{HOST}/tb/state")
+        assert next_matching(states, timeout=5).json()["state"] == "running"
+        # The same request bytes again, as a QoS 1 redelivery would bring them: answered, not executed.
+        replies = after.watch(json.loads(payload)["header"]["reply_to"])
+        after.publish(topic, payload)
+        again = replies.get(timeout=10).payload
+        assert json.loads(again)["data"] == json.loads(first_reply)["data"]
+        # A new request is executed.
+        fresh = f"after-outage-{uuid.uuid4().hex}"
+        data, _ = after.request(topic, {"text": fresh})
+        assert data["status"] == 200
+        wait_until(lambda: f"echo: {fresh}" in console(manager, "tb"), timeout=5, message="the new line")
+        assert console(manager, "tb").count(f"echo: {line}") == 1
+    finally:
+        after.close()
+
+
+def test_a_crash_loop_is_restarted_with_backoff_then_marked_fatal(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+) -> None:
+    manager.new("cr", CRASHER, repo=str(bot_origin))
+    watcher = watchers(mosquitto)
+    events = watcher.watch(f"supervisor/{HOST}/cr/events")
+    agents.start(mosquitto.url, backoff=0.5, fatal_after=3)
+
+    data, _ = watcher.request(f"supervisor/{HOST}/cr/start", {})
+    assert data["status"] == 200, data
+
+    restarts = [next_matching(events, timeout=10).json() for _ in range(3)]
+    assert [re.search(r"restart #(\d+)", e["msg"]) is not None for e in restarts] == [True] * 3, restarts
+    fatal = next_matching(events, timeout=10).json()
+    assert "marked fatal" in fatal["msg"] and "exit code 3" in fatal["msg"], fatal
+    times = [e["ts"] for e in [*restarts, fatal]]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # Backoff 0.5 s doubling: the waits before restarts 2 and 3 and before giving up grow.
+    assert gaps[0] >= 0.45 and gaps[1] >= 0.9 and gaps[2] >= 1.8 and gaps[0] < gaps[2] and gaps[1] < gaps[2], gaps
+    status = manager.status(["cr"])[0]
+    assert (status.state, status.restarts) == ("fatal", 3)
+    assert status.last_error is not None and "marked fatal" in status.last_error
+    states = watcher.watch(f"supervisor/{HOST}/cr/state")
+    next_matching(states, lambda m: m.json()["state"] == "fatal", timeout=5)
+    # Nothing more happens: a fatal instance stays down.
+    assert_silent(events, 1.5)
+    assert manager.status(["cr"])[0].restarts == 3
+
+
+def test_a_plugin_instance_that_is_up_gets_no_reply_from_the_agent(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+) -> None:
+    new_ticker(manager, "pb", bot_origin, recipe=PLUGIN_BOT)
+    agents.start(mosquitto.url)
+    watcher = watchers(mosquitto)
+    heartbeats = watcher.watch("hbot/pb/hb")
+
+    # Down: the agent stands in, but only start can help.
+    data, _ = watcher.request("hbot/pb/status", {"async_backend": False})
+    assert data["status"] == 400 and "not running" in data["msg"], data
+    data, raw = watcher.request("hbot/pb/start", {"async_backend": False})
+    assert data["status"] == 200, data
+    assert REPLY_RE.fullmatch(raw), raw
+    status = manager.status(["pb"])[0]
+    assert status.state == "running" and status.plugin
+    assert status.pid is not None and psutil.pid_exists(status.pid)
+
+    # Up: the bot's own bridge answers; the agent must not (no double replies).
+    for command in ("status", "stop", "start"):
+        replies = watcher.watch(f"r-plugin-{command}")
+        watcher.publish(f"hbot/pb/{command}", envelope(f"r-plugin-{command}", {"async_backend": False}))
+        assert_silent(replies, 2.0 if command == "status" else 0.3)
+    assert "stopped strategy" not in console(manager, "pb")
+    assert manager.status(["pb"])[0].pid == status.pid
+    data, _ = watcher.request(f"supervisor/{HOST}/pb/status", {})
+    assert data["status"] == 200 and data["result"]["plugin"] is True and data["result"]["state"] == "running"
+    assert_silent(heartbeats, 0.1)  # the plugin sends its own heartbeats, never the agent
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b'{"header":{"reply_to":"r-plugin-bad"}}', id="no-data"),
+        pytest.param(b'{"header":{"reply_to":"r-plugin-bad"},"data":[]}', id="data-not-an-object"),
+        pytest.param(b'{"header":{"reply_to":"r-plugin-bad"},"data":{"async_backend":"maybe"}}', id="bad-field"),
+    ],
+)
+def test_a_plugin_instance_that_is_up_gets_no_reply_even_to_a_malformed_request(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+    payload: bytes,
+) -> None:
+    # The bot's bridge owns its topics while it is up: Hummingbot's aiomqtt bridge runs a request
+    # without data as {} and answers 200, so a 400 from the agent would be a second, contrary reply.
+    new_ticker(manager, "pb", bot_origin, recipe=PLUGIN_BOT, start=True)
+    agents.start(mosquitto.url)
+    watcher = watchers(mosquitto)
+    replies = watcher.watch("r-plugin-bad")
+
+    watcher.publish("hbot/pb/stop", payload)
+
+    assert_silent(replies, 1.0)
+    assert state(manager, "pb") == "running"
+
+
+def test_after_a_reboot_the_agent_starts_what_should_run_and_leaves_stopped_bots_alone(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+    tmux_socket: str,
+) -> None:
+    old = new_ticker(manager, "up", bot_origin, start=True)
+    new_ticker(manager, "down", bot_origin, start=True)
+    manager.stop(["down"])
+    subprocess.run(["tmux", "-L", tmux_socket, "kill-server"], check=False, capture_output=True)
+    wait_until(lambda: old is not None and not psutil.pid_exists(old), timeout=5, message="the bot to die")
+    assert {s.name: s.state for s in manager.status()} == {"down": "stopped", "up": "exited"}
+    watcher = watchers(mosquitto)
+    events = watcher.watch(f"supervisor/{HOST}/up/events")
+
+    agents.start(mosquitto.url)
+
+    event = next_matching(events, timeout=15).json()
+    assert "restarted" in event["msg"], event
+    status = wait_until(
+        lambda: (s := manager.status(["up"])[0]).state == "running" and s, timeout=10, message="'up' running"
+    )
+    assert status.pid != old and status.restarts == 1
+    assert "ticker-bot ready" in console(manager, "up")
+    down_events = watcher.watch(f"supervisor/{HOST}/down/events")
+    assert_silent(down_events, 1.0)
+    down = manager.status(["down"])[0]
+    assert (down.state, down.desired, down.restarts) == ("stopped", "stopped", 0)
+
+
+# --- the same flow on another broker: NATS's MQTT listener ---------------------------
+# commlib (so hbotrc, and Hummingbot up to v2.14) always sends the user-name flag, empty by
+# default, and nats-server refuses an empty user name ("empty user name not allowed"). So this
+# broker gets credentials, as a production NATS would, and every client uses them.
+NATS_CREDENTIALS = ("bots", "test-password")
+
+
+@pytest.fixture
+def nats_mqtt(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Broker]:
+    """A private nats-server with JetStream and its MQTT listener on free loopback ports."""
+    binary = shutil.which("nats-server") or (
+        "/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None
+    )
+    if binary is None:
+        if IN_CI:
+            pytest.fail("'nats-server' is not installed but CI=true: the CI script must install it")
+        pytest.skip("'nats-server' is not installed")
+    workdir = tmp_path / "nats"
+    workdir.mkdir()
+    port, mqtt_port = free_port(), free_port()
+    conf = workdir / "nats.conf"
+    log = workdir / "nats.log"
+    user, password = NATS_CREDENTIALS
+    conf.write_text(
+        f'server_name: "supervisor-test-{port}"\n'
+        f"listen: 127.0.0.1:{port}\n"
+        f'jetstream {{ store_dir: "{workdir / "js"}" }}\n'
+        f"mqtt {{\n  listen: 127.0.0.1:{mqtt_port}\n"
+        f'  authorization {{ username: "{user}", password: "{password}" }}\n}}\n'
+    )
+    proc = subprocess.Popen(
+        [binary, "-c", str(conf), "-l", str(log)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", mqtt_port), timeout=0.2):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop_process(proc)
+                pytest.fail(f"nats-server did not start: {log.read_text() if log.exists() else ''}")
+            time.sleep(0.05)
+    yield Broker("127.0.0.1", mqtt_port, proc, log)
+    stop_process(proc)
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed and log.exists():
+        sys.stderr.write(f"--- nats-server log ---\n{log.read_text()[-5000:]}\n")
+
+
+@COMMLIB_PAHO_WARNING
+def test_commlib_start_stop_and_own_status_through_nats_mqtt(
+    manager: Manager,
+    bot_origin: Path,
+    nats_mqtt: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+    bot_commands: Callable[..., BotCommands],
+) -> None:
+    new_ticker(manager, "tb", bot_origin)
+    agents.start(nats_mqtt.url, credentials=NATS_CREDENTIALS)
+    watcher = watchers(nats_mqtt, NATS_CREDENTIALS)
+    heartbeats = watcher.watch("hbot/tb/hb")
+    client = bot_commands(nats_mqtt, "tb", NATS_CREDENTIALS)
+
+    started = client.start()
+    assert started.status == 200, started
+    pid = manager.status(["tb"])[0].pid
+    assert pid is not None and psutil.pid_exists(pid)
+    beat = next_matching(heartbeats, timeout=5)
+    assert re.fullmatch(rb'\{"ts":\d+\}', beat.payload), beat.payload
+    data, raw = watcher.request(f"supervisor/{HOST}/tb/status", {})
+    assert REPLY_RE.fullmatch(raw), raw
+    assert (data["status"], data["result"]["state"], data["result"]["pid"]) == (200, "running", pid)
+
+    stopped = client.stop()
+    assert stopped.status == 200, stopped
+    assert "bye" in console(manager, "tb")
+    data, _ = watcher.request(f"supervisor/{HOST}/tb/status", {})
+    assert (data["status"], data["result"]["state"]) == (200, "stopped")
