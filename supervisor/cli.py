@@ -908,11 +908,6 @@ def dashboard_grp(
         raise
     signal.signal(signal.SIGTERM, lambda *_: dashboard.stop())
     signal.signal(signal.SIGINT, lambda *_: dashboard.stop())
-    click.echo(
-        f"dashboard: {dashboard.url} (broker {config.broker.url}"
-        + (", login required)" if settings.login_required else ", no login: loopback only)"),
-        err=True,
-    )
     dashboard.run()
 
 

@@ -396,20 +396,7 @@ def _clone_into(mirror: Path, url: str, dest: Path, ref: str, progress: Progress
     try:
         _git([*args, "--", str(mirror), str(dest)], progress=progress)
         if ref and not named:
-            commit = _resolve_commit(dest, ref)
-            if commit is None:
-                msg = (
-                    f"repository '{url}': ref '{ref}' not found. "
-                    "Use a branch, tag or commit that exists there "
-                    f"(see 'git ls-remote {url}')."
-                )
-                raise InstallError(msg, step="checkout")
-            _git(
-                ["checkout", "-q", "--detach", commit],
-                cwd=dest,
-                progress=progress,
-                config=_QUIET_DETACH,
-            )
+            _detach(dest, url, ref, _resolve_commit(dest, ref), progress)
         _set_origin_url(dest, url)
     except (_GitFailure, OSError) as e:
         msg = f"repository '{url}': could not check out '{ref or 'HEAD'}' into '{dest}' ({_why(e)}). {_HINT_RETRY}"
@@ -435,6 +422,17 @@ def _discard(dest: Path, *, created: bool) -> None:
             shutil.rmtree(child, ignore_errors=True)
         else:
             child.unlink(missing_ok=True)
+
+
+def _detach(checkout: Path, url: str, ref: str, commit: str | None, progress: ProgressFn | None) -> None:
+    """Check out ``commit`` (what ``ref`` resolved to) detached, or say that ``ref`` does not exist."""
+    if commit is None:
+        msg = (
+            f"repository '{url}': ref '{ref}' not found. "
+            f"Use a branch, tag or commit that exists there (see 'git ls-remote {url}')."
+        )
+        raise InstallError(msg, step="checkout")
+    _git(["checkout", "-q", "--detach", commit], cwd=checkout, progress=progress, config=_QUIET_DETACH)
 
 
 def _set_origin_url(checkout: Path, url: str) -> None:
@@ -512,19 +510,7 @@ def fetch_and_checkout(
             )
         else:
             target = _resolve_commit(checkout, f"refs/tags/{ref}") or _resolve_commit(checkout, ref or "origin/HEAD")
-            if target is None:
-                msg = (
-                    f"repository '{url}': ref '{ref}' not found. "
-                    "Use a branch, tag or commit that exists there "
-                    f"(see 'git ls-remote {url}')."
-                )
-                raise InstallError(msg, step="checkout")
-            _git(
-                ["checkout", "-q", "--detach", target],
-                cwd=checkout,
-                progress=progress,
-                config=_QUIET_DETACH,
-            )
+            _detach(checkout, url, ref, target, progress)
         _set_origin_url(checkout, url)
     except (_GitFailure, OSError) as e:
         msg = f"checkout '{checkout}': could not check out '{ref}' ({_why(e)}). {_HINT_RETRY}"

@@ -296,6 +296,15 @@ class Agent:
             self._seen[key] = (now, None)
         return True, key
 
+    def _fresh_request(self, topic: str, payload: bytes) -> tuple[protocol.Request, str] | None:
+        """Return a new, well-formed request and its dedup key; ``None`` for redeliveries and bad requests."""
+        new, key = self._first_sight(topic, payload)
+        if not new:
+            logger.info("ignoring a redelivered request on %s", topic)
+            return None
+        request = self._parse(topic, payload)
+        return None if request is None else (request, key)
+
     def _parse(self, topic: str, payload: bytes) -> protocol.Request | None:
         """Parse a request; answer 400 where possible and return ``None`` when it is unusable."""
         try:
@@ -320,13 +329,10 @@ class Agent:
         if status.plugin and status.is_running:
             # The bot's own MQTT bridge answers while it is up (even to bad requests): never a double reply.
             return
-        new, key = self._first_sight(topic, payload)
-        if not new:
-            logger.info("ignoring a redelivered request on %s", topic)
+        fresh = self._fresh_request(topic, payload)
+        if fresh is None:
             return
-        request = self._parse(topic, payload)
-        if request is None:
-            return
+        request, key = fresh
         try:
             data = protocol.validate(command, request.data)
         except protocol.ProtocolError as e:
@@ -404,13 +410,10 @@ class Agent:
     def _handle_own(self, topic: str, payload: bytes) -> None:
         rest = topic[len(self.own) + 1 :]
         instance, _, verb = rest.rpartition("/")
-        new, key = self._first_sight(topic, payload)
-        if not new:
-            logger.info("ignoring a redelivered request on %s", topic)
+        fresh = self._fresh_request(topic, payload)
+        if fresh is None:
             return
-        request = self._parse(topic, payload)
-        if request is None:
-            return
+        request, key = fresh
         who = request.header.get("node_id") or request.header.get("agent") or "?"
         if self.verifier is not None:
             try:

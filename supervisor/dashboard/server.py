@@ -33,7 +33,6 @@ from supervisor.agent import protocol
 from supervisor.agent.fleet import STALE_GRACE, FleetClient
 from supervisor.dashboard import DashboardError
 from supervisor.dashboard.auth import LoginThrottle, Sessions, verify_password
-from supervisor.errors import SupervisorError
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -657,20 +656,21 @@ class Dashboard:
         self.host, self.port = host, int(self.server.server_address[1])
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{self.port}/"
-        names = {shown, "localhost", "127.0.0.1", "[::1]"} if self.loopback else set()
-        self.allowed_hosts = {f"{name}:{self.port}" for name in names}
+        # Any port: an SSH tunnel (ssh -L 9000:127.0.0.1:8080) changes it, never the name.
+        self.allowed_hosts = {shown, "localhost", "127.0.0.1", "[::1]"} if self.loopback else set()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Connect to the broker, then serve HTTP on a background thread."""
-        try:
-            self.monitor.start()
-        except SupervisorError:
-            self.server.server_close()
-            raise
+        self.monitor.start()
         self._thread = threading.Thread(target=self.server.serve_forever, name="dashboard-http", daemon=True)
         self._thread.start()
-        logger.info("dashboard on %s (broker %s)", self.url, self.config.broker.url)
+        logger.info(
+            "dashboard on %s (broker %s, %s)",
+            self.url,
+            self.config.broker.url,
+            "login required" if self.settings.login_required else "no login: loopback only",
+        )
 
     def stop(self) -> None:
         """Ask :meth:`run` to return (safe from a signal handler)."""
@@ -678,8 +678,8 @@ class Dashboard:
 
     def run(self) -> None:
         """Serve until :meth:`stop`, then close everything."""
-        self.start()
         try:
+            self.start()
             while not self._stopped.wait(0.5):
                 pass
         finally:
@@ -751,7 +751,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         """On loopback, refuse other Host names (DNS rebinding would otherwise reach the API)."""
         if not self.app.loopback:
             return True
-        return self.headers.get("Host", "") in self.app.allowed_hosts
+        raw = self.headers.get("Host", "")
+        host, sep, port = raw.rpartition(":")
+        if not sep or not port.isdigit() or (raw.startswith("[") and not host.endswith("]")):
+            host = raw
+        return host in self.app.allowed_hosts
 
     def _session(self) -> Session | None:
         cookie = http.cookies.SimpleCookie()
@@ -807,9 +811,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return host, name
 
     # -- routes -----------------------------------------------------------------------------------
-
-    def do_HEAD(self) -> None:
-        self.do_GET()
 
     def do_GET(self) -> None:
         if not self._host_ok():
