@@ -3,7 +3,7 @@
 # tmux, GNU screen, git and mosquitto (Debian/Ubuntu package names).
 set -euo pipefail
 need=()
-for pair in tmux:tmux screen:screen git:git mosquitto:mosquitto mosquitto_sub:mosquitto-clients nats-server:nats-server; do
+for pair in tmux:tmux screen:screen git:git mosquitto:mosquitto mosquitto_sub:mosquitto-clients nats-server:nats-server chromium:chromium; do
   cmd=${pair%%:*} pkg=${pair#*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ]; then need+=("$pkg"); fi
 done

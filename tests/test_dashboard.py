@@ -1,0 +1,691 @@
+"""Issue #6: the web dashboard — store, auth and listen rules, then headless Chromium against a real fleet."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import typing as t
+import urllib.parse
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from click.testing import CliRunner
+from paho.mqtt.enums import CallbackAPIVersion
+
+from supervisor.agent.config import load_agent_config
+from supervisor.cli import cli
+from supervisor.dashboard import DashboardError
+from supervisor.dashboard.auth import (
+    ENV_PASSWORD_HASH,
+    LoginThrottle,
+    Sessions,
+    check_hash,
+    hash_password,
+    load_settings,
+    verify_password,
+    write_password_hash,
+)
+from supervisor.dashboard.server import SECURITY_HEADERS, Dashboard, is_loopback, parse_listen
+from supervisor.dashboard.store import Store, extract_pnl
+from supervisor.manager import Manager
+from supervisor.paths import Paths
+from tests.conftest import IN_CI, Broker, free_port, stop_process, wait_until
+
+if t.TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from playwright.sync_api import Browser, Page
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+HEARTBEAT = 0.5
+AGENT_TIMERS = ("--heartbeat-interval", str(HEARTBEAT), "--state-interval", "1", "--check-interval", "0.3")
+PASSWORD = "correct horse battery"
+
+
+class Clock:
+    """A settable clock, so session expiry and the login throttle are tested without sleeping."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# --- password hashes, sessions, settings ----------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["scrypt", "pbkdf2_sha256"])
+def test_hash_verifies_the_password_and_nothing_else(scheme: str) -> None:
+    encoded = hash_password(PASSWORD, scheme=scheme)
+    assert encoded.startswith(f"{scheme}$")
+    assert PASSWORD not in encoded
+    assert check_hash(encoded) == encoded
+    assert verify_password(PASSWORD, encoded)
+    assert not verify_password("correct horse battery ", encoded)
+    assert not verify_password("", encoded)
+    assert hash_password(PASSWORD, scheme=scheme) != encoded  # salted
+
+
+@pytest.mark.parametrize(
+    "bad", ["hunter2", "", "scrypt$16384$8$1$c2FsdA==", "scrypt$1000$8$1$c2FsdA==$" + "A" * 44, "md5$x$y"]
+)
+def test_a_malformed_hash_never_matches_and_is_refused_as_config(bad: str) -> None:
+    assert not verify_password("hunter2", bad)
+    with pytest.raises(DashboardError, match="not a password hash"):
+        check_hash(bad)
+
+
+def test_sessions_expire_and_can_be_revoked() -> None:
+    clock = Clock()
+    sessions = Sessions(ttl=60, clock=clock, limit=3)
+    first = sessions.create()
+    assert sessions.get(first.token) == first
+    assert first.csrf and first.csrf != first.token
+    assert sessions.get("not-a-token") is None
+    assert sessions.get(None) is None
+    clock.now += 59
+    assert sessions.get(first.token) == first
+    clock.now += 2
+    assert sessions.get(first.token) is None  # expired
+    second = sessions.create()
+    sessions.revoke(second.token)
+    assert sessions.get(second.token) is None
+    made = [sessions.create() for _ in range(4)]
+    assert sessions.get(made[0].token) is None  # the oldest gave way to the limit
+    assert all(sessions.get(s.token) for s in made[1:])
+
+
+def test_login_throttle_counts_failures_per_address() -> None:
+    clock = Clock()
+    throttle = LoginThrottle(limit=3, window=60, clock=clock)
+    for _ in range(3):
+        assert throttle.allowed("10.0.0.1")
+        throttle.failed("10.0.0.1")
+    assert not throttle.allowed("10.0.0.1")
+    assert throttle.allowed("10.0.0.2")
+    clock.now += 61
+    assert throttle.allowed("10.0.0.1")
+    throttle.failed("10.0.0.1")
+    throttle.succeeded("10.0.0.1")
+    assert throttle.allowed("10.0.0.1")
+
+
+def test_settings_come_from_dashboard_toml_and_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "dashboard.toml"
+    assert load_settings(path, {}).login_required is False
+    encoded = hash_password(PASSWORD)
+    path.write_text(f'[dashboard]\npassword_hash = "{encoded}"\nsession_ttl = 600\n')
+    settings = load_settings(path, {})
+    assert settings.password_hash == encoded and settings.session_ttl == 600
+    assert encoded not in repr(settings)
+    other = hash_password("another password")
+    assert load_settings(path, {ENV_PASSWORD_HASH: other}).password_hash == other
+    with pytest.raises(DashboardError, match=f"environment variable {ENV_PASSWORD_HASH}: not a password hash"):
+        load_settings(path, {ENV_PASSWORD_HASH: "plain-text"})
+    path.write_text('[dashboard]\npasword_hash = "x"\n')
+    with pytest.raises(DashboardError, match=r"unknown key 'dashboard\.pasword_hash'"):
+        load_settings(path, {})
+
+
+def test_passwd_prints_or_writes_a_hash(isolated_env: Path) -> None:
+    runner = CliRunner()
+    printed = runner.invoke(cli, ["dashboard", "passwd", "--stdin"], input=PASSWORD + "\n")
+    assert printed.exit_code == 0, printed.output
+    assert verify_password(PASSWORD, printed.stdout.strip())
+    short = runner.invoke(cli, ["dashboard", "passwd", "--stdin"], input="short\n")
+    assert short.exit_code == 1
+    assert "at least 8 characters" in short.stderr
+    target = isolated_env / "dashboard.toml"
+    target.write_text("[dashboard]\nsession_ttl = 120\n")
+    written = runner.invoke(cli, ["dashboard", "passwd", "--stdin", "--write"], input=PASSWORD + "\n")
+    assert written.exit_code == 0, written.output
+    assert target.stat().st_mode & 0o777 == 0o600
+    settings = load_settings(target, {})
+    assert settings.session_ttl == 120
+    assert settings.password_hash is not None and verify_password(PASSWORD, settings.password_hash)
+    write_password_hash(target, hash_password("second password"))
+    assert verify_password("second password", load_settings(target, {}).password_hash or "")
+
+
+# --- listen rules ---------------------------------------------------------------------------
+
+
+class ListenCase(t.NamedTuple):
+    test_id: str
+    text: str
+    host: str
+    port: int
+    loopback: bool
+
+
+LISTEN_CASES = [
+    ListenCase("ipv4-loopback", "127.0.0.1:8080", "127.0.0.1", 8080, True),
+    ListenCase("bare-port", "9000", "127.0.0.1", 9000, True),
+    ListenCase("localhost", "localhost:1", "localhost", 1, True),
+    ListenCase("ipv6-loopback", "[::1]:8080", "::1", 8080, True),
+    ListenCase("any", "0.0.0.0:8080", "0.0.0.0", 8080, False),
+    ListenCase("lan", "192.168.1.5:80", "192.168.1.5", 80, False),
+    ListenCase("name", "dash.lan:80", "dash.lan", 80, False),
+]
+
+
+@pytest.mark.parametrize("case", LISTEN_CASES, ids=[c.test_id for c in LISTEN_CASES])
+def test_listen_addresses(case: ListenCase) -> None:
+    assert parse_listen(case.text) == (case.host, case.port)
+    assert is_loopback(case.host) is case.loopback
+
+
+@pytest.mark.parametrize("text", ["", "host", "host:", "1.2.3.4:99999", "a b:1"])
+def test_bad_listen_addresses(text: str) -> None:
+    with pytest.raises(DashboardError, match="is not HOST:PORT"):
+        parse_listen(text)
+
+
+def test_refuses_a_public_address_without_a_password(tmp_path: Path) -> None:
+    config = load_agent_config(None, {}, {"url": "mqtt://127.0.0.1:1"})
+    store = Store(tmp_path / "d.sqlite")
+    try:
+        with pytest.raises(DashboardError, match=r"refusing to listen on 0\.0\.0\.0:0 without a password"):
+            Dashboard(config, load_settings(tmp_path / "none.toml", {}), "0.0.0.0:0", store)
+    finally:
+        store.close()
+    result = CliRunner().invoke(cli, ["dashboard", "--broker", "mqtt://127.0.0.1:1", "--listen", "0.0.0.0:0"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: refusing to listen on 0.0.0.0:0 without a password")
+
+
+# --- the store --------------------------------------------------------------------------------------
+
+
+def performance(pnl_a: float, pnl_b: float) -> dict[str, t.Any]:
+    """A ``{p}/performance`` payload as Hummingbot v2.12+ sends it: per controller, performance + custom_info."""
+    return {
+        "ctrl-a": {
+            "performance": {"realized_pnl_quote": pnl_a / 2, "global_pnl_quote": pnl_a, "volume_traded": 1500.0},
+            "custom_info": {"side": "BUY"},
+        },
+        "ctrl-b": {"performance": {"global_pnl_quote": pnl_b, "volume_traded": 10.0}, "custom_info": {}},
+    }
+
+
+class PnlCase(t.NamedTuple):
+    test_id: str
+    payload: t.Any
+    pnl: float | None
+
+
+PNL_CASES = [
+    PnlCase("v2.12-controllers", performance(1.5, -0.25), 1.25),
+    PnlCase("before-v2.12", {"c1": {"global_pnl_quote": 2.0}, "c2": {"global_pnl_quote": "-0.5"}}, 1.5),
+    PnlCase("report-directly", {"global_pnl_quote": -3, "volume_traded": 1}, -3.0),
+    PnlCase("strategy-stopped", {"c1": {}, "c2": {}}, None),
+    PnlCase("no-pnl-field", {"c1": {"performance": {"volume_traded": 5}}}, None),
+    PnlCase("not-an-object", [1, 2], None),
+    PnlCase("not-finite", {"global_pnl_quote": "nan"}, None),
+    PnlCase("bool-is-not-a-number", {"global_pnl_quote": True}, None),
+]
+
+
+@pytest.mark.parametrize("case", PNL_CASES, ids=[c.test_id for c in PNL_CASES])
+def test_extract_pnl(case: PnlCase) -> None:
+    assert extract_pnl(case.payload) == case.pnl
+
+
+def test_store_keeps_bounded_history_across_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "dashboard.sqlite"
+    store = Store(path, keep_samples=100, keep_messages=10)
+    for i in range(30):
+        assert store.add_performance("mm-1", performance(float(i), 0.0), ts=1000.0 + i) == float(i)
+    assert store.add_performance("mm-1", {"ctrl-a": {}}, ts=2000.0) is None  # the stop message is not charted
+    for i in range(200):
+        store.add_message("mm-1", "notify", f"line {i}", ts=1000.0 + i)
+    store.add_message("mm-1", "event", "from host-1", host="host-1", ts=5000.0)
+    store.add_message("mm-1", "event", "from host-2", host="host-2", ts=5001.0)
+    store.close()
+
+    reopened = Store(path, keep_samples=100, keep_messages=10)
+    try:
+        samples = reopened.performance("mm-1")
+        assert samples == [(1000.0 + i, float(i)) for i in range(30)]
+        assert reopened.performance("mm-1", limit=3) == samples[-3:]
+        lines = reopened.messages("mm-1", "host-1", limit=1000)
+        assert len(lines) < 10 + 50 + 2  # the limit plus at most one pruning batch
+        assert lines[-1]["text"] == "from host-1" and lines[-1]["host"] == "host-1"
+        assert "from host-2" not in [m["text"] for m in lines]
+        assert lines[-2]["text"] == "line 199"
+        assert reopened.instances_with_performance() == ["mm-1"]
+        assert reopened.performance("other") == []
+    finally:
+        reopened.close()
+
+
+# --- end to end: real broker, real agent, real bots, real browser ---------------------------------------
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium driven by Playwright (never ``playwright install``); fails under CI=true if missing."""
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None  # type: ignore[assignment] # reported below, with the browser
+    missing = [what for what, ok in (("chromium", binary), ("playwright", sync_playwright)) if not ok]
+    if missing:
+        message = f"{' and '.join(missing)} not installed (apt-get install chromium; pip install playwright)"
+        if IN_CI:
+            pytest.fail(f"{message} but CI=true: the CI script must install it")
+        pytest.skip(message)
+    assert binary is not None and sync_playwright is not None
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=binary, args=CHROMIUM_FLAGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+class Fleet:
+    """One host: its home, a private tmux server, example-bot instances, its agent and dashboards."""
+
+    def __init__(self, root: Path, broker: Broker) -> None:
+        self.root = root
+        self.broker = broker
+        self.home = root / "host-1"
+        self.home.mkdir(parents=True)
+        self.socket = f"dash-{uuid.uuid4().hex[:8]}"
+        self.manager = Manager(Paths.from_env(self.home, self.socket))
+        self.processes: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+
+    def env(self, home: Path, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_")}
+        return {**env, "SUPERVISOR_HOME": str(home), "SUPERVISOR_TMUX_SOCKET": self.socket, **extra}
+
+    def spawn(self, label: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = self.root / f"{label}-{len(self.processes)}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        self.processes.append((label, proc, log))
+        return proc
+
+    def add(self, *names: str) -> None:
+        for name in names:
+            self.manager.new(name, "example-bot")
+            self.manager.start([name])
+
+    def pid(self, name: str) -> int | None:
+        return self.manager.status([name])[0].pid
+
+    def start_agent(self) -> None:
+        argv = [sys.executable, "-m", "supervisor", "agent", "--broker", self.broker.url, "--host-id", "host-1"]
+        self.spawn("agent", [*argv, *AGENT_TIMERS], self.env(self.home))
+
+    def start_dashboard(self, home: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+        port = free_port()
+        argv = [sys.executable, "-m", "supervisor", "dashboard", "--broker", self.broker.url]
+        proc = self.spawn("dashboard", [*argv, "--listen", f"127.0.0.1:{port}"], self.env(home, **env))
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            assert proc.poll() is None, f"the dashboard exited with {proc.returncode}"
+            with contextlib.suppress(OSError):
+                return request(url, "GET", "/api/session")[0] == 200
+            return False
+
+        wait_until(up, timeout=15, message="the dashboard answers")
+        return proc, url
+
+    def cleanup(self, show_logs: bool) -> None:
+        for _, proc, _ in reversed(self.processes):
+            with contextlib.suppress(Exception):
+                stop_process(proc)
+        if show_logs:
+            for label, _, log in self.processes:
+                text = log.read_text(errors="replace") if log.exists() else ""
+                sys.stderr.write(f"--- {label} ({log.name}) ---\n{text[-6000:]}\n")
+        with contextlib.suppress(Exception):
+            subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=10, check=False)
+        socket_dir = Path(os.environ.get("TMUX_TMPDIR") or "/tmp") / f"tmux-{os.getuid()}"
+        with contextlib.suppress(OSError):
+            (socket_dir / self.socket).unlink(missing_ok=True)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, mosquitto: Broker, request: pytest.FixtureRequest) -> Iterator[Fleet]:
+    """Every process made here (agent, dashboards) is stopped and the bots' tmux server killed, even on failure."""
+    if not shutil.which("tmux"):
+        if IN_CI:
+            pytest.fail("'tmux' is not installed but CI=true")
+        pytest.skip("'tmux' is not installed")
+    made = Fleet(tmp_path / "fleet", mosquitto)
+    try:
+        yield made
+    finally:
+        report = getattr(request.node, "rep_call", None)
+        made.cleanup(show_logs=report is None or report.failed)
+
+
+def request(
+    url: str, method: str, path: str, body: t.Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], t.Any]:
+    """One plain HTTP request (no browser): status, headers and the JSON body (or the text)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        sent = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=data, headers={**sent, **(headers or {})})
+        response = conn.getresponse()
+        raw = response.read()
+        try:
+            parsed: t.Any = json.loads(raw)
+        except ValueError:
+            parsed = raw.decode(errors="replace")
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, parsed
+    finally:
+        conn.close()
+
+
+def publish(broker: Broker, messages: list[tuple[str, t.Any]], gap: float = 0.0) -> None:
+    """Publish JSON messages with a plain paho client, as a Hummingbot bridge would."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fake-hbot-{uuid.uuid4().hex[:8]}")
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        for topic, payload in messages:
+            client.publish(topic, json.dumps(payload), qos=1).wait_for_publish(5)
+            if gap:
+                time.sleep(gap)  # spreads samples over time, as a bot's 1 s reports are
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def row(page: Page, target: str, cell: str) -> str:
+    return page.inner_text(f'tr[data-target="{target}"] td.{cell}').strip()
+
+
+def health(page: Page, target: str) -> str:
+    """Return the row's ``health-*`` colour class (ok, bad, off)."""
+    classes = (page.get_attribute(f'tr[data-target="{target}"]', "class") or "").split()
+    return next(c for c in classes if c.startswith("health-"))
+
+
+def wait_page(page: Page, script: str, arg: t.Any = None, timeout: float = 10.0) -> None:
+    page.wait_for_function(script, arg=arg, timeout=timeout * 1000)
+
+
+def assert_security_headers(headers: dict[str, str]) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        assert headers.get(name.lower()) == value, name
+    assert "'unsafe-inline'" not in headers["content-security-policy"]
+
+
+def test_dashboard_in_a_browser(fleet: Fleet, browser: Browser, mosquitto: Broker, tmp_path: Path) -> None:
+    fleet.add("mm-1", "arb-2")
+    fleet.start_agent()
+    dashboard, url = fleet.start_dashboard(fleet.home)
+
+    # Plain HTTP: security headers everywhere; commands need the page's CSRF token and our Host name.
+    status, headers, session = request(url, "GET", "/api/session")
+    assert status == 200 and session["login_required"] is False and session["csrf"]
+    assert_security_headers(headers)
+    assert headers["cache-control"] == "no-store"
+    status, headers, page_text = request(url, "GET", "/")
+    assert status == 200 and '<script src="/static/app.js"' in page_text
+    assert_security_headers(headers)
+    command = {"target": "host-1/mm-1", "verb": "stop", "data": {}}
+    assert request(url, "POST", "/api/command", command)[0] == 403  # no X-CSRF-Token: nothing is sent
+    csrf = {"X-CSRF-Token": session["csrf"]}
+    forged = {**csrf, "Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
+    assert request(url, "POST", "/api/command", command, forged)[0] == 403
+    assert request(url, "GET", "/api/snapshot", headers={"Host": "evil.example:80"})[0] == 421  # DNS rebinding
+    assert request(url, "GET", "/api/snapshot", headers={"Host": "evil.example"})[0] == 421
+    assert request(url, "GET", "/api/snapshot", headers={"Host": "localhost:9000"})[0] == 200  # an SSH tunnel
+    assert request(url, "GET", "/static/../server.py")[0] == 404
+    bad_verb = request(url, "POST", "/api/command", {**command, "verb": "shell"}, csrf)
+    assert bad_verb[0] == 400 and "unknown" in bad_verb[2]["error"]
+    assert fleet.pid("mm-1") is not None  # still running: the refused stop did nothing
+
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(url + "/")
+    page.evaluate("window.__sameDocument = true")  # gone if anything reloads the page
+
+    # The table lists both instances, live.
+    for name in ("mm-1", "arb-2"):
+        target = f"host-1/{name}"
+        wait_page(
+            page,
+            "([t, pid]) => { const r = document.querySelector(`tr[data-target='${t}']`);"
+            " return r && r.dataset.state === 'running' && r.querySelector('td.pid').textContent === String(pid); }",
+            [target, fleet.pid(name)],
+        )
+        assert row(page, target, "host") == "host-1"
+        assert row(page, target, "restarts") == "0"
+        assert row(page, target, "commit") == (fleet.manager.status([name])[0].commit or "")[:8]
+        assert health(page, target) == "health-ok"
+    assert page.locator("tbody tr").count() == 2
+    wait_page(page, "() => document.getElementById('live-text').textContent === 'live'")
+
+    # restart on mm-1: its pid and restarts change on the page without a reload; arb-2's do not.
+    old = {name: fleet.pid(name) for name in ("mm-1", "arb-2")}
+    page.click('tr[data-target="host-1/mm-1"] button[data-verb="restart"]')
+    wait_page(
+        page,
+        "(old) => { const r = document.querySelector(\"tr[data-target='host-1/mm-1']\");"
+        " return r.querySelector('td.restarts').textContent === '1'"
+        " && !['\\u2013', String(old)].includes(r.querySelector('td.pid').textContent); }",
+        old["mm-1"],
+        timeout=60,
+    )
+    wait_page(page, "() => document.querySelector(\"tr[data-target='host-1/mm-1'] .reply\").textContent !== ''")
+    assert "restart: ok — restarted 'mm-1'" in row(page, "host-1/mm-1", "actions")
+    new_pid = fleet.pid("mm-1")
+    assert new_pid not in (None, old["mm-1"])
+    wait_page(
+        page,
+        "(pid) => document.querySelector(\"tr[data-target='host-1/mm-1'] td.pid\").textContent === String(pid)",
+        new_pid,
+    )
+    assert row(page, "host-1/arb-2", "pid") == str(old["arb-2"]) == str(fleet.pid("arb-2"))
+    assert row(page, "host-1/arb-2", "restarts") == "0"
+    assert page.evaluate("window.__sameDocument") is True
+
+    # stop asks first; cancelling sends nothing.
+    page.click('tr[data-target="host-1/arb-2"] button[data-verb="stop"]')
+    assert "cancels its open orders" in page.inner_text("#ask-text")
+    page.click("#ask-cancel")
+    assert fleet.pid("arb-2") == old["arb-2"]
+
+    # import goes over Hummingbot's topic and shows the agent's (console's) reply.
+    page.click('tr[data-target="host-1/arb-2"] button[data-verb="import"]')
+    page.fill("#ask-input", "conf_arb_1.yml")
+    page.click("#ask-ok")
+    page.wait_for_selector("#replies li[data-verb='import']", timeout=20_000)
+    assert "import ok" in page.inner_text("#replies li[data-verb='import']")
+    assert "Configuration from conf_arb_1.yml file is imported." in page.inner_text("#replies li[data-verb='import']")
+
+    # config: example-bot's recipe has no console line for it, and the agent's 400 is shown as the reply.
+    page.click('tr[data-target="host-1/arb-2"] button[data-verb="config"]')
+    page.click("#ask-ok")
+    page.wait_for_selector("#replies li[data-verb='config']", timeout=20_000)
+    assert "config FAILED (400)" in page.inner_text("#replies li[data-verb='config']")
+
+    # Console view: the live screen, and the bot's answer to a sent line.
+    page.click('tr[data-target="host-1/arb-2"] button[data-verb="console"]')
+    wait_page(page, "() => document.getElementById('screen').textContent.includes(\"example-bot 'arb-2' ready\")")
+    marker = f"hello-{uuid.uuid4().hex[:6]}"
+    page.fill("#send-line", marker)
+    page.press("#send-line", "Enter")
+    wait_page(page, "(m) => document.getElementById('screen').textContent.includes(`Unknown command: ${m}.`)", marker)
+    page.fill("#send-line", "status")
+    page.press("#send-line", "Enter")
+    wait_page(
+        page,
+        "() => document.getElementById('screen').textContent.includes('Strategy conf_arb_1.yml') ||"
+        " document.getElementById('screen').textContent.includes('No strategy is currently running!')",
+    )
+
+    # Hummingbot streams: performance (PnL) as the v2.12 payload, notify and log lines.
+    pnl = [round(3 * math.sin(i / 4) + i * 0.4, 3) for i in range(24)]
+    publish(mosquitto, [("hbot/mm-1/performance", performance(p * 0.75, p * 0.25)) for p in pnl], gap=0.03)
+    publish(mosquitto, [("hbot/arb-2/performance", performance(-p / 2, 0.0)) for p in pnl[:12]], gap=0.03)
+    notify = f"Strategy started: pure_market_making {marker}"
+    publish(
+        mosquitto,
+        [
+            ("hbot/mm-1/notify", {"seq": 0, "timestamp": "-1", "msg": notify}),
+            (
+                "hbot/mm-1/log",
+                {
+                    "timestamp": time.time(),
+                    "msg": "BUY order 0.1 BTC-USDT @ 42000 created",
+                    "level_no": 20,
+                    "level_name": "INFO",
+                    "logger_name": "hummingbot.strategy",
+                },
+            ),
+        ],
+    )
+    page.click('tr[data-target="host-1/mm-1"] button[data-verb="console"]')
+    wait_page(page, "(n) => document.getElementById('stream').textContent.includes(n)", notify)
+    wait_page(page, "() => document.getElementById('chart-value').textContent.includes('24 samples')")
+    assert page.inner_text("#chart-value").startswith(f"+{pnl[-1]:.2f}")
+    assert page.locator("#chart polyline").count() == 1
+    assert "BUY order 0.1 BTC-USDT @ 42000 created" in page.inner_text("#stream")
+    wait_page(
+        page,
+        "(v) => document.querySelector(\"tr[data-target='host-1/mm-1'] td.pnl\").textContent === v",
+        f"+{pnl[-1]:.2f}",
+    )
+    assert page.locator('tr[data-target="host-1/mm-1"] td.pnl polyline').count() == 1
+    history = request(url, "GET", "/api/history/host-1/mm-1")[2]
+    assert [p for _, p in history["performance"]] == pytest.approx(pnl)
+    assert any("restart from the dashboard: ok" in m["text"] for m in history["messages"])
+
+    wait_page(page, "() => document.getElementById('screen').textContent.includes(\"example-bot 'mm-1' ready\")")
+    page.mouse.move(0, 0)
+    screenshot = tmp_path / "dashboard.png"
+    page.screenshot(path=str(screenshot))
+    if os.environ.get("DASHBOARD_SCREENSHOT"):
+        shutil.copyfile(screenshot, os.environ["DASHBOARD_SCREENSHOT"])
+
+    # kill -9 a bot: its row turns red within the heartbeat window (before and after the agent restarts it).
+    victim = old["arb-2"]
+    assert victim is not None
+    killed_at = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    wait_page(
+        page,
+        "() => document.querySelector(\"tr[data-target='host-1/arb-2']\").classList.contains('health-bad')",
+        timeout=4 * HEARTBEAT + 3,
+    )
+    red_after = time.monotonic() - killed_at
+    assert red_after < 4 * HEARTBEAT + 3
+    assert health(page, "host-1/mm-1") == "health-ok"
+    alert = page.inner_text('tr[data-target="host-1/arb-2"] .alert')
+    assert "crashed" in alert or "no heartbeat" in alert, alert
+    wait_page(
+        page,
+        "() => document.querySelector(\"tr[data-target='host-1/arb-2'] td.restarts\").textContent === '1'",
+        timeout=20,
+    )
+    assert fleet.pid("arb-2") not in (None, victim)
+    assert page.evaluate("window.__sameDocument") is True
+    assert not [e for e in errors if "favicon" not in e], errors
+
+    # The agent goes away (its availability record says offline): its rows turn grey, commands are disabled.
+    agent = next(proc for label, proc, _ in fleet.processes if label == "agent")
+    stop_process(agent)
+    wait_page(page, "() => [...document.querySelectorAll('tbody tr')].every(r => r.classList.contains('health-off'))")
+    assert row(page, "host-1/mm-1", "state") == "offline"
+    assert page.is_disabled('tr[data-target="host-1/mm-1"] button[data-verb="restart"]')
+    assert "offline" in (page.get_attribute("#hosts .chip", "class") or "")
+
+    # History survives a restart of the dashboard.
+    stop_process(dashboard)
+    _, url = fleet.start_dashboard(fleet.home)
+    history = request(url, "GET", "/api/history/host-1/mm-1")[2]
+    assert [p for _, p in history["performance"]] == pytest.approx(pnl)
+    assert notify in [m["text"] for m in history["messages"]]
+    page.goto(url + "/")
+    page.click('tr[data-target="host-1/mm-1"] button[data-verb="console"]')
+    wait_page(page, "() => document.getElementById('chart-value').textContent.includes('24 samples')")
+    wait_page(
+        page,
+        "(v) => document.querySelector(\"tr[data-target='host-1/mm-1'] td.pnl\").textContent === v",
+        f"+{pnl[-1]:.2f}",
+    )
+    page.close()
+
+
+def test_login_is_required_and_a_wrong_password_is_refused(fleet: Fleet, browser: Browser, tmp_path: Path) -> None:
+    home = tmp_path / "dash-home"
+    home.mkdir()
+    (home / "dashboard.toml").write_text(f'[dashboard]\npassword_hash = "{hash_password(PASSWORD)}"\n')
+    _, url = fleet.start_dashboard(home)
+
+    status, headers, session = request(url, "GET", "/api/session")
+    assert status == 200 and session == {**session, "login_required": True, "authenticated": False, "csrf": None}
+    assert_security_headers(headers)
+    command = {"target": "host-1/mm-1", "verb": "restart", "data": {}}
+    assert request(url, "POST", "/api/command", command)[0] == 403
+    assert request(url, "POST", "/api/command", command, {"X-CSRF-Token": "guess"})[0] == 403
+    assert request(url, "GET", "/api/snapshot")[0] == 403
+    assert request(url, "GET", "/events")[0] == 403
+    assert request(url, "GET", "/api/history/host-1/mm-1")[0] == 403
+    wrong = request(url, "POST", "/api/login", {"password": "not it"})
+    assert wrong[0] == 401 and "set-cookie" not in wrong[1]
+
+    context = browser.new_context(viewport={"width": 1280, "height": 720})
+    page = context.new_page()
+    page.goto(url + "/")
+    page.wait_for_selector("#login-form")
+    assert page.is_hidden("#app")
+    page.fill("#password", "wrong password")
+    page.click("#login-button")
+    wait_page(page, "() => document.getElementById('login-error').textContent === 'Wrong password.'")
+    assert page.is_hidden("#app")
+    assert context.cookies() == []
+
+    page.fill("#password", PASSWORD)
+    page.click("#login-button")
+    page.wait_for_selector("#app", state="visible")
+    wait_page(page, "() => document.getElementById('live-text').textContent === 'live'")
+    assert page.is_visible("#empty")  # no agent on this broker
+    [cookie] = context.cookies()
+    assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
+    # Even with the session cookie, a command without the CSRF header is refused.
+    no_csrf = page.evaluate(
+        "fetch('/api/command', {method: 'POST', headers: {'Content-Type': 'application/json'},"
+        " body: JSON.stringify({target: 'host-1/mm-1', verb: 'restart', data: {}})}).then(r => r.status)"
+    )
+    assert no_csrf == 403
+    page.click("#logout")
+    page.wait_for_selector("#login-form", state="visible")
+    status, _, _ = request(url, "GET", "/api/snapshot", headers={"Cookie": f"supervisor_session={cookie['value']}"})
+    assert status == 403  # the session ended on the server too
+    context.close()
