@@ -888,19 +888,19 @@ def dashboard_grp(
     import signal
 
     from supervisor.agent.config import load_agent_config
-    from supervisor.dashboard.auth import config_path, load_settings
+    from supervisor.dashboard.auth import load_settings
     from supervisor.dashboard.server import Dashboard
     from supervisor.dashboard.store import Store
 
     paths = Paths.from_env(ctx.find_root().obj.get("home"))
     agent_toml = config_file or (paths.agent_config if paths.agent_config.exists() else None)
     config = load_agent_config(agent_toml, os.environ, {"url": broker, "ca": ca, "cert": cert, "key": key})
-    settings = load_settings(config_path(paths.home), os.environ)
+    settings = load_settings(paths.dashboard_config, os.environ)
     if not ctx.find_root().obj.get("debug"):
         logging.getLogger().setLevel(logging.INFO)
         for handler in logging.getLogger().handlers:
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    store = Store(db_path or paths.home / "dashboard.sqlite")
+    store = Store(db_path or paths.dashboard_db)
     try:
         dashboard = Dashboard(config, settings, listen, store)
     except SupervisorError:
@@ -923,7 +923,7 @@ def dashboard_passwd_cmd(ctx: click.Context, from_stdin: bool, write: bool) -> N
       supervisor dashboard passwd --write
       printf '%s\\n' "$PASS" | supervisor dashboard passwd --stdin   # prints the hash
     """
-    from supervisor.dashboard.auth import config_path, hash_password, write_password_hash
+    from supervisor.dashboard.auth import hash_password, write_password_hash
 
     if from_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -936,6 +936,6 @@ def dashboard_passwd_cmd(ctx: click.Context, from_stdin: bool, write: bool) -> N
     if not write:
         click.echo(encoded)
         return
-    target = config_path(Paths.from_env(ctx.find_root().obj.get("home")).home)
+    target = Paths.from_env(ctx.find_root().obj.get("home")).dashboard_config
     write_password_hash(target, encoded)
     click.echo(f"wrote the password hash to {target}; restart the dashboard to use it.", err=True)

@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import sys
+import threading
 import time
 import typing as t
 from pathlib import Path
@@ -206,6 +207,7 @@ class Manager:
         self.sampler = sampler or metrics.Sampler()
         self.extra_recipes = list(extra_recipes)
         self._recipes: dict[tuple[str, str | None], tuple[Recipe, float]] = {}
+        self._held = threading.local()
         self.session_cache_ttl = 0.0
         """Seconds a session listing may be reused (the agent sets this; actions clear it)."""
         self._session_cache: dict[str, tuple[float, dict[str, SessionInfo]]] = {}
@@ -260,7 +262,16 @@ class Manager:
 
     @contextlib.contextmanager
     def _instance_lock(self, name: str, *, wait: float = 600.0) -> Iterator[None]:
-        """Hold the per-instance lock so two processes never install or start one instance at once."""
+        """Hold the per-instance lock so two processes never install or start one instance at once.
+
+        Re-entrant within one thread (``restart`` holds it across stop and
+        start); other threads and processes wait, since ``flock`` locks belong
+        to each open file.
+        """
+        held: set[str] = self._held.__dict__.setdefault("names", set())
+        if name in held:
+            yield
+            return
         path = self.paths.instance_lock(name)
         ensure_dir(path.parent)
         with path.open("a") as handle:
@@ -276,9 +287,11 @@ class Manager:
                         )
                         raise InstanceBusy(msg) from None
                     time.sleep(0.05)
+            held.add(name)
             try:
                 yield
             finally:
+                held.discard(name)
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def _is_locked(self, name: str) -> bool:
@@ -959,8 +972,10 @@ class Manager:
         """Stop then start each instance, counting the restart."""
         results = []
         for name in names:
-            stopped = self._stop_one(name, timeout=timeout, desired=DESIRED_RUNNING)
-            started = self._start_one(name, count_restart=True)
+            # One lock across both halves: the agent never sees the gap as a crash.
+            with self._instance_lock(name, wait=60):
+                stopped = self._stop_one(name, timeout=timeout, desired=DESIRED_RUNNING)
+                started = self._start_one(name, count_restart=True)
             how = f" (stopped: {stopped.step})" if stopped.changed else ""
             results.append(
                 ActionResult(

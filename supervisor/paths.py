@@ -88,6 +88,16 @@ class Paths:
         return self.home / "agent.toml"
 
     @property
+    def dashboard_config(self) -> Path:
+        """The dashboard's settings (password hash) file."""
+        return self.home / "dashboard.toml"
+
+    @property
+    def dashboard_db(self) -> Path:
+        """The dashboard's SQLite history of performance and console lines."""
+        return self.home / "dashboard.sqlite"
+
+    @property
     def audit_log(self) -> Path:
         """The agent's append-only record of remote commands."""
         return self.home / "audit.log"

@@ -527,6 +527,9 @@ class Agent:
                 self._notify(
                     name, f"instance '{name}' was {status.state}; restarted it (restart #{failures.count + 1})."
                 )
+            else:
+                # Someone else (a restart, a user's stop) got there first: not a failure of the bot.
+                self._failures.pop(name, None)
         except SupervisorError as e:
             logger.warning("restarting %s failed: %s", name, e)
 

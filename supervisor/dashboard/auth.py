@@ -37,7 +37,6 @@ KEY_BYTES = 32
 SESSION_TTL = 12 * 3600.0
 MAX_SESSIONS = 256
 ENV_PASSWORD_HASH = "SUPERVISOR_DASHBOARD_PASSWORD_HASH"
-CONFIG_NAME = "dashboard.toml"
 _KEYS = ("password_hash", "session_ttl", "secure_cookie")
 
 
@@ -215,11 +214,6 @@ class DashboardSettings:
     def login_required(self) -> bool:
         """Whether the page asks for a password."""
         return self.password_hash is not None
-
-
-def config_path(home: Path) -> Path:
-    """Return the dashboard's settings file under ``home``."""
-    return home / CONFIG_NAME
 
 
 def load_settings(path: Path, env: Mapping[str, str]) -> DashboardSettings:
