@@ -211,6 +211,9 @@ class Manager:
         self.session_cache_ttl = 0.0
         """Seconds a session listing may be reused (the agent sets this; actions clear it)."""
         self._session_cache: dict[str, tuple[float, dict[str, SessionInfo]]] = {}
+        self.commit_cache_ttl = 0.0
+        """Seconds a checkout's HEAD commit may be reused (the agent sets this; update clears it)."""
+        self._commit_cache: dict[str, tuple[float, str | None]] = {}
 
     # -- collaborators -----------------------------------------------------
 
@@ -518,6 +521,7 @@ class Manager:
         checkout = Path(record.checkout)
         old = git_install.current_commit(checkout)
         failure: SupervisorError | None = None
+        self._commit_cache.pop(record.checkout, None)
         with self._instance_lock(name):
             try:
                 mirror = git_install.ensure_mirror(self.paths.mirrors, record.repo, progress=progress)
@@ -528,6 +532,7 @@ class Manager:
                 failure = e
                 if old:
                     self._roll_back(record, recipe, old, f"update to {target} failed: {e}", on_line)
+        self._commit_cache.pop(record.checkout, None)
         # Start outside the lock: start takes the same per-instance lock.
         if was_running:
             if failure is None:
@@ -663,11 +668,17 @@ class Manager:
         except SupervisorError:
             return False
 
-    @staticmethod
-    def _commit(instance: Instance) -> str | None:
+    def _commit(self, instance: Instance) -> str | None:
         from supervisor import install as git_install
 
-        return git_install.current_commit(Path(instance.checkout)) or instance.commit
+        now = time.monotonic()
+        cached = self._commit_cache.get(instance.checkout)
+        if cached is not None and now - cached[0] < self.commit_cache_ttl:
+            return cached[1] or instance.commit
+        commit = git_install.current_commit(Path(instance.checkout))
+        if self.commit_cache_ttl:
+            self._commit_cache[instance.checkout] = (now, commit)
+        return commit or instance.commit
 
     def _match(self, instance: Instance) -> str | None:
         """Return the pattern that finds an adopted bot inside the user's shell (``None``: the shell's oldest child)."""
@@ -710,9 +721,8 @@ class Manager:
         sessions = self._sessions(r.backend for r in selected)
         infos = {r.name: sessions.get(r.backend, {}).get(r.session) for r in selected}
         roots = {n: (i.pid if i else None) for n, i in infos.items()}
-        # A few instances: read only their process trees; many: one pass over every process.
-        few = len(selected) <= 16
-        table = self.sampler.table(roots=[pid for pid in roots.values() if pid] if few else None)
+        # Only our sessions' process trees are read, however busy the host is.
+        table = self.sampler.table(roots=[pid for pid in roots.values() if pid])
         samples = self.sampler.sample_many(roots, table, matches={r.name: self._match(r) for r in selected})
         return [self._derive(r, infos[r.name], samples.get(r.name)) for r in selected]
 

@@ -74,9 +74,9 @@ class ProcessTable:
         self._create_time: dict[int, float | None] = {}
         self._zombies: set[int] = set()
         self._children: dict[int, list[int]] = {}
-        subtree = _subtree_infos(roots) if roots is not None else None
+        rows = _proc_infos(roots)
         infos: Iterable[dict[str, t.Any]] = (
-            subtree if subtree is not None else (proc.info for proc in psutil.process_iter(_TABLE_ATTRS, ad_value=None))
+            rows if rows is not None else (proc.info for proc in psutil.process_iter(_TABLE_ATTRS, ad_value=None))
         )
         for info in infos:
             pid = int(info["pid"])
@@ -532,40 +532,6 @@ def _matching_pid(root_pid: int, table: ProcessTable, pattern: str) -> int | Non
     return None
 
 
-def _subtree_infos(roots: Iterable[int]) -> list[dict[str, t.Any]] | None:
-    """Return table rows for ``roots`` and their descendants, or ``None`` if the kernel cannot tell children."""
-    rows: list[dict[str, t.Any]] = []
-    queue = [pid for pid in roots if pid]
-    seen: set[int] = set()
-    while queue:
-        pid = queue.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        try:
-            process = psutil.Process(pid)
-            with process.oneshot():
-                row = {
-                    "pid": pid,
-                    "ppid": process.ppid(),
-                    "name": process.name(),
-                    "create_time": process.create_time(),
-                    "status": process.status(),
-                }
-            with open(f"/proc/{pid}/task/{pid}/children") as handle:  # noqa: PTH123 - a procfs read
-                queue.extend(int(kid) for kid in handle.read().split())
-            rows.append(row)
-        except FileNotFoundError:
-            if not Path(f"/proc/{pid}/task").exists() and Path("/proc/self/task").exists():
-                continue  # the process is gone
-            return None  # no children file on this kernel: fall back to the full scan
-        except (psutil.NoSuchProcess, psutil.ZombieProcess, ProcessLookupError):
-            continue
-        except (psutil.AccessDenied, PermissionError, OSError):
-            continue
-    return rows
-
-
 def first_child(pid: int | None) -> int | None:
     """Return the oldest child of ``pid`` without scanning every process (``None`` if it has none)."""
     if not pid:
@@ -587,3 +553,76 @@ def _start_key(pid: int) -> tuple[float, int]:
         return (psutil.Process(pid).create_time(), pid)
     except psutil.Error:
         return (float("inf"), pid)
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_infos(roots: Iterable[int] | None) -> list[dict[str, t.Any]] | None:
+    """Read table rows straight from ``/proc`` (Linux): every process, or ``roots`` and their descendants.
+
+    Several times cheaper than psutil's per-process objects. Start times use
+    psutil's own formula (boot time + start ticks), so they compare equal to
+    ``Process.create_time()``. ``None`` where ``/proc`` cannot be read this way.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        boot = psutil.boot_time()
+    except (OSError, psutil.Error):
+        return None
+    rows: list[dict[str, t.Any]] = []
+    if roots is None:
+        try:
+            pids = [int(entry.name) for entry in os.scandir("/proc") if entry.name.isdigit()]
+        except OSError:
+            return None
+        for pid in pids:
+            row = _stat_row(pid, boot)
+            if row is not None:
+                rows.append(row)
+        return rows
+    queue = [pid for pid in roots if pid]
+    seen: set[int] = set()
+    while queue:
+        pid = queue.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        row = _stat_row(pid, boot)
+        if row is None:
+            continue
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children", "rb") as handle:  # noqa: PTH123 - a procfs read
+                queue.extend(int(kid) for kid in handle.read().split())
+        except FileNotFoundError:
+            if Path(f"/proc/{pid}").exists():
+                return None  # no children file on this kernel: the caller scans everything
+        except OSError:
+            pass
+        rows.append(row)
+    return rows
+
+
+def _stat_row(pid: int, boot: float) -> dict[str, t.Any] | None:
+    """Parse ``/proc/<pid>/stat`` into a table row; ``None`` if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:  # noqa: PTH123 - a procfs read
+            data = handle.read()
+    except OSError:
+        return None
+    left, right = data.find(b"("), data.rfind(b")")
+    fields = data[right + 2 :].split()
+    try:
+        state = fields[0].decode()
+        ppid = int(fields[1])
+        create_time = float(fields[19]) / _CLOCK_TICKS + boot
+    except (IndexError, ValueError):
+        return None
+    return {
+        "pid": pid,
+        "ppid": ppid,
+        "name": data[left + 1 : right].decode("utf-8", "replace"),
+        "create_time": create_time,
+        "status": psutil.STATUS_ZOMBIE if state == "Z" else state,
+    }

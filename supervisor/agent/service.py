@@ -110,6 +110,7 @@ class Agent:
         self.manager = manager
         # Requests reuse a session listing for a moment; the manager drops it after any action.
         manager.session_cache_ttl = min(1.0, config.heartbeat_interval / 2)
+        manager.commit_cache_ttl = config.state_interval
         self.config = config
         self.host = config.host_id
         self.ns = config.namespace
