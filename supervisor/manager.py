@@ -6,6 +6,7 @@ metrics. Must not import click or paho.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
@@ -699,7 +700,9 @@ class Manager:
         info, sample = self._sample(instance)
         return self._derive(instance, info, sample)
 
-    def status(self, names: Sequence[str] | None = None) -> list[InstanceStatus]:
+    def status(
+        self, names: Sequence[str] | None = None, *, sessions: dict[str, dict[str, SessionInfo]] | None = None
+    ) -> list[InstanceStatus]:
         """Return the live status of ``names`` (all instances when ``None``).
 
         One session query per backend in use, one process-table pass, then a
@@ -718,7 +721,8 @@ class Manager:
             selected = [records[n] for n in names]
         else:
             selected = [records[n] for n in sorted(records)]
-        sessions = self._sessions(r.backend for r in selected)
+        if sessions is None:
+            sessions = self._sessions(r.backend for r in selected)
         infos = {r.name: sessions.get(r.backend, {}).get(r.session) for r in selected}
         roots = {n: (i.pid if i else None) for n, i in infos.items()}
         # Only our sessions' process trees are read, however busy the host is.
@@ -812,7 +816,8 @@ class Manager:
             for name in names:
                 if name not in records:
                     raise InstanceNotFound(name)
-            current = {s.name: s for s in self.status(names)}
+            listing = self._sessions(records[name].backend for name in names)
+            current = {s.name: s for s in self.status(names, sessions=listing)}
             for name in names:
                 record = records[name]
                 if only_if_wanted and (record.desired != DESIRED_RUNNING or record.fatal):
@@ -831,7 +836,7 @@ class Manager:
                     done[name] = ActionResult(name, "start", False, message)
                     already_running.add(name)
                     continue
-                launched.append(self._launch(record))
+                launched.append(self._launch(record, listing.get(record.backend, {})))
             now = time.time()
             with self.registry.transaction() as instances:
                 for name in already_running:
@@ -865,14 +870,18 @@ class Manager:
                 results.append(ActionResult(name, "start", True, message, status=statuses[name]))
         return results
 
-    def _launch(self, record: Instance) -> _Launch:
-        """Start one instance's session (the caller holds its lock and records the start)."""
+    def _launch(self, record: Instance, existing: t.Mapping[str, SessionInfo]) -> _Launch:
+        """Start one instance's session (the caller holds its lock and records the start).
+
+        ``existing`` is the backend's listing taken under the lock: a leftover
+        session of ours (a wrapper whose bot is gone) is ended first.
+        """
         recipe = self.recipe_for(record)
         backend = self.backend(record.backend)
         if not backend.is_available():
             raise BackendUnavailable(record.backend)
         session = session_name(record.name)
-        if backend.has_session(session):
+        if session in existing:
             backend.kill_session(session)
         script = self._write_run_script(record, recipe)
         self.paths.exit_file(record.name).unlink(missing_ok=True)
@@ -894,9 +903,14 @@ class Manager:
         texts = {launch.name: "" for launch in launched}
         positions = {launch.name: launch.offset for launch in launched}
         failures: dict[str, SupervisorError] = {}
+        sessions: dict[str, dict[str, SessionInfo]] = {}
+        listed_at = 0.0
         while waiting:
-            self.forget_sessions()
-            sessions = self._sessions({launch.backend for launch in waiting.values()})
+            # Ready lines come from the logs; the session listing (to notice deaths) can lag a little.
+            if time.monotonic() - listed_at > 0.25 or not sessions:
+                self.forget_sessions()
+                sessions = self._sessions({launch.backend for launch in waiting.values()})
+                listed_at = time.monotonic()
             for name, launch in list(waiting.items()):
                 chunk, positions[name] = read_chunk(launch.log, positions[name])
                 texts[name] = (texts[name] + chunk)[-65536:]
@@ -932,7 +946,13 @@ class Manager:
         The user's intent is recorded first (``desired = stopped``), so the
         agent never restarts a bot the user stopped.
         """
-        return [self._stop_one(name, timeout=timeout) for name in names]
+        names = list(dict.fromkeys(names))
+        if len(names) <= 1:
+            return [self._stop_one(name, timeout=timeout) for name in names]
+        # Each stop mostly waits (quit delays, the bot shutting down): do them side by side.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(names))) as pool:
+            futures = [pool.submit(self._stop_one, name, timeout=timeout) for name in names]
+            return [future.result() for future in futures]
 
     def _stop_one(
         self, name: str, *, timeout: float = DEFAULT_STOP_TIMEOUT, desired: str = DESIRED_STOPPED

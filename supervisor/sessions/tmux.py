@@ -12,6 +12,7 @@ import logging
 import os
 import shlex
 import shutil
+import time
 import typing as t
 from pathlib import Path
 
@@ -163,11 +164,13 @@ class TmuxBackend:
 
         One tmux invocation creates the session, attaches ``pipe-pane`` and
         turns ``remain-on-exit`` off, so the log sees the program's first byte.
+        It prints the pane pid too, so no second query is needed; a program
+        that ends at once shows up as a missing session afterwards.
 
         Raises
         ------
         SessionError
-            The name is taken, ``cwd`` is missing, or the program ended at once.
+            The name is taken or ``cwd`` is missing.
         BackendUnavailable
             tmux is not installed.
         """
@@ -201,12 +204,14 @@ class TmuxBackend:
                 detail = detail or f"exit {proc.returncode}"
                 msg = f"session '{name}': tmux new-session failed: {detail}."
             raise SessionError(msg)
-        # new-session is synchronous: a session missing now has already ended.
-        info = self.list_sessions().get(name)
-        if info is None:
-            msg = f"session '{name}' ended right after it started. See {log_path}"
-            raise SessionError(msg)
-        return info
+        printed = proc.stdout[0].strip() if proc.stdout else ""
+        return SessionInfo(
+            name=name,
+            backend=self.name,
+            pid=int(printed) if printed.isdigit() else None,
+            created=time.time(),
+            address=name,
+        )
 
     def kill_session(self, name: str) -> None:
         """Kill the session (tmux sends SIGHUP to its processes); missing is fine."""
