@@ -437,28 +437,29 @@ WHY = {
     "`ls": (
         "every `supervisor` run pays Python start-up and imports first (start-up table: `supervisor --version` "
         "alone is about half of `supervisorctl status`, a thin client asking a daemon over a socket). `ls` then "
-        "scans the whole process table (`metrics.ProcessTable`: one `psutil.process_iter` pass whose cost grows "
-        "with every process on the host, not only ours), runs `tmux list-panes`, looks for foreign sessions "
-        "(another tmux server and `screen -ls`) and reads per-instance files. Meeting 0.5x needs a listing that "
-        "neither scans /proc nor imports click/libtmux/psutil, e.g. one answered from the agent's snapshot."
+        "runs one `tmux list-panes`, reads only our sessions' process trees from /proc (`metrics._proc_infos`), "
+        "samples each bot with psutil, reads each checkout's HEAD, and looks for foreign bot sessions (another "
+        "tmux server and `screen -ls`). Meeting 0.5x would need a listing that imports neither click nor "
+        "psutil, e.g. a thin client answered from the agent's snapshot; that is not built."
     ),
     "`start": (
-        "`Manager.start` starts instances one after another and waits for each bot's ready line before the next "
-        "(`_start_one` -> `_wait_ready`, polling every 50 ms). Each start also scans the full process table "
-        "several times (`_live_status`, every `_wait_ready` poll, the final `status([name])`), so the cost per "
-        "instance grows with the number of processes on the host and the total grows faster than linearly "
-        "(start table). supervisord and pm2 spawn all programs at once and wait for no output."
+        "`Manager.start` starts every session first (one `tmux new-session` each) and then waits for all ready "
+        "lines in one loop that reads the console logs. The command returns when every bot printed its ready "
+        "line, while `pm2 start` returns once it has spawned the programs and supervisord here waits 0 s "
+        "(`startsecs=0`), so our figure includes 100 Python bots booting on 2 cores. A bare loop of 100 "
+        "`tmux new-session` calls alone takes about half a second here; batching them into one tmux call is "
+        "the next step."
     ),
     "agent CPU": (
-        "every heartbeat interval (10 s) the agent recomputes `Manager.status()` for all instances (a full "
-        "process-table scan, `tmux list-panes`, per-instance reads), and again at every state interval; with "
-        "200 instances that pass alone costs about what `ls --json --no-foreign` costs minus start-up."
+        "every heartbeat interval (10 s) the agent computes one status snapshot of all instances (one "
+        "`tmux list-panes`, the /proc reads of our process trees, a psutil sample per bot) that serves crash "
+        "checks, heartbeats and state records alike; with 200 bots that pass is most of the CPU figure."
     ),
     "MQTT": (
-        "each `status` request runs `Manager.status([name])` from scratch: a full process-table scan "
-        "(`metrics.ProcessTable`), a `tmux list-panes` subprocess, a registry read and an audit-log write, on "
-        "the agent's request thread pool; the echo pair only decodes JSON. Answering from the snapshot the "
-        "agent refreshes anyway, or sampling only the instance's own process tree, removes most of it."
+        "a `status` request goes from paho's network thread to the agent's worker pool, reads the registry "
+        "(cached by file identity), the session listing (cached for up to 1 s), samples the bot's own process "
+        "tree, appends to the audit log and publishes the reply; the echo pair only decodes JSON on the network "
+        "thread. The thread hand-off and the sample are most of the difference."
     ),
 }
 
@@ -474,9 +475,9 @@ def _why_new(fig: dict[str, t.Any]) -> str:
     return (
         f"`supervisor new` spends {1000 * (ours - floor):.0f} ms beyond git writing the work tree "
         f"({1000 * floor:.0f} ms for `git clone --shared <mirror>`, itself {floor / clone:.2f}x a full clone): "
-        "Python start-up and imports (click, the manager with psutil/PyYAML/libtmux, then GitPython for the "
-        "clone), a `git fetch` of the mirror, registry writes and a final `status` with a full process-table "
-        "scan. With the work tree alone near 0.2x, the target leaves almost no room for that overhead."
+        "Python start-up and imports (click, the manager with psutil/PyYAML, then GitPython for the clone), a "
+        "`git fetch` of the mirror, registry writes and a final `status`. With the work tree alone near 0.2x, "
+        "the target leaves almost no room for that overhead."
     )
 
 
