@@ -150,7 +150,7 @@ class FleetClient:
 
     def _on_agent(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
         host = topic.split("/")[-2]
-        record = _loads(payload)
+        record = load_record(payload)
         with self._lock:
             if record is None:
                 self._agents.pop(host, None)
@@ -160,7 +160,7 @@ class FleetClient:
     def _on_state(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
         parts = topic.split("/")
         host, name = parts[-3], parts[-2]
-        record = _loads(payload)
+        record = load_record(payload)
         with self._lock:
             if record is None:
                 self._states.pop((host, name), None)
@@ -262,7 +262,7 @@ class FleetClient:
         finally:
             with self._lock:
                 self._waiters.pop(reply_to, None)
-        reply = _loads(box[0]) or {}
+        reply = load_record(box[0]) or {}
         data_member = reply.get("data")
         body: dict[str, t.Any] = data_member if isinstance(data_member, dict) else {}
         status = body.get("status")
@@ -350,7 +350,8 @@ def expand(selectors: Sequence[str], snapshot: Snapshot) -> list[tuple[str, str]
     return list(dict.fromkeys(chosen))
 
 
-def _loads(payload: bytes) -> dict[str, t.Any] | None:
+def load_record(payload: bytes) -> dict[str, t.Any] | None:
+    """Return a JSON object payload as a dict; ``None`` for an empty (cleared), non-JSON or non-object one."""
     if not payload:
         return None
     try:

@@ -30,7 +30,7 @@ from importlib import resources
 
 from supervisor import __version__
 from supervisor.agent import protocol
-from supervisor.agent.fleet import STALE_GRACE, FleetClient
+from supervisor.agent.fleet import STALE_GRACE, FleetClient, load_record
 from supervisor.dashboard import DashboardError
 from supervisor.dashboard.auth import LoginThrottle, Sessions, verify_password
 
@@ -291,7 +291,7 @@ class Monitor:
 
     def _on_agent(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
         host = topic.split("/")[-2]
-        record = _loads(payload)
+        record = load_record(payload)
         with self._lock:
             if record is None:
                 self._agents.pop(host, None)
@@ -302,7 +302,7 @@ class Monitor:
     def _on_state(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
         parts = topic.split("/")
         key = (parts[-3], parts[-2])
-        record = _loads(payload)
+        record = load_record(payload)
         now = self._clock()
         with self._lock:
             previous = self._states.pop(key, None) if record is None else self._states.get(key)
@@ -322,7 +322,7 @@ class Monitor:
     def _on_event(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
         parts = topic.split("/")
         host, name = parts[-3], parts[-2]
-        record = _loads(payload) or {}
+        record = load_record(payload) or {}
         text = str(record.get("msg") or payload.decode("utf-8", "replace"))
         self._defer(lambda: self._record(name, "event", text, host=host))
 
@@ -331,13 +331,13 @@ class Monitor:
             self._heartbeats[topic.split("/")[-2]] = self._clock()
 
     def _on_notify(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
-        record = _loads(payload)
+        record = load_record(payload)
         text = str(record.get("msg", "")) if record else payload.decode("utf-8", "replace")
         name = topic.split("/")[-2]
         self._defer(lambda: self._record(name, "notify", text))
 
     def _on_log(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
-        record = _loads(payload) or {}
+        record = load_record(payload) or {}
         text = str(record.get("msg") or payload.decode("utf-8", "replace"))
         level = record.get("level_name")
         ts = record.get("timestamp")
@@ -558,7 +558,7 @@ class Monitor:
         finally:
             with self._lock:
                 self._waiters.pop(reply_to, None)
-        body = (_loads(box[0]) or {}).get("data")
+        body = (load_record(box[0]) or {}).get("data")
         body = body if isinstance(body, dict) else {}
         status = body.get("status")
         extra = {k: v for k, v in body.items() if k not in ("status", "msg")}
@@ -583,16 +583,6 @@ def _reply(target: str, verb: str, msg: str, *, timed_out: bool = False) -> dict
         "result": None,
         "timed_out": timed_out,
     }
-
-
-def _loads(payload: bytes) -> dict[str, t.Any] | None:
-    if not payload:
-        return None
-    try:
-        value = json.loads(payload)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 # --- HTTP ------------------------------------------------------------------------------
