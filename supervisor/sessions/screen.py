@@ -89,7 +89,12 @@ class ScreenBackend:
         """Return every live session under ``SCREENDIR``, from a single ``screen -ls``.
 
         A missing binary, a missing ``SCREENDIR`` or no sessions at all give ``{}``.
+        A set ``SCREENDIR`` that does not exist holds no sessions, and is not
+        asked about: ``screen -ls`` would create it, and a look must not write.
         """
+        screendir = os.environ.get("SCREENDIR")
+        if screendir and not Path(screendir).is_dir():
+            return {}
         try:
             # C locale: the creation date is printed with strftime("%x %X").
             proc = _proc.run(["screen", "-ls"], env=self._env({"LC_ALL": "C"}), timeout=10.0)
