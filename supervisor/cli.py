@@ -769,12 +769,13 @@ def fleet_ls_cmd(ctx: click.Context, wait: float, as_json: bool) -> None:
 def _fleet_command(
     ctx: click.Context, verb: str, targets: tuple[str, ...], data: dict[str, t.Any], timeout: float, as_json: bool
 ) -> None:
-    from supervisor.agent.fleet import expand
+    from supervisor.agent.fleet import Snapshot, expand
 
     with _fleet(ctx) as client:
+        # Only wildcards need the fleet's view; explicit targets are sent as given.
         needs_view = any("*" in target for target in targets)
-        snap = client.snapshot(1.5) if needs_view else None
-        chosen = expand(targets, snap) if snap else expand(targets, _empty_snapshot())
+        snap = client.snapshot(1.5) if needs_view else Snapshot(hosts={}, instances=[])
+        chosen = expand(targets, snap)
         replies = client.run(chosen, verb, data, timeout)
     if as_json:
         _json([r.to_dict() for r in replies])
@@ -792,12 +793,6 @@ def _fleet_command(
                 click.echo(reply.result.get("screen", ""))
     if not all(r.ok for r in replies):
         ctx.exit(1)
-
-
-def _empty_snapshot() -> t.Any:
-    from supervisor.agent.fleet import Snapshot
-
-    return Snapshot(hosts={}, instances=[])
 
 
 def _make_fleet_verb(verb: str, summary: str) -> None:

@@ -582,10 +582,7 @@ class Manager:
 
     # -- live state ---------------------------------------------------------------
 
-    def _exit_record(self, instance: Instance) -> ExitRecord | None:
-        return self._exit_record_of(instance.name)
-
-    def _exit_record_of(self, name: str) -> ExitRecord | None:
+    def _exit_record(self, name: str) -> ExitRecord | None:
         try:
             code, _, when = self.paths.exit_file(name).read_text().strip().partition(" ")
             return ExitRecord(int(code), float(when or 0))
@@ -614,10 +611,16 @@ class Manager:
         backend = self.backend(instance.backend)
         return backend.is_available() and backend.has_session(instance.session)
 
+    def _session_backend(self, record: Instance) -> SessionBackend:
+        """Return the backend holding the record's session; raise if there is no session to use."""
+        if not self._session_exists(record):
+            raise InstanceNotRunning(record.name, self._live_status(record).state)
+        return self.backend(record.backend)
+
     def _derive(
         self, instance: Instance, info: SessionInfo | None, sample: metrics.ProcessSample | None
     ) -> InstanceStatus:
-        exit_record = self._exit_record(instance)
+        exit_record = self._exit_record(instance.name)
         alive = bool(sample and sample.alive)
         exit_code: int | None = None
         if instance.lifecycle == INSTALLING:
@@ -922,7 +925,7 @@ class Manager:
                 if ready:
                     del waiting[name]
                 elif info is None:
-                    exit_record = self._exit_record_of(name)
+                    exit_record = self._exit_record(name)
                     code = f" with exit code {exit_record.code}" if exit_record else ""
                     tail = "\n".join(clean_console(texts[name]).splitlines()[-15:])
                     msg = f"instance '{name}': the bot exited during start{code}. Last output:\n{tail}"
@@ -1048,10 +1051,7 @@ class Manager:
             There is no session to read.
         """
         record = self.registry.get(name)
-        backend = self.backend(record.backend)
-        if not (backend.is_available() and backend.has_session(record.session)):
-            raise InstanceNotRunning(name, self._live_status(record).state)
-        return backend.capture(record.session, lines)
+        return self._session_backend(record).capture(record.session, lines)
 
     def log_path(self, name: str) -> Path:
         """Return the console log file of an instance (after rotating it if it grew too large)."""
@@ -1063,10 +1063,7 @@ class Manager:
     def attach_command(self, name: str) -> tuple[list[str], dict[str, str] | None]:
         """Return the argv that attaches the terminal to the bot's session."""
         record = self.registry.get(name)
-        backend = self.backend(record.backend)
-        if not (backend.is_available() and backend.has_session(record.session)):
-            raise InstanceNotRunning(name, self._live_status(record).state)
-        return backend.attach_command(record.session)
+        return self._session_backend(record).attach_command(record.session)
 
     def console_line(self, name: str, command: str, values: t.Mapping[str, t.Any]) -> str:
         """Render the recipe's console line for a bot-level ``command`` (e.g. ``start --script x.py``).
@@ -1225,13 +1222,7 @@ def read_chunk(path: Path, offset: int) -> tuple[str, int]:
 
 def read_from(path: Path, offset: int) -> str:
     """Return the text of ``path`` after byte ``offset`` (all of it if the file shrank)."""
-    try:
-        with path.open("rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(offset if offset <= size else 0)
-            return handle.read().decode("utf-8", "replace")
-    except FileNotFoundError:
-        return ""
+    return read_chunk(path, offset)[0]
 
 
 _ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][A-Za-z0-9]|\x1b[=>]|\r")
@@ -1252,18 +1243,9 @@ def follow(path: Path, lines: int, *, poll: float = 0.2, stop: Callable[[], bool
     position = path.stat().st_size if path.exists() else 0
     buffer = ""
     while not (stop and stop()):
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            size = 0
-        if size < position:
-            position = 0
-        if size > position:
-            with path.open("rb") as handle:
-                handle.seek(position)
-                chunk = handle.read(size - position)
-            position = size
-            buffer += chunk.decode("utf-8", "replace")
+        chunk, position = read_chunk(path, position)
+        if chunk:
+            buffer += chunk
             *complete, buffer = buffer.split("\n")
             yield from complete
         else:
