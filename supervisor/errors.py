@@ -142,6 +142,20 @@ class SessionError(SupervisorError):
     code = "session_error"
 
 
+class UnsafeConsoleText(SessionError):
+    """Text meant to be typed into a console holds control characters."""
+
+    code = "unsafe_console_text"
+
+    def __init__(self, what: str, found: t.Sequence[str]) -> None:
+        msg = (
+            f"{what} holds control characters ({', '.join(found)}); console text must be printable. "
+            "To press keys on purpose use 'supervisor send --keys'."
+        )
+        super().__init__(msg)
+        self.found = list(found)
+
+
 class BackendUnavailable(SessionError):
     """The tmux or screen binary is not installed."""
 
