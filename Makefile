@@ -2,20 +2,14 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-clean test lint unit system-deps venv bench clean
+.PHONY: demo demo-clean test lint check-tree unit system-deps venv bench clean
 
 system-deps:  ## tmux, screen, git, mosquitto (apt-get when they are missing)
 	@bash scripts/system-deps.sh
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade 'pip>=25.1'
-	@$(BIN)/python -m pip install -q --disable-pip-version-check -e . --group dev
-	@touch $(STAMP)
-
-venv: $(STAMP)
+venv:  ## this checkout's own .venv (a copied or foreign one is made anew), with the dev group installed
+	@PYTHON=$(PYTHON) bash scripts/venv.sh
 
 demo: system-deps venv  ## three example bots in tmux, then `supervisor ls`
 	@bash scripts/demo.sh
@@ -25,7 +19,10 @@ demo-clean: venv  ## stop and remove the demo bots
 
 LINT_DIRS := supervisor tests $(wildcard bench)
 
-lint: venv
+check-tree:  ## nothing tracked that .gitignore names, no shebang into one machine's folders
+	@bash scripts/check-tree.sh
+
+lint: venv check-tree
 	$(BIN)/ruff format --check $(LINT_DIRS)
 	$(BIN)/ruff check $(LINT_DIRS)
 	$(BIN)/mypy

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shutil
 import signal
@@ -26,14 +27,27 @@ DATA = Path(__file__).parent / "data"
 RECIPES = DATA / "recipes"
 
 
+def missing(what: str) -> t.NoReturn:
+    """Skip a test whose prerequisite ``what`` is missing; under CI=true fail instead, so nothing is skipped there."""
+    if IN_CI:
+        pytest.fail(f"{what} but CI=true: the CI script (make test) must provide it", pytrace=False)
+    pytest.skip(what)
+
+
 def require_binary(name: str) -> str:
     """Return the path of ``name``; skip locally, fail under CI=true, when it is missing."""
     found = shutil.which(name)
     if found:
         return found
-    if IN_CI:
-        pytest.fail(f"'{name}' is not installed but CI=true: the CI script must install it")
-    pytest.skip(f"'{name}' is not installed")
+    missing(f"'{name}' is not installed")
+
+
+def require_module(name: str) -> t.Any:
+    """Import and return module ``name``; skip locally, fail under CI=true, when it is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(f"Python module '{name}' is not installed (make test installs the dev group)")
 
 
 def wait_until(

@@ -39,7 +39,7 @@ from supervisor.dashboard.server import SECURITY_HEADERS, Dashboard, is_loopback
 from supervisor.dashboard.store import Store, extract_pnl
 from supervisor.manager import Manager
 from supervisor.paths import Paths
-from tests.conftest import IN_CI, Broker, free_port, stop_process, wait_until
+from tests.conftest import Broker, free_port, missing, require_binary, stop_process, wait_until
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
@@ -290,12 +290,9 @@ def browser() -> Iterator[Browser]:
         from playwright.sync_api import sync_playwright
     except ImportError:
         sync_playwright = None  # type: ignore[assignment] # reported below, with the browser
-    missing = [what for what, ok in (("chromium", binary), ("playwright", sync_playwright)) if not ok]
-    if missing:
-        message = f"{' and '.join(missing)} not installed (apt-get install chromium; pip install playwright)"
-        if IN_CI:
-            pytest.fail(f"{message} but CI=true: the CI script must install it")
-        pytest.skip(message)
+    absent = [what for what, ok in (("chromium", binary), ("playwright", sync_playwright)) if not ok]
+    if absent:
+        missing(f"{' and '.join(absent)} not installed (apt-get install chromium; pip install playwright)")
     assert binary is not None and sync_playwright is not None
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=binary, args=CHROMIUM_FLAGS)
@@ -373,10 +370,7 @@ class Fleet:
 @pytest.fixture
 def fleet(tmp_path: Path, mosquitto: Broker, request: pytest.FixtureRequest) -> Iterator[Fleet]:
     """Every process made here (agent, dashboards) is stopped and the bots' tmux server killed, even on failure."""
-    if not shutil.which("tmux"):
-        if IN_CI:
-            pytest.fail("'tmux' is not installed but CI=true")
-        pytest.skip("'tmux' is not installed")
+    require_binary("tmux")
     made = Fleet(tmp_path / "fleet", mosquitto)
     try:
         yield made
@@ -596,15 +590,12 @@ def test_dashboard_in_a_browser(fleet: Fleet, browser: Browser, mosquitto: Broke
     # kill -9 a bot: its row turns red within the heartbeat window (before and after the agent restarts it).
     victim = old["arb-2"]
     assert victim is not None
-    killed_at = time.monotonic()
     os.kill(victim, signal.SIGKILL)
     wait_page(
         page,
         "() => document.querySelector(\"tr[data-target='host-1/arb-2']\").classList.contains('health-bad')",
         timeout=4 * HEARTBEAT + 3,
     )
-    red_after = time.monotonic() - killed_at
-    assert red_after < 4 * HEARTBEAT + 3
     assert health(page, "host-1/mm-1") == "health-ok"
     alert = page.inner_text('tr[data-target="host-1/arb-2"] .alert')
     assert "crashed" in alert or "no heartbeat" in alert, alert

@@ -15,6 +15,7 @@ import pytest
 from supervisor.agent import protocol
 from supervisor.agent.protocol import ProtocolError
 from supervisor.errors import AgentError
+from tests.conftest import require_module
 
 # --- §9.1: commlib-py 0.11.5 + paho-mqtt 1.6.1, verbatim from mosquitto_sub -v
 START_REQUEST = (
@@ -509,7 +510,7 @@ PYDANTIC_CASES = [
 @pytest.mark.parametrize("case", PYDANTIC_CASES, ids=[case.test_id for case in PYDANTIC_CASES])
 def test_coercion_agrees_with_pydantic_lax_mode(case: PydanticCase) -> None:
     """The bot validates with pydantic 2; accept and convert exactly what it does."""
-    pydantic = pytest.importorskip("pydantic")
+    pydantic = require_module("pydantic")
     python_type = {"bool": bool, "int": int, "float": float, "str": str}[case.kind]
     model = pydantic.create_model("Probe", value=(python_type, ...))
     command, name = {
@@ -642,7 +643,7 @@ def test_dumps_rejects_non_json() -> None:
 
 
 def test_dumps_matches_ujson_on_random_values() -> None:
-    ujson = pytest.importorskip("ujson")
+    ujson = require_module("ujson")
     rng = random.Random(20260730)
     alphabet = [chr(c) for c in range(0x80)] + [
         "é",
@@ -670,9 +671,9 @@ def test_dumps_matches_ujson_on_random_values() -> None:
 
 
 def test_commlib_parses_our_reply() -> None:
-    rpc = pytest.importorskip("commlib.rpc")
-    serializer = pytest.importorskip("commlib.serializer")
-    commlib_msg = pytest.importorskip("commlib.msg")
+    rpc = require_module("commlib.rpc")
+    serializer = require_module("commlib.serializer")
+    commlib_msg = require_module("commlib.msg")
 
     base: t.Any = commlib_msg.RPCMessage.Response
 
@@ -689,8 +690,8 @@ def test_commlib_parses_our_reply() -> None:
 
 
 def test_we_parse_commlib_requests() -> None:
-    rpc = pytest.importorskip("commlib.rpc")
-    serializer = pytest.importorskip("commlib.serializer")
+    rpc = require_module("commlib.rpc")
+    serializer = require_module("commlib.serializer")
     sent = rpc.CommRPCMessage(
         header=rpc.CommRPCHeader(reply_to="rpc-0123"),
         data={"days": -1, "verbose": False, "precision": None, "async_backend": False},
