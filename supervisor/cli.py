@@ -497,11 +497,29 @@ def tail_cmd(ctx: click.Context, name: str, lines: int) -> None:
 
 @cli.command("send")
 @click.argument("name")
-@click.argument("text")
+@click.argument("text", nargs=-1, required=True)
+@click.option("--keys", is_flag=True, help="Press the named keys instead of typing text (C-c, Enter, Escape, Up...).")
 @click.pass_context
-def send_cmd(ctx: click.Context, name: str, text: str) -> None:
-    """Type one line into the bot's console, literally (no shell, no key names)."""
-    _manager(ctx).send(name, text)
+def send_cmd(ctx: click.Context, name: str, text: tuple[str, ...], keys: bool) -> None:
+    """Type one line into the bot's console, literally, then Enter.
+
+    Control characters (Ctrl keys, ESC, line breaks) are refused; press keys on
+    purpose with --keys, which takes key names as tmux's send-keys does.
+
+    \b
+    Examples:
+      supervisor send mm-1 status
+      supervisor send mm-1 --keys C-c            # interrupt the bot
+      supervisor send mm-1 --keys Escape Up Enter
+    """
+    manager = _manager(ctx)
+    if keys:
+        manager.send_keys(name, text)
+        return
+    if len(text) != 1:
+        msg = f"send takes one TEXT argument, got {len(text)}. Quote the line: supervisor send {name} 'a b c'."
+        raise SupervisorError(msg)
+    manager.send(name, text[0])
 
 
 def main(argv: Sequence[str] | None = None) -> None:

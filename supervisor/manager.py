@@ -22,6 +22,7 @@ import typing as t
 from pathlib import Path
 
 from supervisor import metrics
+from supervisor.consoletext import check_console_text, parse_key
 from supervisor.errors import (
     BackendUnavailable,
     InstallError,
@@ -1027,20 +1028,35 @@ class Manager:
         return record, status
 
     def send(self, name: str, text: str) -> None:
-        """Type one line into the bot's console, literally.
+        """Type one line into the bot's console, literally, then Enter.
+
+        Raises
+        ------
+        InstanceNotRunning
+            The bot is not running.
+        UnsafeConsoleText
+            ``text`` holds a control character (line breaks, Ctrl keys, ESC...).
+        """
+        check_console_text(text, what=f"instance '{name}': the text to send")
+        record, _ = self._running_record(name)
+        self.backend(record.backend).send_line(record.session, text)
+
+    def send_keys(self, name: str, keys: Sequence[str]) -> None:
+        """Press ``keys`` (names such as ``C-c``, ``Enter``, ``Escape``, ``Up``) in the bot's console.
 
         Raises
         ------
         InstanceNotRunning
             The bot is not running.
         SessionError
-            ``text`` spans more than one line.
+            A key name is not known (nothing is pressed then).
         """
-        if "\n" in text or "\r" in text or "\x00" in text:
-            msg = f"instance '{name}': send takes one line of text without newlines or NUL bytes."
+        names = [parse_key(key) for key in keys]
+        if not names:
+            msg = f"instance '{name}': no key named. Give key names such as C-c, Enter, Escape or Up."
             raise SessionError(msg)
         record, _ = self._running_record(name)
-        self.backend(record.backend).send_line(record.session, text)
+        self.backend(record.backend).send_keys(record.session, names)
 
     def tail(self, name: str, lines: int = 50) -> str:
         """Return the bot's current screen (last ``lines`` lines).
@@ -1072,6 +1088,8 @@ class Manager:
         ------
         InstanceError
             The recipe has no console equivalent for ``command``.
+        UnsafeConsoleText
+            A value (named in the message) or the whole line holds a control character.
         """
         recipe = self.recipe_for(self.registry.get(name))
         template = recipe.console.commands.get(command)
@@ -1079,14 +1097,14 @@ class Manager:
             msg = f"instance '{name}': recipe '{recipe.name}' has no console command for '{command}'."
             raise InstanceError(msg)
         rendered = {k: "" if v is None else str(v) for k, v in values.items()}
-        return render(template, rendered, optional_groups=True).strip()
+        for key, value in rendered.items():
+            check_console_text(value, what=f"instance '{name}': field '{key}'")
+        line = render(template, rendered, optional_groups=True).strip()
+        return check_console_text(line, what=f"instance '{name}': the console line for '{command}'")
 
     def relay(self, name: str, command: str, values: t.Mapping[str, t.Any], *, capture: bool = False) -> str:
         """Type the console line for ``command`` and return what the bot printed after it (if ``capture``)."""
         line = self.console_line(name, command, values)
-        if "\n" in line or "\r" in line:
-            msg = f"instance '{name}': the console line for '{command}' must be one line."
-            raise SessionError(msg)
         record, _ = self._running_record(name)
         log = self.paths.console_log(name)
         offset = log.stat().st_size if log.exists() else 0

@@ -1,7 +1,8 @@
 """Recipes: how a kind of bot is fetched, installed, run and talked to.
 
 Owns the YAML schema, its validation (every error names file and key) and
-template rendering. Imports only :mod:`supervisor.errors` and :mod:`supervisor.paths`.
+template rendering. Imports only :mod:`supervisor.errors`, :mod:`supervisor.paths` and
+:mod:`supervisor.consoletext`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from pathlib import Path
 
 import yaml
 
+from supervisor.consoletext import control_characters
 from supervisor.errors import InvalidName, RecipeError, RecipeNotFound
 from supervisor.paths import builtin_recipes_dir
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
 VAR_RE = re.compile(r"(?<!\$)\{([a-z_][a-z0-9_]*)\}")
 OPTIONAL_RE = re.compile(r"\[([^\[\]]*)\]")
 BUILTIN_VARS = ("name", "checkout", "python", "home")
@@ -32,7 +34,7 @@ _MQTT_KEYS = {"plugin", "config", "values"}
 
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid instance name, else raise :class:`InvalidName`."""
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise InvalidName(name)
     return name
 
@@ -145,6 +147,12 @@ def _string_list(path: Path, key: str, value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _check_printable(path: Path, key: str, text: str) -> None:
+    found = control_characters(text)
+    if found:
+        _fail(path, key, f"holds control characters ({', '.join(found)}); console lines must be printable text")
+
+
 def _check_vars(path: Path, key: str, text: str, known: t.Collection[str]) -> None:
     for var in VAR_RE.findall(text):
         if var not in known:
@@ -156,7 +164,7 @@ def parse_recipe(data: object, path: Path, *, builtin: bool = False) -> Recipe:
     top = _table(path, "", data, _TOP_KEYS)
     name = _string(path, "name", top.get("name"), required=True)
     assert name is not None
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         _fail(path, "name", "must match [a-z0-9][a-z0-9_-]*")
     source_raw = _table(path, "source", top.get("source"), _SOURCE_KEYS)
     repo = _string(path, "source.repo", source_raw.get("repo"), required=True)
@@ -168,7 +176,7 @@ def parse_recipe(data: object, path: Path, *, builtin: bool = False) -> Recipe:
         _fail(path, "vars", "must be a mapping")
     variables: dict[str, str] = {}
     for key, value in vars_raw.items():
-        if not isinstance(key, str) or not re.match(r"^[a-z_][a-z0-9_]*$", key):
+        if not isinstance(key, str) or not re.fullmatch(r"[a-z_][a-z0-9_]*", key):
             _fail(path, f"vars.{key}", "must be a lowercase identifier")
         if key in BUILTIN_VARS and key != "python":
             _fail(path, f"vars.{key}", "is a built-in variable and cannot be redefined")
@@ -205,7 +213,7 @@ def parse_recipe(data: object, path: Path, *, builtin: bool = False) -> Recipe:
         _fail(path, "run.env", "must be a mapping of NAME: value")
     env: dict[str, str] = {}
     for key, value in env_raw.items():
-        if not isinstance(key, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             _fail(path, f"run.env.{key}", "is not a valid environment variable name")
         env[key] = _string(path, f"run.env.{key}", value) or ""
         _check_vars(path, f"run.env.{key}", env[key], known)
@@ -229,10 +237,14 @@ def parse_recipe(data: object, path: Path, *, builtin: bool = False) -> Recipe:
         value = _string(path, f"console.{key}", console_raw.get(key))
         if value is not None:
             _check_vars(path, f"console.{key}", value, console_known)
+            _check_printable(path, f"console.{key}", value)
             commands[key] = value
+    quit_lines = _string_list(path, "console.quit", console_raw.get("quit"))
+    for i, line in enumerate(quit_lines):
+        _check_printable(path, f"console.quit[{i}]", line)
     console = Console(
         commands=commands,
-        quit=_string_list(path, "console.quit", console_raw.get("quit")),
+        quit=quit_lines,
         quit_delay=_number(path, "console.quit_delay", console_raw.get("quit_delay"), 1.0),
         reply_wait=_number(path, "console.reply_wait", console_raw.get("reply_wait"), 1.0),
     )
@@ -352,7 +364,7 @@ def parse_settings(recipe: Recipe, pairs: t.Iterable[str]) -> tuple[dict[str, st
             raise RecipeError(msg)
         if key.startswith("env."):
             name = key[4:]
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
                 msg = f"setting '{pair}': '{name}' is not a valid environment variable name."
                 raise RecipeError(msg)
             env[name] = value

@@ -977,3 +977,38 @@ def test_commlib_start_stop_and_own_status_through_nats_mqtt(
     assert "bye" in console(manager, "tb")
     data, _ = watcher.request(f"supervisor/{HOST}/tb/status", {})
     assert (data["status"], data["result"]["state"]) == (200, "stopped")
+
+
+def test_hbot_relay_refuses_control_characters_in_any_typed_field_and_types_nothing(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+) -> None:
+    pid = new_ticker(manager, "tb", bot_origin, start=True)
+    new_ticker(manager, "down", bot_origin)
+    agents.start(mosquitto.url)
+    watcher = watchers(mosquitto)
+
+    # Ctrl-U would erase the typed "import " and run "history"; Ctrl-C would kill the bot.
+    data, _ = watcher.request("hbot/tb/import", {"strategy": "\u0015history"})
+    assert data["status"] == 400, data
+    assert "field 'strategy' holds control characters (U+0015)" in data["msg"], data
+    data, _ = watcher.request("hbot/tb/import", {"strategy": "x\u0003"})
+    assert data["status"] == 400 and "U+0003" in data["msg"], data
+    data, _ = watcher.request("hbot/tb/start", {"async_backend": False, "script": "a\u001b[A.py"})
+    assert data["status"] == 400 and "field 'script'" in data["msg"], data
+    # A stopped bot is not launched for a start whose values are refused.
+    data, _ = watcher.request("hbot/down/start", {"async_backend": False, "conf": "c\u0085"})
+    assert data["status"] == 400 and "field 'conf'" in data["msg"], data
+    data, _ = watcher.request(f"supervisor/{HOST}/tb/send", {"text": "status\t"})
+    assert data["status"] == 400, data
+
+    data, _ = watcher.request("hbot/tb/status", {"async_backend": False})
+    assert data["status"] == 200 and "status: running=False" in data["msg"], data
+    text = console(manager, "tb")
+    assert "import" not in text and "history" not in text and "started:" not in text
+    assert "status\t" not in text
+    assert manager.status(["tb"])[0].pid == pid
+    assert state(manager, "down") == "stopped"

@@ -406,3 +406,41 @@ def test_service_install_writes_a_user_unit(home: Path, tmp_path: Path, monkeypa
     assert "ExecStart=" in unit.read_text()
     assert "loginctl enable-linger" in result.stdout
     assert "systemctl --user enable --now bot-supervisor-agent" in result.stdout
+
+
+# -- hardening (issue 11) ---------------------------------------------------------------
+
+
+def test_send_refuses_control_characters_and_send_keys_presses_keys(home: Path, bot_origin: Path) -> None:
+    invoke("new", "k1", "-r", TICKER, "--repo", str(bot_origin))
+    invoke("start", "k1")
+    pid = ls_json("k1")[0]["pid"]
+    for text, found in (("x\x03", "U+0003"), ("\x15history", "U+0015"), ("\x1b[A", "U+001B"), ("a\x9bb", "U+009B")):
+        result = invoke("send", "k1", text, code=1)
+        assert result.stderr == (
+            f"Error: instance 'k1': the text to send holds control characters ({found}); "
+            "console text must be printable. To press keys on purpose use 'supervisor send --keys'.\n"
+        )
+    assert invoke("send", "k1", "two", "words", code=1).stderr == (
+        "Error: send takes one TEXT argument, got 2. Quote the line: supervisor send k1 'a b c'.\n"
+    )
+    assert invoke("send", "k1", "--keys", "Ctrl-C", code=1).stderr.startswith("Error: key 'Ctrl-C' is not known.")
+    assert ls_json("k1")[0]["pid"] == pid
+    log = home / "instances" / "k1" / "console.log"
+    assert "history" not in log.read_text(errors="replace")
+
+    invoke("send", "k1", "status", "--keys", code=1)  # 'status' is not a key name: nothing pressed
+    invoke("send", "k1", "--keys", "s", code=1)
+    invoke("send", "k1", "--keys", "C-c")
+    wait_until(lambda: not Path(f"/proc/{pid}").exists(), message="Ctrl-C to end the bot")
+
+
+def test_names_with_a_trailing_newline_are_refused(home: Path, bot_origin: Path) -> None:
+    result = invoke("new", "abc\n", "-r", TICKER, "--repo", str(bot_origin), code=1)
+    assert result.stderr.startswith("Error: instance name 'abc\n' is not valid.")
+    recipe = home / "newline-env.yaml"
+    recipe.write_text(Path(TICKER).read_text().replace("    TICK_INTERVAL:", '    "EVIL\\n":'))
+    result = invoke("new", "ok", "-r", str(recipe), "--repo", str(bot_origin), code=1)
+    assert result.stderr.startswith(f"Error: recipe '{recipe}': key 'run.env.EVIL\n' is not a valid environment")
+    assert ls_json() == []
+    assert not (home / "instances").exists()

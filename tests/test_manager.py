@@ -205,7 +205,7 @@ def test_send_needs_running_bot_and_one_line(manager: Manager, bot_origin: Path)
         manager.send("s", "status")
     assert info.value.exit_code == 3
     manager.start(["s"])
-    with pytest.raises(SessionError, match="one line"):
+    with pytest.raises(SessionError, match=r"holds control characters \(U\+000A\)"):
         manager.send("s", "a\nb")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from supervisor import _proc
-from supervisor.errors import SessionError
+from supervisor.errors import SessionError, UnsafeConsoleText
 from supervisor.sessions.screen import ScreenBackend
 from supervisor.sessions.tmux import TmuxBackend
 from tests.conftest import wait_until
@@ -157,10 +157,29 @@ def test_send_line_without_enter_waits_for_it(backend: SessionBackend, echo_sess
     )
 
 
-def test_send_line_refuses_multiple_lines(backend: SessionBackend, echo_session: Started) -> None:
-    for text in ("one\ntwo", "one\rtwo", "trailing\n"):
-        with pytest.raises(SessionError, match="line break"):
+def test_send_line_refuses_control_characters(backend: SessionBackend, echo_session: Started) -> None:
+    wait_until(lambda: "ready" in backend.capture("sup-echo"), message="the bot to start")
+    for text in ("one\ntwo", "one\rtwo", "trailing\n", "\x15history", "x\x03", "\x1b[A", "tab\there", "c1\x9b"):
+        with pytest.raises(UnsafeConsoleText, match="holds control characters"):
             backend.send_line("sup-echo", text)
+    backend.send_line("sup-echo", "after")
+    wait_until(lambda: "got:after" in backend.capture("sup-echo").splitlines(), message="the clean line")
+    assert [line for line in backend.capture("sup-echo").splitlines() if line.startswith("got:")] == ["got:after"]
+
+
+def test_send_keys_presses_named_keys(backend: SessionBackend, echo_session: Started) -> None:
+    wait_until(lambda: "ready" in backend.capture("sup-echo"), message="the bot to start")
+    backend.send_line("sup-echo", "typo", enter=False)
+    # Ctrl-U is the terminal's line-kill key: the typed word is gone before Enter.
+    backend.send_keys("sup-echo", ["C-u"])
+    backend.send_line("sup-echo", "clean", enter=False)
+    backend.send_keys("sup-echo", ["Enter"])
+    wait_until(lambda: "got:clean" in backend.capture("sup-echo").splitlines(), message="the clean line")
+    assert echo_session.info.pid is not None
+    backend.send_keys("sup-echo", ["C-c"])
+    wait_until(lambda: not is_alive(t.cast("int", echo_session.info.pid)), message="Ctrl-C to end the bot")
+    with pytest.raises(SessionError, match="key 'Ctrl-Q' is not known"):
+        backend.send_keys("sup-echo", ["Ctrl-Q"])
 
 
 def test_capture_returns_the_last_lines(backend: SessionBackend, tmp_path: Path) -> None:

@@ -377,9 +377,10 @@ class Agent:
             msg = f"instance '{instance}' is not running, so its MQTT bridge cannot answer. Send start first."
             return protocol.STATUS_ERROR, msg
         if command == "start":
+            values = {"script": data.get("script"), "conf": data.get("conf")}
+            self.manager.console_line(instance, "start", values)  # refuse unsafe values before launching
             if not status.is_running:
                 self.manager.start([instance])
-            values = {"script": data.get("script"), "conf": data.get("conf")}
             if data.get("is_quickstart"):
                 logger.info("is_quickstart has no console equivalent; starting normally")
             return protocol.STATUS_OK, self.manager.relay(instance, "start", values, capture=sync)

@@ -76,7 +76,14 @@ class SessionBackend(t.Protocol):
         ...
 
     def send_line(self, name: str, text: str, *, enter: bool = True) -> None:
-        """Type ``text`` into the session literally (no key names, no escapes), then Enter."""
+        """Type ``text`` into the session literally (no key names, no escapes), then Enter.
+
+        Raises :class:`~supervisor.errors.UnsafeConsoleText` if ``text`` holds a control character.
+        """
+        ...
+
+    def send_keys(self, name: str, keys: t.Sequence[str]) -> None:
+        """Press ``keys`` in order: canonical key names from :func:`supervisor.consoletext.parse_key`."""
         ...
 
     def capture(self, name: str, lines: int = 50) -> str:

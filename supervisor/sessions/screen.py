@@ -18,6 +18,7 @@ import typing as t
 from pathlib import Path
 
 from supervisor import _proc
+from supervisor.consoletext import check_console_text, key_bytes, parse_key
 from supervisor.errors import BackendUnavailable, SessionError
 from supervisor.sessions.base import SessionInfo
 
@@ -300,19 +301,24 @@ class ScreenBackend:
         Raises
         ------
         SessionError
-            ``text`` holds a line break, or the session does not exist.
+            ``text`` holds a control character, or the session does not exist.
         """
-        if "\n" in text or "\r" in text:
-            msg = f"session '{name}': refusing to send text with a line break. Send one line at a time."
-            raise SessionError(msg)
-        payload = text + ("\r" if enter else "")
+        check_console_text(text, what=f"text for session '{name}'")
+        self._type(name, (text + ("\r" if enter else "")).encode())
+
+    def send_keys(self, name: str, keys: t.Sequence[str]) -> None:
+        """Press ``keys``: screen has no key names, so it types the bytes a terminal sends for each."""
+        self._type(name, b"".join(key_bytes(parse_key(key)) for key in keys))
+
+    def _type(self, name: str, payload: bytes) -> None:
+        """Type ``payload`` into window 0 as if from the keyboard."""
         if not payload:
             return
         address = self._address(name)
         with _private_dir() as folder:
             buffer = folder / "line"
             buffer.touch(mode=0o600)
-            buffer.write_bytes(payload.encode())
+            buffer.write_bytes(payload)
             # eval keeps readbuf and paste together; _command waits for screen.
             self._command(address, "eval", f"readbuf {_quote(buffer)}", "paste .")
 

@@ -17,6 +17,7 @@ import typing as t
 from pathlib import Path
 
 from supervisor import _proc
+from supervisor.consoletext import check_console_text, parse_key
 from supervisor.errors import BackendUnavailable, SessionError
 from supervisor.sessions.base import SessionInfo
 
@@ -236,9 +237,9 @@ class TmuxBackend:
         Raises
         ------
         SessionError
-            ``text`` holds a line break, or the session does not exist.
+            ``text`` holds a control character, or the session does not exist.
         """
-        _check_one_line(name, text)
+        check_console_text(text, what=f"text for session '{name}'")
         args: list[str] = []
         if text:
             args += ["send-keys", "-t", _pane(name), "-l", "--", _arg(text)]  # "--": text may start with "-"
@@ -248,6 +249,12 @@ class TmuxBackend:
         if not args:
             return
         self._require(name, self._cmd(*args), "send-keys")
+
+    def send_keys(self, name: str, keys: t.Sequence[str]) -> None:
+        """Press ``keys`` (tmux key names, checked again here) in the session's pane."""
+        names = [parse_key(key) for key in keys]
+        if names:
+            self._require(name, self._cmd("send-keys", "-t", _pane(name), *names), "send-keys")
 
     def capture(self, name: str, lines: int = 50) -> str:
         """Return the last ``lines`` lines of the pane and its scrollback."""
@@ -287,13 +294,6 @@ class TmuxBackend:
             "-t",
             _exact(name),
         ], env
-
-
-def _check_one_line(name: str, text: str) -> None:
-    """Refuse text that would type more than one line."""
-    if "\n" in text or "\r" in text:
-        msg = f"session '{name}': refusing to send text with a line break. Send one line at a time."
-        raise SessionError(msg)
 
 
 def _tail(lines: list[str], count: int) -> str:
