@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import http.client
 import json
@@ -9,6 +10,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,7 +37,7 @@ from supervisor.dashboard.auth import (
     verify_password,
     write_password_hash,
 )
-from supervisor.dashboard.server import SECURITY_HEADERS, Dashboard, is_loopback, parse_listen
+from supervisor.dashboard.server import MAX_STREAMS, SECURITY_HEADERS, Dashboard, is_loopback, parse_listen
 from supervisor.dashboard.store import Store, extract_pnl
 from supervisor.manager import Manager
 from supervisor.paths import Paths
@@ -680,3 +682,136 @@ def test_login_is_required_and_a_wrong_password_is_refused(fleet: Fleet, browser
     status, _, _ = request(url, "GET", "/api/snapshot", headers={"Cookie": f"supervisor_session={cookie['value']}"})
     assert status == 403  # the session ended on the server too
     context.close()
+
+
+# --- hardening (issue 11) ------------------------------------------------------------------------
+
+
+def raw_request(
+    url: str, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None, source: str = ""
+) -> tuple[int, bytes]:
+    """One HTTP request from loopback address ``source`` (any 127.x.y.z): status and body."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(
+        parts.hostname or "", parts.port, timeout=30, source_address=(source, 0) if source else None
+    )
+    try:
+        sent = {"Content-Type": "application/json", "Host": parts.netloc, **(headers or {})}
+        conn.request(method, path, body=body or None, headers=sent)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def open_stream(url: str, source: str = "127.0.0.1") -> tuple[socket.socket, int]:
+    """Open ``/events`` from ``source`` and return the socket (kept open) and the status code."""
+    parts = urllib.parse.urlsplit(url)
+    sock = socket.create_connection((parts.hostname or "", parts.port or 80), timeout=10, source_address=(source, 0))
+    sock.sendall(f"GET /events HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n" not in head:
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        head += chunk
+    return sock, int(head.split()[1])
+
+
+def vm_peak_rss(pid: int) -> int:
+    """Return the peak resident memory (VmHWM) of ``pid`` in kB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    pytest.fail(f"no VmHWM line for pid {pid}")
+
+
+def test_typed_fields_with_control_characters_and_bad_targets_get_400(fleet: Fleet) -> None:
+    _, url = fleet.start_dashboard(fleet.home)
+    csrf = {"X-CSRF-Token": request(url, "GET", "/api/session")[2]["csrf"]}
+    for verb, data, field in (
+        ("import", {"strategy": "\u0015history"}, "field 'strategy' holds control characters (U+0015)"),
+        ("import", {"strategy": "x\u0003"}, "field 'strategy' holds control characters (U+0003)"),
+        ("send", {"text": "status\t"}, "field 'text' holds control characters (U+0009)"),
+    ):
+        status, _, body = request(
+            url, "POST", "/api/command", {"target": "host-1/mm-1", "verb": verb, "data": data}, csrf
+        )
+        assert status == 400 and body["error"].startswith(field), body
+    # "$" would match before a trailing newline: the target must match as a whole.
+    status, _, body = request(url, "POST", "/api/command", {"target": "host-1\n/mm-1", "verb": "stop"}, csrf)
+    assert status == 400 and body["error"].startswith("target must be HOST/INSTANCE"), body
+    assert request(url, "GET", "/api/history/host-1%0A/mm-1")[0] == 400
+
+
+def test_head_answers_like_get_without_a_body(fleet: Fleet) -> None:
+    _, url = fleet.start_dashboard(fleet.home)
+    got, page = raw_request(url, "GET", "/")
+    assert got == 200
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+    try:
+        conn.request("HEAD", "/")
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.getheader("Content-Length") == str(len(page))
+        assert response.read() == b""
+    finally:
+        conn.close()
+    assert raw_request(url, "HEAD", "/events")[0] == 200
+
+
+def test_one_client_cannot_hold_every_event_stream(fleet: Fleet) -> None:
+    _, url = fleet.start_dashboard(fleet.home)
+    opened = []
+    try:
+        for _ in range(MAX_STREAMS):
+            sock, status = open_stream(url)
+            opened.append(sock)
+            assert status == 200
+        # Another client still gets a stream, and so does a new one from the first client (its oldest ends).
+        sock, status = open_stream(url, "127.0.0.2")
+        opened.append(sock)
+        assert status == 200
+        sock, status = open_stream(url)
+        opened.append(sock)
+        assert status == 200
+    finally:
+        for sock in opened:
+            sock.close()
+
+
+def test_deeply_nested_login_body_gets_400(fleet: Fleet, tmp_path: Path) -> None:
+    home = tmp_path / "dash-home"
+    home.mkdir()
+    (home / "dashboard.toml").write_text(f'[dashboard]\npassword_hash = "{hash_password(PASSWORD)}"\n')
+    proc, url = fleet.start_dashboard(home)
+    status, body = raw_request(url, "POST", "/api/login", b"[" * 30_000)
+    assert status == 400 and json.loads(body) == {"error": "the body must be a JSON object"}
+    assert request(url, "GET", "/api/session")[0] == 200
+    assert proc.poll() is None
+
+
+def test_parallel_wrong_logins_cannot_pass_the_lockout_and_memory_stays_flat(fleet: Fleet, tmp_path: Path) -> None:
+    home = tmp_path / "dash-home"
+    home.mkdir()
+    (home / "dashboard.toml").write_text(f'[dashboard]\npassword_hash = "{hash_password(PASSWORD)}"\n')
+    proc, url = fleet.start_dashboard(home)
+    wrong = json.dumps({"password": "not it"}).encode()
+
+    with concurrent.futures.ThreadPoolExecutor(30) as pool:
+        statuses = list(pool.map(lambda _: raw_request(url, "POST", "/api/login", wrong)[0], range(30)))
+    assert set(statuses) <= {401, 429}, statuses
+    assert 1 <= statuses.count(401) <= 5, statuses  # 5 failures per minute: never more checks than that
+    right = json.dumps({"password": PASSWORD}).encode()
+    assert raw_request(url, "POST", "/api/login", right)[0] == 429  # this address is locked out now
+
+    # Many addresses at once: the password checks (16 MB of scrypt each) run a few at a time.
+    before = vm_peak_rss(proc.pid)
+    sources = [f"127.0.1.{i}" for i in range(1, 41)]
+    with concurrent.futures.ThreadPoolExecutor(len(sources)) as pool:
+        statuses = list(pool.map(lambda s: raw_request(url, "POST", "/api/login", wrong, source=s)[0], sources))
+    assert set(statuses) <= {401, 429}, statuses
+    grown_mb = (vm_peak_rss(proc.pid) - before) / 1024
+    assert grown_mb < 100, f"peak memory grew by {grown_mb:.0f} MB"
+    assert proc.poll() is None

@@ -25,8 +25,8 @@ from supervisor.errors import AuthError
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-_NONCE_RE = re.compile(r"^[0-9a-f]{16,64}$")
-_SIG_RE = re.compile(r"^[0-9a-f]{64}$")
+_NONCE_RE = re.compile(r"[0-9a-f]{16,64}")
+_SIG_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def canonical(topic: str, reply_to: str, ts: float, nonce: str, data: Mapping[str, t.Any]) -> bytes:
@@ -75,10 +75,10 @@ class Verifier:
         if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
             msg = "request signature is malformed: 'ts' must be a number of seconds."
             raise AuthError(msg)
-        if not isinstance(nonce, str) or not _NONCE_RE.match(nonce):
+        if not isinstance(nonce, str) or not _NONCE_RE.fullmatch(nonce):
             msg = "request signature is malformed: 'nonce' must be 16-64 lowercase hex digits."
             raise AuthError(msg)
-        if not isinstance(sig, str) or not _SIG_RE.match(sig):
+        if not isinstance(sig, str) or not _SIG_RE.fullmatch(sig):
             msg = "request signature is malformed: 'sig' must be 64 lowercase hex digits."
             raise AuthError(msg)
         expected = hmac.new(self._key, canonical(topic, reply_to, ts, nonce, data), hashlib.sha256).hexdigest()

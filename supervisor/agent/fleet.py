@@ -356,6 +356,6 @@ def load_record(payload: bytes) -> dict[str, t.Any] | None:
         return None
     try:
         value = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a deeply nested payload
         return None
     return value if isinstance(value, dict) else None

@@ -182,6 +182,19 @@ class LoginThrottle:
             recent = self._recent(key)
             return len(recent) < self.limit
 
+    def attempt(self, key: str) -> bool:
+        """Count one attempt of ``key`` as a failure *before* checking it, and return whether it may go on.
+
+        Counting and checking happen under one lock, so parallel attempts can
+        never pass the limit; a successful attempt then calls :meth:`succeeded`.
+        """
+        with self._lock:
+            recent = self._recent(key)
+            if len(recent) >= self.limit:
+                return False
+            recent.append(self._clock())
+            return True
+
     def failed(self, key: str) -> None:
         """Count one failure of ``key``."""
         with self._lock:

@@ -10,6 +10,7 @@ same client (signed when a secret is configured). Stdlib only; no paho here.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import http.cookies
 import http.server
@@ -31,8 +32,10 @@ from importlib import resources
 from supervisor import __version__
 from supervisor.agent import protocol
 from supervisor.agent.fleet import STALE_GRACE, FleetClient, load_record
+from supervisor.consoletext import check_console_text
 from supervisor.dashboard import DashboardError
 from supervisor.dashboard.auth import LoginThrottle, Sessions, verify_password
+from supervisor.errors import UnsafeConsoleText
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -69,6 +72,10 @@ BUSY_AFTER = 3.0
 SPARK_POINTS = 60
 MAX_BODY = 64 * 1024
 MAX_STREAMS = 64
+MAX_STREAMS_PER_CLIENT = 8
+# scrypt needs 16 MB per check: bound how many run at once, and how many logins may wait for a turn.
+MAX_PASSWORD_CHECKS = 2
+MAX_PASSWORD_QUEUE = 8
 TICK = 1.0
 _RECORD_FIELDS = (
     "pid",
@@ -84,7 +91,7 @@ _RECORD_FIELDS = (
     "exit_code",
     "last_error",
 )
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _STATIC = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
@@ -145,27 +152,48 @@ def sse_frame(event: str, data: t.Any) -> bytes:
 
 
 class Hub:
-    """Fan-out of SSE frames to every open ``/events`` stream; a stream that cannot keep up is dropped."""
+    """Fan-out of SSE frames to every open ``/events`` stream; a stream that cannot keep up is dropped.
 
-    def __init__(self, limit: int = MAX_STREAMS, backlog: int = 500) -> None:
+    Slots are counted per client address: one client holds at most
+    ``per_client`` streams, and opening one more ends its oldest, so no single
+    client can take every slot.
+    """
+
+    def __init__(self, limit: int = MAX_STREAMS, backlog: int = 500, per_client: int = MAX_STREAMS_PER_CLIENT) -> None:
         self.limit = limit
+        self.per_client = per_client
         self.backlog = backlog
         self._lock = threading.Lock()
         self._clients: set[queue.Queue[bytes | None]] = set()
+        self._by_client: dict[str, collections.deque[queue.Queue[bytes | None]]] = {}
 
-    def subscribe(self) -> queue.Queue[bytes | None] | None:
-        """Return a new stream's queue, or ``None`` when too many are open."""
+    def subscribe(self, client: str = "") -> queue.Queue[bytes | None] | None:
+        """Return a new stream's queue for ``client``, or ``None`` when too many are open."""
         with self._lock:
+            own = self._by_client.setdefault(client, collections.deque())
+            while own and len(own) >= self.per_client:
+                oldest = own.popleft()
+                self._clients.discard(oldest)
+                with contextlib.suppress(queue.Full):
+                    oldest.put_nowait(None)
             if len(self._clients) >= self.limit:
+                if not own:
+                    del self._by_client[client]
                 return None
             q: queue.Queue[bytes | None] = queue.Queue(self.backlog)
             self._clients.add(q)
+            own.append(q)
             return q
 
     def unsubscribe(self, q: queue.Queue[bytes | None]) -> None:
         """Forget a stream."""
         with self._lock:
             self._clients.discard(q)
+            for client, own in list(self._by_client.items()):
+                if q in own:
+                    own.remove(q)
+                if not own:
+                    del self._by_client[client]
 
     def broadcast(self, event: str, data: t.Any) -> None:
         """Queue one frame for every stream; a stream whose queue is full is dropped (its reader ends)."""
@@ -349,7 +377,7 @@ class Monitor:
         name = topic.split("/")[-2]
         try:
             data = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             return
 
         def job() -> None:
@@ -497,7 +525,11 @@ class Monitor:
                 known = ", ".join((*protocol.OWN_VERBS, *HBOT_VERBS))
                 msg = f"verb '{verb}' is unknown. Known verbs: {known}."
                 raise DashboardError(msg)
+            if verb in HBOT_VERBS or verb == "send":
+                _check_typed(data)
         except protocol.ProtocolError as e:
+            raise DashboardError(str(e)) from e
+        except UnsafeConsoleText as e:
             raise DashboardError(str(e)) from e
         with self._lock:
             agent = self._agents.get(host)
@@ -573,6 +605,13 @@ class Monitor:
         }
 
 
+def _check_typed(data: Mapping[str, t.Any]) -> None:
+    """Refuse a value the agent would type into a console if it holds a control character."""
+    for key, value in data.items():
+        if isinstance(value, str):
+            check_console_text(value, what=f"field '{key}'")
+
+
 def _reply(target: str, verb: str, msg: str, *, timed_out: bool = False) -> dict[str, t.Any]:
     return {
         "target": target,
@@ -591,6 +630,7 @@ def _reply(target: str, verb: str, msg: str, *, timed_out: bool = False) -> dict
 class _HTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # socketserver's 5 resets connections in a burst
 
     def __init__(self, address: tuple[str, int], app: Dashboard) -> None:
         if ":" in address[0]:
@@ -634,6 +674,10 @@ class Dashboard:
         self.hub = Hub()
         self.sessions = Sessions(settings.session_ttl)
         self.throttle = LoginThrottle()
+        # Checks run on a few threads of their own: scrypt's 16 MB then come from (and go back to)
+        # a few malloc arenas instead of one per connection thread; a bounded number may wait.
+        self.password_pool = concurrent.futures.ThreadPoolExecutor(MAX_PASSWORD_CHECKS, "dashboard-password")
+        self.password_checks = threading.BoundedSemaphore(MAX_PASSWORD_CHECKS + MAX_PASSWORD_QUEUE)
         self.csrf = secrets.token_urlsafe(24)
         """Loopback without a password: the page still needs this token, so other web pages cannot POST."""
         self.monitor = Monitor(config, store, self.hub)
@@ -682,6 +726,7 @@ class Dashboard:
             self.server.shutdown()
             self._thread.join(5)
         self.server.server_close()
+        self.password_pool.shutdown(wait=False, cancel_futures=True)
         self.monitor.stop()
         self.store.close()
 
@@ -786,7 +831,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return None
         try:
             data = json.loads(self.rfile.read(length) or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested deeper than Python recurses
             data = None
         if not isinstance(data, dict):
             self._error(400, "the body must be a JSON object")
@@ -795,7 +840,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _target(self, host: str, name: str) -> tuple[str, str] | None:
         host, name = urllib.parse.unquote(host), urllib.parse.unquote(name)
-        if not _NAME.match(host) or not _NAME.match(name):
+        if not _NAME.fullmatch(host) or not _NAME.fullmatch(name):
             self._error(400, "target must be HOST/INSTANCE with letters, digits, '-' and '_'")
             return None
         return host, name
@@ -834,6 +879,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._events()
         else:
             self._error(404, "not found")
+
+    def do_HEAD(self) -> None:
+        # Routed as GET; _send writes no body for HEAD and the event stream sends only its headers.
+        self.do_GET()
 
     def do_POST(self) -> None:
         if not self._host_ok():
@@ -882,12 +931,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if not settings.login_required or settings.password_hash is None:
             self._json(200, {"ok": True, "csrf": self.app.csrf})
             return
-        if not self.app.throttle.allowed(client):
-            self._error(429, "too many wrong passwords; wait a minute")
-            return
         password = data.get("password")
-        if not isinstance(password, str) or not verify_password(password, settings.password_hash):
-            self.app.throttle.failed(client)
+        if not isinstance(password, str):
+            self._error(400, "send {password: '...'}")
+            return
+        # Each password check costs memory (scrypt): a few at a time, the rest are told to retry.
+        if not self.app.password_checks.acquire(blocking=False):
+            self._error(429, "the dashboard is busy checking other logins; try again in a moment")
+            return
+        try:
+            # Counted before the check, under one lock: parallel guesses cannot pass the limit.
+            if not self.app.throttle.attempt(client):
+                self._error(429, "too many wrong passwords; wait a minute")
+                return
+            good = self.app.password_pool.submit(verify_password, password, settings.password_hash).result()
+        finally:
+            self.app.password_checks.release()
+        if not good:
             logger.warning("dashboard: wrong password from %s", client)
             self._error(401, "wrong password")
             return
@@ -921,7 +981,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._json(200, reply)
 
     def _events(self) -> None:
-        q = self.app.hub.subscribe()
+        if self.command == "HEAD":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            return
+        q = self.app.hub.subscribe(self.client_address[0])
         if q is None:
             self._error(503, "too many open dashboards")
             return
