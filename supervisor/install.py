@@ -802,3 +802,17 @@ def ensure_builtin_origin(folder: Path, origin: Path) -> str:
             msg = f"built-in origin '{origin}': could not be created ({_reason(e)}). Check that the folder is writable."
             raise InstallError(msg) from e
     return str(origin)
+
+
+def copy_file_modes(source: Path, checkout: Path) -> None:
+    """Give each file of ``checkout`` the permission bits of the same file in ``source``.
+
+    Git records only whether a file is executable, so a shipped mode-600 file
+    would otherwise be checked out readable by everyone.
+    """
+    for path in source.rglob("*"):
+        if ".git" in path.parts or path.is_symlink() or not path.is_file():
+            continue
+        target = checkout / path.relative_to(source)
+        if target.is_file() and not target.is_symlink():
+            target.chmod(path.stat().st_mode & 0o7777)

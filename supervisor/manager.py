@@ -38,7 +38,9 @@ from supervisor.errors import (
 )
 from supervisor.paths import SESSION_PREFIX, Paths, ensure_dir
 from supervisor.recipe import (
+    BUILTIN_PREFIX,
     Recipe,
+    builtin_source,
     check_name,
     find_recipe,
     list_recipes,
@@ -335,13 +337,12 @@ class Manager:
         from supervisor import install
 
         url = repo or recipe.source.repo
-        builtin = url.removeprefix("builtin:") if url.startswith("builtin:") else None
-        if builtin is not None:
-            folder = recipe.path.parent / builtin
-            if not folder.is_dir():
-                msg = f"recipe '{recipe.name}': built-in source folder '{folder}' is missing. Reinstall bot-supervisor."
-                raise InstallError(msg)
-            return install.ensure_builtin_origin(folder, self.paths.origins / builtin)
+        if url.startswith(BUILTIN_PREFIX):
+            name = url.removeprefix(BUILTIN_PREFIX)
+            folder = builtin_source(name)
+            # The git origin made from it lives under $SUPERVISOR_HOME, nowhere else.
+            origins = ensure_dir(self.paths.origins, 0o700)
+            return install.ensure_builtin_origin(folder, origins / name)
         if "://" not in url and not url.startswith("git@"):
             local = Path(url).expanduser()
             if local.exists():
@@ -415,6 +416,9 @@ class Manager:
                     if on_line:
                         on_line(f"checkout {record.ref} -> {checkout}")
                     commit = git_install.clone_checkout(mirror, url, checkout, record.ref, progress=progress)
+                    if (repo or recipe.source.repo).startswith(BUILTIN_PREFIX):
+                        # git keeps only the executable bit: give shipped files their own modes back.
+                        git_install.copy_file_modes(Path(url), checkout)
                     self._write_bot_config(record, recipe)
                 except BaseException:
                     self.registry.remove(name)

@@ -24,6 +24,7 @@ OPTIONAL_RE = re.compile(r"\[([^\[\]]*)\]")
 BUILTIN_VARS = ("name", "checkout", "python", "home")
 CONSOLE_COMMANDS = ("start", "stop", "status", "import", "history", "config", "balance_limit", "balance_paper")
 RECIPE_SUFFIXES = (".yaml", ".yml")
+BUILTIN_PREFIX = "builtin:"
 
 _TOP_KEYS = {"name", "description", "source", "vars", "install", "run", "console", "mqtt", "detect"}
 _SOURCE_KEYS = {"repo", "ref"}
@@ -39,6 +40,28 @@ def check_name(name: str) -> str:
     return name
 
 
+def builtin_source(name: str) -> Path:
+    """Return the folder of the bot shipped with the package as ``builtin:NAME``.
+
+    ``NAME`` is a plain folder name; the folder found must lie inside the
+    package's recipe folder (no ``..``, no symbolic link leading out).
+
+    Raises
+    ------
+    RecipeError
+        ``NAME`` is not a plain name, or no such folder is shipped.
+    """
+    root = builtin_recipes_dir().resolve()
+    shipped = sorted(p.name for p in root.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name))
+    if not NAME_RE.fullmatch(name) or not (root / name).is_dir() or (root / name).resolve().parent != root:
+        msg = (
+            f"source '{BUILTIN_PREFIX}{name}' is not a bot shipped with bot-supervisor. "
+            f"Built-in sources are: {', '.join(BUILTIN_PREFIX + n for n in shipped) or 'none'}."
+        )
+        raise RecipeError(msg)
+    return root / name
+
+
 @dataclasses.dataclass(frozen=True)
 class Source:
     """Where the bot's code comes from: a git URL, a path, or ``builtin:NAME``."""
@@ -49,7 +72,7 @@ class Source:
     @property
     def builtin(self) -> str | None:
         """The shipped bot folder's name for ``builtin:NAME`` sources."""
-        return self.repo.removeprefix("builtin:") if self.repo.startswith("builtin:") else None
+        return self.repo.removeprefix(BUILTIN_PREFIX) if self.repo.startswith(BUILTIN_PREFIX) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +193,8 @@ def parse_recipe(data: object, path: Path, *, builtin: bool = False) -> Recipe:
     repo = _string(path, "source.repo", source_raw.get("repo"), required=True)
     ref = _string(path, "source.ref", source_raw.get("ref")) or "main"
     assert repo is not None
+    if repo.startswith(BUILTIN_PREFIX) and not NAME_RE.fullmatch(repo.removeprefix(BUILTIN_PREFIX)):
+        _fail(path, "source.repo", "names no folder shipped with bot-supervisor: use builtin:NAME with a plain name")
 
     vars_raw = top.get("vars") or {}
     if not isinstance(vars_raw, dict):
@@ -288,6 +313,9 @@ def load_recipe(path: Path, *, builtin: bool = False) -> Recipe:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         msg = f"recipe '{path}': cannot be read ({e.strerror}). Check the path."
+        raise RecipeError(msg) from e
+    except UnicodeDecodeError as e:
+        msg = f"recipe '{path}': not UTF-8 text (byte {e.start}). Save it as UTF-8 and try again."
         raise RecipeError(msg) from e
     try:
         data = yaml.safe_load(text)

@@ -444,3 +444,43 @@ def test_names_with_a_trailing_newline_are_refused(home: Path, bot_origin: Path)
     assert result.stderr.startswith(f"Error: recipe '{recipe}': key 'run.env.EVIL\n' is not a valid environment")
     assert ls_json() == []
     assert not (home / "instances").exists()
+
+
+def test_builtin_sources_are_plain_shipped_names_and_stay_under_home(home: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("s3cret")
+    relative = os.path.relpath(outside, home / "origins")
+    for repo in (f"builtin:{relative}", f"builtin:{outside}", "builtin:no-such-bot", "builtin:"):
+        result = invoke("new", "x", "-r", "example-bot", "--repo", repo, code=1)
+        assert result.stderr == (
+            f"Error: source '{repo}' is not a bot shipped with bot-supervisor. "
+            "Built-in sources are: builtin:example-bot.\n"
+        )
+    recipe = tmp_path / "escape.yaml"
+    recipe.write_text(Path(TICKER).read_text().replace("repo: set-by-test", f"repo: builtin:{relative}"))
+    result = invoke("new", "y", "-r", str(recipe), code=1)
+    assert result.stderr == (
+        f"Error: recipe '{recipe}': key 'source.repo' names no folder shipped with bot-supervisor: "
+        "use builtin:NAME with a plain name. See the recipe format in the README.\n"
+    )
+    # A user's recipe next to a folder of that name still gets the shipped bot, not its neighbour.
+    (tmp_path / "example-bot").mkdir()
+    (tmp_path / "example-bot" / "bot.py").write_text("raise SystemExit('not the shipped bot')\n")
+    mine = tmp_path / "mine.yaml"
+    mine.write_text((Path(__file__).parent.parent / "recipes" / "example-bot.yaml").read_text())
+    invoke("new", "z", "-r", str(mine))
+    checkout = Path(ls_json("z")[0]["checkout"])
+    assert "not the shipped bot" not in (checkout / "bot.py").read_text()
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]  # never initialised, no lock beside it
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".lock")) == []
+    assert (home / "origins" / "example-bot" / ".git").is_dir()
+    assert (home / "origins").stat().st_mode & 0o777 == 0o700
+    assert [r["name"] for r in ls_json()] == ["z"]
+
+
+def test_a_non_utf8_recipe_is_one_error_line(home: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "latin1.yaml"
+    recipe.write_bytes(Path(TICKER).read_bytes().replace(b"test bot", b"test b\xf6t"))
+    result = invoke("new", "x", "-r", str(recipe), code=1)
+    assert result.stderr == (f"Error: recipe '{recipe}': not UTF-8 text (byte 32). Save it as UTF-8 and try again.\n")

@@ -562,3 +562,21 @@ def test_head_readers_do_not_load_gitpython(origin: git.Repo) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [head_sha(origin, "main"), "main"]
+
+
+def test_a_builtin_origin_keeps_shipped_file_modes_in_the_checkout(tmp_path: Path) -> None:
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "bot.py").write_text("print('hi')\n")
+    (shipped / "private.conf").write_text("key=1\n")
+    (shipped / "private.conf").chmod(0o600)
+    (shipped / "run.sh").write_text("#!/bin/sh\n")
+    (shipped / "run.sh").chmod(0o750)
+    origin = install.ensure_builtin_origin(shipped, tmp_path / "home" / "origins" / "shipped")
+    mirror = install.ensure_mirror(tmp_path / "home" / "mirrors", origin)
+    checkout = tmp_path / "checkout"
+    install.clone_checkout(mirror, origin, checkout, "main")
+    assert (checkout / "private.conf").stat().st_mode & 0o777 != 0o600  # git alone loses it
+    install.copy_file_modes(Path(origin), checkout)
+    modes = {name: (checkout / name).stat().st_mode & 0o777 for name in ("bot.py", "private.conf", "run.sh")}
+    assert modes == {"bot.py": (shipped / "bot.py").stat().st_mode & 0o777, "private.conf": 0o600, "run.sh": 0o750}
