@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from supervisor import __version__
-from supervisor.errors import InstallError, SupervisorError
+from supervisor.errors import InstallError, SupervisorError, os_error_hint
 from supervisor.paths import Paths
 from supervisor.sessions import KNOWN_BACKENDS
 
@@ -46,6 +46,13 @@ class SupervisorGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
+        except OSError as e:
+            # Disk full, permissions, read-only file systems: name the file and what to do, no traceback.
+            if ctx.obj and ctx.obj.get("debug"):
+                logger.exception("failed")
+            where = f"'{e.filename}'" + (f" -> '{e.filename2}'" if e.filename2 else "") + ": " if e.filename else ""
+            click.echo(f"Error: {where}{e.strerror or e}. {os_error_hint(e)}", err=True)
+            ctx.exit(1)
 
 
 def _manager(ctx: click.Context) -> Manager:
@@ -314,6 +321,8 @@ def _render_actions(results: Sequence[ActionResult], as_json: bool) -> None:
                 click.echo(result.message)
             else:
                 click.echo(f"Error: {result.message}", err=True)
+            if result.warning:
+                click.echo(f"Warning: {result.warning}", err=True)
     if not all(r.ok for r in results):
         click.get_current_context().exit(1)
 

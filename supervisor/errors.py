@@ -16,6 +16,7 @@ MQTT replies, so scripts never have to parse the message.
 
 from __future__ import annotations
 
+import errno
 import typing as t
 
 
@@ -63,6 +64,32 @@ class InvalidName(SupervisorError):
         )
         super().__init__(msg)
         self.name = name
+
+
+class RegistryWriteError(SupervisorError):
+    """The instance registry could not be written; nothing was changed."""
+
+    code = "registry_write_failed"
+
+    def __init__(self, path: t.Any, error: OSError) -> None:
+        msg = (
+            f"registry '{path}': cannot be written ({error.strerror or error}). "
+            f"{os_error_hint(error)} Nothing was recorded."
+        )
+        super().__init__(msg)
+        self.path = path
+        self.errno = error.errno
+
+
+def os_error_hint(error: OSError) -> str:
+    """Return what the user can do about ``error`` (disk full, permissions, read-only...)."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "Free some disk space and try again."
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return "Check the permissions (and attributes) of that file and its folder."
+    if error.errno == errno.EROFS:
+        return "The file system is read-only; remount it read-write or choose another SUPERVISOR_HOME."
+    return "Check that file and its folder, then try again."
 
 
 class InstanceError(SupervisorError):

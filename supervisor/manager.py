@@ -33,6 +33,7 @@ from supervisor.errors import (
     InstanceNotRunning,
     InstanceRunning,
     ReadyTimeout,
+    RegistryWriteError,
     SessionError,
     SupervisorError,
 )
@@ -130,6 +131,8 @@ class ActionResult:
     step: str | None = None
     status: InstanceStatus | None = None
     ok: bool = True
+    warning: str | None = None
+    """Something the user should know although the action succeeded (e.g. it could not be recorded)."""
 
     def to_dict(self) -> dict[str, t.Any]:
         """Return the result as a JSON-able dict."""
@@ -409,6 +412,7 @@ class Manager:
             with self._instance_lock(name):
                 ensure_dir(self.paths.instance_dir(name))
                 log = self.paths.install_log(name)
+                installing = False
                 try:
                     if on_line:
                         on_line(f"mirror {url}")
@@ -420,22 +424,38 @@ class Manager:
                         # git keeps only the executable bit: give shipped files their own modes back.
                         git_install.copy_file_modes(Path(url), checkout)
                     self._write_bot_config(record, recipe)
-                except BaseException:
-                    self.registry.remove(name)
-                    if created_dir:
-                        shutil.rmtree(checkout, ignore_errors=True)
-                    shutil.rmtree(self.paths.instance_dir(name), ignore_errors=True)
+                    record = self.registry.update(name, commit=commit)
+                    if install:
+                        installing = True
+                        self._run_install(record, recipe, log, on_line)
+                    else:
+                        record = self.registry.update(name, lifecycle=INSTALLED)
+                except (InstallError, KeyboardInterrupt):
+                    if installing:
+                        raise  # a failed install step is recorded as install-failed, to retry with 'install'
+                    self._undo_new(name, checkout, created_dir)
                     raise
-                record = self.registry.update(name, commit=commit)
-                if install:
-                    self._run_install(record, recipe, log, on_line)
-                else:
-                    record = self.registry.update(name, lifecycle=INSTALLED)
+                except BaseException:
+                    # Anything else (a full disk, an unwritable registry...): leave nothing half-made.
+                    self._undo_new(name, checkout, created_dir)
+                    raise
         except KeyboardInterrupt:
             with contextlib.suppress(InstanceNotFound):
                 self.registry.update(name, lifecycle=INSTALL_FAILED, last_error="interrupted")
             raise
         return self.status([name])[0]
+
+    def _undo_new(self, name: str, checkout: Path, created_dir: bool) -> None:
+        """Remove what a failed ``new`` made: files first (that frees space on a full disk), then the record."""
+        if created_dir:
+            shutil.rmtree(checkout, ignore_errors=True)
+        shutil.rmtree(self.paths.instance_dir(name), ignore_errors=True)
+        try:
+            self.registry.remove(name)
+        except InstanceNotFound:
+            pass
+        except SupervisorError:
+            logger.warning("could not remove the record of the failed instance %s", name, exc_info=True)
 
     def _run_install(self, record: Instance, recipe: Recipe, log: Path, on_line: LineFn | None) -> None:
         from supervisor import install as git_install
@@ -577,13 +597,12 @@ class Manager:
                 raise InstanceRunning(name, "remove")
             self.stop([name], timeout=5.0)
         with self._instance_lock(name, wait=30):
-            removed = self.registry.remove(name)
-        if purge:
-            checkout = Path(removed.checkout)
-            if not removed.adopted:
-                shutil.rmtree(checkout, ignore_errors=True)
-            shutil.rmtree(self.paths.instance_dir(name), ignore_errors=True)
-        return removed
+            if purge:
+                # Files first: on a full disk that frees the space the registry needs to be rewritten.
+                if not record.adopted:
+                    shutil.rmtree(Path(record.checkout), ignore_errors=True)
+                shutil.rmtree(self.paths.instance_dir(name), ignore_errors=True)
+            return self.registry.remove(name)
 
     # -- live state ---------------------------------------------------------------
 
@@ -824,6 +843,8 @@ class Manager:
             for name in names:
                 if name not in records:
                     raise InstanceNotFound(name)
+            # A bot launched without its record would run unsupervised, meant to be stopped: write first.
+            self.registry.check_writable()
             listing = self._sessions(records[name].backend for name in names)
             current = {s.name: s for s in self.status(names, sessions=listing)}
             for name in names:
@@ -846,17 +867,24 @@ class Manager:
                     continue
                 launched.append(self._launch(record, listing.get(record.backend, {})))
             now = time.time()
-            with self.registry.transaction() as instances:
-                for name in already_running:
-                    instances[name].desired = DESIRED_RUNNING
+            try:
+                with self.registry.transaction() as instances:
+                    for name in already_running:
+                        instances[name].desired = DESIRED_RUNNING
+                    for launch in launched:
+                        record = instances[launch.name]
+                        record.session = launch.session
+                        record.desired = DESIRED_RUNNING
+                        record.started_at = now
+                        record.fatal = False
+                        record.last_error = None
+                        record.restarts += 1 if count_restart else 0
+            except SupervisorError:
+                # The record could not be kept after all (the disk filled meanwhile): undo the launches.
                 for launch in launched:
-                    record = instances[launch.name]
-                    record.session = launch.session
-                    record.desired = DESIRED_RUNNING
-                    record.started_at = now
-                    record.fatal = False
-                    record.last_error = None
-                    record.restarts += 1 if count_restart else 0
+                    with contextlib.suppress(SupervisorError):
+                        self.backend(launch.backend).kill_session(launch.session)
+                raise
         self.forget_sessions()
         failures = self._wait_ready(launched) if wait_ready else {}
         if failures:
@@ -967,22 +995,47 @@ class Manager:
     ) -> ActionResult:
         with self._instance_lock(name, wait=60):
             self.forget_sessions()
-            record = self.registry.update(name, desired=desired, stopped_at=time.time())
+            # The intent is recorded first when it can be; stopping never depends on it (a full disk).
+            unrecorded = self._record_stop(name, desired)
+            record = self.registry.get(name)
             backend = self.backend(record.backend)
             info, sample = self._sample(record)
             if info is None or not sample.alive:
                 if info is not None and not record.adopted:
                     backend.kill_session(record.session)
-                return ActionResult(name, "stop", False, f"instance '{name}' is not running.", step="already-stopped")
+                if unrecorded is not None:
+                    unrecorded = self._record_stop(name, desired)
+                return ActionResult(
+                    name,
+                    "stop",
+                    False,
+                    f"instance '{name}' is not running.",
+                    step="already-stopped",
+                    warning=unrecorded,
+                )
             recipe = self.recipe_for(record)
             step = self._quit(record, recipe, backend, sample, timeout)
             if info is not None and not record.adopted:
                 with contextlib.suppress(SessionError):
                     backend.kill_session(record.session)
             self.forget_sessions()
+            if unrecorded is not None:
+                unrecorded = self._record_stop(name, desired)
         status = self.status([name])[0]
         how = {"console": "by its console quit sequence", "sigterm": "with SIGTERM", "sigkill": "with SIGKILL"}
-        return ActionResult(name, "stop", True, f"stopped '{name}' {how.get(step, step)}.", step=step, status=status)
+        message = f"stopped '{name}' {how.get(step, step)}."
+        return ActionResult(name, "stop", True, message, step=step, status=status, warning=unrecorded)
+
+    def _record_stop(self, name: str, desired: str) -> str | None:
+        """Record a stop; return a warning instead of raising when the registry cannot be written."""
+        try:
+            self.registry.update(name, desired=desired, stopped_at=time.time())
+        except RegistryWriteError as e:
+            return (
+                f"the stop of '{name}' could not be recorded ({e}) "
+                f"Until it is, the agent may start it again: free space, then run 'supervisor stop {name}' again."
+            )
+        return None
 
     def _quit(
         self, record: Instance, recipe: Recipe, backend: SessionBackend, sample: metrics.ProcessSample, timeout: float

@@ -18,7 +18,7 @@ import time
 import typing as t
 from pathlib import Path
 
-from supervisor.errors import InstanceExists, InstanceNotFound, SupervisorError
+from supervisor.errors import InstanceExists, InstanceNotFound, RegistryWriteError, SupervisorError
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
@@ -77,27 +77,68 @@ class Registry:
         self.lock_path = lock_path or path.with_suffix(".lock")
         self._cache: tuple[tuple[int, int, int], dict[str, Instance]] | None = None
 
+    def _broken(self, what: str) -> SupervisorError:
+        msg = f"registry '{self.path}': {what}. Restore it from a backup or fix it by hand."
+        return SupervisorError(msg)
+
     def _read(self) -> dict[str, Instance]:
         try:
-            raw = self.path.read_text(encoding="utf-8")
+            raw = self.path.read_bytes()
         except FileNotFoundError:
             return {}
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as e:
-            msg = (
-                f"registry '{self.path}': not valid JSON ({e.msg} at line {e.lineno}). "
-                "Restore it from a backup or fix it by hand."
-            )
+        except OSError as e:
+            msg = f"registry '{self.path}': cannot be read ({e.strerror}). Check its permissions."
             raise SupervisorError(msg) from e
-        version = data.get("version") if isinstance(data, dict) else None
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            what = f"not UTF-8 text (byte {e.start})"
+            raise self._broken(what) from e
+        except json.JSONDecodeError as e:
+            what = f"not valid JSON ({e.msg} at line {e.lineno})"
+            raise self._broken(what) from e
+        except RecursionError as e:
+            what = "nested too deeply to be a registry"
+            raise self._broken(what) from e
+        if not isinstance(data, dict):
+            what = f"a JSON {type(data).__name__}, not an object"
+            raise self._broken(what)
+        version = data.get("version")
         if version != SCHEMA_VERSION:
             msg = (
                 f"registry '{self.path}': schema version {version!r} is not supported "
                 f"(this supervisor reads version {SCHEMA_VERSION}). Upgrade bot-supervisor."
             )
             raise SupervisorError(msg)
-        return {name: Instance.from_dict(rec) for name, rec in data.get("instances", {}).items()}
+        instances = data.get("instances", {})
+        if not isinstance(instances, dict):
+            what = f"'instances' is a {type(instances).__name__}, not an object of records by name"
+            raise self._broken(what)
+        return {name: self._record(name, rec) for name, rec in instances.items()}
+
+    def _record(self, name: str, data: object) -> Instance:
+        """Build one stored record, or say which record is broken and how."""
+        if not isinstance(data, dict):
+            msg = f"the record of instance '{name}' is a {type(data).__name__}, not an object"
+            raise self._broken(msg)
+        fields = {f.name: f for f in dataclasses.fields(Instance)}
+        required = [
+            n
+            for n, f in fields.items()
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        missing = [n for n in required if n not in data]
+        if missing:
+            msg = f"the record of instance '{name}' lacks {', '.join(repr(m) for m in missing)}"
+            raise self._broken(msg)
+        wrong = [n for n in required if not isinstance(data[n], str)]
+        if data.get("name") != name:
+            wrong.insert(0, "name")
+        if wrong:
+            fields_text = ", ".join(repr(w) for w in dict.fromkeys(wrong))
+            msg = f"the record of instance '{name}' has a wrong {fields_text}"
+            raise self._broken(msg)
+        return Instance.from_dict(data)
 
     def _write(self, instances: t.Mapping[str, Instance]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,13 +146,20 @@ class Registry:
             "version": SCHEMA_VERSION,
             "instances": {name: instances[name].to_dict() for name in sorted(instances)},
         }
-        fd, tmp = tempfile.mkstemp(prefix=".registry-", suffix=".tmp", dir=self.path.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".registry-", suffix=".tmp", dir=self.path.parent)
+        except OSError as e:
+            raise RegistryWriteError(self.path, e) from e
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 json.dump(payload, handle, indent=1)
                 handle.flush()
                 os.fsync(handle.fileno())
             Path(tmp).replace(self.path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink()
+            raise RegistryWriteError(self.path, e) from e
         except BaseException:
             with contextlib.suppress(OSError):
                 Path(tmp).unlink()
@@ -129,6 +177,17 @@ class Registry:
                 self._write(instances)
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def check_writable(self) -> None:
+        """Write the records back unchanged, proving a change could be recorded now.
+
+        Raises
+        ------
+        RegistryWriteError
+            The file cannot be replaced (disk full, read-only, permissions).
+        """
+        with self.transaction():
+            pass
 
     def all(self) -> dict[str, Instance]:
         """Return every record (a consistent snapshot; no lock needed to read).

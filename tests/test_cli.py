@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from supervisor.cli import cli
-from tests.conftest import RECIPES, wait_until
+from tests.conftest import IN_CI, RECIPES, wait_until
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
@@ -484,3 +484,176 @@ def test_a_non_utf8_recipe_is_one_error_line(home: Path, tmp_path: Path) -> None
     recipe.write_bytes(Path(TICKER).read_bytes().replace(b"test bot", b"test b\xf6t"))
     result = invoke("new", "x", "-r", str(recipe), code=1)
     assert result.stderr == (f"Error: recipe '{recipe}': not UTF-8 text (byte 32). Save it as UTF-8 and try again.\n")
+
+
+class BrokenRegistry(t.NamedTuple):
+    test_id: str
+    content: bytes
+    what: str
+
+
+GOOD_RECORD = {"name": "a", "recipe": "r", "backend": "tmux", "session": "sup-a", "checkout": "/x", "repo": "/r"}
+BROKEN_REGISTRIES = [
+    BrokenRegistry(
+        "instances-list", b'{"version": 1, "instances": []}', "'instances' is a list, not an object of records by name"
+    ),
+    BrokenRegistry("top-level-list", b"[1, 2]", "a JSON list, not an object"),
+    BrokenRegistry(
+        "record-not-object",
+        b'{"version": 1, "instances": {"a": 3}}',
+        "the record of instance 'a' is a int, not an object",
+    ),
+    BrokenRegistry(
+        "missing-fields",
+        json.dumps({"version": 1, "instances": {"a": GOOD_RECORD}}).encode(),
+        "the record of instance 'a' lacks 'ref'",
+    ),
+    BrokenRegistry(
+        "wrong-field",
+        json.dumps({"version": 1, "instances": {"a": {**GOOD_RECORD, "ref": "main", "checkout": None}}}).encode(),
+        "the record of instance 'a' has a wrong 'checkout'",
+    ),
+    BrokenRegistry("not-utf8", b'{"version": 1, "instances": {"\xff": {}}}', "not UTF-8 text (byte 30)"),
+    BrokenRegistry("deeply-nested", b"[" * 100_000, "nested too deeply to be a registry"),
+]
+
+
+@pytest.mark.parametrize("case", BROKEN_REGISTRIES, ids=[c.test_id for c in BROKEN_REGISTRIES])
+def test_a_broken_registry_is_one_error_line(home: Path, case: BrokenRegistry) -> None:
+    (home / "registry.json").write_bytes(case.content)
+    for args in (["ls", "--no-foreign"], ["start", "a"], ["status", "a"]):
+        result = invoke(*args, code=1)
+        assert result.stderr == (
+            f"Error: registry '{home / 'registry.json'}': {case.what}. Restore it from a backup or fix it by hand.\n"
+        )
+        assert "Traceback" not in result.output
+
+
+def test_os_errors_are_one_line_naming_the_file(home: Path, bot_origin: Path) -> None:
+    invoke("new", "o1", "-r", TICKER, "--repo", str(bot_origin))
+    run_dir = home / "instances" / "o1"
+    (run_dir / "run.sh").mkdir()  # the run script cannot be written over a folder
+    result = invoke("start", "o1", code=1)
+    assert result.stderr == (
+        f"Error: '{run_dir / '.run.sh.tmp'}' -> '{run_dir / 'run.sh'}': Is a directory. "
+        "Check that file and its folder, then try again.\n"
+    )
+    assert "Traceback" not in result.output
+
+
+@contextlib.contextmanager
+def unwritable_registry(home: Path) -> Iterator[None]:
+    """Make ``registry.json`` impossible to replace: immutable as root, a read-only folder otherwise."""
+    registry = home / "registry.json"
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(registry)], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(registry)], check=False)
+    else:
+        home.chmod(0o555)
+        try:
+            yield
+        finally:
+            home.chmod(0o755)
+
+
+def test_start_with_an_unwritable_registry_launches_nothing(home: Path, bot_origin: Path, tmux_socket: str) -> None:
+    invoke("new", "w1", "-r", TICKER, "--repo", str(bot_origin))
+    with unwritable_registry(home):
+        result = invoke("start", "w1", code=1)
+        assert result.stderr.startswith(f"Error: registry '{home / 'registry.json'}': cannot be written ("), result
+        assert result.stderr.endswith(" Nothing was recorded.\n"), result.stderr
+        sessions = subprocess.run(
+            ["tmux", "-L", tmux_socket, "list-sessions", "-F", "#{session_name}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        assert "sup-w1" not in sessions
+        assert (state_of("w1"), ls_json("w1")[0]["pid"]) == ("stopped", None)
+    invoke("start", "w1")
+    assert state_of("w1") == "running"
+
+
+def fill_disk(folder: Path, leave: int = 0) -> Path:
+    """Write a filler file in ``folder`` until its file system is full; then free ``leave`` bytes of it."""
+    filler = folder / f"filler-{len(list(folder.glob('filler-*')))}"
+    chunk = b"\0" * 65536
+    with filler.open("wb", buffering=0) as handle:
+        with contextlib.suppress(OSError):
+            while True:
+                handle.write(chunk)
+        with contextlib.suppress(OSError):
+            while True:  # the last few bytes, one page at a time
+                handle.write(chunk[:4096])
+    if leave:
+        with contextlib.suppress(OSError):
+            os.truncate(filler, max(0, filler.stat().st_size - leave))
+    return filler
+
+
+@pytest.fixture
+def full_home(home: Path) -> Iterator[Path]:
+    """``SUPERVISOR_HOME`` on a real 8 MB tmpfs (unmounted at teardown, even on failure)."""
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("mounting a tmpfs needs root, and CI=true")
+        pytest.skip("mounting a tmpfs needs root")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs", str(home)], check=True)
+    try:
+        yield home
+    finally:
+        with contextlib.suppress(Exception):
+            for record in ls_json():
+                if record["pid"]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(record["pid"], signal.SIGKILL)
+        for filler in home.glob("filler-*"):
+            filler.unlink()
+        CliRunner().invoke(cli, ["stop", "--all", "--timeout", "2"])
+        if subprocess.run(["umount", str(home)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(home)], check=False)
+
+
+def test_a_full_disk_never_blocks_stop_or_purge_and_new_leaves_nothing(full_home: Path) -> None:
+    home = full_home
+    invoke("new", "f1", "-r", "example-bot")
+    invoke("new", "f2", "-r", "example-bot")
+    invoke("start", "f1")
+    pid = ls_json("f1")[0]["pid"]
+    assert pid
+    fill_disk(home)
+
+    stopped = invoke("stop", "f1")  # exit 0: the bot stopped
+    assert stopped.stdout == "stopped 'f1' by its console quit sequence.\n"
+    assert stopped.stderr.startswith(
+        f"Warning: the stop of 'f1' could not be recorded (registry '{home / 'registry.json'}': "
+        "cannot be written (No space left on device)."
+    ), stopped.stderr
+    assert not Path(f"/proc/{pid}").exists()
+
+    checkout = Path(ls_json("f2")[0]["checkout"])
+    removed = invoke("rm", "f2", "--purge", "--yes")
+    assert removed.stdout == f"removed 'f2' and deleted {checkout}\n"
+    assert not checkout.exists()
+    assert [r["name"] for r in ls_json()] == ["f1"]
+
+    fill_disk(home)
+    failed = invoke("new", "f3", "-r", "example-bot", code=1)
+    assert failed.stderr.startswith("Error: ") and failed.stderr.count("\n") == 1, failed.stderr
+    assert "No space left on device" in failed.stderr
+    # Room for the record but not for the checkout: nothing half-made either.
+    fill_disk(home, leave=8192)
+    failed = invoke("new", "f4", "-r", "example-bot", code=1)
+    assert "Traceback" not in failed.output
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, failed.stderr
+    assert [r["name"] for r in ls_json()] == ["f1"]
+    assert sorted(p.name for p in (home / "instances").iterdir()) == ["f1"]
+
+    for filler in home.glob("filler-*"):
+        filler.unlink()
+    invoke("stop", "f1")
+    assert ls_json("f1")[0]["desired"] == "stopped"
