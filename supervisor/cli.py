@@ -396,9 +396,14 @@ def ls_cmd(ctx: click.Context, names: tuple[str, ...], as_json: bool, no_foreign
             "\nBot sessions not managed by supervisor (take one over with 'supervisor adopt SESSION --name NAME'):"
         )
         _table(
-            ["SESSION", "BACKEND", "SERVER", "PID", "RECIPE", "COMMAND"],
-            [[f.session, f.backend, f.server, str(f.pid or "-"), f.recipe or "?", f.command[:40]] for f in foreign],
+            ["SESSION", "STATE", "BACKEND", "SERVER", "PID", "RECIPE", "COMMAND"],
+            [
+                [f.session, f.state, f.backend, f.server, str(f.pid or "-"), f.recipe or "?", f.command[:40]]
+                for f in foreign
+            ],
         )
+        if any(f.state == "orphan" for f in foreign):
+            click.echo("orphan: a session of ours whose record is gone (adopt it with -r RECIPE if none is shown)")
 
 
 def _print_statuses(statuses: Sequence[InstanceStatus]) -> None:

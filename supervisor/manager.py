@@ -143,7 +143,12 @@ class ActionResult:
 
 @dataclasses.dataclass(frozen=True)
 class ForeignSession:
-    """A tmux or screen session that is not ours but runs something that looks like a bot."""
+    """A session without a record: someone else's that runs something that looks like a bot, or an orphan.
+
+    An orphan (``state`` ``"orphan"``) is a ``sup-`` session on our own server
+    whose record is gone (a deleted or restored registry); it is listed whatever
+    it runs, so it can be adopted again.
+    """
 
     session: str
     backend: str
@@ -152,6 +157,7 @@ class ForeignSession:
     command: str
     cwd: str | None
     recipe: str | None
+    state: str = "foreign"
 
     def to_dict(self) -> dict[str, t.Any]:
         """Return the record as a JSON-able dict."""
@@ -664,7 +670,8 @@ class Manager:
                 instance.started_at is None or exit_record.when >= int(instance.started_at)
             ):
                 exit_code = exit_record.code
-            state = CRASHED if exit_code not in (None, 0) else EXITED
+            # No exit record of this run: the bot did not end by itself (its session was killed).
+            state = EXITED if exit_code == 0 else CRASHED
         uptime = None
         if alive and sample is not None and sample.create_time:
             uptime = max(0.0, time.time() - sample.create_time)
@@ -1174,7 +1181,7 @@ class Manager:
     # -- adoption -----------------------------------------------------------------
 
     def foreign_sessions(self) -> list[ForeignSession]:
-        """Return tmux and screen sessions that are not ours but run something a recipe recognises."""
+        """Return sessions without a record: others' that run something a recipe recognises, and our orphans."""
         records = self.registry.all()
         ours = {(r.backend, r.session) for r in records.values()}
         recipes = [r for r in list_recipes(self.paths.user_recipes) if r.detect]
@@ -1190,24 +1197,27 @@ class Manager:
                 continue
             listed = backend.list_sessions()
             table = self.sampler.table(roots=[i.pid for i in listed.values() if i.pid])
+            ours_here = self.paths.tmux_socket if backend_name == "tmux" else os.environ.get("SCREENDIR", "default")
             for session, info in listed.items():
-                if (backend_name, session) in ours and server in (
-                    self.paths.tmux_socket,
-                    os.environ.get("SCREENDIR", "default"),
-                ):
+                if server == ours_here and (backend_name, session) in ours:
                     continue
-                if session.startswith(SESSION_PREFIX) and server == self.paths.tmux_socket:
-                    continue
+                orphan = server == ours_here and session.startswith(SESSION_PREFIX)
                 sample = self.sampler.sample(info.pid, table)
                 command = " ".join(sample.cmdline or ())
                 match = next((r.name for r in recipes if r.detect and re.search(r.detect, command)), None)
-                if match is None:
+                if match is None and not orphan:
                     continue
-                found.append(ForeignSession(session, backend_name, server, sample.pid, command, sample.cwd, match))
+                state = "orphan" if orphan else "foreign"
+                found.append(
+                    ForeignSession(session, backend_name, server, sample.pid, command, sample.cwd, match, state)
+                )
         return found
 
     def adopt(self, session: str, name: str, recipe_ref: str | None = None) -> InstanceStatus:
         """Record a bot running in someone else's session as an instance, without touching it.
+
+        An orphan (a ``sup-`` session of ours whose record is gone) is recorded
+        as an ordinary instance again, since it runs our own wrapper.
 
         Raises
         ------
@@ -1227,6 +1237,9 @@ class Manager:
                 f"Set SUPERVISOR_TMUX_SOCKET={found.server} to manage that server's bots."
             )
             raise SessionError(msg)
+        if not (recipe_ref or found.recipe):
+            msg = f"session '{session}': no recipe recognises what it runs. Name one with -r RECIPE."
+            raise SessionError(msg)
         recipe = find_recipe(recipe_ref or found.recipe or "", self.paths.user_recipes)
         from supervisor import install as git_install
 
@@ -1242,7 +1255,8 @@ class Manager:
             ref=git_install.describe_ref(checkout) or "",
             lifecycle=INSTALLED,
             desired=DESIRED_RUNNING,
-            adopted=True,
+            # An orphan runs our own wrapper in our own session: it becomes an ordinary instance again.
+            adopted=found.state != "orphan",
             commit=git_install.current_commit(checkout),
             started_at=time.time(),
         )

@@ -880,7 +880,7 @@ def test_after_a_reboot_the_agent_starts_what_should_run_and_leaves_stopped_bots
     manager.stop(["down"])
     subprocess.run(["tmux", "-L", tmux_socket, "kill-server"], check=False, capture_output=True)
     wait_until(lambda: old is not None and not psutil.pid_exists(old), timeout=5, message="the bot to die")
-    assert {s.name: s.state for s in manager.status()} == {"down": "stopped", "up": "exited"}
+    assert {s.name: s.state for s in manager.status()} == {"down": "stopped", "up": "crashed"}
     watcher = watchers(mosquitto)
     events = watcher.watch(f"supervisor/{HOST}/up/events")
 

@@ -657,3 +657,47 @@ def test_a_full_disk_never_blocks_stop_or_purge_and_new_leaves_nothing(full_home
         filler.unlink()
     invoke("stop", "f1")
     assert ls_json("f1")[0]["desired"] == "stopped"
+
+
+def test_sessions_of_ours_without_a_record_are_orphans_and_can_be_adopted(
+    home: Path, bot_origin: Path, tmux_socket: str
+) -> None:
+    invoke("new", "o1", "-r", TICKER, "--repo", str(bot_origin))
+    invoke("start", "o1")
+    pid = ls_json("o1")[0]["pid"]
+    checkout = ls_json("o1")[0]["checkout"]
+    # Someone else's bot on the same server, started by hand.
+    (home / "recipes").mkdir()
+    (home / "recipes" / "ticker.yaml").write_text(Path(TICKER).read_text())
+    subprocess.run(
+        [
+            "tmux",
+            "-L",
+            tmux_socket,
+            "new-session",
+            "-d",
+            "-s",
+            "byhand",
+            f"{sys.executable} -c 'import time; time.sleep(60)' ticker_marker",
+        ],
+        check=True,
+    )
+    (home / "registry.json").unlink()
+
+    listing = json.loads(invoke("ls", "--json").stdout)
+    assert listing["instances"] == []
+    found = {f["session"]: f for f in listing["foreign_sessions"]}
+    assert set(found) == {"sup-o1", "byhand"}
+    assert (found["sup-o1"]["state"], found["sup-o1"]["cwd"]) == ("orphan", checkout)
+    assert (found["byhand"]["state"], found["byhand"]["recipe"]) == ("foreign", "ticker")
+    text = invoke("ls").stdout
+    assert re.search(r"^sup-o1\s+orphan\s+tmux\s", text, re.MULTILINE), text
+    assert re.search(r"^byhand\s+foreign\s+tmux\s", text, re.MULTILINE), text
+
+    adopted = invoke("adopt", "sup-o1", "--name", "o1", "-r", TICKER)
+    assert adopted.stdout == "adopted session 'sup-o1' as 'o1' (ticker, running)\n"
+    [record] = ls_json()
+    assert (record["state"], record["pid"], record["checkout"]) == ("running", pid, checkout)
+    assert "sup-o1" not in {f["session"] for f in json.loads(invoke("ls", "--json").stdout)["foreign_sessions"]}
+    invoke("stop", "o1")
+    assert not Path(f"/proc/{pid}").exists()

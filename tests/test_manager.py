@@ -108,6 +108,17 @@ def test_crashed_and_exited_bots_are_told_apart(manager: Manager, backend: str, 
     assert manager.status(["quits"])[0].exit_code == 0
 
 
+def test_a_bot_whose_session_is_killed_is_crashed(manager: Manager, backend: str, bot_origin: Path) -> None:
+    manager.new("gone", TICKER, repo=str(bot_origin), backend=backend)
+    manager.start(["gone"])
+    pid = manager.status(["gone"])[0].pid
+    assert pid
+    manager.backend(backend).kill_session("sup-gone")
+    wait_until(lambda: state_of(manager, "gone") != "running", message="the bot to go")
+    status = manager.status(["gone"])[0]
+    assert (status.state, status.exit_code, status.desired) == ("crashed", None, "running")
+
+
 def test_stop_escalates_to_sigkill(manager: Manager, bot_origin: Path) -> None:
     manager.new("stub", str(RECIPES / "stubborn.yaml"), repo=str(bot_origin))
     manager.start(["stub"])
