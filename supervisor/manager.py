@@ -1213,6 +1213,18 @@ class Manager:
                 )
         return found
 
+    def orphan_sessions(self) -> list[str]:
+        """Return our ``sup-`` sessions (tmux and screen) that no record names: one listing per backend."""
+        records = self.registry.all()
+        ours = {(r.backend, r.session) for r in records.values()}
+        listing = self._sessions(KNOWN_BACKENDS)
+        return sorted(
+            session
+            for backend, sessions in listing.items()
+            for session in sessions
+            if session.startswith(SESSION_PREFIX) and (backend, session) not in ours
+        )
+
     def adopt(self, session: str, name: str, recipe_ref: str | None = None) -> InstanceStatus:
         """Record a bot running in someone else's session as an instance, without touching it.
 

@@ -1012,3 +1012,24 @@ def test_hbot_relay_refuses_control_characters_in_any_typed_field_and_types_noth
     assert "status\t" not in text
     assert manager.status(["tb"])[0].pid == pid
     assert state(manager, "down") == "stopped"
+
+
+def test_the_agent_reports_sessions_of_ours_that_lost_their_record(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+) -> None:
+    pid = new_ticker(manager, "lost", bot_origin, start=True)
+    agent = agents.start(mosquitto.url)
+    watcher = watchers(mosquitto)
+    events = watcher.watch(f"supervisor/{HOST}/lost/events")
+    manager.paths.registry.unlink()
+
+    event = next_matching(events, timeout=10).json()
+    assert event["msg"].startswith("session 'sup-lost' runs without a record, so nothing supervises it"), event
+    assert "supervisor adopt sup-lost --name NAME -r RECIPE" in event["msg"]
+    assert_silent(events, 1.0)  # once, not at every check
+    assert psutil.pid_exists(t.cast("int", pid))
+    assert "runs without a record" in agents.output(agent)

@@ -33,6 +33,7 @@ from supervisor.agent.auth import Verifier
 from supervisor.agent.connection import Connection
 from supervisor.errors import AuthError, InstanceNotRunning, SupervisorError
 from supervisor.manager import CRASHED, EXITED, RUNNING, rotate_log
+from supervisor.paths import SESSION_PREFIX
 from supervisor.registry import DESIRED_RUNNING
 
 if t.TYPE_CHECKING:
@@ -128,6 +129,7 @@ class Agent:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="agent-request")
         self._pending = threading.BoundedSemaphore(MAX_PENDING)
         self._failures: dict[str, _Failures] = {}
+        self._orphans: set[str] = set()
         self._alive: dict[str, bool] = {}
         self._last_heartbeat: dict[str, float] = {}
         self._published: dict[str, tuple[dict[str, t.Any], float]] = {}
@@ -494,6 +496,23 @@ class Agent:
                 if status.desired != DESIRED_RUNNING or status.state not in (CRASHED, EXITED):
                     continue
                 self._recover(name, status, now)
+            self._report_orphans()
+
+    def _report_orphans(self) -> None:
+        """Log and publish, once each, sessions of ours that lost their record (nothing supervises them)."""
+        try:
+            orphans = set(self.manager.orphan_sessions())
+        except SupervisorError as e:
+            logger.warning("could not look for sessions without a record: %s", e)
+            return
+        for session in sorted(orphans - self._orphans):
+            message = (
+                f"session '{session}' runs without a record, so nothing supervises it (registry deleted?). "
+                f"Take it back with 'supervisor adopt {session} --name NAME -r RECIPE'."
+            )
+            logger.warning("%s", message)
+            self._notify(session.removeprefix(SESSION_PREFIX), message)
+        self._orphans = orphans
 
     def _recover(self, name: str, status: InstanceStatus, now: float) -> None:
         failures = self._failures.setdefault(name, _Failures())
