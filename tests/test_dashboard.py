@@ -37,7 +37,7 @@ from supervisor.dashboard.auth import (
     verify_password,
     write_password_hash,
 )
-from supervisor.dashboard.server import MAX_STREAMS, SECURITY_HEADERS, Dashboard, is_loopback, parse_listen
+from supervisor.dashboard.server import MAX_STREAMS, SECURITY_HEADERS, Dashboard, Hub, is_loopback, parse_listen
 from supervisor.dashboard.store import Store, extract_pnl
 from supervisor.manager import Manager
 from supervisor.paths import Paths
@@ -815,3 +815,27 @@ def test_parallel_wrong_logins_cannot_pass_the_lockout_and_memory_stays_flat(fle
     grown_mb = (vm_peak_rss(proc.pid) - before) / 1024
     assert grown_mb < 100, f"peak memory grew by {grown_mb:.0f} MB"
     assert proc.poll() is None
+
+
+def test_login_attempts_are_counted_before_the_check() -> None:
+    clock = Clock()
+    throttle = LoginThrottle(limit=3, window=60, clock=clock)
+    assert [throttle.attempt("10.0.0.1") for _ in range(5)] == [True, True, True, False, False]
+    assert throttle.attempt("10.0.0.2")
+    throttle.succeeded("10.0.0.1")
+    assert throttle.attempt("10.0.0.1")
+    clock.now += 61
+    assert [throttle.attempt("10.0.0.2") for _ in range(3)] == [True, True, True]
+
+
+def test_event_stream_slots_are_counted_per_client() -> None:
+    hub = Hub(limit=4, per_client=2)
+    first, second = hub.subscribe("a"), hub.subscribe("a")
+    third = hub.subscribe("a")  # a's oldest stream ends to make room
+    assert first is not None and second is not None and third is not None
+    assert not hub.is_subscribed(first) and first.get_nowait() is None
+    assert hub.is_subscribed(second) and hub.is_subscribed(third)
+    assert hub.subscribe("b") is not None and hub.subscribe("b") is not None
+    assert hub.subscribe("c") is None  # all 4 slots taken by two clients
+    hub.unsubscribe(second)
+    assert hub.subscribe("c") is not None
