@@ -577,8 +577,8 @@ def test_start_with_an_unwritable_registry_launches_nothing(home: Path, bot_orig
     assert state_of("w1") == "running"
 
 
-def fill_disk(folder: Path, leave: int = 0) -> Path:
-    """Write a filler file in ``folder`` until its file system is full; then free ``leave`` bytes of it."""
+def fill_disk(folder: Path) -> Path:
+    """Write a filler file in ``folder`` until its file system is full."""
     filler = folder / f"filler-{len(list(folder.glob('filler-*')))}"
     chunk = b"\0" * 65536
     with filler.open("wb", buffering=0) as handle:
@@ -588,9 +588,6 @@ def fill_disk(folder: Path, leave: int = 0) -> Path:
         with contextlib.suppress(OSError):
             while True:  # the last few bytes, one page at a time
                 handle.write(chunk[:4096])
-    if leave:
-        with contextlib.suppress(OSError):
-            os.truncate(filler, max(0, filler.stat().st_size - leave))
     return filler
 
 
@@ -638,16 +635,17 @@ def test_a_full_disk_never_blocks_stop_or_purge_and_new_leaves_nothing(full_home
     assert not checkout.exists()
     assert [r["name"] for r in ls_json()] == ["f1"]
 
-    fill_disk(home)
+    big = fill_disk(home)
     failed = invoke("new", "f3", "-r", "example-bot", code=1)
     assert failed.stderr.startswith("Error: ") and failed.stderr.count("\n") == 1, failed.stderr
     assert "No space left on device" in failed.stderr
     # Room for the record but not for the checkout: nothing half-made either.
-    fill_disk(home, leave=8192)
+    os.truncate(big, big.stat().st_size - 16384)
     failed = invoke("new", "f4", "-r", "example-bot", code=1)
     assert "Traceback" not in failed.output
     errors = [line for line in failed.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1, failed.stderr
+    assert "could not check out 'main'" in errors[0]  # it failed after recording the instance
     assert [r["name"] for r in ls_json()] == ["f1"]
     assert sorted(p.name for p in (home / "instances").iterdir()) == ["f1"]
 
