@@ -130,6 +130,7 @@ class Agent:
         self._pending = threading.BoundedSemaphore(MAX_PENDING)
         self._failures: dict[str, _Failures] = {}
         self._orphans: set[str] = set()
+        self._next_orphan_scan = 0.0
         self._alive: dict[str, bool] = {}
         self._last_heartbeat: dict[str, float] = {}
         self._published: dict[str, tuple[dict[str, t.Any], float]] = {}
@@ -500,6 +501,10 @@ class Agent:
 
     def _report_orphans(self) -> None:
         """Log and publish, once each, sessions of ours that lost their record (nothing supervises them)."""
+        now = time.monotonic()
+        if now < self._next_orphan_scan:
+            return
+        self._next_orphan_scan = now + self.config.state_interval
         try:
             orphans = set(self.manager.orphan_sessions())
         except SupervisorError as e:

@@ -154,9 +154,9 @@ def sse_frame(event: str, data: t.Any) -> bytes:
 class Hub:
     """Fan-out of SSE frames to every open ``/events`` stream; a stream that cannot keep up is dropped.
 
-    Slots are counted per client address: one client holds at most
-    ``per_client`` streams, and opening one more ends its oldest, so no single
-    client can take every slot.
+    Slots are counted per client (a login session, or else an address): one
+    client holds at most ``per_client`` streams, and opening one more ends its
+    oldest, so no single client can take every slot.
     """
 
     def __init__(self, limit: int = MAX_STREAMS, backlog: int = 500, per_client: int = MAX_STREAMS_PER_CLIENT) -> None:
@@ -987,7 +987,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
             return
-        q = self.app.hub.subscribe(self.client_address[0])
+        # A logged-in browser is one client (also behind a reverse proxy); otherwise its address is.
+        session = self._session()
+        q = self.app.hub.subscribe(f"session:{session.token}" if session else self.client_address[0])
         if q is None:
             self._error(503, "too many open dashboards")
             return
