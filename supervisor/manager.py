@@ -1184,6 +1184,8 @@ class Manager:
         """Return sessions without a record: others' that run something a recipe recognises, and our orphans."""
         records = self.registry.all()
         ours = {(r.backend, r.session) for r in records.values()}
+        # A recorded instance's own session name is never an orphan (it may be starting right now).
+        named = {session_name(name) for name in records}
         recipes = [r for r in list_recipes(self.paths.user_recipes) if r.detect]
         found: list[ForeignSession] = []
         servers: list[tuple[str, str, SessionBackend]] = [("tmux", self.paths.tmux_socket, self.backend("tmux"))]
@@ -1201,6 +1203,8 @@ class Manager:
             for session, info in listed.items():
                 if server == ours_here and (backend_name, session) in ours:
                     continue
+                if server == ours_here and session in named:
+                    continue
                 orphan = server == ours_here and session.startswith(SESSION_PREFIX)
                 sample = self.sampler.sample(info.pid, table)
                 command = " ".join(sample.cmdline or ())
@@ -1217,12 +1221,13 @@ class Manager:
         """Return our ``sup-`` sessions (tmux and screen) that no record names: one listing per backend."""
         records = self.registry.all()
         ours = {(r.backend, r.session) for r in records.values()}
+        named = {session_name(name) for name in records}
         listing = self._sessions(KNOWN_BACKENDS)
         return sorted(
             session
             for backend, sessions in listing.items()
             for session in sessions
-            if session.startswith(SESSION_PREFIX) and (backend, session) not in ours
+            if session.startswith(SESSION_PREFIX) and (backend, session) not in ours and session not in named
         )
 
     def adopt(self, session: str, name: str, recipe_ref: str | None = None) -> InstanceStatus:
