@@ -868,7 +868,10 @@ def fleet_tail_cmd(ctx: click.Context, targets: tuple[str, ...], lines: int, tim
 @click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
 @click.pass_context
 def fleet_send_cmd(ctx: click.Context, target: str, text: str, timeout: float, as_json: bool) -> None:
-    """Type one line into an instance's console on its host, literally."""
+    """Type one line into an instance's console on its host, literally (control characters are refused)."""
+    from supervisor.consoletext import check_console_text
+
+    check_console_text(text, what=f"target '{target}': the text to send")
     _fleet_command(ctx, "send", (target,), {"text": text}, timeout, as_json)
 
 

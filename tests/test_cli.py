@@ -697,3 +697,12 @@ def test_sessions_of_ours_without_a_record_are_orphans_and_can_be_adopted(
     assert "sup-o1" not in {f["session"] for f in json.loads(invoke("ls", "--json").stdout)["foreign_sessions"]}
     invoke("stop", "o1")
     assert not Path(f"/proc/{pid}").exists()
+
+
+def test_fleet_send_refuses_control_characters_before_sending(home: Path) -> None:
+    # The broker address is never reached: the text is refused first.
+    result = invoke("fleet", "--broker", "mqtt://127.0.0.1:9", "send", "h1/x", "stop\x03", code=1)
+    assert result.stderr == (
+        "Error: target 'h1/x': the text to send holds control characters (U+0003); console text must be "
+        "printable. To press keys on purpose use 'supervisor send --keys'.\n"
+    )
