@@ -619,6 +619,7 @@ def agent_cmd(
     import signal
 
     from supervisor.agent.config import load_agent_config
+    from supervisor.agent.guard import configure_agent_logging
     from supervisor.agent.service import Agent
 
     manager = _manager(ctx)
@@ -639,6 +640,10 @@ def agent_cmd(
         logging.getLogger().setLevel(logging.INFO)
         for handler in logging.getLogger().handlers:
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    configure_agent_logging(
+        manager.paths.agent_log,
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"),
+    )
     embedded = None
     if embedded_broker or config.embedded_broker:
         from supervisor.agent.embedded import EmbeddedBroker

@@ -102,6 +102,11 @@ class Paths:
         """The agent's append-only record of remote commands."""
         return self.home / "audit.log"
 
+    @property
+    def agent_log(self) -> Path:
+        """The agent's own log (rotated, as the audit log)."""
+        return self.home / "agent.log"
+
     def instance_dir(self, name: str) -> Path:
         """Per-instance state: run script, logs, exit record."""
         return self.home / "instances" / name

@@ -30,6 +30,7 @@ from commlib.node import Node
 from commlib.transports.mqtt import ConnectionParameters
 from paho.mqtt.enums import CallbackAPIVersion
 
+from supervisor.agent.auth import sign
 from supervisor.manager import Manager
 from supervisor.paths import Paths
 from tests.conftest import RECIPES, Broker, free_port, missing, start_mosquitto, stop_process, wait_until
@@ -111,6 +112,10 @@ class Watcher:
         with contextlib.suppress(Exception):
             self.client.disconnect()
             self.client.loop_stop()
+        # The callbacks hold self, so the client sits in a reference cycle and gc may finalize its
+        # wake-up socket pair before paho's __del__ closes it (a ResourceWarning): close it now.
+        with contextlib.suppress(Exception):
+            self.client._reset_sockets()
 
 
 def envelope(reply_to: str, data: dict[str, t.Any]) -> bytes:
@@ -261,6 +266,8 @@ class AgentRunner:
         backoff: float = 0.2,
         fatal_after: int = 3,
         credentials: tuple[str, str] | None = None,
+        env_extra: dict[str, str] | None = None,
+        wait: bool = True,
     ) -> subprocess.Popen[bytes]:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"agent-{len(self.started)}.log"
@@ -288,10 +295,12 @@ class AgentRunner:
         env = {**os.environ, "SUPERVISOR_HOME": str(self.home), "SUPERVISOR_TMUX_SOCKET": self.tmux_socket}
         if credentials:
             env["SUPERVISOR_BROKER_USERNAME"], env["SUPERVISOR_BROKER_PASSWORD"] = credentials
+        env.update(env_extra or {})
         with log.open("wb") as out:
             proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
         self.started.append((proc, log))
-        self.wait_online(proc, broker_url, credentials=credentials)
+        if wait:
+            self.wait_online(proc, broker_url, credentials=credentials)
         return proc
 
     def wait_online(
@@ -739,20 +748,24 @@ def test_broker_outage_the_agent_reconnects_and_never_executes_a_request_twice(
     before.close()
 
     stop_process(mosquitto.process)
-    # The outage is the scenario: the broker is back only once the agent has noticed it is gone.
+    stopped = time.monotonic()
+    # The outage is the scenario: the broker is back only once the agent has noticed it is gone,
+    # and after 30 s, by when a backoff without a low cap would have grown long.
     wait_until(
         lambda: re.search(r"connection to \S+ lost", agents.output(agent)),
         timeout=30,
         message="the agent noticing the outage",
     )
+    time.sleep(max(0.0, 30 - (time.monotonic() - stopped)))
     restarted = start_mosquitto(tmp_path / "broker", port=mosquitto.port)
     request.addfinalizer(lambda: stop_process(restarted.process))
 
     after = Watcher(restarted.host, restarted.port)
     try:
         records = after.watch(f"supervisor/{HOST}/agent")
-        # Reconnect backoff is jittered up to 30 s; the retained record comes back with the agent.
-        next_matching(records, lambda m: m.json()["state"] == "online", timeout=45)
+        # Reconnect backoff is jittered and capped at 3 s, so the agent is back well within this
+        # generous wait (about 1 s on loopback); with the former 30 s cap it often was not.
+        next_matching(records, lambda m: m.json()["state"] == "online", timeout=12)
         # The restarted broker lost every retained message; the agent publishes the state again.
         states = after.watch(f"supervisor/{HOST}/tb/state")
         assert next_matching(states, timeout=5).json()["state"] == "running"
@@ -897,6 +910,281 @@ def test_after_a_reboot_the_agent_starts_what_should_run_and_leaves_stopped_bots
     assert_silent(down_events, 1.0)
     down = manager.status(["down"])[0]
     assert (down.state, down.desired, down.restarts) == ("stopped", "stopped", 0)
+
+
+# --- issue 11: retained and replayed requests, floods, bursts, reply topics, duplicate agents ---
+HARDENING_SECRET = "hardening-secret"
+
+
+def signed_envelope(topic: str, reply_to: str, data: dict[str, t.Any], **auth: t.Any) -> bytes:
+    header = {"reply_to": reply_to, "auth": sign(HARDENING_SECRET, topic, reply_to, data, **auth)}
+    return json.dumps({"header": header, "data": data}).encode()
+
+
+def restart_agent(
+    agents: AgentRunner, proc: subprocess.Popen[bytes], url: str, **kwargs: t.Any
+) -> subprocess.Popen[bytes]:
+    stop_process(proc, timeout=10)
+    return agents.start(url, **kwargs)
+
+
+# --- item 3: retained requests, replays across restarts ------------------------------
+
+
+def test_retained_requests_are_never_executed_across_agent_restarts(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+) -> None:
+    new_ticker(manager, "tb", bot_origin, start=True)
+    watcher = watchers(mosquitto)
+    line = f"retained-{uuid.uuid4().hex[:8]}"
+    replies = watcher.watch("r-retained")
+    hbot_replies = watcher.watch("r-retained-hbot")
+    # Left on the broker while no agent runs, as an attacker (or a misconfigured client) would.
+    watcher.publish(f"supervisor/{HOST}/tb/send", envelope("r-retained", {"text": line}), retain=True)
+    watcher.publish("hbot/tb/stop", envelope("r-retained-hbot", {"async_backend": False}), retain=True)
+
+    proc = agents.start(mosquitto.url)
+    for _ in range(3):
+        for got in (replies, hbot_replies):
+            answer = next_matching(got, timeout=10).json()["data"]
+            assert answer["status"] == 400 and "retained" in answer["msg"], answer
+        proc = restart_agent(agents, proc, mosquitto.url)
+
+    # A live request after all that still runs: the agent serves, and only the retained ones were refused.
+    sentinel = f"sentinel-{uuid.uuid4().hex[:8]}"
+    data, _ = watcher.request(f"supervisor/{HOST}/tb/send", {"text": sentinel})
+    assert data["status"] == 200, data
+    wait_until(lambda: f"echo: {sentinel}" in console(manager, "tb"), message="the sentinel line")
+    assert line not in console(manager, "tb")
+    assert manager.status(["tb"])[0].state == "running"  # the retained stop never ran
+
+
+def test_a_signed_request_is_not_executed_again_after_an_agent_restart(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+) -> None:
+    new_ticker(manager, "tb", bot_origin, start=True)
+    env = {"SUPERVISOR_SECRET": HARDENING_SECRET}
+    proc = agents.start(mosquitto.url, env_extra=env)
+    watcher = watchers(mosquitto)
+    topic = f"supervisor/{HOST}/tb/send"
+    line = f"once-{uuid.uuid4().hex[:8]}"
+    payload = signed_envelope(topic, "r-once", {"text": line})
+    replies = watcher.watch("r-once")
+    watcher.publish(topic, payload)
+    assert next_matching(replies, timeout=10).json()["data"]["status"] == 200
+    wait_until(lambda: f"echo: {line}" in console(manager, "tb"), message="the first line")
+
+    proc = restart_agent(agents, proc, mosquitto.url, env_extra=env)
+    # A signed request published retained: a copy of it reaches every future agent.
+    retained_line = f"retained-signed-{uuid.uuid4().hex[:8]}"
+    retained_payload = signed_envelope(topic, "r-kept", {"text": retained_line})
+    kept = watcher.watch("r-kept")
+    watcher.publish(topic, retained_payload, retain=True)
+    first = next_matching(kept, timeout=10).json()["data"]  # live delivery: executed once, as any request
+    assert first["status"] == 200, first
+
+    # Within the 30 s skew window, the exact bytes of the first request again: refused, not executed.
+    watcher.publish(topic, payload)
+    again = next_matching(replies, timeout=10).json()["data"]
+    assert again["status"] == 401 and "before this agent started" in again["msg"], again
+    proc = restart_agent(agents, proc, mosquitto.url, env_extra=env)
+    answer = next_matching(kept, timeout=10).json()["data"]  # the retained copy, at the new subscription
+    assert answer["status"] == 400 and "retained" in answer["msg"], answer
+
+    sentinel = f"sentinel-{uuid.uuid4().hex[:8]}"
+    assert watcher.request_raw(topic, signed_envelope(topic, "r-s", {"text": sentinel}), "r-s")[0]["status"] == 200
+    wait_until(lambda: f"echo: {sentinel}" in console(manager, "tb"), message="the sentinel line")
+    text = console(manager, "tb")
+    assert text.count(f"echo: {line}") == 1
+    assert text.count(f"echo: {retained_line}") == 1
+
+
+# --- item 15: reply topics that are command topics ------------------------------------
+
+
+def test_a_reply_to_on_a_command_topic_is_refused_and_nothing_is_published_there(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+) -> None:
+    new_ticker(manager, "tb", bot_origin, start=True)
+    agents.start(mosquitto.url)
+    watcher = watchers(mosquitto)
+    targets = [
+        "supervisor/otherhost/x/stop",
+        f"supervisor/{HOST}/tb/stop",
+        "supervisor/otherhost/list",
+        "supervisor/otherhost/agent",
+        "hbot/x/stop",
+        "hbot/tb/start",
+    ]
+    seen = [watcher.watch(target) for target in targets]
+    lines = []
+    for target in [*targets, "supervisor.otherhost.x.restart"]:  # dots become slashes, as in commlib
+        line = f"reply-{uuid.uuid4().hex[:8]}"
+        lines.append(line)
+        watcher.publish(f"supervisor/{HOST}/tb/send", envelope(target, {"text": line}))
+        watcher.publish("hbot/tb/status", envelope(target, {"async_backend": False}))
+
+    sentinel = f"sentinel-{uuid.uuid4().hex[:8]}"
+    data, _ = watcher.request(f"supervisor/{HOST}/tb/send", {"text": sentinel})
+    assert data["status"] == 200, data
+    wait_until(lambda: f"echo: {sentinel}" in console(manager, "tb"), message="the sentinel line")
+    for got, target in zip(seen, targets, strict=True):
+        assert [m.payload[:200] for m in drain(got)] == [], target  # no reply (nor anything else) landed there
+    assert_silent(seen[0], 0.3)
+    text = console(manager, "tb")
+    assert not any(line in text for line in lines)
+
+
+def test_a_flood_of_oversized_refused_requests_adds_a_bounded_number_of_bytes_to_the_logs(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+    isolated_env: Path,
+) -> None:
+    new_ticker(manager, "tb", bot_origin, start=True)
+    proc = agents.start(mosquitto.url, env_extra={"SUPERVISOR_SECRET": HARDENING_SECRET})
+    watcher = watchers(mosquitto)
+
+    def log_bytes() -> int:
+        files = [*isolated_env.glob("audit.log*"), *isolated_env.glob("agent.log*")]
+        return sum(f.stat().st_size for f in files) + len(agents.output(proc).encode())
+
+    def sentinel() -> None:
+        topic = f"supervisor/{HOST}/tb/status"
+        reply_to = f"r-{uuid.uuid4().hex}"
+        data, _ = watcher.request_raw(topic, signed_envelope(topic, reply_to, {}), reply_to, timeout=30)
+        assert data["status"] == 200, data
+
+    sentinel()
+    before = log_bytes()
+    received = 0
+    for i in range(300):
+        topic = f"supervisor/{HOST}/{'x' * 60_000}{i}/send"
+        if i % 2:  # not JSON: nobody to answer
+            payload = b'{"header":{"reply_to":"r-flood"},"data":' + b"[" * 2000
+        else:  # well formed but unsigned: 401
+            payload = envelope("r-flood", {"text": "y" * 2000})
+        watcher.client.publish(topic, payload, qos=1)
+        received += len(topic) + len(payload)
+    sentinel()  # answered after the flood (the pool is first in, first out) ...
+    sentinel()  # ... and this one after every flood request has finished
+    added = log_bytes() - before
+
+    assert received > 18_000_000
+    assert added < 100_000, f"{added} bytes of logs for {received} bytes of refused requests"
+    assert proc.poll() is None
+
+
+def test_a_burst_of_2000_requests_every_executed_one_is_answered_the_rest_get_503(
+    manager: Manager,
+    bot_origin: Path,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    # mosquitto queues at most 1000 QoS 1 messages per client by default and drops the rest, on
+    # its way to the agent and to the client alike; this broker holds the whole burst.
+    mosquitto = start_mosquitto(tmp_path / "burst-broker", extra_conf="max_queued_messages 10000\n")
+    request.addfinalizer(lambda: stop_process(mosquitto.process))
+    new_ticker(manager, "tb", bot_origin, start=True)
+    agents.start(mosquitto.url)
+    watcher = watchers(mosquitto)
+    replies = watcher.watch("r-burst/+")
+    sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"burst-{uuid.uuid4().hex[:8]}")
+    sender.max_inflight_messages_set(0)  # no client-side throttle: the whole burst at once
+    sender.connect(mosquitto.host, mosquitto.port)
+    sender.loop_start()
+    tag = uuid.uuid4().hex[:6]
+    try:
+        infos = [
+            sender.publish(
+                f"supervisor/{HOST}/tb/send", envelope(f"r-burst/{i}", {"text": f"burst-{tag}-{i}-end"}), qos=1
+            )
+            for i in range(2000)
+        ]
+        for info in infos:
+            info.wait_for_publish(30)
+    finally:
+        sender.disconnect()
+        sender.loop_stop()
+
+    status: dict[int, int] = {}
+    deadline = time.monotonic() + 120
+    while len(status) < 2000 and time.monotonic() < deadline:
+        with contextlib.suppress(queue.Empty):
+            message = replies.get(timeout=1)
+            status[int(message.topic.rsplit("/", 1)[1])] = message.json()["data"]["status"]
+    assert len(status) == 2000, f"{2000 - len(status)} requests got no reply"
+    executed = {i for i, code in status.items() if code == 200}
+    refused = {i for i, code in status.items() if code == 503}
+    assert executed | refused == set(status), set(status.values())
+    assert executed and refused, (len(executed), len(refused))
+    # What ran is exactly what was answered 200: the console shows those lines and no other.
+    wait_until(
+        lambda: all(f"burst-{tag}-{i}-end" in console(manager, "tb") for i in executed),
+        timeout=30,
+        message="every executed line in the console",
+    )
+    text = console(manager, "tb")
+    assert not [i for i in refused if f"burst-{tag}-{i}-end" in text]
+
+
+def test_a_second_agent_with_the_same_host_id_refuses_to_run_and_the_live_one_stays_online(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+) -> None:
+    new_ticker(manager, "tb", bot_origin, start=True)
+    first = agents.start(mosquitto.url)
+    watcher = watchers(mosquitto)
+    records = watcher.watch(f"supervisor/{HOST}/agent")
+    assert next_matching(records).json()["pid"] == first.pid  # the retained record
+
+    second = agents.start(mosquitto.url, wait=False)
+    assert second.wait(30) == 1
+    assert "another agent already serves it" in agents.output(second)
+    assert "Stop that agent, or give this one another --host-id" in agents.output(second)
+
+    # Whatever came and went, the record ends as the live agent's and it still serves.
+    wait_until(lambda: _retained_agent(mosquitto)["pid"] == first.pid, message="the live agent's record")
+    assert _retained_agent(mosquitto)["state"] == "online"
+    data, _ = watcher.request(f"supervisor/{HOST}/list", {})
+    assert data["status"] == 200
+    # An "offline" of another run (a second agent's last will, or a stranger) never sticks.
+    drain(records)
+    fake = {"host": HOST, "state": "offline", "ts": time.time(), "run": "0123456789ab", "pid": 1}
+    watcher.publish(f"supervisor/{HOST}/agent", json.dumps(fake).encode(), retain=True)
+    next_matching(records, lambda m: m.json()["state"] == "online" and m.json()["pid"] == first.pid)
+    assert _retained_agent(mosquitto)["pid"] == first.pid
+    assert "lost" not in agents.output(first)  # never kicked off the broker
+    assert first.poll() is None
+
+
+def _retained_agent(broker: Broker) -> dict[str, t.Any]:
+    """Return the retained availability record a new subscriber gets now."""
+    fresh = Watcher(broker.host, broker.port)
+    try:
+        record: dict[str, t.Any] = next_matching(fresh.watch(f"supervisor/{HOST}/agent")).json()
+        return record
+    finally:
+        fresh.close()
 
 
 # --- the same flow on another broker: NATS's MQTT listener ---------------------------

@@ -254,3 +254,28 @@ def test_concurrent_replays_let_exactly_one_through() -> None:
     for thread in threads:
         thread.join(5)
     assert sorted(results) == ["ok"] + ["refused"] * 15
+
+
+def test_a_request_signed_before_the_agent_started_is_refused_even_within_the_skew_window() -> None:
+    clock = Clock()
+    check = Verifier(SECRET, skew=30.0, clock=clock, not_before=NOW)
+    data = {"text": "status"}
+    old = sign(SECRET, TOPIC, REPLY_TO, data, ts=NOW - 5)  # 5 s old: inside the 30 s window
+    with pytest.raises(AuthError, match="before this agent started"):
+        check.verify(TOPIC, REPLY_TO, header_for(old), data)
+    check.verify(TOPIC, REPLY_TO, header_for(sign(SECRET, TOPIC, REPLY_TO, data, ts=NOW + 1)), data)
+
+
+def test_records_are_signed_for_their_topic_and_any_change_breaks_the_signature() -> None:
+    from supervisor.agent.auth import is_signed_record, sign_record
+
+    topic = "supervisor/h1/agent"
+    record = {"host": "h1", "state": "online", "ts": NOW, "cpu_percent": 1.5, "name": "é"}
+    signed = json.loads(json.dumps(sign_record(SECRET, topic, record)))  # as a reader gets it off the wire
+    assert is_signed_record(SECRET, topic, signed)
+    assert not is_signed_record("other", topic, signed)
+    assert not is_signed_record(SECRET, "supervisor/h2/agent", signed)  # moved to another host's topic
+    assert not is_signed_record(SECRET, topic, {**signed, "state": "offline"})
+    assert not is_signed_record(SECRET, topic, record)  # unsigned
+    assert not is_signed_record(SECRET, topic, {**record, "auth": {"ts": "x", "nonce": NONCE, "sig": "0" * 64}})
+    assert not is_signed_record(SECRET, topic, {**record, "auth": "junk"})

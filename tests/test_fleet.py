@@ -512,14 +512,15 @@ def test_signed_commands_pass_and_forged_ones_are_refused(
     answer = send_raw(signed_request(topic, rt, {"text": lines["expired"]}, ts=time.time() - 600), rt)
     assert answer["status"] == 401 and "expired" in answer["msg"]
 
-    # Signed: executed; the exact same bytes again get the same answer and are NOT executed again.
+    # Signed: executed; the exact same bytes again are a replay: 401, NOT executed again (never the cached 200).
     rt = reply_to()
     good = signed_request(topic, rt, {"text": lines["signed"]})
     watcher.publish(topic, good)
     first = watcher.raw_reply(rt)
     assert json.loads(first)["data"]["status"] == 200
     watcher.publish(topic, good)
-    assert watcher.raw_reply(rt) == first
+    again = json.loads(watcher.raw_reply(rt))["data"]
+    assert again["status"] == 401 and "replayed" in again["msg"], again
     # A replay re-aimed at the attacker's reply topic, or at another verb, breaks the signature.
     request = json.loads(good)
     rt = reply_to()
@@ -544,10 +545,10 @@ def test_signed_commands_pass_and_forged_ones_are_refused(
 
     # Every refusal is in the audit log.
     refused = [entry for entry in host.audit() if entry.get("result") == 401]
-    assert len(refused) == 7, refused
+    assert len(refused) == 8, refused
     assert all(entry["topic"].startswith("supervisor/h1/bot/") for entry in refused)
     reasons = " | ".join(entry["msg"] for entry in refused)
-    for reason in ("not signed", "signature is wrong", "expired"):
+    for reason in ("not signed", "signature is wrong", "expired", "replayed"):
         assert reason in reasons
     accepted = [entry for entry in host.audit() if entry.get("result") == 200]
     assert len(accepted) == 3  # restart, the signed line, the sentinel

@@ -55,13 +55,23 @@ class Verifier:
     """Check signatures, the clock-skew window and nonce reuse.
 
     Nonces are remembered for twice the skew window: any older request fails
-    the time check anyway, so memory stays bounded by the request rate.
+    the time check anyway, so memory stays bounded by the request rate. They
+    live in memory only; instead, requests signed before ``not_before`` (the
+    agent's start) are refused, so nothing from an earlier run can be replayed.
     """
 
-    def __init__(self, secret: str, *, skew: float = 30.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        secret: str,
+        *,
+        skew: float = 30.0,
+        clock: Callable[[], float] = time.time,
+        not_before: float | None = None,
+    ) -> None:
         self._key = secret.encode()
         self.skew = skew
         self._clock = clock
+        self.not_before = not_before
         self._seen: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._lock = threading.Lock()
 
@@ -89,6 +99,12 @@ class Verifier:
         if abs(now - ts) > self.skew:
             msg = f"request has expired: signed {now - ts:+.0f}s from now, outside the {self.skew:g}s window."
             raise AuthError(msg)
+        if self.not_before is not None and ts < self.not_before:
+            msg = (
+                f"request was signed {self.not_before - ts:.1f}s before this agent started: "
+                "a replay from an earlier run is refused. Send a new request."
+            )
+            raise AuthError(msg)
         with self._lock:
             self._forget(now)
             if nonce in self._seen:
@@ -103,3 +119,31 @@ class Verifier:
             if seen >= horizon:
                 break
             self._seen.pop(nonce)
+
+
+def sign_record(secret: str, topic: str, record: Mapping[str, t.Any]) -> dict[str, t.Any]:
+    """Return ``record`` with an ``auth`` member signing it for ``topic`` (a retained record)."""
+    body = {k: v for k, v in record.items() if k != "auth"}
+    return {**body, "auth": sign(secret, topic, "", body)}
+
+
+def is_signed_record(secret: str, topic: str, record: Mapping[str, t.Any]) -> bool:
+    """Return whether ``record`` carries a valid signature for ``topic`` by ``secret``.
+
+    Records are retained and read again and again, so there is no nonce or
+    clock check: the record's own ``ts`` says how old it is.
+    """
+    auth = record.get("auth")
+    if not isinstance(auth, dict):
+        return False
+    ts, nonce, sig = auth.get("ts"), auth.get("nonce"), auth.get("sig")
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+        return False
+    if not isinstance(nonce, str) or not _NONCE_RE.match(nonce) or not isinstance(sig, str) or not _SIG_RE.match(sig):
+        return False
+    body = {k: v for k, v in record.items() if k != "auth"}
+    try:
+        expected = hmac.new(secret.encode(), canonical(topic, "", ts, nonce, body), hashlib.sha256).hexdigest()
+    except (TypeError, ValueError):
+        return False
+    return hmac.compare_digest(expected, sig)

@@ -35,6 +35,8 @@ Will = tuple[str, bytes, int, bool]
 """``(topic, payload, qos, retain)``, published by the broker on an unclean drop."""
 
 DEFAULT_MAX_QUEUED = 1000
+DEFAULT_MAX_BACKOFF = 3.0
+"""Cap of the wait between connection attempts: back within a few seconds of the broker's return."""
 
 
 def backoff_delay(attempt: int, minimum: float, maximum: float, rng: random.Random | None = None) -> float:
@@ -130,7 +132,7 @@ class Connection:
         will: Will | None = None,
         on_connect: Callable[[], None] | None = None,
         min_backoff: float = 0.5,
-        max_backoff: float = 30.0,
+        max_backoff: float = DEFAULT_MAX_BACKOFF,
         connect_timeout: float = 5.0,
         max_queued: int = DEFAULT_MAX_QUEUED,
     ) -> None:
@@ -166,6 +168,7 @@ class Connection:
             clean_session=None if v5 else True,
         )
         self._client.connect_timeout = connect_timeout
+        self._max_queued = max_queued
         self._client.max_queued_messages_set(max_queued)
         if config.username is not None:
             self._client.username_pw_set(config.username, config.password)
@@ -302,25 +305,37 @@ class Connection:
             if known and self._client.is_connected():
                 self._client.unsubscribe(topic_filter)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False, *, headroom: int = 0) -> bool:
         """Hand ``payload`` for ``topic`` to the network thread; never blocks.
 
         While disconnected, QoS 0 messages are dropped; QoS 1/2 messages are kept by
         paho (up to ``max_queued``, beyond that dropped with one warning) and sent
-        after the next connect.
+        after the next connect. A message with ``headroom`` is dropped unless that
+        many queue slots stay free after it, which keeps room for what matters more.
+        Returns whether the message was queued or sent.
 
         Raises
         ------
         AgentError
             If ``topic`` is empty or holds a wildcard, or ``qos`` is not 0, 1 or 2.
         """
+        if headroom and qos and self._max_queued and self.queued() + headroom >= self._max_queued:
+            return False
         info = self._publish(topic, payload, qos, retain)
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             if not self._queue_full_logged:
                 self._queue_full_logged = True
                 logger.warning("outgoing MQTT queue is full; dropping messages")
-        elif info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos == 0:
-            logger.debug("not connected; dropped QoS 0 message to %s", topic)
+            return False
+        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos == 0:
+            logger.debug("not connected; dropped QoS 0 message to %s", topic[:200])
+            return False
+        return True
+
+    def queued(self) -> int:
+        """Return how many QoS 1/2 messages paho holds that the broker has not acknowledged."""
+        # paho has no public accessor; this is the count its own max_queued check uses.
+        return len(self._client._out_messages)
 
     def publish_and_wait(
         self,

@@ -26,12 +26,15 @@ import os
 import threading
 import time
 import typing as t
+import uuid
+from pathlib import Path
 
 from supervisor import __version__
 from supervisor.agent import protocol
-from supervisor.agent.auth import Verifier
+from supervisor.agent.auth import Verifier, is_signed_record, sign_record
 from supervisor.agent.connection import Connection
-from supervisor.errors import AuthError, InstanceNotRunning, SupervisorError
+from supervisor.agent.guard import STATUS_BUSY, RefusalLog, clip, is_command_topic
+from supervisor.errors import AgentError, AuthError, InstanceNotRunning, SupervisorError
 from supervisor.manager import CRASHED, EXITED, RUNNING, rotate_log
 from supervisor.paths import SESSION_PREFIX
 from supervisor.registry import DESIRED_RUNNING
@@ -45,11 +48,20 @@ if t.TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_PENDING = 64
+REPLY_RESERVE = 4 * MAX_PENDING + 512
+"""Outgoing-queue slots refusal replies leave free: replies (and events) of admitted requests, state records."""
+MAX_QUEUED = 4096
+CLAIM_SECONDS = 1.0
+"""After its first connection, how long an agent waits for a live agent with its host id before serving."""
+CLAIM_TIMEOUT = 10.0
+REASSERT_GAP = 0.5
 DEDUP_SECONDS = 300.0
 BACKOFF_BASE = 1.0
 BACKOFF_MAX = 60.0
 FATAL_AFTER = 5
 FAST_FAILURE = 30.0
+AUDIT_MAX_BYTES = 10 * 1024 * 1024
+AUDIT_KEEP = 3
 _VOLATILE = ("cpu_percent", "rss", "uptime", "last_heartbeat")
 
 
@@ -63,20 +75,29 @@ class _Failures:
 
 
 class AuditLog:
-    """Append-only JSON lines: who asked what, when, and the result."""
+    """Append-only JSON lines: who asked what, when, and the result.
 
-    def __init__(self, path: os.PathLike[str] | str) -> None:
-        self.path = os.fspath(path)
+    Text values are clipped (strangers choose them) and the file is rotated past
+    ``max_bytes``, keeping ``keep`` old files, so its size on disk is capped.
+    """
+
+    def __init__(
+        self, path: os.PathLike[str] | str, *, max_bytes: int = AUDIT_MAX_BYTES, keep: int = AUDIT_KEEP
+    ) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.keep = keep
         self._lock = threading.Lock()
 
     def record(self, **entry: t.Any) -> None:
         """Append one entry (never raises: auditing must not break serving)."""
-        entry = {"ts": round(time.time(), 3), **entry}
+        entry = {"ts": round(time.time(), 3), **{k: clip(v) if isinstance(v, str) else v for k, v in entry.items()}}
         line = json.dumps(entry, default=str, separators=(",", ":")) + "\n"
         with self._lock:
             try:
-                with open(self.path, "a", encoding="utf-8") as handle:  # noqa: PTH123 - append mode on a str path
+                with self.path.open("a", encoding="utf-8") as handle:
                     handle.write(line)
+                rotate_log(self.path, self.max_bytes, self.keep)
             except OSError as e:
                 logger.warning("cannot write the audit log %s: %s", self.path, e)
 
@@ -123,8 +144,14 @@ class Agent:
         self.backoff_max = backoff_max
         self.check_interval = check_interval or config.heartbeat_interval
         self._clock = clock
-        self.verifier = Verifier(config.secret, skew=config.clock_skew, clock=clock) if config.secret else None
+        self.started = clock()
+        self.verifier = (
+            Verifier(config.secret, skew=config.clock_skew, clock=clock, not_before=self.started)
+            if config.secret
+            else None
+        )
         self.audit = AuditLog(manager.paths.audit_log)
+        self.refusals = RefusalLog(self.audit.record)
         self._stop = threading.Event()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="agent-request")
         self._pending = threading.BoundedSemaphore(MAX_PENDING)
@@ -140,11 +167,21 @@ class Agent:
         self._status_lock = threading.Lock()
         self._supervision_lock = threading.Lock()
         self._publish_lock = threading.Lock()
+        # One run of this agent: in its records and client id, so another agent with the same
+        # host id is told apart (and the two do not keep kicking each other off the broker).
+        self.run_id = uuid.uuid4().hex[:12]
+        self._serving = False
+        self._first_ready: float | None = None
+        self._duplicate_of: dict[str, t.Any] | None = None
+        self._reassert_lock = threading.Lock()
+        self._reassert_pending = False
+        self._last_reassert = 0.0
         self.connection = Connection(
             config.broker,
-            client_id=config.broker.client_id or f"supervisor-agent-{self.host}",
+            client_id=config.broker.client_id or f"supervisor-agent-{self.host}-{self.run_id}",
             will=(f"{self.own}/agent", self._availability("offline"), 1, True),
             on_connect=self._on_connect,
+            max_queued=MAX_QUEUED,
         )
 
     # -- lifecycle -------------------------------------------------------------
@@ -164,14 +201,20 @@ class Agent:
                 "Restrict those topics with broker ACLs, or run with --no-hbot-relay.",
                 self.ns,
             )
-        self._subscribe()
+        self.connection.subscribe(f"{self.own}/agent", self._on_agent_record, qos=1)
+        self.connection.subscribe(f"{self.own}/agent/claim", self._on_agent_record, qos=1)
         self.connection.start()
-        logger.info("agent %s serving %s/+/… and %s/… on %s", self.host, self.ns, self.own, self.config.broker.url)
+        run_started = time.monotonic()
         next_heartbeat = 0.0
         next_state = 0.0
         next_check = 0.0
         try:
             while not self._stop.is_set():
+                if not self._claimed(run_started):
+                    self._stop.wait(0.05)
+                    continue
+                if self._reassert_pending:
+                    self._reassert()
                 now = time.monotonic()
                 check_due, heartbeat_due = now >= next_check, now >= next_heartbeat
                 if check_due or heartbeat_due:
@@ -187,16 +230,30 @@ class Agent:
                     next_state = now + self.config.state_interval
                 else:
                     self._publish_states(force=False)
+                self.refusals.flush()
                 wake = min(next_check, next_heartbeat, next_state) - time.monotonic()
-                self._stop.wait(max(0.01, wake))
+                self._stop.wait(max(0.01, min(wake, REASSERT_GAP) if self._reassert_pending else wake))
         finally:
             self._shutdown()
+        if self._duplicate_of is not None:
+            other = self._duplicate_of
+            msg = (
+                f"host id '{self.host}': another agent already serves it on {self.config.broker.url} "
+                f"(pid {other.get('pid')}, run {clip(other.get('run'), 40)}, started at {other.get('started')}). "
+                "Stop that agent, or give this one another --host-id."
+            )
+            raise AgentError(msg)
 
     def stop(self) -> None:
         """Ask :meth:`run` to return."""
         self._stop.set()
 
     def _shutdown(self) -> None:
+        if self._duplicate_of is not None:
+            # Never served: the live agent's records stay as they are.
+            self._pool.shutdown(wait=True, cancel_futures=False)
+            self.connection.stop()
+            return
         for name, alive in list(self._alive.items()):
             if alive:
                 self._status_update(name, "offline")
@@ -209,23 +266,103 @@ class Agent:
         logger.info("agent %s stopped; bots keep running in their sessions", self.host)
 
     def _availability(self, state: str) -> bytes:
-        record = {
+        record: dict[str, t.Any] = {
             "host": self.host,
             "state": state,
             "ts": round(self._clock(), 3),
             "version": __version__,
             "pid": os.getpid(),
+            "run": self.run_id,
+            "started": round(self.started, 3),
             "heartbeat_interval": self.config.heartbeat_interval,
             "state_interval": self.config.state_interval,
             "keepalive": self.config.broker.keepalive,
             "signed": self.verifier is not None,
         }
+        if self.config.secret:
+            record = sign_record(self.config.secret, f"{self.own}/agent", record)
         return json.dumps(record, separators=(",", ":")).encode()
 
     def _on_connect(self) -> None:
-        self.connection.publish(f"{self.own}/agent", self._availability("online"), qos=1, retain=True)
+        if self._first_ready is None:
+            self._first_ready = time.monotonic()
+        if self._serving:
+            self.connection.publish(f"{self.own}/agent", self._availability("online"), qos=1, retain=True)
+        else:
+            # Not retained and not on the record's topic: a live agent with our host id answers
+            # by publishing its record again, and nobody's view of the host changes meanwhile.
+            self.connection.publish(f"{self.own}/agent/claim", self._availability("starting"), qos=1)
         # Retained state may have been lost with a broker restart: publish everything again.
         self._published.clear()
+
+    def _claimed(self, run_started: float) -> bool:
+        """Return whether this agent serves; it starts to once no other live agent claimed its host id.
+
+        That is :data:`CLAIM_SECONDS` after the first connection, or after
+        :data:`CLAIM_TIMEOUT` without a broker (supervision must not wait for one).
+        """
+        if self._serving:
+            return True
+        now = time.monotonic()
+        ready = self._first_ready
+        if (ready is None or now - ready < CLAIM_SECONDS) and (ready is not None or now - run_started < CLAIM_TIMEOUT):
+            return False
+        self._serving = True
+        self._subscribe()
+        if self.connection.is_connected:
+            self.connection.publish(f"{self.own}/agent", self._availability("online"), qos=1, retain=True)
+        logger.info(
+            "agent %s (run %s) serving %s/+/… and %s/… on %s",
+            self.host,
+            self.run_id,
+            self.ns,
+            self.own,
+            self.config.broker.url,
+        )
+        return True
+
+    def _on_agent_record(self, topic: str, payload: bytes, props: Mapping[str, t.Any]) -> None:
+        """Watch our host id's availability topic: yield to an older live agent, correct anyone else."""
+        if props.get("retain"):
+            return  # may be left over from a dead run: only a live publish proves a live agent
+        try:
+            record = json.loads(payload) if payload else None
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and record.get("run") == self.run_id:
+            return
+        if isinstance(record, dict) and record.get("state") == "online" and self._outranked_by(topic, record):
+            logger.error(
+                "another live agent (run %s) serves host id %s; this one stops", clip(record.get("run")), self.host
+            )
+            self._duplicate_of = record
+            self._stop.set()
+            return
+        if topic.endswith("/claim") or self._serving:
+            # Another run's offline record (its will, its exit), a newcomer's claim, or a stranger's
+            # record: ours goes out again, so the host never looks offline while we serve.
+            self._reassert()
+
+    def _outranked_by(self, topic: str, record: Mapping[str, t.Any]) -> bool:
+        """Return whether ``record`` is a genuine agent record of a run that started before ours."""
+        if self.config.secret and not is_signed_record(self.config.secret, topic, record):
+            return False
+        started, run = record.get("started"), record.get("run")
+        if isinstance(started, bool) or not isinstance(started, (int, float)) or not isinstance(run, str):
+            return False
+        return (started, run) < (round(self.started, 3), self.run_id)
+
+    def _reassert(self) -> None:
+        """Publish our availability record again, at most once per :data:`REASSERT_GAP`."""
+        now = time.monotonic()
+        with self._reassert_lock:
+            if now - self._last_reassert < REASSERT_GAP:
+                self._reassert_pending = True
+                return
+            self._last_reassert = now
+            self._reassert_pending = False
+        if self._serving and not self._stop.is_set():
+            self.connection.publish(f"{self.own}/agent", self._availability("online"), qos=1, retain=True)
 
     def _subscribe(self) -> None:
         for command in protocol.HBOT_COMMANDS if self.hbot_relay else ():
@@ -237,51 +374,89 @@ class Agent:
 
     # -- request plumbing ----------------------------------------------------------
 
-    def _dispatch(self, topic: str, payload: bytes, work: Callable[[str, bytes], None]) -> None:
-        """Hand a request to the pool (handlers run on the network thread and must be quick)."""
+    def _dispatch(
+        self, topic: str, payload: bytes, props: Mapping[str, t.Any], work: Callable[[str, bytes, bool], None]
+    ) -> None:
+        """Hand a request to the pool (handlers run on the network thread and must be quick).
+
+        When every slot is taken the request is refused before it runs (503), so
+        an executed request always has room for its reply in the outgoing queue.
+        """
         if not self._pending.acquire(blocking=False):
-            logger.warning("too many requests in flight; refusing %s", topic)
-            self._reply_error_raw(payload, "agent is busy: too many requests in flight. Try again.")
+            if work == self._handle_hbot and not self._is_known_hbot(topic):
+                return  # another host's (or a real bot's) id: stay silent, as everywhere else
+            self.refusals.refuse("busy", topic, "too many requests in flight", result=STATUS_BUSY)
+            self._reply_error_raw(
+                payload, "agent is busy: too many requests in flight. Try again.", status=STATUS_BUSY, spare=True
+            )
             return
+        retained = bool(props.get("retain"))
 
         def job() -> None:
             try:
-                work(topic, payload)
+                work(topic, payload, retained)
             except Exception:
-                logger.exception("request on %s failed unexpectedly", topic)
+                logger.exception("request on %s failed unexpectedly", clip(topic))
                 self._reply_error_raw(payload, "internal error in the agent; see its log.")
             finally:
                 self._pending.release()
 
-        self._pool.submit(job)
+        try:
+            self._pool.submit(job)
+        except RuntimeError:  # the pool is shut down: the agent is stopping
+            self._pending.release()
 
-    def _on_hbot(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
-        self._dispatch(topic, payload, self._handle_hbot)
+    def _is_known_hbot(self, topic: str) -> bool:
+        instance = topic[len(self.ns) + 1 :].partition("/")[0]
+        with self._status_lock:
+            return instance in self._statuses
 
-    def _on_own(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
-        self._dispatch(topic, payload, self._handle_own)
+    def _on_hbot(self, topic: str, payload: bytes, props: Mapping[str, t.Any]) -> None:
+        self._dispatch(topic, payload, props, self._handle_hbot)
 
-    def _reply(self, reply_to: str, data: Mapping[str, t.Any], key: str | None = None) -> None:
+    def _on_own(self, topic: str, payload: bytes, props: Mapping[str, t.Any]) -> None:
+        self._dispatch(topic, payload, props, self._handle_own)
+
+    def _reply(self, reply_to: str, data: Mapping[str, t.Any], key: str | None = None, *, spare: bool = False) -> None:
+        """Publish a reply; ``spare`` ones (refusals) only while the queue has room beyond executed requests'."""
         try:
             topic = protocol.reply_topic(reply_to)
         except protocol.ProtocolError as e:
-            logger.warning("cannot answer on reply_to %r: %s", reply_to[:80], e)
+            logger.warning("cannot answer on reply_to %s: %s", clip(reply_to, 80), e)
             return
+        if self._is_command_topic(topic):
+            return  # never publish where an agent or a bot would take it as a command or a record
         body = protocol.encode_reply(data)
         if key is not None:
             with self._seen_lock:
                 if key in self._seen:
                     self._seen[key] = (self._seen[key][0], body)
-        self.connection.publish(topic, body, qos=1)
+        if not self.connection.publish(topic, body, qos=1, headroom=REPLY_RESERVE if spare else 0):
+            self.refusals.refuse("unanswered", topic, "outgoing queue is full; refusal reply dropped")
 
-    def _reply_error_raw(self, payload: bytes, message: str) -> None:
+    def _is_command_topic(self, topic: str) -> bool:
+        return is_command_topic(topic, self.ns, self.config.own_prefix, protocol.HBOT_COMMANDS)
+
+    def _reply_error_raw(
+        self, payload: bytes, message: str, *, status: int = protocol.STATUS_ERROR, spare: bool = False
+    ) -> None:
         try:
             request = protocol.parse_request(payload)
         except protocol.ProtocolError as e:
             if e.reply_to:
-                self._reply(e.reply_to, {"status": protocol.STATUS_ERROR, "msg": message})
+                self._reply(e.reply_to, {"status": status, "msg": message}, spare=spare)
             return
-        self._reply(request.reply_to, {"status": protocol.STATUS_ERROR, "msg": message})
+        self._reply(request.reply_to, {"status": status, "msg": message}, spare=spare)
+
+    def _refuse_retained(self, topic: str, payload: bytes) -> None:
+        """Answer 400 to a request that came with the retain flag; it is never executed."""
+        self.refusals.refuse("retained", topic, "request arrived with the retain flag", result=protocol.STATUS_ERROR)
+        self._reply_error_raw(
+            payload,
+            "bad request: it arrived retained (MQTT retain flag). Retained requests are never executed; "
+            "publish requests without retain.",
+            spare=True,
+        )
 
     def _first_sight(self, topic: str, payload: bytes) -> tuple[bool, str]:
         """Return whether this exact request is new; a QoS 1 redelivery gets the cached reply instead."""
@@ -304,7 +479,7 @@ class Agent:
         """Return a new, well-formed request and its dedup key; ``None`` for redeliveries and bad requests."""
         new, key = self._first_sight(topic, payload)
         if not new:
-            logger.info("ignoring a redelivered request on %s", topic)
+            logger.info("ignoring a redelivered request on %s", clip(topic))
             return None
         request = self._parse(topic, payload)
         return None if request is None else (request, key)
@@ -312,17 +487,23 @@ class Agent:
     def _parse(self, topic: str, payload: bytes) -> protocol.Request | None:
         """Parse a request; answer 400 where possible and return ``None`` when it is unusable."""
         try:
-            return protocol.parse_request(payload)
+            request = protocol.parse_request(payload)
         except protocol.ProtocolError as e:
-            logger.warning("malformed request on %s: %s", topic, e)
-            self.audit.record(topic=topic, result="rejected", reason=str(e))
+            self.refusals.refuse("malformed", topic, str(e), result=protocol.STATUS_ERROR)
             if e.reply_to:
-                self._reply(e.reply_to, {"status": protocol.STATUS_ERROR, "msg": f"bad request: {e}"})
+                self._reply(e.reply_to, {"status": protocol.STATUS_ERROR, "msg": f"bad request: {e}"}, spare=True)
             return None
+        if self._is_command_topic(protocol.reply_topic(request.reply_to)):
+            # Nobody can be answered there: a reply would land as a command (or a record) of some agent or bot.
+            self.refusals.refuse(
+                "reply_to", topic, f"reply_to {request.reply_to!r} is a command topic", result=protocol.STATUS_ERROR
+            )
+            return None
+        return request
 
     # -- Hummingbot-compatible commands -------------------------------------------
 
-    def _handle_hbot(self, topic: str, payload: bytes) -> None:
+    def _handle_hbot(self, topic: str, payload: bytes, retained: bool = False) -> None:
         rest = topic[len(self.ns) + 1 :]
         instance, _, command = rest.partition("/")
         records = self.manager.registry.all()
@@ -332,6 +513,9 @@ class Agent:
         status = self._status(instance)
         if status.plugin and status.is_running:
             # The bot's own MQTT bridge answers while it is up (even to bad requests): never a double reply.
+            return
+        if retained:
+            self._refuse_retained(topic, payload)
             return
         fresh = self._fresh_request(topic, payload)
         if fresh is None:
@@ -412,24 +596,35 @@ class Agent:
 
     # -- our own verbs -----------------------------------------------------------------
 
-    def _handle_own(self, topic: str, payload: bytes) -> None:
+    def _handle_own(self, topic: str, payload: bytes, retained: bool = False) -> None:
         rest = topic[len(self.own) + 1 :]
         instance, _, verb = rest.rpartition("/")
-        fresh = self._fresh_request(topic, payload)
-        if fresh is None:
+        if retained:
+            self._refuse_retained(topic, payload)
             return
-        request, key = fresh
+        key: str | None = None
+        if self.verifier is None:
+            fresh = self._fresh_request(topic, payload)
+            if fresh is None:
+                return
+            request, key = fresh
+        else:
+            # Signed requests skip the duplicate cache: a byte-identical copy is a replay
+            # (its nonce is spent) and gets 401, never the first one's cached reply.
+            parsed = self._parse(topic, payload)
+            if parsed is None:
+                return
+            request = parsed
         who = request.header.get("node_id") or request.header.get("agent") or "?"
         if self.verifier is not None:
             try:
                 self.verifier.verify(topic, request.reply_to, request.header, request.data)
             except AuthError as e:
-                logger.warning("refused %s from %s: %s", topic, who, e)
-                self.audit.record(topic=topic, client=who, result=protocol.STATUS_UNAUTHORIZED, msg=str(e))
+                self.refusals.refuse("unauthorized", topic, str(e), client=who, result=protocol.STATUS_UNAUTHORIZED)
                 self._reply(
                     request.reply_to,
                     {"status": protocol.STATUS_UNAUTHORIZED, "msg": f"unauthorized: {e}", "code": e.code},
-                    key,
+                    spare=True,
                 )
                 return
         try:
@@ -438,7 +633,7 @@ class Agent:
         except SupervisorError as e:
             reply = {"status": protocol.STATUS_ERROR, "msg": str(e), "code": e.code}
         self.audit.record(
-            topic=topic, client=who, reply_to=request.reply_to, result=reply["status"], msg=str(reply.get("msg"))[:200]
+            topic=topic, client=who, reply_to=request.reply_to, result=reply["status"], msg=str(reply.get("msg"))
         )
         self._reply(request.reply_to, reply, key)
 
@@ -607,7 +802,10 @@ class Agent:
             if not force and previous is not None and previous[0] == stable:
                 continue
             body = {**record, "host": self.host, "ts": round(now, 3), "refresh": self.config.state_interval}
-            self.connection.publish(f"{self.own}/{name}/state", json.dumps(body).encode(), qos=1, retain=True)
+            topic = f"{self.own}/{name}/state"
+            if self.config.secret:
+                body = sign_record(self.config.secret, topic, body)
+            self.connection.publish(topic, json.dumps(body).encode(), qos=1, retain=True)
             self._published[name] = (stable, now)
         for gone in set(self._published) - set(statuses):
             self.connection.publish(f"{self.own}/{gone}/state", b"", qos=1, retain=True)
