@@ -798,9 +798,14 @@ def fleet_ls_cmd(ctx: click.Context, wait: float, as_json: bool) -> None:
         )
     headers = ["HOST", "INSTANCE", "STATE", "PID", "CPU%", "RSS", "UPTIME", "RESTARTS", "COMMIT", "HB AGE", "REC AGE"]
     _table(headers, rows, colour_col=2)
-    offline = sorted(h.host for h in snap.hosts.values() if h.state != "online")
+    offline = sorted(h.host for h in snap.hosts.values() if h.state != "online" and h.trusted)
     if offline:
         click.echo(f"\noffline hosts (agent's last will): {', '.join(offline)}")
+    untrusted = sorted(h.host for h in snap.hosts.values() if not h.trusted)
+    if untrusted:
+        click.echo(
+            f"\nuntrusted hosts (record not signed with the shared secret; never acted on): {', '.join(untrusted)}"
+        )
 
 
 def _fleet_command(

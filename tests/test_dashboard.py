@@ -839,3 +839,55 @@ def test_event_stream_slots_are_counted_per_client() -> None:
     assert hub.subscribe("c") is None  # all 4 slots taken by two clients
     hub.unsubscribe(second)
     assert hub.subscribe("c") is not None
+
+
+def test_with_a_secret_the_dashboard_marks_unsigned_records_untrusted_and_never_acts_on_them(
+    tmp_path: Path, mosquitto: Broker
+) -> None:
+    from supervisor.agent.auth import sign_record
+    from supervisor.dashboard.server import Hub, Monitor
+
+    secret = "dash-secret"
+    config = load_agent_config(None, {"SUPERVISOR_SECRET": secret}, {"url": mosquitto.url})
+    monitor = Monitor(config, Store(tmp_path / "dash.sqlite"), Hub())
+    monitor.start()
+    try:
+        now = time.time()
+        running = {"state": "running", "pid": 4242, "ts": now, "refresh": 30}
+        real = {"host": "h1", "state": "online", "ts": now, "heartbeat_interval": 10}
+        publish(
+            mosquitto,
+            [
+                ("supervisor/h1/agent", sign_record(secret, "supervisor/h1/agent", real)),
+                ("supervisor/h1/bot/state", sign_record(secret, "supervisor/h1/bot/state", {"host": "h1", **running})),
+                ("supervisor/h1/ghost/state", {"host": "h1", **running}),
+                ("supervisor/fake/agent", {"host": "fake", "state": "online", "ts": now}),
+                ("supervisor/fake/x/state", {"host": "fake", **running}),
+                ("supervisor/h1/agent", {"host": "h1", "state": "offline", "ts": now}),  # a stranger's, after
+                # Last, so that once it is seen everything before it has been handled.
+                (
+                    "supervisor/h1/last/state",
+                    sign_record(secret, "supervisor/h1/last/state", {"host": "h1", **running}),
+                ),
+            ],
+        )
+
+        def view() -> dict[str, t.Any] | None:
+            snap = monitor.snapshot()
+            instances = {i["target"]: (i["state"], i["trusted"], i["health"]) for i in snap["instances"]}
+            return snap if "h1/last" in instances else None
+
+        snap = wait_until(view, message="the last record")
+        hosts = {h["host"]: (h["state"], h["online"], h["trusted"]) for h in snap["hosts"]}
+        assert hosts == {"h1": ("online", True, True), "fake": ("untrusted", False, False)}
+        instances = {i["target"]: (i["state"], i["trusted"], i["health"]) for i in snap["instances"]}
+        assert instances == {
+            "h1/bot": ("running", True, "ok"),
+            "h1/last": ("running", True, "ok"),
+            "h1/ghost": ("untrusted", False, "off"),
+            "fake/x": ("untrusted", False, "off"),
+        }
+        reply = monitor.command("fake", "x", "stop", {})
+        assert not reply["ok"] and "untrusted" in reply["msg"] and reply["status"] is None
+    finally:
+        monitor.stop()

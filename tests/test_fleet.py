@@ -554,6 +554,62 @@ def test_signed_commands_pass_and_forged_ones_are_refused(
     assert len(accepted) == 3  # restart, the signed line, the sentinel
 
 
+def test_with_a_secret_unsigned_records_are_untrusted_shown_as_such_and_never_acted_on(
+    mosquitto: Broker, watcher: Watcher, make_host: Callable[[str], Host]
+) -> None:
+    host = make_host("h1")
+    host.add("bot")
+    host.start_agent(mosquitto.url, env={"SUPERVISOR_SECRET": SECRET})
+    watcher.wait_ready({"h1": ["bot"]})
+    assert "auth" in (watcher.record("supervisor/h1/agent") or {})
+    assert "auth" in (watcher.record("supervisor/h1/bot/state") or {})
+    commands = Watcher(mosquitto, "supervisor/fake/#", "supervisor/wrong/#")
+    now = time.time()
+    running = {"state": "running", "pid": 4242, "ts": now, "refresh": 30}
+    wrong = {"host": "wrong", "state": "online", "ts": now}
+    records: dict[str, dict[str, t.Any]] = {
+        "supervisor/fake/agent": {"host": "fake", "state": "online", "ts": now, "signed": True},
+        "supervisor/fake/x/state": {"host": "fake", **running},
+        "supervisor/h1/ghost/state": {"host": "h1", **running},  # a fake instance on a real host
+        # Signed, but with another secret.
+        "supervisor/wrong/agent": {**wrong, "auth": sign("guess", "supervisor/wrong/agent", "", wrong)},
+    }
+    try:
+        for topic, record in records.items():
+            watcher.publish(topic, json.dumps(record).encode(), retain=True)
+        data = fleet_json(mosquitto.url, "ls", "--wait", "0.7", secret=SECRET)
+        hosts = {h["host"]: (h["state"], h["trusted"]) for h in data["hosts"]}
+        assert hosts == {"h1": ("online", True), "fake": ("untrusted", False), "wrong": ("untrusted", False)}
+        seen = {f"{i['host']}/{i['instance']}": (i["state"], i["trusted"]) for i in data["instances"]}
+        assert seen == {"h1/bot": ("running", True), "h1/ghost": ("untrusted", False), "fake/x": ("untrusted", False)}
+        text = run_fleet(mosquitto.url, "ls", "--wait", "0.7", secret=SECRET).stdout
+        assert "untrusted hosts (record not signed with the shared secret; never acted on): fake, wrong" in text
+        # Never acted on: nothing is sent to an untrusted host, and wildcards skip untrusted instances.
+        done = run_fleet(mosquitto.url, "stop", "fake/x", "--json", secret=SECRET)
+        assert done.returncode == 1
+        [reply] = json.loads(done.stdout)
+        assert "untrusted" in reply["msg"] and reply["status"] is None, reply
+        [reply] = fleet_json(mosquitto.url, "status", "*/*", secret=SECRET)
+        assert reply["target"] == "h1/bot" and reply["status"] == 200
+        assert commands.record("supervisor/fake/x/stop") is None
+        # A stranger's record on the real host's topic: never replaces the signed one, and the
+        # agent publishes its own again at once.
+        fake_offline = {"host": "h1", "state": "offline", "ts": time.time()}
+        watcher.publish("supervisor/h1/agent", json.dumps(fake_offline).encode(), retain=True)
+        wait_until(lambda: "auth" in (watcher.record("supervisor/h1/agent") or {}), message="the signed record back")
+        states = {
+            h["host"]: h["state"] for h in fleet_json(mosquitto.url, "ls", "--wait", "0.7", secret=SECRET)["hosts"]
+        }
+        assert states["h1"] == "online"
+        # Without the secret the fleet cannot tell, and shows records as they are (as before).
+        data = fleet_json(mosquitto.url, "ls", "--wait", "0.7")
+        assert {h["host"]: h["state"] for h in data["hosts"]}["fake"] == "online"
+    finally:
+        commands.close()
+        for topic in records:
+            watcher.publish(topic, b"", retain=True)
+
+
 # --- TLS ------------------------------------------------------------------------------
 
 

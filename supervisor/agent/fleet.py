@@ -18,7 +18,7 @@ import typing as t
 import uuid
 
 from supervisor.agent import protocol
-from supervisor.agent.auth import sign
+from supervisor.agent.auth import is_signed_record, sign
 from supervisor.agent.connection import Connection
 from supervisor.errors import AgentError
 
@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 
 STALE_GRACE = 5.0
 """Seconds past a record's refresh period before it counts as stale."""
+UNTRUSTED = "untrusted"
+"""The state shown for a record that is not signed with the shared secret (or wrongly signed)."""
+TRUSTED_KEY = "trusted"
+"""Set by readers on every record they keep: whether its signature checked out (always true without a secret)."""
 
 
 @dataclasses.dataclass
@@ -45,6 +49,7 @@ class HostView:
     version: str | None = None
     signed: bool | None = None
     heartbeat_interval: float | None = None
+    trusted: bool = True
 
 
 @dataclasses.dataclass
@@ -60,6 +65,7 @@ class InstanceView:
     heartbeat_age: float | None
     stale: bool
     host_online: bool
+    trusted: bool = True
 
     @property
     def target(self) -> str:
@@ -79,6 +85,7 @@ class InstanceView:
             "heartbeat_age": self.heartbeat_age,
             "stale": self.stale,
             "host_online": self.host_online,
+            "trusted": self.trusted,
         }
 
 
@@ -150,22 +157,14 @@ class FleetClient:
 
     def _on_agent(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
         host = topic.split("/")[-2]
-        record = load_record(payload)
         with self._lock:
-            if record is None:
-                self._agents.pop(host, None)
-            else:
-                self._agents[host] = record
+            keep_record(self._agents, host, topic, payload, self.config.secret)
 
     def _on_state(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
         parts = topic.split("/")
         host, name = parts[-3], parts[-2]
-        record = load_record(payload)
         with self._lock:
-            if record is None:
-                self._states.pop((host, name), None)
-            else:
-                self._states[(host, name)] = record
+            keep_record(self._states, (host, name), topic, payload, self.config.secret)
 
     def _on_heartbeat(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
         name = topic.split("/")[-2]
@@ -186,11 +185,12 @@ class FleetClient:
         hosts = {
             host: HostView(
                 host=host,
-                state=str(rec.get("state", "unknown")),
+                state=str(rec.get("state", "unknown")) if rec[TRUSTED_KEY] else UNTRUSTED,
                 ts=rec.get("ts"),
                 version=rec.get("version"),
                 signed=rec.get("signed"),
                 heartbeat_interval=rec.get("heartbeat_interval"),
+                trusted=rec[TRUSTED_KEY],
             )
             for host, rec in agents.items()
         }
@@ -206,7 +206,8 @@ class FleetClient:
             refresh = record.get("refresh") or 30.0
             stale = age is None or age > refresh + STALE_GRACE
             reported = str(record.get("state", "unknown"))
-            state = "offline" if not online else ("stale" if stale else reported)
+            trusted = bool(record[TRUSTED_KEY]) and (agent is None or agent.trusted)
+            state = UNTRUSTED if not trusted else "offline" if not online else ("stale" if stale else reported)
             # {ns}/{id}/hb carries no host: a live heartbeat is only attributable to a unique id.
             last_hb = heartbeats.get(name) if hosts_of[name] == 1 else None
             recorded_hb = record.get("last_heartbeat")
@@ -223,6 +224,7 @@ class FleetClient:
                     heartbeat_age=(now - last_hb) if last_hb else None,
                     stale=stale,
                     host_online=online,
+                    trusted=trusted,
                 )
             )
         return Snapshot(hosts=hosts, instances=views)
@@ -286,7 +288,11 @@ class FleetClient:
                     break
             time.sleep(0.01)
         with self._lock:
-            return {h: str(self._agents[h].get("state", "unknown")) for h in hosts if h in self._agents}
+            return {
+                h: str(self._agents[h].get("state", "unknown")) if self._agents[h][TRUSTED_KEY] else UNTRUSTED
+                for h in hosts
+                if h in self._agents
+            }
 
     def run(
         self, targets: Sequence[tuple[str, str | None]], verb: str, data: Mapping[str, t.Any], timeout: float
@@ -304,6 +310,12 @@ class FleetClient:
             state = hosts.get(host)
             if state is None:
                 msg = f"no agent of host '{host}' is known to this broker. Run 'supervisor fleet ls' to see hosts."
+                replies[index] = Reply(target, verb, False, None, msg)
+            elif state == UNTRUSTED:
+                msg = (
+                    f"host '{host}': its availability record is not signed with the shared secret "
+                    "(untrusted: a stranger may have published it); nothing was sent."
+                )
                 replies[index] = Reply(target, verb, False, None, msg)
             elif state != "online":
                 msg = f"host '{host}' is {state} (its agent's last will); nothing was sent."
@@ -332,7 +344,7 @@ def expand(selectors: Sequence[str], snapshot: Snapshot) -> list[tuple[str, str]
     AgentError
         A selector is not ``HOST/INSTANCE`` or matches nothing the fleet knows.
     """
-    known = [(i.host, i.name) for i in snapshot.instances]
+    known = [(i.host, i.name) for i in snapshot.instances if i.trusted]
     chosen: list[tuple[str, str]] = []
     for selector in selectors:
         host, sep, instance = selector.partition("/")
@@ -359,3 +371,28 @@ def load_record(payload: bytes) -> dict[str, t.Any] | None:
     except (ValueError, RecursionError):  # RecursionError: a deeply nested payload
         return None
     return value if isinstance(value, dict) else None
+
+
+K = t.TypeVar("K")
+
+
+def keep_record(
+    records: dict[K, dict[str, t.Any]], key: K, topic: str, payload: bytes, secret: str | None
+) -> dict[str, t.Any] | None:
+    """Store a retained record under ``key``, marked with :data:`TRUSTED_KEY`; return what is kept.
+
+    With a secret, a record that is unsigned or wrongly signed for ``topic`` is
+    kept as untrusted, and never replaces a trusted one (a stranger cannot hide
+    or rewrite a real host). An empty payload (a cleared record) removes it.
+    """
+    record = load_record(payload)
+    if record is None:
+        records.pop(key, None)
+        return None
+    trusted = secret is None or is_signed_record(secret, topic, record)
+    previous = records.get(key)
+    if not trusted and previous is not None and previous.get(TRUSTED_KEY):
+        logger.warning("ignoring an unsigned or wrongly signed record on %s", topic[:200])
+        return previous
+    records[key] = {**record, TRUSTED_KEY: trusted}
+    return records[key]

@@ -31,7 +31,7 @@ from importlib import resources
 
 from supervisor import __version__
 from supervisor.agent import protocol
-from supervisor.agent.fleet import STALE_GRACE, FleetClient, load_record
+from supervisor.agent.fleet import STALE_GRACE, TRUSTED_KEY, UNTRUSTED, FleetClient, keep_record, load_record
 from supervisor.consoletext import check_console_text
 from supervisor.dashboard import DashboardError
 from supervisor.dashboard.auth import LoginThrottle, Sessions, verify_password
@@ -61,7 +61,7 @@ TIMEOUTS: dict[str, float] = {
 }
 """Seconds to wait for each verb's reply before telling the page it timed out."""
 BAD_STATES = frozenset({"crashed", "exited", "fatal", "install-failed"})
-GREY_STATES = frozenset({"offline", "stale"})
+GREY_STATES = frozenset({"offline", "stale", "untrusted"})
 RECENT_CRASH = 15.0
 """Seconds a row stays red after its bot crashed, even once the agent has restarted it."""
 HEARTBEAT_SLACK = 2.5
@@ -319,23 +319,20 @@ class Monitor:
 
     def _on_agent(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
         host = topic.split("/")[-2]
-        record = load_record(payload)
         with self._lock:
-            if record is None:
-                self._agents.pop(host, None)
-            else:
-                self._agents[host] = record
+            keep_record(self._agents, host, topic, payload, self.config.secret)
         self.poke()
 
     def _on_state(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
         parts = topic.split("/")
         key = (parts[-3], parts[-2])
-        record = load_record(payload)
         now = self._clock()
         with self._lock:
-            previous = self._states.pop(key, None) if record is None else self._states.get(key)
-            if record is not None:
-                self._states[key] = record
+            previous = self._states.get(key)
+            record = keep_record(self._states, key, topic, payload, self.config.secret)
+            untrusted = record is not None and not record[TRUSTED_KEY]
+            if untrusted:
+                previous = record = None  # shown as untrusted, never counted as a crash or a state change
             before = None if previous is None else previous.get("state")
             after = None if record is None else record.get("state")
             busy = self._busy.get(key, 0.0) >= now
@@ -425,8 +422,9 @@ class Monitor:
             hosts.append(
                 {
                     "host": host,
-                    "state": str(rec.get("state", "unknown")),
-                    "online": rec.get("state") == "online",
+                    "state": str(rec.get("state", "unknown")) if rec[TRUSTED_KEY] else UNTRUSTED,
+                    "online": rec.get("state") == "online" and rec[TRUSTED_KEY],
+                    "trusted": rec[TRUSTED_KEY],
                     "age": now - ts if isinstance(ts, (int, float)) else None,
                     "version": rec.get("version"),
                     "signed": rec.get("signed"),
@@ -438,13 +436,14 @@ class Monitor:
         instances = []
         for (host, name), record in sorted(states.items()):
             agent = agents.get(host)
-            online = agent is not None and agent.get("state") == "online"
+            online = agent is not None and agent.get("state") == "online" and agent[TRUSTED_KEY]
             ts = record.get("ts")
             age = now - ts if isinstance(ts, (int, float)) else None
             refresh = record.get("refresh") or 30.0
             stale = age is None or age > refresh + STALE_GRACE
             reported = str(record.get("state", "unknown"))
-            state = "offline" if not online else ("stale" if stale else reported)
+            trusted = bool(record[TRUSTED_KEY]) and (agent is None or bool(agent[TRUSTED_KEY]))
+            state = UNTRUSTED if not trusted else "offline" if not online else ("stale" if stale else reported)
             # {ns}/{id}/hb carries no host: a live heartbeat is only attributable to a unique id.
             last_hb = heartbeats.get(name) if owners[name] == 1 else None
             recorded = record.get("last_heartbeat")
@@ -485,6 +484,7 @@ class Monitor:
                     "heartbeat_interval": interval,
                     "stale": stale,
                     "host_online": online,
+                    "trusted": trusted,
                     "pnl": points[-1][1] if points else None,
                     "pnl_series": [p for _, p in points],
                 }
@@ -535,6 +535,9 @@ class Monitor:
             agent = self._agents.get(host)
         if agent is None:
             msg = f"no agent of host '{host}' is known to this broker."
+            return _reply(target, verb, msg)
+        if not agent[TRUSTED_KEY]:
+            msg = f"host '{host}': its record is not signed with the shared secret (untrusted); nothing was sent."
             return _reply(target, verb, msg)
         if agent.get("state") != "online":
             msg = f"host '{host}' is {agent.get('state')} (its agent's last will); nothing was sent."

@@ -215,9 +215,14 @@ function renderHosts(hosts) {
     ...hosts.map((h) =>
       el(
         "span",
-        { class: `chip ${h.online ? "online" : "offline"}`, title: `agent ${h.version || "?"}${h.signed ? ", signed" : ""}` },
+        {
+          class: `chip ${h.online ? "online" : "offline"}${h.trusted === false ? " untrusted" : ""}`,
+          title: h.trusted === false
+            ? "record not signed with the shared secret: untrusted, never acted on"
+            : `agent ${h.version || "?"}${h.signed ? ", signed" : ""}`,
+        },
         el("span", { class: "dot small-dot" + (h.online ? " on" : "") }),
-        `${h.host} · ${h.instances}`,
+        `${h.host} · ${h.instances}` + (h.trusted === false ? " · untrusted" : ""),
       ),
     ),
   );
