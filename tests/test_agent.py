@@ -1177,6 +1177,28 @@ def test_a_second_agent_with_the_same_host_id_refuses_to_run_and_the_live_one_st
     assert first.poll() is None
 
 
+def test_two_agents_started_together_with_one_host_id_leave_exactly_one_serving(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+) -> None:
+    new_ticker(manager, "tb", bot_origin, start=True)
+    pair = [agents.start(mosquitto.url, wait=False) for _ in range(2)]
+
+    wait_until(lambda: any(p.poll() is not None for p in pair), timeout=30, message="one agent to give way")
+    [loser] = [p for p in pair if p.poll() is not None]
+    [winner] = [p for p in pair if p is not loser]
+    assert loser.returncode == 1, agents.output(loser)
+    assert "another agent already serves it" in agents.output(loser)
+    agents.wait_online(winner, mosquitto.url)
+    assert _retained_agent(mosquitto)["pid"] == winner.pid
+    data, _ = watchers(mosquitto).request(f"supervisor/{HOST}/tb/status", {})
+    assert data["status"] == 200
+    assert winner.poll() is None
+
+
 def _retained_agent(broker: Broker) -> dict[str, t.Any]:
     """Return the retained availability record a new subscriber gets now."""
     fresh = Watcher(broker.host, broker.port)

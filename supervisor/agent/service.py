@@ -210,11 +210,11 @@ class Agent:
         next_check = 0.0
         try:
             while not self._stop.is_set():
+                if self._reassert_pending:
+                    self._reassert()
                 if not self._claimed(run_started):
                     self._stop.wait(0.05)
                     continue
-                if self._reassert_pending:
-                    self._reassert()
                 now = time.monotonic()
                 check_due, heartbeat_due = now >= next_check, now >= next_heartbeat
                 if check_due or heartbeat_due:
@@ -265,7 +265,7 @@ class Agent:
         self.connection.stop()
         logger.info("agent %s stopped; bots keep running in their sessions", self.host)
 
-    def _availability(self, state: str) -> bytes:
+    def _availability(self, state: str, *, topic: str | None = None) -> bytes:
         record: dict[str, t.Any] = {
             "host": self.host,
             "state": state,
@@ -280,7 +280,7 @@ class Agent:
             "signed": self.verifier is not None,
         }
         if self.config.secret:
-            record = sign_record(self.config.secret, f"{self.own}/agent", record)
+            record = sign_record(self.config.secret, topic or f"{self.own}/agent", record)
         return json.dumps(record, separators=(",", ":")).encode()
 
     def _on_connect(self) -> None:
@@ -289,9 +289,7 @@ class Agent:
         if self._serving:
             self.connection.publish(f"{self.own}/agent", self._availability("online"), qos=1, retain=True)
         else:
-            # Not retained and not on the record's topic: a live agent with our host id answers
-            # by publishing its record again, and nobody's view of the host changes meanwhile.
-            self.connection.publish(f"{self.own}/agent/claim", self._availability("starting"), qos=1)
+            self._claim()
         # Retained state may have been lost with a broker restart: publish everything again.
         self._published.clear()
 
@@ -322,7 +320,12 @@ class Agent:
         return True
 
     def _on_agent_record(self, topic: str, payload: bytes, props: Mapping[str, t.Any]) -> None:
-        """Watch our host id's availability topic: yield to an older live agent, correct anyone else."""
+        """Watch our host id's availability and claim topics for other runs of an agent.
+
+        While claiming (before serving) this agent yields to a live agent that
+        serves the host id, and to a claim older than its own. Once serving it
+        never yields: it publishes its record again over anything not its own.
+        """
         if props.get("retain"):
             return  # may be left over from a dead run: only a live publish proves a live agent
         try:
@@ -331,29 +334,40 @@ class Agent:
             record = None
         if isinstance(record, dict) and record.get("run") == self.run_id:
             return
-        if isinstance(record, dict) and record.get("state") == "online" and self._outranked_by(topic, record):
-            logger.error(
-                "another live agent (run %s) serves host id %s; this one stops", clip(record.get("run")), self.host
-            )
-            self._duplicate_of = record
-            self._stop.set()
+        genuine = isinstance(record, dict) and self._is_agent_record(topic, record)
+        if not self._serving:
+            if isinstance(record, dict) and genuine:
+                if record.get("state") == "online" or (topic.endswith("/claim") and self._outranked_by(record)):
+                    logger.error("another agent (run %s) serves host id %s", clip(record.get("run")), self.host)
+                    self._duplicate_of = record
+                    self._stop.set()
+                elif topic.endswith("/claim"):
+                    self._reassert()  # our (older) claim again, so the newer agent sees it
             return
-        if topic.endswith("/claim") or self._serving:
-            # Another run's offline record (its will, its exit), a newcomer's claim, or a stranger's
-            # record: ours goes out again, so the host never looks offline while we serve.
-            self._reassert()
+        if isinstance(record, dict) and genuine and record.get("state") == "online":
+            logger.warning(
+                "another agent (run %s, pid %s) also published itself as host %s; this one goes on serving",
+                clip(record.get("run")),
+                clip(record.get("pid")),
+                self.host,
+            )
+        # Another run's offline record (its will, its exit), a newcomer's claim, or a stranger's
+        # record: ours goes out again, so the host never looks offline while we serve.
+        self._reassert()
 
-    def _outranked_by(self, topic: str, record: Mapping[str, t.Any]) -> bool:
-        """Return whether ``record`` is a genuine agent record of a run that started before ours."""
+    def _is_agent_record(self, topic: str, record: Mapping[str, t.Any]) -> bool:
+        """Return whether ``record`` looks like an agent's run (and, with a secret, is signed by one)."""
         if self.config.secret and not is_signed_record(self.config.secret, topic, record):
             return False
         started, run = record.get("started"), record.get("run")
-        if isinstance(started, bool) or not isinstance(started, (int, float)) or not isinstance(run, str):
-            return False
-        return (started, run) < (round(self.started, 3), self.run_id)
+        return not isinstance(started, bool) and isinstance(started, (int, float)) and isinstance(run, str)
+
+    def _outranked_by(self, record: Mapping[str, t.Any]) -> bool:
+        """Return whether ``record``'s run started before ours (ties broken by run id)."""
+        return (record["started"], record["run"]) < (round(self.started, 3), self.run_id)
 
     def _reassert(self) -> None:
-        """Publish our availability record again, at most once per :data:`REASSERT_GAP`."""
+        """Publish our record (or, while claiming, our claim) again, at most once per :data:`REASSERT_GAP`."""
         now = time.monotonic()
         with self._reassert_lock:
             if now - self._last_reassert < REASSERT_GAP:
@@ -361,8 +375,18 @@ class Agent:
                 return
             self._last_reassert = now
             self._reassert_pending = False
-        if self._serving and not self._stop.is_set():
+        if self._stop.is_set():
+            return
+        if self._serving:
             self.connection.publish(f"{self.own}/agent", self._availability("online"), qos=1, retain=True)
+        else:
+            self._claim()
+
+    def _claim(self) -> None:
+        # Not retained and not on the record's topic: a live agent with our host id answers
+        # by publishing its record again, and nobody's view of the host changes meanwhile.
+        topic = f"{self.own}/agent/claim"
+        self.connection.publish(topic, self._availability("starting", topic=topic), qos=1)
 
     def _subscribe(self) -> None:
         for command in protocol.HBOT_COMMANDS if self.hbot_relay else ():
@@ -383,8 +407,8 @@ class Agent:
         an executed request always has room for its reply in the outgoing queue.
         """
         if not self._pending.acquire(blocking=False):
-            if work == self._handle_hbot and not self._is_known_hbot(topic):
-                return  # another host's (or a real bot's) id: stay silent, as everywhere else
+            if work == self._handle_hbot and not self._answers_hbot(topic):
+                return  # another host's id, or a bot whose own bridge answers: stay silent, as everywhere else
             self.refusals.refuse("busy", topic, "too many requests in flight", result=STATUS_BUSY)
             self._reply_error_raw(
                 payload, "agent is busy: too many requests in flight. Try again.", status=STATUS_BUSY, spare=True
@@ -406,10 +430,12 @@ class Agent:
         except RuntimeError:  # the pool is shut down: the agent is stopping
             self._pending.release()
 
-    def _is_known_hbot(self, topic: str) -> bool:
+    def _answers_hbot(self, topic: str) -> bool:
+        """Return whether this agent answers ``topic``, judged on the last snapshot (cheap: network thread)."""
         instance = topic[len(self.ns) + 1 :].partition("/")[0]
         with self._status_lock:
-            return instance in self._statuses
+            status = self._statuses.get(instance)
+        return status is not None and not (status.plugin and status.is_running)
 
     def _on_hbot(self, topic: str, payload: bytes, props: Mapping[str, t.Any]) -> None:
         self._dispatch(topic, payload, props, self._handle_hbot)
