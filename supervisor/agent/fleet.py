@@ -313,8 +313,8 @@ class FleetClient:
                 replies[index] = Reply(target, verb, False, None, msg)
             elif state == UNTRUSTED:
                 msg = (
-                    f"host '{host}': its availability record is not signed with the shared secret "
-                    "(untrusted: a stranger may have published it); nothing was sent."
+                    f"host '{host}': its availability record is not signed with this client's secret "
+                    "(untrusted: a stranger published it, or the secrets differ); nothing was sent."
                 )
                 replies[index] = Reply(target, verb, False, None, msg)
             elif state != "online":

@@ -537,7 +537,10 @@ class Monitor:
             msg = f"no agent of host '{host}' is known to this broker."
             return _reply(target, verb, msg)
         if not agent[TRUSTED_KEY]:
-            msg = f"host '{host}': its record is not signed with the shared secret (untrusted); nothing was sent."
+            msg = (
+                f"host '{host}': its record is not signed with this dashboard's secret "
+                "(untrusted: a stranger published it, or the secrets differ); nothing was sent."
+            )
             return _reply(target, verb, msg)
         if agent.get("state") != "online":
             msg = f"host '{host}' is {agent.get('state')} (its agent's last will); nothing was sent."
