@@ -710,3 +710,25 @@ def test_password_never_logged(
     conn.stop()
     assert "connected to" in caplog.text
     assert "hunter2" not in caplog.text
+
+
+def test_messages_with_headroom_leave_queue_room_for_the_others() -> None:
+    # Never started, so every QoS 1 message stays queued in paho, as during an outage or a burst.
+    conn = Connection(parse_broker_url("mqtt://127.0.0.1:1"), client_id="agent-headroom", max_queued=10)
+    assert all(conn.publish(f"t/{i}", b"x", qos=1) for i in range(6))
+    assert conn.queued() == 6
+    assert not conn.publish("t/spare", b"x", qos=1, headroom=4)  # 6 + 4 would fill it: dropped
+    assert conn.queued() == 6
+    assert conn.publish("t/spare", b"x", qos=1, headroom=3)
+    assert all(conn.publish(f"t/more/{i}", b"x", qos=1) for i in range(3))  # the reserved room
+    assert conn.queued() == 10
+    assert not conn.publish("t/full", b"x", qos=1)
+    conn._client._reset_sockets()  # never started, so nothing else closes paho's wake-up sockets
+
+
+def test_reconnect_waits_are_capped_at_a_few_seconds_by_default() -> None:
+    from supervisor.agent.connection import DEFAULT_MAX_BACKOFF
+
+    rng = random.Random(7)
+    assert DEFAULT_MAX_BACKOFF <= 4
+    assert max(backoff_delay(attempt, 0.5, DEFAULT_MAX_BACKOFF, rng) for attempt in range(64)) <= DEFAULT_MAX_BACKOFF

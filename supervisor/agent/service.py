@@ -458,7 +458,7 @@ class Agent:
                 if key in self._seen:
                     self._seen[key] = (self._seen[key][0], body)
         if not self.connection.publish(topic, body, qos=1, headroom=REPLY_RESERVE if spare else 0):
-            self.refusals.refuse("unanswered", topic, "outgoing queue is full; refusal reply dropped")
+            self.refusals.refuse("unanswered", topic, "outgoing queue is full; reply dropped")
 
     def _is_command_topic(self, topic: str) -> bool:
         return is_command_topic(topic, self.ns, self.config.own_prefix, protocol.HBOT_COMMANDS)
