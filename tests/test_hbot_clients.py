@@ -7,6 +7,8 @@ subprocess), and an aiomqtt client that behaves as hummingbot-api's bots orchest
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import re
@@ -19,6 +21,7 @@ import typing as t
 import uuid
 from pathlib import Path
 
+import aiomqtt
 import pytest
 
 from supervisor.manager import Manager
@@ -516,3 +519,148 @@ def test_commlib_011_on_paho_16_gets_hummingbots_semantics(
             client.stdout.close()
         if client.stderr:
             client.stderr.close()
+
+
+# --- a client that behaves as hummingbot-api's bots orchestrator (aiomqtt) ----------
+
+
+class Orchestrator:
+    """hummingbot-api's MQTT side, as its bots orchestrator behaves (reference §3).
+
+    One aiomqtt connection; bots are discovered from any message on ``hbot/{id}/…``
+    and dropped after ``drop_after`` seconds of silence (hummingbot-api: 30 s, a
+    parameter here so the test need not wait that long); a bot is "running" while
+    performance arrives; commands go out as ``json.dumps`` envelopes, fire-and-forget
+    on ``hummingbot-api-response-<ms>``, except history, answered on
+    ``hummingbot-api/response/<ms>``; stop sends ``skip_order_cancellation``.
+    """
+
+    def __init__(self, client: aiomqtt.Client, drop_after: float) -> None:
+        self.client = client
+        self.drop_after = drop_after
+        self.last_seen: dict[str, float] = {}
+        self.performance: dict[str, dict[str, t.Any]] = {}
+        self.logs: dict[str, list[dict[str, t.Any]]] = {}
+        self.responses: dict[str, asyncio.Future[dict[str, t.Any]]] = {}
+
+    async def listen(self) -> None:
+        for topic in ("log", "notify", "status_updates", "events", "hb", "performance"):
+            await self.client.subscribe(f"hbot/+/{topic}", qos=1)
+        await self.client.subscribe("hummingbot-api/response/+", qos=1)
+        async for message in self.client.messages:
+            topic = str(message.topic)
+            body = json.loads(message.payload)
+            if topic.startswith("hummingbot-api/response/"):
+                waiter = self.responses.pop(topic, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(body["data"])
+                continue
+            _, bot, kind = topic.split("/", 2)
+            self.last_seen[bot] = time.monotonic()
+            if kind == "performance":
+                self.performance.setdefault(bot, {}).update(body)
+            elif kind == "log":
+                self.logs.setdefault(bot, []).append(body)
+
+    def active_bots(self) -> set[str]:
+        now = time.monotonic()
+        return {bot for bot, seen in self.last_seen.items() if now - seen < self.drop_after}
+
+    def status(self, bot: str) -> str:
+        if bot not in self.active_bots():
+            return "not found"
+        return "running" if self.performance.get(bot) else "stopped"
+
+    def _request(self, reply_to: str, data: dict[str, t.Any]) -> str:
+        ms = int(time.time() * 1000)
+        header = {
+            "timestamp": ms,
+            "reply_to": reply_to,
+            "msg_id": ms,
+            "node_id": "hummingbot-api",
+            "agent": "hummingbot-api",
+            "properties": {},
+        }
+        return json.dumps({"header": header, "data": data})
+
+    async def _fire(self, bot: str, command: str, data: dict[str, t.Any]) -> dict[str, t.Any]:
+        if bot not in self.active_bots():
+            return {"success": False, "message": f"Bot {bot} not found"}
+        reply_to = f"hummingbot-api-response-{int(time.time() * 1000)}"
+        await self.client.publish(f"hbot/{bot}/{command}", self._request(reply_to, data), qos=1)
+        return {"success": True}
+
+    async def start(self, bot: str, script: str, conf: str) -> dict[str, t.Any]:
+        data = {"log_level": None, "script": script, "conf": conf, "is_quickstart": False, "async_backend": False}
+        return await self._fire(bot, "start", data)
+
+    async def stop(self, bot: str, skip_order_cancellation: bool = True) -> dict[str, t.Any]:
+        result = await self._fire(
+            bot, "stop", {"skip_order_cancellation": skip_order_cancellation, "async_backend": False}
+        )
+        if result["success"]:
+            self.performance.pop(bot, None)
+        return result
+
+    async def history(self, bot: str, timeout: float = 30.0) -> dict[str, t.Any]:
+        topic = f"hummingbot-api/response/{int(time.time() * 1000)}"
+        waiter: asyncio.Future[dict[str, t.Any]] = asyncio.get_running_loop().create_future()
+        self.responses[topic] = waiter
+        data = {"days": 0, "verbose": False, "precision": None, "async_backend": False}
+        await self.client.publish(f"hbot/{bot}/history", self._request(topic, data), qos=1)
+        return await asyncio.wait_for(waiter, timeout)
+
+
+async def eventually(predicate: Callable[[], t.Any], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def test_a_hummingbot_api_style_orchestrator_keeps_a_stopped_bot_and_starts_it_again(
+    manager: Manager, mosquitto: Broker, agents: AgentRunner
+) -> None:
+    pid = new_example(manager, "ex")
+    agents.start(mosquitto.url)
+    drop_after = 2.0  # hummingbot-api: 30 s; the agent beats every 0.5 s here (HEARTBEAT)
+
+    async def scenario() -> None:
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"hummingbot-api-{uuid.uuid4().hex}") as c:
+            api = Orchestrator(c, drop_after)
+            listener = asyncio.create_task(api.listen())
+            try:
+                await eventually(lambda: "ex" in api.active_bots(), 5, "the bot to be discovered")
+                assert api.status("ex") == "stopped"
+                assert (await api.start("ex", "v2_with_controllers.py", "conf_v2_1.yml"))["success"]
+                await eventually(lambda: api.status("ex") == "running", 10, "performance from the bot")
+                assert "with config conf_v2_1.yml" in console(manager, "ex")
+
+                # Archiving stops with skip_order_cancellation: the orders stay, the bot stays known.
+                assert (await api.stop("ex"))["success"]
+                await eventually(
+                    lambda: "open orders left in place" in console(manager, "ex"), 10, "the keep-orders stop line"
+                )
+                await asyncio.sleep(drop_after * 2)
+                assert api.status("ex") == "stopped", api.last_seen
+                assert alive(manager, "ex") == pid
+                assert any(r["msg"].startswith("Stopping strategy") for r in api.logs["ex"])
+
+                assert (await api.start("ex", "v2_with_controllers.py", "conf_v2_1.yml"))["success"]
+                await eventually(lambda: api.status("ex") == "running", 10, "the strategy to run again")
+                await eventually(lambda: "(order ex-1)" in console(manager, "ex"), 10, "a simulated fill")
+                history = await api.history("ex")
+                assert history["status"] == 200 and history["trades"][0]["exchange_trade_id"] == "ex-1", history
+
+                # Only a process that is gone falls silent and is dropped after the window.
+                await asyncio.to_thread(manager.stop, ["ex"])
+                await eventually(lambda: api.status("ex") == "not found", drop_after + 5, "the bot to be dropped")
+                result = await api.start("ex", "v2_with_controllers.py", "conf_v2_1.yml")
+                assert result == {"success": False, "message": "Bot ex not found"}
+            finally:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+
+    asyncio.run(scenario())
