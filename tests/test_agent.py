@@ -1010,7 +1010,9 @@ def test_commlib_start_stop_and_own_status_through_nats_mqtt(
     assert (data["status"], data["result"]["state"], data["result"]["pid"]) == (200, "running", pid)
 
     stopped = client.stop()
-    assert stopped.status == 200, stopped
+    assert stopped.status == 200 and "stopped strategy" in stopped.msg, stopped
+    data, _ = watcher.request(f"supervisor/{HOST}/tb/stop", {})
+    assert data["status"] == 200, data
     assert "bye" in console(manager, "tb")
     data, _ = watcher.request(f"supervisor/{HOST}/tb/status", {})
     assert (data["status"], data["result"]["state"]) == (200, "stopped")

@@ -107,7 +107,9 @@ class Bot:
             self.running_since = None
         elif cmd == "status":
             if self.running_since:
-                self.say(f"Strategy {self.strategy} running for {time.time() - self.running_since:.0f}s, ticks {self.ticks}.")
+                self.say(
+                    f"Strategy {self.strategy} running for {time.time() - self.running_since:.0f}s, ticks {self.ticks}."
+                )
             else:
                 self.say("No strategy is currently running!")
         elif cmd == "import":
