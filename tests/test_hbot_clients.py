@@ -310,6 +310,12 @@ def test_online_and_a_beat_come_at_launch_and_offline_before_the_restart_notify(
     new_pid = alive(manager, "ex")
     assert new_pid is not None and new_pid != pid
 
+    # A process stop on our namespace says offline at once, not at the next tick.
+    got.clear()
+    data, _ = watcher.request(f"supervisor/{HOST}/ex/stop", {})
+    assert data["status"] == 200, data
+    wait_until(lambda: seen(_status_update("offline")), timeout=5, message="offline after our stop")
+
 
 # --- plugin bots: heartbeats recorded, offline said when the process dies ----------
 

@@ -517,7 +517,9 @@ class Agent:
         else:
             [result] = self.manager.restart([instance])
         self._failures.pop(instance, None)
-        if verb != "stop":
+        if verb == "stop":
+            self._gone(instance, self._status(instance))
+        else:
             self._announce(instance)
         self._refresh()
         self._publish_states(force=False)  # the new state goes out now, not at the next tick
@@ -656,7 +658,7 @@ class Agent:
 
     def _announce(self, name: str) -> None:
         """Say ``online`` and beat at once for a plugin-less bot whose process just came up."""
-        status = self._status(name)
+        status = self._refresh().get(name) or self._status(name)  # the console stream follows it from now
         with self._liveness_lock:
             if status.plugin:
                 self._plugin_alive[name] = status.is_running
@@ -670,6 +672,8 @@ class Agent:
 
     def _gone(self, name: str, status: InstanceStatus) -> None:
         """Say ``offline`` for a bot the agent had announced (or seen alive) whose process is gone."""
+        if status.is_running:
+            return
         with self._liveness_lock:
             seen = self._plugin_alive if status.plugin else self._alive
             if seen.get(name):
