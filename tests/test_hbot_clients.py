@@ -296,6 +296,7 @@ def test_online_and_a_beat_come_at_launch_and_offline_before_the_restart_notify(
     pid = alive(manager, "ex")
     assert pid is not None
     got.clear()
+    states = watcher.watch(f"supervisor/{HOST}/ex/state")
     os.kill(pid, signal.SIGKILL)
     restarted: Callable[[Message], bool] = lambda m: m.topic == "hbot/ex/notify" and b"restarted it" in m.payload  # noqa: E731
     wait_until(
@@ -309,6 +310,8 @@ def test_online_and_a_beat_come_at_launch_and_offline_before_the_restart_notify(
     assert got.index(offline) < got.index(notify)
     new_pid = alive(manager, "ex")
     assert new_pid is not None and new_pid != pid
+    # The crash is on record (fleet, dashboard) although the restart follows at once.
+    next_matching(states, lambda m: m.json()["state"] == "crashed", timeout=5)
 
     # A process stop on our namespace says offline at once, not at the next tick.
     got.clear()

@@ -603,8 +603,9 @@ class Agent:
         )
         failures.started_at = now
         failures.next_attempt = now + min(self.backoff_max, self.backoff_base * (2**failures.count))
-        # Clients hear that the bot went away before they hear it was restarted.
+        # Clients hear that the bot went away (and the crash is on record) before they hear it was restarted.
         self._gone(name, status)
+        self._publish_states(force=False)
         try:
             result = self.manager.restart_crashed(name)
         except SupervisorError as e:
