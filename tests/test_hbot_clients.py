@@ -197,6 +197,13 @@ def test_console_lines_become_log_events_and_performance(
     error = next_matching(logs, lambda m: b"already running" in m.payload, timeout=5).json()
     assert (error["level_no"], error["level_name"]) == (40, "ERROR"), error
 
+    # An async history answers at once and puts the console's text on notify, as the bot does.
+    notify = watcher.watch("hbot/ex/notify")
+    data, _ = watcher.request("hbot/ex/history", {"async_backend": True})
+    assert data == {"status": 200, "msg": "", "trades": []}, data
+    note = next_matching(notify, lambda m: b"trade id=ex-1 " in m.payload, timeout=10).json()
+    assert note["msg"].endswith("."), note  # the summary line closes the answer; no tick line after it
+
 
 def test_a_burst_of_console_lines_is_rate_limited_on_log(
     manager: Manager, mosquitto: Broker, agents: AgentRunner, watchers: Callable[..., Watcher]
