@@ -29,8 +29,12 @@ BUILTIN_PREFIX = "builtin:"
 _TOP_KEYS = {"name", "description", "source", "vars", "install", "run", "console", "mqtt", "detect"}
 _SOURCE_KEYS = {"repo", "ref"}
 _RUN_KEYS = {"command", "prelude", "env", "ready", "ready_timeout"}
-_CONSOLE_KEYS = {*CONSOLE_COMMANDS, "quit", "quit_delay", "reply_wait"}
-_MQTT_KEYS = {"plugin", "config", "values"}
+#: Console lines that are variants of a command rather than commands of their own.
+CONSOLE_VARIANTS = ("stop_keep_orders",)
+_CONSOLE_KEYS = {*CONSOLE_COMMANDS, *CONSOLE_VARIANTS, "quit", "quit_delay", "reply_wait", "answer", "trades"}
+_ANSWER_KEYS = {"prompt", "noise", "error"}
+_MQTT_KEYS = {"plugin", "config", "values", "log", "log_rate", "events", "performance"}
+_EVENT_KEYS = {"match", "type"}
 
 
 def check_name(name: str) -> str:
@@ -87,6 +91,20 @@ class Run:
 
 
 @dataclasses.dataclass(frozen=True)
+class Answer:
+    """How to read the console's answer to a command: regular expressions, searched in each line.
+
+    ``prompt`` is removed from the start of lines, ``noise`` lines (log lines
+    the bot prints meanwhile) are left out, and an answer with an ``error``
+    line is an error (400 on Hummingbot's topics).
+    """
+
+    prompt: str | None = None
+    noise: tuple[str, ...] = ()
+    error: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class Console:
     """What bot-level commands type into the console; ``None`` where the bot has no equivalent."""
 
@@ -94,6 +112,16 @@ class Console:
     quit: tuple[str, ...] = ()
     quit_delay: float = 1.0
     reply_wait: float = 1.0
+    answer: Answer = dataclasses.field(default_factory=Answer)
+    trades: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LineEvent:
+    """A console line that becomes a ``{ns}/{id}/events`` message of ``type``."""
+
+    match: str
+    type: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +131,10 @@ class Mqtt:
     plugin: bool = False
     config: str | None = None
     values: t.Mapping[str, t.Any] = dataclasses.field(default_factory=dict)
+    log: bool = True
+    log_rate: float = 10.0
+    events: tuple[LineEvent, ...] = ()
+    performance: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +206,26 @@ def _check_printable(path: Path, key: str, text: str) -> None:
     found = control_characters(text)
     if found:
         _fail(path, key, f"holds control characters ({', '.join(found)}); console lines must be printable text")
+
+
+def _pattern(path: Path, key: str, value: object, *, groups: bool = False) -> str | None:
+    text = _string(path, key, value)
+    if text is None:
+        return None
+    try:
+        compiled = re.compile(text)
+    except re.error as e:
+        _fail(path, key, f"is not a valid regular expression ({e})")
+    if groups and not compiled.groupindex:
+        _fail(path, key, "needs named groups such as (?P<price>[0-9.]+): they become the message's fields")
+    return text
+
+
+def _patterns(path: Path, key: str, value: object) -> tuple[str, ...]:
+    texts = _string_list(path, key, value)
+    for i, text in enumerate(texts):
+        _pattern(path, f"{key}[{i}]", text)
+    return texts
 
 
 def _check_vars(path: Path, key: str, text: str, known: t.Collection[str]) -> None:
@@ -258,7 +310,7 @@ def parse_recipe(data: object, path: Path, *, builtin: bool = False) -> Recipe:
 
     console_raw = _table(path, "console", top.get("console") or {}, _CONSOLE_KEYS)
     commands: dict[str, str] = {}
-    for key in CONSOLE_COMMANDS:
+    for key in (*CONSOLE_COMMANDS, *CONSOLE_VARIANTS):
         value = _string(path, f"console.{key}", console_raw.get(key))
         if value is not None:
             _check_vars(path, f"console.{key}", value, console_known)
@@ -267,11 +319,18 @@ def parse_recipe(data: object, path: Path, *, builtin: bool = False) -> Recipe:
     quit_lines = _string_list(path, "console.quit", console_raw.get("quit"))
     for i, line in enumerate(quit_lines):
         _check_printable(path, f"console.quit[{i}]", line)
+    answer_raw = _table(path, "console.answer", console_raw.get("answer") or {}, _ANSWER_KEYS)
     console = Console(
         commands=commands,
         quit=quit_lines,
         quit_delay=_number(path, "console.quit_delay", console_raw.get("quit_delay"), 1.0),
         reply_wait=_number(path, "console.reply_wait", console_raw.get("reply_wait"), 1.0),
+        answer=Answer(
+            prompt=_pattern(path, "console.answer.prompt", answer_raw.get("prompt")),
+            noise=_patterns(path, "console.answer.noise", answer_raw.get("noise")),
+            error=_patterns(path, "console.answer.error", answer_raw.get("error")),
+        ),
+        trades=_pattern(path, "console.trades", console_raw.get("trades"), groups=True),
     )
 
     mqtt_raw = _table(path, "mqtt", top.get("mqtt") or {}, _MQTT_KEYS)
@@ -281,7 +340,33 @@ def parse_recipe(data: object, path: Path, *, builtin: bool = False) -> Recipe:
     values = mqtt_raw.get("values") or {}
     if not isinstance(values, dict):
         _fail(path, "mqtt.values", "must be a mapping of dotted.key: value")
-    mqtt = Mqtt(plugin=plugin, config=_string(path, "mqtt.config", mqtt_raw.get("config")), values=values)
+    log = mqtt_raw.get("log", True)
+    if not isinstance(log, bool):
+        _fail(path, "mqtt.log", "must be true or false")
+    log_rate = _number(path, "mqtt.log_rate", mqtt_raw.get("log_rate"), 10.0)
+    if log_rate <= 0:
+        _fail(path, "mqtt.log_rate", "must be above 0 (lines per second); set mqtt.log: false to publish none")
+    events_raw = mqtt_raw.get("events") or []
+    if not isinstance(events_raw, list):
+        _fail(path, "mqtt.events", "must be a list of {match: REGEX, type: NAME}")
+    events: list[LineEvent] = []
+    for i, item in enumerate(events_raw):
+        entry = _table(path, f"mqtt.events[{i}]", item, _EVENT_KEYS)
+        match = _pattern(path, f"mqtt.events[{i}].match", entry.get("match"))
+        kind = _string(path, f"mqtt.events[{i}].type", entry.get("type"), required=True)
+        if match is None:
+            _fail(path, f"mqtt.events[{i}].match", "is required")
+        assert kind is not None
+        events.append(LineEvent(match=match, type=kind))
+    mqtt = Mqtt(
+        plugin=plugin,
+        config=_string(path, "mqtt.config", mqtt_raw.get("config")),
+        values=values,
+        log=log,
+        log_rate=log_rate,
+        events=tuple(events),
+        performance=_pattern(path, "mqtt.performance", mqtt_raw.get("performance"), groups=True),
+    )
     if values and not mqtt.config:
         _fail(path, "mqtt.config", "is required when mqtt.values is given")
 

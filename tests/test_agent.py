@@ -197,6 +197,28 @@ class StatusCommandMessage(RPCMessage):  # type: ignore[misc] # commlib is untyp
         data: t.Any | None = ""
 
 
+class ImportCommandMessage(RPCMessage):  # type: ignore[misc] # commlib is untyped
+    class Request(RPCMessage.Request):  # type: ignore[misc] # commlib is untyped
+        strategy: str
+
+    class Response(RPCMessage.Response):  # type: ignore[misc] # commlib is untyped
+        status: int | None = 200
+        msg: str | None = ""
+
+
+class HistoryCommandMessage(RPCMessage):  # type: ignore[misc] # commlib is untyped
+    class Request(RPCMessage.Request):  # type: ignore[misc] # commlib is untyped
+        days: float | None = 0
+        verbose: bool | None = False
+        precision: int | None = None
+        async_backend: bool | None = False
+
+    class Response(RPCMessage.Response):  # type: ignore[misc] # commlib is untyped
+        status: int | None = 200
+        msg: str | None = ""
+        trades: t.Any | None = []  # noqa: RUF012 - pydantic copies field defaults, as hbotrc declares it
+
+
 class BotCommands:
     """hbotrc's ``BotCommands``: a commlib Node with one RPC client per command, every field sent."""
 
@@ -213,6 +235,8 @@ class BotCommands:
         self._start = self.node.create_rpc_client(msg_type=StartCommandMessage, rpc_name=f"{prefix}/start")
         self._stop = self.node.create_rpc_client(msg_type=StopCommandMessage, rpc_name=f"{prefix}/stop")
         self._status = self.node.create_rpc_client(msg_type=StatusCommandMessage, rpc_name=f"{prefix}/status")
+        self._import = self.node.create_rpc_client(msg_type=ImportCommandMessage, rpc_name=f"{prefix}/import")
+        self._history = self.node.create_rpc_client(msg_type=HistoryCommandMessage, rpc_name=f"{prefix}/history")
         self.node.run()
 
     def start(self, timeout: float = 20.0) -> t.Any:
@@ -223,13 +247,19 @@ class BotCommands:
         request = StopCommandMessage.Request(skip_order_cancellation=False, async_backend=False)
         return self._stop.call(msg=request, timeout=timeout)
 
+    def import_strategy(self, strategy: str, timeout: float = 10.0) -> t.Any:
+        return self._import.call(msg=ImportCommandMessage.Request(strategy=strategy), timeout=timeout)
+
+    def history(self, timeout: float = 10.0) -> t.Any:
+        return self._history.call(msg=HistoryCommandMessage.Request(async_backend=False), timeout=timeout)
+
     def status(self, timeout: float = 10.0) -> t.Any:
         return self._status.call(msg=StatusCommandMessage.Request(async_backend=False), timeout=timeout)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.node.stop()
-        for endpoint in (self._start, self._stop, self._status):
+        for endpoint in (self._start, self._stop, self._status, self._import, self._history):
             # commlib's clients sit in reference cycles, so paho's __del__ (which closes the
             # wake-up socket pair) runs in gc after the sockets' own finalizers: ResourceWarning.
             with contextlib.suppress(AttributeError):
@@ -468,7 +498,7 @@ def test_commlib_start_launches_the_bot_then_heartbeats_until_it_is_killed(
 
 
 @COMMLIB_PAHO_WARNING
-def test_commlib_stop_types_the_quit_sequence_and_the_process_ends(
+def test_commlib_stop_stops_the_strategy_and_our_own_stop_ends_the_process(
     manager: Manager,
     bot_origin: Path,
     mosquitto: Broker,
@@ -493,10 +523,18 @@ def test_commlib_stop_types_the_quit_sequence_and_the_process_ends(
     assert "status: running=False" in client.status().msg
     reply = client.stop()
 
+    # Hummingbot's stop is the strategy stop: the console's stop line; the process stays up.
     assert reply.status == 200, reply
-    assert "console quit sequence" in reply.msg
+    assert "stopped strategy" in reply.msg
+    status = manager.status(["tb"])[0]
+    assert (status.state, status.desired, status.pid) == ("running", "running", pid)
+    assert "bye" not in console(manager, "tb")
+
+    # The process stop is ours: the quit sequence, then the process is gone.
+    data, _ = watcher.request(f"supervisor/{HOST}/tb/stop", {})
+    assert data["status"] == 200 and "console quit sequence" in data["msg"], data
     text = console(manager, "tb")
-    assert text.index("stopped strategy") < text.index("bye")
+    assert text.rindex("stopped strategy") < text.index("bye")
     wait_until(lambda: not psutil.pid_exists(pid), timeout=5, message="the bot process to be gone")
     status = manager.status(["tb"])[0]
     assert (status.state, status.desired) == ("stopped", "stopped")
@@ -745,6 +783,10 @@ def test_broker_outage_the_agent_reconnects_and_never_executes_a_request_twice(
     before.publish(topic, payload)
     first_reply = replies.get(timeout=10).payload
     assert json.loads(first_reply)["data"]["status"] == 200
+    # The same request bytes again at once, as a QoS 1 redelivery brings them: answered, not executed.
+    before.publish(topic, payload)
+    again = replies.get(timeout=10).payload
+    assert json.loads(again)["data"] == json.loads(first_reply)["data"]
     before.close()
 
     stop_process(mosquitto.process)
@@ -769,11 +811,6 @@ def test_broker_outage_the_agent_reconnects_and_never_executes_a_request_twice(
         # The restarted broker lost every retained message; the agent publishes the state again.
         states = after.watch(f"supervisor/{HOST}/tb/state")
         assert next_matching(states, timeout=5).json()["state"] == "running"
-        # The same request bytes again, as a QoS 1 redelivery would bring them: answered, not executed.
-        replies = after.watch(json.loads(payload)["header"]["reply_to"])
-        after.publish(topic, payload)
-        again = replies.get(timeout=10).payload
-        assert json.loads(again)["data"] == json.loads(first_reply)["data"]
         # A new request is executed.
         fresh = f"after-outage-{uuid.uuid4().hex}"
         data, _ = after.request(topic, {"text": fresh})
@@ -1283,7 +1320,9 @@ def test_commlib_start_stop_and_own_status_through_nats_mqtt(
     assert (data["status"], data["result"]["state"], data["result"]["pid"]) == (200, "running", pid)
 
     stopped = client.stop()
-    assert stopped.status == 200, stopped
+    assert stopped.status == 200 and "stopped strategy" in stopped.msg, stopped
+    data, _ = watcher.request(f"supervisor/{HOST}/tb/stop", {})
+    assert data["status"] == 200, data
     assert "bye" in console(manager, "tb")
     data, _ = watcher.request(f"supervisor/{HOST}/tb/status", {})
     assert (data["status"], data["result"]["state"]) == (200, "stopped")

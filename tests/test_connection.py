@@ -129,7 +129,7 @@ def test_round_trip(mosquitto: Broker, probe: Callable[[], Probe], connections: 
     watcher.publish("hbot/bot-1/start", b'{"x": 1}')
     topic, payload, props = got.get(timeout=5)
     assert (topic, payload) == ("hbot/bot-1/start", b'{"x": 1}')
-    assert props == {"qos": 1, "retain": False}
+    assert props == {"qos": 1, "retain": False, "dup": False}
     watcher.publish("hbot/bot-1/stop", b"not for us")
     watcher.publish("hbot/bot-2/start", b"second")
     assert got.get(timeout=5)[1] == b"second"

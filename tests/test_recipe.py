@@ -32,6 +32,11 @@ def test_builtin_recipes_load_and_validate(tmp_path: Path) -> None:
     example = find_recipe("example-bot", tmp_path / "none")
     assert example.source.builtin == "example-bot"
     assert example.builtin
+    assert example.console.commands["stop_keep_orders"] == "stop --keep-orders"
+    assert example.console.answer.prompt and example.console.answer.noise and example.console.answer.error
+    assert example.console.trades and example.mqtt.performance
+    assert [e.type for e in example.mqtt.events] == ["OrderFilled"]
+    assert (example.mqtt.log, example.mqtt.log_rate) == (True, 20.0)
 
 
 def test_user_recipe_hides_builtin(tmp_path: Path) -> None:
@@ -76,6 +81,15 @@ BAD = [
     Bad("plugin-type", MINIMAL + "mqtt: {plugin: yes-please}\n", "key 'mqtt.plugin' must be true or false"),
     Bad("values-need-config", MINIMAL + "mqtt: {values: {a: 1}}\n", "key 'mqtt.config' is required"),
     Bad("env-name", "name: r\nsource: {repo: x}\nrun: {command: b, env: {'1X': y}}\n", "key 'run.env.1X'"),
+    Bad("answer-key", MINIMAL + "console: {answer: {errors: [x]}}\n", "key 'console.answer.errors' is not known"),
+    Bad("answer-regex", MINIMAL + "console: {answer: {noise: [a, '((']}}\n", "key 'console.answer.noise[1]'"),
+    Bad("trades-groups", MINIMAL + "console: {trades: 'trade (\\d+)'}\n", "key 'console.trades' needs named groups"),
+    Bad("keep-orders-var", MINIMAL + "console: {stop_keep_orders: 'stop {nope}'}\n", "uses '{nope}'"),
+    Bad("log-rate", MINIMAL + "mqtt: {log_rate: 0}\n", "key 'mqtt.log_rate' must be above 0"),
+    Bad("events-list", MINIMAL + "mqtt: {events: {match: x}}\n", "key 'mqtt.events' must be a list"),
+    Bad("event-type", MINIMAL + "mqtt: {events: [{match: x}]}\n", "key 'mqtt.events[0].type' is required"),
+    Bad("event-key", MINIMAL + "mqtt: {events: [{match: x, type: Y, kind: Z}]}\n", "key 'mqtt.events[0].kind'"),
+    Bad("performance-groups", MINIMAL + "mqtt: {performance: 'pnl=\\S+'}\n", "key 'mqtt.performance' needs named"),
 ]
 
 

@@ -1,8 +1,11 @@
 """example-bot: a small console bot that behaves like a trading bot's console.
 
 It prints a prompt, answers start/stop/status/import/history/exit, and logs a
-line every second. bot-supervisor's demo and tests run it; it needs only the
-Python standard library.
+line every second. While a strategy runs it pretends to trade: every third tick
+a simulated fill is logged and kept for ``history``, and each tick carries the
+running figures (pnl, volume). Each command also logs a line before its answer,
+as a real bot's log handlers do. bot-supervisor's demo and tests run it; it
+needs only the Python standard library.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ class Bot:
         self.strategy: str | None = None
         self.running_since: float | None = None
         self.ticks = 0
+        self.trades: list[dict[str, object]] = []
+        self.volume = 0.0
+        self.pnl = 0.0
         self.lock = threading.Lock()
 
     def say(self, text: str) -> None:
@@ -31,12 +37,36 @@ class Bot:
             sys.stdout.write(f"{text}\n")
             sys.stdout.flush()
 
+    def log(self, text: str) -> None:
+        self.say(f"{time.strftime('%H:%M:%S')} [{self.name}] {text}")
+
     def ticker(self) -> None:
         while True:
             time.sleep(self.interval)
             self.ticks += 1
-            state = f"running {self.strategy}" if self.running_since else "idle"
-            self.say(f"{time.strftime('%H:%M:%S')} [{self.name}] tick {self.ticks} ({state})")
+            if not self.running_since:
+                self.log(f"tick {self.ticks} (idle)")
+                continue
+            if self.ticks % 3 == 0:
+                self.fill()
+            self.log(f"tick {self.ticks} (running {self.strategy}) pnl={self.pnl:.4f} volume={self.volume:.2f}")
+
+    def fill(self) -> None:
+        side = "BUY" if len(self.trades) % 2 == 0 else "SELL"
+        price = round(100 + self.ticks * 0.1, 2)
+        amount = 0.5
+        trade = {
+            "id": f"ex-{len(self.trades) + 1}",
+            "symbol": "EXAMPLE-USDT",
+            "trade_type": side,
+            "price": price,
+            "amount": amount,
+            "timestamp": int(time.time() * 1000),
+        }
+        self.trades.append(trade)
+        self.volume += price * amount
+        self.pnl += (0.05 if side == "SELL" else -0.01) * amount
+        self.log(f"filled {side} {amount} EXAMPLE-USDT @ {price} (order {trade['id']})")
 
     def handle(self, line: str) -> bool:
         try:
@@ -47,6 +77,7 @@ class Bot:
         if not words:
             return True
         cmd, args = words[0], words[1:]
+        self.log(f"console command: {cmd}")
         if cmd == "start":
             parser = argparse.ArgumentParser(prog="start", add_help=False, exit_on_error=False)
             parser.add_argument("--script")
@@ -64,14 +95,21 @@ class Bot:
             extra = f" with config {opts.conf}" if opts.conf else ""
             self.say(f"Strategy {self.strategy} started{extra}.")
         elif cmd == "stop":
-            if self.running_since:
+            if args not in ([], ["--keep-orders"]):
+                self.say("usage: stop [--keep-orders]")
+                return True
+            if self.running_since and args:
+                self.say(f"Stopping strategy {self.strategy}: open orders left in place.")
+            elif self.running_since:
                 self.say(f"Stopping strategy {self.strategy}: cancelling open orders... done.")
             else:
                 self.say("No strategy is running.")
             self.running_since = None
         elif cmd == "status":
             if self.running_since:
-                self.say(f"Strategy {self.strategy} running for {time.time() - self.running_since:.0f}s, ticks {self.ticks}.")
+                self.say(
+                    f"Strategy {self.strategy} running for {time.time() - self.running_since:.0f}s, ticks {self.ticks}."
+                )
             else:
                 self.say("No strategy is currently running!")
         elif cmd == "import":
@@ -81,7 +119,12 @@ class Bot:
                 self.strategy = args[0]
                 self.say(f"Configuration from {args[0]} file is imported.")
         elif cmd == "history":
-            self.say(f"No trades yet ({self.ticks} ticks).")
+            if not self.trades:
+                self.say(f"No trades yet ({self.ticks} ticks).")
+            for trade in self.trades:
+                self.say(" ".join(["trade", *(f"{key}={value}" for key, value in trade.items())]))
+            if self.trades:
+                self.say(f"{len(self.trades)} trade(s), volume {self.volume:.2f}, pnl {self.pnl:.4f}.")
         elif cmd in ("exit", "quit"):
             self.say("Bye.")
             return False

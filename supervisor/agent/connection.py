@@ -51,7 +51,7 @@ def backoff_delay(attempt: int, minimum: float, maximum: float, rng: random.Rand
 
 
 def _message_properties(message: mqtt.MQTTMessage) -> dict[str, t.Any]:
-    props: dict[str, t.Any] = {"qos": message.qos, "retain": bool(message.retain)}
+    props: dict[str, t.Any] = {"qos": message.qos, "retain": bool(message.retain), "dup": bool(message.dup)}
     properties = message.properties
     if properties is not None:
         for name in properties.names:

@@ -15,11 +15,9 @@ under it. Three kinds of work:
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -31,9 +29,12 @@ from pathlib import Path
 
 from supervisor import __version__
 from supervisor.agent import protocol
+from supervisor.agent.answer import read_answer, read_trades
 from supervisor.agent.auth import Verifier, is_signed_record, sign_record
 from supervisor.agent.connection import Connection
+from supervisor.agent.dedup import Redeliveries
 from supervisor.agent.guard import STATUS_BUSY, RefusalLog, clip, is_command_topic
+from supervisor.agent.stream import ConsoleStream
 from supervisor.errors import AgentError, AuthError, InstanceNotRunning, SupervisorError
 from supervisor.manager import CRASHED, EXITED, RUNNING, rotate_log
 from supervisor.paths import SESSION_PREFIX
@@ -55,7 +56,7 @@ CLAIM_SECONDS = 1.0
 """After its first connection, how long an agent waits for a live agent with its host id before serving."""
 CLAIM_TIMEOUT = 10.0
 REASSERT_GAP = 0.5
-DEDUP_SECONDS = 300.0
+STREAM_POLL = 0.25
 BACKOFF_BASE = 1.0
 BACKOFF_MAX = 60.0
 FATAL_AFTER = 5
@@ -63,6 +64,15 @@ FAST_FAILURE = 30.0
 AUDIT_MAX_BYTES = 10 * 1024 * 1024
 AUDIT_KEEP = 3
 _VOLATILE = ("cpu_percent", "rss", "uptime", "last_heartbeat")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outcome:
+    """What a Hummingbot command did: the reply's status, msg and extra fields (history's trades)."""
+
+    code: int
+    msg: str
+    extra: Mapping[str, t.Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -161,8 +171,9 @@ class Agent:
         self._alive: dict[str, bool] = {}
         self._last_heartbeat: dict[str, float] = {}
         self._published: dict[str, tuple[dict[str, t.Any], float]] = {}
-        self._seen: collections.OrderedDict[str, tuple[float, bytes | None]] = collections.OrderedDict()
-        self._seen_lock = threading.Lock()
+        self._plugin_alive: dict[str, bool] = {}
+        self._liveness_lock = threading.Lock()
+        self.redeliveries = Redeliveries()
         self._statuses: dict[str, InstanceStatus] = {}
         self._status_lock = threading.Lock()
         self._supervision_lock = threading.Lock()
@@ -183,6 +194,7 @@ class Agent:
             on_connect=self._on_connect,
             max_queued=MAX_QUEUED,
         )
+        self.stream = ConsoleStream(self.connection.publish, self.ns, clock=clock)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -205,6 +217,8 @@ class Agent:
         self.connection.subscribe(f"{self.own}/agent/claim", self._on_agent_record, qos=1)
         self.connection.start()
         run_started = time.monotonic()
+        streamer = threading.Thread(target=self._stream_loop, name="agent-console-stream", daemon=True)
+        streamer.start()
         next_heartbeat = 0.0
         next_state = 0.0
         next_check = 0.0
@@ -220,7 +234,8 @@ class Agent:
                 if check_due or heartbeat_due:
                     statuses = self._refresh()  # one snapshot serves both
                     if check_due:
-                        self._supervise(statuses)
+                        if self._supervise(statuses):
+                            statuses = self._refresh()  # what was restarted is up: no stale "offline"
                         next_check = now + self.check_interval
                     if heartbeat_due:
                         self._heartbeats(statuses)
@@ -395,16 +410,19 @@ class Agent:
             self.connection.subscribe(f"{self.own}/+/{verb}", self._on_own, qos=1)
         for verb in protocol.HOST_VERBS:
             self.connection.subscribe(f"{self.own}/{verb}", self._on_own, qos=1)
+        # Plugin bots beat for themselves: record when, so `fleet ls` shows their heartbeat age.
+        self.connection.subscribe(f"{self.ns}/+/hb", self._on_heartbeat, qos=0)
 
     # -- request plumbing ----------------------------------------------------------
 
     def _dispatch(
-        self, topic: str, payload: bytes, props: Mapping[str, t.Any], work: Callable[[str, bytes, bool], None]
+        self, topic: str, payload: bytes, props: Mapping[str, t.Any], work: Callable[[str, bytes, bool, bool], None]
     ) -> None:
         """Hand a request to the pool (handlers run on the network thread and must be quick).
 
-        When every slot is taken the request is refused before it runs (503), so
-        an executed request always has room for its reply in the outgoing queue.
+        The handler gets the MQTT DUP and retain flags of the message. When every
+        slot is taken the request is refused before it runs (503), so an executed
+        request always has room for its reply in the outgoing queue.
         """
         if not self._pending.acquire(blocking=False):
             if work == self._handle_hbot and not self._answers_hbot(topic):
@@ -414,11 +432,11 @@ class Agent:
                 payload, "agent is busy: too many requests in flight. Try again.", status=STATUS_BUSY, spare=True
             )
             return
-        retained = bool(props.get("retain"))
+        dup, retained = bool(props.get("dup")), bool(props.get("retain"))
 
         def job() -> None:
             try:
-                work(topic, payload, retained)
+                work(topic, payload, dup, retained)
             except Exception:
                 logger.exception("request on %s failed unexpectedly", clip(topic))
                 self._reply_error_raw(payload, "internal error in the agent; see its log.")
@@ -443,6 +461,13 @@ class Agent:
     def _on_own(self, topic: str, payload: bytes, props: Mapping[str, t.Any]) -> None:
         self._dispatch(topic, payload, props, self._handle_own)
 
+    def _on_heartbeat(self, topic: str, _payload: bytes, _props: Mapping[str, t.Any]) -> None:
+        name = topic[len(self.ns) + 1 :].partition("/")[0]
+        with self._status_lock:
+            status = self._statuses.get(name)
+        if status is not None and status.plugin:
+            self._last_heartbeat[name] = round(self._clock(), 3)
+
     def _reply(self, reply_to: str, data: Mapping[str, t.Any], key: str | None = None, *, spare: bool = False) -> None:
         """Publish a reply; ``spare`` ones (refusals) only while the queue has room beyond executed requests'."""
         try:
@@ -454,9 +479,7 @@ class Agent:
             return  # never publish where an agent or a bot would take it as a command or a record
         body = protocol.encode_reply(data)
         if key is not None:
-            with self._seen_lock:
-                if key in self._seen:
-                    self._seen[key] = (self._seen[key][0], body)
+            self.redeliveries.answered(key, body)
         if not self.connection.publish(topic, body, qos=1, headroom=REPLY_RESERVE if spare else 0):
             self.refusals.refuse("unanswered", topic, "outgoing queue is full; reply dropped")
 
@@ -484,28 +507,19 @@ class Agent:
             spare=True,
         )
 
-    def _first_sight(self, topic: str, payload: bytes) -> tuple[bool, str]:
-        """Return whether this exact request is new; a QoS 1 redelivery gets the cached reply instead."""
-        key = hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()
-        now = time.monotonic()
-        with self._seen_lock:
-            while self._seen and now - next(iter(self._seen.values()))[0] > DEDUP_SECONDS:
-                self._seen.popitem(last=False)
-            if key in self._seen:
-                cached = self._seen[key][1]
-                if cached is not None:
-                    with contextlib.suppress(protocol.ProtocolError):
-                        request = protocol.parse_request(payload)
-                        self.connection.publish(protocol.reply_topic(request.reply_to), cached, qos=1)
-                return False, key
-            self._seen[key] = (now, None)
-        return True, key
+    def _fresh_request(self, topic: str, payload: bytes, dup: bool) -> tuple[protocol.Request, str] | None:
+        """Return a new, well-formed request and its dedup key; ``None`` for redeliveries and bad requests.
 
-    def _fresh_request(self, topic: str, payload: bytes) -> tuple[protocol.Request, str] | None:
-        """Return a new, well-formed request and its dedup key; ``None`` for redeliveries and bad requests."""
-        new, key = self._first_sight(topic, payload)
+        A redelivery (DUP flag, or the same bytes within a few seconds) is not
+        run again; it gets the reply already sent, if any.
+        """
+        new, key, cached = self.redeliveries.check(topic, payload, dup=dup)
         if not new:
             logger.info("ignoring a redelivered request on %s", clip(topic))
+            if cached is not None:
+                with contextlib.suppress(protocol.ProtocolError):
+                    again = protocol.parse_request(payload)
+                    self.connection.publish(protocol.reply_topic(again.reply_to), cached, qos=1)
             return None
         request = self._parse(topic, payload)
         return None if request is None else (request, key)
@@ -529,7 +543,7 @@ class Agent:
 
     # -- Hummingbot-compatible commands -------------------------------------------
 
-    def _handle_hbot(self, topic: str, payload: bytes, retained: bool = False) -> None:
+    def _handle_hbot(self, topic: str, payload: bytes, dup: bool = False, retained: bool = False) -> None:
         rest = topic[len(self.ns) + 1 :]
         instance, _, command = rest.partition("/")
         records = self.manager.registry.all()
@@ -543,86 +557,122 @@ class Agent:
         if retained:
             self._refuse_retained(topic, payload)
             return
-        fresh = self._fresh_request(topic, payload)
+        fresh = self._fresh_request(topic, payload, dup)
         if fresh is None:
             return
         request, key = fresh
         try:
             data = protocol.validate(command, request.data)
+            refusal = self._refusal(instance, command, data, status)
         except protocol.ProtocolError as e:
-            self._answer_hbot(request, command, topic, key, protocol.STATUS_ERROR, f"bad request: {e}")
+            refusal = f"bad request: {e}"
+        except SupervisorError as e:
+            refusal = str(e)
+        if refusal is not None:
+            self._answer_hbot(request, command, topic, key, _Outcome(protocol.STATUS_ERROR, refusal))
             return
         if data.get("async_backend") is True and command in ("start", "stop"):
-            # As the bot does: answer at once, then do the (possibly long) work.
-            self._answer_hbot(request, command, topic, key, protocol.STATUS_OK, "")
+            # As the bot does: answer at once, then do the (possibly long) work; its console's answer goes to notify.
+            self._answer_hbot(request, command, topic, key, _Outcome(protocol.STATUS_OK, ""))
             try:
-                self._run_hbot(instance, command, data, status)
+                outcome = self._run_hbot(instance, command, data, status)
+                if outcome.msg:
+                    self._hbot_notify(instance, outcome.msg)
             except SupervisorError as e:
                 logger.warning("%s of %s failed: %s", command, instance, e)
                 self._notify(instance, f"{command} failed: {e}")
             return
         try:
-            code, msg = self._run_hbot(instance, command, data, status)
+            outcome = self._run_hbot(instance, command, data, status)
         except SupervisorError as e:
-            code, msg = protocol.STATUS_ERROR, str(e)
-        self._answer_hbot(request, command, topic, key, code, msg)
+            outcome = _Outcome(protocol.STATUS_ERROR, str(e))
+        self._answer_hbot(request, command, topic, key, outcome)
 
-    def _answer_hbot(self, request: protocol.Request, command: str, topic: str, key: str, code: int, msg: str) -> None:
+    def _answer_hbot(self, request: protocol.Request, command: str, topic: str, key: str, outcome: _Outcome) -> None:
         self.audit.record(
             topic=topic,
             client=request.header.get("node_id") or request.header.get("agent"),
             reply_to=request.reply_to,
-            result=code,
-            msg=msg[:200],
+            result=outcome.code,
+            msg=outcome.msg[:200],
         )
-        self._reply(request.reply_to, protocol.response(command, status=code, msg=msg), key)
+        reply = protocol.response(command, status=outcome.code, msg=outcome.msg, **outcome.extra)
+        self._reply(request.reply_to, reply, key)
 
-    def _run_hbot(
-        self, instance: str, command: str, data: Mapping[str, t.Any], status: InstanceStatus
-    ) -> tuple[int, str]:
-        """Carry out one bot-level command; return ``(status code, msg)``."""
+    def _refusal(self, instance: str, command: str, data: Mapping[str, t.Any], status: InstanceStatus) -> str | None:
+        """Return why a valid request cannot be carried out at all (checked before an async 200), or ``None``."""
+        if status.plugin or command != "stop":
+            return None
+        if data.get("skip_order_cancellation"):
+            recipe = self.manager.recipe_for(self.manager.registry.get(instance))
+            if "stop_keep_orders" not in recipe.console.commands:
+                return (
+                    f"instance '{instance}': recipe '{recipe.name}' has no console.stop_keep_orders line, so its "
+                    "strategy cannot be stopped with orders left open; nothing was done. Send "
+                    "skip_order_cancellation: false to stop and cancel orders, or add that line to the recipe."
+                )
+        if not status.is_running:
+            return str(InstanceNotRunning(instance, status.state))
+        return None
+
+    def _run_hbot(self, instance: str, command: str, data: Mapping[str, t.Any], status: InstanceStatus) -> _Outcome:
+        """Carry out one bot-level command as Hummingbot would; return the reply's status, msg and extras."""
         sync = data.get("async_backend") is False
         if status.plugin:
             # Down plugin bot: only start can help (the plugin takes over once it is up).
             if command == "start":
                 self.manager.start([instance])
-                return protocol.STATUS_OK, f"instance '{instance}' was down; launched it, its MQTT bridge takes over."
+                msg = f"instance '{instance}' was down; launched it, its MQTT bridge takes over."
+                return _Outcome(protocol.STATUS_OK, msg)
             msg = f"instance '{instance}' is not running, so its MQTT bridge cannot answer. Send start first."
-            return protocol.STATUS_ERROR, msg
+            return _Outcome(protocol.STATUS_ERROR, msg)
         if command == "start":
             values = {"script": data.get("script"), "conf": data.get("conf")}
             self.manager.console_line(instance, "start", values)  # refuse unsafe values before launching
             if not status.is_running:
                 self.manager.start([instance])
+                self._announce(instance)
             if data.get("is_quickstart"):
                 logger.info("is_quickstart has no console equivalent; starting normally")
-            return protocol.STATUS_OK, self.manager.relay(instance, "start", values, capture=sync)
-        if command == "stop":
-            # A plugin-less bot's remote stop is the graceful process stop: the recipe's quit
-            # lines (its console 'stop' first, so open orders are cancelled), then signals.
-            [result] = self.manager.stop([instance])
-            return protocol.STATUS_OK, result.message
+            return self._console(instance, "start", values)
         if not status.is_running:
             raise InstanceNotRunning(instance, status.state)
-        if command == "status":
-            text = self.manager.relay(instance, "status", {}, capture=True)
-            if sync:
-                return protocol.STATUS_OK, text
-            self.connection.publish(f"{self.ns}/{instance}/notify", protocol.notify(0, text))
-            return protocol.STATUS_OK, ""
+        if command == "stop":
+            # The strategy stop, as Hummingbot's: the process, its heartbeats and its console stay up.
+            line = "stop_keep_orders" if data.get("skip_order_cancellation") else "stop"
+            return self._console(instance, line, {})
+        if command == "status" and not sync:
+            outcome = self._console(instance, "status", {})
+            self._hbot_notify(instance, outcome.msg)
+            return _Outcome(protocol.STATUS_OK, "")
         if command == "import":
-            return protocol.STATUS_OK, self.manager.relay(
-                instance, "import", {"strategy": data["strategy"]}, capture=True
-            )
+            return self._console(instance, "import", {"strategy": data["strategy"]})
         if command == "history":
             values = {k: data.get(k) for k in ("days", "verbose", "precision")}
-            return protocol.STATUS_OK, self.manager.relay(instance, "history", values, capture=True)
-        console = command.replace("/", "_")
-        return protocol.STATUS_OK, self.manager.relay(instance, console, dict(data), capture=True)
+            outcome = self._console(instance, "history", values)
+            if not sync:
+                self._hbot_notify(instance, outcome.msg)
+                return _Outcome(protocol.STATUS_OK, "", {"trades": []})
+            recipe = self.manager.recipe_for(self.manager.registry.get(instance))
+            trades, rest = read_trades(outcome.msg.splitlines(), recipe.console.trades)
+            return _Outcome(outcome.code, "\n".join(rest), {"trades": trades})
+        return self._console(instance, command.replace("/", "_"), dict(data))
+
+    def _console(self, instance: str, command: str, values: Mapping[str, t.Any]) -> _Outcome:
+        """Type a command's console line and read the answer the recipe's patterns pick out of the output."""
+        text = self.manager.relay(instance, command, values, capture=True)
+        recipe = self.manager.recipe_for(self.manager.registry.get(instance))
+        answer = read_answer(text, recipe.console.answer)
+        return _Outcome(protocol.STATUS_ERROR if answer.error else protocol.STATUS_OK, answer.text)
+
+    def _hbot_notify(self, instance: str, text: str) -> None:
+        """Publish console output on ``{ns}/{id}/notify``, as the bot's notifier does."""
+        if text:
+            self.connection.publish(f"{self.ns}/{instance}/notify", protocol.notify(0, text))
 
     # -- our own verbs -----------------------------------------------------------------
 
-    def _handle_own(self, topic: str, payload: bytes, retained: bool = False) -> None:
+    def _handle_own(self, topic: str, payload: bytes, dup: bool = False, retained: bool = False) -> None:
         rest = topic[len(self.own) + 1 :]
         instance, _, verb = rest.rpartition("/")
         if retained:
@@ -630,7 +680,7 @@ class Agent:
             return
         key: str | None = None
         if self.verifier is None:
-            fresh = self._fresh_request(topic, payload)
+            fresh = self._fresh_request(topic, payload, dup)
             if fresh is None:
                 return
             request, key = fresh
@@ -689,6 +739,10 @@ class Agent:
         else:
             [result] = self.manager.restart([instance])
         self._failures.pop(instance, None)
+        if verb == "stop":
+            self._gone(instance, self._status(instance))
+        else:
+            self._announce(instance)
         self._refresh()
         self._publish_states(force=False)  # the new state goes out now, not at the next tick
         return {"status": ok, "msg": result.message, "result": result.to_dict()}
@@ -704,8 +758,9 @@ class Agent:
             self._statuses = statuses
         return statuses
 
-    def _supervise(self, statuses: Mapping[str, InstanceStatus]) -> None:
-        """Restart crashed bots with backoff, mark fatal ones, rotate logs."""
+    def _supervise(self, statuses: Mapping[str, InstanceStatus]) -> bool:
+        """Restart crashed bots with backoff, mark fatal ones, rotate logs; return whether one was restarted."""
+        restarted = False
         with self._supervision_lock:
             now = self._clock()
             for name, status in statuses.items():
@@ -717,8 +772,9 @@ class Agent:
                     continue
                 if status.desired != DESIRED_RUNNING or status.state not in (CRASHED, EXITED):
                     continue
-                self._recover(name, status, now)
+                restarted = self._recover(name, status, now) or restarted
             self._report_orphans()
+        return restarted
 
     def _report_orphans(self) -> None:
         """Log and publish, once each, sessions of ours that lost their record (nothing supervises them)."""
@@ -740,10 +796,10 @@ class Agent:
             self._notify(session.removeprefix(SESSION_PREFIX), message)
         self._orphans = orphans
 
-    def _recover(self, name: str, status: InstanceStatus, now: float) -> None:
+    def _recover(self, name: str, status: InstanceStatus, now: float) -> bool:
         failures = self._failures.setdefault(name, _Failures())
         if now < failures.next_attempt:
-            return
+            return False
         ran_for = now - failures.started_at if failures.started_at else None
         if failures.started_at and ran_for is not None and ran_for > self.fast_failure:
             failures.count = 0
@@ -757,8 +813,9 @@ class Agent:
             logger.error("%s", message)
             self.manager.mark(name, fatal=True, last_error=message)
             self._failures.pop(name, None)
+            self._gone(name, status)
             self._notify(name, message)
-            return
+            return False
         logger.warning(
             "instance %s is %s (exit code %s) but should run: starting it (attempt %d)",
             name,
@@ -768,17 +825,21 @@ class Agent:
         )
         failures.started_at = now
         failures.next_attempt = now + min(self.backoff_max, self.backoff_base * (2**failures.count))
+        # Clients hear that the bot went away (and the crash is on record) before they hear it was restarted.
+        self._gone(name, status)
+        self._publish_states(force=False)
         try:
             result = self.manager.restart_crashed(name)
-            if result.changed:
-                self._notify(
-                    name, f"instance '{name}' was {status.state}; restarted it (restart #{failures.count + 1})."
-                )
-            else:
-                # Someone else (a restart, a user's stop) got there first: not a failure of the bot.
-                self._failures.pop(name, None)
         except SupervisorError as e:
             logger.warning("restarting %s failed: %s", name, e)
+            return False
+        if not result.changed:
+            # Someone else (a restart, a user's stop) got there first: not a failure of the bot.
+            self._failures.pop(name, None)
+            return False
+        self._announce(name)
+        self._notify(name, f"instance '{name}' was {status.state}; restarted it (restart #{failures.count + 1}).")
+        return True
 
     def _notify(self, name: str, message: str) -> None:
         event = {"ts": round(self._clock(), 3), "host": self.host, "instance": name, "msg": message}
@@ -789,19 +850,82 @@ class Agent:
             self.connection.publish(f"{self.ns}/{name}/notify", protocol.notify(0, message))
 
     def _heartbeats(self, statuses: Mapping[str, InstanceStatus]) -> None:
-        """Publish ``hb`` for plugin-less bots whose process is alive right now; announce transitions."""
-        for name, status in statuses.items():
+        """Publish ``hb`` for plugin-less bots whose process is alive right now; announce transitions.
+
+        A plugin bot announces itself, but never says ``offline``: the agent
+        says it when the bot's process is gone.
+        """
+        with self._liveness_lock:
+            for name, status in statuses.items():
+                alive = status.state == RUNNING
+                if status.plugin:
+                    if self._plugin_alive.get(name) and not alive and not self._status(name).is_running:
+                        self._status_update(name, "offline")
+                    self._plugin_alive[name] = alive
+                    continue
+                if not alive and self._alive.get(name) and self._status(name).is_running:
+                    alive = True  # relaunched after this snapshot was taken: not a transition
+                if alive != self._alive.get(name, False):
+                    self._status_update(name, "online" if alive else "offline")
+                self._alive[name] = alive
+                if alive:
+                    self._beat(name)
+            for gone in set(self._alive) - set(statuses):
+                self._alive.pop(gone)
+            for gone in set(self._plugin_alive) - set(statuses):
+                self._plugin_alive.pop(gone)
+
+    def _beat(self, name: str) -> None:
+        self.connection.publish(f"{self.ns}/{name}/hb", protocol.heartbeat())
+        self._last_heartbeat[name] = round(self._clock(), 3)
+
+    def _announce(self, name: str) -> None:
+        """Say ``online`` and beat at once for a plugin-less bot whose process just came up."""
+        status = self._refresh().get(name) or self._status(name)  # the console stream follows it from now
+        with self._liveness_lock:
             if status.plugin:
+                self._plugin_alive[name] = status.is_running
+                return
+            if not status.is_running:
+                return
+            if not self._alive.get(name):
+                self._status_update(name, "online")
+            self._alive[name] = True
+            self._beat(name)
+
+    def _gone(self, name: str, status: InstanceStatus) -> None:
+        """Say ``offline`` for a bot the agent had announced (or seen alive) whose process is gone."""
+        if status.is_running:
+            return
+        with self._liveness_lock:
+            seen = self._plugin_alive if status.plugin else self._alive
+            if seen.get(name):
+                self._status_update(name, "offline")
+            seen[name] = False
+
+    def _stream_loop(self) -> None:
+        """Publish plugin-less bots' console lines on ``log`` (and ``events``/``performance`` per recipe)."""
+        while not self._stop.wait(STREAM_POLL):
+            if not self._serving:
+                continue  # another run of this host id may serve: publish nothing for it
+            with self._status_lock:
+                statuses = dict(self._statuses)
+            names = [name for name, status in statuses.items() if not status.plugin]
+            self.stream.follow(names)
+            if not names or not self.connection.is_connected:
                 continue
-            alive = status.state == RUNNING
-            if alive != self._alive.get(name, False):
-                self._status_update(name, "online" if alive else "offline")
-            self._alive[name] = alive
-            if alive:
-                self.connection.publish(f"{self.ns}/{name}/hb", protocol.heartbeat())
-                self._last_heartbeat[name] = round(self._clock(), 3)
-        for gone in set(self._alive) - set(statuses):
-            self._alive.pop(gone)
+            records = self.manager.registry.all()
+            for name in names:
+                record = records.get(name)
+                if record is None or statuses[name].state != RUNNING:
+                    continue
+                try:
+                    recipe = self.manager.recipe_for(record)
+                    self.stream.poll(name, self.manager.paths.console_log(name), recipe)
+                except SupervisorError as e:
+                    logger.debug("not streaming %s's console: %s", name, e)
+                except Exception:
+                    logger.exception("streaming %s's console failed", name)
 
     def _status_update(self, name: str, state: t.Literal["online", "offline"]) -> None:
         self.connection.publish(f"{self.ns}/{name}/status_updates", protocol.status_update(state))
