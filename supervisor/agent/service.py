@@ -868,12 +868,17 @@ class Agent:
                 if alive != self._alive.get(name, False):
                     self._status_update(name, "online" if alive else "offline")
                 self._alive[name] = alive
-                if alive:
+                if alive and not self._beat_recently(name):
                     self._beat(name)
             for gone in set(self._alive) - set(statuses):
                 self._alive.pop(gone)
             for gone in set(self._plugin_alive) - set(statuses):
                 self._plugin_alive.pop(gone)
+
+    def _beat_recently(self, name: str) -> bool:
+        """Whether a beat went out within half an interval (at launch): the tick then skips one, keeping the cadence."""
+        last = self._last_heartbeat.get(name)
+        return last is not None and self._clock() - last < self.config.heartbeat_interval / 2
 
     def _beat(self, name: str) -> None:
         self.connection.publish(f"{self.ns}/{name}/hb", protocol.heartbeat())
