@@ -14,6 +14,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 TimeoutExpired = subprocess.TimeoutExpired
+STDOUT = subprocess.STDOUT
 
 
 def run(

@@ -96,6 +96,7 @@ def _human_duration(seconds: float | None) -> str:
 STATE_COLOURS = {
     "running": "green",
     "starting": "cyan",
+    "waiting-login": "magenta",
     "stopped": None,
     "exited": "yellow",
     "crashed": "red",
@@ -103,6 +104,10 @@ STATE_COLOURS = {
     "install-failed": "red",
     "installing": "cyan",
 }
+
+
+_ALIVE_STATES = ("running", "starting", "waiting-login")
+"""States with a live process (its pid, CPU and memory are shown)."""
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], colour_col: int | None = None) -> None:
@@ -223,6 +228,13 @@ def _clip(text: str, width: int) -> str:
 @click.option(
     "--set", "settings", multiple=True, metavar="KEY=VALUE", help="Recipe variable or env.NAME=VALUE (repeatable)."
 )
+@click.option(
+    "--secret",
+    "secret_options",
+    multiple=True,
+    metavar="KEY=@PATH",
+    help="Store a secret the recipe uses, read from PATH ('@-': stdin); never the value itself (repeatable).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the new instance as JSON.")
 @click.pass_context
 def new_cmd(
@@ -235,6 +247,7 @@ def new_cmd(
     directory: Path | None,
     no_install: bool,
     settings: tuple[str, ...],
+    secret_options: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Create an instance: clone its own checkout and run the recipe's install steps.
@@ -242,7 +255,11 @@ def new_cmd(
     \b
     Example:
       supervisor new mm-1 -r hummingbot --ref v2.16.0 --set mqtt_host=10.0.0.5
+      supervisor new mm-2 -r hummingbot --secret password=@/run/keys/mm-2.pw
     """
+    from supervisor.secrets import parse_secret_option
+
+    secret_values = dict(parse_secret_option(option) for option in secret_options)
     progress, line = _progress()
     status = _manager(ctx).new(
         name,
@@ -253,6 +270,7 @@ def new_cmd(
         directory=directory,
         install=not no_install,
         settings=settings,
+        secret_values=secret_values,
         progress=progress,
         on_line=line,
     )
@@ -278,12 +296,16 @@ def install_cmd(ctx: click.Context, name: str) -> None:
 @cli.command("update")
 @click.argument("name")
 @click.option("--ref", help="Branch, tag or commit to move to (default: the instance's ref).")
-@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds for the graceful stop.")
+@click.option(
+    "--timeout", type=float, help="Seconds for the graceful stop (default: the recipe's run.stop.grace, else 30)."
+)
 @click.pass_context
-def update_cmd(ctx: click.Context, name: str, ref: str | None, timeout: float) -> None:
+def update_cmd(ctx: click.Context, name: str, ref: str | None, timeout: float | None) -> None:
     """Fetch and check out new code, reinstall, and restart if it was running.
 
-    On failure the previous commit stays checked out and usable.
+    The bot is stopped only when REF exists and differs from what is checked
+    out. If the install fails or the new commit does not come up, the previous
+    commit and config files are put back and started again.
     """
     progress, line = _progress()
     status = _manager(ctx).update(name, ref=ref, progress=progress, on_line=line, stop_timeout=timeout)
@@ -352,24 +374,24 @@ def start_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, no_wait: b
 @click.option(
     "--timeout",
     type=float,
-    default=30.0,
-    show_default=True,
-    help="Seconds after the console quit lines before SIGTERM.",
+    help="Seconds after the quit lines or stop signal before SIGTERM (default: the recipe's run.stop.grace, else 30).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.pass_context
-def stop_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, timeout: float, as_json: bool) -> None:
-    """Stop instances: the recipe's quit lines first, then SIGTERM, then SIGKILL."""
+def stop_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, timeout: float | None, as_json: bool) -> None:
+    """Stop instances: the recipe's quit lines (or stop signal/command) first, then SIGTERM, then SIGKILL."""
     _render_actions(_manager(ctx).stop(_names(ctx, names, all_), timeout=timeout), as_json)
 
 
 @cli.command("restart")
 @click.argument("names", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Restart every instance.")
-@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds for the graceful stop.")
+@click.option(
+    "--timeout", type=float, help="Seconds for the graceful stop (default: the recipe's run.stop.grace, else 30)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.pass_context
-def restart_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, timeout: float, as_json: bool) -> None:
+def restart_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, timeout: float | None, as_json: bool) -> None:
     """Stop and start instances again."""
     _render_actions(_manager(ctx).restart(_names(ctx, names, all_), timeout=timeout), as_json)
 
@@ -534,6 +556,70 @@ def send_cmd(ctx: click.Context, name: str, text: tuple[str, ...], keys: bool) -
         msg = f"send takes one TEXT argument, got {len(text)}. Quote the line: supervisor send {name} 'a b c'."
         raise SupervisorError(msg)
     manager.send(name, text[0])
+
+
+@cli.group("secret")
+def secret_grp() -> None:
+    """Store the secrets a recipe passes to its bot (for example Hummingbot's password)."""
+
+
+@secret_grp.command("set")
+@click.argument("name")
+@click.argument("key")
+@click.option(
+    "--from-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Read the value from this file instead of stdin.",
+)
+@click.pass_context
+def secret_set_cmd(ctx: click.Context, name: str, key: str, from_file: Path | None) -> None:
+    """Store one secret of an instance; the value comes from stdin, never the command line.
+
+    The file is mode 600 under the instance's folder; a trailing line break is
+    dropped. The bot sees the new value at its next start.
+
+    \b
+    Example:
+      supervisor secret set mm-1 password < ~/mm-1.pw
+      read -rs PW && printf %s "$PW" | supervisor secret set mm-1 password
+    """
+    from supervisor.secrets import read_value_file
+
+    if from_file is None and sys.stdin.isatty():
+        click.echo(f"Value for '{key}' (input hidden), then Enter:", err=True)
+        value = click.prompt("", hide_input=True, prompt_suffix="", err=True).encode()
+    else:
+        value = read_value_file(from_file or Path("-"), what=f"secret '{key}'")
+    _manager(ctx).set_secret(name, key, value)
+    click.echo(f"stored secret '{key}' of '{name}'")
+
+
+@secret_grp.command("ls")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def secret_ls_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
+    """List an instance's secrets: keys, variables and whether each is set (never values)."""
+    found = _manager(ctx).secret_info(name)
+    if as_json:
+        _json([info.to_dict() for info in found])
+        return
+    if not found:
+        click.echo(f"'{name}' uses no secrets.")
+        return
+    _table(["KEY", "ENV", "SET"], [[i.key, i.env or "-", "yes" if i.is_set else "no"] for i in found])
+
+
+@secret_grp.command("rm")
+@click.argument("name")
+@click.argument("key")
+@click.pass_context
+def secret_rm_cmd(ctx: click.Context, name: str, key: str) -> None:
+    """Delete one secret of an instance."""
+    if not _manager(ctx).remove_secret(name, key):
+        msg = f"instance '{name}': secret '{key}' is not set. Run 'supervisor secret ls {name}'."
+        raise SupervisorError(msg)
+    click.echo(f"removed secret '{key}' of '{name}'")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -781,15 +867,16 @@ def fleet_ls_cmd(ctx: click.Context, wait: float, as_json: bool) -> None:
     rows = []
     for view in snap.instances:
         rec = view.record
+        alive = view.state in _ALIVE_STATES
         rows.append(
             [
                 view.host,
                 view.name,
                 view.state,
-                str(rec.get("pid") or "-") if view.state == "running" else "-",
-                f"{rec['cpu_percent']:.1f}" if view.state == "running" and rec.get("cpu_percent") is not None else "-",
-                _human_bytes(rec.get("rss")) if view.state == "running" else "-",
-                _human_duration(rec.get("uptime")) if view.state == "running" else "-",
+                str(rec.get("pid") or "-") if alive else "-",
+                f"{rec['cpu_percent']:.1f}" if alive and rec.get("cpu_percent") is not None else "-",
+                _human_bytes(rec.get("rss")) if alive else "-",
+                _human_duration(rec.get("uptime")) if alive else "-",
                 str(rec.get("restarts", "-")),
                 str(rec.get("commit") or "-")[:8],
                 _human_duration(view.heartbeat_age),

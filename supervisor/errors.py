@@ -152,6 +152,28 @@ class InstanceBusy(InstanceError):
     code = "instance_busy"
 
 
+class SecretError(SupervisorError):
+    """A secret's key or value is not usable, or its file cannot be written."""
+
+    code = "secret_error"
+
+
+class SecretMissing(InstanceError):
+    """The recipe needs a secret that is not stored for this instance."""
+
+    code = "secret_missing"
+
+    def __init__(self, name: str, missing: t.Sequence[tuple[str, str]]) -> None:
+        keys = ", ".join(f"'{key}' (for {env})" for env, key in missing)
+        first = missing[0][1]
+        msg = (
+            f"instance '{name}' cannot start: secret {keys} is not set. "
+            f"Set it with 'supervisor secret set {name} {first}' (the value is read from stdin)."
+        )
+        super().__init__(msg)
+        self.name = name
+
+
 class InstallError(SupervisorError):
     """A clone, fetch, checkout or install step failed; keeps the log tail."""
 
@@ -161,6 +183,12 @@ class InstallError(SupervisorError):
         super().__init__(message)
         self.step = step
         self.log_tail = log_tail
+
+
+class UpdateRolledBack(InstallError):
+    """The new commit installed but did not come up; the old code and config were put back."""
+
+    code = "update_rolled_back"
 
 
 class SessionError(SupervisorError):

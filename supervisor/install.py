@@ -479,6 +479,55 @@ def fetch_and_checkout(
         When tracked files have uncommitted changes, ``ref`` does not exist,
         or git fails.
     """
+    old = _fetch_from_mirror(checkout, mirror, progress)
+    _refuse_local_changes(checkout)
+    is_branch, target = _target(checkout, ref)
+    try:
+        if is_branch:
+            _git(
+                ["checkout", "-q", "-B", ref, "--track", f"origin/{ref}"],
+                cwd=checkout,
+                progress=progress,
+            )
+        else:
+            _detach(checkout, url, ref, target, progress)
+        _set_origin_url(checkout, url)
+    except (_GitFailure, OSError) as e:
+        msg = f"checkout '{checkout}': could not check out '{ref}' ({_why(e)}). {_HINT_RETRY}"
+        raise InstallError(msg, step="checkout", log_tail=_tail(e)) from e
+    new = current_commit(checkout)
+    if new is None:
+        msg = f"checkout '{checkout}': git left no commit checked out. {_HINT_RETRY}"
+        raise InstallError(msg, step="checkout")
+    return old, new
+
+
+def resolve_update(checkout: Path, mirror: Path, url: str, ref: str, *, progress: ProgressFn | None = None) -> str:
+    """Fetch the mirror's refs into ``checkout`` and return the commit ``ref`` names, changing no file.
+
+    ``update`` calls this before it stops a bot, so a mistyped ref or a dirty
+    work tree costs nothing.
+
+    Raises
+    ------
+    InstallError
+        When ``checkout`` is not a work tree, the fetch fails, tracked files
+        have uncommitted changes, or ``ref`` does not exist.
+    """
+    _fetch_from_mirror(checkout, mirror, progress)
+    _refuse_local_changes(checkout)
+    _, commit = _target(checkout, ref)
+    if commit is None:
+        msg = (
+            f"repository '{url}': ref '{ref}' not found. "
+            f"Use a branch, tag or commit that exists there (see 'git ls-remote {url}')."
+        )
+        raise InstallError(msg, step="fetch")
+    return commit
+
+
+def _fetch_from_mirror(checkout: Path, mirror: Path, progress: ProgressFn | None) -> str:
+    """Fetch branches (as ``origin/*``) and tags from the mirror; return the checkout's current commit."""
     old = current_commit(checkout)
     if old is None:
         msg = f"checkout '{checkout}': not a git work tree. Remove it and run 'supervisor install NAME' to clone again."
@@ -498,28 +547,15 @@ def fetch_and_checkout(
     except (_GitFailure, OSError) as e:
         msg = f"checkout '{checkout}': could not fetch from the mirror ({_why(e)}). {_HINT_RETRY}"
         raise InstallError(msg, step="fetch", log_tail=_tail(e)) from e
-    _refuse_local_changes(checkout)
+    return old
+
+
+def _target(checkout: Path, ref: str) -> tuple[bool, str | None]:
+    """Return whether ``ref`` is a branch of origin, and the commit it names (``None``: unknown)."""
     gitdir = _git_dir(checkout) or checkout / ".git"
-    is_branch = bool(ref) and _read_ref(gitdir, f"refs/remotes/origin/{ref}") is not None
-    try:
-        if is_branch:
-            _git(
-                ["checkout", "-q", "-B", ref, "--track", f"origin/{ref}"],
-                cwd=checkout,
-                progress=progress,
-            )
-        else:
-            target = _resolve_commit(checkout, f"refs/tags/{ref}") or _resolve_commit(checkout, ref or "origin/HEAD")
-            _detach(checkout, url, ref, target, progress)
-        _set_origin_url(checkout, url)
-    except (_GitFailure, OSError) as e:
-        msg = f"checkout '{checkout}': could not check out '{ref}' ({_why(e)}). {_HINT_RETRY}"
-        raise InstallError(msg, step="checkout", log_tail=_tail(e)) from e
-    new = current_commit(checkout)
-    if new is None:
-        msg = f"checkout '{checkout}': git left no commit checked out. {_HINT_RETRY}"
-        raise InstallError(msg, step="checkout")
-    return old, new
+    if ref and _read_ref(gitdir, f"refs/remotes/origin/{ref}") is not None:
+        return True, _resolve_commit(checkout, f"refs/remotes/origin/{ref}")
+    return False, _resolve_commit(checkout, f"refs/tags/{ref}") or _resolve_commit(checkout, ref or "origin/HEAD")
 
 
 def _refuse_local_changes(checkout: Path) -> None:

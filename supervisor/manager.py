@@ -15,13 +15,14 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import sys
 import threading
 import time
 import typing as t
 from pathlib import Path
 
-from supervisor import metrics
+from supervisor import metrics, readiness, secrets
 from supervisor.consoletext import check_console_text, parse_key
 from supervisor.errors import (
     BackendUnavailable,
@@ -34,8 +35,11 @@ from supervisor.errors import (
     InstanceRunning,
     ReadyTimeout,
     RegistryWriteError,
+    SecretError,
+    SecretMissing,
     SessionError,
     SupervisorError,
+    UpdateRolledBack,
 )
 from supervisor.paths import SESSION_PREFIX, Paths, ensure_dir
 from supervisor.recipe import (
@@ -72,6 +76,8 @@ DEFAULT_STOP_TIMEOUT = 30.0
 # Live states, derived at every look (never stored).
 RUNNING = "running"
 STARTING = "starting"
+WAITING_LOGIN = "waiting-login"
+ALIVE_STATES = (RUNNING, STARTING, WAITING_LOGIN)
 STOPPED = "stopped"
 EXITED = "exited"
 CRASHED = "crashed"
@@ -112,7 +118,12 @@ class InstanceStatus:
 
     @property
     def is_running(self) -> bool:
-        """Whether the bot's process is alive."""
+        """Whether the bot's process is alive (``running``, or ``starting``/``waiting-login`` with a process)."""
+        return self.state in ALIVE_STATES and self.pid is not None
+
+    @property
+    def is_ready(self) -> bool:
+        """Whether the bot is up: its ready line was seen (or, without a ready pattern, its process is alive)."""
         return self.state == RUNNING
 
     def to_dict(self) -> dict[str, t.Any]:
@@ -193,6 +204,9 @@ class _Launch:
     pattern: re.Pattern[str] | None
     deadline: float
     timeout: float
+    login: re.Pattern[str] | None = None
+    joined: bool = False
+    """The bot was already starting (launched earlier); this start only waits for it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,6 +351,7 @@ class Manager:
         env = dict(os.environ)
         env.update({k: render(v, values) for k, v in recipe.run.env.items()})
         env.update(instance.env)
+        env.update(secrets.environment(self.paths, instance.name, recipe))
         env["SUPERVISOR_INSTANCE"] = instance.name
         return env
 
@@ -369,10 +384,11 @@ class Manager:
         directory: Path | None = None,
         install: bool = True,
         settings: Sequence[str] = (),
+        secret_values: t.Mapping[str, bytes] | None = None,
         progress: ProgressFn | None = None,
         on_line: LineFn | None = None,
     ) -> InstanceStatus:
-        """Clone a checkout for a new instance, install it, and record it.
+        """Clone a checkout for a new instance, store its secrets, install it, and record it.
 
         Raises
         ------
@@ -392,6 +408,8 @@ class Manager:
             raise SupervisorError(msg)
         recipe = find_recipe(recipe_ref, self.paths.user_recipes)
         variables, env = parse_settings(recipe, settings)
+        for key in secret_values or {}:
+            self._check_secret_key(name, recipe, key)
         if not self.backend(backend).is_available():
             raise BackendUnavailable(backend)
         checkout = directory.expanduser().resolve() if directory else self.paths.default_checkout(name)
@@ -430,6 +448,8 @@ class Manager:
                         # git keeps only the executable bit: give shipped files their own modes back.
                         git_install.copy_file_modes(Path(url), checkout)
                     self._write_bot_config(record, recipe)
+                    for key, value in (secret_values or {}).items():
+                        secrets.write_secret(self.paths, name, key, value)
                     record = self.registry.update(name, commit=commit)
                     if install:
                         installing = True
@@ -463,12 +483,54 @@ class Manager:
         except SupervisorError:
             logger.warning("could not remove the record of the failed instance %s", name, exc_info=True)
 
+    # -- secrets ----------------------------------------------------------------
+
+    def _check_secret_key(self, name: str, recipe: Recipe, key: str) -> None:
+        secrets.check_key(key)
+        used = sorted(recipe.run.secrets.values())
+        if key not in used:
+            msg = (
+                f"instance '{name}': recipe '{recipe.name}' uses no secret '{key}' "
+                f"(its secrets: {', '.join(used) or 'none'}). Check the key."
+            )
+            raise SecretError(msg)
+
+    def set_secret(self, name: str, key: str, value: bytes) -> Path:
+        """Store one of the instance's secrets (mode 600, written atomically); the bot sees it at its next start.
+
+        Raises
+        ------
+        InstanceNotFound, SecretError
+            Unknown instance, a key the recipe does not use, or an unusable value.
+        """
+        record = self.registry.get(name)
+        self._check_secret_key(name, self.recipe_for(record), key)
+        value = secrets.clean_value(value, what=f"secret '{key}'")
+        with self._instance_lock(name, wait=60):
+            return secrets.write_secret(self.paths, name, key, value)
+
+    def remove_secret(self, name: str, key: str) -> bool:
+        """Delete one of the instance's secrets; return whether it existed."""
+        self.registry.get(name)
+        with self._instance_lock(name, wait=60):
+            return secrets.remove_secret(self.paths, name, key)
+
+    def secret_info(self, name: str) -> list[secrets.SecretInfo]:
+        """Return the secrets the instance's recipe uses or it stores: keys and whether set, never values."""
+        record = self.registry.get(name)
+        return secrets.describe(self.paths, name, self.recipe_for(record))
+
     def _run_install(self, record: Instance, recipe: Recipe, log: Path, on_line: LineFn | None) -> None:
         from supervisor import install as git_install
 
         values = self._values(record, recipe)
         steps = [render(step, values) for step in recipe.install]
         self.registry.update(record.name, lifecycle=INSTALLING, last_error=None)
+        missing = secrets.missing(self.paths, record.name, recipe)
+        if missing and steps:
+            with contextlib.suppress(OSError), log.open("a", encoding="utf-8") as handle:
+                for var, key in missing:
+                    handle.write(f"==> secret '{key}' ({var}) is not set: the install steps run without it\n")
         try:
             git_install.run_install_steps(
                 steps, cwd=Path(record.checkout), env=self._install_env(record, recipe), log_path=log, on_line=on_line
@@ -535,58 +597,173 @@ class Manager:
         ref: str | None = None,
         progress: ProgressFn | None = None,
         on_line: LineFn | None = None,
-        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+        stop_timeout: float | None = None,
     ) -> InstanceStatus:
-        """Stop if running, fetch, check out ``ref``, reinstall, and start again if it was running.
+        """Fetch and resolve ``ref``; if it is new, stop, check it out, reinstall, and start again if it was running.
 
-        On any failure the previous commit is checked out again, reinstalled,
-        and started if it was running, and the error is raised.
+        Nothing is stopped until the ref is known to exist and differ from
+        what is checked out. The bot's config files (``mqtt.config`` and
+        ``config_files``) are copied aside first. If the install fails, or the
+        new commit does not reach ready when started, the previous commit and
+        the copied config are put back, reinstalled, and started if the bot
+        was running; the error is raised.
+
+        Raises
+        ------
+        InstallError
+            The ref is unknown, the work tree is dirty, or the install failed
+            (rolled back).
+        UpdateRolledBack
+            The new commit installed but did not come up; the old one runs again.
         """
         from supervisor import install as git_install
 
         record = self.registry.get(name)
         recipe = self.recipe_for(record)
+        target = ref or record.ref
+        checkout = Path(record.checkout)
+        with self._instance_lock(name):
+            mirror = git_install.ensure_mirror(self.paths.mirrors, record.repo, progress=progress)
+            wanted = git_install.resolve_update(checkout, mirror, record.repo, target, progress=progress)
+        old = git_install.current_commit(checkout)
+        self._commit_cache.pop(record.checkout, None)
+        if wanted == old and record.lifecycle == INSTALLED:
+            if on_line:
+                on_line(f"already at {target} ({wanted[:12]}): nothing to update")
+            self.registry.update(name, ref=target)
+            return self.status([name])[0]
         was_running = self._live_status(record).is_running
         if was_running:
             self.stop([name], timeout=stop_timeout)
-        target = ref or record.ref
-        checkout = Path(record.checkout)
-        old = git_install.current_commit(checkout)
+        snapshot = self._snapshot_config(record, recipe)
         failure: SupervisorError | None = None
-        self._commit_cache.pop(record.checkout, None)
+        new: str | None = None
         with self._instance_lock(name):
             try:
-                mirror = git_install.ensure_mirror(self.paths.mirrors, record.repo, progress=progress)
                 _, new = git_install.fetch_and_checkout(checkout, mirror, record.repo, target, progress=progress)
                 self._run_install(record, recipe, self.paths.install_log(name), on_line)
                 self.registry.update(name, ref=target, commit=new)
             except SupervisorError as e:
                 failure = e
                 if old:
-                    self._roll_back(record, recipe, old, f"update to {target} failed: {e}", on_line)
+                    self._roll_back(record, recipe, old, f"update to {target} failed: {e}", on_line, snapshot)
         self._commit_cache.pop(record.checkout, None)
         # Start outside the lock: start takes the same per-instance lock.
-        if was_running:
-            if failure is None:
+        if was_running and failure is None:
+            try:
                 self.start([name])
-            else:
-                with contextlib.suppress(SupervisorError):
-                    self.start([name])
+                if not self._live_status(self.registry.get(name)).is_running:
+                    msg = f"instance '{name}': the bot exited right after it came up."
+                    raise InstanceError(msg)
+            except SupervisorError as e:
+                if not old:
+                    raise
+                raise self._undo_update(record, recipe, old, target, new, e, on_line, snapshot) from e
+        elif was_running:
+            with contextlib.suppress(SupervisorError):
+                self.start([name])
         if failure is not None:
             raise failure
         return self.status([name])[0]
 
-    def _roll_back(self, record: Instance, recipe: Recipe, commit: str, reason: str, on_line: LineFn | None) -> None:
-        """Put the previous commit back and reinstall it, so the instance stays usable."""
+    def _undo_update(
+        self,
+        record: Instance,
+        recipe: Recipe,
+        old: str,
+        target: str,
+        new: str | None,
+        error: SupervisorError,
+        on_line: LineFn | None,
+        snapshot: Path | None,
+    ) -> UpdateRolledBack:
+        """Stop a new commit that did not come up, put the old code and config back, and start it again."""
+        name = record.name
+        why = str(error).splitlines()[0]
+        if on_line:
+            on_line(f"the new commit did not come up ({why})")
+        with contextlib.suppress(SupervisorError):
+            self.stop([name], timeout=5.0)
+        with self._instance_lock(name):
+            reason = f"update to {target} rolled back: {why}"
+            self._roll_back(record, recipe, old, reason, on_line, snapshot)
+            self.registry.update(name, ref=record.ref)
+        self._commit_cache.pop(record.checkout, None)
+        try:
+            self.start([name])
+            again = f"started {old[:12]} again"
+        except SupervisorError as e:
+            again = f"starting {old[:12]} again failed too ({str(e).splitlines()[0]})"
+        msg = (
+            f"instance '{name}': update to {target} ({(new or '?')[:12]}) installed but did not come up ({why}); "
+            f"rolled back code and config and {again}. See 'supervisor logs {name}'."
+        )
+        return UpdateRolledBack(msg, step="start")
+
+    def _config_files(self, record: Instance, recipe: Recipe) -> list[str]:
+        """Return the checkout-relative paths of the bot's config files that exist now."""
+        checkout = Path(record.checkout)
+        patterns = [*([recipe.mqtt.config] if recipe.mqtt.config else []), *recipe.config_files]
+        found: set[str] = set()
+        for pattern in patterns:
+            if pattern.startswith(("/", "~")) or ".." in Path(pattern).parts:
+                continue
+            for path in checkout.glob(pattern):
+                rel = path.relative_to(checkout)
+                if rel.parts[0] != ".git" and (path.is_file() or path.is_symlink()):
+                    found.add(str(rel))
+        return sorted(found)
+
+    def _snapshot_config(self, record: Instance, recipe: Recipe) -> Path | None:
+        """Copy the bot's config files aside (mode 700 folder: they may hold keys); ``None`` if it has none."""
+        folder = self.paths.config_snapshot(record.name)
+        shutil.rmtree(folder, ignore_errors=True)
+        if not recipe.config_files and not recipe.mqtt.config:
+            return None
+        files = folder / "files"
+        ensure_dir(files, 0o700)
+        folder.chmod(0o700)
+        for rel in self._config_files(record, recipe):
+            dest = files / rel
+            ensure_dir(dest.parent, 0o700)
+            shutil.copy2(Path(record.checkout) / rel, dest, follow_symlinks=False)
+        return files
+
+    def _restore_config(self, record: Instance, recipe: Recipe, files: Path) -> None:
+        """Put the snapshot back: files it holds are restored, config files made since are removed."""
+        checkout = Path(record.checkout)
+        kept = {str(p.relative_to(files)) for p in files.rglob("*") if p.is_file() or p.is_symlink()}
+        for rel in self._config_files(record, recipe):
+            if rel not in kept:
+                (checkout / rel).unlink(missing_ok=True)
+        for rel in sorted(kept):
+            dest = checkout / rel
+            ensure_dir(dest.parent)
+            if dest.is_symlink():
+                dest.unlink()
+            shutil.copy2(files / rel, dest, follow_symlinks=False)
+
+    def _roll_back(
+        self,
+        record: Instance,
+        recipe: Recipe,
+        commit: str,
+        reason: str,
+        on_line: LineFn | None,
+        snapshot: Path | None = None,
+    ) -> None:
+        """Put the previous commit (and config snapshot) back and reinstall it, so the instance stays usable."""
         from supervisor import install as git_install
 
         if on_line:
-            on_line(f"rolling back to {commit[:12]}")
+            on_line(f"rolling back to {commit[:12]}" + (" and the config files saved before" if snapshot else ""))
         try:
             git_install.checkout_commit(Path(record.checkout), commit)
+            if snapshot is not None:
+                self._restore_config(record, recipe, snapshot)
             self._run_install(record, recipe, self.paths.install_log(record.name), on_line)
             self.registry.update(record.name, commit=commit, last_error=reason)
-        except SupervisorError:
+        except (SupervisorError, OSError):
             logger.exception("rollback of %s to %s failed", record.name, commit)
 
     def remove(self, name: str, *, purge: bool = False, force: bool = False) -> Instance:
@@ -658,7 +835,7 @@ class Manager:
         elif instance.lifecycle == INSTALL_FAILED:
             state = INSTALL_FAILED
         elif alive:
-            state = RUNNING
+            state = self._ready_state(instance)
         elif info is not None and not instance.adopted and instance.desired == DESIRED_RUNNING:
             state = STARTING
         elif instance.fatal:
@@ -696,6 +873,32 @@ class Manager:
             adopted=instance.adopted,
             last_error=instance.last_error,
         )
+
+    def _ready_state(self, instance: Instance) -> str:
+        """Return ``running``, ``starting`` or ``waiting-login`` for a bot whose process is alive.
+
+        Only the console output since the last launch counts. Adopted bots, recipes
+        without a ready pattern, and launches from before readiness was tracked
+        are ``running`` as soon as their process is.
+        """
+        if instance.adopted:
+            return RUNNING
+        try:
+            run = self.recipe_for(instance).run
+        except SupervisorError:
+            return RUNNING
+        if not run.ready:
+            return RUNNING
+        log = self.paths.console_log(instance.name)
+        seen = readiness.observe(
+            self.paths.readiness_file(instance.name),
+            lambda offset: read_chunk(log, offset),
+            re.compile(run.ready),
+            re.compile(run.login) if run.login else None,
+        )
+        if seen is None or seen.ready:
+            return RUNNING
+        return WAITING_LOGIN if seen.login else STARTING
 
     def _plugin(self, instance: Instance) -> bool:
         try:
@@ -791,11 +994,20 @@ class Manager:
         env = {k: render(v, values) for k, v in recipe.run.env.items()}
         env.update(instance.env)
         lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+        for var, key in recipe.run.secrets.items():
+            # Read by bash itself ($(< file) forks no program): the value is never on an argv.
+            path = shlex.quote(str(self.paths.secret_file(instance.name, key)))
+            missing = shlex.quote(
+                f"bot-supervisor: secret '{key}' ({var}) is not set. Run: supervisor secret set {instance.name} {key}"
+            )
+            lines.append(f'if [ -r {path} ]; then export {var}="$(< {path})"; else echo {missing} >&2; rc=96; fi')
         if recipe.run.prelude:
             prelude = render(recipe.run.prelude, values)
-            lines.append(f"{prelude} || {{ echo 'bot-supervisor: prelude failed' >&2; rc=98; }}")
+            failed = "{ echo 'bot-supervisor: prelude failed' >&2; rc=98; }"
+            lines.append(f'if [ -z "${{rc:-}}" ]; then {prelude} || {failed}; fi')
+        command = strip_exec(render(recipe.run.command, values))
         lines += [
-            f'if [ -z "${{rc:-}}" ]; then {render(recipe.run.command, values)}; rc=$?; fi',
+            f'if [ -z "${{rc:-}}" ]; then {command}; rc=$?; fi',
             (
                 f'printf \'%s %s\\n\' "$rc" "$(date +%s)" > {shlex.quote(str(exit_file))}.tmp'
                 f" && mv -f -- {shlex.quote(str(exit_file))}.tmp {shlex.quote(str(exit_file))}"
@@ -868,10 +1080,17 @@ class Manager:
                     )
                     raise InstanceError(msg)
                 if current[name].is_running:
-                    message = f"instance '{name}' is already running (pid {current[name].pid})."
-                    done[name] = ActionResult(name, "start", False, message)
                     already_running.add(name)
+                    joined = self._join_start(record, current[name]) if wait_ready else None
+                    if joined is not None:
+                        launched.append(joined)
+                        continue
+                    message = f"instance '{name}' is already {current[name].state} (pid {current[name].pid})."
+                    done[name] = ActionResult(name, "start", False, message)
                     continue
+                missing = secrets.missing(self.paths, name, self.recipe_for(record))
+                if missing:
+                    raise SecretMissing(name, missing)
                 launched.append(self._launch(record, listing.get(record.backend, {})))
             now = time.time()
             try:
@@ -889,11 +1108,13 @@ class Manager:
             except SupervisorError:
                 # The record could not be kept after all (the disk filled meanwhile): undo the launches.
                 for launch in launched:
+                    if launch.joined:
+                        continue  # launched earlier, not by this start: not ours to undo
                     with contextlib.suppress(SupervisorError):
                         self.backend(launch.backend).kill_session(launch.session)
                 raise
         self.forget_sessions()
-        failures = self._wait_ready(launched) if wait_ready else {}
+        failures, logins = self._wait_ready(launched) if wait_ready else ({}, set())
         if failures:
             with self.registry.transaction() as instances:
                 for name, error in failures.items():
@@ -910,8 +1131,33 @@ class Manager:
             else:
                 launch = next(item for item in launched if item.name == name)
                 message = f"started '{name}' in {launch.backend} session '{launch.session}'."
-                results.append(ActionResult(name, "start", True, message, status=statuses[name]))
+                if launch.joined:
+                    message = f"instance '{name}' was already starting; it is up now."
+                if name in logins:
+                    message += f" It waits at its login dialog: log in with 'supervisor attach {name}'."
+                results.append(ActionResult(name, "start", not launch.joined, message, status=statuses[name]))
         return results
+
+    def _join_start(self, record: Instance, status: InstanceStatus) -> _Launch | None:
+        """Return a wait for a bot that is still ``starting`` (launched earlier), or ``None``."""
+        if status.state != STARTING:
+            return None
+        run = self.recipe_for(record).run
+        seen = readiness.load(self.paths.readiness_file(record.name))
+        if not run.ready or seen is None:
+            return None
+        return _Launch(
+            record.name,
+            record.backend,
+            record.session,
+            self.paths.console_log(record.name),
+            seen.offset,
+            re.compile(run.ready),
+            time.monotonic() + run.ready_timeout,
+            run.ready_timeout,
+            login=re.compile(run.login) if run.login else None,
+            joined=True,
+        )
 
     def _launch(self, record: Instance, existing: t.Mapping[str, SessionInfo]) -> _Launch:
         """Start one instance's session (the caller holds its lock and records the start).
@@ -931,21 +1177,27 @@ class Manager:
         log = self.paths.console_log(record.name)
         rotate_log(log)
         offset = log.stat().st_size if log.exists() else 0
+        readiness.reset(self.paths.readiness_file(record.name), offset)
         backend.new_session(session, ["bash", str(script)], cwd=Path(record.checkout), log_path=log)
         pattern = re.compile(recipe.run.ready) if recipe.run.ready else None
         timeout = recipe.run.ready_timeout if pattern else 10.0
-        return _Launch(record.name, record.backend, session, log, offset, pattern, time.monotonic() + timeout, timeout)
+        login = re.compile(recipe.run.login) if recipe.run.login else None
+        return _Launch(
+            record.name, record.backend, session, log, offset, pattern, time.monotonic() + timeout, timeout, login
+        )
 
-    def _wait_ready(self, launched: Sequence[_Launch]) -> dict[str, SupervisorError]:
+    def _wait_ready(self, launched: Sequence[_Launch]) -> tuple[dict[str, SupervisorError], set[str]]:
         """Wait until every launched bot printed its readiness pattern (or, without one, has a process).
 
         One session query per backend and a few file reads per round; no
-        process-table scans. Returns the bots that died or timed out.
+        process-table scans. Returns the bots that died or timed out, and those
+        that stopped at their login dialog (their recipe's ``run.login``).
         """
         waiting = {launch.name: launch for launch in launched}
         texts = {launch.name: "" for launch in launched}
         positions = {launch.name: launch.offset for launch in launched}
         failures: dict[str, SupervisorError] = {}
+        logins: set[str] = set()
         sessions: dict[str, dict[str, SessionInfo]] = {}
         listed_at = 0.0
         while waiting:
@@ -963,6 +1215,12 @@ class Manager:
                 else:
                     ready = info is not None and metrics.first_child(info.pid) is not None
                 if ready:
+                    if launch.pattern is not None:
+                        readiness.mark_ready(self.paths.readiness_file(name))
+                    del waiting[name]
+                elif launch.login is not None and launch.login.search(texts[name]):
+                    # A person has to log in: waiting for that is not start's job.
+                    logins.add(name)
                     del waiting[name]
                 elif info is None:
                     exit_record = self._exit_record(name)
@@ -981,10 +1239,13 @@ class Manager:
                     del waiting[name]
             if waiting:
                 time.sleep(0.02)
-        return failures
+        return failures, logins
 
-    def stop(self, names: Sequence[str], *, timeout: float = DEFAULT_STOP_TIMEOUT) -> list[ActionResult]:
-        """Stop each instance gracefully: console quit lines, then SIGTERM, then SIGKILL.
+    def stop(self, names: Sequence[str], *, timeout: float | None = None) -> list[ActionResult]:
+        """Stop each instance gracefully: console quit lines (or the recipe's ``run.stop``), then SIGTERM, then SIGKILL.
+
+        ``timeout`` is the grace before SIGTERM; ``None`` means the recipe's
+        ``run.stop.grace``, or 30 s after console quit lines.
 
         The user's intent is recorded first (``desired = stopped``), so the
         agent never restarts a bot the user stopped.
@@ -997,9 +1258,7 @@ class Manager:
             futures = [pool.submit(self._stop_one, name, timeout=timeout) for name in names]
             return [future.result() for future in futures]
 
-    def _stop_one(
-        self, name: str, *, timeout: float = DEFAULT_STOP_TIMEOUT, desired: str = DESIRED_STOPPED
-    ) -> ActionResult:
+    def _stop_one(self, name: str, *, timeout: float | None = None, desired: str = DESIRED_STOPPED) -> ActionResult:
         with self._instance_lock(name, wait=60):
             self.forget_sessions()
             # The intent is recorded first when it can be; stopping never depends on it (a full disk).
@@ -1029,7 +1288,13 @@ class Manager:
             if unrecorded is not None:
                 unrecorded = self._record_stop(name, desired)
         status = self.status([name])[0]
-        how = {"console": "by its console quit sequence", "sigterm": "with SIGTERM", "sigkill": "with SIGKILL"}
+        how = {
+            "console": "by its console quit sequence",
+            "stop-command": "by its stop command",
+            "stop-signal": f"by its stop signal ({recipe.run.stop.signal if recipe.run.stop else '?'})",
+            "sigterm": "with SIGTERM",
+            "sigkill": "with SIGKILL",
+        }
         message = f"stopped '{name}' {how.get(step, step)}."
         return ActionResult(name, "stop", True, message, step=step, status=status, warning=unrecorded)
 
@@ -1045,12 +1310,24 @@ class Manager:
         return None
 
     def _quit(
-        self, record: Instance, recipe: Recipe, backend: SessionBackend, sample: metrics.ProcessSample, timeout: float
+        self,
+        record: Instance,
+        recipe: Recipe,
+        backend: SessionBackend,
+        sample: metrics.ProcessSample,
+        timeout: float | None,
     ) -> str:
         assert sample.pid is not None
         watched = [sample.pid]
-        if recipe.console.quit:
-            deadline = time.monotonic() + timeout
+        if recipe.run.stop is not None:
+            # Headless: nobody reads the console, so typed quit lines would only wait out the timeout.
+            step = self._graceful_stop(
+                record, recipe, sample.pid, recipe.run.stop.grace if timeout is None else timeout
+            )
+            if step is not None:
+                return step
+        elif recipe.console.quit:
+            deadline = time.monotonic() + (DEFAULT_STOP_TIMEOUT if timeout is None else timeout)
             try:
                 for i, line in enumerate(recipe.console.quit):
                     backend.send_line(record.session, line)
@@ -1066,7 +1343,55 @@ class Manager:
         target = sample.pid if record.adopted else (sample.root_pid or sample.pid)
         return metrics.terminate_tree(target, timeout=5.0)
 
-    def restart(self, names: Sequence[str], *, timeout: float = DEFAULT_STOP_TIMEOUT) -> list[ActionResult]:
+    def _graceful_stop(self, record: Instance, recipe: Recipe, pid: int, grace: float) -> str | None:
+        """Send the recipe's stop signal to the bot's process, or run its stop command; wait ``grace`` seconds.
+
+        Returns the step that ended the bot, or ``None`` when it is still alive.
+        """
+        spec = recipe.run.stop
+        assert spec is not None
+        deadline = time.monotonic() + grace
+        if spec.signal is not None:
+            # The bot itself (the wrapper's child), not the wrapper shell: that is who winds down.
+            metrics.signal_process(pid, getattr(signal, spec.signal))
+            step = "stop-signal"
+        else:
+            assert spec.command is not None
+            self._run_stop_command(record, recipe, spec.command, grace)
+            step = "stop-command"
+        if metrics.wait_gone([pid], max(0.0, deadline - time.monotonic())):
+            return None
+        return step
+
+    def _run_stop_command(self, record: Instance, recipe: Recipe, command: str, timeout: float) -> None:
+        """Run ``run.stop.command`` in the checkout with the run environment; its output goes to the console log."""
+        from supervisor import _proc
+
+        values = self._values(record, recipe)
+        line = render(command, values)
+        if recipe.run.prelude:
+            line = f"{render(recipe.run.prelude, values)} && {line}"
+        log = self.paths.console_log(record.name)
+        try:
+            with log.open("ab") as handle:
+                handle.write(f"==> bot-supervisor: stop command: {render(command, values)}\n".encode())
+                handle.flush()
+                done = _proc.run(
+                    ["bash", "-c", line],
+                    cwd=Path(record.checkout),
+                    env=self._install_env(record, recipe),
+                    timeout=max(timeout, 1.0),
+                    stdout=handle,
+                    stderr=_proc.STDOUT,
+                )
+            if done.returncode != 0:
+                logger.warning("stop command of %s exited with %s", record.name, done.returncode)
+        except _proc.TimeoutExpired:
+            logger.warning("stop command of %s did not finish within %ss", record.name, timeout)
+        except OSError as e:
+            logger.warning("stop command of %s could not run: %s", record.name, e)
+
+    def restart(self, names: Sequence[str], *, timeout: float | None = None) -> list[ActionResult]:
         """Stop then start each instance, counting the restart."""
         results = []
         for name in names:
@@ -1329,6 +1654,16 @@ def read_chunk(path: Path, offset: int) -> tuple[str, int]:
 def read_from(path: Path, offset: int) -> str:
     """Return the text of ``path`` after byte ``offset`` (all of it if the file shrank)."""
     return read_chunk(path, offset)[0]
+
+
+# ``exec CMD``, but not ``exec >log`` / ``exec 2>&1`` (redirections only) nor ``exec -a NAME`` (options).
+_LEADING_EXEC_RE = re.compile(r"\s*exec\s+(?![-<>&]|\d+[<>])")
+
+
+def strip_exec(command: str) -> str:
+    """Drop a leading ``exec`` so the bot runs as the wrapper's child and its exit code is recorded."""
+    match = _LEADING_EXEC_RE.match(command)
+    return command[match.end() :] if match else command
 
 
 _ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][A-Za-z0-9]|\x1b[=>]|\r")

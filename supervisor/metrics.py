@@ -416,6 +416,12 @@ def _send(procs: Iterable[psutil.Process], sig: int) -> int:
     return sent
 
 
+def signal_process(pid: int, sig: int) -> bool:
+    """Send ``sig`` to ``pid`` alone; return whether it got it (``False``: gone, or not ours to signal)."""
+    proc = _handle(pid)
+    return proc is not None and _send([proc], sig) == 1
+
+
 def signal_tree(pid: int, sig: int) -> int:
     """Send ``sig`` to ``pid`` and all its descendants; return how many got it.
 

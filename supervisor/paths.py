@@ -131,6 +131,22 @@ class Paths:
         """Output of clone, checkout and install steps."""
         return self.instance_dir(name) / "install.log"
 
+    def secrets_dir(self, name: str) -> Path:
+        """Per-instance secrets (mode 700), one file per key (mode 600)."""
+        return self.instance_dir(name) / "secrets"
+
+    def secret_file(self, name: str, key: str) -> Path:
+        """Return the file holding one secret (the run wrapper reads it into the environment)."""
+        return self.secrets_dir(name) / key
+
+    def readiness_file(self, name: str) -> Path:
+        """Return the record of what the console showed since the last launch (login prompt, ready line)."""
+        return self.instance_dir(name) / "readiness.json"
+
+    def config_snapshot(self, name: str) -> Path:
+        """Return the folder holding a copy of the bot's config files taken before ``update``."""
+        return self.instance_dir(name) / "config-snapshot"
+
     def instance_lock(self, name: str) -> Path:
         """Held while one process installs, starts or stops the instance."""
         return self.instance_dir(name) / ".lock"

@@ -25,10 +25,14 @@ BUILTIN_VARS = ("name", "checkout", "python", "home")
 CONSOLE_COMMANDS = ("start", "stop", "status", "import", "history", "config", "balance_limit", "balance_paper")
 RECIPE_SUFFIXES = (".yaml", ".yml")
 BUILTIN_PREFIX = "builtin:"
+SECRET_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 
-_TOP_KEYS = {"name", "description", "source", "vars", "install", "run", "console", "mqtt", "detect"}
+_TOP_KEYS = {"name", "description", "source", "vars", "install", "run", "console", "mqtt", "detect", "config_files"}
 _SOURCE_KEYS = {"repo", "ref"}
-_RUN_KEYS = {"command", "prelude", "env", "ready", "ready_timeout"}
+_RUN_KEYS = {"command", "prelude", "env", "ready", "ready_timeout", "login", "secrets", "stop"}
+_STOP_KEYS = {"signal", "command", "grace"}
 #: Console lines that are variants of a command rather than commands of their own.
 CONSOLE_VARIANTS = ("stop_keep_orders",)
 _CONSOLE_KEYS = {*CONSOLE_COMMANDS, *CONSOLE_VARIANTS, "quit", "quit_delay", "reply_wait", "answer", "trades"}
@@ -80,14 +84,30 @@ class Source:
 
 
 @dataclasses.dataclass(frozen=True)
+class Stop:
+    """How a bot without a console reader is stopped gracefully: a signal or a command, then ``grace`` seconds."""
+
+    signal: str | None = None
+    command: str | None = None
+    grace: float = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Run:
-    """How the session runs the bot."""
+    """How the session runs the bot.
+
+    ``secrets`` maps an environment variable to the key of a per-instance secret
+    file; ``login`` is a regex that means "the bot waits at its login dialog".
+    """
 
     command: str
     prelude: str | None = None
     env: t.Mapping[str, str] = dataclasses.field(default_factory=dict)
     ready: str | None = None
     ready_timeout: float = 60.0
+    login: str | None = None
+    secrets: t.Mapping[str, str] = dataclasses.field(default_factory=dict)
+    stop: Stop | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +171,7 @@ class Recipe:
     console: Console = dataclasses.field(default_factory=Console)
     mqtt: Mqtt = dataclasses.field(default_factory=Mqtt)
     detect: str | None = None
+    config_files: tuple[str, ...] = ()
     builtin: bool = False
 
     def settable(self) -> list[str]:
@@ -234,6 +255,59 @@ def _check_vars(path: Path, key: str, text: str, known: t.Collection[str]) -> No
             _fail(path, key, f"uses '{{{var}}}', which is not a variable (known: {', '.join(sorted(known))})")
 
 
+def _regex(path: Path, key: str, value: object) -> str | None:
+    text = _string(path, key, value)
+    if text:
+        try:
+            re.compile(text)
+        except re.error as e:
+            _fail(path, key, f"is not a valid regular expression ({e})")
+    return text
+
+
+def _secrets(path: Path, value: object, env: t.Mapping[str, str]) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        _fail(path, "run.secrets", "must be a mapping of ENV_NAME: secret-key")
+    secrets: dict[str, str] = {}
+    for name, key in value.items():
+        if not isinstance(name, str) or not ENV_NAME_RE.fullmatch(name):
+            _fail(path, f"run.secrets.{name}", "is not a valid environment variable name")
+        if name in env:
+            _fail(path, f"run.secrets.{name}", "is also set in run.env; keep it in one place")
+        if not isinstance(key, str) or not SECRET_KEY_RE.fullmatch(key):
+            _fail(path, f"run.secrets.{name}", "must be a secret key: letters, digits, '-' and '_' (at most 64)")
+        secrets[name] = key
+    return secrets
+
+
+def _stop(path: Path, value: object, known: t.Collection[str]) -> Stop | None:
+    if value is None:
+        return None
+    raw = _table(path, "run.stop", value, _STOP_KEYS)
+    sig = _string(path, "run.stop.signal", raw.get("signal"))
+    if sig is not None:
+        sig = sig.upper()
+        sig = sig if sig.startswith("SIG") else f"SIG{sig}"
+        if sig not in STOP_SIGNALS:
+            _fail(path, "run.stop.signal", f"must be one of {', '.join(STOP_SIGNALS)}")
+    command = _string(path, "run.stop.command", raw.get("command"))
+    if command is not None:
+        _check_vars(path, "run.stop.command", command, known)
+    if (sig is None) == (command is None):
+        _fail(path, "run.stop", "needs exactly one of 'signal' or 'command'")
+    return Stop(signal=sig, command=command, grace=_number(path, "run.stop.grace", raw.get("grace"), 30.0))
+
+
+def _config_files(path: Path, value: object) -> tuple[str, ...]:
+    globs = _string_list(path, "config_files", value)
+    for i, pattern in enumerate(globs):
+        if not pattern or pattern.startswith(("/", "~")) or ".." in Path(pattern).parts:
+            _fail(path, f"config_files[{i}]", "must be a path or glob inside the checkout (no '/', '~' or '..')")
+    return globs
+
+
 def parse_recipe(data: object, path: Path, *, builtin: bool = False) -> Recipe:
     """Validate parsed YAML ``data`` read from ``path`` and return the :class:`Recipe`."""
     top = _table(path, "", data, _TOP_KEYS)
@@ -294,18 +368,19 @@ def parse_recipe(data: object, path: Path, *, builtin: bool = False) -> Recipe:
             _fail(path, f"run.env.{key}", "is not a valid environment variable name")
         env[key] = _string(path, f"run.env.{key}", value) or ""
         _check_vars(path, f"run.env.{key}", env[key], known)
-    ready = _string(path, "run.ready", run_raw.get("ready"))
-    if ready:
-        try:
-            re.compile(ready)
-        except re.error as e:
-            _fail(path, "run.ready", f"is not a valid regular expression ({e})")
+    ready = _regex(path, "run.ready", run_raw.get("ready"))
+    login = _regex(path, "run.login", run_raw.get("login"))
+    if login and not ready:
+        _fail(path, "run.login", "needs run.ready too (it tells when the login is over)")
     run = Run(
         command=command,
         prelude=prelude,
         env=env,
         ready=ready,
         ready_timeout=_number(path, "run.ready_timeout", run_raw.get("ready_timeout"), 60.0),
+        login=login,
+        secrets=_secrets(path, run_raw.get("secrets"), env),
+        stop=_stop(path, run_raw.get("stop"), known),
     )
 
     console_raw = _table(path, "console", top.get("console") or {}, _CONSOLE_KEYS)
@@ -387,6 +462,7 @@ def parse_recipe(data: object, path: Path, *, builtin: bool = False) -> Recipe:
         console=console,
         mqtt=mqtt,
         detect=detect,
+        config_files=_config_files(path, top.get("config_files")),
         path=path,
         builtin=builtin,
     )

@@ -90,6 +90,57 @@ BAD = [
     Bad("event-type", MINIMAL + "mqtt: {events: [{match: x}]}\n", "key 'mqtt.events[0].type' is required"),
     Bad("event-key", MINIMAL + "mqtt: {events: [{match: x, type: Y, kind: Z}]}\n", "key 'mqtt.events[0].kind'"),
     Bad("performance-groups", MINIMAL + "mqtt: {performance: 'pnl=\\S+'}\n", "key 'mqtt.performance' needs named"),
+    Bad("secret-env", "name: r\nsource: {repo: x}\nrun: {command: b, secrets: {'1X': pw}}\n", "key 'run.secrets.1X'"),
+    Bad(
+        "secret-key",
+        "name: r\nsource: {repo: x}\nrun: {command: b, secrets: {PW: '../pw'}}\n",
+        "key 'run.secrets.PW' must be a secret key",
+    ),
+    Bad(
+        "secret-in-env",
+        "name: r\nsource: {repo: x}\nrun: {command: b, env: {PW: x}, secrets: {PW: pw}}\n",
+        "key 'run.secrets.PW' is also set in run.env",
+    ),
+    Bad("secrets-type", "name: r\nsource: {repo: x}\nrun: {command: b, secrets: [pw]}\n", "key 'run.secrets' must be"),
+    Bad(
+        "login-needs-ready",
+        "name: r\nsource: {repo: x}\nrun: {command: b, login: 'password:'}\n",
+        "key 'run.login' needs run.ready",
+    ),
+    Bad(
+        "bad-login",
+        "name: r\nsource: {repo: x}\nrun: {command: b, ready: up, login: '(('}\n",
+        "key 'run.login' is not a valid",
+    ),
+    Bad(
+        "stop-signal",
+        "name: r\nsource: {repo: x}\nrun: {command: b, stop: {signal: SIGKILL}}\n",
+        "key 'run.stop.signal' must be one of SIGINT, SIGTERM, SIGHUP",
+    ),
+    Bad(
+        "stop-empty",
+        "name: r\nsource: {repo: x}\nrun: {command: b, stop: {grace: 3}}\n",
+        "key 'run.stop' needs exactly one of 'signal' or 'command'",
+    ),
+    Bad(
+        "stop-both",
+        "name: r\nsource: {repo: x}\nrun: {command: b, stop: {signal: INT, command: x}}\n",
+        "key 'run.stop' needs exactly one",
+    ),
+    Bad(
+        "stop-grace",
+        "name: r\nsource: {repo: x}\nrun: {command: b, stop: {signal: INT, grace: -1}}\n",
+        "key 'run.stop.grace' must be a non-negative number",
+    ),
+    Bad(
+        "stop-unknown-key",
+        "name: r\nsource: {repo: x}\nrun: {command: b, stop: {sig: INT}}\n",
+        "key 'run.stop.sig' is not known",
+    ),
+    Bad("stop-var", "name: r\nsource: {repo: x}\nrun: {command: b, stop: {command: 'x {nope}'}}\n", "uses '{nope}'"),
+    Bad("config-abs", MINIMAL + "config_files: [/etc/passwd]\n", "key 'config_files[0]' must be a path or glob inside"),
+    Bad("config-up", MINIMAL + "config_files: [conf/a.yml, ../x]\n", "key 'config_files[1]' must be a path"),
+    Bad("config-type", MINIMAL + "config_files: {a: 1}\n", "key 'config_files' must be a string or a list"),
 ]
 
 
@@ -144,3 +195,27 @@ def test_valid_names(name: str) -> None:
 def test_invalid_names(name: str) -> None:
     with pytest.raises(InvalidName, match="is not valid"):
         check_name(name)
+
+
+def test_lifecycle_keys_parse(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "name: r\nsource: {repo: x}\n"
+        "config_files: ['conf/*.yml', conf/.password_verification]\n"
+        "run:\n  command: b\n  ready: 'up$'\n  login: 'Enter your password'\n"
+        "  secrets: {CONFIG_PASSWORD: password}\n"
+        "  stop: {signal: int, grace: 12}\n",
+    )
+    recipe = load_recipe(path)
+    assert recipe.run.secrets == {"CONFIG_PASSWORD": "password"}
+    assert recipe.run.login == "Enter your password"
+    assert recipe.run.stop is not None
+    assert (recipe.run.stop.signal, recipe.run.stop.command, recipe.run.stop.grace) == ("SIGINT", None, 12.0)
+    assert recipe.config_files == ("conf/*.yml", "conf/.password_verification")
+    command = load_recipe(
+        write(tmp_path, MINIMAL.replace("{command: bot}", "{command: b, stop: {command: 'hbot stop'}}"))
+    )
+    assert command.run.stop is not None
+    assert (command.run.stop.signal, command.run.stop.command, command.run.stop.grace) == (None, "hbot stop", 30.0)
+    plain = load_recipe(write(tmp_path, MINIMAL))
+    assert (plain.run.secrets, plain.run.login, plain.run.stop, plain.config_files) == ({}, None, None, ())

@@ -36,7 +36,7 @@ from supervisor.agent.dedup import Redeliveries
 from supervisor.agent.guard import STATUS_BUSY, RefusalLog, clip, is_command_topic
 from supervisor.agent.stream import ConsoleStream
 from supervisor.errors import AgentError, AuthError, InstanceNotRunning, SupervisorError
-from supervisor.manager import CRASHED, EXITED, RUNNING, rotate_log
+from supervisor.manager import CRASHED, EXITED, rotate_log
 from supervisor.paths import SESSION_PREFIX
 from supervisor.registry import DESIRED_RUNNING
 
@@ -765,7 +765,7 @@ class Agent:
             now = self._clock()
             for name, status in statuses.items():
                 rotate_log(self.manager.paths.console_log(name))
-                if status.state == RUNNING:
+                if status.is_running:  # the process is alive (running, starting or waiting-login)
                     failures = self._failures.get(name)
                     if failures and failures.count and now - failures.started_at > self.fast_failure:
                         failures.count = 0
@@ -857,7 +857,7 @@ class Agent:
         """
         with self._liveness_lock:
             for name, status in statuses.items():
-                alive = status.state == RUNNING
+                alive = status.is_running  # the process, not readiness: beats say "alive"
                 if status.plugin:
                     if self._plugin_alive.get(name) and not alive and not self._status(name).is_running:
                         self._status_update(name, "offline")
@@ -922,7 +922,7 @@ class Agent:
             records = self.manager.registry.all()
             for name in names:
                 record = records.get(name)
-                if record is None or statuses[name].state != RUNNING:
+                if record is None or not statuses[name].is_running:
                     continue
                 try:
                     recipe = self.manager.recipe_for(record)

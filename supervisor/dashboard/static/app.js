@@ -267,6 +267,11 @@ function makeRow(item) {
   return { tr, cells, buttons };
 }
 
+const STATE_HINTS = {
+  starting: "process up, ready line not seen yet",
+  "waiting-login": "waiting at its login dialog: log in with 'supervisor attach'",
+};
+
 function updateRow(row, item) {
   const { tr, cells, buttons } = row;
   tr.className = `health-${item.health}${ui.detail && ui.detail.target === item.target ? " selected" : ""}`;
@@ -276,16 +281,19 @@ function updateRow(row, item) {
   cells.instance.querySelector(".recipe").textContent = item.recipe ? `${item.recipe}${item.plugin ? " · plugin" : ""}` : "";
   const pill = cells.state.querySelector(".pill");
   pill.textContent = item.state;
+  pill.title = STATE_HINTS[item.state] || "";
   pill.className = `pill state-${item.state}`;
   cells.state.querySelector(".alert").textContent = item.alert || "";
   const running = item.state === "running";
+  // starting and waiting-login bots have a live process: show its figures too.
+  const alive = running || item.state === "starting" || item.state === "waiting-login";
   const late = item.heartbeat_age !== null && item.heartbeat_age > 2.5 * item.heartbeat_interval;
   cells.hb.textContent = fmtAge(item.heartbeat_age);
   cells.hb.className = `hb${late && running ? " late" : ""}`;
-  cells.pid.textContent = running && item.pid ? String(item.pid) : "–";
-  cells.cpu.textContent = running && item.cpu_percent !== null ? `${item.cpu_percent.toFixed(1)}%` : "–";
-  cells.rss.textContent = running ? fmtBytes(item.rss) : "–";
-  cells.uptime.textContent = running ? fmtDuration(item.uptime) : "–";
+  cells.pid.textContent = alive && item.pid ? String(item.pid) : "–";
+  cells.cpu.textContent = alive && item.cpu_percent !== null ? `${item.cpu_percent.toFixed(1)}%` : "–";
+  cells.rss.textContent = alive ? fmtBytes(item.rss) : "–";
+  cells.uptime.textContent = alive ? fmtDuration(item.uptime) : "–";
   cells.restarts.textContent = item.restarts === null || item.restarts === undefined ? "–" : String(item.restarts);
   cells.commit.textContent = item.commit ? item.commit.slice(0, 8) : "–";
   cells.commit.title = item.commit || "";
