@@ -698,6 +698,8 @@ class Manager:
             f"instance '{name}': update to {target} ({(new or '?')[:12]}) installed but did not come up ({why}); "
             f"rolled back code and config and {again}. See 'supervisor logs {name}'."
         )
+        with contextlib.suppress(SupervisorError, OSError):
+            self.registry.update(name, last_error=reason)  # start cleared it; 'status' should tell
         return UpdateRolledBack(msg, step="start")
 
     def _config_files(self, record: Instance, recipe: Recipe) -> list[str]:

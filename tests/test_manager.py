@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,10 +21,11 @@ from supervisor.errors import (
     InstanceRunning,
     InvalidName,
     SessionError,
+    UpdateRolledBack,
 )
-from supervisor.manager import Manager, session_name
+from supervisor.manager import Manager, session_name, strip_exec
 from supervisor.paths import Paths
-from tests.conftest import RECIPES, commit_files, wait_until
+from tests.conftest import DATA, RECIPES, commit_files, make_origin, wait_until
 
 TICKER = str(RECIPES / "ticker.yaml")
 
@@ -278,3 +280,156 @@ def test_many_concurrent_cli_processes_lose_no_record(isolated_env: Path, tmux_s
     assert len(list(mgr.paths.mirrors.glob("*.git"))) == 1
     mgr.stop(sorted(r["name"] for r in records), timeout=5)
     assert all(s.state == "stopped" for s in mgr.status())
+
+
+# -- lifecycle of real bots: headless stop, exec, update rollback ---------------------------------
+
+HEADLESS = str(RECIPES / "headless.yaml")
+
+
+@pytest.fixture
+def lifecycle_origin(tmp_path: Path) -> Path:
+    origin = tmp_path / "lifecycle-origin"
+    make_origin(origin, {"bot.py": (DATA / "lifecycle_bot.py").read_text(), "VERSION": "1\n"})
+    return origin
+
+
+def headless_recipe(tmp_path: Path, **run: str) -> str:
+    """The headless test recipe with some ``run`` keys replaced (a YAML line each)."""
+    text = (RECIPES / "headless.yaml").read_text()
+    for key, line in run.items():
+        text = re.sub(rf"^  {key}:.*$", f"  {key}: {line}", text, flags=re.MULTILINE)
+    path = tmp_path / "recipes" / "headless.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def test_headless_stop_sends_the_signal_to_the_bot_not_console_lines(
+    manager: Manager, backend: str, lifecycle_origin: Path
+) -> None:
+    manager.new("hl", HEADLESS, repo=str(lifecycle_origin), backend=backend, secret_values={"password": b"pw"})
+    manager.start(["hl"])
+    status = manager.status(["hl"])[0]
+    assert status.state == "running"
+    [result] = manager.stop(["hl"])
+    assert (result.step, result.changed) == ("stop-signal", True)
+    assert result.message == "stopped 'hl' by its stop signal (SIGINT)."
+    log = manager.paths.console_log("hl").read_text()
+    assert "winding down: cancelling orders" in log
+    assert "typed-quit-line" not in log  # no console quit line was typed
+    assert manager.paths.exit_file("hl").read_text().split()[0] == "0"  # the bot ended itself, cleanly
+    assert manager.status(["hl"])[0].state == "stopped"
+
+
+def test_headless_stop_escalates_when_the_grace_runs_out(
+    manager: Manager, lifecycle_origin: Path, tmp_path: Path
+) -> None:
+    recipe = headless_recipe(tmp_path, stop="{signal: SIGINT, grace: 0.5}")
+    manager.new(
+        "deaf", recipe, repo=str(lifecycle_origin), settings=["ignore_sigint=1"], secret_values={"password": b"pw"}
+    )
+    manager.start(["deaf"])
+    [result] = manager.stop(["deaf"])
+    assert result.step == "sigterm"
+    assert "winding down" not in manager.paths.console_log("deaf").read_text()
+    assert manager.status(["deaf"])[0].state == "stopped"
+
+
+def test_headless_stop_command_runs_in_the_checkout_with_the_run_environment(
+    manager: Manager, lifecycle_origin: Path, tmp_path: Path
+) -> None:
+    recipe = headless_recipe(tmp_path, stop="""{command: 'printf "%s" "$BOT_MODE" > "$BOT_STOP_FLAG"', grace: 10}""")
+    flag = tmp_path / "stop.flag"
+    manager.new(
+        "cmd", recipe, repo=str(lifecycle_origin), settings=[f"stop_flag={flag}"], secret_values={"password": b"pw"}
+    )
+    manager.start(["cmd"])
+    [result] = manager.stop(["cmd"])
+    assert result.step == "stop-command"
+    assert result.message == "stopped 'cmd' by its stop command."
+    log = manager.paths.console_log("cmd").read_text()
+    assert "stop flag says: headless" in log  # the command saw run.env
+    assert "winding down" in log
+
+
+def test_exec_in_run_command_is_started_and_its_exit_code_recorded(
+    manager: Manager, lifecycle_origin: Path, tmp_path: Path
+) -> None:
+    # No ready pattern: before, start waited for a child of run.sh that exec had replaced.
+    recipe = headless_recipe(tmp_path, ready="''")
+    manager.new("ex", recipe, repo=str(lifecycle_origin), secret_values={"password": b"pw"})
+    assert "exec " in manager.recipe_for(manager.registry.get("ex")).run.command
+    [started] = manager.start(["ex"])
+    assert started.ok, started.message
+    status = manager.status(["ex"])[0]
+    assert status.state == "running"
+    assert b"bot.py" in Path(f"/proc/{status.pid}/cmdline").read_bytes()
+    os.kill(t.cast("int", status.pid), signal.SIGKILL)
+    wait_until(lambda: state_of(manager, "ex") == "crashed", message="crashed state")
+    assert manager.status(["ex"])[0].exit_code == 137  # recorded by run.sh: the bot was its child
+
+    manager.new("ex2", HEADLESS, repo=str(lifecycle_origin), settings=["crash=5"], secret_values={"password": b"pw"})
+    with pytest.raises(InstanceError, match="exited during start with exit code 5"):
+        manager.start(["ex2"])
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("exec python bot.py", "python bot.py"),
+        ("  exec   env A=1 ./bot", "env A=1 ./bot"),
+        ("exec 2>&1; python bot.py", "exec 2>&1; python bot.py"),
+        ("exec >log python", "exec >log python"),
+        ("exec -a hb python", "exec -a hb python"),
+        ("executor run", "executor run"),
+        ("python bot.py", "python bot.py"),
+    ],
+)
+def test_strip_exec(command: str, expected: str) -> None:
+    assert strip_exec(command) == expected
+
+
+def test_update_to_a_missing_ref_or_the_same_commit_leaves_the_bot_alone(manager: Manager, bot_origin: Path) -> None:
+    manager.new("u2", TICKER, repo=str(bot_origin))
+    manager.start(["u2"])
+    manager.relay("u2", "start", {})
+    pid = manager.status(["u2"])[0].pid
+    with pytest.raises(InstallError, match="ref 'typo' not found"):
+        manager.update("u2", ref="typo")
+    same = manager.update("u2")  # nothing new on main
+    assert same.state == "running"
+    assert manager.status(["u2"])[0].pid == pid
+    assert "stopped strategy" not in manager.paths.console_log("u2").read_text()  # 'stop' was never typed
+
+
+def test_update_that_does_not_come_up_rolls_back_code_and_config(manager: Manager, lifecycle_origin: Path) -> None:
+    manager.new("up", HEADLESS, repo=str(lifecycle_origin), secret_values={"password": b"pw"})
+    checkout = Path(manager.registry.get("up").checkout)
+    (checkout / "conf" / "bot.yml").write_text("exchange: paper\n")
+    manager.start(["up"])
+    old_commit = manager.status(["up"])[0].commit
+    origin = git.Repo(lifecycle_origin)
+    # v2 adds a config key v1 refuses, then fails before it is ready (as 2.16 -> 2.15 did).
+    new_commit = commit_files(origin, {"VERSION": "2\n", "CRASH": "4\n"}, "v2")
+    lines: list[str] = []
+    with pytest.raises(UpdateRolledBack) as info:
+        manager.update("up", on_line=lines.append)
+    message = str(info.value)
+    assert f"update to main ({new_commit[:12]}) installed but did not come up" in message
+    assert f"rolled back code and config and started {t.cast('str', old_commit)[:12]} again" in message
+    assert info.value.code == "update_rolled_back"
+    status = manager.status(["up"])[0]
+    assert (status.state, status.commit) == ("running", old_commit)
+    assert (checkout / "conf" / "bot.yml").read_text() == "exchange: paper\n"  # v2's key is gone
+    assert not (checkout / "conf" / "v2-only.yml").exists()
+    assert (checkout / "conf" / ".password_verification").exists()
+    assert "crashing before ready with code 4" in manager.paths.console_log("up").read_text()
+    assert manager.registry.get("up").last_error is not None
+    assert any("rolling back" in line for line in lines)
+
+    # A good v3 goes through, and its config changes stay.
+    good = commit_files(origin, {"VERSION": "2\n", "CRASH": "0\n"}, "v3")
+    status = manager.update("up")
+    assert (status.state, status.commit) == ("running", good)
+    assert "new_key: 1" in (checkout / "conf" / "bot.yml").read_text()

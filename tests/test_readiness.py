@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import threading
+import typing as t
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from supervisor import readiness
+from supervisor.cli import cli
+from supervisor.manager import Manager, read_chunk
+from supervisor.paths import Paths
+from tests.conftest import DATA, RECIPES, make_origin, wait_until
+
+if t.TYPE_CHECKING:
+    from collections.abc import Iterator
+
+LOGIN = str(RECIPES / "login.yaml")
+HEADLESS = str(RECIPES / "headless.yaml")
+READY = re.compile(r"lifecycle-bot ready")
+PROMPT = re.compile(r"Enter your password")
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Path:
+    path = tmp_path / "origin"
+    make_origin(path, {"bot.py": (DATA / "lifecycle_bot.py").read_text()})
+    return path
+
+
+@pytest.fixture
+def manager(isolated_env: Path, tmux_socket: str) -> Iterator[Manager]:
+    mgr = Manager(Paths.from_env(isolated_env, tmux_socket))
+    yield mgr
+    for status in mgr.status():
+        if status.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(status.pid, signal.SIGKILL)
+
+
+def fresh(manager: Manager) -> Manager:
+    """A Manager as a later 'supervisor ls' builds it: nothing carried over in memory."""
+    return Manager(manager.paths)
+
+
+def state_of(manager: Manager, name: str) -> str:
+    return fresh(manager).status([name])[0].state
+
+
+def test_login_dialog_then_ready(manager: Manager, origin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    manager.new("lg", LOGIN, repo=str(origin))
+    [result] = manager.start(["lg"])  # returns at the dialog instead of waiting out ready_timeout
+    assert result.ok
+    assert "waits at its login dialog: log in with 'supervisor attach lg'" in result.message
+    status = fresh(manager).status(["lg"])[0]
+    assert (status.state, status.is_running, status.is_ready) == ("waiting-login", True, False)
+    assert status.pid is not None
+
+    monkeypatch.setenv("SUPERVISOR_TMUX_SOCKET", manager.paths.tmux_socket)
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["ls", "--no-foreign"])
+    assert re.search(r"^lg\s+login\s+tmux\s+waiting-login\s+running\s+\d+", shown.stdout, re.MULTILINE), shown.stdout
+    status_json = runner.invoke(cli, ["status", "lg", "--json"])
+    assert status_json.exit_code == 0  # a process is alive
+    assert json.loads(status_json.stdout)["state"] == "waiting-login"
+
+    manager.send("lg", "wrong")
+    wait_until(lambda: "Invalid password" in manager.paths.console_log("lg").read_text(), message="refused login")
+    assert state_of(manager, "lg") == "waiting-login"
+    manager.send("lg", "secret-pw")
+    wait_until(lambda: state_of(manager, "lg") == "running", message="running after login")
+    # The ready line is now far back in the log: later looks still know it (no rescan from launch needed).
+    with manager.paths.console_log("lg").open("a") as log:
+        log.write("noise\n" * 20000)
+    assert state_of(manager, "lg") == "running"
+    again = manager.start(["lg"])[0]
+    assert not again.changed
+    assert "already running" in again.message
+
+
+def test_starting_until_ready_and_start_joins_a_starting_bot(manager: Manager, origin: Path, tmp_path: Path) -> None:
+    flag = tmp_path / "go"
+    manager.new("slow", HEADLESS, repo=str(origin), settings=[f"ready_flag={flag}"], secret_values={"password": b"pw"})
+    manager.start(["slow"], wait_ready=False)
+    status = wait_until(lambda: fresh(manager).status(["slow"])[0].pid and fresh(manager).status(["slow"])[0])
+    assert (status.state, status.is_running, status.is_ready) == ("starting", True, False)
+    wait_until(lambda: "lifecycle-bot v1" in manager.paths.console_log("slow").read_text())
+    assert state_of(manager, "slow") == "starting"  # alive, still no ready line
+    # A start for a bot that is already starting waits for it instead of launching a second one.
+    timer = threading.Timer(2.0, flag.touch)
+    timer.start()
+    try:
+        [joined] = fresh(manager).start(["slow"])
+    finally:
+        timer.join()
+    assert joined.ok and not joined.changed
+    assert joined.message == "instance 'slow' was already starting; it is up now."
+    after = fresh(manager).status(["slow"])[0]
+    assert (after.state, after.pid) == ("running", status.pid)
+
+
+def test_observe_reads_only_new_output_and_keeps_a_prompt_without_newline(tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    record = tmp_path / "readiness.json"
+    log.write_bytes(b"old run: lifecycle-bot ready\n")
+    readiness.reset(record, log.stat().st_size)
+
+    def look() -> readiness.Seen | None:
+        return readiness.observe(record, lambda offset: read_chunk(log, offset), READY, PROMPT)
+
+    seen = look()
+    assert seen is not None and not seen.ready and not seen.login  # the previous launch's line does not count
+    with log.open("ab") as handle:
+        handle.write(b"booting\nEnter your pass")
+    seen = look()
+    assert seen is not None and not seen.login
+    with log.open("ab") as handle:
+        handle.write(b"word: ")  # the prompt completes across two looks, without a newline
+    seen = look()
+    assert seen is not None and seen.login and not seen.ready
+    with log.open("ab") as handle:
+        handle.write(b"\nlifecycle-bo")
+    assert look() == readiness.Seen(offset=log.stat().st_size, carry="lifecycle-bo", login=True, ready=False)
+    with log.open("ab") as handle:
+        handle.write(b"t ready\n")
+    seen = look()
+    assert seen is not None and seen.ready
+    assert readiness.load(record) == seen
+    assert readiness.observe(tmp_path / "none.json", lambda o: ("", o), READY, PROMPT) is None  # untracked launch
+
+
+def test_concurrent_looks_never_lose_ready(tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    record = tmp_path / "readiness.json"
+    log.write_bytes(b"")
+    readiness.reset(record, 0)
+    stop = threading.Event()
+
+    def writer() -> None:
+        with log.open("ab") as handle:
+            for i in range(3000):
+                handle.write(f"line {i}\n".encode())
+                if i == 1500:
+                    handle.write(b"lifecycle-bot ready\n")
+                handle.flush()
+        stop.set()
+
+    def looker() -> None:
+        while not stop.is_set():
+            readiness.observe(record, lambda offset: read_chunk(log, offset), READY, None)
+
+    threads = [threading.Thread(target=writer), *(threading.Thread(target=looker) for _ in range(4))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    seen = readiness.observe(record, lambda offset: read_chunk(log, offset), READY, None)
+    assert seen is not None and seen.ready
