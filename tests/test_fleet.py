@@ -25,9 +25,11 @@ from supervisor.agent.auth import sign
 from supervisor.manager import Manager
 from supervisor.paths import Paths
 from tests.conftest import (
+    DATA,
     RECIPES,
     Broker,
     free_port,
+    make_origin,
     missing,
     require_binary,
     start_mosquitto,
@@ -863,3 +865,22 @@ def test_agent_in_its_own_network_namespace_over_veth(
         report = getattr(request.node, "rep_call", None)
         if (report is None or report.failed) and broker.log.exists():
             sys.stderr.write(f"--- mosquitto log ---\n{broker.log.read_text()[-5000:]}\n")
+
+
+def test_waiting_login_and_starting_show_in_state_records_and_fleet_ls(
+    mosquitto: Broker, watcher: Watcher, make_host: Callable[[str], Host], tmp_path: Path
+) -> None:
+    origin = tmp_path / "lifecycle-origin"
+    make_origin(origin, {"bot.py": (DATA / "lifecycle_bot.py").read_text()})
+    host = make_host("h1")
+    host.manager.new("lg", str(RECIPES / "login.yaml"), repo=str(origin))
+    host.manager.start(["lg"])  # returns at the login dialog
+    host.start_agent(mosquitto.url)
+    wait_until(lambda: watcher.instance_state("h1", "lg") == "waiting-login", message="waiting-login record")
+    record = watcher.record("supervisor/h1/lg/state")
+    assert record is not None and record["pid"] == host.pid("lg")
+    text = run_fleet(mosquitto.url, "ls", "--wait", "0.7")
+    row = next(line.split() for line in text.stdout.splitlines() if line.startswith("h1 "))
+    assert row[:4] == ["h1", "lg", "waiting-login", str(host.pid("lg"))], text.stdout
+    host.manager.send("lg", "secret-pw")
+    wait_until(lambda: watcher.instance_state("h1", "lg") == "running", message="running record after login")
