@@ -635,7 +635,17 @@ class Manager:
         was_running = self._live_status(record).is_running
         if was_running:
             self.stop([name], timeout=stop_timeout)
-        snapshot = self._snapshot_config(record, recipe)
+        try:
+            snapshot = self._snapshot_config(record, recipe)
+        except OSError as e:
+            if was_running:
+                with contextlib.suppress(SupervisorError):
+                    self.start([name])
+            msg = (
+                f"instance '{name}': could not copy its config files aside before the update ({e}). "
+                "Nothing was changed. Free some disk space and try again."
+            )
+            raise InstallError(msg, step="snapshot") from e
         failure: SupervisorError | None = None
         new: str | None = None
         with self._instance_lock(name):

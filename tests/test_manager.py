@@ -433,3 +433,15 @@ def test_update_that_does_not_come_up_rolls_back_code_and_config(manager: Manage
     status = manager.update("up")
     assert (status.state, status.commit) == ("running", good)
     assert "new_key: 1" in (checkout / "conf" / "bot.yml").read_text()
+
+
+def test_update_that_cannot_copy_the_config_aside_changes_nothing(manager: Manager, lifecycle_origin: Path) -> None:
+    manager.new("snap", HEADLESS, repo=str(lifecycle_origin), secret_values={"password": b"pw"})
+    manager.start(["snap"])
+    old_commit = manager.status(["snap"])[0].commit
+    commit_files(git.Repo(lifecycle_origin), {"NOTES": "v2\n"}, "v2")
+    manager.paths.config_snapshot("snap").write_text("in the way")  # a file where the folder goes
+    with pytest.raises(InstallError, match="could not copy its config files aside before the update"):
+        manager.update("snap")
+    status = manager.status(["snap"])[0]
+    assert (status.state, status.commit) == ("running", old_commit)

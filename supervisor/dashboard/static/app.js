@@ -233,9 +233,11 @@ function renderSummary(snapshot) {
   const running = count((i) => i.state === "running" && i.health === "ok");
   const bad = count((i) => i.health === "bad");
   const grey = count((i) => i.health === "off");
-  const stopped = snapshot.instances.length - running - bad - grey;
+  const starting = count((i) => (i.state === "starting" || i.state === "waiting-login") && i.health === "ok");
+  const stopped = snapshot.instances.length - running - bad - grey - starting;
   $("summary").replaceChildren(
     el("span", { class: "sum ok" }, el("b", {}, String(running)), " running"),
+    ...(starting ? [el("span", { class: "sum starting" }, el("b", {}, String(starting)), " starting or at login")] : []),
     el("span", { class: "sum bad" }, el("b", {}, String(bad)), " need attention"),
     el("span", { class: "sum idle" }, el("b", {}, String(stopped)), " stopped"),
     el("span", { class: "sum off" }, el("b", {}, String(grey)), " offline or stale"),
