@@ -41,7 +41,17 @@ from supervisor.dashboard.server import MAX_STREAMS, SECURITY_HEADERS, Dashboard
 from supervisor.dashboard.store import Store, extract_pnl
 from supervisor.manager import Manager
 from supervisor.paths import Paths
-from tests.conftest import Broker, free_port, missing, require_binary, stop_process, wait_until
+from tests.conftest import (
+    DATA,
+    RECIPES,
+    Broker,
+    free_port,
+    make_origin,
+    missing,
+    require_binary,
+    stop_process,
+    wait_until,
+)
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
@@ -891,3 +901,30 @@ def test_with_a_secret_the_dashboard_marks_unsigned_records_untrusted_and_never_
         assert not reply["ok"] and "untrusted" in reply["msg"] and reply["status"] is None
     finally:
         monitor.stop()
+
+
+def test_waiting_login_has_its_own_colour_and_shows_the_process(fleet: Fleet, browser: Browser, tmp_path: Path) -> None:
+    origin = tmp_path / "lifecycle-origin"
+    make_origin(origin, {"bot.py": (DATA / "lifecycle_bot.py").read_text()})
+    fleet.manager.new("lg", str(RECIPES / "login.yaml"), repo=str(origin))
+    fleet.manager.start(["lg"])  # returns at the login dialog
+    fleet.start_agent()
+    _, url = fleet.start_dashboard(fleet.home)
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url + "/")
+    pill = 'tr[data-target="host-1/lg"] td.state .pill'
+    wait_page(page, f"() => document.querySelector('{pill}')?.textContent === 'waiting-login'")
+    assert "state-waiting-login" in (page.get_attribute(pill, "class") or "")
+    assert "log in" in (page.get_attribute(pill, "title") or "")
+    colours = page.evaluate(
+        f"() => [getComputedStyle(document.querySelector('{pill}')).color,"
+        " getComputedStyle(document.documentElement).getPropertyValue('--yellow').trim()]"
+    )
+    assert colours[0] == "rgb(210, 153, 34)" and colours[1] == "#d29922", colours
+    assert row(page, "host-1/lg", "pid") == str(fleet.pid("lg"))
+    assert "starting or at login" in page.inner_text("#summary")
+    fleet.manager.send("lg", "secret-pw")
+    wait_page(page, f"() => document.querySelector('{pill}').textContent === 'running'")
+    assert not errors, errors
