@@ -132,6 +132,20 @@ class InstanceNotRunning(InstanceError):
         self.name = name
 
 
+class InstanceNotReady(InstanceError):
+    """The bot's process is alive but it is not up yet (``starting`` or ``waiting-login``)."""
+
+    code = "instance_not_ready"
+
+    def __init__(self, name: str, state: str) -> None:
+        if state == "waiting-login":
+            msg = f"instance '{name}' is waiting at its login dialog. Log in with 'supervisor attach {name}' first."
+        else:
+            msg = f"instance '{name}' is still {state}: its ready line has not been seen yet. Try again shortly."
+        super().__init__(msg)
+        self.name = name
+
+
 class InstanceRunning(InstanceError):
     """The action needs a stopped bot and this one is running."""
 

@@ -31,6 +31,7 @@ from supervisor.errors import (
     InstanceError,
     InstanceExists,
     InstanceNotFound,
+    InstanceNotReady,
     InstanceNotRunning,
     InstanceRunning,
     ReadyTimeout,
@@ -1506,7 +1507,10 @@ class Manager:
     def relay(self, name: str, command: str, values: t.Mapping[str, t.Any], *, capture: bool = False) -> str:
         """Type the console line for ``command`` and return what the bot printed after it (if ``capture``)."""
         line = self.console_line(name, command, values)
-        record, _ = self._running_record(name)
+        record, status = self._running_record(name)
+        if not status.is_ready:
+            # A bot command typed into a login dialog would be taken as the password.
+            raise InstanceNotReady(name, status.state)
         log = self.paths.console_log(name)
         offset = log.stat().st_size if log.exists() else 0
         self.backend(record.backend).send_line(record.session, line)

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from supervisor import readiness
 from supervisor.cli import cli
+from supervisor.errors import InstanceNotReady
 from supervisor.manager import Manager, read_chunk
 from supervisor.paths import Paths
 from tests.conftest import DATA, RECIPES, make_origin, wait_until
@@ -70,6 +71,9 @@ def test_login_dialog_then_ready(manager: Manager, origin: Path, monkeypatch: py
     assert status_json.exit_code == 0  # a process is alive
     assert json.loads(status_json.stdout)["state"] == "waiting-login"
 
+    # A bot command is never typed into the dialog (it would be read as the password).
+    with pytest.raises(InstanceNotReady, match="waiting at its login dialog. Log in with 'supervisor attach lg'"):
+        manager.relay("lg", "start", {})
     manager.send("lg", "wrong")
     wait_until(lambda: "Invalid password" in manager.paths.console_log("lg").read_text(), message="refused login")
     assert state_of(manager, "lg") == "waiting-login"

@@ -629,8 +629,8 @@ class Agent:
         if command == "start":
             values = {"script": data.get("script"), "conf": data.get("conf")}
             self.manager.console_line(instance, "start", values)  # refuse unsafe values before launching
-            if not status.is_running:
-                self.manager.start([instance])
+            if not status.is_ready:
+                self.manager.start([instance])  # launches it, or waits for a bot that is still starting
                 self._announce(instance)
             if data.get("is_quickstart"):
                 logger.info("is_quickstart has no console equivalent; starting normally")
