@@ -308,7 +308,12 @@ def update_cmd(ctx: click.Context, name: str, ref: str | None, timeout: float | 
     commit and config files are put back and started again.
     """
     progress, line = _progress()
-    status = _manager(ctx).update(name, ref=ref, progress=progress, on_line=line, stop_timeout=timeout)
+    manager = _manager(ctx)
+    before = manager.status([name])[0]
+    status = manager.update(name, ref=ref, progress=progress, on_line=line, stop_timeout=timeout)
+    if status.commit == before.commit and before.state != "install-failed":
+        click.echo(f"'{name}' is already at {status.ref} [{(status.commit or '')[:10]}]; nothing changed")
+        return
     click.echo(f"updated '{name}' to {status.ref} [{(status.commit or '')[:10]}], state {status.state}")
 
 

@@ -706,3 +706,16 @@ def test_fleet_send_refuses_control_characters_before_sending(home: Path) -> Non
         "Error: target 'h1/x': the text to send holds control characters (U+0003); console text must be "
         "printable. To press keys on purpose use 'supervisor send --keys'.\n"
     )
+
+
+def test_update_with_a_typo_or_nothing_new_leaves_the_bot_running(home: Path, bot_origin: Path) -> None:
+    invoke("new", "u1", "-r", TICKER, "--repo", str(bot_origin))
+    invoke("start", "u1")
+    pid = ls_json("u1")[0]["pid"]
+    typo = invoke("update", "u1", "--ref", "typo", code=1)
+    assert typo.stderr.startswith(f"Error: repository '{bot_origin}': ref 'typo' not found."), typo.stderr
+    same = invoke("update", "u1")
+    assert same.stdout.startswith("'u1' is already at main ["), same.stdout
+    assert "nothing changed" in same.stdout
+    assert ls_json("u1")[0]["pid"] == pid
+    assert ls_json("u1")[0]["state"] == "running"
