@@ -1226,7 +1226,7 @@ class Manager:
                 if launch.pattern is not None:
                     ready = launch.pattern.search(texts[name]) is not None
                 else:
-                    ready = info is not None and metrics.first_child(info.pid) is not None
+                    ready = info is not None and metrics.bot_process(info.pid) is not None
                 if ready:
                     if launch.pattern is not None:
                         readiness.mark_ready(self.paths.readiness_file(name))

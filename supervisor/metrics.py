@@ -554,6 +554,20 @@ def first_child(pid: int | None) -> int | None:
     return min(kids, key=_start_key) if kids else None
 
 
+def bot_process(pid: int | None) -> int | None:
+    """Return the bot under a session's first process: its oldest child, or itself when it is no shell.
+
+    A wrapper that ran ``exec`` has become the bot, so it has no child to wait for.
+    """
+    if not pid:
+        return None
+    try:
+        name = psutil.Process(pid).name().lstrip("-")
+    except psutil.Error:
+        return None
+    return first_child(pid) if name in SHELLS else pid
+
+
 def _start_key(pid: int) -> tuple[float, int]:
     try:
         return (psutil.Process(pid).create_time(), pid)

@@ -369,6 +369,13 @@ def test_exec_in_run_command_is_started_and_its_exit_code_recorded(
     wait_until(lambda: state_of(manager, "ex") == "crashed", message="crashed state")
     assert manager.status(["ex"])[0].exit_code == 137  # recorded by run.sh: the bot was its child
 
+    # An exec further inside the command replaces the wrapper: start still sees the bot (no exit code then).
+    inner = headless_recipe(tmp_path, ready="''", command="'cd . && exec {python} bot.py'")
+    manager.new("ex3", inner, repo=str(lifecycle_origin), secret_values={"password": b"pw"})
+    [inner_started] = manager.start(["ex3"])
+    assert inner_started.ok, inner_started.message
+    assert manager.status(["ex3"])[0].state == "running"
+
     manager.new("ex2", HEADLESS, repo=str(lifecycle_origin), settings=["crash=5"], secret_values={"password": b"pw"})
     with pytest.raises(InstanceError, match="exited during start with exit code 5"):
         manager.start(["ex2"])
