@@ -1111,6 +1111,8 @@ class Manager:
                     for name in already_running:
                         instances[name].desired = DESIRED_RUNNING
                     for launch in launched:
+                        if launch.joined:
+                            continue  # launched earlier: its record already says so
                         record = instances[launch.name]
                         record.session = launch.session
                         record.desired = DESIRED_RUNNING

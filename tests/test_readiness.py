@@ -103,11 +103,13 @@ def test_starting_until_ready_and_start_joins_a_starting_bot(manager: Manager, o
     wait_until(lambda: "lifecycle-bot v1" in manager.paths.console_log("slow").read_text())
     assert state_of(manager, "slow") == "starting"  # alive, still no ready line
     # A start for a bot that is still starting waits for its ready line (here in vain), launching nothing.
+    launched_at = manager.registry.get("slow").started_at
     with pytest.raises(
         ReadyTimeout, match=re.escape("did not print /lifecycle-bot ready/ within 1s. It is left running")
     ):
         fresh(manager).start(["slow"])
     assert fresh(manager).status(["slow"])[0].pid == status.pid
+    assert manager.registry.get("slow").started_at == launched_at  # the record still tells the first launch
     flag.touch()
     wait_until(lambda: state_of(manager, "slow") == "running", message="running once the ready line is printed")
     assert fresh(manager).status(["slow"])[0].pid == status.pid
