@@ -45,6 +45,13 @@ def manager(isolated_env: Path, tmux_socket: str) -> Iterator[Manager]:
                 os.kill(status.pid, signal.SIGKILL)
 
 
+@pytest.fixture(params=["tmux", "screen"])
+def backend(request: pytest.FixtureRequest) -> str:
+    name = t.cast("str", request.param)
+    request.getfixturevalue("tmux_socket" if name == "tmux" else "screendir")
+    return name
+
+
 def fresh(manager: Manager) -> Manager:
     """A Manager as a later 'supervisor ls' builds it: nothing carried over in memory."""
     return Manager(manager.paths)
@@ -54,8 +61,8 @@ def state_of(manager: Manager, name: str) -> str:
     return fresh(manager).status([name])[0].state
 
 
-def test_login_dialog_then_ready(manager: Manager, origin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    manager.new("lg", LOGIN, repo=str(origin))
+def test_login_dialog_then_ready(manager: Manager, backend: str, origin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    manager.new("lg", LOGIN, repo=str(origin), backend=backend)
     [result] = manager.start(["lg"])  # returns at the dialog instead of waiting out ready_timeout
     assert result.ok
     assert "waits at its login dialog: log in with 'supervisor attach lg'" in result.message
@@ -66,7 +73,8 @@ def test_login_dialog_then_ready(manager: Manager, origin: Path, monkeypatch: py
     monkeypatch.setenv("SUPERVISOR_TMUX_SOCKET", manager.paths.tmux_socket)
     runner = CliRunner()
     shown = runner.invoke(cli, ["ls", "--no-foreign"])
-    assert re.search(r"^lg\s+login\s+tmux\s+waiting-login\s+running\s+\d+", shown.stdout, re.MULTILINE), shown.stdout
+    row = rf"^lg\s+login\s+{backend}\s+waiting-login\s+running\s+\d+"
+    assert re.search(row, shown.stdout, re.MULTILINE), shown.stdout
     status_json = runner.invoke(cli, ["status", "lg", "--json"])
     assert status_json.exit_code == 0  # a process is alive
     assert json.loads(status_json.stdout)["state"] == "waiting-login"
