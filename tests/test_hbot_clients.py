@@ -663,6 +663,15 @@ def test_a_hummingbot_api_style_orchestrator_keeps_a_stopped_bot_and_starts_it_a
                 await eventually(
                     lambda: "open orders left in place" in console(manager, "ex"), 10, "the keep-orders stop line"
                 )
+                # The console stream is published in order: once the stop's own log line has arrived, a
+                # performance report printed before the stop can no longer be in flight. Forget those; no
+                # new one may come while the strategy is stopped.
+                await eventually(
+                    lambda: any(r["msg"].startswith("Stopping strategy") for r in api.logs.get("ex", [])),
+                    10,
+                    "the stop's log line on hbot/ex/log",
+                )
+                api.performance.pop("ex", None)
                 await asyncio.sleep(drop_after * 2)
                 assert api.status("ex") == "stopped", api.last_seen
                 assert alive(manager, "ex") == pid

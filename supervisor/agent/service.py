@@ -896,7 +896,8 @@ class Agent:
             if not self._alive.get(name):
                 self._status_update(name, "online")
             self._alive[name] = True
-            self._beat(name)
+            if not self._beat_recently(name):
+                self._beat(name)
 
     def _gone(self, name: str, status: InstanceStatus) -> None:
         """Say ``offline`` for a bot the agent had announced (or seen alive) whose process is gone."""
