@@ -1351,6 +1351,11 @@ def test_hbot_relay_refuses_control_characters_in_any_typed_field_and_types_noth
     # A stopped bot is not launched for a start whose values are refused.
     data, _ = watcher.request("hbot/down/start", {"async_backend": False, "conf": "c\u0085"})
     assert data["status"] == 400 and "field 'conf'" in data["msg"], data
+    # Hummingbot's clients start asynchronously by default: the refusal still comes as the reply, not a 200.
+    data, _ = watcher.request("hbot/tb/start", {"script": "a\u0003.py"})
+    assert data["status"] == 400 and "field 'script'" in data["msg"], data
+    data, _ = watcher.request("hbot/down/start", {"conf": "c\u001b"})
+    assert data["status"] == 400 and "field 'conf'" in data["msg"], data
     data, _ = watcher.request(f"supervisor/{HOST}/tb/send", {"text": "status\t"})
     assert data["status"] == 400, data
 

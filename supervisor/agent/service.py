@@ -601,6 +601,10 @@ class Agent:
 
     def _refusal(self, instance: str, command: str, data: Mapping[str, t.Any], status: InstanceStatus) -> str | None:
         """Return why a valid request cannot be carried out at all (checked before an async 200), or ``None``."""
+        if not status.plugin and command == "start":
+            # Unsafe values are refused in the reply itself, also when the start is answered asynchronously.
+            self.manager.console_line(instance, "start", {"script": data.get("script"), "conf": data.get("conf")})
+            return None
         if status.plugin or command != "stop":
             return None
         if data.get("skip_order_cancellation"):
