@@ -1047,6 +1047,22 @@ def test_a_signed_request_is_not_executed_again_after_an_agent_restart(
 # --- item 15: reply topics that are command topics ------------------------------------
 
 
+def test_a_flood_of_identical_requests_is_logged_at_a_bounded_rate(
+    mosquitto: Broker, agents: AgentRunner, watchers: Callable[..., Watcher]
+) -> None:
+    agent = agents.start(mosquitto.url)
+    watcher = watchers(mosquitto)
+    replies = watcher.watch("flood-reply")
+    payload = envelope("flood-reply", {"text": "x" * 1000})
+    for _ in range(200):  # the same bytes again and again: each a redelivery of the first
+        watcher.publish(f"supervisor/{HOST}/nope/send", payload)
+    for _ in range(200):  # every copy is answered (the first reply again): all were handled
+        assert replies.get(timeout=15).json()["data"]["status"] == 400
+    lines = agents.started[-1][1].read_text().splitlines()
+    assert agents.started[-1][0] is agent
+    assert len([line for line in lines if "nope/send" in line]) <= 21, lines[-5:]
+
+
 def test_a_reply_to_on_a_command_topic_is_refused_and_nothing_is_published_there(
     manager: Manager,
     bot_origin: Path,

@@ -515,7 +515,10 @@ class Agent:
         """
         new, key, cached = self.redeliveries.check(topic, payload, dup=dup)
         if not new:
-            logger.info("ignoring a redelivered request on %s", clip(topic))
+            # Counted with the refusals: a stranger repeating one request must not grow the logs line by line.
+            self.refusals.refuse(
+                "redelivered", topic, "a redelivery of a request already handled: not run again", result="ignored"
+            )
             if cached is not None:
                 with contextlib.suppress(protocol.ProtocolError):
                     again = protocol.parse_request(payload)
