@@ -22,6 +22,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from supervisor.agent.auth import sign
+from supervisor.agent.fleet import Snapshot, expand
+from supervisor.errors import AgentError
 from supervisor.manager import Manager
 from supervisor.paths import Paths
 from tests.conftest import (
@@ -884,3 +886,16 @@ def test_waiting_login_and_starting_show_in_state_records_and_fleet_ls(
     assert row[:4] == ["h1", "lg", "waiting-login", str(host.pid("lg"))], text.stdout
     host.manager.send("lg", "secret-pw")
     wait_until(lambda: watcher.instance_state("h1", "lg") == "running", message="running record after login")
+
+
+@pytest.mark.parametrize("selector", ["h1/b1\n", "h1\n/b1", "h1/b 1", "h1/b1+", "h#/b1", "h1/\x1bb1"])
+def test_targets_with_characters_no_name_holds_are_refused_before_anything_is_sent(selector: str) -> None:
+    # A trailing newline once went out as a topic no agent answers: a 45 s wait instead of an error.
+    with pytest.raises(AgentError) as caught:
+        expand([selector], Snapshot(hosts={}, instances=[]))
+    assert str(caught.value).startswith(f"target {selector!r} is not HOST/INSTANCE"), caught.value
+    assert "\n" not in str(caught.value)
+
+
+def test_targets_with_names_and_wildcards_are_kept() -> None:
+    assert expand(["h-1/mm_1", "h1/B2"], Snapshot(hosts={}, instances=[])) == [("h-1", "mm_1"), ("h1", "B2")]

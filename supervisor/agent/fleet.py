@@ -12,6 +12,7 @@ import dataclasses
 import fnmatch
 import json
 import logging
+import re
 import threading
 import time
 import typing as t
@@ -336,6 +337,10 @@ class FleetClient:
         ]
 
 
+#: One side of a ``HOST/INSTANCE`` selector: a name, or an fnmatch pattern of names.
+_SELECTOR_PART = re.compile(r"[A-Za-z0-9_*?\[\]!-]+")
+
+
 def expand(selectors: Sequence[str], snapshot: Snapshot) -> list[tuple[str, str]]:
     """Turn ``HOST/INSTANCE`` selectors (``*`` allowed on either side) into targets.
 
@@ -350,6 +355,13 @@ def expand(selectors: Sequence[str], snapshot: Snapshot) -> list[tuple[str, str]
         host, sep, instance = selector.partition("/")
         if not sep or not host or not instance or "/" in instance:
             msg = f"target '{selector}' is not HOST/INSTANCE. Examples: host-1/mm-1, host-1/*, */mm-1."
+            raise AgentError(msg)
+        if not (_SELECTOR_PART.fullmatch(host) and _SELECTOR_PART.fullmatch(instance)):
+            # Anything else would go out as a topic no agent answers (a trailing newline, a space...).
+            msg = (
+                f"target {selector!r} is not HOST/INSTANCE: names hold letters, digits, '-' and '_' "
+                "('*', '?' and [...] select many). Examples: host-1/mm-1, host-1/*, */mm-1."
+            )
             raise AgentError(msg)
         if "*" not in selector:
             chosen.append((host, instance))
