@@ -728,6 +728,9 @@ class Agent:
             return {"status": ok, "msg": status.state, "result": status.to_dict()}
         if verb == "tail":
             return {"status": ok, "msg": "", "result": {"screen": self.manager.tail(instance, args["lines"])}}
+        if verb == "logs":
+            # The log outlives the session: a crashed or fatal bot's last output (its traceback) is here.
+            return {"status": ok, "msg": "", "result": {"log": self.manager.log_lines(instance, args["lines"])}}
         if verb == "send":
             self.manager.send(instance, args["text"])
             return {"status": ok, "msg": f"sent one line to '{instance}'."}
