@@ -480,3 +480,117 @@ def fig_new(ctx: Ctx) -> dict[str, t.Any]:
         "git_clone_shared": stats(shared),
         "disk": disk,
     }
+
+
+# -- dashboard event stream ------------------------------------------------------------------------
+
+
+class _StreamReader:
+    """One ``/events`` stream read like a browser tab would: bytes received, timed."""
+
+    def __init__(self, port: int) -> None:
+        import http.client
+        import threading
+
+        self.chunks: list[tuple[float, int]] = []
+        self.head = b""
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        self.conn.request("GET", "/events", headers={"Accept": "text/event-stream"})
+        self.sock = self.conn.sock  # http.client forgets it once a response will close the connection
+        self.response = self.conn.getresponse()
+        if self.response.status != 200:
+            msg = f"/events answered {self.response.status}"
+            raise RuntimeError(msg)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            while True:
+                data = self.response.read1(65536)
+                if not data:
+                    return
+                if len(self.head) < 1_000_000:
+                    self.head += data
+                self.chunks.append((time.perf_counter(), len(data)))
+
+    def between(self, start: float, end: float) -> int:
+        """Return the bytes received from ``start`` to ``end``."""
+        return sum(n for when, n in list(self.chunks) if start <= when < end)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            self.sock.shutdown(2)
+        self.conn.close()
+
+
+def fig_dashboard(ctx: Ctx) -> dict[str, t.Any]:
+    """Bytes one open dashboard tab receives through ``/events`` at N running bots with a real agent."""
+    import urllib.request
+
+    from common import free_port
+
+    n = max(ctx.sizes)
+    window = 5.0 if ctx.quick else 60.0
+    missing = ctx.agent_missing()
+    if missing is not None:
+        return {"n": n, "not_available": missing}
+    ours = ctx.ours("dashboard")
+    agent = None
+    dashboard = None
+    reader = None
+    try:
+        log(f"  dashboard: {n} bots")
+        ours.grow(n)
+        ours.start_all()
+        broker = ctx.mosquitto()
+        agent = Agent(ctx.procs, ours.env, broker.url, "benchhost", 10.0, 30.0, ctx.env.root / "agent-dashboard.log")
+        home = ctx.env.root / "dashboard-home"
+        home.mkdir()
+        port = free_port()
+        argv = [SUPERVISOR, "dashboard", "--broker", broker.url, "--listen", f"127.0.0.1:{port}"]
+        dashboard = ctx.procs.spawn(
+            argv, env={**ours.env, "SUPERVISOR_HOME": str(home)}, log_path=ctx.env.root / "dashboard.log"
+        )
+
+        def answers() -> bool:
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/session", timeout=2) as response,
+            ):
+                return bool(response.status == 200)
+            return False
+
+        deadline = time.monotonic() + 30
+        while not answers():
+            if time.monotonic() > deadline or dashboard.poll() is not None:
+                return {"n": n, "error": "the dashboard did not answer within 30 s"}
+            time.sleep(0.2)
+        time.sleep(5.0)  # the agent's first state pass and the dashboard's first view are not the steady state
+        reader = _StreamReader(port)
+        time.sleep(2.0)
+        snapshot = reader.between(0.0, time.perf_counter())
+        log(f"  dashboard: {window:.0f} s of the event stream")
+        start = time.perf_counter()
+        time.sleep(window)
+        end = time.perf_counter()
+        steady = reader.between(start, end)
+        frames = reader.head.count(b"\nevent: ") + reader.head.startswith(b"event: ")
+        return {
+            "n": n,
+            "window_s": round(end - start, 1),
+            "snapshot_bytes": snapshot,
+            "steady_bytes": steady,
+            "steady_bytes_per_s": steady / (end - start),
+            "frames_first_mb": frames,
+            "agent_state_interval_s": 30.0,
+            "agent_heartbeat_interval_s": 10.0,
+        }
+    finally:
+        if reader is not None:
+            reader.close()
+        if dashboard is not None:
+            ctx.procs.stop(dashboard)
+        if agent is not None:
+            agent.stop()
+        ours.kill_server()

@@ -252,7 +252,44 @@ def judge(results: dict[str, t.Any]) -> list[dict[str, t.Any]]:
                 "ok": None if disk_ratio is None else disk_ratio <= 1.1,
             }
         )
+    dash = figs.get("dashboard") or {}
+    if "steady_bytes_per_s" in dash:
+        per_s = dash["steady_bytes_per_s"]
+        rows.append(
+            {
+                "figure": f"dashboard event stream per open tab, {dash['n']} bots, steady state",
+                "ours": f"{per_s / 1000:.2f} KB/s ({dash['steady_bytes']} B in {dash['window_s']:.0f} s)",
+                "peer": "–",
+                "target": "≤ 2 KB/s",
+                "ratio": _x(per_s / 2000),
+                "ok": per_s <= 2000,
+            }
+        )
     return rows
+
+
+def _dashboard(fig: dict[str, t.Any]) -> str:
+    if "steady_bytes_per_s" not in fig:
+        return f"## Dashboard event stream\n\nNot measured: {fig.get('not_available') or fig.get('error')}\n"
+    return (
+        "## Dashboard event stream\n\n"
+        f"`supervisor dashboard` beside a real agent (heartbeats every {fig['agent_heartbeat_interval_s']:g} s, "
+        f"state every {fig['agent_state_interval_s']:g} s) supervising {fig['n']} running bench bots. One client "
+        "reads `/events` as a browser tab does: the whole view once, then only the records that changed. "
+        "Bytes are counted on the socket, after a 5 s warm-up.\n\n"
+        + _table(
+            ["N", "first snapshot", f"then, over {fig['window_s']:.0f} s", "per second"],
+            [
+                [
+                    str(fig["n"]),
+                    f"{fig['snapshot_bytes'] / 1000:.1f} KB",
+                    f"{fig['steady_bytes'] / 1000:.1f} KB",
+                    f"{fig['steady_bytes_per_s'] / 1000:.2f} KB/s",
+                ]
+            ],
+        )
+        + "\n"
+    )
 
 
 # -- sections -----------------------------------------------------------------------------------
@@ -536,6 +573,7 @@ def render(results: dict[str, t.Any], png_name: str) -> str:
         ("mqtt", _mqtt),
         ("restart", _restart),
         ("new", _new),
+        ("dashboard", _dashboard),
     ):
         fig = figs.get(key)
         if not fig:
