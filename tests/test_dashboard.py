@@ -1203,15 +1203,19 @@ def test_a_dead_bot_an_outage_and_a_dead_agent(
     fleet: Fleet, browser: Browser, mosquitto: Broker, bot_origin: Path, tmp_path: Path
 ) -> None:
     fleet.add("mm-1")
-    fleet.add_crasher("bad-1", bot_origin)
+    fleet.add_crasher("zz-bad", bot_origin)
     agent = fleet.start_agent("--fatal-after", "2", "--backoff", "0.1")
     dashboard, url = fleet.start_dashboard(fleet.home)
     page = browser.new_page(viewport={"width": 1440, "height": 900})
     page.goto(url + "/")
-    bad, good = "host-1/bad-1", "host-1/mm-1"
+    bad, good = "host-1/zz-bad", "host-1/mm-1"
     wait_state(page, bad, "fatal")
     wait_state(page, good, "running")
     assert health(page, bad) == "health-bad"
+    assert targets(page) == [bad, good]  # problems first, though its name sorts last
+    page.uncheck("#problems-first")
+    wait_page(page, "(t) => document.querySelector('#fleet tbody tr:last-child').dataset.target === t", bad)
+    page.check("#problems-first")
 
     # Why it died is on the row, wrapped inside the table.
     assert "marked fatal" in page.inner_text(f'tr[data-target="{bad}"] .alert')
@@ -1259,13 +1263,13 @@ def test_a_dead_bot_an_outage_and_a_dead_agent(
     with page.expect_download() as download_info:
         page.click("#log-download")
     download = download_info.value
-    assert download.suggested_filename == "host-1-bad-1.log"
+    assert download.suggested_filename == "host-1-zz-bad.log"
     saved = tmp_path / "saved.log"
     download.save_as(saved)
     assert "crasher up" in saved.read_text()
 
     # Each agent event is kept once, though it also arrives as Hummingbot's notify.
-    messages = request(url, "GET", "/api/history/host-1/bad-1")[2]["messages"]
+    messages = request(url, "GET", "/api/history/host-1/zz-bad")[2]["messages"]
     texts = [m["text"] for m in messages if m["kind"] in ("event", "notify")]
     assert any("marked fatal" in text for text in texts), texts
     assert len(texts) == len(set(texts)), texts
@@ -1294,7 +1298,7 @@ def test_a_dead_bot_an_outage_and_a_dead_agent(
         _, url = fleet.start_dashboard(fleet.home)
         page.goto(url + "/")
         wait_page(page, "() => document.querySelectorAll('tbody tr[data-target]').length === 2")
-        assert sorted(targets(page)) == [bad, good]
+        assert targets(page) == [bad, good]  # still a problem, still first
         assert row(page, good, "state") == "offline"
         assert health(page, bad) == "health-bad"
         assert "host-1" in page.inner_text("#hosts .chip.offline")
