@@ -91,6 +91,26 @@ class _Subscription(t.NamedTuple):
     qos: int
 
 
+class Delivery:
+    """The acknowledgement of one message handed to :meth:`Connection.publish_tracked`."""
+
+    def __init__(self, info: mqtt.MQTTMessageInfo) -> None:
+        self._info = info
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the broker's PUBACK; return whether it came."""
+        deadline = time.monotonic() + timeout
+        while not self._info.is_published():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if self._info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._info.wait_for_publish(remaining)
+            else:  # queued while disconnected: paho sends it after the next connect
+                time.sleep(min(remaining, 0.05))
+        return True
+
+
 class Connection:
     """A paho client on its own thread that reconnects forever and resubscribes.
 
@@ -380,6 +400,24 @@ class Connection:
         if not published:
             msg = f"message to '{topic}': not acknowledged within {timeout:g} s."
             raise AgentError(msg)
+
+    def publish_tracked(self, topic: str, payload: bytes, qos: int = 1) -> Delivery | None:
+        """Hand ``payload`` to the network thread and return a handle on its acknowledgement.
+
+        Unlike :meth:`publish_and_wait`, this never gives up on a message: a QoS 1/2
+        message that paho accepted is re-sent by paho after a reconnect, so the
+        caller keeps waiting on the same handle instead of publishing a duplicate.
+        Returns ``None`` when the outgoing queue is full (nothing was queued).
+
+        Raises
+        ------
+        AgentError
+            If ``topic`` is empty or holds a wildcard, or ``qos`` is not 0, 1 or 2.
+        """
+        info = self._publish(topic, payload, qos, False)
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            return None
+        return Delivery(info)
 
     def socket(self) -> socket.socket | None:
         """Return the broker socket, or ``None`` while disconnected (diagnostics)."""
