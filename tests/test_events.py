@@ -513,3 +513,20 @@ def test_events_ls_without_a_journal_says_so() -> None:
     assert result.exit_code == 0
     assert "no events yet" in result.stderr
     assert json.loads(CliRunner().invoke(cli, ["events", "ls", "--json"]).stdout) == []
+
+
+def test_journal_prunes_only_finished_old_events(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    old = time.time() - 8 * 24 * 3600
+
+    def add(body: bytes) -> int:
+        return journal.accept(
+            route="r", event="e", targets=["x"], body=body, is_text=True, source=None, now=old, dedupe_window=0
+        )[0]
+
+    done, waiting, failed = add(b"a"), add(b"b"), add(b"c")
+    journal.mark_delivered([(done, ["hbot/x/external/event/e"], True)], time.time())
+    journal.mark_failed(failed, "no match")
+    assert journal.prune(time.time()) == 2
+    assert [(e.id, e.status) for e in journal.recent()] == [(waiting, "queued")]
+    journal.close()

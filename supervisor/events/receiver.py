@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import hashlib
 import hmac
 import http.server
 import json
@@ -46,7 +47,13 @@ ACK_TIMEOUT = 10.0
 VIEW_SETTLE = 0.5
 """Seconds after (re)connecting before the retained state records count as the fleet view."""
 BATCH = 100
+PRUNE_EVERY = 3600.0
 _DUMMY_TOKEN = uuid.uuid4().hex
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """Compare two secrets in constant time (hashed first, so not even their lengths leak)."""
+    return hmac.compare_digest(hashlib.sha256(given.encode()).digest(), hashlib.sha256(expected.encode()).digest())
 
 
 def build_payload(entry: Entry) -> bytes:
@@ -166,19 +173,25 @@ class Publisher:
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(ACK_TIMEOUT + 5)
+            self._thread.join(5)
 
     def wake(self) -> None:
         """Look at the journal now (an event was accepted, or the broker came back)."""
         self._wake.set()
 
     def _run(self) -> None:
+        next_prune = 0.0
         while not self._stop.is_set():
             self._wake.wait(0.5)
             self._wake.clear()
             if self._stop.is_set():
                 return
             try:
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + PRUNE_EVERY
+                    pruned = self.journal.prune(time.time())
+                    if pruned:
+                        logger.info("removed %d finished events older than a week from the journal", pruned)
                 while self.connection.is_connected and self._deliver_batch():
                     pass
             except Exception:  # the thread must outlive a bad event or a full disk
@@ -206,6 +219,16 @@ class Publisher:
         note = f"target(s) {', '.join(unmatched)} match no instance the fleet knows" if unmatched else None
         self._resolved[entry.id] = topics
         return topics, note
+
+    def _acknowledged(self, delivery: Delivery) -> bool:
+        """Wait up to ``ACK_TIMEOUT`` for a PUBACK, in steps, so :meth:`stop` is not held up."""
+        deadline = time.monotonic() + ACK_TIMEOUT
+        while not self._stop.is_set():
+            if delivery.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+        return False
 
     def _deliver_batch(self) -> bool:
         """Publish and confirm one batch; return whether every event in it is done (more may wait)."""
@@ -250,7 +273,7 @@ class Publisher:
                 if topic in delivered:
                     continue
                 delivery = self._inflight.get((flight.entry.id, topic))
-                if delivery is None or not delivery.wait(ACK_TIMEOUT):
+                if delivery is None or not self._acknowledged(delivery):
                     complete = False
                     break
                 self._inflight.pop((flight.entry.id, topic))
@@ -404,7 +427,7 @@ class Receiver:
         """Check and journal one webhook; return ``(HTTP status, JSON body, headers)``."""
         route = self.events.routes.get(route_name)
         if route is None:
-            hmac.compare_digest((query_token or "").encode(), _DUMMY_TOKEN.encode())  # same work as a known route
+            same_secret(query_token or "", _DUMMY_TOKEN)  # the same work as for a known route
             return 404, {"error": "unknown route"}, {}
         if not (is_allowed(client, self.events.allow) and is_allowed(client, route.allow)):
             logger.warning("route %s: refused a request from %s (not in the allow-list)", route.name, client)
@@ -421,7 +444,7 @@ class Receiver:
             parsed = None
         body_token = parsed.pop("token", None) if isinstance(parsed, dict) else None
         token = query_token if query_token is not None else body_token
-        if not isinstance(token, str) or not hmac.compare_digest(token.encode(), route.token.encode()):
+        if not isinstance(token, str) or not same_secret(token, route.token):
             why = "missing token" if token is None else "wrong token"
             logger.warning("route %s: refused a request from %s (%s)", route.name, client, why)
             self.audit.record(source="webhook", route=route.name, client=client, result=401, msg=why)
