@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import http.client
 import json
 import shutil
+import sqlite3
 import subprocess
+import threading
 import time
 import typing as t
+import uuid
 from pathlib import Path
 
 import gitrepo
 import psutil
-from common import PYTHON, SUPERVISOR, Env, Procs, du_kib, log, run, stats, timed
+from common import PYTHON, SUPERVISOR, Env, Procs, du_kib, free_port, log, run, stats, timed, wait_until
 from peers import Agent, Mosquitto, Ours, Pm2, Supervisord, agent_available, bench_origin, wait_count
 
 
@@ -594,3 +598,128 @@ def fig_dashboard(ctx: Ctx) -> dict[str, t.Any]:
         if agent is not None:
             agent.stop()
         ours.kill_server()
+
+
+# -- external events (webhooks) ------------------------------------------------------------------------
+
+
+def _post(conn: http.client.HTTPConnection, path: str, body: bytes) -> int:
+    conn.request("POST", path, body=body, headers={"Content-Type": "text/plain"})
+    response = conn.getresponse()
+    response.read()
+    return response.status
+
+
+def fig_events(ctx: Ctx) -> dict[str, t.Any]:
+    """Webhook -> line in a plugin-less bot's console (receiver, journal, broker, agent, tmux), and accepts/s."""
+    missing = ctx.agent_missing()
+    if missing is not None:
+        return {"ours": {"not_available": missing}}
+    reps = 10 if ctx.quick else 100
+    burst = 200 if ctx.quick else 2000
+    broker = ctx.mosquitto()
+    ours = ctx.ours("events")
+    run(ours.cli("new", "ex1", "-r", "example-bot"), env=ours.env, timeout=120)
+    run(ours.cli("start", "ex1"), env=ours.env, timeout=120)
+    agent = Agent(ctx.procs, ours.env, broker.url, "benchhost", 1.0, 30.0, ctx.env.root / "agent-events.log")
+    port = free_port()
+    token = uuid.uuid4().hex
+    route = f'token = "{token}"\nevent = "bench"\nrate = 1e9\nburst = 1000000\n'
+    (ours.home / "events.toml").write_text(
+        f'[receiver]\nlisten = "127.0.0.1:{port}"\ndedupe_window = 0\n\n'
+        f'[routes.lat]\n{route}targets = ["benchhost/ex1"]\n\n'
+        # Throughput: to an id no agent types for, so the figure is the receiver's own.
+        f'[routes.tput]\n{route}targets = ["nobody"]\n'
+    )
+    receiver_log = ctx.env.root / "events-serve.log"
+    receiver = ctx.procs.spawn(
+        [SUPERVISOR, "events", "serve", "--broker", broker.url], env=ours.env, log_path=receiver_log
+    )
+    console = ours.home / "instances" / "ex1" / "console.log"
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    def arrived(marker: str, offset: int, timeout: float) -> float | None:
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            with console.open("rb") as fh:
+                fh.seek(offset)
+                if marker.encode() in fh.read():
+                    return time.perf_counter()
+            time.sleep(0.001)
+        return None
+
+    try:
+
+        def healthy() -> bool:
+            with contextlib.suppress(OSError, ValueError):
+                probe = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                probe.request("GET", "/healthz")
+                return bool(json.loads(probe.getresponse().read()).get("broker"))
+            return False
+
+        if not wait_until(healthy, 20, 0.1):
+            return {"ours": {"not_available": f"the receiver did not come up; see {receiver_log}"}}
+        # Warm up until the agent types events (it subscribes once it is connected).
+        for attempt in range(40):
+            offset = console.stat().st_size
+            _post(conn, f"/hooks/lat?token={token}", f"warm-{attempt}".encode())
+            if arrived(f"ALERT bench: warm-{attempt}", offset, 0.5) is not None:
+                break
+        else:
+            return {"ours": {"not_available": f"no alert reached the console; agent output: {agent.log_tail()}"}}
+        for rep in range(reps):
+            marker = f"lat-{rep}-{uuid.uuid4().hex[:8]}"
+            offset = console.stat().st_size
+            start = time.perf_counter()
+            status = _post(conn, f"/hooks/lat?token={token}", marker.encode())
+            if status != 202:
+                errors.append(f"rep {rep}: HTTP {status}")
+                continue
+            seen = arrived(f"ALERT bench: {marker}", offset, 10)
+            if seen is None:
+                errors.append(f"rep {rep}: not in the console within 10 s")
+            else:
+                latencies.append(seen - start)
+        # Accepted events per second: four keep-alive clients post as fast as they can.
+        counts = [0, 0, 0, 0]
+
+        def client(index: int) -> None:
+            own = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            for i in range(burst // 4):
+                if _post(own, f"/hooks/tput?token={token}", f"t-{index}-{i}".encode()) == 202:
+                    counts[index] += 1
+            own.close()
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+        began = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        accept_s = time.perf_counter() - began
+        journal = ours.home / "events.sqlite"
+
+        def drained() -> bool:
+            with contextlib.closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as db:
+                return db.execute("SELECT count(*) FROM events WHERE status = 'queued'").fetchone()[0] == 0
+
+        drained_ok = wait_until(drained, 120, 0.05)
+        publish_s = time.perf_counter() - began
+    finally:
+        conn.close()
+        ctx.procs.stop(receiver)
+        agent.stop()
+        ours.kill_server()
+    accepted = sum(counts)
+    return {
+        "ours": {
+            "latency": stats(latencies),
+            "errors": errors,
+            "burst": burst,
+            "accepted": accepted,
+            "accepted_per_s": accepted / accept_s if accept_s else None,
+            "published_per_s": accepted / publish_s if drained_ok and publish_s else None,
+        }
+    }
