@@ -141,6 +141,7 @@ def test_right_token_reaches_a_plugin_style_subscriber_on_the_exact_topic(
     mosquitto: Broker, watcher: Watcher, receivers: Receivers, isolated_env: Path
 ) -> None:
     got = watcher.watch("hbot/mm-1/external/event/#")  # what Hummingbot's bridge subscribes
+    shown = watcher.watch("supervisor/h1/mm-1/events")  # the dashboard's event stream
     receiver = receivers.start(mosquitto.url, routes_toml())
     before = time.time()
 
@@ -166,6 +167,10 @@ def test_right_token_reaches_a_plugin_style_subscriber_on_the_exact_topic(
     assert message.json()["data"] == {"message": "BTCUSDT crossed 42000"}
     assert message.json()["sequence"] == 2
     wait_until(lambda: journal_status(isolated_env, 2) == "published", message="event 2 marked published")
+    assert shown.get(timeout=5).json()["msg"] == "external event 'signals.btc.long' #1 from route 'btc' published"
+    audit = [json.loads(line) for line in Paths.from_env(isolated_env).audit_log.read_text().splitlines()]
+    wanted = {"source": "webhook", "route": "btc", "id": 1, "result": "published"}.items()
+    assert any(wanted <= entry.items() for entry in audit)
     assert TOKEN not in Paths.from_env(isolated_env).audit_log.read_text()
     assert TOKEN.encode() not in Paths.from_env(isolated_env).events_journal.read_bytes()
 

@@ -374,6 +374,16 @@ class Receiver:
         self.audit.record(
             source="webhook", route=entry.route, event=entry.event, id=entry.id, result=status, topics=topics, msg=note
         )
+        # The dashboard's event stream shows {own}/{host}/{instance}/events: say so for each HOST/INSTANCE target.
+        text = f"external event '{entry.event}' #{entry.id} from route '{entry.route}' {status}"
+        for target in map(Target.parse, entry.targets):
+            if target.host is None or target.is_pattern:
+                continue
+            record = {"ts": round(time.time(), 3), "host": target.host, "instance": target.instance, "msg": text}
+            if note:
+                record["msg"] = f"{text} ({note})"
+            topic = f"{self.config.own_prefix}/{target.host}/{target.instance}/events"
+            self.connection.publish(topic, json.dumps(record).encode(), qos=1)
 
     def start(self) -> None:
         """Connect (in the background: the broker may be down), publish, and serve HTTP."""
