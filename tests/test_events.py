@@ -535,3 +535,12 @@ def test_journal_prunes_only_finished_old_events(tmp_path: Path) -> None:
     assert journal.prune(time.time()) == 2
     assert [(e.id, e.status) for e in journal.recent()] == [(waiting, "queued")]
     journal.close()
+
+
+def test_events_serve_without_routes_file_says_what_to_do(isolated_env: Path) -> None:
+    result = CliRunner().invoke(cli, ["events", "serve", "--broker", "mqtt://127.0.0.1:1"])
+    assert result.exit_code == 1
+    path = Paths.from_env(isolated_env).events_config
+    assert result.stderr == (
+        f"Error: config file '{path}': not found. Create it with at least one [routes.NAME] table (see the README).\n"
+    )
