@@ -1122,7 +1122,8 @@ def events_serve_cmd(
     from supervisor.events.receiver import Receiver
 
     paths = Paths.from_env(ctx.find_root().obj.get("home"))
-    events = load_events_config(routes_file or paths.events_config)
+    routes_path = routes_file or paths.events_config
+    events = load_events_config(routes_path)
     agent_toml = config_file or (paths.agent_config if paths.agent_config.exists() else None)
     overrides = {"url": broker, "ca": ca, "cert": cert, "key": key, "namespace": namespace}
     config = load_agent_config(agent_toml, os.environ, overrides)
@@ -1130,6 +1131,8 @@ def events_serve_cmd(
         logging.getLogger().setLevel(logging.INFO)
         for handler in logging.getLogger().handlers:
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    if routes_path.stat().st_mode & 0o077:
+        logger.warning("%s holds the routes' tokens but others may read it: chmod 600 it", routes_path)
     journal = Journal(paths.events_journal)
     try:
         receiver = Receiver(events, config, journal, audit_path=paths.audit_log, listen=listen)

@@ -13,6 +13,7 @@ import logging
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,7 +33,7 @@ from supervisor.cli import cli
 from supervisor.events import EventsError
 from supervisor.events.config import load_events_config
 from supervisor.events.journal import Journal
-from supervisor.events.receiver import Receiver
+from supervisor.events.receiver import MAX_CONNECTIONS, Receiver
 from supervisor.manager import Manager
 from supervisor.paths import Paths
 from supervisor.recipe import parse_recipe
@@ -544,3 +545,25 @@ def test_events_serve_without_routes_file_says_what_to_do(isolated_env: Path) ->
     assert result.stderr == (
         f"Error: config file '{path}': not found. Create it with at least one [routes.NAME] table (see the README).\n"
     )
+
+
+def test_connections_past_the_limit_are_closed_at_once(mosquitto: Broker, receivers: Receivers) -> None:
+    receiver = receivers.start(mosquitto.url, routes_toml())
+    port = receiver.server.server_address[1]
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_CONNECTIONS)]
+    try:
+        extra = socket.create_connection(("127.0.0.1", port))
+        extra.settimeout(2)  # below the handlers' 5 s read timeout: only the limit closes it this soon
+        assert extra.recv(100) == b""  # closed without a thread or an answer
+        extra.close()
+    finally:
+        for sock in idle:
+            sock.close()
+    # The slots come back as the idle connections go.
+    assert wait_until(lambda: post(hook(receiver), b'{"after":1}', token=TOKEN).status == 202)
+
+
+def test_journal_is_owner_only(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "events.sqlite")
+    journal.close()
+    assert (tmp_path / "events.sqlite").stat().st_mode & 0o777 == 0o600

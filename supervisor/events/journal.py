@@ -93,6 +93,8 @@ class Journal:
                 self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
+                # Alert bodies are the user's business: owner-only (SQLite gives -wal/-shm the same mode).
+                path.touch(mode=0o600, exist_ok=True)
                 self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
                 # WAL + FULL: a committed event survives a power cut, and readers (events ls) never block it.
                 self._db.execute("PRAGMA journal_mode=WAL")
@@ -100,7 +102,7 @@ class Journal:
                 self._db.executescript(_SCHEMA)
             self._db.execute("PRAGMA busy_timeout=2000")
             self._db.execute("SELECT count(*) FROM events").fetchone()
-        except sqlite3.Error as e:
+        except (sqlite3.Error, OSError) as e:
             msg = f"event journal '{path}': {e}. Move the file aside if it is not a journal of bot-supervisor."
             raise EventsError(msg) from e
 

@@ -49,6 +49,8 @@ VIEW_SETTLE = 0.5
 """Seconds after (re)connecting before the retained state records count as the fleet view."""
 BATCH = 100
 PRUNE_EVERY = 3600.0
+MAX_CONNECTIONS = 64
+"""Connections served at once (each holds a thread, idle keep-alive ones for up to 5 s)."""
 _DUMMY_TOKEN = uuid.uuid4().hex
 
 
@@ -306,7 +308,22 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.app = app
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, _Handler)
+
+    def process_request(self, request: t.Any, client_address: t.Any) -> None:
+        """Serve at most ``MAX_CONNECTIONS`` connections at once; close the others at once."""
+        if not self.slots.acquire(blocking=False):
+            logger.warning("too many open connections; closing one from %s", client_address[0])
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: t.Any, client_address: t.Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 class Receiver:
