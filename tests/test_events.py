@@ -567,3 +567,21 @@ def test_journal_is_owner_only(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "events.sqlite")
     journal.close()
     assert (tmp_path / "events.sqlite").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_queued_event_whose_targets_all_acknowledged_is_closed_not_resent(
+    mosquitto: Broker, watcher: Watcher, receivers: Receivers, isolated_env: Path
+) -> None:
+    """A crash between the last PUBACK's record and the status change: after a restart, nothing is sent twice."""
+    journal = Journal(Paths.from_env(isolated_env).events_journal)
+    event_id, _ = journal.accept(
+        route="btc", event="signals.btc.long", targets=["h1/mm-1"], body=b"{}", is_text=False, source=None,
+        now=time.time(), dedupe_window=0,
+    )  # fmt: skip
+    journal.mark_delivered([(event_id, [TOPIC], False)], time.time())
+    journal.close()
+    got = watcher.watch("hbot/#")
+    receiver = receivers.start(mosquitto.url, routes_toml())
+    wait_until(lambda: journal_status(isolated_env, event_id) == "published", message="the event is closed")
+    assert post(hook(receiver), b'{"next":1}', token=TOKEN).status == 202
+    assert got.get(timeout=5).json()["sequence"] == event_id + 1

@@ -5,6 +5,7 @@ The only module that imports paho; paho exceptions become :class:`AgentError` he
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import socket
@@ -288,6 +289,12 @@ class Connection:
         thread.join(timeout)
         if thread.is_alive():
             logger.warning("MQTT network thread did not end within %g s", timeout)
+        else:
+            # paho closes its wake-up socket pair only in __del__; our callbacks keep the client in a
+            # reference cycle, so that would wait for a gc run, which may finalize the sockets first
+            # (ResourceWarning). The loop has ended: close them now (loop() makes new ones if needed).
+            with contextlib.suppress(Exception):
+                self._client._reset_sockets(sockpair_only=True)
         self._thread = None
         self._ready.clear()
         logger.info("disconnected from %s", self.config.url)

@@ -163,7 +163,7 @@ class Publisher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._inflight: dict[tuple[int, str], Delivery] = {}
-        self._resolved: dict[int, list[str]] = {}
+        self._resolved: dict[int, tuple[list[str], str | None]] = {}
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -204,7 +204,7 @@ class Publisher:
     def _topics(self, entry: Entry) -> tuple[list[str] | None, str | None]:
         """Return the event's topics (``None``: wait for the fleet view) and a note on unmatched patterns."""
         if entry.id in self._resolved:
-            return self._resolved[entry.id], None
+            return self._resolved[entry.id]
         ids: list[str] = []
         unmatched: list[str] = []
         for text in entry.targets:
@@ -220,7 +220,7 @@ class Publisher:
                 unmatched.append(text)
         topics = [event_topic(self.namespace, i, entry.event) for i in dict.fromkeys(ids)]
         note = f"target(s) {', '.join(unmatched)} match no instance the fleet knows" if unmatched else None
-        self._resolved[entry.id] = topics
+        self._resolved[entry.id] = (topics, note)
         return topics, note
 
     def _acknowledged(self, delivery: Delivery) -> bool:
@@ -281,7 +281,7 @@ class Publisher:
                     break
                 self._inflight.pop((flight.entry.id, topic))
                 delivered.append(topic)
-            if delivered != flight.entry.delivered:
+            if delivered != flight.entry.delivered or complete:
                 done.append((flight.entry.id, delivered, complete))
             if not complete:
                 break
