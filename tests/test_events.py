@@ -29,7 +29,9 @@ from click.testing import CliRunner
 from paho.mqtt.enums import CallbackAPIVersion
 
 from supervisor.agent.config import load_agent_config
+from supervisor.agent.external import event_values, render_event_line
 from supervisor.cli import cli
+from supervisor.errors import SupervisorError
 from supervisor.events import EventsError
 from supervisor.events.config import load_events_config
 from supervisor.events.journal import Journal
@@ -585,3 +587,48 @@ def test_a_queued_event_whose_targets_all_acknowledged_is_closed_not_resent(
     wait_until(lambda: journal_status(isolated_env, event_id) == "published", message="the event is closed")
     assert post(hook(receiver), b'{"next":1}', token=TOKEN).status == 202
     assert got.get(timeout=5).json()["sequence"] == event_id + 1
+
+
+def test_bad_requests_get_a_clear_error_and_the_receiver_keeps_serving(mosquitto: Broker, receivers: Receivers) -> None:
+    receiver = receivers.start(mosquitto.url, routes_toml())
+    not_utf8 = post(hook(receiver), b"\xff\xfe", token=TOKEN, content_type="text/plain")
+    assert (not_utf8.status, not_utf8.body) == (400, {"error": "the body must be UTF-8 text"})
+    request = urllib.request.Request(hook(receiver) + f"?token={TOKEN}", data=b"{}", method="PUT")
+    with pytest.raises(urllib.error.HTTPError) as put:
+        urllib.request.urlopen(request, timeout=10)
+    assert put.value.code == 405
+    put.value.close()
+    with socket.create_connection(("127.0.0.1", receiver.server.server_address[1])) as raw:
+        raw.sendall(b"POST /hooks/btc HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+        assert raw.recv(100).startswith(b"HTTP/1.1 411 ")
+    assert post(hook(receiver), b'{"still":"here"}', token=TOKEN).status == 202
+
+
+class LineCase(t.NamedTuple):
+    test_id: str
+    template: str
+    payload: dict[str, t.Any]
+    line: str | None  # None: refused
+    error: str = ""
+
+
+LINE_CASES = [
+    LineCase("member", "buy {amount}", {"data": {"amount": 0.5}}, "buy 0.5"),
+    LineCase("text", "event {name} {payload}", {"data": {"message": "BTC up"}}, "event sig.a BTC up"),
+    LineCase("json", "event {payload}", {"data": {"a": [1, 2], "b": True}}, 'event {"a":[1,2],"b":true}'),
+    LineCase("optional", "buy[ {amount}][ at {price}]", {"data": {"amount": "1"}}, "buy 1"),
+    LineCase("missing", "buy {amount}", {"data": {}}, None, "has no value for 'amount'"),
+    LineCase("control", "say {text}", {"data": {"text": "a\x1bb"}}, None, "control character"),
+    LineCase("escaped", "say {payload}", {"data": {"text": "a\x1bb"}}, 'say {"text":"a\\u001bb"}'),
+    LineCase("not-json", "event {name}", {}, "event sig.a"),
+]
+
+
+@pytest.mark.parametrize("case", LINE_CASES, ids=[c.test_id for c in LINE_CASES])
+def test_event_console_lines(case: LineCase) -> None:
+    values = event_values("sig.a", json.dumps(case.payload).encode() if case.payload else b"not json")
+    if case.line is None:
+        with pytest.raises(SupervisorError, match=case.error):
+            render_event_line(case.template, values, "instance 'x': external event 'sig.a'")
+    else:
+        assert render_event_line(case.template, values, "instance 'x'") == case.line
