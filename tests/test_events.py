@@ -39,8 +39,8 @@ from supervisor.events.receiver import MAX_CONNECTIONS, Receiver
 from supervisor.manager import Manager
 from supervisor.paths import Paths
 from supervisor.recipe import parse_recipe
-from tests.conftest import Broker, free_port, start_mosquitto, stop_process, wait_until
-from tests.test_agent import HOST, AgentRunner, Message, Watcher, next_matching
+from tests.conftest import RECIPES, Broker, free_port, start_mosquitto, stop_process, wait_until
+from tests.test_agent import HOST, AgentRunner, Message, Watcher, drain, next_matching
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -441,19 +441,28 @@ def test_an_alert_reaches_a_plugin_less_example_bot_console(
 
 
 def test_an_unmapped_event_is_logged_and_reported_never_typed(
-    mosquitto: Broker, watcher: Watcher, manager: Manager, agents: AgentRunner, tmp_path: Path
+    mosquitto: Broker, watcher: Watcher, manager: Manager, agents: AgentRunner, tmp_path: Path, bot_origin: Path
 ) -> None:
     recipe = tmp_path / "quiet.yaml"
     source = Path(__file__).parent.parent / "recipes" / "example-bot.yaml"
     recipe.write_text(source.read_text().replace("events:\n  '*': 'alert {name} {payload}'\n", ""))
     manager.new("quiet", str(recipe))
     manager.start(["quiet"])
+    # A bot with the plugin gets events from its own bridge: the agent leaves it alone, mapping or not.
+    plugin = tmp_path / "plugin-bot.yaml"
+    plugin.write_text((RECIPES / "plugin-bot.yaml").read_text() + "events:\n  '*': 'alert {name}'\n")
+    manager.new("pb", str(plugin), repo=str(bot_origin))
+    manager.start(["pb"])
     agents.start(mosquitto.url)
-    events = watcher.watch(f"supervisor/{HOST}/quiet/events")
+    events = watcher.watch(f"supervisor/{HOST}/+/events")
+    watcher.publish("hbot/pb/external/event/buy", b'{"data":{"amount":"1"}}')
     watcher.publish("hbot/quiet/external/event/buy", b'{"data":{"amount":"1"}}')
     reported = next_matching(events, lambda m: "ignored" in m.json()["msg"])
+    assert reported.topic == f"supervisor/{HOST}/quiet/events"
     assert reported.json()["msg"] == "external event 'buy' ignored: recipe 'example-bot' maps no console line to it."
     assert "buy" not in manager.tail("quiet", 50).replace("Try start", "")
+    assert "alert" not in manager.log_path("pb").read_text(errors="replace")
+    assert all(m.topic != f"supervisor/{HOST}/pb/events" for m in drain(events))
 
 
 # --- configuration ---------------------------------------------------------------------------------------------
