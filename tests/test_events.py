@@ -453,8 +453,14 @@ def test_an_unmapped_event_is_logged_and_reported_never_typed(
     plugin.write_text((RECIPES / "plugin-bot.yaml").read_text() + "events:\n  '*': 'alert {name}'\n")
     manager.new("pb", str(plugin), repo=str(bot_origin))
     manager.start(["pb"])
-    agents.start(mosquitto.url)
     events = watcher.watch(f"supervisor/{HOST}/+/events")
+    # A retained event is replayed at every (re)subscription: never typed, mapped or not.
+    watcher.publish("hbot/quiet/external/event/sell", b'{"data":{}}', retain=True)
+    agents.start(mosquitto.url)
+    retained = next_matching(events, lambda m: "retained" in m.json()["msg"])
+    assert retained.json()["msg"] == (
+        "external event 'sell' ignored: it is a retained message (replayed at every connect)."
+    )
     watcher.publish("hbot/pb/external/event/buy", b'{"data":{"amount":"1"}}')
     watcher.publish("hbot/quiet/external/event/buy", b'{"data":{"amount":"1"}}')
     reported = next_matching(events, lambda m: "ignored" in m.json()["msg"])
