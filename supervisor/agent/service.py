@@ -908,10 +908,11 @@ class Agent:
                 return
             if not status.is_running:
                 return
-            if not self._alive.get(name):
+            if not self._alive.get(name):  # came up: online, then a beat at once
                 self._status_update(name, "online")
-            self._alive[name] = True
-            if not self._beat_recently(name):
+                self._alive[name] = True
+                self._beat(name)
+            elif not self._beat_recently(name):  # the tick already announced it and beat
                 self._beat(name)
 
     def _gone(self, name: str, status: InstanceStatus) -> None:
