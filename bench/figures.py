@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import http.client
 import json
 import shutil
+import sqlite3
 import subprocess
+import threading
 import time
 import typing as t
+import uuid
 from pathlib import Path
 
 import gitrepo
 import psutil
-from common import PYTHON, SUPERVISOR, Env, Procs, du_kib, log, run, stats, timed
+from common import PYTHON, SUPERVISOR, Env, Procs, du_kib, free_port, log, run, stats, timed, wait_until
 from peers import Agent, Mosquitto, Ours, Pm2, Supervisord, agent_available, bench_origin, wait_count
 
 
@@ -479,4 +483,243 @@ def fig_new(ctx: Ctx) -> dict[str, t.Any]:
         "git_clone_local": stats(local),
         "git_clone_shared": stats(shared),
         "disk": disk,
+    }
+
+
+# -- dashboard event stream ------------------------------------------------------------------------
+
+
+class _StreamReader:
+    """One ``/events`` stream read like a browser tab would: bytes received, timed."""
+
+    def __init__(self, port: int) -> None:
+        import http.client
+        import threading
+
+        self.chunks: list[tuple[float, int]] = []
+        self.head = b""
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        self.conn.request("GET", "/events", headers={"Accept": "text/event-stream"})
+        self.sock = self.conn.sock  # http.client forgets it once a response will close the connection
+        self.response = self.conn.getresponse()
+        if self.response.status != 200:
+            msg = f"/events answered {self.response.status}"
+            raise RuntimeError(msg)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            while True:
+                data = self.response.read1(65536)
+                if not data:
+                    return
+                if len(self.head) < 1_000_000:
+                    self.head += data
+                self.chunks.append((time.perf_counter(), len(data)))
+
+    def between(self, start: float, end: float) -> int:
+        """Return the bytes received from ``start`` to ``end``."""
+        return sum(n for when, n in list(self.chunks) if start <= when < end)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            self.sock.shutdown(2)
+        self.conn.close()
+
+
+def fig_dashboard(ctx: Ctx) -> dict[str, t.Any]:
+    """Bytes one open dashboard tab receives through ``/events`` at N running bots with a real agent."""
+    import urllib.request
+
+    from common import free_port
+
+    n = max(ctx.sizes)
+    window = 5.0 if ctx.quick else 60.0
+    missing = ctx.agent_missing()
+    if missing is not None:
+        return {"n": n, "not_available": missing}
+    ours = ctx.ours("dashboard")
+    agent = None
+    dashboard = None
+    reader = None
+    try:
+        log(f"  dashboard: {n} bots")
+        ours.grow(n)
+        ours.start_all()
+        broker = ctx.mosquitto()
+        agent = Agent(ctx.procs, ours.env, broker.url, "benchhost", 10.0, 30.0, ctx.env.root / "agent-dashboard.log")
+        home = ctx.env.root / "dashboard-home"
+        home.mkdir()
+        port = free_port()
+        argv = [SUPERVISOR, "dashboard", "--broker", broker.url, "--listen", f"127.0.0.1:{port}"]
+        dashboard = ctx.procs.spawn(
+            argv, env={**ours.env, "SUPERVISOR_HOME": str(home)}, log_path=ctx.env.root / "dashboard.log"
+        )
+
+        def answers() -> bool:
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/session", timeout=2) as response,
+            ):
+                return bool(response.status == 200)
+            return False
+
+        deadline = time.monotonic() + 30
+        while not answers():
+            if time.monotonic() > deadline or dashboard.poll() is not None:
+                return {"n": n, "error": "the dashboard did not answer within 30 s"}
+            time.sleep(0.2)
+        time.sleep(5.0)  # the agent's first state pass and the dashboard's first view are not the steady state
+        reader = _StreamReader(port)
+        time.sleep(2.0)
+        snapshot = reader.between(0.0, time.perf_counter())
+        log(f"  dashboard: {window:.0f} s of the event stream")
+        start = time.perf_counter()
+        time.sleep(window)
+        end = time.perf_counter()
+        steady = reader.between(start, end)
+        frames = reader.head.count(b"\nevent: ") + reader.head.startswith(b"event: ")
+        return {
+            "n": n,
+            "window_s": round(end - start, 1),
+            "snapshot_bytes": snapshot,
+            "steady_bytes": steady,
+            "steady_bytes_per_s": steady / (end - start),
+            "frames_first_mb": frames,
+            "agent_state_interval_s": 30.0,
+            "agent_heartbeat_interval_s": 10.0,
+        }
+    finally:
+        if reader is not None:
+            reader.close()
+        if dashboard is not None:
+            ctx.procs.stop(dashboard)
+        if agent is not None:
+            agent.stop()
+        ours.kill_server()
+
+
+# -- external events (webhooks) ------------------------------------------------------------------------
+
+
+def _post(conn: http.client.HTTPConnection, path: str, body: bytes) -> int:
+    conn.request("POST", path, body=body, headers={"Content-Type": "text/plain"})
+    response = conn.getresponse()
+    response.read()
+    return response.status
+
+
+def fig_events(ctx: Ctx) -> dict[str, t.Any]:
+    """Webhook -> line in a plugin-less bot's console (receiver, journal, broker, agent, tmux), and accepts/s."""
+    missing = ctx.agent_missing()
+    if missing is not None:
+        return {"ours": {"not_available": missing}}
+    reps = 10 if ctx.quick else 100
+    burst = 200 if ctx.quick else 2000
+    broker = ctx.mosquitto()
+    ours = ctx.ours("events")
+    run(ours.cli("new", "ex1", "-r", "example-bot"), env=ours.env, timeout=120)
+    run(ours.cli("start", "ex1"), env=ours.env, timeout=120)
+    agent = Agent(ctx.procs, ours.env, broker.url, "benchhost", 1.0, 30.0, ctx.env.root / "agent-events.log")
+    port = free_port()
+    token = uuid.uuid4().hex
+    route = f'token = "{token}"\nevent = "bench"\nrate = 1e9\nburst = 1000000\n'
+    (ours.home / "events.toml").write_text(
+        f'[receiver]\nlisten = "127.0.0.1:{port}"\ndedupe_window = 0\n\n'
+        f'[routes.lat]\n{route}targets = ["benchhost/ex1"]\n\n'
+        # Throughput: to an id no agent types for, so the figure is the receiver's own.
+        f'[routes.tput]\n{route}targets = ["nobody"]\n'
+    )
+    receiver_log = ctx.env.root / "events-serve.log"
+    receiver = ctx.procs.spawn(
+        [SUPERVISOR, "events", "serve", "--broker", broker.url], env=ours.env, log_path=receiver_log
+    )
+    console = ours.home / "instances" / "ex1" / "console.log"
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    def arrived(marker: str, offset: int, timeout: float) -> float | None:
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            with console.open("rb") as fh:
+                fh.seek(offset)
+                if marker.encode() in fh.read():
+                    return time.perf_counter()
+            time.sleep(0.001)
+        return None
+
+    try:
+
+        def healthy() -> bool:
+            with contextlib.suppress(OSError, ValueError):
+                probe = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                probe.request("GET", "/healthz")
+                return bool(json.loads(probe.getresponse().read()).get("broker"))
+            return False
+
+        if not wait_until(healthy, 20, 0.1):
+            return {"ours": {"not_available": f"the receiver did not come up; see {receiver_log}"}}
+        # Warm up until the agent types events (it subscribes once it is connected).
+        for attempt in range(40):
+            offset = console.stat().st_size
+            _post(conn, f"/hooks/lat?token={token}", f"warm-{attempt}".encode())
+            if arrived(f"ALERT bench: warm-{attempt}", offset, 0.5) is not None:
+                break
+        else:
+            return {"ours": {"not_available": f"no alert reached the console; agent output: {agent.log_tail()}"}}
+        for rep in range(reps):
+            marker = f"lat-{rep}-{uuid.uuid4().hex[:8]}"
+            offset = console.stat().st_size
+            start = time.perf_counter()
+            status = _post(conn, f"/hooks/lat?token={token}", marker.encode())
+            if status != 202:
+                errors.append(f"rep {rep}: HTTP {status}")
+                continue
+            seen = arrived(f"ALERT bench: {marker}", offset, 10)
+            if seen is None:
+                errors.append(f"rep {rep}: not in the console within 10 s")
+            else:
+                latencies.append(seen - start)
+        # Accepted events per second: four keep-alive clients post as fast as they can.
+        counts = [0, 0, 0, 0]
+
+        def client(index: int) -> None:
+            own = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            for i in range(burst // 4):
+                if _post(own, f"/hooks/tput?token={token}", f"t-{index}-{i}".encode()) == 202:
+                    counts[index] += 1
+            own.close()
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+        began = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        accept_s = time.perf_counter() - began
+        journal = ours.home / "events.sqlite"
+
+        def drained() -> bool:
+            with contextlib.closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as db:
+                return db.execute("SELECT count(*) FROM events WHERE status = 'queued'").fetchone()[0] == 0
+
+        drained_ok = wait_until(drained, 120, 0.05)
+        publish_s = time.perf_counter() - began
+    finally:
+        conn.close()
+        ctx.procs.stop(receiver)
+        agent.stop()
+        ours.kill_server()
+    accepted = sum(counts)
+    return {
+        "ours": {
+            "latency": stats(latencies),
+            "errors": errors,
+            "burst": burst,
+            "accepted": accepted,
+            "accepted_per_s": accepted / accept_s if accept_s else None,
+            "published_per_s": accepted / publish_s if drained_ok and publish_s else None,
+        }
     }

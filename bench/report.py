@@ -252,7 +252,44 @@ def judge(results: dict[str, t.Any]) -> list[dict[str, t.Any]]:
                 "ok": None if disk_ratio is None else disk_ratio <= 1.1,
             }
         )
+    dash = figs.get("dashboard") or {}
+    if "steady_bytes_per_s" in dash:
+        per_s = dash["steady_bytes_per_s"]
+        rows.append(
+            {
+                "figure": f"dashboard event stream per open tab, {dash['n']} bots, steady state",
+                "ours": f"{per_s / 1000:.2f} KB/s ({dash['steady_bytes']} B in {dash['window_s']:.0f} s)",
+                "peer": "–",
+                "target": "≤ 2 KB/s",
+                "ratio": _x(per_s / 2000),
+                "ok": per_s <= 2000,
+            }
+        )
     return rows
+
+
+def _dashboard(fig: dict[str, t.Any]) -> str:
+    if "steady_bytes_per_s" not in fig:
+        return f"## Dashboard event stream\n\nNot measured: {fig.get('not_available') or fig.get('error')}\n"
+    return (
+        "## Dashboard event stream\n\n"
+        f"`supervisor dashboard` beside a real agent (heartbeats every {fig['agent_heartbeat_interval_s']:g} s, "
+        f"state every {fig['agent_state_interval_s']:g} s) supervising {fig['n']} running bench bots. One client "
+        "reads `/events` as a browser tab does: the whole view once, then only the records that changed. "
+        "Bytes are counted on the socket, after a 5 s warm-up.\n\n"
+        + _table(
+            ["N", "first snapshot", f"then, over {fig['window_s']:.0f} s", "per second"],
+            [
+                [
+                    str(fig["n"]),
+                    f"{fig['snapshot_bytes'] / 1000:.1f} KB",
+                    f"{fig['steady_bytes'] / 1000:.1f} KB",
+                    f"{fig['steady_bytes_per_s'] / 1000:.2f} KB/s",
+                ]
+            ],
+        )
+        + "\n"
+    )
 
 
 # -- sections -----------------------------------------------------------------------------------
@@ -409,6 +446,40 @@ def _restart(fig: dict[str, t.Any]) -> str:
     )
 
 
+def _events(fig: dict[str, t.Any]) -> str:
+    ours = fig.get("ours", {})
+    if "not_available" in ours:
+        return f"## External events (webhooks)\n\nNot available: {ours['not_available']}\n"
+    latency = ours.get("latency") or {}
+
+    def ms(key: str) -> str:
+        return f"{latency[key] * 1000:.1f} ms" if latency.get("n") else "–"
+
+    def per_s(key: str) -> str:
+        return f"{ours[key]:.0f}/s" if ours.get(key) else "–"
+
+    rows = [
+        ["webhook POST → line in the bot's console, p50", ms("median")],
+        ["webhook POST → line in the bot's console, p99", ms("p99")],
+        ["webhook POST → line in the bot's console, min–max", f"{ms('min')} – {ms('max')}"],
+        [f"accepted events per second ({ours.get('accepted')} of {ours.get('burst')}, 4 keep-alive clients)",
+         per_s("accepted_per_s")],
+        ["… journaled and published (every PUBACK in) per second, same burst", per_s("published_per_s")],
+    ]  # fmt: skip
+    errors = "".join(f"\n- {e}" for e in ours.get("errors", []))
+    return (
+        "## External events (webhooks)\n\n"
+        f"`supervisor events serve` with one route to the example bot ({latency.get('n', 0)} events, one at a time, "
+        "text/plain like a TradingView alert): HTTP accept and SQLite commit (`synchronous=FULL`), QoS 1 publish, "
+        "the agent's console line typed through tmux, until the bot's `ALERT` line is in its console log (polled "
+        "every 1 ms). The burst goes to a route whose target no agent types for, so it measures the receiver: "
+        "each accepted event is one fsync'd commit before its 202.\n\n"
+        + _table(["figure", "value"], rows)
+        + ("\n\nErrors:" + errors if errors else "")
+        + "\n"
+    )
+
+
 def _new(fig: dict[str, t.Any]) -> str:
     repo = fig.get("repo", {})
     disk = fig.get("disk", {})
@@ -536,6 +607,8 @@ def render(results: dict[str, t.Any], png_name: str) -> str:
         ("mqtt", _mqtt),
         ("restart", _restart),
         ("new", _new),
+        ("dashboard", _dashboard),
+        ("events", _events),
     ):
         fig = figs.get(key)
         if not fig:

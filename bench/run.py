@@ -28,7 +28,7 @@ import peers
 import report
 from common import PYTHON, REPO_DIR, RESULTS_DIR, SUPERVISOR, Env, Procs, log, version_of
 
-FIGURES = ("startup", "ls", "start", "agent", "mqtt", "restart", "new")
+FIGURES = ("startup", "ls", "start", "agent", "mqtt", "restart", "new", "dashboard", "events")
 SCALING = {"ls", "start", "agent"}
 
 
@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sizes = [int(s) for s in (args.sizes or ("5,10" if args.quick else "10,50,100,200")).split(",")]
     began = time.time()
-    peers.install_peers()
+    if selected - {"dashboard", "events"}:  # these figures compare with no peer
+        peers.install_peers()
     procs = Procs()
     env = Env.create()
     log(f"temp root {env.root}")
@@ -156,7 +157,13 @@ def main(argv: list[str] | None = None) -> int:
             steps.append(("startup", lambda: figures.fig_startup(ctx)))
         if selected & SCALING:
             steps.append(("scaling", lambda: figures.scaling(ctx, selected & SCALING)))
-        for name, fn in (("mqtt", figures.fig_mqtt), ("restart", figures.fig_restart), ("new", figures.fig_new)):
+        for name, fn in (
+            ("mqtt", figures.fig_mqtt),
+            ("restart", figures.fig_restart),
+            ("new", figures.fig_new),
+            ("dashboard", figures.fig_dashboard),
+            ("events", figures.fig_events),
+        ):
             if name in selected:
                 steps.append((name, lambda fn=fn: fn(ctx)))
         for name, step in steps:

@@ -1071,3 +1071,114 @@ def dashboard_passwd_cmd(ctx: click.Context, from_stdin: bool, write: bool) -> N
     target = Paths.from_env(ctx.find_root().obj.get("home")).dashboard_config
     write_password_hash(target, encoded)
     click.echo(f"wrote the password hash to {target}; restart the dashboard to use it.", err=True)
+
+
+@cli.group("events")
+def events_grp() -> None:
+    """Receive webhooks (TradingView alerts...) and deliver them to bots as external events."""
+
+
+@events_grp.command("serve")
+@_agent_option("--broker", help="Broker URL (env SUPERVISOR_BROKER; default from agent.toml).")
+@_agent_option("--ca", type=click.Path(path_type=Path, dir_okay=False), help="CA file for mqtts://.")
+@_agent_option("--cert", type=click.Path(path_type=Path, dir_okay=False), help="Client certificate.")
+@_agent_option("--key", type=click.Path(path_type=Path, dir_okay=False), help="Client certificate's key.")
+@_agent_option("--namespace", help="Hummingbot topic namespace. Default: hbot.")
+@_agent_option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), help="Agent TOML config.")
+@_agent_option(
+    "--routes",
+    "routes_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Routes TOML. Default: $SUPERVISOR_HOME/events.toml.",
+)
+@_agent_option("--listen", help="HOST:PORT to serve on. Default: events.toml's receiver.listen or 127.0.0.1:8090.")
+@click.pass_context
+def events_serve_cmd(
+    ctx: click.Context,
+    broker: str | None,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    namespace: str | None,
+    config_file: Path | None,
+    routes_file: Path | None,
+    listen: str | None,
+) -> None:
+    """Run the webhook receiver in the foreground: POST /hooks/ROUTE -> journal -> broker.
+
+    \b
+    Example ($SUPERVISOR_HOME/events.toml):
+      [routes.btc-long]
+      token = "a-long-random-secret"
+      event = "signals.btc.long"
+      targets = ["host-1/mm-1"]
+    Then: curl -d '{"side":"buy"}' 'http://127.0.0.1:8090/hooks/btc-long?token=…'
+    """
+    import signal
+
+    from supervisor.agent.config import load_agent_config
+    from supervisor.events.config import load_events_config
+    from supervisor.events.journal import Journal
+    from supervisor.events.receiver import Receiver
+
+    paths = Paths.from_env(ctx.find_root().obj.get("home"))
+    routes_path = routes_file or paths.events_config
+    events = load_events_config(routes_path)
+    agent_toml = config_file or (paths.agent_config if paths.agent_config.exists() else None)
+    overrides = {"url": broker, "ca": ca, "cert": cert, "key": key, "namespace": namespace}
+    config = load_agent_config(agent_toml, os.environ, overrides)
+    if not ctx.find_root().obj.get("debug"):
+        logging.getLogger().setLevel(logging.INFO)
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    if routes_path.stat().st_mode & 0o077:
+        logger.warning("%s holds the routes' tokens but others may read it: chmod 600 it", routes_path)
+    journal = Journal(paths.events_journal)
+    try:
+        receiver = Receiver(events, config, journal, audit_path=paths.audit_log, listen=listen)
+    except SupervisorError:
+        journal.close()
+        raise
+    signal.signal(signal.SIGTERM, lambda *_: receiver.stop())
+    signal.signal(signal.SIGINT, lambda *_: receiver.stop())
+    receiver.run()
+
+
+@events_grp.command("ls")
+@click.option("-n", "--limit", type=click.IntRange(1, 10000), default=20, show_default=True, help="Events to show.")
+@click.option("--route", help="Only this route's events.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (with each event's body).")
+@click.pass_context
+def events_ls_cmd(ctx: click.Context, limit: int, route: str | None, as_json: bool) -> None:
+    """List recent external events, newest first: route, targets, status (queued/published/failed)."""
+    import datetime
+
+    from supervisor.events.journal import Journal
+
+    path = Paths.from_env(ctx.find_root().obj.get("home")).events_journal
+    entries = []
+    if path.exists():
+        journal = Journal(path, read_only=True)
+        try:
+            entries = journal.recent(limit, route)
+        finally:
+            journal.close()
+    if as_json:
+        _json([entry.to_dict() for entry in entries])
+        return
+    if not entries:
+        click.echo(f"no events yet (journal {path}).", err=True)
+        return
+    rows = [
+        [
+            str(entry.id),
+            datetime.datetime.fromtimestamp(entry.received).strftime("%Y-%m-%d %H:%M:%S"),
+            entry.route,
+            entry.event,
+            ",".join(entry.targets),
+            entry.status,
+            _clip(entry.error or entry.body.decode("utf-8", "replace"), 40),
+        ]
+        for entry in entries
+    ]
+    _table(["ID", "RECEIVED", "ROUTE", "EVENT", "TARGETS", "STATUS", "NOTE"], rows, colour_col=5)

@@ -1480,6 +1480,13 @@ class Manager:
         rotate_log(path)
         return path
 
+    def log_lines(self, name: str, lines: int = 50) -> str:
+        """Return the last ``lines`` lines of the bot's console log, terminal escapes removed ("" before any output)."""
+        path = self.log_path(name)
+        if not path.exists():
+            return ""
+        return "\n".join(clean_console(line) for line in last_lines(path, lines))
+
     def attach_command(self, name: str) -> tuple[list[str], dict[str, str] | None]:
         """Return the argv that attaches the terminal to the bot's session."""
         record = self.registry.get(name)

@@ -107,6 +107,16 @@ class Paths:
         """The agent's own log (rotated, as the audit log)."""
         return self.home / "agent.log"
 
+    @property
+    def events_config(self) -> Path:
+        """The webhook receiver's routes and settings (TOML)."""
+        return self.home / "events.toml"
+
+    @property
+    def events_journal(self) -> Path:
+        """The webhook receiver's SQLite journal of accepted external events."""
+        return self.home / "events.sqlite"
+
     def instance_dir(self, name: str) -> Path:
         """Per-instance state: run script, logs, exit record."""
         return self.home / "instances" / name

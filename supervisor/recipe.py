@@ -29,7 +29,20 @@ SECRET_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 
-_TOP_KEYS = {"name", "description", "source", "vars", "install", "run", "console", "mqtt", "detect", "config_files"}
+_TOP_KEYS = {
+    "name",
+    "description",
+    "source",
+    "vars",
+    "install",
+    "run",
+    "console",
+    "mqtt",
+    "detect",
+    "config_files",
+    "events",
+}
+EVENT_NAME_RE = re.compile(r"\*|[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 _SOURCE_KEYS = {"repo", "ref"}
 _RUN_KEYS = {"command", "prelude", "env", "ready", "ready_timeout", "login", "secrets", "stop"}
 _STOP_KEYS = {"signal", "command", "grace"}
@@ -173,6 +186,8 @@ class Recipe:
     detect: str | None = None
     config_files: tuple[str, ...] = ()
     builtin: bool = False
+    external_events: t.Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """The YAML's top-level ``events``: external event name (or ``*``) -> console line the agent types."""
 
     def settable(self) -> list[str]:
         """Return the keys ``--set`` accepts."""
@@ -452,6 +467,18 @@ def parse_recipe(data: object, path: Path, *, builtin: bool = False) -> Recipe:
         except re.error as e:
             _fail(path, "detect", f"is not a valid regular expression ({e})")
 
+    external_raw = top.get("events") or {}
+    if not isinstance(external_raw, dict):
+        _fail(path, "events", "must be a mapping of event name: console line")
+    external_events: dict[str, str] = {}
+    for key, value in external_raw.items():
+        if not isinstance(key, str) or not EVENT_NAME_RE.fullmatch(key):
+            _fail(path, f"events.{key}", "is not an event name (letters, digits, '-', '_' joined by '.'; or '*')")
+        event_line = _string(path, f"events.{key}", value, required=True)
+        assert event_line is not None
+        _check_printable(path, f"events.{key}", event_line)
+        external_events[key] = event_line
+
     return Recipe(
         name=name,
         description=_string(path, "description", top.get("description")) or "",
@@ -465,6 +492,7 @@ def parse_recipe(data: object, path: Path, *, builtin: bool = False) -> Recipe:
         config_files=_config_files(path, top.get("config_files")),
         path=path,
         builtin=builtin,
+        external_events=external_events,
     )
 
 

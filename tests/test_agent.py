@@ -765,6 +765,31 @@ def test_sigterm_stops_the_agent_cleanly_and_the_bots_keep_running(
     assert (status.state, status.pid) == ("running", pid)
 
 
+def test_logs_returns_the_end_of_the_console_log_also_of_a_stopped_bot(
+    manager: Manager, bot_origin: Path, mosquitto: Broker, agents: AgentRunner
+) -> None:
+    new_ticker(manager, "tb", bot_origin, start=True)
+    agents.start(mosquitto.url)
+    watcher = Watcher(mosquitto.host, mosquitto.port)
+    try:
+        line = f"last-words-{uuid.uuid4().hex}"
+        data, _ = watcher.request(f"supervisor/{HOST}/tb/send", {"text": line})
+        assert data["status"] == 200, data
+        wait_until(lambda: f"echo: {line}" in console(manager, "tb"), timeout=5, message="the echoed line")
+        manager.stop(["tb"])
+        data, _ = watcher.request(f"supervisor/{HOST}/tb/tail", {})
+        assert (data["status"], data["code"]) == (400, "instance_not_running"), data  # no screen to read
+        data, _ = watcher.request(f"supervisor/{HOST}/tb/logs", {"lines": 200})
+        assert data["status"] == 200 and f"echo: {line}" in data["result"]["log"], data
+        assert "\x1b" not in data["result"]["log"]
+        data, _ = watcher.request(f"supervisor/{HOST}/tb/logs", {"lines": 0})
+        assert (data["status"], data["code"]) == (400, "bad_request"), data
+        data, _ = watcher.request(f"supervisor/{HOST}/ghost/logs", {})
+        assert (data["status"], data["code"]) == (400, "instance_not_found"), data
+    finally:
+        watcher.close()
+
+
 def test_broker_outage_the_agent_reconnects_and_never_executes_a_request_twice(
     manager: Manager,
     bot_origin: Path,

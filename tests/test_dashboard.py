@@ -37,8 +37,16 @@ from supervisor.dashboard.auth import (
     verify_password,
     write_password_hash,
 )
-from supervisor.dashboard.server import MAX_STREAMS, SECURITY_HEADERS, Dashboard, Hub, is_loopback, parse_listen
-from supervisor.dashboard.store import Store, extract_pnl
+from supervisor.dashboard.server import (
+    MAX_STREAMS,
+    SECURITY_HEADERS,
+    Dashboard,
+    Hub,
+    Monitor,
+    is_loopback,
+    parse_listen,
+)
+from supervisor.dashboard.store import Store, controller_figures, extract_pnl, message_time
 from supervisor.manager import Manager
 from supervisor.paths import Paths
 from tests.conftest import (
@@ -49,6 +57,7 @@ from tests.conftest import (
     make_origin,
     missing,
     require_binary,
+    start_mosquitto,
     stop_process,
     wait_until,
 )
@@ -263,6 +272,22 @@ def test_extract_pnl(case: PnlCase) -> None:
     assert extract_pnl(case.payload) == case.pnl
 
 
+def test_message_time_and_controller_figures() -> None:
+    now = 1_800_000_000.0
+    assert message_time({"timestamp": now - 60}, now) == now - 60
+    assert message_time({"timestamp": (now - 60) * 1000}, now) == now - 60  # milliseconds
+    assert message_time({"timestamp": 12}, now) == now  # not believable: the arrival time
+    assert message_time({"timestamp": "x"}, now) == now
+    assert message_time([1], now) == now
+    assert controller_figures(performance(1.5, -0.25)) == {
+        "ctrl-a": {"global_pnl_quote": 1.5, "realized_pnl_quote": 0.75, "volume_traded": 1500.0},
+        "ctrl-b": {"global_pnl_quote": -0.25, "volume_traded": 10.0},
+    }
+    assert controller_figures({"c1": {"global_pnl_quote": "2"}, "timestamp": 5}) == {"c1": {"global_pnl_quote": 2.0}}
+    assert controller_figures({"global_pnl_quote": 1}) == {}  # one report, no controllers
+    assert controller_figures({"c1": {}}) == {}
+
+
 def test_store_keeps_bounded_history_across_reopening(tmp_path: Path) -> None:
     path = tmp_path / "dashboard.sqlite"
     store = Store(path, keep_samples=100, keep_messages=10)
@@ -291,6 +316,115 @@ def test_store_keeps_bounded_history_across_reopening(tmp_path: Path) -> None:
         reopened.close()
 
 
+def test_store_remembers_hosts_and_instances(tmp_path: Path) -> None:
+    path = tmp_path / "dashboard.sqlite"
+    store = Store(path)
+    store.remember_host("host-1", {"state": "online", "version": "1"}, ts=10.0)
+    store.remember_host("host-2", {"state": "offline"}, ts=11.0)
+    store.remember_state("host-1", "mm-1", {"state": "running", "pid": 5}, ts=12.0)
+    store.remember_state("host-1", "mm-1", {"state": "fatal", "exit_code": 3}, ts=13.0)
+    store.remember_state("host-1", "gone", {"state": "stopped"}, ts=14.0)
+    store.remember_state("host-1", "gone", None)  # its retained record was deleted: removed
+    store.remember_state("host-3", "orphan", {"state": "running"})  # no host record: not listed
+    store.remember_state("host-2", "arb-1", {"state": "running"})
+    store.remember_host("host-2", None)  # the agent's record was deleted: the host and its bots go
+    store.close()
+    reopened = Store(path)
+    try:
+        assert reopened.known_hosts() == {"host-1": {"state": "online", "version": "1"}}
+        assert reopened.known_states() == {("host-1", "mm-1"): {"state": "fatal", "exit_code": 3}}
+    finally:
+        reopened.close()
+
+
+def test_the_monitor_remembers_hosts_and_forgets_instances_their_agent_dropped(
+    tmp_path: Path, mosquitto: Broker
+) -> None:
+    store = Store(tmp_path / "dashboard.sqlite")
+    store.remember_host("host-1", {"state": "online", "ts": 100.0}, ts=100.0)
+    store.remember_state("host-1", "mm-1", {"state": "running", "ts": 100.0, "refresh": 30})
+    store.remember_state("host-1", "old-1", {"state": "fatal", "ts": 100.0, "refresh": 30})
+    clock = Clock(now=200.0)
+    monitor = Monitor(load_agent_config(None, {}, {"url": mosquitto.url}), store, Hub(), clock=clock)
+    monitor.start()
+    try:
+        # Known from the store only: listed, offline ("unseen"), and the fatal bot stays bad.
+        view = monitor.snapshot()
+        assert [(h["host"], h["online"], h["state"]) for h in view["hosts"]] == [("host-1", False, "unseen")]
+        rows = {i["target"]: (i["state"], i["health"]) for i in view["instances"]}
+        assert rows == {"host-1/mm-1": ("offline", "off"), "host-1/old-1": ("offline", "bad")}
+        # The agent comes back and publishes its instances again, old-1 no longer among them.
+        publish(
+            mosquitto,
+            [
+                ("supervisor/host-1/agent", {"state": "online", "ts": 1000.0, "heartbeat_interval": 10}),
+                ("supervisor/host-1/mm-1/state", {"state": "running", "ts": 1000.5, "refresh": 30}),
+            ],
+        )
+        clock.now = 1001.0
+        wait_until(lambda: monitor.snapshot()["hosts"][0]["online"], message="the agent's record")
+        wait_until(lambda: len([i for i in monitor.snapshot()["instances"] if i["state"] == "running"]) == 1)
+        assert len(monitor.snapshot()["instances"]) == 2  # within a refresh, old-1 may still come
+        # Malformed records are ignored (only an empty retained payload deletes); new-1 marks they were read.
+        publish(
+            mosquitto,
+            [
+                ("supervisor/host-1/agent", "garbage"),
+                ("supervisor/host-1/mm-1/state", [1]),
+                ("supervisor/host-1/new-1/state", {"state": "stopped", "ts": 1000.7, "refresh": 30}),
+            ],
+        )
+        wait_until(lambda: len(monitor.snapshot()["instances"]) == 3, message="new-1")
+        assert monitor.snapshot()["hosts"][0]["online"]
+        clock.now = 1000.0 + 30 + 5 + 1
+        assert [i["target"] for i in monitor.snapshot()["instances"]] == ["host-1/mm-1", "host-1/new-1"]
+        wait_until(lambda: ("host-1", "old-1") not in store.known_states(), message="old-1 forgotten")
+        assert ("host-1", "mm-1") in store.known_states()
+    finally:
+        monitor.stop()
+        store.close()
+
+
+def snapshot_of(*instances: dict[str, t.Any], connected: bool = True) -> dict[str, t.Any]:
+    return {"now": 1.0, "connected": connected, "broker": "mqtt://b", "hosts": [], "instances": list(instances)}
+
+
+def test_the_stream_sends_the_snapshot_once_then_only_changes() -> None:
+    hub = Hub()
+    early = hub.subscribe()
+    assert early is not None
+    a: dict[str, t.Any] = {"target": "h/a", "state": "running", "cpu_percent": 1.0, "pnl_series": [1.0]}
+    b: dict[str, t.Any] = {"target": "h/b", "state": "stopped", "cpu_percent": None, "pnl_series": []}
+    hub.publish_snapshot(snapshot_of(a, b))
+    late = hub.subscribe()
+    assert late is not None
+
+    def frames(q: t.Any) -> list[tuple[str, t.Any]]:
+        out = []
+        while not q.empty():
+            event, data = q.get_nowait().decode().split("\n")[:2]
+            out.append((event.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
+        return out
+
+    assert frames(early) == [("snapshot", snapshot_of(a, b))]
+    assert frames(late) == [("snapshot", snapshot_of(a, b))]  # a new stream starts with the whole view
+    hub.publish_snapshot({**snapshot_of(a, b), "now": 2.0})  # only the clock moved: nothing is sent
+    assert frames(early) == []
+    # Changed fields only; heartbeats in a compact map; sparklines never; new instances whole.
+    a2 = {**a, "cpu_percent": 2.0, "heartbeat_ts": 2.5, "pnl_series": [1.0, 2.0]}
+    c: dict[str, t.Any] = {"target": "h/c", "state": "running", "pnl_series": [3.0]}
+    hub.publish_snapshot({**snapshot_of(a2, c, connected=False), "now": 3.0})
+    expected = {
+        "now": 3.0,
+        "connected": False,
+        "instances": [{"target": "h/a", "cpu_percent": 2.0}, {"target": "h/c", "state": "running"}],
+        "beats": {"h/a": 2.5},
+        "removed": ["h/b"],
+    }
+    assert frames(early) == [("delta", expected)]
+    assert frames(late) == [("delta", expected)]
+
+
 # --- end to end: real broker, real agent, real bots, real browser ---------------------------------------
 
 
@@ -312,6 +446,44 @@ def browser() -> Iterator[Browser]:
             yield launched
         finally:
             launched.close()
+
+
+AXE_VERSION = "4.14.1"
+AXE_TARBALL = f"https://registry.npmjs.org/axe-core/-/axe-core-{AXE_VERSION}.tgz"
+AXE_INTEGRITY = "sha512-FHfa+lmNjQZfJz1q8wKqIDwC6DExcHt/pkjNQb09a3NPjCKg2rhu5qb2S4r76ASyFNNtuFooJpZe37OgudVGtQ=="
+
+
+@pytest.fixture(scope="session")
+def axe_source() -> str:
+    """axe-core's ``axe.min.js``, fetched once from the npm registry into a cache outside the repository.
+
+    Test-only and never committed; the tarball is checked against the registry's sha512 integrity.
+    """
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bot-supervisor-tests"
+    script = cache / f"axe-core-{AXE_VERSION}.min.js"
+    if not script.exists():
+        import base64
+        import hashlib
+        import io
+        import tarfile
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(AXE_TARBALL, timeout=60) as response:
+                data = response.read()
+        except OSError as e:
+            missing(f"axe-core {AXE_VERSION} could not be fetched from the npm registry: {e}")
+        digest = "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+        assert digest == AXE_INTEGRITY, "axe-core tarball does not match the registry's integrity"
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            member = tar.extractfile("package/axe.min.js")
+            assert member is not None
+            text = member.read()
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = script.with_suffix(".part")
+        partial.write_bytes(text)
+        partial.replace(script)
+    return script.read_text()
 
 
 class Fleet:
@@ -345,12 +517,17 @@ class Fleet:
     def pid(self, name: str) -> int | None:
         return self.manager.status([name])[0].pid
 
-    def start_agent(self) -> None:
-        argv = [sys.executable, "-m", "supervisor", "agent", "--broker", self.broker.url, "--host-id", "host-1"]
-        self.spawn("agent", [*argv, *AGENT_TIMERS], self.env(self.home))
+    def add_crasher(self, name: str, origin: Path) -> None:
+        """An instance that exits with code 3 half a second after each start, printing 'crasher up'."""
+        self.manager.new(name, str(RECIPES / "crasher.yaml"), repo=str(origin))
+        self.manager.start([name])
 
-    def start_dashboard(self, home: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
-        port = free_port()
+    def start_agent(self, *extra: str) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-m", "supervisor", "agent", "--broker", self.broker.url, "--host-id", "host-1"]
+        return self.spawn("agent", [*argv, *AGENT_TIMERS, *extra], self.env(self.home))
+
+    def start_dashboard(self, home: Path, port: int | None = None, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+        port = port or free_port()
         argv = [sys.executable, "-m", "supervisor", "dashboard", "--broker", self.broker.url]
         proc = self.spawn("dashboard", [*argv, "--listen", f"127.0.0.1:{port}"], self.env(home, **env))
         url = f"http://127.0.0.1:{port}"
@@ -493,7 +670,7 @@ def test_dashboard_in_a_browser(fleet: Fleet, browser: Browser, mosquitto: Broke
         assert row(page, target, "restarts") == "0"
         assert row(page, target, "commit") == (fleet.manager.status([name])[0].commit or "")[:8]
         assert health(page, target) == "health-ok"
-    assert page.locator("tbody tr").count() == 2
+    assert page.locator("#fleet tbody tr").count() == 2
     wait_page(page, "() => document.getElementById('live-text').textContent === 'live'")
 
     # restart on mm-1: its pid and restarts change on the page without a reload; arb-2's do not.
@@ -623,7 +800,9 @@ def test_dashboard_in_a_browser(fleet: Fleet, browser: Browser, mosquitto: Broke
     # The agent goes away (its availability record says offline): its rows turn grey, commands are disabled.
     agent = next(proc for label, proc, _ in fleet.processes if label == "agent")
     stop_process(agent)
-    wait_page(page, "() => [...document.querySelectorAll('tbody tr')].every(r => r.classList.contains('health-off'))")
+    wait_page(
+        page, "() => [...document.querySelectorAll('#fleet tbody tr')].every(r => r.classList.contains('health-off'))"
+    )
     assert row(page, "host-1/mm-1", "state") == "offline"
     assert page.is_disabled('tr[data-target="host-1/mm-1"] button[data-verb="restart"]')
     assert "offline" in (page.get_attribute("#hosts .chip", "class") or "")
@@ -635,13 +814,12 @@ def test_dashboard_in_a_browser(fleet: Fleet, browser: Browser, mosquitto: Broke
     assert [p for _, p in history["performance"]] == pytest.approx(pnl)
     assert notify in [m["text"] for m in history["messages"]]
     page.goto(url + "/")
-    page.click('tr[data-target="host-1/mm-1"] button[data-verb="console"]')
-    wait_page(page, "() => document.getElementById('chart-value').textContent.includes('24 samples')")
     wait_page(
         page,
-        "(v) => document.querySelector(\"tr[data-target='host-1/mm-1'] td.pnl\").textContent === v",
+        "(v) => document.querySelector(\"tr[data-target='host-1/mm-1'] td.pnl\")?.textContent === v",
         f"+{pnl[-1]:.2f}",
     )
+    assert page.is_disabled('tr[data-target="host-1/mm-1"] button[data-verb="console"]')  # its host is offline
     page.close()
 
 
@@ -687,8 +865,11 @@ def test_login_is_required_and_a_wrong_password_is_refused(fleet: Fleet, browser
         " body: JSON.stringify({target: 'host-1/mm-1', verb: 'restart', data: {}})}).then(r => r.status)"
     )
     assert no_csrf == 403
+    assert page.is_visible("#broker") and page.is_visible("#logout")
     page.click("#logout")
     page.wait_for_selector("#login-form", state="visible")
+    # Nothing of the fleet stays above the login form.
+    assert page.is_hidden("#hosts") and page.is_hidden("#broker") and page.is_hidden("#logout")
     status, _, _ = request(url, "GET", "/api/snapshot", headers={"Cookie": f"supervisor_session={cookie['value']}"})
     assert status == 403  # the session ended on the server too
     context.close()
@@ -928,3 +1109,424 @@ def test_waiting_login_has_its_own_colour_and_shows_the_process(fleet: Fleet, br
     fleet.manager.send("lg", "secret-pw")
     wait_page(page, f"() => document.querySelector('{pill}').textContent === 'running'")
     assert not errors, errors
+
+
+# --- issue 12: correct through restarts and outages, state-aware, findable, bulk actions -----------------------
+
+
+def live(page: Page) -> tuple[str, str]:
+    """The header's connection dot (its class) and label."""
+    return page.get_attribute("#live", "class") or "", page.inner_text("#live-text")
+
+
+def targets(page: Page) -> list[str]:
+    return t.cast(
+        "list[str]", page.eval_on_selector_all("tbody tr[data-target]", "rs => rs.map(r => r.dataset.target)")
+    )
+
+
+def wait_state(page: Page, target: str, state: str, timeout: float = 30.0) -> None:
+    wait_page(
+        page,
+        "([t, s]) => { const r = document.querySelector(`tr[data-target='${t}']`);"
+        " return r && r.dataset.state === s; }",
+        [target, state],
+        timeout=timeout,
+    )
+
+
+def test_the_open_page_survives_a_restart_of_the_dashboard(fleet: Fleet, browser: Browser, mosquitto: Broker) -> None:
+    fleet.add("mm-1")
+    fleet.start_agent()
+    port = free_port()
+    dashboard, url = fleet.start_dashboard(fleet.home, port=port)
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(url + "/")
+    page.evaluate("window.__sameDocument = true")
+    wait_state(page, "host-1/mm-1", "running")
+    wait_page(page, "() => document.getElementById('live-text').textContent === 'live'")
+
+    # The console screen is not a live region (it was re-read aloud every second).
+    assert page.get_attribute("#screen", "aria-live") is None
+
+    # The chart keeps its proportions, labels stay off the line, and a pause in the samples is a gap.
+    publish(mosquitto, [("hbot/mm-1/performance", performance(float(i), 0.0)) for i in range(8)], gap=0.05)
+    time.sleep(2.5)  # the pause is the scenario: eight samples, nothing for 2.5 s, eight more
+    publish(mosquitto, [("hbot/mm-1/performance", performance(float(i), 0.0)) for i in range(8, 16)], gap=0.05)
+    page.click('tr[data-target="host-1/mm-1"] button[data-verb="console"]')
+    wait_page(page, "() => document.getElementById('chart-value').textContent.includes('16 samples')")
+    assert page.get_attribute("#chart", "preserveAspectRatio") is None
+    assert page.locator("#chart polyline").count() == 2
+    label_right, line_left = page.evaluate(
+        "() => { const c = document.getElementById('chart');"
+        " const labels = [...c.querySelectorAll('text.axis')].slice(0, 2).map(n => n.getBBox());"
+        " const xs = [...c.querySelectorAll('polyline')].flatMap(p => [...p.points].map(q => q.x));"
+        " return [Math.max(...labels.map(b => b.x + b.width)), Math.min(...xs)]; }"
+    )
+    assert label_right <= line_left
+
+    # PnL details: one row per controller, the message's own timestamp, a range, a tooltip.
+    wait_page(page, "() => document.querySelectorAll('#controllers tbody tr').length === 2")
+    cells = page.eval_on_selector_all(
+        "#controllers tbody tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))"
+    )
+    none = "\u2013"  # the page's "no figure"
+    assert cells == [["ctrl-a", "+15.00", "+7.50", none, "1500.00"], ["ctrl-b", "0.00", none, none, "10.00"]]
+    stamp = time.time() - 7200
+    publish(mosquitto, [("hbot/mm-1/performance", {**performance(-1.0, 0.0), "timestamp": stamp * 1000})])
+    wait_page(page, "() => document.getElementById('chart-value').textContent.includes('17 samples')")
+    history = request(url, "GET", "/api/history/host-1/mm-1")[2]
+    assert history["performance"][-1][0] == pytest.approx(stamp, abs=0.01)  # stamped as sent, in milliseconds
+    page.click('.range button[data-range="3600"]')
+    wait_page(page, "() => document.getElementById('chart-value').textContent.includes('16 samples')")
+    assert page.get_attribute('.range button[data-range="3600"]', "aria-pressed") == "true"
+    page.hover("#chart")
+    assert " at " in (page.text_content("#chart text.hover") or "")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#detail", state="hidden")
+
+    # Restart the dashboard under the page: it fetches a fresh CSRF token by itself.
+    stop_process(dashboard)
+    wait_page(page, "() => document.getElementById('live-text').textContent !== 'live'")
+    fleet.start_dashboard(fleet.home, port=port)
+    wait_page(page, "() => document.getElementById('live-text').textContent === 'live'", timeout=15)
+    old = fleet.pid("mm-1")
+    page.click('tr[data-target="host-1/mm-1"] button[data-verb="restart"]')
+    page.wait_for_selector("#replies li[data-verb='restart']", timeout=60_000)
+    assert "restart ok" in page.inner_text("#replies li[data-verb='restart']")
+    assert fleet.pid("mm-1") not in (None, old)
+    assert page.evaluate("window.__sameDocument") is True
+    page.close()
+
+
+def test_a_dead_bot_an_outage_and_a_dead_agent(
+    fleet: Fleet, browser: Browser, mosquitto: Broker, bot_origin: Path, tmp_path: Path
+) -> None:
+    fleet.add("mm-1")
+    fleet.add_crasher("zz-bad", bot_origin)
+    agent = fleet.start_agent("--fatal-after", "2", "--backoff", "0.1")
+    dashboard, url = fleet.start_dashboard(fleet.home)
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(url + "/")
+    bad, good = "host-1/zz-bad", "host-1/mm-1"
+    wait_state(page, bad, "fatal")
+    wait_state(page, good, "running")
+    assert health(page, bad) == "health-bad"
+    assert targets(page) == [bad, good]  # problems first, though its name sorts last
+    page.uncheck("#problems-first")
+    wait_page(page, "(t) => document.querySelector('#fleet tbody tr:last-child').dataset.target === t", bad)
+    page.check("#problems-first")
+
+    # Why it died is on the row, wrapped inside the table.
+    assert "marked fatal" in page.inner_text(f'tr[data-target="{bad}"] .alert')
+    assert page.evaluate(
+        "() => { const w = document.querySelector('.table-wrap'); return w.scrollWidth <= w.clientWidth; }"
+    )
+
+    # Buttons follow the state.
+    def enabled(target: str, verb: str) -> bool:
+        return page.is_enabled(f'tr[data-target="{target}"] button[data-verb="{verb}"]')
+
+    assert [enabled(good, v) for v in ("start", "stop", "restart", "import", "console")] == [
+        False,
+        True,
+        True,
+        True,
+        True,
+    ]
+    assert [enabled(bad, v) for v in ("start", "stop", "restart", "import", "console")] == [
+        True,
+        True,
+        True,
+        False,
+        True,
+    ]
+
+    # A dead bot's console shows its last output, from its log; nothing can be typed into it.
+    page.click(f'tr[data-target="{bad}"] button[data-verb="console"]')
+    wait_page(page, "() => document.getElementById('screen').textContent.includes('crasher up')")
+    assert "not running" in page.inner_text("#screen")
+    assert page.is_disabled("#send-line")
+    assert page.evaluate("() => window.scrollX") == 0
+
+    # Its log: the last lines, searched, downloaded.
+    page.click("#log-load")
+    wait_page(page, "() => document.getElementById('log').textContent.includes('crasher up')")
+    total = page.inner_text("#log").count("\n") + 1
+    page.fill("#log-search", "CRASHER UP")
+    wait_page(page, "() => document.getElementById('log-info').textContent.includes(' of ')")
+    shown = page.inner_text("#log").split("\n")
+    assert shown and all("crasher up" in line for line in shown), shown
+    assert page.inner_text("#log-info").startswith(f"{len(shown)} of {total} lines")
+    page.fill("#log-search", "no-such-line")
+    wait_page(page, "() => document.getElementById('log').textContent === ''")
+    with page.expect_download() as download_info:
+        page.click("#log-download")
+    download = download_info.value
+    assert download.suggested_filename == "host-1-zz-bad.log"
+    saved = tmp_path / "saved.log"
+    download.save_as(saved)
+    assert "crasher up" in saved.read_text()
+
+    # Each agent event is kept once, though it also arrives as Hummingbot's notify.
+    messages = request(url, "GET", "/api/history/host-1/zz-bad")[2]["messages"]
+    texts = [m["text"] for m in messages if m["kind"] in ("event", "notify")]
+    assert any("marked fatal" in text for text in texts), texts
+    assert len(texts) == len(set(texts)), texts
+    page.keyboard.press("Escape")
+
+    # Broker outage: the header says so (not "live"), and the fatal bot stays red and counted.
+    stop_process(mosquitto.process)
+    wait_page(page, "() => document.getElementById('live-text').textContent === 'broker down'", timeout=15)
+    assert live(page)[0] == "dot warn"
+    assert health(page, bad) == "health-bad"
+    assert page.inner_text(".sum.bad b") == "1"
+    broker = start_mosquitto(tmp_path / "broker", port=mosquitto.port)
+    try:
+        # Back: green and "live" again, without a reload.
+        wait_page(
+            page,
+            "() => document.getElementById('live-text').textContent === 'live'"
+            " && document.getElementById('live').className === 'dot on'",
+            timeout=45,
+        )
+        # The agent dies and the broker restarts with no retained messages: the dashboard remembers the host.
+        stop_process(agent)
+        stop_process(dashboard)
+        stop_process(broker.process)
+        broker = start_mosquitto(tmp_path / "broker", port=mosquitto.port)
+        _, url = fleet.start_dashboard(fleet.home)
+        page.goto(url + "/")
+        wait_page(page, "() => document.querySelectorAll('tbody tr[data-target]').length === 2")
+        assert targets(page) == [bad, good]  # still a problem, still first
+        assert row(page, good, "state") == "offline"
+        assert health(page, bad) == "health-bad"
+        assert "host-1" in page.inner_text("#hosts .chip.offline")
+        assert page.is_disabled(f'tr[data-target="{good}"] button[data-verb="console"]')
+    finally:
+        stop_process(broker.process)
+    page.close()
+
+
+def test_phone_layout_and_the_stop_confirmation(fleet: Fleet, browser: Browser, tmp_path: Path) -> None:
+    fleet.add("mm-1")
+    fleet.start_agent()
+    _, url = fleet.start_dashboard(fleet.home)
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(url + "/")
+    target = "host-1/mm-1"
+    wait_state(page, target, "running")
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+    stop = f'tr[data-target="{target}"] button[data-verb="stop"]'
+    box = page.locator(stop).bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390
+    assert box["width"] >= 40 and box["height"] >= 40
+    for control in page.locator(f'tr[data-target="{target}"] button, tr[data-target="{target}"] input').all():
+        size = control.bounding_box()
+        assert size is not None and size["width"] >= 40 and size["height"] >= 40, control
+    if os.environ.get("DASHBOARD_SCREENSHOT_PHONE"):
+        page.screenshot(path=os.environ["DASHBOARD_SCREENSHOT_PHONE"])
+
+    page.click(stop)
+    assert page.inner_text("#ask-title") == "Stop mm-1 on host-1?"
+    assert page.evaluate("() => document.activeElement.id") == "ask-cancel"
+    for button in ("#ask-ok", "#ask-cancel"):
+        box = page.locator(button).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, button
+    pid = fleet.pid("mm-1")
+    page.keyboard.press("Enter")  # on Cancel: nothing is stopped
+    page.wait_for_selector("#ask", state="hidden")
+    assert fleet.pid("mm-1") == pid
+
+    page.click(stop)
+    page.click("#ask-ok")
+    wait_state(page, target, "stopped", timeout=60)
+    assert fleet.pid("mm-1") is None
+    assert page.is_disabled(stop)
+    assert page.is_enabled(f'tr[data-target="{target}"] button[data-verb="start"]')
+    page.close()
+
+
+def test_find_sort_and_stop_a_filtered_set(fleet: Fleet, browser: Browser) -> None:
+    fleet.add("mm-1", "mm-2", "arb-1")
+    fleet.start_agent()
+    _, url = fleet.start_dashboard(fleet.home)
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(url + "/")
+    for name in ("mm-1", "mm-2", "arb-1"):
+        wait_state(page, f"host-1/{name}", "running")
+    assert targets(page) == ["host-1/arb-1", "host-1/mm-1", "host-1/mm-2"]
+
+    # By keyboard: the table is one tab stop (a row), arrow keys move between rows.
+    def focused() -> str:
+        return str(page.evaluate("() => document.activeElement.closest('tr')?.dataset.target || ''"))
+
+    presses = 0
+    while not focused():
+        page.keyboard.press("Tab")
+        presses += 1
+        assert presses <= 30, "the table is not reachable by Tab"
+    assert focused() == "host-1/arb-1"
+    page.keyboard.press("End")
+    assert focused() == "host-1/mm-2"
+    page.keyboard.press("ArrowUp")
+    assert focused() == "host-1/mm-1"
+    page.keyboard.press("Tab")  # into that row's own controls
+    assert focused() == "host-1/mm-1" and page.evaluate("() => document.activeElement.tagName") == "INPUT"
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Enter")
+    wait_page(page, "() => document.getElementById('detail-title').textContent === 'host-1/mm-1'")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#detail", state="hidden")
+
+    page.click('th[data-sort="instance"] button')
+    page.click('th[data-sort="instance"] button')
+    wait_page(page, "() => document.querySelector('th[data-sort=instance]').ariaSort === 'descending'")
+    assert targets(page) == ["host-1/mm-2", "host-1/mm-1", "host-1/arb-1"]
+    page.fill("#search", "mm")
+    wait_page(page, "() => document.querySelectorAll('tbody tr[data-target]').length === 2")
+    assert targets(page) == ["host-1/mm-2", "host-1/mm-1"]
+    page.select_option("#filter-state", "running")
+    page.click("#select-matching")
+    wait_page(page, "() => document.getElementById('bulk-count').textContent === '2 selected'")
+
+    arb = fleet.pid("arb-1")
+    page.click('#bulk [data-bulk="stop"]')
+    assert page.inner_text("#ask-title") == "Stop 2 bots on host host-1?"
+    assert page.inner_text("#ask-list").split("\n") == ["mm-1 on host-1", "mm-2 on host-1"]
+    assert page.evaluate("() => document.activeElement.id") == "ask-cancel"
+    page.click("#ask-ok")
+    wait_page(page, "() => document.querySelectorAll('#replies li[data-verb=stop]').length === 2", timeout=60)
+    replies = page.inner_text("#replies")
+    assert "host-1/mm-1 stop ok" in replies and "host-1/mm-2 stop ok" in replies
+    assert fleet.pid("mm-1") is None and fleet.pid("mm-2") is None
+    assert fleet.pid("arb-1") == arb
+
+    page.select_option("#filter-state", "stopped")
+    wait_page(page, "() => document.querySelectorAll('tbody tr[data-target]').length === 2")
+    page.fill("#search", "")
+    page.select_option("#filter-state", "")
+    page.check("#group-host")
+    wait_page(page, "() => document.querySelectorAll('tbody tr[data-target]').length === 3")
+    assert page.inner_text("tbody tr.group").startswith("host-1 · 3 bots")
+    if os.environ.get("DASHBOARD_SCREENSHOT_WIDE"):
+        page.click('tr[data-target="host-1/arb-1"] button[data-verb="console"]')
+        wait_page(page, "() => document.getElementById('screen').textContent.includes(\"example-bot 'arb-1' ready\")")
+        page.mouse.move(0, 0)
+        page.screenshot(path=os.environ["DASHBOARD_SCREENSHOT_WIDE"], full_page=True)
+    page.close()
+
+
+def test_axe_finds_no_serious_or_critical_violations(
+    fleet: Fleet, browser: Browser, bot_origin: Path, axe_source: str
+) -> None:
+    fleet.add("mm-1")
+    fleet.add_crasher("bad-1", bot_origin)
+    fleet.start_agent("--fatal-after", "2", "--backoff", "0.1")
+    _, url = fleet.start_dashboard(fleet.home)
+    for viewport in ({"width": 1440, "height": 900}, {"width": 390, "height": 844}):
+        # axe is injected as a script; the page's CSP (rightly) allows none but its own.
+        context = browser.new_context(viewport=viewport, bypass_csp=True)  # type: ignore[arg-type]
+        page = context.new_page()
+        page.goto(url + "/")
+        wait_state(page, "host-1/bad-1", "fatal")
+        wait_state(page, "host-1/mm-1", "running")
+        page.add_script_tag(content=axe_source)
+        for step in ("table", "console"):
+            if step == "console":
+                page.click('tr[data-target="host-1/mm-1"] button[data-verb="console"]')
+                wait_page(page, "() => document.getElementById('screen').textContent.includes('ready')")
+            result = page.evaluate(
+                "() => axe.run(document, {resultTypes: ['violations']}).then(r => r.violations.map("
+                "v => ({id: v.id, impact: v.impact, nodes: v.nodes.length, help: v.help,"
+                " target: v.nodes[0].target.join(' ')})))"
+            )
+            bad = [v for v in result if v["impact"] in ("serious", "critical")]
+            assert bad == [], (viewport, step, bad)
+        context.close()
+
+
+class Receiver:
+    """A local webhook receiver: an HTTP server on loopback that keeps every JSON body POSTed to it."""
+
+    def __init__(self) -> None:
+        import http.server
+        import queue
+        import threading
+
+        self.bodies: queue.Queue[t.Any] = queue.Queue()
+        bodies = self.bodies
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                bodies.put((self.path, json.loads(self.rfile.read(length))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: t.Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def next_matching(self, needle: str, timeout: float = 20.0) -> tuple[str, t.Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            path, body = self.bodies.get(timeout=max(0.01, deadline - time.monotonic()))
+            if needle in body.get("text", ""):
+                return path, body
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_webhook_url_must_be_http(tmp_path: Path) -> None:
+    path = tmp_path / "dashboard.toml"
+    path.write_text('[dashboard]\nwebhook_url = "file:///etc/passwd"\n')
+    with pytest.raises(DashboardError, match=r"key 'dashboard\.webhook_url': must be an http:// or https:// URL"):
+        load_settings(path, {})
+    path.write_text('[dashboard]\nwebhook_url = "https://hooks.example/services/T0/B0/secret"\n')
+    settings = load_settings(path, {})
+    assert settings.webhook_url == "https://hooks.example/services/T0/B0/secret"
+    assert "secret" not in repr(settings)
+
+
+def test_alerts_reach_a_local_webhook_and_the_page(fleet: Fleet, browser: Browser, tmp_path: Path) -> None:
+    receiver = Receiver()
+    try:
+        home = tmp_path / "dash-home"
+        home.mkdir()
+        (home / "dashboard.toml").write_text(f'[dashboard]\nwebhook_url = "{receiver.url}/hooks/secret-token"\n')
+        fleet.add("mm-1")
+        agent = fleet.start_agent()
+        _, url = fleet.start_dashboard(home)
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(url + "/")
+        wait_state(page, "host-1/mm-1", "running")
+        wait_page(page, "() => document.getElementById('webhook-text').textContent.startsWith('webhook: ')")
+        assert page.inner_text("#webhook-text") == f"webhook: {receiver.url}/…"  # the secret path is not shown
+
+        # The test button.
+        page.click("#alert-test")
+        path, body = receiver.next_matching("test alert")
+        assert path == "/hooks/secret-token"
+        assert body == {"text": "bot-supervisor: test alert from the dashboard", "content": body["text"]}
+        wait_page(page, "() => document.getElementById('alert-test-result').textContent === 'sent (HTTP 204)'")
+
+        # A bot crashing, then its host going offline: each reaches the webhook and the page.
+        pid = fleet.pid("mm-1")
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        _, body = receiver.next_matching("host-1/mm-1: crashed")
+        assert body["content"] == body["text"]
+        wait_page(page, "() => document.getElementById('alerts').textContent.includes('host-1/mm-1: crashed')")
+        stop_process(agent)
+        receiver.next_matching("host host-1 went offline")
+        wait_page(page, "() => document.getElementById('alerts').textContent.includes('host host-1 went offline')")
+        page.close()
+    finally:
+        receiver.close()

@@ -720,6 +720,8 @@ OWN_VALID = [
     OwnCase("tail-default", "tail", {}, {"lines": 50}),
     OwnCase("tail-null", "tail", {"lines": None}, {"lines": 50}),
     OwnCase("tail-max", "tail", {"lines": 1000}, {"lines": 1000}),
+    OwnCase("logs-default", "logs", {}, {"lines": 50}),
+    OwnCase("logs-lines", "logs", {"lines": 200}, {"lines": 200}),
     OwnCase("stop-default", "stop", {}, {"timeout": None}),
     OwnCase("stop-timeout", "stop", {"timeout": 600}, {"timeout": 600.0}),
     OwnCase("stop-small", "stop", {"timeout": 0.5}, {"timeout": 0.5}),
@@ -756,6 +758,7 @@ OWN_INVALID = [
     OwnErrorCase("tail-bool", "tail", {"lines": True}, "from 1 to 1000"),
     OwnErrorCase("tail-string", "tail", {"lines": "5"}, "from 1 to 1000"),
     OwnErrorCase("tail-float", "tail", {"lines": 5.0}, "from 1 to 1000"),
+    OwnErrorCase("logs-zero", "logs", {"lines": 0}, "verb 'logs': field 'lines' must be an integer from 1 to 1000"),
     OwnErrorCase("stop-zero", "stop", {"timeout": 0}, "'timeout'"),
     OwnErrorCase("stop-big", "stop", {"timeout": 601}, "at most 600"),
     OwnErrorCase("stop-string", "stop", {"timeout": "5"}, "'timeout'"),
@@ -791,5 +794,5 @@ def test_constants() -> None:
         400,
         401,
     )
-    assert protocol.OWN_VERBS == ("start", "stop", "restart", "status", "tail", "send")
+    assert protocol.OWN_VERBS == ("start", "stop", "restart", "status", "tail", "send", "logs")
     assert protocol.MAX_REQUEST_BYTES == 64 * 1024

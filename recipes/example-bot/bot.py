@@ -69,6 +69,10 @@ class Bot:
         self.log(f"filled {side} {amount} EXAMPLE-USDT @ {price} (order {trade['id']})")
 
     def handle(self, line: str) -> bool:
+        if line.startswith("alert "):  # an external event: name, then the alert's text as it came
+            name, _, text = line[len("alert ") :].partition(" ")
+            self.say(f"ALERT {name}: {text}")
+            return True
         try:
             words = shlex.split(line)
         except ValueError as e:

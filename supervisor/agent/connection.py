@@ -5,6 +5,7 @@ The only module that imports paho; paho exceptions become :class:`AgentError` he
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import socket
@@ -89,6 +90,26 @@ def _describe(exc: BaseException) -> str:
 class _Subscription(t.NamedTuple):
     handler: Handler
     qos: int
+
+
+class Delivery:
+    """The acknowledgement of one message handed to :meth:`Connection.publish_tracked`."""
+
+    def __init__(self, info: mqtt.MQTTMessageInfo) -> None:
+        self._info = info
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the broker's PUBACK; return whether it came."""
+        deadline = time.monotonic() + timeout
+        while not self._info.is_published():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if self._info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._info.wait_for_publish(remaining)
+            else:  # queued while disconnected: paho sends it after the next connect
+                time.sleep(min(remaining, 0.05))
+        return True
 
 
 class Connection:
@@ -268,6 +289,12 @@ class Connection:
         thread.join(timeout)
         if thread.is_alive():
             logger.warning("MQTT network thread did not end within %g s", timeout)
+        else:
+            # paho closes its wake-up socket pair only in __del__; our callbacks keep the client in a
+            # reference cycle, so that would wait for a gc run, which may finalize the sockets first
+            # (ResourceWarning). The loop has ended: close them now (loop() makes new ones if needed).
+            with contextlib.suppress(Exception):
+                self._client._reset_sockets(sockpair_only=True)
         self._thread = None
         self._ready.clear()
         logger.info("disconnected from %s", self.config.url)
@@ -380,6 +407,24 @@ class Connection:
         if not published:
             msg = f"message to '{topic}': not acknowledged within {timeout:g} s."
             raise AgentError(msg)
+
+    def publish_tracked(self, topic: str, payload: bytes, qos: int = 1) -> Delivery | None:
+        """Hand ``payload`` to the network thread and return a handle on its acknowledgement.
+
+        Unlike :meth:`publish_and_wait`, this never gives up on a message: a QoS 1/2
+        message that paho accepted is re-sent by paho after a reconnect, so the
+        caller keeps waiting on the same handle instead of publishing a duplicate.
+        Returns ``None`` when the outgoing queue is full (nothing was queued).
+
+        Raises
+        ------
+        AgentError
+            If ``topic`` is empty or holds a wildcard, or ``qos`` is not 0, 1 or 2.
+        """
+        info = self._publish(topic, payload, qos, False)
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            return None
+        return Delivery(info)
 
     def socket(self) -> socket.socket | None:
         """Return the broker socket, or ``None`` while disconnected (diagnostics)."""

@@ -68,7 +68,7 @@ STATUS_ERROR = 400
 STATUS_UNAUTHORIZED = 401
 
 #: Verbs under ``supervisor/{host}/{instance}/``.
-OWN_VERBS: tuple[str, ...] = ("start", "stop", "restart", "status", "tail", "send")
+OWN_VERBS: tuple[str, ...] = ("start", "stop", "restart", "status", "tail", "send", "logs")
 #: Verbs under ``supervisor/{host}/``.
 HOST_VERBS: tuple[str, ...] = ("list",)
 
@@ -618,7 +618,7 @@ def validate_own(verb: str, data: Mapping[str, t.Any]) -> dict[str, t.Any]:
 
     ``send`` needs ``text``: one line of at most 4096 characters without
     control characters other than tab (an empty line just presses Enter).
-    ``tail`` takes ``lines``, an integer 1..1000 (default 50). ``stop`` takes
+    ``tail`` and ``logs`` take ``lines``, an integer 1..1000 (default 50). ``stop`` takes
     ``timeout`` in seconds, a number in (0, 600] or null (default null: the
     manager's own). Other verbs take nothing. Types are strict JSON types, and
     unknown members are ignored.
@@ -637,12 +637,12 @@ def validate_own(verb: str, data: Mapping[str, t.Any]) -> dict[str, t.Any]:
         raise ProtocolError(msg)
     if verb == "send":
         return {"text": _own_text(data)}
-    if verb == "tail":
+    if verb in ("tail", "logs"):
         lines = data.get("lines")
         if lines is None:
             return {"lines": TAIL_LINES_DEFAULT}
         if isinstance(lines, bool) or not isinstance(lines, int) or not 1 <= lines <= TAIL_LINES_MAX:
-            msg = f"verb 'tail': field 'lines' must be an integer from 1 to {TAIL_LINES_MAX}, got {_show(lines)}"
+            msg = f"verb '{verb}': field 'lines' must be an integer from 1 to {TAIL_LINES_MAX}, got {_show(lines)}"
             raise ProtocolError(msg)
         return {"lines": lines}
     if verb == "stop":

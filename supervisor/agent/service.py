@@ -33,6 +33,7 @@ from supervisor.agent.answer import read_answer, read_trades
 from supervisor.agent.auth import Verifier, is_signed_record, sign_record
 from supervisor.agent.connection import Connection
 from supervisor.agent.dedup import Redeliveries
+from supervisor.agent.external import ExternalEvents
 from supervisor.agent.guard import STATUS_BUSY, RefusalLog, clip, is_command_topic
 from supervisor.agent.stream import ConsoleStream
 from supervisor.errors import AgentError, AuthError, InstanceNotRunning, SupervisorError
@@ -187,6 +188,7 @@ class Agent:
         self._reassert_lock = threading.Lock()
         self._reassert_pending = False
         self._last_reassert = 0.0
+        self.external = ExternalEvents(manager, self.ns, report=self._notify, audit=self.audit.record)
         self.connection = Connection(
             config.broker,
             client_id=config.broker.client_id or f"supervisor-agent-{self.host}-{self.run_id}",
@@ -406,6 +408,8 @@ class Agent:
     def _subscribe(self) -> None:
         for command in protocol.HBOT_COMMANDS if self.hbot_relay else ():
             self.connection.subscribe(f"{self.ns}/+/{command}", self._on_hbot, qos=1)
+        if self.hbot_relay:  # external events are Hummingbot topics too: unsigned, so only with the relay
+            self.connection.subscribe(self.external.topic_filter, self._on_external, qos=1)
         for verb in protocol.OWN_VERBS:
             self.connection.subscribe(f"{self.own}/+/{verb}", self._on_own, qos=1)
         for verb in protocol.HOST_VERBS:
@@ -457,6 +461,14 @@ class Agent:
 
     def _on_hbot(self, topic: str, payload: bytes, props: Mapping[str, t.Any]) -> None:
         self._dispatch(topic, payload, props, self._handle_hbot)
+
+    def _on_external(self, topic: str, payload: bytes, props: Mapping[str, t.Any]) -> None:
+        self._dispatch(
+            topic,
+            payload,
+            props,
+            lambda topic, payload, _dup, retained: self.external.handle(topic, payload, retained=retained),
+        )
 
     def _on_own(self, topic: str, payload: bytes, props: Mapping[str, t.Any]) -> None:
         self._dispatch(topic, payload, props, self._handle_own)
@@ -735,6 +747,9 @@ class Agent:
             return {"status": ok, "msg": status.state, "result": status.to_dict()}
         if verb == "tail":
             return {"status": ok, "msg": "", "result": {"screen": self.manager.tail(instance, args["lines"])}}
+        if verb == "logs":
+            # The log outlives the session: a crashed or fatal bot's last output (its traceback) is here.
+            return {"status": ok, "msg": "", "result": {"log": self.manager.log_lines(instance, args["lines"])}}
         if verb == "send":
             self.manager.send(instance, args["text"])
             return {"status": ok, "msg": f"sent one line to '{instance}'."}
@@ -900,10 +915,11 @@ class Agent:
                 return
             if not status.is_running:
                 return
-            if not self._alive.get(name):
+            if not self._alive.get(name):  # came up: online, then a beat at once
                 self._status_update(name, "online")
-            self._alive[name] = True
-            if not self._beat_recently(name):
+                self._alive[name] = True
+                self._beat(name)
+            elif not self._beat_recently(name):  # the tick already announced it and beat
                 self._beat(name)
 
     def _gone(self, name: str, status: InstanceStatus) -> None:

@@ -37,7 +37,7 @@ KEY_BYTES = 32
 SESSION_TTL = 12 * 3600.0
 MAX_SESSIONS = 256
 ENV_PASSWORD_HASH = "SUPERVISOR_DASHBOARD_PASSWORD_HASH"
-_KEYS = ("password_hash", "session_ttl", "secure_cookie")
+_KEYS = ("password_hash", "session_ttl", "secure_cookie", "webhook_url")
 
 
 def _b64(data: bytes) -> str:
@@ -222,6 +222,8 @@ class DashboardSettings:
     password_hash: str | None = dataclasses.field(default=None, repr=False)
     session_ttl: float = SESSION_TTL
     secure_cookie: bool = False
+    webhook_url: str | None = dataclasses.field(default=None, repr=False)
+    """Where alerts are POSTed (Slack/Discord/Telegram-compatible JSON); its path is a secret."""
 
     @property
     def login_required(self) -> bool:
@@ -272,7 +274,17 @@ def load_settings(path: Path, env: Mapping[str, str]) -> DashboardSettings:
     if not isinstance(secure, bool):
         msg = f"{where}: key 'dashboard.secure_cookie' must be true or false, not {secure!r}."
         raise DashboardError(msg)
-    return DashboardSettings(password_hash=password_hash or None, session_ttl=float(ttl), secure_cookie=secure)
+    webhook = values.get("webhook_url")
+    if webhook is not None:
+        from supervisor.dashboard.alerts import check_webhook_url
+
+        if not isinstance(webhook, str):
+            msg = f"{where}: key 'dashboard.webhook_url' must be a string."
+            raise DashboardError(msg)
+        check_webhook_url(webhook, f"{where}: key 'dashboard.webhook_url'")
+    return DashboardSettings(
+        password_hash=password_hash or None, session_ttl=float(ttl), secure_cookie=secure, webhook_url=webhook or None
+    )
 
 
 def write_password_hash(path: Path, encoded: str) -> None:

@@ -34,7 +34,9 @@ from supervisor.agent import protocol
 from supervisor.agent.fleet import STALE_GRACE, TRUSTED_KEY, UNTRUSTED, FleetClient, keep_record, load_record
 from supervisor.consoletext import check_console_text
 from supervisor.dashboard import DashboardError
+from supervisor.dashboard.alerts import Alerter, shown_url
 from supervisor.dashboard.auth import LoginThrottle, Sessions, verify_password
+from supervisor.dashboard.store import controller_figures, message_time
 from supervisor.errors import UnsafeConsoleText
 
 if t.TYPE_CHECKING:
@@ -55,6 +57,7 @@ TIMEOUTS: dict[str, float] = {
     "restart": 120.0,
     "status": 10.0,
     "tail": 5.0,
+    "logs": 10.0,
     "send": 10.0,
     "import": 15.0,
     "config": 15.0,
@@ -69,6 +72,8 @@ HEARTBEAT_SLACK = 2.5
 PLUGIN_HEARTBEAT = 10.0
 """Hummingbot's own bridge beats every 10 s, whatever the agent's interval."""
 BUSY_AFTER = 3.0
+ECHO_WINDOW = 30.0
+"""Seconds within which an agent event and its Hummingbot ``notify`` copy count as one message."""
 SPARK_POINTS = 60
 MAX_BODY = 64 * 1024
 MAX_STREAMS = 64
@@ -81,7 +86,6 @@ _RECORD_FIELDS = (
     "pid",
     "cpu_percent",
     "rss",
-    "uptime",
     "restarts",
     "commit",
     "recipe",
@@ -151,8 +155,44 @@ def sse_frame(event: str, data: t.Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'), default=str)}\n\n".encode()
 
 
+def snapshot_delta(old: Mapping[str, t.Any], new: Mapping[str, t.Any]) -> dict[str, t.Any] | None:
+    """Return what changed from ``old`` to ``new`` (``None``: nothing did).
+
+    A new instance is sent whole; a known one as its target and the fields that changed.
+    Heartbeat times go in a compact ``beats`` map, and ``pnl_series`` never (the page extends
+    its sparklines from the ``performance`` events).
+    """
+    before = {item["target"]: item for item in old["instances"]}
+    delta: dict[str, t.Any] = {key: new[key] for key in ("connected", "broker", "hosts") if old[key] != new[key]}
+    changed: list[dict[str, t.Any]] = []
+    beats: dict[str, t.Any] = {}
+    for item in new["instances"]:
+        target = item["target"]
+        previous = before.pop(target, None)
+        if previous is None:
+            changed.append({k: v for k, v in item.items() if k != "pnl_series"})
+            continue
+        fields = {k: v for k, v in item.items() if k not in _QUIET and previous.get(k) != v}
+        if fields:
+            changed.append({"target": target, **fields})
+        if item.get("heartbeat_ts") != previous.get("heartbeat_ts"):
+            beats[target] = item.get("heartbeat_ts")
+    if changed:
+        delta["instances"] = changed
+    if beats:
+        delta["beats"] = beats
+    if before:
+        delta["removed"] = list(before)
+    return {"now": new["now"], **delta} if delta else None
+
+
+_QUIET = frozenset({"pnl_series", "heartbeat_ts"})
+
+
 class Hub:
     """Fan-out of SSE frames to every open ``/events`` stream; a stream that cannot keep up is dropped.
+
+    A new stream starts with the last snapshot; after that every stream gets only deltas.
 
     Slots are counted per client (a login session, or else an address): one
     client holds at most ``per_client`` streams, and opening one more ends its
@@ -166,9 +206,10 @@ class Hub:
         self._lock = threading.Lock()
         self._clients: set[queue.Queue[bytes | None]] = set()
         self._by_client: dict[str, collections.deque[queue.Queue[bytes | None]]] = {}
+        self._last: dict[str, t.Any] | None = None
 
     def subscribe(self, client: str = "") -> queue.Queue[bytes | None] | None:
-        """Return a new stream's queue for ``client``, or ``None`` when too many are open."""
+        """Return a new stream's queue for ``client`` (holding the last snapshot), or ``None`` when all are taken."""
         with self._lock:
             own = self._by_client.setdefault(client, collections.deque())
             while own and len(own) >= self.per_client:
@@ -181,6 +222,8 @@ class Hub:
                     del self._by_client[client]
                 return None
             q: queue.Queue[bytes | None] = queue.Queue(self.backlog)
+            if self._last is not None:
+                q.put_nowait(sse_frame("snapshot", self._last))
             self._clients.add(q)
             own.append(q)
             return q
@@ -199,11 +242,26 @@ class Hub:
         """Queue one frame for every stream; a stream whose queue is full is dropped (its reader ends)."""
         frame = sse_frame(event, data)
         with self._lock:
-            for q in list(self._clients):
-                if q.full():
-                    self._clients.discard(q)
-                else:
-                    q.put_nowait(frame)
+            self._put(frame)
+
+    def publish_snapshot(self, snapshot: dict[str, t.Any]) -> None:
+        """Send what changed since the last snapshot (the whole snapshot the first time)."""
+        with self._lock:
+            if self._last is None:
+                frame: bytes | None = sse_frame("snapshot", snapshot)
+            else:
+                delta = snapshot_delta(self._last, snapshot)
+                frame = None if delta is None else sse_frame("delta", delta)
+            self._last = snapshot
+            if frame is not None:
+                self._put(frame)
+
+    def _put(self, frame: bytes) -> None:
+        for q in list(self._clients):
+            if q.full():
+                self._clients.discard(q)
+            else:
+                q.put_nowait(frame)
 
     def is_subscribed(self, q: queue.Queue[bytes | None]) -> bool:
         """Return whether the stream of ``q`` is still wanted."""
@@ -225,10 +283,19 @@ class Hub:
 class Monitor:
     """The dashboard's MQTT side: the merged live view, history capture and commands."""
 
-    def __init__(self, config: AgentConfig, store: Store, hub: Hub, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        store: Store,
+        hub: Hub,
+        *,
+        clock: Callable[[], float] = time.time,
+        webhook_url: str | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.hub = hub
+        self.alerter = Alerter(webhook_url, self._send_alert)
         self.own = config.own_prefix
         self.ns = config.namespace
         self._clock = clock
@@ -243,6 +310,10 @@ class Monitor:
         self._crashes: dict[tuple[str, str], tuple[float, str, t.Any]] = {}
         self._busy: dict[tuple[str, str], float] = {}
         self._spark: dict[str, collections.deque[tuple[float, float]]] = {}
+        self._remembered: set[str] = set()
+        """Hosts known only from the store: not heard from since this dashboard started."""
+        self._saved: dict[tuple[str, str], tuple[float, t.Any]] = {}
+        self._recent_text: dict[tuple[str, str], tuple[float, str]] = {}
         self._waiters: dict[str, tuple[threading.Event, list[bytes]]] = {}
         self._work: queue.Queue[Callable[[], None] | None] = queue.Queue(10_000)
         self._poke = threading.Event()
@@ -256,6 +327,11 @@ class Monitor:
         """Load history, subscribe and connect (within 10 s, else :class:`AgentError`)."""
         for name in self.store.instances_with_performance():
             self._spark[name] = collections.deque(self.store.performance(name, SPARK_POINTS), SPARK_POINTS)
+        # Without retained messages (a broker restart, a broker that keeps none) a dead agent would vanish.
+        # Only trusted records were remembered.
+        self._agents.update({host: {**rec, TRUSTED_KEY: True} for host, rec in self.store.known_hosts().items()})
+        self._remembered = set(self._agents)
+        self._states.update({key: {**rec, TRUSTED_KEY: True} for key, rec in self.store.known_states().items()})
         subscribe = self.fleet.connection.subscribe
         subscribe(f"{self.own}/+/agent", self._on_agent, qos=1)
         subscribe(f"{self.own}/+/+/state", self._on_state, qos=1)
@@ -266,6 +342,10 @@ class Monitor:
         subscribe(f"{self.ns}/+/performance", self._on_performance, qos=0)
         subscribe(f"{self._hbot_prefix}/+", self._on_hbot_reply, qos=1)
         self.fleet.__enter__()
+        first = self.snapshot()
+        self.hub.publish_snapshot(first)  # the first page gets a view at once, then deltas
+        self.alerter.observe(first)
+        self.alerter.start()
         for target, name in ((self._writer, "dashboard-store"), (self._ticker, "dashboard-tick")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -278,6 +358,7 @@ class Monitor:
         self._work.put(None)
         for thread in self._threads:
             thread.join(5)
+        self.alerter.stop()
         self.fleet.__exit__()
 
     @property
@@ -308,8 +389,14 @@ class Monitor:
             self._poke.clear()
             if self._stop.is_set():
                 return
-            self.hub.broadcast("snapshot", self.snapshot())
+            snapshot = self.snapshot()
+            self.hub.publish_snapshot(snapshot)
+            self.alerter.observe(snapshot)
             self._stop.wait(0.1)  # at most ten pushes a second, however busy the fleet
+
+    def _send_alert(self, alert: dict[str, t.Any]) -> None:
+        logger.warning("alert: %s", alert["text"])
+        self.hub.broadcast("alert", {**alert, "ts": self._clock()})
 
     def poke(self) -> None:
         """Push a fresh snapshot now."""
@@ -319,13 +406,25 @@ class Monitor:
 
     def _on_agent(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
         host = topic.split("/")[-2]
+        if payload and load_record(payload) is None:
+            logger.warning("ignoring a malformed agent record on %s", topic)  # only an empty one deletes
+            return
         with self._lock:
-            keep_record(self._agents, host, topic, payload, self.config.secret)
+            self._remembered.discard(host)
+            record = keep_record(self._agents, host, topic, payload, self.config.secret)
+            if record is None:
+                for key in [k for k in self._states if k[0] == host]:
+                    del self._states[key]
+        if record is None or record[TRUSTED_KEY]:  # a stranger's record is shown, never remembered
+            self._defer(lambda: self.store.remember_host(host, record))
         self.poke()
 
     def _on_state(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
         parts = topic.split("/")
         key = (parts[-3], parts[-2])
+        if payload and load_record(payload) is None:
+            logger.warning("ignoring a malformed state record on %s", topic)  # only an empty one deletes
+            return
         now = self._clock()
         with self._lock:
             previous = self._states.get(key)
@@ -338,6 +437,13 @@ class Monitor:
             busy = self._busy.get(key, 0.0) >= now
             if record is not None and after in BAD_STATES and after != before and not busy:
                 self._crashes[key] = (now, str(after), record.get("exit_code"))
+            # The store keeps the last record of each instance: on every change, else once a minute.
+            saved = self._saved.get(key)
+            save = not untrusted and (record is None or saved is None or saved[1] != after or now - saved[0] >= 60)
+            if save:
+                self._saved[key] = (now, after)
+        if save:
+            self._defer(lambda: self.store.remember_state(key[0], key[1], record, ts=now))
         if previous is not None and record is not None and before != after:
             code = record.get("exit_code")
             text = f"state {before} → {after}" + (f" (exit code {code})" if after in BAD_STATES and code else "")
@@ -378,7 +484,7 @@ class Monitor:
             return
 
         def job() -> None:
-            now = self._clock()
+            now = message_time(data, self._clock())
             pnl = self.store.add_performance(name, data, ts=now)
             if pnl is None:
                 return
@@ -400,18 +506,42 @@ class Monitor:
         ts: float | None = None,
     ) -> None:
         when = self._clock() if ts is None else ts
+        if kind in ("event", "notify") and self._is_echo(name, kind, text):
+            return
         self.store.add_message(name, kind, text, host=host, level=level, ts=when)
         self.hub.broadcast(
             "message", {"instance": name, "host": host, "kind": kind, "level": level, "text": text, "ts": when}
         )
 
+    def _is_echo(self, name: str, kind: str, text: str) -> bool:
+        """Whether ``text`` is an agent event seen a moment ago under the other topic.
+
+        The agent sends each event twice for plugin-less bots: on our ``events`` topic and as
+        Hummingbot's ``notify``. Either may arrive first; the second copy is dropped (store thread only).
+        """
+        now = self._clock()
+        key = (name, text)
+        seen = self._recent_text.get(key)
+        if seen is not None and seen[1] != kind and now - seen[0] < ECHO_WINDOW:
+            del self._recent_text[key]
+            return True
+        self._recent_text[key] = (now, kind)
+        if len(self._recent_text) > 1000:
+            self._recent_text = {k: v for k, v in self._recent_text.items() if now - v[0] < ECHO_WINDOW}
+        return False
+
     # -- the merged view --------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, t.Any]:
-        """Return every host and instance with freshness, heartbeat age, health and PnL."""
+        """Return every host and instance with freshness, heartbeat time, health and PnL.
+
+        Times are absolute (``*_ts``, this host's clock, with ``now``) rather than ages, so a record
+        changes only when something happened and the stream can send just the changed records.
+        """
         now = self._clock()
         with self._lock:
             agents = dict(self._agents)
+            remembered = set(self._remembered)
             states = dict(self._states)
             heartbeats = dict(self._heartbeats)
             crashes = dict(self._crashes)
@@ -422,10 +552,12 @@ class Monitor:
             hosts.append(
                 {
                     "host": host,
-                    "state": str(rec.get("state", "unknown")) if rec[TRUSTED_KEY] else UNTRUSTED,
-                    "online": rec.get("state") == "online" and rec[TRUSTED_KEY],
+                    "state": "unseen"
+                    if host in remembered
+                    else (str(rec.get("state", "unknown")) if rec[TRUSTED_KEY] else UNTRUSTED),
+                    "online": rec.get("state") == "online" and rec[TRUSTED_KEY] and host not in remembered,
                     "trusted": rec[TRUSTED_KEY],
-                    "age": now - ts if isinstance(ts, (int, float)) else None,
+                    "ts": ts if isinstance(ts, (int, float)) else None,
                     "version": rec.get("version"),
                     "signed": rec.get("signed"),
                     "heartbeat_interval": rec.get("heartbeat_interval"),
@@ -434,12 +566,18 @@ class Monitor:
             )
         owners = collections.Counter(name for _, name in states)
         instances = []
+        gone = []
         for (host, name), record in sorted(states.items()):
             agent = agents.get(host)
-            online = agent is not None and agent.get("state") == "online" and agent[TRUSTED_KEY]
+            online = (
+                agent is not None and agent.get("state") == "online" and agent[TRUSTED_KEY] and host not in remembered
+            )
             ts = record.get("ts")
             age = now - ts if isinstance(ts, (int, float)) else None
             refresh = record.get("refresh") or 30.0
+            if online and _is_left_over(record, (agent or {}).get("ts"), now, refresh):
+                gone.append((host, name))
+                continue
             stale = age is None or age > refresh + STALE_GRACE
             reported = str(record.get("state", "unknown"))
             trusted = bool(record[TRUSTED_KEY]) and (agent is None or bool(agent[TRUSTED_KEY]))
@@ -453,21 +591,13 @@ class Monitor:
             interval = (
                 PLUGIN_HEARTBEAT if record.get("plugin") else float((agent or {}).get("heartbeat_interval") or 10)
             )
-            alert = None
-            if state in BAD_STATES:
-                code = record.get("exit_code")
-                alert = state + (f" (exit code {code})" if code not in (None, 0) else "")
-            elif (host, name) in crashes and now - crashes[(host, name)][0] < RECENT_CRASH:
-                when, what, code = crashes[(host, name)]
-                alert = f"{what} {now - when:.0f}s ago" + (f" (exit code {code})" if code not in (None, 0) else "")
-                alert += ", restarted" if state == "running" else ""
-            elif (
-                state == "running"
-                and hb_age is not None
-                and hb_age > HEARTBEAT_SLACK * interval
-                and now - self.started > HEARTBEAT_SLACK * interval
-            ):
-                alert = f"no heartbeat for {hb_age:.0f}s"
+            alert, since = self._alert(state, reported, record, crashes.get((host, name)), now, hb_age, interval)
+            if state in GREY_STATES and reported in BAD_STATES and state != UNTRUSTED:
+                health = "bad"  # known bad stays bad while the host or the broker is out of reach
+            elif state in GREY_STATES:
+                health = "off"
+            else:
+                health = "bad" if alert else "ok"
             points = spark.get(name, []) if owners[name] == 1 else []
             instances.append(
                 {
@@ -476,11 +606,12 @@ class Monitor:
                     "target": f"{host}/{name}",
                     "state": state,
                     "reported_state": reported,
-                    "health": "off" if state in GREY_STATES else ("bad" if alert else "ok"),
+                    "health": health,
                     "alert": alert,
+                    "alert_ts": since,
                     **{k: record.get(k) for k in _RECORD_FIELDS},
-                    "record_age": age,
-                    "heartbeat_age": hb_age,
+                    "started_ts": _started(ts, record.get("uptime")),
+                    "heartbeat_ts": round(last_hb, 2) if last_hb else None,
                     "heartbeat_interval": interval,
                     "stale": stale,
                     "host_online": online,
@@ -489,6 +620,8 @@ class Monitor:
                     "pnl_series": [p for _, p in points],
                 }
             )
+        if gone:
+            self._forget(gone)
         return {
             "now": now,
             "connected": self.connected,
@@ -497,11 +630,57 @@ class Monitor:
             "instances": instances,
         }
 
+    def _forget(self, keys: list[tuple[str, str]]) -> None:
+        """Drop instances their (live) agent no longer publishes: removed while nobody watched."""
+        with self._lock:
+            for key in keys:
+                self._states.pop(key, None)
+                self._saved.pop(key, None)
+
+        def job() -> None:
+            for host, name in keys:
+                self.store.remember_state(host, name, None)
+
+        self._defer(job)
+
+    def _alert(
+        self,
+        state: str,
+        reported: str,
+        record: Mapping[str, t.Any],
+        crash: tuple[float, str, t.Any] | None,
+        now: float,
+        hb_age: float | None,
+        interval: float,
+    ) -> tuple[str | None, float | None]:
+        """Return why a row is red (a text that stays the same while nothing changes) and since when."""
+        code = record.get("exit_code")
+        exit_text = f" (exit code {code})" if code not in (None, 0) else ""
+        last_error = record.get("last_error")
+        if state == UNTRUSTED:
+            return None, None  # a stranger's record says nothing about the bot
+        if reported in BAD_STATES and (state == reported or state in GREY_STATES):
+            text = reported + exit_text + (f": {last_error}" if last_error else "")
+            return (text + (f" (last known; {state})" if state != reported else "")), None
+        if crash is not None and now - crash[0] < RECENT_CRASH:
+            when, what, crash_code = crash
+            text = what + (f" (exit code {crash_code})" if crash_code not in (None, 0) else "")
+            return text + (", restarted" if state == "running" else ""), when
+        if (
+            state == "running"
+            and hb_age is not None
+            and hb_age > HEARTBEAT_SLACK * interval
+            and now - self.started > HEARTBEAT_SLACK * interval
+        ):
+            return "no heartbeat", now - hb_age
+        return None, None
+
     def history(self, host: str, name: str) -> dict[str, t.Any]:
         """Return the stored PnL samples and stream lines of one instance."""
         return {
             "target": f"{host}/{name}",
             "performance": self.store.performance(name),
+            "controllers": controller_figures(self.store.last_payload(name)),
             "messages": self.store.messages(name, host),
         }
 
@@ -565,7 +744,7 @@ class Monitor:
                     if reply is not None and reply["ok"]:
                         self._crashes.pop(key, None)
                 self.poke()
-        if verb not in ("tail", "status"):
+        if verb not in ("tail", "status", "logs"):
             outcome = "ok" if reply["ok"] else ("timed out" if reply["timed_out"] else "failed")
             detail = f"{verb} from the dashboard: {outcome}" + (f": {reply['msg']}" if reply["msg"] else "")
             if verb == "send":
@@ -616,6 +795,25 @@ def _check_typed(data: Mapping[str, t.Any]) -> None:
     for key, value in data.items():
         if isinstance(value, str):
             check_console_text(value, what=f"field '{key}'")
+
+
+def _is_left_over(record: Mapping[str, t.Any], agent_ts: t.Any, now: float, refresh: float) -> bool:
+    """Whether a state record predates its agent's connection and was never published again.
+
+    An agent publishes every instance's state again right after it connects, so a record older
+    than the connection, a full refresh later, is of an instance that host no longer has.
+    """
+    ts = record.get("ts")
+    if not isinstance(ts, (int, float)) or not isinstance(agent_ts, (int, float)):
+        return False
+    return ts < agent_ts - 1.0 and now - agent_ts > refresh + STALE_GRACE
+
+
+def _started(ts: t.Any, uptime: t.Any) -> float | None:
+    """Return when the process started (whole seconds, so it stays put from one state record to the next)."""
+    if isinstance(ts, (int, float)) and isinstance(uptime, (int, float)) and not isinstance(uptime, bool):
+        return float(round(ts - uptime))
+    return None
 
 
 def _reply(target: str, verb: str, msg: str, *, timed_out: bool = False) -> dict[str, t.Any]:
@@ -686,7 +884,7 @@ class Dashboard:
         self.password_checks = threading.BoundedSemaphore(MAX_PASSWORD_CHECKS + MAX_PASSWORD_QUEUE)
         self.csrf = secrets.token_urlsafe(24)
         """Loopback without a password: the page still needs this token, so other web pages cannot POST."""
-        self.monitor = Monitor(config, store, self.hub)
+        self.monitor = Monitor(config, store, self.hub, webhook_url=settings.webhook_url)
         self._stopped = threading.Event()
         try:
             self.server = _HTTPServer((host, port), self)
@@ -871,6 +1069,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     "authenticated": csrf is not None,
                     "csrf": csrf,
                     "version": __version__,
+                    "webhook": shown_url(self.app.settings.webhook_url) if csrf is not None else None,
                 },
             )
         elif path.startswith(("/api/", "/events")) and self._csrf() is None:
@@ -914,6 +1113,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._json(200, {"ok": True}, headers={"Set-Cookie": self._cookie("", 0)})
         elif path == "/api/command":
             self._command()
+        elif path == "/api/alerts/test":
+            self._json(200, self.app.monitor.alerter.test())
         else:
             self._error(404, "not found")
 
@@ -1005,7 +1206,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Cache-Control", "no-store")
             self.send_header("X-Accel-Buffering", "no")
             self.end_headers()
-            self.wfile.write(b"retry: 2000\n\n" + sse_frame("snapshot", self.app.monitor.snapshot()))
+            self.wfile.write(b"retry: 2000\n\n")
             self.wfile.flush()
             while True:
                 try:

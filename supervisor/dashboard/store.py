@@ -1,4 +1,6 @@
-"""The dashboard's history in SQLite: performance (PnL) samples and notify/log/event lines.
+"""The dashboard's memory in SQLite: PnL samples, notify/log/event lines, hosts and instances seen.
+
+The last agent and state record of every host and instance is kept, so a dead agent's host stays listed.
 
 Bounded per instance (the limit plus at most one pruning batch), so the file
 cannot grow without end; it survives a restart of the dashboard. Hummingbot's
@@ -43,6 +45,18 @@ CREATE TABLE IF NOT EXISTS messages (
     text TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_instance ON messages (instance, id);
+CREATE TABLE IF NOT EXISTS hosts (
+    host TEXT PRIMARY KEY,
+    seen REAL NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS states (
+    host TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    seen REAL NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (host, instance)
+);
 """
 
 
@@ -78,6 +92,35 @@ def extract_pnl(payload: t.Any) -> float | None:
         if pnl is not None:
             total = (total or 0.0) + pnl
     return total
+
+
+def message_time(payload: t.Any, now: float, *, window: float = 7 * 86400.0) -> float:
+    """Return the ``timestamp`` a performance message carries (seconds or milliseconds), else ``now``.
+
+    A stamp more than ``window`` away from ``now`` is not believed (a wrong clock, another unit).
+    """
+    stamp = _number(payload.get("timestamp")) if isinstance(payload, dict) else None
+    if stamp is not None and stamp > 1e11:
+        stamp /= 1000.0  # milliseconds
+    return stamp if stamp is not None and abs(stamp - now) <= window else now
+
+
+def controller_figures(payload: t.Any) -> dict[str, dict[str, float]]:
+    """Return the figures of each controller of a performance message (``{}`` when it has none)."""
+    out: dict[str, dict[str, float]] = {}
+    if not isinstance(payload, dict) or _number(payload.get("global_pnl_quote")) is not None:
+        return out
+    for name, value in payload.items():
+        report = value.get("performance", value) if isinstance(value, dict) else None
+        if not isinstance(report, dict):
+            continue
+        figures = {key: number for key in _FIGURES if (number := _number(report.get(key))) is not None}
+        if figures:
+            out[str(name)] = figures
+    return out
+
+
+_FIGURES = ("global_pnl_quote", "realized_pnl_quote", "unrealized_pnl_quote", "volume_traded")
 
 
 class Store:
@@ -167,8 +210,65 @@ class Store:
             for ts, kind, level, text, row_host in reversed(rows)
         ]
 
+    def last_payload(self, instance: str) -> t.Any:
+        """Return the newest stored performance message of ``instance`` (``None``: none)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT payload FROM performance WHERE instance = ? AND payload IS NOT NULL ORDER BY id DESC LIMIT 1",
+                (instance,),
+            ).fetchone()
+        return None if row is None else _object(row[0])
+
     def instances_with_performance(self) -> list[str]:
         """Return every instance that has PnL samples."""
         with self._lock:
             rows = self._db.execute("SELECT DISTINCT instance FROM performance").fetchall()
         return [str(name) for (name,) in rows]
+
+    def remember_host(self, host: str, record: t.Mapping[str, t.Any] | None, *, ts: float | None = None) -> None:
+        """Keep the last agent record of ``host`` (``None``: the agent's record was deleted; forget the host)."""
+        with self._lock:
+            if record is None:
+                self._db.execute("DELETE FROM hosts WHERE host = ?", (host,))
+                self._db.execute("DELETE FROM states WHERE host = ?", (host,))
+                return
+            self._db.execute(
+                "INSERT OR REPLACE INTO hosts (host, seen, record) VALUES (?, ?, ?)",
+                (host, time.time() if ts is None else ts, json.dumps(dict(record), default=str)),
+            )
+
+    def remember_state(
+        self, host: str, instance: str, record: t.Mapping[str, t.Any] | None, *, ts: float | None = None
+    ) -> None:
+        """Keep the last state record of ``host/instance`` (``None``: it was removed; forget it)."""
+        with self._lock:
+            if record is None:
+                self._db.execute("DELETE FROM states WHERE host = ? AND instance = ?", (host, instance))
+                return
+            self._db.execute(
+                "INSERT OR REPLACE INTO states (host, instance, seen, record) VALUES (?, ?, ?, ?)",
+                (host, instance, time.time() if ts is None else ts, json.dumps(dict(record), default=str)),
+            )
+
+    def known_hosts(self) -> dict[str, dict[str, t.Any]]:
+        """Return the last agent record of every remembered host."""
+        with self._lock:
+            rows = self._db.execute("SELECT host, record FROM hosts").fetchall()
+        return {str(host): record for host, text in rows if isinstance(record := _object(text), dict)}
+
+    def known_states(self) -> dict[tuple[str, str], dict[str, t.Any]]:
+        """Return the last state record of every remembered instance of a remembered host."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT host, instance, record FROM states WHERE host IN (SELECT host FROM hosts)"
+            ).fetchall()
+        return {
+            (str(host), str(name)): record for host, name, text in rows if isinstance(record := _object(text), dict)
+        }
+
+
+def _object(text: str) -> t.Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None

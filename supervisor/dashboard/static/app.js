@@ -11,12 +11,25 @@ const ui = {
   csrf: null,
   loginRequired: false,
   events: null,
-  snapshot: null,
+  streamOpen: false,
+  connected: null, // the dashboard's broker connection, from the last snapshot
+  broker: "",
+  skew: 0, // server clock minus this browser's clock, in seconds
+  hosts: [],
+  items: new Map(), // target -> instance record (with pnl_series)
+  snapshot: null, // {hosts, instances}: the current view's data, as the table last drew it
   rows: new Map(),
+  selected: new Set(),
+  sort: { key: null, dir: 1 },
   pending: new Set(),
   lastReply: new Map(),
-  detail: null, // {host, instance, target, history: [[ts, pnl]], timer}
+  detail: null, // {host, instance, target, points: [[ts, pnl]], timer}
+  drawQueued: false,
 };
+
+const BAD_STATES = new Set(["crashed", "exited", "fatal", "install-failed"]);
+const PROGRESS_STATES = new Set(["starting", "waiting-login", "installing", "stopping"]);
+const GREY_STATES = new Set(["offline", "stale", "untrusted"]);
 
 const $ = (id) => document.getElementById(id);
 
@@ -69,7 +82,7 @@ function fmtTime(ts) {
 
 // --- API -----------------------------------------------------------------------------------------
 
-async function api(path, body) {
+async function request(path, body) {
   const options = { credentials: "same-origin", headers: {} };
   if (body !== undefined) {
     options.method = "POST";
@@ -87,6 +100,27 @@ async function api(path, body) {
   return { status: response.status, data };
 }
 
+async function api(path, body) {
+  const first = await request(path, body);
+  // A restarted dashboard has a new token: fetch it and try once more (nothing was sent the first time).
+  if (body === undefined || first.status !== 403 || !/CSRF/.test((first.data && first.data.error) || "")) return first;
+  if (!(await refreshSession())) return first;
+  return request(path, body);
+}
+
+async function refreshSession() {
+  try {
+    const { status, data } = await request("/api/session");
+    if (status === 200 && data.authenticated && data.csrf) {
+      ui.csrf = data.csrf;
+      return true;
+    }
+  } catch (_) {
+    // the dashboard is down: the stream's reconnection will try again
+  }
+  return false;
+}
+
 async function boot() {
   const { status, data } = await api("/api/session");
   if (status !== 200) {
@@ -94,7 +128,6 @@ async function boot() {
     return;
   }
   ui.loginRequired = data.login_required;
-  $("logout").hidden = !data.login_required;
   if (!data.authenticated) {
     showLogin();
     return;
@@ -106,8 +139,13 @@ async function boot() {
 function showLogin(message) {
   if (ui.events) ui.events.close();
   ui.events = null;
+  ui.streamOpen = false;
   $("app").hidden = true;
   $("login").hidden = false;
+  // Nothing of the fleet stays on screen once logged out.
+  for (const id of ["hosts", "broker", "logout"]) $(id).hidden = true;
+  $("hosts").replaceChildren();
+  $("broker").textContent = "";
   $("login-error").textContent = message || "";
   $("live-text").textContent = "logged out";
   $("live").className = "dot";
@@ -115,8 +153,12 @@ function showLogin(message) {
 }
 
 function showApp() {
+  request("/api/session").then(({ data }) => showWebhook(data && data.webhook));
   $("login").hidden = true;
   $("app").hidden = false;
+  $("hosts").hidden = false;
+  $("broker").hidden = false;
+  $("logout").hidden = !ui.loginRequired;
   connect();
 }
 
@@ -144,6 +186,8 @@ async function logout() {
   await api("/api/logout", {});
   ui.csrf = null;
   closeDetail();
+  ui.items.clear();
+  ui.selected.clear();
   showLogin();
 }
 
@@ -153,60 +197,280 @@ function connect() {
   if (ui.events) ui.events.close();
   const source = new EventSource("/events");
   ui.events = source;
-  source.addEventListener("open", () => setLive(true));
+  source.addEventListener("open", () => {
+    ui.streamOpen = true;
+    updateLive();
+    refreshSession(); // after a restart of the dashboard the page's token is stale
+  });
   source.addEventListener("error", async () => {
-    setLive(false);
+    ui.streamOpen = false;
+    updateLive();
     if (source.readyState === EventSource.CLOSED) {
-      const { data } = await api("/api/session");
+      const { data } = await request("/api/session").catch(() => ({ data: null }));
       if (ui.loginRequired && data && !data.authenticated) showLogin("Your session ended. Log in again.");
       else setTimeout(connect, 2000);
     }
   });
-  source.addEventListener("snapshot", (event) => render(JSON.parse(event.data)));
+  source.addEventListener("snapshot", (event) => onSnapshot(JSON.parse(event.data)));
+  source.addEventListener("delta", (event) => onDelta(JSON.parse(event.data)));
   source.addEventListener("message", (event) => onMessage(JSON.parse(event.data)));
   source.addEventListener("performance", (event) => onPerformance(JSON.parse(event.data)));
+  source.addEventListener("alert", (event) => onAlert(JSON.parse(event.data)));
 }
 
-function setLive(on) {
-  $("live").className = on ? "dot on" : "dot";
-  $("live-text").textContent = on ? "live" : "reconnecting…";
+// --- alerts ------------------------------------------------------------------------------------------
+
+const ALERTS_MAX = 50;
+
+function showWebhook(webhook) {
+  ui.webhook = webhook || null;
+  $("webhook-text").textContent = webhook ? `webhook: ${webhook}` : "no webhook (set webhook_url in dashboard.toml)";
+  $("alert-test").disabled = !webhook;
+  const supported = "Notification" in window;
+  $("alert-notify").hidden = !supported || Notification.permission === "granted";
+}
+
+function onAlert(alert) {
+  const list = $("alerts");
+  list.prepend(el("li", { class: "bad", "data-kind": alert.kind }, el("time", {}, fmtTime(alert.ts)), ` ${alert.text}`));
+  while (list.children.length > ALERTS_MAX) list.lastChild.remove();
+  if ("Notification" in window && Notification.permission === "granted") {
+    new Notification("bot-supervisor", { body: alert.text, tag: `${alert.kind}:${alert.target}` });
+  }
+}
+
+async function testAlert() {
+  const button = $("alert-test");
+  button.disabled = true;
+  $("alert-test-result").textContent = "sending…";
+  try {
+    const { status, data } = await api("/api/alerts/test", {});
+    const ok = status === 200 && data.ok;
+    $("alert-test-result").textContent = ok ? `sent (HTTP ${data.status})` : `not sent: ${data.error || `HTTP ${status}`}`;
+    $("alert-test-result").className = ok ? "muted" : "error";
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function updateLive() {
+  let cls = "dot";
+  let text = "reconnecting…";
+  if (ui.streamOpen && ui.connected === false) {
+    cls = "dot warn";
+    text = "broker down";
+  } else if (ui.streamOpen) {
+    cls = "dot on";
+    text = "live";
+  }
+  $("live").className = cls;
+  $("live-text").textContent = text;
+  $("broker").textContent = ui.connected === false ? `${ui.broker} (broker down)` : ui.broker;
+}
+
+function onSnapshot(snapshot) {
+  ui.items = new Map(snapshot.instances.map((item) => [item.target, item]));
+  applyHeader(snapshot);
+  draw();
+}
+
+function onDelta(delta) {
+  // Known instances come as the fields that changed; new ones whole. Sparklines grow from "performance".
+  for (const item of delta.instances || []) {
+    const old = ui.items.get(item.target);
+    ui.items.set(item.target, old ? { ...old, ...item } : { ...item, pnl_series: [] });
+  }
+  for (const [target, ts] of Object.entries(delta.beats || {})) {
+    const old = ui.items.get(target);
+    if (old) ui.items.set(target, { ...old, heartbeat_ts: ts });
+  }
+  for (const target of delta.removed || []) ui.items.delete(target);
+  applyHeader(delta);
+  draw();
+}
+
+function applyHeader(data) {
+  ui.skew = data.now - Date.now() / 1000;
+  if ("connected" in data) ui.connected = data.connected;
+  if ("broker" in data) ui.broker = data.broker;
+  if ("hosts" in data) ui.hosts = data.hosts;
+  updateLive();
+}
+
+function serverNow() {
+  return Date.now() / 1000 + ui.skew;
+}
+
+function draw() {
+  if (ui.drawQueued) return;
+  ui.drawQueued = true;
+  requestAnimationFrame(() => {
+    ui.drawQueued = false;
+    render();
+  });
 }
 
 // --- the table --------------------------------------------------------------------------------------
 
 const VERBS = ["start", "stop", "restart", "import", "config"];
+const COLUMNS = ["sel", "host", "instance", "state", "hb", "pid", "cpu", "rss", "uptime", "restarts", "commit", "pnl", "actions"];
 
-function render(snapshot) {
-  ui.snapshot = snapshot;
-  $("broker").textContent = snapshot.connected ? snapshot.broker : `${snapshot.broker} (broker down)`;
-  if (!snapshot.connected) $("live").className = "dot warn";
-  renderHosts(snapshot.hosts);
-  const seen = new Set();
+function isProblem(item) {
+  return item.health === "bad";
+}
+
+function stateGroup(item) {
+  if (item.health === "bad") return "problems";
+  if (GREY_STATES.has(item.state)) return "offline";
+  if (PROGRESS_STATES.has(item.state)) return "progress";
+  if (item.state === "running") return "running";
+  return "stopped";
+}
+
+function matches(item) {
+  const query = $("search").value.trim().toLowerCase();
+  if (query && !item.instance.toLowerCase().includes(query) && !item.host.toLowerCase().includes(query)) return false;
+  const host = $("filter-host").value;
+  if (host && item.host !== host) return false;
+  const recipe = $("filter-recipe").value;
+  if (recipe && item.recipe !== recipe) return false;
+  const state = $("filter-state").value;
+  return !state || stateGroup(item) === state;
+}
+
+function sortValue(item, key, now) {
+  switch (key) {
+    case "hb":
+      return item.heartbeat_ts ? now - item.heartbeat_ts : null;
+    case "cpu":
+      return item.cpu_percent;
+    case "uptime":
+      return item.state === "running" && item.started_ts ? now - item.started_ts : null;
+    case "pid":
+      return item.state === "running" ? item.pid : null;
+    default:
+      return item[key];
+  }
+}
+
+function compare(a, b) {
+  if (a === b) return 0;
+  if (a === null || a === undefined) return 1; // blanks last, whichever the direction
+  if (b === null || b === undefined) return -1;
+  if (typeof a === "number" && typeof b === "number") return a - b;
+  return String(a).localeCompare(String(b), undefined, { numeric: true });
+}
+
+function visibleItems() {
+  const now = serverNow();
+  const items = [...ui.items.values()].filter(matches);
+  const { key, dir } = ui.sort;
+  items.sort((a, b) => {
+    if ($("group-host").checked) {
+      const byHost = compare(a.host, b.host);
+      if (byHost) return byHost;
+    }
+    if ($("problems-first").checked) {
+      const byProblem = Number(isProblem(b)) - Number(isProblem(a));
+      if (byProblem) return byProblem;
+    }
+    if (key) {
+      const va = sortValue(a, key, now);
+      const vb = sortValue(b, key, now);
+      const blank = (v) => v === null || v === undefined;
+      const order = blank(va) || blank(vb) ? compare(va, vb) : dir * compare(va, vb);
+      if (order) return order;
+    }
+    return compare(a.target, b.target);
+  });
+  return items;
+}
+
+function render() {
+  const instances = [...ui.items.values()];
+  ui.snapshot = { hosts: ui.hosts, instances };
+  renderHosts(ui.hosts);
+  renderChoices();
+  const shown = visibleItems();
+  // One tab stop for the whole table: the current row (arrow keys move it) and its controls.
+  if (!shown.some((item) => item.target === ui.current)) ui.current = shown.length ? shown[0].target : null;
   const body = document.querySelector("#fleet tbody");
-  snapshot.instances.forEach((item, index) => {
-    seen.add(item.target);
+  const wanted = [];
+  let group = null;
+  for (const item of shown) {
+    if ($("group-host").checked && item.host !== group) {
+      group = item.host;
+      wanted.push(groupRow(item.host, shown.filter((i) => i.host === item.host)));
+    }
     let row = ui.rows.get(item.target);
     if (!row) {
       row = makeRow(item);
       ui.rows.set(item.target, row);
     }
-    if (body.children[index] !== row.tr) body.insertBefore(row.tr, body.children[index] || null);
     updateRow(row, item);
+    wanted.push(row.tr);
+  }
+  wanted.forEach((tr, index) => {
+    if (body.children[index] !== tr) body.insertBefore(tr, body.children[index] || null);
   });
+  while (body.children.length > wanted.length) body.lastChild.remove();
   for (const [target, row] of ui.rows) {
-    if (!seen.has(target)) {
+    if (!ui.items.has(target)) {
       row.tr.remove();
       ui.rows.delete(target);
+      ui.selected.delete(target);
     }
   }
-  $("empty").hidden = snapshot.instances.length > 0;
-  renderSummary(snapshot);
+  $("empty").hidden = instances.length > 0;
+  $("no-match").hidden = !(instances.length > 0 && shown.length === 0);
+  renderSummary(instances);
+  renderBulk(shown);
+  for (const th of document.querySelectorAll("#fleet th[data-sort]")) {
+    const on = ui.sort.key === th.dataset.sort;
+    th.setAttribute("aria-sort", on ? (ui.sort.dir > 0 ? "ascending" : "descending") : "none");
+  }
   if (ui.detail) {
-    const item = snapshot.instances.find((i) => i.target === ui.detail.target);
+    const item = ui.items.get(ui.detail.target);
     const pill = $("detail-state");
     pill.textContent = item ? item.state : "gone";
     pill.className = `pill state-${item ? item.state : "offline"}`;
+    const canSend = Boolean(item && item.state === "running" && item.host_online && ui.connected !== false);
+    $("send-line").disabled = !canSend;
+    $("send-button").disabled = !canSend;
+    $("send-line").placeholder = canSend ? "one line, sent literally when you press Enter" : "the bot is not running";
   }
+}
+
+const groupRows = new Map();
+
+function groupRow(host, items) {
+  let tr = groupRows.get(host);
+  if (!tr) {
+    const button = el("button", { type: "button", class: "ghost small", textContent: "select all on this host" });
+    button.addEventListener("click", () => {
+      for (const item of ui.items.values()) if (item.host === host && matches(item)) ui.selected.add(item.target);
+      draw();
+    });
+    tr = el("tr", { class: "group", "data-host": host }, el("th", { colSpan: COLUMNS.length, scope: "rowgroup" }, el("span", { class: "group-name" }), button));
+    groupRows.set(host, tr);
+  }
+  const bad = items.filter(isProblem).length;
+  tr.querySelector(".group-name").textContent = `${host} · ${items.length} bot${items.length === 1 ? "" : "s"}${bad ? ` · ${bad} need attention` : ""}`;
+  return tr;
+}
+
+function renderChoices() {
+  const fill = (id, values, label) => {
+    const select = $(id);
+    const have = [...select.options].slice(1).map((o) => o.value);
+    if (have.join("\n") === values.join("\n")) return;
+    const current = select.value;
+    select.replaceChildren(el("option", { value: "", textContent: label }), ...values.map((v) => el("option", { value: v, textContent: v })));
+    select.value = values.includes(current) ? current : "";
+  };
+  const items = [...ui.items.values()];
+  fill("filter-host", [...new Set([...ui.hosts.map((h) => h.host), ...items.map((i) => i.host)])].sort(), "All hosts");
+  fill("filter-recipe", [...new Set(items.map((i) => i.recipe).filter(Boolean))].sort(), "All recipes");
 }
 
 function renderHosts(hosts) {
@@ -217,41 +481,76 @@ function renderHosts(hosts) {
         "span",
         {
           class: `chip ${h.online ? "online" : "offline"}${h.trusted === false ? " untrusted" : ""}`,
-          title: h.trusted === false
-            ? "record not signed with the shared secret: untrusted, never acted on"
-            : `agent ${h.version || "?"}${h.signed ? ", signed" : ""}`,
+          title:
+            h.trusted === false
+              ? "record not signed with the shared secret: untrusted, never acted on"
+              : h.state === "unseen"
+                ? "not heard from since the dashboard started"
+                : `agent ${h.version || "?"}${h.signed ? ", signed" : ""}`,
         },
         el("span", { class: "dot small-dot" + (h.online ? " on" : "") }),
-        `${h.host} · ${h.instances}` + (h.trusted === false ? " · untrusted" : ""),
+        `${h.host} · ${h.instances}` + (h.trusted === false ? " · untrusted" : h.online ? "" : " · offline"),
       ),
     ),
   );
 }
 
-function renderSummary(snapshot) {
-  const count = (pred) => snapshot.instances.filter(pred).length;
+function renderSummary(instances) {
+  const count = (pred) => instances.filter(pred).length;
   const running = count((i) => i.state === "running" && i.health === "ok");
   const bad = count((i) => i.health === "bad");
   const grey = count((i) => i.health === "off");
-  const starting = count((i) => (i.state === "starting" || i.state === "waiting-login") && i.health === "ok");
-  const stopped = snapshot.instances.length - running - bad - grey - starting;
+  const progress = count((i) => i.health === "ok" && PROGRESS_STATES.has(i.state));
+  const stopped = instances.length - running - bad - grey - progress;
+  const total = instances.reduce((sum, i) => (typeof i.pnl === "number" ? sum + i.pnl : sum), 0);
+  const withPnl = count((i) => typeof i.pnl === "number");
   $("summary").replaceChildren(
     el("span", { class: "sum ok" }, el("b", {}, String(running)), " running"),
-    ...(starting ? [el("span", { class: "sum starting" }, el("b", {}, String(starting)), " starting or at login")] : []),
     el("span", { class: "sum bad" }, el("b", {}, String(bad)), " need attention"),
+    el("span", { class: "sum starting" }, el("b", {}, String(progress)), " starting or at login"),
     el("span", { class: "sum idle" }, el("b", {}, String(stopped)), " stopped"),
     el("span", { class: "sum off" }, el("b", {}, String(grey)), " offline or stale"),
-    el("span", { class: "sum muted" }, `${snapshot.hosts.length} host${snapshot.hosts.length === 1 ? "" : "s"}`),
+    el("span", { class: "sum muted" }, `${ui.hosts.length} host${ui.hosts.length === 1 ? "" : "s"}`),
+    el("span", { class: `sum pnl-total ${total > 0 ? "up" : total < 0 ? "down" : ""}` }, "PnL ", el("b", { id: "pnl-total" }, withPnl ? fmtPnl(total) : "–")),
   );
+}
+
+function renderBulk(shown) {
+  const count = ui.selected.size;
+  $("bulk-count").textContent = `${count} selected`;
+  for (const button of document.querySelectorAll("#bulk [data-bulk]")) button.disabled = count === 0 || ui.connected === false;
+  $("bulk-clear").disabled = count === 0;
+  $("select-matching").textContent = `Select all ${shown.length} shown`;
+  $("select-matching").disabled = shown.length === 0;
+  const all = $("select-all");
+  const chosen = shown.filter((i) => ui.selected.has(i.target)).length;
+  all.checked = shown.length > 0 && chosen === shown.length;
+  all.indeterminate = chosen > 0 && chosen < shown.length;
 }
 
 function makeRow(item) {
   const cells = {};
   const tr = el("tr", { "data-target": item.target });
-  for (const name of ["host", "instance", "state", "hb", "pid", "cpu", "rss", "uptime", "restarts", "commit", "pnl", "actions"]) {
+  tr.setAttribute("aria-label", `${item.instance} on ${item.host}`);
+  tr.addEventListener("focusin", () => {
+    if (ui.current !== item.target) {
+      ui.current = item.target;
+      draw();
+    }
+  });
+  tr.addEventListener("keydown", (event) => rowKey(event, item.target));
+  for (const name of COLUMNS) {
     cells[name] = el("td", { class: name });
     tr.append(cells[name]);
   }
+  const box = el("input", { type: "checkbox", class: "pick" });
+  box.setAttribute("aria-label", `select ${item.instance} on ${item.host}`);
+  box.addEventListener("change", () => {
+    if (box.checked) ui.selected.add(item.target);
+    else ui.selected.delete(item.target);
+    draw();
+  });
+  cells.sel.append(box);
   cells.instance.append(el("span", { class: "name" }), el("span", { class: "recipe muted" }));
   cells.state.append(el("span", { class: "pill" }), el("div", { class: "alert" }));
   cells.pnl.append(spark(), el("span", { class: "pnl-value" }));
@@ -259,14 +558,55 @@ function makeRow(item) {
   const bar = el("div", { class: "buttons" });
   for (const verb of VERBS) {
     buttons[verb] = el("button", { type: "button", class: `verb verb-${verb}`, textContent: verb, "data-verb": verb });
+    buttons[verb].setAttribute("aria-label", `${verb} ${item.instance} on ${item.host}`);
     buttons[verb].addEventListener("click", () => ask(item.target, verb));
     bar.append(buttons[verb]);
   }
-  const consoleButton = el("button", { type: "button", class: "verb verb-console", textContent: "console", "data-verb": "console" });
-  consoleButton.addEventListener("click", () => openDetail(item.target));
-  bar.append(consoleButton);
+  buttons.console = el("button", { type: "button", class: "verb verb-console", textContent: "console", "data-verb": "console" });
+  buttons.console.setAttribute("aria-label", `console of ${item.instance} on ${item.host}`);
+  buttons.console.addEventListener("click", () => openDetail(item.target));
+  bar.append(buttons.console);
   cells.actions.append(bar, el("div", { class: "reply muted" }));
-  return { tr, cells, buttons };
+  return { tr, cells, buttons, box };
+}
+
+function rowKey(event, target) {
+  if (event.target.tagName !== "TR") return;
+  const rows = [...document.querySelectorAll("#fleet tbody tr[data-target]")];
+  const index = rows.findIndex((tr) => tr.dataset.target === target);
+  const moves = { ArrowDown: index + 1, ArrowUp: index - 1, Home: 0, End: rows.length - 1, PageDown: index + 10, PageUp: index - 10 };
+  if (event.key in moves) {
+    event.preventDefault();
+    const next = rows[Math.max(0, Math.min(rows.length - 1, moves[event.key]))];
+    ui.current = next.dataset.target;
+    render();
+    next.focus();
+  } else if (event.key === "Enter") {
+    event.preventDefault();
+    const row = ui.rows.get(target);
+    if (row && !row.buttons.console.disabled) openDetail(target);
+  } else if (event.key === " ") {
+    event.preventDefault();
+    if (ui.selected.has(target)) ui.selected.delete(target);
+    else ui.selected.add(target);
+    draw();
+  }
+}
+
+function allowed(item, verb) {
+  if (!item.host_online || ui.connected === false) return false;
+  const running = item.state === "running";
+  switch (verb) {
+    case "start":
+      return !running && !PROGRESS_STATES.has(item.state);
+    case "stop":
+      return item.state !== "stopped";
+    case "import":
+    case "config":
+      return running;
+    default:
+      return true; // restart, console (a dead bot's console shows its log)
+  }
 }
 
 const STATE_HINTS = {
@@ -276,8 +616,10 @@ const STATE_HINTS = {
 
 function updateRow(row, item) {
   const { tr, cells, buttons } = row;
-  tr.className = `health-${item.health}${ui.detail && ui.detail.target === item.target ? " selected" : ""}`;
+  const now = serverNow();
+  tr.className = `health-${item.health}${ui.detail && ui.detail.target === item.target ? " selected" : ""}${PROGRESS_STATES.has(item.state) ? " progress" : ""}`;
   tr.dataset.state = item.state;
+  row.box.checked = ui.selected.has(item.target);
   cells.host.textContent = item.host;
   cells.instance.querySelector(".name").textContent = item.instance;
   cells.instance.querySelector(".recipe").textContent = item.recipe ? `${item.recipe}${item.plugin ? " · plugin" : ""}` : "";
@@ -285,29 +627,40 @@ function updateRow(row, item) {
   pill.textContent = item.state;
   pill.title = STATE_HINTS[item.state] || "";
   pill.className = `pill state-${item.state}`;
-  cells.state.querySelector(".alert").textContent = item.alert || "";
+  let alert = item.alert || "";
+  if (alert === "no heartbeat" && item.alert_ts) alert = `no heartbeat for ${fmtDuration(now - item.alert_ts)}`;
+  else if (alert && item.alert_ts) alert = `${alert} · ${fmtDuration(now - item.alert_ts)} ago`;
+  cells.state.querySelector(".alert").textContent = alert;
   const running = item.state === "running";
   // starting and waiting-login bots have a live process: show its figures too.
   const alive = running || item.state === "starting" || item.state === "waiting-login";
-  const late = item.heartbeat_age !== null && item.heartbeat_age > 2.5 * item.heartbeat_interval;
-  cells.hb.textContent = fmtAge(item.heartbeat_age);
+  const hbAge = item.heartbeat_ts ? Math.max(0, now - item.heartbeat_ts) : null;
+  const late = hbAge !== null && hbAge > 2.5 * item.heartbeat_interval;
+  cells.hb.textContent = fmtAge(hbAge);
   cells.hb.className = `hb${late && running ? " late" : ""}`;
   cells.pid.textContent = alive && item.pid ? String(item.pid) : "–";
-  cells.cpu.textContent = alive && item.cpu_percent !== null ? `${item.cpu_percent.toFixed(1)}%` : "–";
+  cells.cpu.textContent = alive && item.cpu_percent !== null && item.cpu_percent !== undefined ? `${item.cpu_percent.toFixed(1)}%` : "–";
   cells.rss.textContent = alive ? fmtBytes(item.rss) : "–";
-  cells.uptime.textContent = alive ? fmtDuration(item.uptime) : "–";
+  cells.uptime.textContent = alive && item.started_ts ? fmtDuration(now - item.started_ts) : "–";
   cells.restarts.textContent = item.restarts === null || item.restarts === undefined ? "–" : String(item.restarts);
   cells.commit.textContent = item.commit ? item.commit.slice(0, 8) : "–";
   cells.commit.title = item.commit || "";
-  drawSpark(cells.pnl.querySelector("svg"), item.pnl_series);
+  if (row.series !== item.pnl_series) {
+    drawSpark(cells.pnl.querySelector("svg"), item.pnl_series);
+    row.series = item.pnl_series;
+  }
   const value = cells.pnl.querySelector(".pnl-value");
   value.textContent = fmtPnl(item.pnl);
   value.className = `pnl-value ${item.pnl > 0 ? "up" : item.pnl < 0 ? "down" : ""}`;
   for (const verb of VERBS) {
     const busy = ui.pending.has(`${item.target}:${verb}`);
-    buttons[verb].disabled = busy || !item.host_online;
+    buttons[verb].disabled = busy || !allowed(item, verb);
     buttons[verb].textContent = busy ? `${verb}…` : verb;
   }
+  buttons.console.disabled = !allowed(item, "console");
+  const stop = ui.current === item.target ? 0 : -1;
+  tr.tabIndex = stop;
+  for (const control of [row.box, ...Object.values(buttons)]) control.tabIndex = stop;
   const reply = ui.lastReply.get(item.target);
   const replyCell = cells.actions.querySelector(".reply");
   replyCell.textContent = reply ? reply.text : "";
@@ -318,24 +671,29 @@ function updateRow(row, item) {
 
 const PROMPTS = {
   stop: {
-    title: "Stop this bot?",
+    title: "Stop {bot}?",
     text: "Stopping runs the bot's stop command, which cancels its open orders, and then ends its process. The agent will not restart it.",
     ok: "Stop it",
   },
-  import: { title: "Import a strategy", text: "Strategy (config file) name, as the bot's `import` command takes it:", input: "conf_pure_mm_1.yml", ok: "Import" },
+  import: { title: "Import a strategy into {bot}", text: "Strategy (config file) name, as the bot's `import` command takes it:", input: "conf_pure_mm_1.yml", ok: "Import" },
   config: {
-    title: "Change configuration",
+    title: "Change the configuration of {bot}",
     text: "KEY=VALUE pairs separated by spaces (empty: show the current configuration):",
     input: "",
     ok: "Send",
   },
 };
 
+function botName(target) {
+  const [host, instance] = target.split("/");
+  return `${instance} on ${host}`;
+}
+
 async function ask(target, verb) {
   const prompt = PROMPTS[verb];
   let data = {};
   if (prompt) {
-    const answer = await dialog(prompt);
+    const answer = await dialog({ ...prompt, title: prompt.title.replace("{bot}", botName(target)) });
     if (answer === null) return;
     if (verb === "import") {
       if (!answer.trim()) return;
@@ -348,13 +706,16 @@ async function ask(target, verb) {
   await command(target, verb, data);
 }
 
-function dialog({ title, text, input, ok }) {
+function dialog({ title, text, input, ok, items }) {
   return new Promise((resolve) => {
     const box = $("ask");
     const field = $("ask-input");
     $("ask-title").textContent = title;
     $("ask-text").textContent = text;
     $("ask-ok").textContent = ok;
+    $("ask-ok").classList.toggle("danger", ok.startsWith("Stop"));
+    $("ask-list").replaceChildren(...(items || []).map((line) => el("li", {}, line)));
+    $("ask-list").hidden = !items || items.length === 0;
     field.hidden = input === undefined;
     field.value = "";
     field.placeholder = input || "";
@@ -365,18 +726,39 @@ function dialog({ title, text, input, ok }) {
     box.addEventListener("close", done);
     box.returnValue = "";
     box.showModal();
-    (input === undefined ? $("ask-ok") : field).focus();
+    // A confirmation starts on Cancel, so Enter never stops bots by accident.
+    (input === undefined ? $("ask-cancel") : field).focus();
   });
+}
+
+async function bulk(verb) {
+  const targets = [...ui.selected].filter((target) => ui.items.has(target)).sort();
+  if (!targets.length) return;
+  const hosts = [...new Set(targets.map((target) => target.split("/")[0]))];
+  const count = `${targets.length} bot${targets.length === 1 ? "" : "s"}`;
+  const where = `${hosts.length === 1 ? "host" : "hosts"} ${hosts.join(", ")}`;
+  const verbTitle = verb[0].toUpperCase() + verb.slice(1);
+  const answer = await dialog({
+    title: `${verbTitle} ${count} on ${where}?`,
+    text:
+      verb === "stop"
+        ? "Each bot runs its stop command, which cancels its open orders, and then its process ends. The agents will not restart them."
+        : `Each of these bots is sent ${verb}; every reply is shown below the table.`,
+    ok: `${verbTitle} ${count}`,
+    items: targets.map(botName),
+  });
+  if (answer === null) return;
+  await Promise.all(targets.map((target) => command(target, verb, {})));
 }
 
 async function command(target, verb, data) {
   const key = `${target}:${verb}`;
   ui.pending.add(key);
-  if (ui.snapshot) render(ui.snapshot);
+  draw();
   let reply;
   try {
     const { status, data: body } = await api("/api/command", { target, verb, data });
-    if (status === 403 && ui.loginRequired) {
+    if (status === 403 && ui.loginRequired && /log in/.test(body.error || "")) {
       showLogin("Your session ended. Log in again.");
       return null;
     }
@@ -386,8 +768,8 @@ async function command(target, verb, data) {
   } finally {
     ui.pending.delete(key);
   }
-  if (verb !== "tail") noteReply(target, verb, reply);
-  if (ui.snapshot) render(ui.snapshot);
+  if (verb !== "tail" && verb !== "logs") noteReply(target, verb, reply);
+  draw();
   return reply;
 }
 
@@ -405,47 +787,76 @@ function noteReply(target, verb, reply) {
 
 // --- console, stream and chart of one instance -----------------------------------------------------------
 
+const LOG_LINES = 200;
+const LOG_REFRESH = 5; // seconds between reads of a dead bot's log
+
 async function openDetail(target) {
   closeDetail();
   const [host, instance] = target.split("/");
-  ui.detail = { target, host, instance, points: [], timer: null, busy: false };
+  ui.detail = { target, host, instance, points: [], timer: null, busy: false, logAt: 0, sent: [], recall: -1, range: 0, plot: null };
+  for (const button of document.querySelectorAll(".range button")) button.setAttribute("aria-pressed", String(button.dataset.range === "0"));
+  drawControllers({});
   $("detail").hidden = false;
-  const box = $("detail").getBoundingClientRect();
-  if (box.bottom > window.innerHeight) window.scrollBy({ top: box.bottom - window.innerHeight + 12, behavior: "smooth" });
   $("detail-title").textContent = target;
   $("screen").textContent = "loading…";
   $("send-reply").textContent = "";
   $("stream").replaceChildren();
-  if (ui.snapshot) render(ui.snapshot);
+  $("log").hidden = true;
+  $("log").textContent = "";
+  $("log-info").textContent = "";
+  $("log-search").value = "";
+  $("log-download").disabled = true;
+  render();
   refreshScreen();
   ui.detail.timer = setInterval(refreshScreen, 1000);
-  $("send-line").focus();
+  ($("send-line").disabled ? $("detail-close") : $("send-line")).focus({ preventScroll: true });
   const { status, data } = await api(`/api/history/${encodeURIComponent(host)}/${encodeURIComponent(instance)}`);
   if (status !== 200 || !ui.detail || ui.detail.target !== target) return;
   ui.detail.points = data.performance;
   drawChart();
+  drawControllers(data.controllers || {});
   for (const message of data.messages) addStream(message);
 }
 
 function closeDetail() {
-  if (ui.detail && ui.detail.timer) clearInterval(ui.detail.timer);
+  const was = ui.detail;
+  if (was && was.timer) clearInterval(was.timer);
   ui.detail = null;
   $("detail").hidden = true;
-  if (ui.snapshot) render(ui.snapshot);
+  render();
+  const row = was && ui.rows.get(was.target);
+  if (row) row.buttons.console.focus({ preventScroll: true });
 }
 
 async function refreshScreen() {
   const detail = ui.detail;
   if (!detail || detail.busy || document.hidden) return;
+  const item = ui.items.get(detail.target);
+  const running = item && item.state === "running";
+  if (!running && Date.now() / 1000 - detail.logAt < LOG_REFRESH) return;
   detail.busy = true;
   try {
-    const reply = await command(detail.target, "tail", { lines: TAIL_LINES });
-    if (ui.detail !== detail || !reply) return;
     const screen = $("screen");
     const atBottom = screen.scrollHeight - screen.scrollTop - screen.clientHeight < 30;
-    if (reply.ok) screen.textContent = (reply.result && reply.result.screen) || "";
-    else screen.textContent = `(${reply.timed_out ? "timed out" : "no screen"}: ${reply.msg})`;
-    screen.classList.toggle("stale", !reply.ok);
+    let reply = running ? await command(detail.target, "tail", { lines: TAIL_LINES }) : null;
+    if (ui.detail !== detail) return;
+    if (reply && reply.ok) {
+      screen.textContent = (reply.result && reply.result.screen) || "";
+      screen.classList.remove("stale");
+    } else {
+      // No session to read (crashed, fatal, stopped): the log has its last output, a traceback included.
+      detail.logAt = Date.now() / 1000;
+      reply = await command(detail.target, "logs", { lines: LOG_LINES });
+      if (ui.detail !== detail || !reply) return;
+      const state = item ? item.state : "gone";
+      if (reply.ok) {
+        const log = (reply.result && reply.result.log) || "";
+        screen.textContent = `(${state}: not running. Its last output, from its log:)\n${log || "(nothing logged)"}`;
+      } else {
+        screen.textContent = `(${state}: ${reply.timed_out ? "timed out" : "no log"}: ${reply.msg})`;
+      }
+      screen.classList.add("stale");
+    }
     if (atBottom) screen.scrollTop = screen.scrollHeight;
   } finally {
     detail.busy = false;
@@ -459,11 +870,61 @@ async function sendLine(event) {
   const field = $("send-line");
   const text = field.value;
   field.value = "";
+  if (text && detail.sent[detail.sent.length - 1] !== text) detail.sent.push(text);
+  detail.recall = -1;
   const reply = await command(detail.target, "send", { text });
   if (!reply) return;
   $("send-reply").textContent = reply.ok ? `sent: ${text}` : `not sent: ${reply.msg}`;
   $("send-reply").className = `small ${reply.ok ? "muted" : "error"}`;
   setTimeout(refreshScreen, 300);
+}
+
+function recallLine(event) {
+  const detail = ui.detail;
+  if (!detail || !detail.sent.length || (event.key !== "ArrowUp" && event.key !== "ArrowDown")) return;
+  event.preventDefault();
+  const last = detail.sent.length - 1;
+  if (event.key === "ArrowUp") detail.recall = detail.recall < 0 ? last : Math.max(0, detail.recall - 1);
+  else detail.recall = detail.recall < 0 || detail.recall >= last ? -1 : detail.recall + 1;
+  $("send-line").value = detail.recall < 0 ? "" : detail.sent[detail.recall];
+}
+
+async function loadLog() {
+  const detail = ui.detail;
+  if (!detail) return;
+  $("log-info").textContent = "loading…";
+  const reply = await command(detail.target, "logs", { lines: Number($("log-lines").value) });
+  if (ui.detail !== detail || !reply) return;
+  if (!reply.ok) {
+    $("log-info").textContent = `no log: ${reply.msg}`;
+    return;
+  }
+  detail.log = (reply.result && reply.result.log) || "";
+  detail.logTime = new Date();
+  $("log").hidden = false;
+  $("log-download").disabled = false;
+  renderLog();
+}
+
+function renderLog() {
+  const detail = ui.detail;
+  if (!detail || detail.log === undefined) return;
+  const lines = detail.log ? detail.log.split("\n") : [];
+  const query = $("log-search").value.trim().toLowerCase();
+  const shown = query ? lines.filter((line) => line.toLowerCase().includes(query)) : lines;
+  $("log").textContent = shown.join("\n");
+  $("log-info").textContent = `${query ? `${shown.length} of ` : ""}${lines.length} lines, read at ${fmtTime(detail.logTime / 1000)}`;
+  $("log").scrollTop = $("log").scrollHeight;
+}
+
+function downloadLog() {
+  const detail = ui.detail;
+  if (!detail || detail.log === undefined) return;
+  const link = el("a", { href: URL.createObjectURL(new Blob([detail.log], { type: "text/plain" })), download: `${detail.host}-${detail.instance}.log` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
 }
 
 function onMessage(message) {
@@ -488,9 +949,16 @@ function addStream(message) {
 }
 
 function onPerformance(sample) {
+  const owners = [...ui.items.values()].filter((item) => item.instance === sample.instance);
+  if (owners.length === 1) {
+    const series = [...(owners[0].pnl_series || []), sample.pnl].slice(-60);
+    ui.items.set(owners[0].target, { ...owners[0], pnl_series: series, pnl: sample.pnl });
+    draw();
+  }
   const detail = ui.detail;
   if (!detail || sample.instance !== detail.instance) return;
   detail.points.push([sample.ts, sample.pnl]);
+  if (detail.points.length > 1 && sample.ts < detail.points[detail.points.length - 2][0]) detail.points.sort((a, b) => a[0] - b[0]);
   if (detail.points.length > 2000) detail.points.shift();
   drawChart();
 }
@@ -522,31 +990,116 @@ function drawSpark(svg, values) {
   svg.append(svgEl("polyline", { points, class: values[values.length - 1] >= 0 ? "up" : "down" }));
 }
 
+const CHART = { width: 400, height: 150, left: 46, right: 10, top: 10, bottom: 22 };
+
+function gaps(points) {
+  // A pause much longer than the usual spacing (a broker outage, a stopped bot) is drawn as a gap.
+  const steps = points.slice(1).map((p, i) => p[0] - points[i][0]).sort((a, b) => a - b);
+  const median = steps.length ? steps[Math.floor(steps.length / 2)] : 0;
+  return Math.max(5 * median, 1);
+}
+
+function drawControllers(controllers) {
+  const names = Object.keys(controllers).sort();
+  $("controllers").hidden = names.length === 0;
+  const cell = (value, fmt) => el("td", { class: "num" }, value === undefined ? "–" : fmt(value));
+  $("controllers").querySelector("tbody").replaceChildren(
+    ...names.map((name) => {
+      const c = controllers[name];
+      return el(
+        "tr",
+        { "data-controller": name },
+        el("td", {}, name),
+        cell(c.global_pnl_quote, fmtPnl),
+        cell(c.realized_pnl_quote, fmtPnl),
+        cell(c.unrealized_pnl_quote, fmtPnl),
+        cell(c.volume_traded, (v) => v.toFixed(2)),
+      );
+    }),
+  );
+}
+
+function setRange(seconds) {
+  if (!ui.detail) return;
+  ui.detail.range = seconds;
+  for (const button of document.querySelectorAll(".range button")) button.setAttribute("aria-pressed", String(Number(button.dataset.range) === seconds));
+  drawChart();
+}
+
+function hoverChart(event) {
+  const detail = ui.detail;
+  const svg = $("chart");
+  for (const node of svg.querySelectorAll(".hover")) node.remove();
+  if (!detail || !detail.plot) return;
+  const box = svg.getBoundingClientRect();
+  const px = ((event.clientX - box.left) / box.width) * CHART.width;
+  const { points, x, y } = detail.plot;
+  let best = points[0];
+  for (const p of points) if (Math.abs(x(p[0]) - px) < Math.abs(x(best[0]) - px)) best = p;
+  const cx = x(best[0]);
+  svg.append(svgEl("line", { class: "hover", x1: cx, x2: cx, y1: CHART.top, y2: CHART.height - CHART.bottom }));
+  svg.append(svgEl("circle", { class: "hover", cx, cy: y(best[1]), r: 3 }));
+  const text = svgEl("text", { class: "axis hover", x: Math.min(cx + 4, CHART.width - 110), y: CHART.top + 12 });
+  text.textContent = `${fmtPnl(best[1])} at ${fmtTime(best[0])}`;
+  svg.append(text);
+  $("chart").setAttribute("aria-label", `PnL history; ${text.textContent}`);
+}
+
 function drawChart() {
   const svg = $("chart");
-  const points = ui.detail ? ui.detail.points : [];
+  const detail = ui.detail;
+  const cutoff = detail && detail.range ? serverNow() - detail.range : -Infinity;
+  const points = detail ? detail.points.filter((p) => p[0] >= cutoff) : [];
   svg.replaceChildren();
+  if (detail) detail.plot = null;
   if (!points.length) {
-    $("chart-value").textContent = "(no performance messages from this bot)";
-    svg.append(svgEl("text", { x: 200, y: 75, class: "none", "text-anchor": "middle" }));
+    $("chart-value").textContent = detail && detail.points.length ? "(no samples in this range)" : "(no performance messages from this bot)";
     return;
   }
+  const { width, height, left, right, top, bottom } = CHART;
   const last = points[points.length - 1][1];
   $("chart-value").textContent = `${fmtPnl(last)} · ${points.length} samples since ${fmtTime(points[0][0])}`;
   const values = points.map((p) => p[1]);
   const t0 = points[0][0];
   const span = Math.max(1e-9, points[points.length - 1][0] - t0);
-  const y = scale(values, 140, 12);
-  const x = (ts) => (points.length === 1 ? 200 : 8 + (384 * (ts - t0)) / span);
-  svg.append(svgEl("line", { x1: 0, x2: 400, y1: y(0), y2: y(0), class: "zero" }));
-  const coords = points.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ");
-  svg.append(svgEl("polyline", { points: coords, class: last >= 0 ? "up" : "down" }));
-  for (const p of points.slice(-1)) svg.append(svgEl("circle", { cx: x(p[0]), cy: y(p[1]), r: 3, class: last >= 0 ? "up" : "down" }));
-  const hi = svgEl("text", { x: 396, y: 12, "text-anchor": "end", class: "axis" });
-  hi.textContent = fmtPnl(Math.max(0, ...values));
-  const lo = svgEl("text", { x: 396, y: 136, "text-anchor": "end", class: "axis" });
-  lo.textContent = fmtPnl(Math.min(0, ...values));
-  svg.append(hi, lo);
+  let min = Math.min(0, ...values);
+  let max = Math.max(0, ...values);
+  if (max === min) max = min + 1;
+  const y = (v) => top + (height - top - bottom) * (1 - (v - min) / (max - min));
+  const x = (ts) => (points.length === 1 ? (left + width - right) / 2 : left + ((width - left - right) * (ts - t0)) / span);
+  svg.append(svgEl("line", { x1: left, x2: width - right, y1: y(0), y2: y(0), class: "zero" }));
+  const limit = gaps(points);
+  let segment = [];
+  const flush = () => {
+    if (segment.length > 1) svg.append(svgEl("polyline", { points: segment.join(" "), class: last >= 0 ? "up" : "down" }));
+    else if (segment.length === 1) {
+      const [cx, cy] = segment[0].split(",");
+      svg.append(svgEl("circle", { cx, cy, r: 1.5, class: last >= 0 ? "up" : "down" }));
+    }
+    segment = [];
+  };
+  points.forEach((p, i) => {
+    if (i > 0 && p[0] - points[i - 1][0] > limit) flush();
+    segment.push(`${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`);
+  });
+  flush();
+  detail.plot = { points, x, y };
+  const end = points[points.length - 1];
+  const dot = svgEl("circle", { cx: x(end[0]), cy: y(end[1]), r: 3, class: `end ${last >= 0 ? "up" : "down"}` });
+  const tip = svgEl("title", {});
+  tip.textContent = `${fmtPnl(end[1])} at ${fmtTime(end[0])}`;
+  dot.append(tip);
+  svg.append(dot);
+  // Value labels sit in the left gutter and times under the plot, never on the line.
+  const label = (text, attrs) => {
+    const node = svgEl("text", { class: "axis", ...attrs });
+    node.textContent = text;
+    svg.append(node);
+  };
+  label(fmtPnl(max), { x: left - 6, y: top + 4, "text-anchor": "end" });
+  label(fmtPnl(min), { x: left - 6, y: height - bottom, "text-anchor": "end" });
+  label(fmtTime(t0), { x: left, y: height - 6, "text-anchor": "start" });
+  label(fmtTime(end[0]), { x: width - right, y: height - 6, "text-anchor": "end" });
 }
 
 // --- wiring ------------------------------------------------------------------------------------------------
@@ -554,17 +1107,59 @@ function drawChart() {
 document.addEventListener("DOMContentLoaded", () => {
   $("login-form").addEventListener("submit", login);
   $("logout").addEventListener("click", logout);
+  $("alert-test").addEventListener("click", testAlert);
+  $("log-load").addEventListener("click", loadLog);
+  $("log-lines").addEventListener("change", loadLog);
+  $("log-search").addEventListener("input", renderLog);
+  $("log-download").addEventListener("click", downloadLog);
+  for (const button of document.querySelectorAll(".range button")) button.addEventListener("click", () => setRange(Number(button.dataset.range)));
+  $("chart").addEventListener("pointermove", hoverChart);
+  $("chart").addEventListener("pointerleave", () => {
+    for (const node of $("chart").querySelectorAll(".hover")) node.remove();
+  });
+  $("alert-notify").addEventListener("click", () => Notification.requestPermission().then(() => showWebhook(ui.webhook)));
   $("detail-close").addEventListener("click", closeDetail);
   $("send-form").addEventListener("submit", sendLine);
+  $("send-line").addEventListener("keydown", recallLine);
   $("ask-input").addEventListener("keydown", (event) => {
     if (event.key === "Enter") {
       event.preventDefault();
       $("ask").close("ok");
     }
   });
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && ui.detail && !$("ask").open) closeDetail();
+  });
+  $("tools").addEventListener("submit", (event) => event.preventDefault());
+  for (const id of ["search", "filter-host", "filter-state", "filter-recipe", "problems-first", "group-host"]) {
+    $(id).addEventListener("input", draw);
+    $(id).addEventListener("change", draw);
+  }
+  for (const th of document.querySelectorAll("#fleet th[data-sort]")) {
+    th.querySelector("button").addEventListener("click", () => {
+      const key = th.dataset.sort;
+      ui.sort = { key, dir: ui.sort.key === key ? -ui.sort.dir : 1 };
+      draw();
+    });
+  }
+  $("select-all").addEventListener("change", () => {
+    const shown = visibleItems();
+    if ($("select-all").checked) for (const item of shown) ui.selected.add(item.target);
+    else for (const item of shown) ui.selected.delete(item.target);
+    draw();
+  });
+  $("select-matching").addEventListener("click", () => {
+    for (const item of visibleItems()) ui.selected.add(item.target);
+    draw();
+  });
+  $("bulk-clear").addEventListener("click", () => {
+    ui.selected.clear();
+    draw();
+  });
+  for (const button of document.querySelectorAll("#bulk [data-bulk]")) button.addEventListener("click", () => bulk(button.dataset.bulk));
   setInterval(() => {
-    // Ages move on between pushes too.
-    if (ui.snapshot && ui.events && ui.events.readyState !== EventSource.OPEN) render(ui.snapshot);
+    // Ages move on between pushes: only changed records are sent.
+    if (ui.items.size) draw();
   }, 1000);
   boot();
 });
