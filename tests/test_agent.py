@@ -1079,6 +1079,8 @@ def test_a_flood_of_identical_requests_is_logged_at_a_bounded_rate(
     watcher = watchers(mosquitto)
     replies = watcher.watch("flood-reply")
     payload = envelope("flood-reply", {"text": "x" * 1000})
+    watcher.publish(f"supervisor/{HOST}/nope/send", payload)
+    assert replies.get(timeout=15).json()["data"]["status"] == 400
     for _ in range(200):  # the same bytes again and again: each a redelivery of the first
         watcher.publish(f"supervisor/{HOST}/nope/send", payload)
     for _ in range(200):  # every copy is answered (the first reply again): all were handled
