@@ -1430,3 +1430,37 @@ def test_the_agent_reports_sessions_of_ours_that_lost_their_record(
     assert_silent(events, 1.0)  # once, not at every check
     assert psutil.pid_exists(t.cast("int", pid))
     assert "runs without a record" in agents.output(agent)
+
+
+def test_a_broken_registry_pauses_supervision_and_the_agent_keeps_serving(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+) -> None:
+    pid = new_ticker(manager, "tb", bot_origin, start=True)
+    agent = agents.start(mosquitto.url)
+    registry = manager.paths.registry
+    good = registry.read_bytes()
+    registry.write_text('{"version": 1, "instances": []}')  # not a mapping: unreadable as a registry
+
+    wait_until(lambda: "cannot read this host's state" in agents.output(agent), timeout=10, message="the error")
+    time.sleep(1.0)  # several checks (every 0.2 s) while it stays broken
+    assert agent.poll() is None, agents.output(agent)
+    assert agents.output(agent).count("cannot read this host's state") == 1
+    assert psutil.pid_exists(t.cast("int", pid))
+    # The agent still answers on its own namespace while the registry is broken.
+    watcher = watchers(mosquitto)
+    data, _ = watcher.request(f"supervisor/{HOST}/tb/status", {})
+    assert data["status"] >= 400 and "registry" in data["msg"], data
+
+    registry.write_bytes(good)
+    wait_until(lambda: "can be read again" in agents.output(agent), timeout=10, message="the mending")
+    # Supervision is back: a killed bot is restarted.
+    os.kill(t.cast("int", pid), signal.SIGKILL)
+    wait_until(
+        lambda: (alive := manager.status(["tb"])[0]).pid not in (None, pid) and alive.is_running,
+        timeout=20,
+        message="the bot restarted",
+    )

@@ -182,6 +182,7 @@ class Agent:
         # One run of this agent: in its records and client id, so another agent with the same
         # host id is told apart (and the two do not keep kicking each other off the broker).
         self.run_id = uuid.uuid4().hex[:12]
+        self._state_error: str | None = None
         self._serving = False
         self._first_ready: float | None = None
         self._duplicate_of: dict[str, t.Any] | None = None
@@ -233,20 +234,27 @@ class Agent:
                     continue
                 now = time.monotonic()
                 check_due, heartbeat_due = now >= next_check, now >= next_heartbeat
-                if check_due or heartbeat_due:
-                    statuses = self._refresh()  # one snapshot serves both
-                    if check_due:
-                        if self._supervise(statuses):
-                            statuses = self._refresh()  # what was restarted is up: no stale "offline"
-                        next_check = now + self.check_interval
-                    if heartbeat_due:
-                        self._heartbeats(statuses)
-                        next_heartbeat = now + self.config.heartbeat_interval
-                if now >= next_state:
-                    self._publish_states(force=True)
-                    next_state = now + self.config.state_interval
-                else:
-                    self._publish_states(force=False)
+                try:
+                    if check_due or heartbeat_due:
+                        statuses = self._refresh()  # one snapshot serves both
+                        if check_due:
+                            if self._supervise(statuses):
+                                statuses = self._refresh()  # what was restarted is up: no stale "offline"
+                            next_check = now + self.check_interval
+                        if heartbeat_due:
+                            self._heartbeats(statuses)
+                            next_heartbeat = now + self.config.heartbeat_interval
+                    if now >= next_state:
+                        self._publish_states(force=True)
+                        next_state = now + self.config.state_interval
+                    else:
+                        self._publish_states(force=False)
+                    self._state_readable(None)
+                except (SupervisorError, OSError) as e:
+                    # A broken, deleted or unreadable registry or recipe: the bots run on in their sessions.
+                    # Keep serving; say it once, and again when it is mended. No beat is sent on a guess.
+                    self._state_readable(e)
+                    next_check = next_heartbeat = now + self.check_interval
                 self.refusals.flush()
                 wake = min(next_check, next_heartbeat, next_state) - time.monotonic()
                 self._stop.wait(max(0.01, min(wake, REASSERT_GAP) if self._reassert_pending else wake))
@@ -773,6 +781,17 @@ class Agent:
 
     def _status(self, instance: str) -> InstanceStatus:
         return self.manager.status([instance])[0]
+
+    def _state_readable(self, error: Exception | None) -> None:
+        """Log a change in whether this host's state can be read: the error once, then its mending."""
+        text = None if error is None else clip(str(error), 400)
+        if text == self._state_error:
+            return
+        if text is None:
+            logger.warning("this host's state can be read again; supervising and beating as before")
+        else:
+            logger.error("cannot read this host's state (%s); bots keep running, supervision paused until fixed", text)
+        self._state_error = text
 
     def _refresh(self) -> dict[str, InstanceStatus]:
         statuses = {s.name: s for s in self.manager.status()}
