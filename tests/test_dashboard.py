@@ -24,6 +24,7 @@ import pytest
 from click.testing import CliRunner
 from paho.mqtt.enums import CallbackAPIVersion
 
+from supervisor._http import parse_listen
 from supervisor.agent.config import load_agent_config
 from supervisor.cli import cli
 from supervisor.dashboard import DashboardError
@@ -44,7 +45,6 @@ from supervisor.dashboard.server import (
     Hub,
     Monitor,
     is_loopback,
-    parse_listen,
 )
 from supervisor.dashboard.store import Store, controller_figures, extract_pnl, message_time
 from supervisor.manager import Manager
@@ -219,7 +219,7 @@ def test_listen_addresses(case: ListenCase) -> None:
 @pytest.mark.parametrize("text", ["", "host", "host:", "1.2.3.4:99999", "a b:1"])
 def test_bad_listen_addresses(text: str) -> None:
     with pytest.raises(DashboardError, match="is not HOST:PORT"):
-        parse_listen(text)
+        parse_listen(text, DashboardError)
 
 
 def test_refuses_a_public_address_without_a_password(tmp_path: Path) -> None:

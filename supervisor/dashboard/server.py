@@ -21,7 +21,6 @@ import math
 import queue
 import re
 import secrets
-import socket
 import threading
 import time
 import typing as t
@@ -30,6 +29,7 @@ import uuid
 from importlib import resources
 
 from supervisor import __version__
+from supervisor._http import AppServer, Handler, ServedApp, parse_listen
 from supervisor.agent import protocol
 from supervisor.agent.fleet import STALE_GRACE, TRUSTED_KEY, UNTRUSTED, FleetClient, keep_record, load_record
 from supervisor.consoletext import check_console_text
@@ -116,25 +116,6 @@ SECURITY_HEADERS = {
 
 
 # --- listen address ----------------------------------------------------------------
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[::1]:8080``; a bare port means loopback).
-
-    Raises
-    ------
-    DashboardError
-        For a missing or bad port or host.
-    """
-    value = text.strip()
-    if value.isdigit():
-        value = f"127.0.0.1:{value}"
-    host, sep, port = value.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535 or any(c in host for c in "/ []"):
-        msg = f"listen address '{text}' is not HOST:PORT. Examples: 127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080."
-        raise DashboardError(msg)
-    return host, int(port)
 
 
 def is_loopback(host: str) -> bool:
@@ -831,19 +812,12 @@ def _reply(target: str, verb: str, msg: str, *, timed_out: bool = False) -> dict
 # --- HTTP ------------------------------------------------------------------------------
 
 
-class _HTTPServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128  # socketserver's 5 resets connections in a burst
-
+class _HTTPServer(AppServer["Dashboard"]):
     def __init__(self, address: tuple[str, int], app: Dashboard) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self.app = app
-        super().__init__(address, _Handler)
+        super().__init__(address, _Handler, app)
 
 
-class Dashboard:
+class Dashboard(ServedApp):
     """The whole dashboard: HTTP server, SSE hub, MQTT monitor and history store.
 
     Parameters
@@ -864,7 +838,7 @@ class Dashboard:
     """
 
     def __init__(self, config: AgentConfig, settings: DashboardSettings, listen: str, store: Store) -> None:
-        host, port = parse_listen(listen)
+        host, port = parse_listen(listen, DashboardError)
         self.loopback = is_loopback(host)
         if not self.loopback and not settings.login_required:
             msg = (
@@ -901,8 +875,7 @@ class Dashboard:
     def start(self) -> None:
         """Connect to the broker, then serve HTTP on a background thread."""
         self.monitor.start()
-        self._thread = threading.Thread(target=self.server.serve_forever, name="dashboard-http", daemon=True)
-        self._thread.start()
+        self._serve_in_background("dashboard-http")
         logger.info(
             "dashboard on %s (broker %s, %s)",
             self.url,
@@ -910,43 +883,23 @@ class Dashboard:
             "login required" if self.settings.login_required else "no login: loopback only",
         )
 
-    def stop(self) -> None:
-        """Ask :meth:`run` to return (safe from a signal handler)."""
-        self._stopped.set()
-
-    def run(self) -> None:
-        """Serve until :meth:`stop`, then close everything."""
-        try:
-            self.start()
-            while not self._stopped.wait(0.5):
-                pass
-        finally:
-            self.close()
-
     def close(self) -> None:
         """End every stream, the HTTP server, the MQTT connection and the store."""
         self.hub.close()
-        if self._thread is not None:
-            self.server.shutdown()
-            self._thread.join(5)
-        self.server.server_close()
+        self._close_server()
         self.password_pool.shutdown(wait=False, cancel_futures=True)
         self.monitor.stop()
         self.store.close()
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(Handler):
     server: _HTTPServer
     server_version = "supervisor-dashboard"
-    sys_version = ""
     timeout = 60
 
     @property
     def app(self) -> Dashboard:
         return self.server.app
-
-    def version_string(self) -> str:
-        return self.server_version
 
     def log_message(self, format: str, *args: t.Any) -> None:
         logger.debug("%s %s", self.address_string(), format % args)

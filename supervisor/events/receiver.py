@@ -13,7 +13,6 @@ import dataclasses
 import fnmatch
 import hashlib
 import hmac
-import http.server
 import json
 import logging
 import socket
@@ -23,10 +22,10 @@ import typing as t
 import urllib.parse
 import uuid
 
+from supervisor._http import AppServer, Handler, ServedApp, parse_listen
 from supervisor.agent.connection import Connection
 from supervisor.agent.fleet import load_record
 from supervisor.agent.service import AuditLog
-from supervisor.dashboard.server import parse_listen
 from supervisor.errors import SupervisorError
 from supervisor.events import EventsError
 from supervisor.events.config import Target, event_topic_suffix, is_allowed
@@ -299,17 +298,10 @@ class Publisher:
 # --- HTTP ----------------------------------------------------------------------------------------
 
 
-class _HTTPServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-
+class _HTTPServer(AppServer["Receiver"]):
     def __init__(self, address: tuple[str, int], app: Receiver) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self.app = app
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        super().__init__(address, _Handler)
+        super().__init__(address, _Handler, app)
 
     def process_request(self, request: t.Any, client_address: t.Any) -> None:
         """Serve at most ``MAX_CONNECTIONS`` connections at once; close the others at once."""
@@ -326,7 +318,7 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
             self.slots.release()
 
 
-class Receiver:
+class Receiver(ServedApp):
     """The whole receiver: HTTP server, journal, publisher and its MQTT connection.
 
     Parameters
@@ -407,8 +399,7 @@ class Receiver:
         self.connection.start()
         self.publisher.start()
         self.publisher.wake()
-        self._thread = threading.Thread(target=self.server.serve_forever, name="events-http", daemon=True)
-        self._thread.start()
+        self._serve_in_background("events-http")
         logger.info(
             "webhook receiver on %s with route(s) %s; publishing to %s",
             self.url,
@@ -416,25 +407,9 @@ class Receiver:
             self.config.broker.url,
         )
 
-    def stop(self) -> None:
-        """Ask :meth:`run` to return (safe from a signal handler)."""
-        self._stopped.set()
-
-    def run(self) -> None:
-        """Serve until :meth:`stop`, then close everything."""
-        try:
-            self.start()
-            while not self._stopped.wait(0.5):
-                pass
-        finally:
-            self.close()
-
     def close(self) -> None:
         """Stop HTTP, the publisher and the connection; queued events stay in the journal."""
-        if self._thread is not None:
-            self.server.shutdown()
-            self._thread.join(5)
-        self.server.server_close()
+        self._close_server()
         self.publisher.stop()
         self.connection.stop()
         self.journal.close()
@@ -506,10 +481,9 @@ class Receiver:
         return 202, {"status": "queued", "id": event_id}, {}
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(Handler):
     server: _HTTPServer
     server_version = "supervisor-events"
-    sys_version = ""
     timeout = 5  # a sender that trickles its body does not hold a thread for long
     protocol_version = "HTTP/1.1"
 
@@ -519,9 +493,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         # TCP_NODELAY the body waits for the client's delayed ACK (~40 ms on Linux).
         with contextlib.suppress(OSError):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def version_string(self) -> str:
-        return self.server_version
 
     def log_message(self, format: str, *args: t.Any) -> None:
         """Log nothing from http.server: its lines hold the request line, and so the URL's token."""
