@@ -8,17 +8,12 @@ from __future__ import annotations
 import dataclasses
 import re
 import socket
-import sys
 import typing as t
 import urllib.parse
 from pathlib import Path
 
 from supervisor.errors import AgentError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
+from supervisor.tomlfile import load_toml
 
 if t.TYPE_CHECKING:
     from collections.abc import Mapping
@@ -238,18 +233,7 @@ class _Setting(t.NamedTuple):
 
 def _read_toml(path: Path) -> dict[str, _Setting]:
     where = f"config file '{path}'"
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError as exc:
-        msg = f"{where}: not found. Create it or pass another path with --config."
-        raise AgentError(msg) from exc
-    except OSError as exc:
-        msg = f"{where}: cannot be read ({exc.strerror}). Check its permissions."
-        raise AgentError(msg) from exc
-    except tomllib.TOMLDecodeError as exc:
-        msg = f"{where}: invalid TOML ({exc}). Fix the syntax."
-        raise AgentError(msg) from exc
+    data = load_toml(path, AgentError, missing="Create it or pass another path with --config.")
     settings: dict[str, _Setting] = {}
     for section, body in data.items():
         if section not in _FILE_KEYS or not isinstance(body, dict):

@@ -13,21 +13,17 @@ import dataclasses
 import hashlib
 import hmac
 import secrets
-import sys
 import threading
 import time
 import typing as t
 from pathlib import Path
 
 from supervisor.dashboard import DashboardError
+from supervisor.tomlfile import tomllib
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
 
 SCRYPT_N = 2**14
 SCRYPT_R = 8

@@ -8,16 +8,11 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
-import sys
 import typing as t
 from pathlib import Path
 
 from supervisor.events import EventsError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
+from supervisor.tomlfile import load_toml
 
 if t.TYPE_CHECKING:
     from collections.abc import Sequence
@@ -214,18 +209,7 @@ def load_events_config(path: Path) -> EventsConfig:
         Naming the file and key that is missing, unknown or invalid.
     """
     where = f"config file '{path}'"
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError as e:
-        msg = f"{where}: not found. Create it with at least one [routes.NAME] table (see the README)."
-        raise EventsError(msg) from e
-    except OSError as e:
-        msg = f"{where}: cannot be read ({e.strerror}). Check its permissions."
-        raise EventsError(msg) from e
-    except tomllib.TOMLDecodeError as e:
-        msg = f"{where}: invalid TOML ({e}). Fix the syntax."
-        raise EventsError(msg) from e
+    data = load_toml(path, EventsError, missing="Create it with at least one [routes.NAME] table (see the README).")
     for section in data:
         if section not in ("receiver", "routes"):
             msg = f"{where}: unknown section '{section}'. Known sections: receiver, routes."
