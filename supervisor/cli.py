@@ -638,6 +638,27 @@ def _agent_option(*names: str, **kwargs: t.Any) -> t.Callable[[t.Callable[..., t
     return click.option(*names, allow_from_autoenv=False, **kwargs)
 
 
+def _agent_toml(paths: Paths, config_file: Path | None) -> Path | None:
+    """Return the agent TOML to read: ``--config``, else ``agent.toml`` if it exists, else none."""
+    return config_file or (paths.agent_config if paths.agent_config.exists() else None)
+
+
+def _log_info_to_console(ctx: click.Context) -> None:
+    """Log INFO and above with timestamps, unless ``--debug`` already set the level."""
+    if not ctx.find_root().obj.get("debug"):
+        logging.getLogger().setLevel(logging.INFO)
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+
+
+def _stop_on_signals(stop: t.Callable[[], None]) -> None:
+    """Call ``stop`` on SIGTERM and SIGINT (the foreground services then close cleanly)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: stop())
+    signal.signal(signal.SIGINT, lambda *_: stop())
+
+
 @cli.command("agent")
 @_agent_option("--broker", help="mqtt://[user@]host[:port] or mqtts://… (env SUPERVISOR_BROKER).")
 @_agent_option(
@@ -707,8 +728,6 @@ def agent_cmd(
     Keep the broker password out of the command line: use SUPERVISOR_BROKER_PASSWORD
     or password_file in the config file.
     """
-    import signal
-
     from supervisor.agent.config import load_agent_config
     from supervisor.agent.guard import configure_agent_logging
     from supervisor.agent.service import Agent
@@ -725,12 +744,8 @@ def agent_cmd(
         "heartbeat_interval": heartbeat_interval,
         "state_interval": state_interval,
     }
-    path = config_file or manager.paths.agent_config
-    config = load_agent_config(path if (config_file or path.exists()) else None, os.environ, overrides)
-    if not ctx.find_root().obj.get("debug"):
-        logging.getLogger().setLevel(logging.INFO)
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    config = load_agent_config(_agent_toml(manager.paths, config_file), os.environ, overrides)
+    _log_info_to_console(ctx)
     configure_agent_logging(
         manager.paths.agent_log,
         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"),
@@ -751,8 +766,7 @@ def agent_cmd(
         check_interval=check_interval,
         hbot_relay=not no_hbot_relay,
     )
-    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
-    signal.signal(signal.SIGINT, lambda *_: agent.stop())
+    _stop_on_signals(agent.stop)
     try:
         agent.run()
     finally:
@@ -1017,29 +1031,23 @@ def dashboard_grp(
     """
     if ctx.invoked_subcommand is not None:
         return
-    import signal
-
     from supervisor.agent.config import load_agent_config
     from supervisor.dashboard.auth import load_settings
     from supervisor.dashboard.server import Dashboard
     from supervisor.dashboard.store import Store
 
     paths = Paths.from_env(ctx.find_root().obj.get("home"))
-    agent_toml = config_file or (paths.agent_config if paths.agent_config.exists() else None)
+    agent_toml = _agent_toml(paths, config_file)
     config = load_agent_config(agent_toml, os.environ, {"url": broker, "ca": ca, "cert": cert, "key": key})
     settings = load_settings(paths.dashboard_config, os.environ)
-    if not ctx.find_root().obj.get("debug"):
-        logging.getLogger().setLevel(logging.INFO)
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    _log_info_to_console(ctx)
     store = Store(db_path or paths.dashboard_db)
     try:
         dashboard = Dashboard(config, settings, listen, store)
     except SupervisorError:
         store.close()
         raise
-    signal.signal(signal.SIGTERM, lambda *_: dashboard.stop())
-    signal.signal(signal.SIGINT, lambda *_: dashboard.stop())
+    _stop_on_signals(dashboard.stop)
     dashboard.run()
 
 
@@ -1114,8 +1122,6 @@ def events_serve_cmd(
       targets = ["host-1/mm-1"]
     Then: curl -d '{"side":"buy"}' 'http://127.0.0.1:8090/hooks/btc-long?token=…'
     """
-    import signal
-
     from supervisor.agent.config import load_agent_config
     from supervisor.events.config import load_events_config
     from supervisor.events.journal import Journal
@@ -1124,13 +1130,10 @@ def events_serve_cmd(
     paths = Paths.from_env(ctx.find_root().obj.get("home"))
     routes_path = routes_file or paths.events_config
     events = load_events_config(routes_path)
-    agent_toml = config_file or (paths.agent_config if paths.agent_config.exists() else None)
+    agent_toml = _agent_toml(paths, config_file)
     overrides = {"url": broker, "ca": ca, "cert": cert, "key": key, "namespace": namespace}
     config = load_agent_config(agent_toml, os.environ, overrides)
-    if not ctx.find_root().obj.get("debug"):
-        logging.getLogger().setLevel(logging.INFO)
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    _log_info_to_console(ctx)
     if routes_path.stat().st_mode & 0o077:
         logger.warning("%s holds the routes' tokens but others may read it: chmod 600 it", routes_path)
     journal = Journal(paths.events_journal)
@@ -1139,8 +1142,7 @@ def events_serve_cmd(
     except SupervisorError:
         journal.close()
         raise
-    signal.signal(signal.SIGTERM, lambda *_: receiver.stop())
-    signal.signal(signal.SIGINT, lambda *_: receiver.stop())
+    _stop_on_signals(receiver.stop)
     receiver.run()
 
 
