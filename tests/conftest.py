@@ -16,6 +16,11 @@ from pathlib import Path
 
 import git
 import pytest
+from click.testing import CliRunner, Result
+
+from supervisor.cli import cli
+from supervisor.manager import Manager
+from supervisor.paths import Paths
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -140,6 +145,35 @@ def bot_origin(tmp_path: Path) -> Path:
     origin = tmp_path / "origin"
     make_origin(origin, {"bot.py": (DATA / "ticker_bot.py").read_text(), "install.sh": "#!/bin/sh\necho installed\n"})
     return origin
+
+
+@pytest.fixture
+def lifecycle_origin(tmp_path: Path) -> Path:
+    """A git origin holding the bot with a login prompt and a ready line (``data/lifecycle_bot.py``)."""
+    path = tmp_path / "origin"
+    make_origin(path, {"bot.py": (DATA / "lifecycle_bot.py").read_text()})
+    return path
+
+
+@pytest.fixture
+def manager(isolated_env: Path, tmux_socket: str) -> Iterator[Manager]:
+    """A Manager on the private tmux socket; every bot it still runs is killed at teardown."""
+    mgr = Manager(Paths.from_env(isolated_env, tmux_socket))
+    yield mgr
+    for status in mgr.status():
+        if status.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(status.pid, signal.SIGKILL)
+
+
+def invoke(*args: str, code: int = 0, stdin: str | bytes | None = None) -> Result:
+    """Run ``supervisor ARGS`` in-process and check its exit code (printing its output if it differs)."""
+    result = CliRunner().invoke(cli, list(args), prog_name="supervisor", input=stdin)
+    assert result.exit_code == code, (
+        f"supervisor {' '.join(args)} exited {result.exit_code} (expected {code})\n"
+        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}\n{result.exception!r}"
+    )
+    return result
 
 
 def free_port() -> int:

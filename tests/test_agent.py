@@ -32,7 +32,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from supervisor.agent.auth import sign
 from supervisor.manager import Manager
-from supervisor.paths import Paths
 from tests.conftest import RECIPES, Broker, free_port, missing, start_mosquitto, stop_process, wait_until
 
 if t.TYPE_CHECKING:
@@ -267,16 +266,6 @@ class BotCommands:
 
 
 # --- fixtures -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def manager(isolated_env: Path, tmux_socket: str) -> Iterator[Manager]:
-    mgr = Manager(Paths.from_env(isolated_env, tmux_socket))
-    yield mgr
-    for status in mgr.status():
-        if status.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(status.pid, signal.SIGKILL)
 
 
 class AgentRunner:

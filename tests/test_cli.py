@@ -12,10 +12,10 @@ from pathlib import Path
 
 import click
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from supervisor.cli import cli
-from tests.conftest import RECIPES, missing, wait_until
+from tests.conftest import RECIPES, invoke, missing, wait_until
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
@@ -23,16 +23,6 @@ if t.TYPE_CHECKING:
 TICKER = str(RECIPES / "ticker.yaml")
 FAILING = str(RECIPES / "failing-install.yaml")
 HEX40 = re.compile(r"[0-9a-f]{40}")
-
-
-def invoke(*args: str, code: int = 0) -> Result:
-    """Run ``supervisor ARGS`` in-process and check its exit code (printing its output if it differs)."""
-    result = CliRunner().invoke(cli, list(args), prog_name="supervisor")
-    assert result.exit_code == code, (
-        f"supervisor {' '.join(args)} exited {result.exit_code} (expected {code})\n"
-        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}\n{result.exception!r}"
-    )
-    return result
 
 
 def ls_json(*names: str) -> list[dict[str, t.Any]]:

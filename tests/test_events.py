@@ -40,7 +40,9 @@ from supervisor.manager import Manager
 from supervisor.paths import Paths
 from supervisor.recipe import parse_recipe
 from tests.conftest import RECIPES, Broker, free_port, start_mosquitto, stop_process, wait_until
-from tests.test_agent import HOST, AgentRunner, Message, Watcher, drain, next_matching
+from tests.test_agent import HOST, AgentRunner, Message, Watcher, agents, drain, next_matching
+
+__all__ = ["agents"]  # a fixture shared with test_agent
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -394,23 +396,6 @@ def test_kill_9_between_accept_and_publish_delivers_after_restart(tmp_path: Path
 
 
 # --- a plugin-less bot's console, through a real agent ----------------------------------------------------
-
-
-@pytest.fixture
-def manager(isolated_env: Path, tmux_socket: str) -> Iterator[Manager]:
-    mgr = Manager(Paths.from_env(isolated_env, tmux_socket))
-    yield mgr
-    for status in mgr.status():
-        if status.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(status.pid, signal.SIGKILL)
-
-
-@pytest.fixture
-def agents(isolated_env: Path, tmux_socket: str, tmp_path: Path, manager: Manager) -> Iterator[AgentRunner]:
-    runner = AgentRunner(isolated_env, tmux_socket, tmp_path / "agent-logs")
-    yield runner
-    runner.stop_all()
 
 
 def console_has(manager: Manager, name: str, text: str) -> Callable[[], bool]:

@@ -38,7 +38,6 @@ from tests.test_agent import (
     console,
     drain,
     envelope,
-    manager,
     new_ticker,
     next_matching,
     watchers,
@@ -49,7 +48,7 @@ if t.TYPE_CHECKING:
 
     import aiomqtt
 
-__all__ = ["agents", "bot_commands", "manager", "watchers"]  # fixtures shared with test_agent
+__all__ = ["agents", "bot_commands", "watchers"]  # fixtures shared with test_agent
 
 EXAMPLE_SETTINGS = ("interval=0.2",)
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -35,21 +34,6 @@ def backend(request: pytest.FixtureRequest) -> str:
     name = t.cast("str", request.param)
     request.getfixturevalue("tmux_socket" if name == "tmux" else "screendir")
     return name
-
-
-@pytest.fixture
-def manager(isolated_env: Path, request: pytest.FixtureRequest) -> t.Iterator[Manager]:
-    socket = request.getfixturevalue("tmux_socket")
-    mgr = Manager(Paths.from_env(isolated_env, socket))
-    yield mgr
-    for status in mgr.status():
-        if status.pid:
-            with_suppress_kill(status.pid)
-
-
-def with_suppress_kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
 
 
 def state_of(manager: Manager, name: str) -> str:

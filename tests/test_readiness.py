@@ -1,10 +1,7 @@
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import signal
 import threading
 import typing as t
 from pathlib import Path
@@ -16,33 +13,12 @@ from supervisor import readiness
 from supervisor.cli import cli
 from supervisor.errors import InstanceNotReady, ReadyTimeout
 from supervisor.manager import Manager, read_chunk
-from supervisor.paths import Paths
-from tests.conftest import DATA, RECIPES, make_origin, wait_until
-
-if t.TYPE_CHECKING:
-    from collections.abc import Iterator
+from tests.conftest import RECIPES, wait_until
 
 LOGIN = str(RECIPES / "login.yaml")
 HEADLESS = str(RECIPES / "headless.yaml")
 READY = re.compile(r"lifecycle-bot ready")
 PROMPT = re.compile(r"Enter your password")
-
-
-@pytest.fixture
-def origin(tmp_path: Path) -> Path:
-    path = tmp_path / "origin"
-    make_origin(path, {"bot.py": (DATA / "lifecycle_bot.py").read_text()})
-    return path
-
-
-@pytest.fixture
-def manager(isolated_env: Path, tmux_socket: str) -> Iterator[Manager]:
-    mgr = Manager(Paths.from_env(isolated_env, tmux_socket))
-    yield mgr
-    for status in mgr.status():
-        if status.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(status.pid, signal.SIGKILL)
 
 
 @pytest.fixture(params=["tmux", "screen"])
@@ -61,8 +37,10 @@ def state_of(manager: Manager, name: str) -> str:
     return fresh(manager).status([name])[0].state
 
 
-def test_login_dialog_then_ready(manager: Manager, backend: str, origin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    manager.new("lg", LOGIN, repo=str(origin), backend=backend)
+def test_login_dialog_then_ready(
+    manager: Manager, backend: str, lifecycle_origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager.new("lg", LOGIN, repo=str(lifecycle_origin), backend=backend)
     [result] = manager.start(["lg"])  # returns at the dialog instead of waiting out ready_timeout
     assert result.ok
     assert "waits at its login dialog: log in with 'supervisor attach lg'" in result.message
@@ -98,12 +76,18 @@ def test_login_dialog_then_ready(manager: Manager, backend: str, origin: Path, m
     assert "already running" in again.message
 
 
-def test_starting_until_ready_and_start_joins_a_starting_bot(manager: Manager, origin: Path, tmp_path: Path) -> None:
+def test_starting_until_ready_and_start_joins_a_starting_bot(
+    manager: Manager, lifecycle_origin: Path, tmp_path: Path
+) -> None:
     recipe = tmp_path / "headless.yaml"
     recipe.write_text((RECIPES / "headless.yaml").read_text().replace("ready_timeout: 15", "ready_timeout: 1"))
     flag = tmp_path / "go"
     manager.new(
-        "slow", str(recipe), repo=str(origin), settings=[f"ready_flag={flag}"], secret_values={"password": b"pw"}
+        "slow",
+        str(recipe),
+        repo=str(lifecycle_origin),
+        settings=[f"ready_flag={flag}"],
+        secret_values={"password": b"pw"},
     )
     manager.start(["slow"], wait_ready=False)
     status = wait_until(lambda: fresh(manager).status(["slow"])[0].pid and fresh(manager).status(["slow"])[0])

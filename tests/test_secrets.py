@@ -11,36 +11,18 @@ import typing as t
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
 from supervisor import secrets
-from supervisor.cli import cli
 from supervisor.errors import SecretError, SecretMissing
 from supervisor.manager import Manager
 from supervisor.paths import Paths
-from tests.conftest import DATA, RECIPES, make_origin
+from tests.conftest import RECIPES, invoke
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
 
 HEADLESS = str(RECIPES / "headless.yaml")
 PASSWORD = "s3cret pässword 'with' $quotes"
-
-
-def invoke(*args: str, code: int = 0, stdin: str | bytes | None = None) -> Result:
-    result = CliRunner().invoke(cli, list(args), prog_name="supervisor", input=stdin)
-    assert result.exit_code == code, (
-        f"supervisor {' '.join(args)} exited {result.exit_code} (expected {code})\n"
-        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}\n{result.exception!r}"
-    )
-    return result
-
-
-@pytest.fixture
-def origin(tmp_path: Path) -> Path:
-    path = tmp_path / "origin"
-    make_origin(path, {"bot.py": (DATA / "lifecycle_bot.py").read_text()})
-    return path
 
 
 @pytest.fixture
@@ -69,10 +51,12 @@ def tree_argv(pid: int) -> list[bytes]:
     return found
 
 
-def test_secret_reaches_bot_and_install_but_no_argv_registry_or_log(home: Path, origin: Path, tmp_path: Path) -> None:
+def test_secret_reaches_bot_and_install_but_no_argv_registry_or_log(
+    home: Path, lifecycle_origin: Path, tmp_path: Path
+) -> None:
     value_file = tmp_path / "pw.txt"
     value_file.write_text(PASSWORD + "\n")
-    invoke("new", "hb", "-r", HEADLESS, "--repo", str(origin), "--secret", f"password=@{value_file}")
+    invoke("new", "hb", "-r", HEADLESS, "--repo", str(lifecycle_origin), "--secret", f"password=@{value_file}")
     paths = Paths.from_env(home)
     stored = paths.secret_file("hb", "password")
     assert stored.read_bytes() == PASSWORD.encode()  # the trailing newline is dropped
@@ -106,8 +90,8 @@ def test_secret_reaches_bot_and_install_but_no_argv_registry_or_log(home: Path, 
     assert PASSWORD not in shown
 
 
-def test_start_refuses_without_a_needed_secret_then_secret_set_from_stdin(home: Path, origin: Path) -> None:
-    invoke("new", "hb", "-r", HEADLESS, "--repo", str(origin), "--no-install")
+def test_start_refuses_without_a_needed_secret_then_secret_set_from_stdin(home: Path, lifecycle_origin: Path) -> None:
+    invoke("new", "hb", "-r", HEADLESS, "--repo", str(lifecycle_origin), "--no-install")
     assert "password  CONFIG_PASSWORD  no" in invoke("secret", "ls", "hb").stdout
     result = invoke("start", "hb", code=1)
     assert result.stderr.strip() == (
@@ -125,20 +109,26 @@ def test_start_refuses_without_a_needed_secret_then_secret_set_from_stdin(home: 
     assert not list(paths.secrets_dir("hb").glob(".*.tmp"))
 
 
-def test_secret_options_are_checked_before_anything_touches_disk(home: Path, origin: Path, tmp_path: Path) -> None:
+def test_secret_options_are_checked_before_anything_touches_disk(
+    home: Path, lifecycle_origin: Path, tmp_path: Path
+) -> None:
     instances = home / "instances"
-    refused = invoke("new", "hb", "-r", HEADLESS, "--repo", str(origin), "--secret", "password=plain", code=1)
+    refused = invoke("new", "hb", "-r", HEADLESS, "--repo", str(lifecycle_origin), "--secret", "password=plain", code=1)
     assert "must be KEY=@PATH" in refused.stderr
     assert "a secret never goes on the command line" in refused.stderr
     (tmp_path / "v").write_text("x")
-    unknown = invoke("new", "hb", "-r", HEADLESS, "--repo", str(origin), "--secret", f"pin=@{tmp_path / 'v'}", code=1)
+    unknown = invoke(
+        "new", "hb", "-r", HEADLESS, "--repo", str(lifecycle_origin), "--secret", f"pin=@{tmp_path / 'v'}", code=1
+    )
     assert "recipe 'headless' uses no secret 'pin' (its secrets: password)" in unknown.stderr
-    missing = invoke("new", "hb", "-r", HEADLESS, "--repo", str(origin), "--secret", "password=@/nonexistent", code=1)
+    missing = invoke(
+        "new", "hb", "-r", HEADLESS, "--repo", str(lifecycle_origin), "--secret", "password=@/nonexistent", code=1
+    )
     assert "cannot read '/nonexistent'" in missing.stderr
     assert not instances.exists() or not any(instances.iterdir())
     assert invoke("ls", "--json", "--no-foreign").stdout.count('"name"') == 0
 
-    invoke("new", "hb", "-r", HEADLESS, "--repo", str(origin), "--no-install")
+    invoke("new", "hb", "-r", HEADLESS, "--repo", str(lifecycle_origin), "--no-install")
     assert "uses no secret 'pin'" in invoke("secret", "set", "hb", "pin", stdin="x", code=1).stderr
     assert "is empty" in invoke("secret", "set", "hb", "password", stdin="\n", code=1).stderr
     assert "NUL byte" in invoke("secret", "set", "hb", "password", stdin=b"a\0b", code=1).stderr
@@ -163,9 +153,11 @@ def test_secret_file_is_private_from_creation_whatever_the_umask(home: Path, tmu
         secrets.write_secret(paths, "x", "password", b"v3")
 
 
-def test_run_wrapper_refuses_to_run_when_the_secret_vanished(home: Path, tmux_socket: str, origin: Path) -> None:
+def test_run_wrapper_refuses_to_run_when_the_secret_vanished(
+    home: Path, tmux_socket: str, lifecycle_origin: Path
+) -> None:
     manager = Manager(Paths.from_env(home, tmux_socket))
-    manager.new("hb", HEADLESS, repo=str(origin), install=False)
+    manager.new("hb", HEADLESS, repo=str(lifecycle_origin), install=False)
     with pytest.raises(SecretMissing):
         manager.start(["hb"])
     manager.set_secret("hb", "password", b"pw")
