@@ -401,11 +401,7 @@ def _clone_into(mirror: Path, url: str, dest: Path, ref: str, progress: Progress
     except (_GitFailure, OSError) as e:
         msg = f"repository '{url}': could not check out '{ref or 'HEAD'}' into '{dest}' ({_why(e)}). {_HINT_RETRY}"
         raise InstallError(msg, step="checkout", log_tail=_tail(e)) from e
-    commit = current_commit(dest)
-    if commit is None:
-        msg = f"checkout '{dest}': git left no commit checked out. {_HINT_RETRY}"
-        raise InstallError(msg, step="checkout")
-    return commit
+    return _checked_out_commit(dest)
 
 
 _QUIET_DETACH = {"advice.detachedHead": "false"}
@@ -495,11 +491,7 @@ def fetch_and_checkout(
     except (_GitFailure, OSError) as e:
         msg = f"checkout '{checkout}': could not check out '{ref}' ({_why(e)}). {_HINT_RETRY}"
         raise InstallError(msg, step="checkout", log_tail=_tail(e)) from e
-    new = current_commit(checkout)
-    if new is None:
-        msg = f"checkout '{checkout}': git left no commit checked out. {_HINT_RETRY}"
-        raise InstallError(msg, step="checkout")
-    return old, new
+    return old, _checked_out_commit(checkout)
 
 
 def resolve_update(checkout: Path, mirror: Path, url: str, ref: str, *, progress: ProgressFn | None = None) -> str:
@@ -682,6 +674,15 @@ def current_commit(checkout: Path) -> str | None:
         return _git(["rev-parse", "--verify", "--quiet", "HEAD"], cwd=checkout) or None
     except _GitFailure:
         return None
+
+
+def _checked_out_commit(checkout: Path) -> str:
+    """Return HEAD's hexsha after a checkout; git leaving none is an install error."""
+    commit = current_commit(checkout)
+    if commit is None:
+        msg = f"checkout '{checkout}': git left no commit checked out. {_HINT_RETRY}"
+        raise InstallError(msg, step="checkout")
+    return commit
 
 
 def describe_ref(checkout: Path) -> str | None:
