@@ -148,7 +148,7 @@ def bot_origin(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def lifecycle_origin(tmp_path: Path) -> Path:
+def lifecycle_bot_origin(tmp_path: Path) -> Path:
     """A git origin holding the bot with a login prompt and a ready line (``data/lifecycle_bot.py``)."""
     path = tmp_path / "origin"
     make_origin(path, {"bot.py": (DATA / "lifecycle_bot.py").read_text()})

@@ -38,9 +38,9 @@ def state_of(manager: Manager, name: str) -> str:
 
 
 def test_login_dialog_then_ready(
-    manager: Manager, backend: str, lifecycle_origin: Path, monkeypatch: pytest.MonkeyPatch
+    manager: Manager, backend: str, lifecycle_bot_origin: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    manager.new("lg", LOGIN, repo=str(lifecycle_origin), backend=backend)
+    manager.new("lg", LOGIN, repo=str(lifecycle_bot_origin), backend=backend)
     [result] = manager.start(["lg"])  # returns at the dialog instead of waiting out ready_timeout
     assert result.ok
     assert "waits at its login dialog: log in with 'supervisor attach lg'" in result.message
@@ -77,7 +77,7 @@ def test_login_dialog_then_ready(
 
 
 def test_starting_until_ready_and_start_joins_a_starting_bot(
-    manager: Manager, lifecycle_origin: Path, tmp_path: Path
+    manager: Manager, lifecycle_bot_origin: Path, tmp_path: Path
 ) -> None:
     recipe = tmp_path / "headless.yaml"
     recipe.write_text((RECIPES / "headless.yaml").read_text().replace("ready_timeout: 15", "ready_timeout: 1"))
@@ -85,7 +85,7 @@ def test_starting_until_ready_and_start_joins_a_starting_bot(
     manager.new(
         "slow",
         str(recipe),
-        repo=str(lifecycle_origin),
+        repo=str(lifecycle_bot_origin),
         settings=[f"ready_flag={flag}"],
         secret_values={"password": b"pw"},
     )

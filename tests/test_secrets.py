@@ -52,11 +52,11 @@ def tree_argv(pid: int) -> list[bytes]:
 
 
 def test_secret_reaches_bot_and_install_but_no_argv_registry_or_log(
-    home: Path, lifecycle_origin: Path, tmp_path: Path
+    home: Path, lifecycle_bot_origin: Path, tmp_path: Path
 ) -> None:
     value_file = tmp_path / "pw.txt"
     value_file.write_text(PASSWORD + "\n")
-    invoke("new", "hb", "-r", HEADLESS, "--repo", str(lifecycle_origin), "--secret", f"password=@{value_file}")
+    invoke("new", "hb", "-r", HEADLESS, "--repo", str(lifecycle_bot_origin), "--secret", f"password=@{value_file}")
     paths = Paths.from_env(home)
     stored = paths.secret_file("hb", "password")
     assert stored.read_bytes() == PASSWORD.encode()  # the trailing newline is dropped
@@ -90,8 +90,10 @@ def test_secret_reaches_bot_and_install_but_no_argv_registry_or_log(
     assert PASSWORD not in shown
 
 
-def test_start_refuses_without_a_needed_secret_then_secret_set_from_stdin(home: Path, lifecycle_origin: Path) -> None:
-    invoke("new", "hb", "-r", HEADLESS, "--repo", str(lifecycle_origin), "--no-install")
+def test_start_refuses_without_a_needed_secret_then_secret_set_from_stdin(
+    home: Path, lifecycle_bot_origin: Path
+) -> None:
+    invoke("new", "hb", "-r", HEADLESS, "--repo", str(lifecycle_bot_origin), "--no-install")
     assert "password  CONFIG_PASSWORD  no" in invoke("secret", "ls", "hb").stdout
     result = invoke("start", "hb", code=1)
     assert result.stderr.strip() == (
@@ -110,25 +112,27 @@ def test_start_refuses_without_a_needed_secret_then_secret_set_from_stdin(home: 
 
 
 def test_secret_options_are_checked_before_anything_touches_disk(
-    home: Path, lifecycle_origin: Path, tmp_path: Path
+    home: Path, lifecycle_bot_origin: Path, tmp_path: Path
 ) -> None:
     instances = home / "instances"
-    refused = invoke("new", "hb", "-r", HEADLESS, "--repo", str(lifecycle_origin), "--secret", "password=plain", code=1)
+    refused = invoke(
+        "new", "hb", "-r", HEADLESS, "--repo", str(lifecycle_bot_origin), "--secret", "password=plain", code=1
+    )
     assert "must be KEY=@PATH" in refused.stderr
     assert "a secret never goes on the command line" in refused.stderr
     (tmp_path / "v").write_text("x")
     unknown = invoke(
-        "new", "hb", "-r", HEADLESS, "--repo", str(lifecycle_origin), "--secret", f"pin=@{tmp_path / 'v'}", code=1
+        "new", "hb", "-r", HEADLESS, "--repo", str(lifecycle_bot_origin), "--secret", f"pin=@{tmp_path / 'v'}", code=1
     )
     assert "recipe 'headless' uses no secret 'pin' (its secrets: password)" in unknown.stderr
     missing = invoke(
-        "new", "hb", "-r", HEADLESS, "--repo", str(lifecycle_origin), "--secret", "password=@/nonexistent", code=1
+        "new", "hb", "-r", HEADLESS, "--repo", str(lifecycle_bot_origin), "--secret", "password=@/nonexistent", code=1
     )
     assert "cannot read '/nonexistent'" in missing.stderr
     assert not instances.exists() or not any(instances.iterdir())
     assert invoke("ls", "--json", "--no-foreign").stdout.count('"name"') == 0
 
-    invoke("new", "hb", "-r", HEADLESS, "--repo", str(lifecycle_origin), "--no-install")
+    invoke("new", "hb", "-r", HEADLESS, "--repo", str(lifecycle_bot_origin), "--no-install")
     assert "uses no secret 'pin'" in invoke("secret", "set", "hb", "pin", stdin="x", code=1).stderr
     assert "is empty" in invoke("secret", "set", "hb", "password", stdin="\n", code=1).stderr
     assert "NUL byte" in invoke("secret", "set", "hb", "password", stdin=b"a\0b", code=1).stderr
@@ -154,10 +158,10 @@ def test_secret_file_is_private_from_creation_whatever_the_umask(home: Path, tmu
 
 
 def test_run_wrapper_refuses_to_run_when_the_secret_vanished(
-    home: Path, tmux_socket: str, lifecycle_origin: Path
+    home: Path, tmux_socket: str, lifecycle_bot_origin: Path
 ) -> None:
     manager = Manager(Paths.from_env(home, tmux_socket))
-    manager.new("hb", HEADLESS, repo=str(lifecycle_origin), install=False)
+    manager.new("hb", HEADLESS, repo=str(lifecycle_bot_origin), install=False)
     with pytest.raises(SecretMissing):
         manager.start(["hb"])
     manager.set_secret("hb", "password", b"pw")
