@@ -176,6 +176,16 @@ def invoke(*args: str, code: int = 0, stdin: str | bytes | None = None) -> Resul
     return result
 
 
+class Clock:
+    """A settable clock, so time windows (rate limits, expiry, redelivery) are tested without sleeping."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:

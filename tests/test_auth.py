@@ -11,6 +11,7 @@ import pytest
 from supervisor.agent import protocol
 from supervisor.agent.auth import Verifier, canonical, sign
 from supervisor.errors import AgentError, AuthError
+from tests.conftest import Clock
 
 SECRET = "s3cret"
 TOPIC = "supervisor/h1/mm-1/send"
@@ -19,18 +20,8 @@ NOW = 1_700_000_000.0
 NONCE = "0123456789abcdef0123456789abcdef"
 
 
-class Clock:
-    """A settable clock, so the skew window and nonce memory are tested without sleeping."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def verifier(clock: Clock | None = None, skew: float = 30.0, secret: str = SECRET) -> Verifier:
-    return Verifier(secret, skew=skew, clock=clock or Clock())
+    return Verifier(secret, skew=skew, clock=clock or Clock(NOW))
 
 
 def header_for(auth: dict[str, t.Any]) -> dict[str, t.Any]:
@@ -257,7 +248,7 @@ def test_concurrent_replays_let_exactly_one_through() -> None:
 
 
 def test_a_request_signed_before_the_agent_started_is_refused_even_within_the_skew_window() -> None:
-    clock = Clock()
+    clock = Clock(NOW)
     check = Verifier(SECRET, skew=30.0, clock=clock, not_before=NOW)
     data = {"text": "status"}
     old = sign(SECRET, TOPIC, REPLY_TO, data, ts=NOW - 5)  # 5 s old: inside the 30 s window

@@ -53,6 +53,7 @@ from tests.conftest import (
     DATA,
     RECIPES,
     Broker,
+    Clock,
     free_port,
     make_origin,
     missing,
@@ -80,16 +81,6 @@ CHROMIUM_FLAGS = [
 HEARTBEAT = 0.5
 AGENT_TIMERS = ("--heartbeat-interval", str(HEARTBEAT), "--state-interval", "1", "--check-interval", "0.3")
 PASSWORD = "correct horse battery"
-
-
-class Clock:
-    """A settable clock, so session expiry and the login throttle are tested without sleeping."""
-
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # --- password hashes, sessions, settings ----------------------------------------------------

@@ -1,16 +1,7 @@
 from __future__ import annotations
 
 from supervisor.agent.dedup import Redeliveries
-
-
-class Clock:
-    """A settable clock: the redelivery window is about time, and tests must not sleep through it."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.conftest import Clock
 
 
 def test_the_same_bytes_within_the_window_are_a_redelivery_with_the_reply_sent() -> None:

@@ -12,16 +12,7 @@ import pytest
 from supervisor.agent import protocol
 from supervisor.agent.guard import ClipFilter, RefusalLog, clip, is_command_topic
 from supervisor.agent.service import AuditLog
-
-
-class Clock:
-    """A settable monotonic clock, so the refusal interval is tested without sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.conftest import Clock
 
 
 def test_clip_keeps_short_text_and_notes_the_length_of_long_text() -> None:

@@ -5,23 +5,14 @@ from pathlib import Path
 
 from supervisor.agent.stream import ConsoleStream
 from supervisor.recipe import find_recipe
+from tests.conftest import Clock
 
 EXAMPLE = find_recipe("example-bot", Path("/nonexistent"))
 
 
-class Clock:
-    """A settable clock: the rate limit is about time, and tests must not sleep through it."""
-
-    def __init__(self) -> None:
-        self.now = 1795969477.25
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def follow(tmp_path: Path) -> tuple[ConsoleStream, Path, list[tuple[str, dict[str, object]]], Clock]:
     published: list[tuple[str, dict[str, object]]] = []
-    clock = Clock()
+    clock = Clock(1795969477.25)
     stream = ConsoleStream(lambda topic, payload: published.append((topic, json.loads(payload))), "hbot", clock=clock)
     log = tmp_path / "console.log"
     log.write_text("old line, printed before the agent looked\n")
