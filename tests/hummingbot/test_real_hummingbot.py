@@ -344,11 +344,13 @@ def test_update_works_on_the_built_tree_and_keeps_the_strategy(world: World) -> 
 
 
 def test_fleet_ls_shows_its_heartbeat_age(world: World) -> None:
-    done = world.cli("fleet", "--broker", world.broker.url, "ls", "--json", "--wait", "12", timeout=60)
+    # The default collection time (1.5 s) is shorter than the bot's 10 s beat: the age comes from
+    # the heartbeats the agent records for plugin bots in its state record.
+    done = world.cli("fleet", "--broker", world.broker.url, "ls", "--json", timeout=60)
     data = json.loads(done.stdout)
     [row] = [i for i in data["instances"] if i["instance"] == NAME]
     assert row["state"] == "running", row
-    assert row["heartbeat_age"] is not None and row["heartbeat_age"] < 30, row
+    assert row["heartbeat_age"] is not None and row["heartbeat_age"] < 60, row
 
 
 def test_the_dashboard_api_shows_it_running_with_heartbeats(world: World) -> None:
