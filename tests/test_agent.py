@@ -50,7 +50,7 @@ if t.TYPE_CHECKING:
 
 TICKER = str(RECIPES / "ticker.yaml")
 CRASHER = str(RECIPES / "crasher.yaml")
-PLUGIN_BOT = str(RECIPES / "plugin-bot.yaml")
+BRIDGE_BOT = str(RECIPES / "bridge-bot.yaml")
 HOST = "h1"
 HEARTBEAT = 0.5
 # commlib 0.13.2 builds its paho client with the VERSION1 callback API, which paho 2.2 deprecates.
@@ -428,7 +428,7 @@ def bridge_origin(tmp_path: Path) -> Path:
 
 
 def new_bridge_bot(manager: Manager, name: str, origin: Path, broker: Broker, *, delay: float = 0.0) -> None:
-    manager.new(name, PLUGIN_BOT, repo=str(origin), settings=[f"mqtt_port={broker.port}", f"bridge_delay={delay}"])
+    manager.new(name, BRIDGE_BOT, repo=str(origin), settings=[f"mqtt_port={broker.port}", f"bridge_delay={delay}"])
 
 
 def new_ticker(manager: Manager, name: str, origin: Path, *, start: bool = False, recipe: str = TICKER) -> int | None:
