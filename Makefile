@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo demo-clean test lint check-tree unit system-deps venv bench clean
+.PHONY: demo demo-clean test test-hummingbot lint check-tree unit system-deps venv bench clean
 
 system-deps:  ## tmux, screen, git, mosquitto (apt-get when they are missing)
 	@bash scripts/system-deps.sh
@@ -31,6 +31,14 @@ unit: venv
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: system-deps venv lint unit  ## installs test needs, then ruff, mypy and the whole pytest suite
+
+# What the real-Hummingbot tests download and build lives outside the clone, so a warm run takes minutes.
+BOT_SUPERVISOR_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/bot-supervisor
+export BOT_SUPERVISOR_CACHE
+
+test-hummingbot: system-deps venv  ## a real Hummingbot (PyPI sdist, Python 3.12) under supervisor, agent, fleet, dashboard
+	@echo "real-Hummingbot tests; cache: $(BOT_SUPERVISOR_CACHE)"
+	$(BIN)/pytest tests/hummingbot -m hummingbot -v -s $(PYTEST_ARGS)
 
 bench: system-deps venv
 	$(BIN)/python bench/run.py $(BENCH_ARGS)

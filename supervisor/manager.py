@@ -45,6 +45,7 @@ from supervisor.errors import (
 from supervisor.paths import SESSION_PREFIX, Paths, ensure_dir
 from supervisor.recipe import (
     BUILTIN_PREFIX,
+    STRATEGY_VARS,
     Recipe,
     builtin_source,
     check_name,
@@ -340,8 +341,11 @@ class Manager:
     # -- variables -------------------------------------------------------------
 
     def _values(self, instance: Instance, recipe: Recipe) -> dict[str, str]:
+        builtins = {"name": instance.name, "checkout": instance.checkout, "home": str(self.paths.home)}
         values = {**recipe.vars, **instance.vars}
-        values.update(name=instance.name, checkout=instance.checkout, home=str(self.paths.home))
+        # A variable's value may use the built-in ones (``venvs: '{home}/venvs'``).
+        values = {key: render(value, builtins) for key, value in values.items()}
+        values.update(builtins)
         values.setdefault("python", sys.executable)
         if not values["python"]:
             values["python"] = sys.executable
@@ -660,9 +664,10 @@ class Manager:
                     self._roll_back(record, recipe, old, f"update to {target} failed: {e}", on_line, snapshot)
         self._commit_cache.pop(record.checkout, None)
         # Start outside the lock: start takes the same per-instance lock.
+        # The bot comes back as it was, with the strategy it was launched with.
         if was_running and failure is None:
             try:
-                self.start([name])
+                self._start_one(name)
                 if not self._live_status(self.registry.get(name)).is_running:
                     msg = f"instance '{name}': the bot exited right after it came up."
                     raise InstanceError(msg)
@@ -672,7 +677,7 @@ class Manager:
                 raise self._undo_update(record, recipe, old, target, new, e, on_line, snapshot) from e
         elif was_running:
             with contextlib.suppress(SupervisorError):
-                self.start([name])
+                self._start_one(name)
         if failure is not None:
             raise failure
         return self.status([name])[0]
@@ -701,7 +706,7 @@ class Manager:
             self.registry.update(name, ref=record.ref)
         self._commit_cache.pop(record.checkout, None)
         try:
-            self.start([name])
+            self._start_one(name)
             again = f"started {old[:12]} again"
         except SupervisorError as e:
             again = f"starting {old[:12]} again failed too ({str(e).splitlines()[0]})"
@@ -995,8 +1000,21 @@ class Manager:
 
     # -- start / stop -------------------------------------------------------------
 
+    def _strategy_args(self, instance: Instance, recipe: Recipe) -> str:
+        """Return the recipe's ``run.strategy_args`` for the recorded strategy, shell-quoted ("" without one)."""
+        if not recipe.run.strategy_args or not instance.strategy:
+            return ""
+        values = {k: shlex.quote(v) for k, v in instance.strategy.items() if k in STRATEGY_VARS and v}
+        if not values:
+            return ""
+        return render(recipe.run.strategy_args, values, optional_groups=True).strip()
+
     def _write_run_script(self, instance: Instance, recipe: Recipe) -> Path:
         values = self._values(instance, recipe)
+        command = strip_exec(render(recipe.run.command, values))
+        extra = self._strategy_args(instance, recipe)
+        if extra:
+            command = f"{command} {extra}"
         exit_file = self.paths.exit_file(instance.name)
         lines = [
             "#!/usr/bin/env bash",
@@ -1018,7 +1036,6 @@ class Manager:
             prelude = render(recipe.run.prelude, values)
             failed = "{ echo 'bot-supervisor: prelude failed' >&2; rc=98; }"
             lines.append(f'if [ -z "${{rc:-}}" ]; then {prelude} || {failed}; fi')
-        command = strip_exec(render(recipe.run.command, values))
         lines += [
             f'if [ -z "${{rc:-}}" ]; then {command}; rc=$?; fi',
             (
@@ -1035,7 +1052,9 @@ class Manager:
         tmp.replace(script)
         return script
 
-    def start(self, names: Sequence[str], *, wait_ready: bool = True) -> list[ActionResult]:
+    def start(
+        self, names: Sequence[str], *, wait_ready: bool = True, strategy: t.Mapping[str, str | None] | None = None
+    ) -> list[ActionResult]:
         """Start each instance in its session; a running one is left alone.
 
         All sessions are started first, then one loop waits for every bot's
@@ -1043,17 +1062,22 @@ class Manager:
         slowest of them. With several names, a bot that fails to come up is
         reported in its result (``ok`` false); with one name, it raises.
 
+        ``strategy`` (``script``/``conf``) launches the bot with that strategy
+        through the recipe's ``run.strategy_args``, and is recorded so a crash
+        restart runs it again; without it the bot starts with none.
+
         Raises
         ------
         InstanceNotFound, InstanceError, SessionError, ReadyTimeout
         """
-        return self._start_many(names, wait_ready=wait_ready)
+        return self._start_many(names, wait_ready=wait_ready, strategy=check_strategy(strategy or {}))
 
     def _start_one(
         self, name: str, *, wait_ready: bool = True, count_restart: bool = False, only_if_wanted: bool = False
     ) -> ActionResult:
+        # Restarts (crash or user) launch the bot with the strategy it was last given.
         return self._start_many(
-            [name], wait_ready=wait_ready, count_restart=count_restart, only_if_wanted=only_if_wanted
+            [name], wait_ready=wait_ready, count_restart=count_restart, only_if_wanted=only_if_wanted, strategy=None
         )[0]
 
     def _start_many(
@@ -1063,7 +1087,9 @@ class Manager:
         wait_ready: bool = True,
         count_restart: bool = False,
         only_if_wanted: bool = False,
+        strategy: dict[str, str] | None = None,
     ) -> list[ActionResult]:
+        """Start ``names``; ``strategy`` None keeps each record's strategy, a dict (maybe empty) replaces it."""
         names = list(dict.fromkeys(names))
         done: dict[str, ActionResult] = {}
         already_running: set[str] = set()
@@ -1104,6 +1130,8 @@ class Manager:
                 missing = secrets.missing(self.paths, name, self.recipe_for(record))
                 if missing:
                     raise SecretMissing(name, missing)
+                if strategy is not None:
+                    record = dataclasses.replace(record, strategy=strategy or None)
                 launched.append(self._launch(record, listing.get(record.backend, {})))
             now = time.time()
             try:
@@ -1120,6 +1148,8 @@ class Manager:
                         record.fatal = False
                         record.last_error = None
                         record.restarts += 1 if count_restart else 0
+                        if strategy is not None:
+                            record.strategy = strategy or None
             except SupervisorError:
                 # The record could not be kept after all (the disk filled meanwhile): undo the launches.
                 for launch in launched:
@@ -1296,6 +1326,9 @@ class Manager:
                 )
             recipe = self.recipe_for(record)
             step = self._quit(record, recipe, backend, sample, timeout)
+            if step in _GRACEFUL_STEPS and sample.root_pid and sample.root_pid != sample.pid:
+                # The bot left on its own: let the wrapper record its exit code before the session goes.
+                metrics.wait_gone([sample.root_pid], 3.0)
             if info is not None and not record.adopted:
                 with contextlib.suppress(SessionError):
                     backend.kill_session(record.session)
@@ -1639,6 +1672,36 @@ class Manager:
     def restart_crashed(self, name: str) -> ActionResult:
         """Start an instance the agent found dead while it should run, counting the restart."""
         return self._start_one(name, count_restart=True, only_if_wanted=True)
+
+
+_GRACEFUL_STEPS = ("console", "stop-command", "stop-signal")
+_STRATEGY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_strategy(values: t.Mapping[str, t.Any]) -> dict[str, str]:
+    """Return the ``script``/``conf`` of a start request that are set, checked to be plain file names.
+
+    They reach a shell command line (quoted) and the bot's config folder, so
+    only a file name is accepted: no path, no leading dash or dot.
+
+    Raises
+    ------
+    InstanceError
+        When a value is not a string or not a plain file name.
+    """
+    found: dict[str, str] = {}
+    for key in STRATEGY_VARS:
+        value = values.get(key)
+        if value in (None, ""):
+            continue
+        if not isinstance(value, str) or not _STRATEGY_NAME_RE.fullmatch(value):
+            msg = (
+                f"{key} {str(value)[:80]!r}: must be a file name (letters, digits, '.', '_', '-'; "
+                "at most 128, not starting with '.' or '-'). Give the name of a file in the bot's folder."
+            )
+            raise InstanceError(msg)
+        found[key] = value
+    return found
 
 
 def rotate_log(path: Path, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_KEEP) -> bool:

@@ -28,6 +28,7 @@ BUILTIN_PREFIX = "builtin:"
 SECRET_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+STRATEGY_VARS = ("script", "conf")
 
 _TOP_KEYS = {
     "name",
@@ -44,7 +45,7 @@ _TOP_KEYS = {
 }
 EVENT_NAME_RE = re.compile(r"\*|[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 _SOURCE_KEYS = {"repo", "ref"}
-_RUN_KEYS = {"command", "prelude", "env", "ready", "ready_timeout", "login", "secrets", "stop"}
+_RUN_KEYS = {"command", "prelude", "env", "ready", "ready_timeout", "login", "secrets", "stop", "strategy_args"}
 _STOP_KEYS = {"signal", "command", "grace"}
 #: Console lines that are variants of a command rather than commands of their own.
 CONSOLE_VARIANTS = ("stop_keep_orders",)
@@ -121,6 +122,8 @@ class Run:
     login: str | None = None
     secrets: t.Mapping[str, str] = dataclasses.field(default_factory=dict)
     stop: Stop | None = None
+    strategy_args: str | None = None
+    """Appended to ``command`` when the bot is launched with a strategy (``{script}``, ``{conf}``, ``[...]`` groups)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -387,6 +390,9 @@ def parse_recipe(data: object, path: Path, *, builtin: bool = False) -> Recipe:
     login = _regex(path, "run.login", run_raw.get("login"))
     if login and not ready:
         _fail(path, "run.login", "needs run.ready too (it tells when the login is over)")
+    strategy_args = _string(path, "run.strategy_args", run_raw.get("strategy_args"))
+    if strategy_args:
+        _check_vars(path, "run.strategy_args", strategy_args, {*known, *STRATEGY_VARS})
     run = Run(
         command=command,
         prelude=prelude,
@@ -396,6 +402,7 @@ def parse_recipe(data: object, path: Path, *, builtin: bool = False) -> Recipe:
         login=login,
         secrets=_secrets(path, run_raw.get("secrets"), env),
         stop=_stop(path, run_raw.get("stop"), known),
+        strategy_args=strategy_args,
     )
 
     console_raw = _table(path, "console", top.get("console") or {}, _CONSOLE_KEYS)

@@ -57,6 +57,8 @@ class Instance:
     adopted: bool = False
     fatal: bool = False
     last_error: str | None = None
+    strategy: dict[str, str] | None = None
+    """The strategy (``script``/``conf``) the bot was last launched or started with; a crash restart reuses it."""
 
     def to_dict(self) -> dict[str, t.Any]:
         """Return the record as stored."""

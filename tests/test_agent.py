@@ -32,14 +32,24 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from supervisor.agent.auth import sign
 from supervisor.manager import Manager
-from tests.conftest import RECIPES, Broker, free_port, missing, start_mosquitto, stop_process, wait_until
+from tests.conftest import (
+    DATA,
+    RECIPES,
+    Broker,
+    free_port,
+    make_origin,
+    missing,
+    start_mosquitto,
+    stop_process,
+    wait_until,
+)
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 TICKER = str(RECIPES / "ticker.yaml")
 CRASHER = str(RECIPES / "crasher.yaml")
-PLUGIN_BOT = str(RECIPES / "plugin-bot.yaml")
+BRIDGE_BOT = str(RECIPES / "bridge-bot.yaml")
 HOST = "h1"
 HEARTBEAT = 0.5
 # commlib 0.13.2 builds its paho client with the VERSION1 callback API, which paho 2.2 deprecates.
@@ -395,6 +405,19 @@ def bot_commands() -> Iterator[Callable[..., BotCommands]]:
     yield make
     for client in made:
         client.close()
+
+
+@pytest.fixture
+def bridge_origin(tmp_path: Path) -> Path:
+    """A git origin holding the bot with its own MQTT bridge that the plugin-bot recipe runs."""
+    origin = tmp_path / "bridge-origin"
+    files = {"bridge_bot.py": (DATA / "bridge_bot.py").read_text(), "install.sh": "#!/bin/sh\necho installed\n"}
+    make_origin(origin, files)
+    return origin
+
+
+def new_bridge_bot(manager: Manager, name: str, origin: Path, broker: Broker, *, delay: float = 0.0) -> None:
+    manager.new(name, BRIDGE_BOT, repo=str(origin), settings=[f"mqtt_port={broker.port}", f"bridge_delay={delay}"])
 
 
 def new_ticker(manager: Manager, name: str, origin: Path, *, start: bool = False, recipe: str = TICKER) -> int | None:
@@ -870,36 +893,38 @@ def test_a_crash_loop_is_restarted_with_backoff_then_marked_fatal(
 
 def test_a_plugin_instance_that_is_up_gets_no_reply_from_the_agent(
     manager: Manager,
-    bot_origin: Path,
+    bridge_origin: Path,
     mosquitto: Broker,
     agents: AgentRunner,
     watchers: Callable[..., Watcher],
 ) -> None:
-    new_ticker(manager, "pb", bot_origin, recipe=PLUGIN_BOT)
+    new_bridge_bot(manager, "pb", bridge_origin, mosquitto, delay=0.5)
     agents.start(mosquitto.url)
     watcher = watchers(mosquitto)
-    heartbeats = watcher.watch("hbot/pb/hb")
 
     # Down: the agent stands in, but only start can help.
     data, _ = watcher.request("hbot/pb/status", {"async_backend": False})
     assert data["status"] == 400 and "not running" in data["msg"], data
-    data, raw = watcher.request("hbot/pb/start", {"async_backend": False})
-    assert data["status"] == 200, data
-    assert REPLY_RE.fullmatch(raw), raw
+    # A start launches the bot, then its own bridge answers the very request.
+    data, _ = watcher.request("hbot/pb/start", {"async_backend": False})
+    assert data == {"status": 200, "msg": "bridge start"}, data
     status = manager.status(["pb"])[0]
     assert status.state == "running" and status.plugin
     assert status.pid is not None and psutil.pid_exists(status.pid)
+    heartbeats = watcher.watch("hbot/pb/hb")
+    agent_beats = [m for m in drain(heartbeats) if m.topic == "hbot/pb/hb"]
 
     # Up: the bot's own bridge answers; the agent must not (no double replies).
     for command in ("status", "stop", "start"):
         replies = watcher.watch(f"r-plugin-{command}")
         watcher.publish(f"hbot/pb/{command}", envelope(f"r-plugin-{command}", {"async_backend": False}))
-        assert_silent(replies, 2.0 if command == "status" else 0.3)
+        assert replies.get(timeout=10).json()["data"]["msg"] == f"bridge {command}"
+        assert_silent(replies, 2.0 if command == "status" else 0.3)  # exactly one reply: the bot's
     assert "stopped strategy" not in console(manager, "pb")
     assert manager.status(["pb"])[0].pid == status.pid
     data, _ = watcher.request(f"supervisor/{HOST}/pb/status", {})
     assert data["status"] == 200 and data["result"]["plugin"] is True and data["result"]["state"] == "running"
-    assert_silent(heartbeats, 0.1)  # the plugin sends its own heartbeats, never the agent
+    assert not agent_beats
 
 
 @pytest.mark.parametrize(
@@ -912,7 +937,7 @@ def test_a_plugin_instance_that_is_up_gets_no_reply_from_the_agent(
 )
 def test_a_plugin_instance_that_is_up_gets_no_reply_even_to_a_malformed_request(
     manager: Manager,
-    bot_origin: Path,
+    bridge_origin: Path,
     mosquitto: Broker,
     agents: AgentRunner,
     watchers: Callable[..., Watcher],
@@ -920,7 +945,8 @@ def test_a_plugin_instance_that_is_up_gets_no_reply_even_to_a_malformed_request(
 ) -> None:
     # The bot's bridge owns its topics while it is up: Hummingbot's aiomqtt bridge runs a request
     # without data as {} and answers 200, so a 400 from the agent would be a second, contrary reply.
-    new_ticker(manager, "pb", bot_origin, recipe=PLUGIN_BOT, start=True)
+    new_bridge_bot(manager, "pb", bridge_origin, mosquitto)
+    manager.start(["pb"])
     agents.start(mosquitto.url)
     watcher = watchers(mosquitto)
     replies = watcher.watch("r-plugin-bad")
@@ -929,6 +955,66 @@ def test_a_plugin_instance_that_is_up_gets_no_reply_even_to_a_malformed_request(
 
     assert_silent(replies, 1.0)
     assert state(manager, "pb") == "running"
+
+
+def test_a_plugin_bot_is_launched_with_the_requested_conf_and_restarted_with_it_after_kill_9(
+    manager: Manager,
+    bridge_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+) -> None:
+    """A start for a down plugin bot launches it with its conf; the bot answers; a crash restart keeps the conf."""
+    new_bridge_bot(manager, "pb", bridge_origin, mosquitto, delay=1.0)
+    agents.start(mosquitto.url)
+    watcher = watchers(mosquitto)
+    reply_to = f"r-start-{uuid.uuid4().hex}"
+    replies = watcher.watch(reply_to)
+    watcher.publish("hbot/pb/start", envelope(reply_to, {"script": "probe.py", "conf": "probe.yml"}))
+    first = replies.get(timeout=30)
+    assert first.json()["data"] == {"status": 200, "msg": "bridge start --conf probe.yml"}
+    assert_silent(replies, 1.0)  # exactly one reply: the bot's
+    audit = [json.loads(line) for line in manager.paths.audit_log.read_text().splitlines()]
+    assert [e["result"] for e in audit if e.get("reply_to") == reply_to] == ["forwarded"]
+    assert manager.registry.get("pb").strategy == {"script": "probe.py", "conf": "probe.yml"}
+
+    old = manager.status(["pb"])[0].pid
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+
+    def restarted() -> list[str] | None:
+        pid = manager.status(["pb"])[0].pid
+        if pid in (None, old):
+            return None
+        with contextlib.suppress(psutil.Error):  # the dying wrapper's last commands come and go
+            argv = psutil.Process(pid).cmdline()
+            return argv if any(a.endswith("bridge_bot.py") for a in argv) else None
+        return None
+
+    argv = wait_until(restarted, timeout=30, message="the agent restarts the bot")
+    assert argv[-2:] == ["--conf", "probe.yml"]
+
+
+def test_a_request_in_the_startup_window_is_held_until_the_bridge_is_up(
+    manager: Manager,
+    bridge_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+) -> None:
+    """Between the process appearing and its bridge subscribing, requests are held, then the bot answers."""
+    new_bridge_bot(manager, "pb", bridge_origin, mosquitto, delay=2.0)
+    agents.start(mosquitto.url)
+    watcher = watchers(mosquitto)
+    manager.start(["pb"], wait_ready=False)
+    wait_until(lambda: manager.status(["pb"])[0].pid, timeout=10, message="the process is up")
+    reply_to = f"r-early-{uuid.uuid4().hex}"
+    replies = watcher.watch(reply_to)
+    watcher.publish("hbot/pb/status", envelope(reply_to, {"async_backend": False}))
+    assert replies.get(timeout=30).json()["data"] == {"status": 200, "msg": "bridge status"}
+    assert_silent(replies, 1.0)
+    audit = [json.loads(line) for line in manager.paths.audit_log.read_text().splitlines()]
+    assert [e["result"] for e in audit if e.get("reply_to") == reply_to] == ["forwarded"]
 
 
 def test_after_a_reboot_the_agent_starts_what_should_run_and_leaves_stopped_bots_alone(

@@ -228,7 +228,7 @@ ERROR_CASES = [
         "unknown-recipe",
         ["new", "x", "-r", "no-such-recipe"],
         1,
-        "Error: recipe 'no-such-recipe' not found. Known recipes: example-bot, hummingbot. "
+        "Error: recipe 'no-such-recipe' not found. Known recipes: example-bot, hummingbot, hummingbot-venv. "
         "Run 'supervisor recipes' or pass a file with -r PATH.\n",
     ),
     ErrorCase(

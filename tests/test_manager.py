@@ -436,3 +436,81 @@ def test_update_that_cannot_copy_the_config_aside_changes_nothing(manager: Manag
         manager.update("snap")
     status = manager.status(["snap"])[0]
     assert (status.state, status.commit) == ("running", old_commit)
+
+
+STRATEGY_RECIPE = """\
+name: strategy-bot
+source: {repo: set-by-test, ref: main}
+vars:
+  data: '{home}/data-of-{name}'
+install: ['mkdir -p {data}']
+run:
+  command: '{python} bot.py --data {data}'
+  strategy_args: '[--conf {conf}][ --script {script}]'
+  ready: 'ticker-bot ready'
+  ready_timeout: 15
+console:
+  quit: [exit]
+"""
+
+
+def _cmdline(manager: Manager, name: str) -> list[str]:
+    import psutil
+
+    pid = wait_until(lambda: manager.status([name])[0].pid, timeout=10, message=f"{name} has a pid")
+    return list(psutil.Process(pid).cmdline())
+
+
+def test_launch_with_a_strategy_and_crash_restart_keeps_it(
+    manager: Manager, bot_origin: Path, tmp_path: Path, isolated_env: Path
+) -> None:
+    """A start with a strategy passes it through run.strategy_args (quoted); a crash restart reuses it."""
+    recipe = tmp_path / "strategy-bot.yaml"
+    recipe.write_text(STRATEGY_RECIPE)
+    manager.new("sb", str(recipe), repo=str(bot_origin))
+    assert (isolated_env / "data-of-sb").is_dir()  # '{home}' inside a variable's value is filled in
+    with pytest.raises(InstanceError, match=r"conf '\.\./x': must be a file name"):
+        manager.start(["sb"], strategy={"conf": "../x"})
+    with pytest.raises(InstanceError, match=r"script 'a;b': must be a file name"):
+        manager.start(["sb"], strategy={"script": "a;b"})
+    manager.start(["sb"], strategy={"conf": "probe.yml", "script": None})
+    argv = _cmdline(manager, "sb")
+    assert argv[-4:] == ["--data", str(isolated_env / "data-of-sb"), "--conf", "probe.yml"]
+    assert manager.registry.get("sb").strategy == {"conf": "probe.yml"}
+
+    os.kill(manager.status(["sb"])[0].pid or 0, signal.SIGKILL)
+    wait_until(lambda: state_of(manager, "sb") in ("crashed", "exited"), timeout=10, message="the bot died")
+    result = manager.restart_crashed("sb")
+    assert result.changed
+    assert _cmdline(manager, "sb")[-2:] == ["--conf", "probe.yml"]
+
+    manager.stop(["sb"])
+    manager.start(["sb"])  # a plain start: no strategy, and none remembered
+    assert "--conf" not in _cmdline(manager, "sb")
+    assert manager.registry.get("sb").strategy is None
+
+
+def test_graceful_stop_records_the_bots_exit_code(manager: Manager, bot_origin: Path) -> None:
+    """The wrapper writes the exit code after the bot quits; the session is not killed before it can."""
+    manager.new("ec", TICKER, repo=str(bot_origin))
+    for _ in range(3):
+        manager.start(["ec"])
+        [result] = manager.stop(["ec"])
+        assert result.step == "console"
+        record = manager._exit_record("ec")
+        assert record is not None
+        assert record.code == 0
+        manager.paths.exit_file("ec").unlink()
+
+
+def test_update_brings_the_bot_back_with_its_strategy(
+    manager: Manager, bot_origin: Path, tmp_path: Path, isolated_env: Path
+) -> None:
+    recipe = tmp_path / "strategy-bot.yaml"
+    recipe.write_text(STRATEGY_RECIPE)
+    manager.new("su", str(recipe), repo=str(bot_origin))
+    manager.start(["su"], strategy={"conf": "probe.yml"})
+    commit_files(git.Repo(bot_origin), {"NEWS": "v2\n"}, "second")
+    manager.update("su")
+    assert _cmdline(manager, "su")[-2:] == ["--conf", "probe.yml"]
+    assert manager.registry.get("su").strategy == {"conf": "probe.yml"}

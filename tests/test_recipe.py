@@ -23,12 +23,31 @@ MINIMAL = "name: r\nsource: {repo: x}\nrun: {command: bot}\n"
 def test_builtin_recipes_load_and_validate(tmp_path: Path) -> None:
     names = {r.name for r in list_recipes(tmp_path / "none")}
     assert {"example-bot", "hummingbot"} <= names
-    hb = find_recipe("hummingbot", tmp_path / "none")
-    assert hb.mqtt.plugin is True
-    assert hb.mqtt.config == "conf/conf_client.yml"
-    assert hb.run.command == "bin/hummingbot.py"
-    assert hb.install[0] == "./install"
-    assert hb.console.quit == ("stop", "exit")
+    assert "hummingbot-venv" in names
+    for name in ("hummingbot", "hummingbot-venv"):
+        hb = find_recipe(name, tmp_path / "none")
+        assert hb.mqtt.plugin is True
+        assert hb.mqtt.config == "conf/conf_client.yml"
+        assert hb.run.command.endswith("python bin/hummingbot_quickstart.py")
+        # Unattended start: the password comes from a secret, never from vars or argv.
+        assert hb.run.secrets == {"CONFIG_PASSWORD": "hummingbot-password"}
+        assert re.search(hb.run.ready or "", "16:29:12 - hummingbot_application - MQTT Bridge connected with success.")
+        assert not re.search(hb.run.ready or "", ">>> ")
+        assert re.search(hb.run.login or "", "Enter your password >>> ")
+        assert render(hb.console.commands["start"], {"conf": "probe.yml"}, optional_groups=True) == (
+            "start --v2 probe.yml"
+        )
+        assert render(hb.run.strategy_args or "", {"conf": "probe.yml"}, optional_groups=True) == "--v2 probe.yml"
+        assert hb.console.quit == ("stop", "exit")
+        assert any("store_password_verification" in step for step in hb.install)
+        assert not any(step.startswith("./install") for step in hb.install)  # its one host-wide env
+    conda = find_recipe("hummingbot", tmp_path / "none")
+    assert any("env create -p ./.conda" in step for step in conda.install)
+    assert "conda activate ./.conda" in (conda.run.prelude or "")
+    venv = find_recipe("hummingbot-venv", tmp_path / "none")
+    assert venv.vars["python312"] == "python3.12"
+    assert venv.vars["venvs"] == "{home}/venvs"
+    assert "-m supervisor.sharedenv" in venv.install[0]
     example = find_recipe("example-bot", tmp_path / "none")
     assert example.source.builtin == "example-bot"
     assert example.builtin

@@ -37,7 +37,7 @@ from supervisor.agent.external import ExternalEvents
 from supervisor.agent.guard import STATUS_BUSY, RefusalLog, clip, is_command_topic
 from supervisor.agent.stream import ConsoleStream
 from supervisor.errors import AgentError, AuthError, InstanceNotRunning, SupervisorError
-from supervisor.manager import CRASHED, EXITED, rotate_log
+from supervisor.manager import CRASHED, EXITED, check_strategy, rotate_log
 from supervisor.paths import SESSION_PREFIX
 from supervisor.registry import DESIRED_RUNNING
 
@@ -74,6 +74,18 @@ class _Outcome:
     code: int
     msg: str
     extra: Mapping[str, t.Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Held:
+    """A request for a plugin bot whose MQTT bridge is not up yet; forwarded to it once it is."""
+
+    topic: str
+    payload: bytes
+    reply_to: str
+    command: str
+    key: str
+    deadline: float
 
 
 @dataclasses.dataclass
@@ -176,6 +188,11 @@ class Agent:
         self._liveness_lock = threading.Lock()
         self.redeliveries = Redeliveries()
         self._statuses: dict[str, InstanceStatus] = {}
+        # Plugin bots: when each bridge last said "online", and requests held until it does.
+        self._bridge_online: dict[str, float] = {}
+        self._held: dict[str, list[_Held]] = {}
+        self._held_lock = threading.Lock()
+        self._listening_since = time.time()
         self._status_lock = threading.Lock()
         self._supervision_lock = threading.Lock()
         self._publish_lock = threading.Lock()
@@ -244,6 +261,7 @@ class Agent:
                         if heartbeat_due:
                             self._heartbeats(statuses)
                             next_heartbeat = now + self.config.heartbeat_interval
+                    self._expire_held()
                     if now >= next_state:
                         self._publish_states(force=True)
                         next_state = now + self.config.state_interval
@@ -256,7 +274,8 @@ class Agent:
                     self._state_readable(e)
                     next_check = next_heartbeat = now + self.check_interval
                 self.refusals.flush()
-                wake = min(next_check, next_heartbeat, next_state) - time.monotonic()
+                # At least once a second: held requests of plugin bots expire on time.
+                wake = min(next_check, next_heartbeat, next_state, time.monotonic() + 1.0) - time.monotonic()
                 self._stop.wait(max(0.01, min(wake, REASSERT_GAP) if self._reassert_pending else wake))
         finally:
             self._shutdown()
@@ -418,6 +437,9 @@ class Agent:
             self.connection.subscribe(f"{self.ns}/+/{command}", self._on_hbot, qos=1)
         if self.hbot_relay:  # external events are Hummingbot topics too: unsigned, so only with the relay
             self.connection.subscribe(self.external.topic_filter, self._on_external, qos=1)
+        if self.hbot_relay:
+            # A plugin bot's bridge says "online" once it has subscribed: held requests go to it then.
+            self.connection.subscribe(f"{self.ns}/+/status_updates", self._on_status_update, qos=0)
         for verb in protocol.OWN_VERBS:
             self.connection.subscribe(f"{self.own}/+/{verb}", self._on_own, qos=1)
         for verb in protocol.HOST_VERBS:
@@ -574,7 +596,13 @@ class Agent:
             # Another host's agent, or a real Hummingbot, may own this id: stay silent.
             return
         status = self._status(instance)
-        if status.plugin and status.is_running:
+        if status.plugin and not status.is_running:
+            # The listing may be a moment old, and a bot just launched must not be taken for down.
+            self.manager.forget_sessions()
+            status = self._status(instance)
+        if status.plugin:
+            self._note_strategy(instance, command, payload)
+        if status.plugin and status.is_running and self._bridge_is_up(instance, status):
             # The bot's own MQTT bridge answers while it is up (even to bad requests): never a double reply.
             return
         if retained:
@@ -584,6 +612,10 @@ class Agent:
         if fresh is None:
             return
         request, key = fresh
+        if status.plugin and status.is_running:
+            # Its process is up but its bridge is not yet: hold the request and forward it then.
+            self._hold(instance, command, topic, payload, request, key)
+            return
         try:
             data = protocol.validate(command, request.data)
             refusal = self._refusal(instance, command, data, status)
@@ -593,6 +625,15 @@ class Agent:
             refusal = str(e)
         if refusal is not None:
             self._answer_hbot(request, command, topic, key, _Outcome(protocol.STATUS_ERROR, refusal))
+            return
+        if status.plugin and command == "start":
+            # Launch it with the requested strategy, then let its own bridge answer the request.
+            try:
+                self._run_hbot(instance, command, data, status)
+            except SupervisorError as e:
+                self._answer_hbot(request, command, topic, key, _Outcome(protocol.STATUS_ERROR, str(e)))
+                return
+            self._hold(instance, command, topic, payload, request, key)
             return
         if data.get("async_backend") is True and command in ("start", "stop"):
             # As the bot does: answer at once, then do the (possibly long) work; its console's answer goes to notify.
@@ -648,7 +689,7 @@ class Agent:
         if status.plugin:
             # Down plugin bot: only start can help (the plugin takes over once it is up).
             if command == "start":
-                self.manager.start([instance])
+                self.manager.start([instance], strategy={"script": data.get("script"), "conf": data.get("conf")})
                 msg = f"instance '{instance}' was down; launched it, its MQTT bridge takes over."
                 return _Outcome(protocol.STATUS_OK, msg)
             msg = f"instance '{instance}' is not running, so its MQTT bridge cannot answer. Send start first."
@@ -696,6 +737,107 @@ class Agent:
         """Publish console output on ``{ns}/{id}/notify``, as the bot's notifier does."""
         if text:
             self.connection.publish(f"{self.ns}/{instance}/notify", protocol.notify(0, text))
+
+    # -- plugin bots: start-up window ------------------------------------------------
+
+    def _on_status_update(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
+        """Note a bridge's "online" and forward the requests held for it (network thread: quick)."""
+        instance = topic[len(self.ns) + 1 :].partition("/")[0]
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            return
+        if not isinstance(message, dict) or message.get("msg") != "online":
+            return
+        with self._held_lock:
+            self._bridge_online[instance] = time.time()
+            held = self._held.pop(instance, [])
+        for item in held:
+            self._forward(instance, item)
+
+    def _bridge_is_up(self, instance: str, status: InstanceStatus) -> bool:
+        """Tell whether a running plugin bot's bridge has subscribed (said "online" since its launch).
+
+        A bot launched before the agent started listening, or longer ago than its
+        recipe's ready timeout, is taken as up: its bridge announced itself before
+        we listened, or never will. Launch times come from the registry (the same
+        clock as ours; a process's start time from the kernel may drift from it).
+        """
+        try:
+            started = self.manager.registry.get(instance).started_at
+        except SupervisorError:
+            return True
+        with self._held_lock:
+            return self._bridge_is_up_locked(instance, started)
+
+    def _bridge_is_up_locked(self, instance: str, started: float | None) -> bool:
+        if started is None or started < self._listening_since:
+            return True
+        online = self._bridge_online.get(instance)
+        if online is not None and online >= started - 1.0:
+            return True
+        return time.time() - started > self._ready_timeout(instance)
+
+    def _ready_timeout(self, instance: str) -> float:
+        try:
+            return self.manager.recipe_for(self.manager.registry.get(instance)).run.ready_timeout
+        except SupervisorError:
+            return 60.0
+
+    def _hold(
+        self, instance: str, command: str, topic: str, payload: bytes, request: protocol.Request, key: str
+    ) -> None:
+        """Keep a request until the bot's bridge is up, then publish it again for the bot to answer."""
+        item = _Held(topic, payload, request.reply_to, command, key, time.monotonic() + self._ready_timeout(instance))
+        try:
+            started = self.manager.registry.get(instance).started_at
+        except SupervisorError:
+            started = None
+        with self._held_lock:
+            # Checked and queued under one lock: an "online" arriving meanwhile cannot be missed.
+            ready = self._bridge_is_up_locked(instance, started)
+            if not ready:
+                self._held.setdefault(instance, []).append(item)
+        if ready:
+            self._forward(instance, item)
+        else:
+            logger.info("holding %s until the MQTT bridge of %s is up", topic, instance)
+
+    def _forward(self, instance: str, item: _Held) -> None:
+        self.audit.record(topic=item.topic, reply_to=item.reply_to, result="forwarded", msg="to the bot's own bridge")
+        logger.info("forwarding %s to the MQTT bridge of %s", item.topic, instance)
+        self.connection.publish(item.topic, item.payload, qos=1)
+
+    def _expire_held(self) -> None:
+        """Answer held requests whose bot did not bring its bridge up in time."""
+        now = time.monotonic()
+        expired: list[tuple[str, _Held]] = []
+        with self._held_lock:
+            for instance, items in list(self._held.items()):
+                keep = [item for item in items if item.deadline > now]
+                expired += [(instance, item) for item in items if item.deadline <= now]
+                if keep:
+                    self._held[instance] = keep
+                else:
+                    del self._held[instance]
+        for instance, item in expired:
+            msg = f"instance '{instance}': its MQTT bridge did not come up in time to answer. Check 'supervisor tail'."
+            self.audit.record(topic=item.topic, reply_to=item.reply_to, result=protocol.STATUS_ERROR, msg=msg)
+            self._reply(item.reply_to, protocol.response(item.command, status=protocol.STATUS_ERROR, msg=msg), item.key)
+
+    def _note_strategy(self, instance: str, command: str, payload: bytes) -> None:
+        """Remember the strategy a client starts on a plugin bot (and forget it on stop), for crash restarts."""
+        if command not in ("start", "stop"):
+            return
+        try:
+            data = protocol.validate(command, protocol.parse_request(payload).data)
+            strategy = check_strategy(data) if command == "start" else None
+        except SupervisorError:
+            return
+        if command == "start" and not strategy:
+            return
+        with contextlib.suppress(SupervisorError):
+            self.manager.mark(instance, strategy=strategy)
 
     # -- our own verbs -----------------------------------------------------------------
 
