@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import functools
 import hashlib
 import logging
@@ -24,10 +23,9 @@ from pathlib import Path
 
 from supervisor import _proc
 from supervisor.errors import InstallError
+from supervisor.filelock import exclusive
 
 if t.TYPE_CHECKING:
-    from collections.abc import Iterator
-
     import git
 
 logger = logging.getLogger(__name__)
@@ -257,17 +255,6 @@ def _tail_of(error: Exception, lines: int = 20) -> str:
     return "\n".join(_stderr_of(error).splitlines()[-lines:])
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block."""
-    with path.open("a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 # -- mirrors ---------------------------------------------------------------------------
 
 
@@ -285,7 +272,7 @@ def ensure_mirror(mirrors_dir: Path, url: str, *, progress: ProgressFn | None = 
     """
     mirror = mirror_path(mirrors_dir, url)
     mirrors_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(mirror.with_name(mirror.name + ".lock")):
+    with exclusive(mirror.with_name(mirror.name + ".lock")):
         if (mirror / "HEAD").is_file() and (mirror / "objects").is_dir():
             _fetch_mirror(mirror, url, progress)
         elif mirror.exists():
@@ -817,7 +804,7 @@ def ensure_builtin_origin(folder: Path, origin: Path) -> str:
     import git
 
     origin.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(origin.with_name(origin.name + ".lock")):
+    with exclusive(origin.with_name(origin.name + ".lock")):
         try:
             if (origin / ".git").is_dir():
                 repo = git.Repo(origin)

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import tempfile
 import typing as t
 from pathlib import Path
 
+from supervisor.filelock import exclusive
+
 if t.TYPE_CHECKING:
     import re
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
 CARRY_CHARS = 4096
 """How much of an unfinished last line is kept for the next look (a prompt has no newline)."""
@@ -41,15 +42,9 @@ def _lock_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.lock")
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path) -> t.ContextManager[None]:
     # The agent and a CLI may look at once: one writer at a time, so "ready" is never lost.
-    with _lock_path(path).open("a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return exclusive(_lock_path(path))
 
 
 def load(path: Path) -> Seen | None:

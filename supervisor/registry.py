@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import tempfile
@@ -19,6 +18,7 @@ import typing as t
 from pathlib import Path
 
 from supervisor.errors import InstanceExists, InstanceNotFound, RegistryWriteError, SupervisorError
+from supervisor.filelock import exclusive
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
@@ -171,14 +171,10 @@ class Registry:
     def transaction(self) -> Iterator[dict[str, Instance]]:
         """Yield the records under an exclusive lock and write them back if the block succeeds."""
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.lock_path.open("a") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                instances = self._read()
-                yield instances
-                self._write(instances)
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        with exclusive(self.lock_path):
+            instances = self._read()
+            yield instances
+            self._write(instances)
 
     def check_writable(self) -> None:
         """Write the records back unchanged, proving a change could be recorded now.

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -26,9 +25,10 @@ from pathlib import Path
 
 from supervisor import _proc
 from supervisor.errors import InstallError
+from supervisor.filelock import exclusive
 
 if t.TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
 
 COMPLETE = ".supervisor-complete"
 """Written last into a finished env; an env folder without it is a leftover and is rebuilt."""
@@ -164,16 +164,6 @@ def env_key(python_version: str, requirements: Sequence[str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 def ensure_env(
     root: Path,
     prefix: str,
@@ -203,7 +193,7 @@ def ensure_env(
         say(f"sharedenv: reusing {env}")
         return env
     say(f"sharedenv: waiting for the lock on {env.name}")
-    with _locked(root / f".{env.name}.lock"):
+    with exclusive(root / f".{env.name}.lock"):
         if (env / COMPLETE).is_file():
             say(f"sharedenv: reusing {env} (built meanwhile)")
             return env
