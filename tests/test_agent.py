@@ -420,14 +420,17 @@ def new_bridge_bot(manager: Manager, name: str, origin: Path, broker: Broker, *,
     manager.new(name, BRIDGE_BOT, repo=str(origin), settings=[f"mqtt_port={broker.port}", f"bridge_delay={delay}"])
 
 
-def new_ticker(manager: Manager, name: str, origin: Path, *, start: bool = False, recipe: str = TICKER) -> int | None:
-    manager.new(name, recipe, repo=str(origin))
-    if not start:
-        return None
+def start_for_pid(manager: Manager, name: str) -> int:
+    """Start instance ``name`` and return its bot's pid."""
     manager.start([name])
     pid = manager.status([name])[0].pid
     assert pid is not None
     return pid
+
+
+def new_ticker(manager: Manager, name: str, origin: Path, *, start: bool = False, recipe: str = TICKER) -> int | None:
+    manager.new(name, recipe, repo=str(origin))
+    return start_for_pid(manager, name) if start else None
 
 
 def console(manager: Manager, name: str) -> str:

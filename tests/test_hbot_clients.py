@@ -40,6 +40,7 @@ from tests.test_agent import (
     envelope,
     new_ticker,
     next_matching,
+    start_for_pid,
     watchers,
 )
 
@@ -55,12 +56,7 @@ EXAMPLE_SETTINGS = ("interval=0.2",)
 
 def new_example(manager: Manager, name: str, *, start: bool = True) -> int | None:
     manager.new(name, "example-bot", settings=EXAMPLE_SETTINGS)
-    if not start:
-        return None
-    manager.start([name])
-    pid = manager.status([name])[0].pid
-    assert pid is not None
-    return pid
+    return start_for_pid(manager, name) if start else None
 
 
 def alive(manager: Manager, name: str) -> int | None:
