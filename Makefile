@@ -26,6 +26,7 @@ lint: venv check-tree
 	$(BIN)/ruff format --check $(LINT_DIRS)
 	$(BIN)/ruff check $(LINT_DIRS)
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 unit: venv
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -6,7 +6,7 @@ sequence). So a line that comes from a client — the CLI's ``send``, the
 dashboard, our MQTT namespace or a Hummingbot topic — may hold printable text
 only: no C0 control (U+0000 to U+001F, which includes TAB, CR, LF and ESC), no
 DEL (U+007F) and no C1 control (U+0080 to U+009F). Deliberate key presses go
-through :meth:`supervisor.sessions.base.SessionBackend.send_keys` instead.
+through :meth:`supervisor.core.sessions.base.SessionBackend.send_keys` instead.
 """
 
 from __future__ import annotations

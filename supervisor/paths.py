@@ -108,6 +108,11 @@ class Paths:
         return self.home / "agent.log"
 
     @property
+    def agent_socket(self) -> Path:
+        """The running agent's local socket: ``ls`` asks it for its snapshot before listing itself."""
+        return self.home / "agent.sock"
+
+    @property
     def events_config(self) -> Path:
         """The webhook receiver's routes and settings (TOML)."""
         return self.home / "events.toml"

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from supervisor.cli import cli
-from supervisor.manager import Manager
+from supervisor.core.manager import Manager
 from supervisor.paths import Paths
 
 if t.TYPE_CHECKING:

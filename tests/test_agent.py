@@ -30,8 +30,8 @@ from commlib.node import Node
 from commlib.transports.mqtt import ConnectionParameters
 from paho.mqtt.enums import CallbackAPIVersion
 
-from supervisor.agent.auth import sign
-from supervisor.manager import Manager
+from supervisor.core.manager import Manager
+from supervisor.mqtt.auth import sign
 from tests.conftest import (
     DATA,
     RECIPES,

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.agent.answer import LineMapper, read_answer, read_trades, strip_prompt, value_of
-from supervisor.recipe import Answer, find_recipe
+from supervisor.core.recipe import Answer, find_recipe
 
 EXAMPLE = find_recipe("example-bot", Path("/nonexistent"))
 RULES = EXAMPLE.console.answer

@@ -8,9 +8,9 @@ import typing as t
 
 import pytest
 
-from supervisor.agent import protocol
-from supervisor.agent.auth import Verifier, canonical, sign
 from supervisor.errors import AgentError, AuthError
+from supervisor.mqtt import protocol
+from supervisor.mqtt.auth import Verifier, canonical, sign
 from tests.conftest import Clock
 
 SECRET = "s3cret"
@@ -258,7 +258,7 @@ def test_a_request_signed_before_the_agent_started_is_refused_even_within_the_sk
 
 
 def test_records_are_signed_for_their_topic_and_any_change_breaks_the_signature() -> None:
-    from supervisor.agent.auth import is_signed_record, sign_record
+    from supervisor.mqtt.auth import is_signed_record, sign_record
 
     topic = "supervisor/h1/agent"
     record = {"host": "h1", "state": "online", "ts": NOW, "cpu_percent": 1.5, "name": "é"}

@@ -524,10 +524,14 @@ def test_os_errors_are_one_line_naming_the_file(home: Path, bot_origin: Path) ->
     run_dir = home / "instances" / "o1"
     (run_dir / "run.sh").mkdir()  # the run script cannot be written over a folder
     result = invoke("start", "o1", code=1)
-    assert result.stderr == (
-        f"Error: '{run_dir / '.run.sh.tmp'}' -> '{run_dir / 'run.sh'}': Is a directory. "
-        "Check that file and its folder, then try again.\n"
-    )
+    # The temporary name is random (atomic_write's mkstemp); the rest of the line is fixed.
+    assert re.fullmatch(
+        re.escape(f"Error: '{run_dir}/.run.sh.")
+        + r"\w+"
+        + re.escape(f".tmp' -> '{run_dir / 'run.sh'}': Is a directory. Check that file and its folder, then try again.")
+        + "\n",
+        result.stderr,
+    ), result.stderr
     assert "Traceback" not in result.output
 
 

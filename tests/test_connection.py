@@ -1,4 +1,4 @@
-"""Tests for supervisor.agent.connection and .config, against a real mosquitto."""
+"""Tests for supervisor.mqtt.connection and .config, against a real mosquitto."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from supervisor.agent.config import (
+from supervisor.errors import AgentError
+from supervisor.mqtt.config import (
     AgentConfig,
     BrokerConfig,
     default_host_id,
@@ -26,15 +27,14 @@ from supervisor.agent.config import (
     parse_broker_url,
     redact,
 )
-from supervisor.agent.connection import Connection, backoff_delay
-from supervisor.errors import AgentError
+from supervisor.mqtt.connection import Connection, backoff_delay
 from tests.conftest import Broker, free_port, start_mosquitto, stop_process, wait_until
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 REPO = Path(__file__).resolve().parent.parent
-LOGGER = "supervisor.agent.connection"
+LOGGER = "supervisor.mqtt.connection"
 Received = tuple[str, bytes, dict[str, t.Any]]
 
 
@@ -286,8 +286,8 @@ def test_unsubscribe_stops_delivery(
 
 WILL_SCRIPT = """
 import sys
-from supervisor.agent.config import parse_broker_url
-from supervisor.agent.connection import Connection
+from supervisor.mqtt.config import parse_broker_url
+from supervisor.mqtt.connection import Connection
 url, client_id, topic = sys.argv[1:4]
 will = (topic, b"offline", 1, True)
 conn = Connection(parse_broker_url(url), client_id=client_id, will=will)
@@ -727,7 +727,7 @@ def test_messages_with_headroom_leave_queue_room_for_the_others() -> None:
 
 
 def test_reconnect_waits_are_capped_at_a_few_seconds_by_default() -> None:
-    from supervisor.agent.connection import DEFAULT_MAX_BACKOFF
+    from supervisor.mqtt.connection import DEFAULT_MAX_BACKOFF
 
     rng = random.Random(7)
     assert DEFAULT_MAX_BACKOFF <= 4

@@ -25,10 +25,10 @@ from click.testing import CliRunner
 from paho.mqtt.enums import CallbackAPIVersion
 
 from supervisor._http import parse_listen
-from supervisor.agent.config import load_agent_config
 from supervisor.cli import cli
-from supervisor.dashboard import DashboardError
-from supervisor.dashboard.auth import (
+from supervisor.core.manager import Manager
+from supervisor.fleet.dashboard import DashboardError
+from supervisor.fleet.dashboard.auth import (
     ENV_PASSWORD_HASH,
     LoginThrottle,
     Sessions,
@@ -38,7 +38,7 @@ from supervisor.dashboard.auth import (
     verify_password,
     write_password_hash,
 )
-from supervisor.dashboard.server import (
+from supervisor.fleet.dashboard.server import (
     MAX_STREAMS,
     SECURITY_HEADERS,
     Dashboard,
@@ -46,8 +46,8 @@ from supervisor.dashboard.server import (
     Monitor,
     is_loopback,
 )
-from supervisor.dashboard.store import Store, controller_figures, extract_pnl, message_time
-from supervisor.manager import Manager
+from supervisor.fleet.dashboard.store import Store, controller_figures, extract_pnl, message_time
+from supervisor.mqtt.config import load_agent_config
 from supervisor.paths import Paths
 from tests.conftest import (
     DATA,
@@ -1026,8 +1026,8 @@ def test_event_stream_slots_are_counted_per_client() -> None:
 def test_with_a_secret_the_dashboard_marks_unsigned_records_untrusted_and_never_acts_on_them(
     tmp_path: Path, mosquitto: Broker
 ) -> None:
-    from supervisor.agent.auth import sign_record
-    from supervisor.dashboard.server import Hub, Monitor
+    from supervisor.fleet.dashboard.server import Hub, Monitor
+    from supervisor.mqtt.auth import sign_record
 
     secret = "dash-secret"
     config = load_agent_config(None, {"SUPERVISOR_SECRET": secret}, {"url": mosquitto.url})

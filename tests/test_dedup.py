@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from supervisor.agent.dedup import Redeliveries
+from supervisor.mqtt.dedup import Redeliveries
 from tests.conftest import Clock
 
 

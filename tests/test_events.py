@@ -28,17 +28,17 @@ import pytest
 from click.testing import CliRunner
 from paho.mqtt.enums import CallbackAPIVersion
 
-from supervisor.agent.config import load_agent_config
 from supervisor.agent.external import event_values, render_event_line
 from supervisor.cli import cli
+from supervisor.core.manager import Manager
+from supervisor.core.recipe import parse_recipe
 from supervisor.errors import SupervisorError
 from supervisor.events import EventsError
 from supervisor.events.config import load_events_config
 from supervisor.events.journal import Journal
 from supervisor.events.receiver import MAX_CONNECTIONS, Receiver
-from supervisor.manager import Manager
+from supervisor.mqtt.config import load_agent_config
 from supervisor.paths import Paths
-from supervisor.recipe import parse_recipe
 from tests.conftest import RECIPES, Broker, free_port, start_mosquitto, stop_process, wait_until
 from tests.test_agent import HOST, AgentRunner, Message, Watcher, agents, drain, next_matching
 

@@ -21,10 +21,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from supervisor.agent.auth import sign
-from supervisor.agent.fleet import Snapshot, expand
+from supervisor.core.manager import Manager
 from supervisor.errors import AgentError
-from supervisor.manager import Manager
+from supervisor.fleet.client import Snapshot, expand
+from supervisor.mqtt.auth import sign
 from supervisor.paths import Paths
 from tests.conftest import (
     DATA,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.agent import protocol
-from supervisor.agent.guard import ClipFilter, RefusalLog, clip, is_command_topic
-from supervisor.agent.service import AuditLog
+from supervisor.audit import AuditLog, clip
+from supervisor.mqtt import protocol
+from supervisor.mqtt.guard import ClipFilter, RefusalLog, is_command_topic
 from tests.conftest import Clock
 
 
@@ -38,7 +38,7 @@ def test_refusals_cost_a_bounded_number_of_lines_whatever_their_number(caplog: p
     audited: list[dict[str, t.Any]] = []
     clock = Clock()
     refusals = RefusalLog(lambda **entry: audited.append(entry), burst=5, interval=60.0, clock=clock)
-    with caplog.at_level(logging.WARNING, logger="supervisor.agent.guard"):
+    with caplog.at_level(logging.WARNING, logger="supervisor.mqtt.guard"):
         for i in range(1000):
             refusals.refuse("malformed" if i % 2 else "unauthorized", "supervisor/h1/" + "x" * 60_000, "y" * 60_000)
         assert len(caplog.records) == 5

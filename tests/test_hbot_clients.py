@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.manager import Manager
+from supervisor.core.manager import Manager
 from tests.conftest import Broker, make_origin, missing, require_module, wait_until
 from tests.test_agent import (
     COMMLIB_PAHO_WARNING,

@@ -1,4 +1,4 @@
-"""Tests for supervisor.install against real git origins in tmp_path."""
+"""Tests for supervisor.core.install against real git origins in tmp_path."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import git
 import pytest
 
-from supervisor import install
+from supervisor.core import install
 from supervisor.errors import InstallError
 from tests.conftest import commit_files, make_origin, require_binary, wait_until
 
@@ -259,7 +259,7 @@ def test_concurrent_installs_share_one_mirror(origin: git.Repo, tmp_path: Path) 
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from supervisor import install\n"
+        "from supervisor.core import install\n"
         "mirror = install.ensure_mirror(Path(sys.argv[1]), sys.argv[2])\n"
         "dest = Path(sys.argv[3])\n"
         "print(install.clone_checkout(mirror, sys.argv[2], dest, 'main'))\n"
@@ -548,7 +548,7 @@ def test_head_readers_do_not_load_gitpython(origin: git.Repo) -> None:
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from supervisor import install\n"
+        "from supervisor.core import install\n"
         "path = Path(sys.argv[1])\n"
         "print(install.current_commit(path), install.describe_ref(path))\n"
         "assert 'git' not in sys.modules, 'GitPython was imported'\n"

@@ -12,6 +12,7 @@ from pathlib import Path
 import git
 import pytest
 
+from supervisor.core.manager import Manager, session_name, strip_exec
 from supervisor.errors import (
     InstallError,
     InstanceError,
@@ -22,7 +23,6 @@ from supervisor.errors import (
     SessionError,
     UpdateRolledBack,
 )
-from supervisor.manager import Manager, session_name, strip_exec
 from supervisor.paths import Paths
 from tests.conftest import DATA, RECIPES, commit_files, make_origin, wait_until
 

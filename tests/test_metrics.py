@@ -1,4 +1,4 @@
-"""supervisor.metrics against real process trees: bash -> python bot -> child."""
+"""supervisor.core.metrics against real process trees: bash -> python bot -> child."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import metrics
-from supervisor.metrics import ProcessTable, Sampler
+from supervisor.core import metrics
+from supervisor.core.metrics import ProcessTable, Sampler
 from tests.conftest import wait_until
 
 if t.TYPE_CHECKING:

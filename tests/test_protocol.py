@@ -12,9 +12,9 @@ import typing as t
 
 import pytest
 
-from supervisor.agent import protocol
-from supervisor.agent.protocol import ProtocolError
 from supervisor.errors import AgentError
+from supervisor.mqtt import protocol
+from supervisor.mqtt.protocol import ProtocolError
 from tests.conftest import require_module
 
 # --- §9.1: commlib-py 0.11.5 + paho-mqtt 1.6.1, verbatim from mosquitto_sub -v

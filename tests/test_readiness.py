@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from supervisor import readiness
 from supervisor.cli import cli
+from supervisor.core import readiness
+from supervisor.core.manager import Manager
 from supervisor.errors import InstanceNotReady, ReadyTimeout
-from supervisor.manager import Manager, read_chunk
+from supervisor.logfiles import read_chunk
 from tests.conftest import RECIPES, wait_until
 
 LOGIN = str(RECIPES / "login.yaml")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.core.recipe import check_name, find_recipe, list_recipes, load_recipe, parse_settings, render
 from supervisor.errors import InvalidName, RecipeError, RecipeNotFound
-from supervisor.recipe import check_name, find_recipe, list_recipes, load_recipe, parse_settings, render
 from tests.conftest import RECIPES
 
 
@@ -47,7 +47,7 @@ def test_builtin_recipes_load_and_validate(tmp_path: Path) -> None:
     venv = find_recipe("hummingbot-venv", tmp_path / "none")
     assert venv.vars["python312"] == "python3.12"
     assert venv.vars["venvs"] == "{home}/venvs"
-    assert "-m supervisor.sharedenv" in venv.install[0]
+    assert "-m supervisor.core.sharedenv" in venv.install[0]
     example = find_recipe("example-bot", tmp_path / "none")
     assert example.source.builtin == "example-bot"
     assert example.builtin

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.core.registry import SCHEMA_VERSION, Instance, Registry
 from supervisor.errors import InstanceExists, InstanceNotFound, SupervisorError
-from supervisor.registry import SCHEMA_VERSION, Instance, Registry
 
 
 def record(name: str) -> Instance:
@@ -62,7 +62,7 @@ def test_records_from_newer_versions_keep_known_fields(tmp_path: Path) -> None:
 def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     path = tmp_path / "registry.json"
     code = (
-        "import sys; from pathlib import Path; from supervisor.registry import Registry, Instance\n"
+        "import sys; from pathlib import Path; from supervisor.core.registry import Registry, Instance\n"
         "reg = Registry(Path(sys.argv[1]))\n"
         "for i in range(10):\n"
         "    n = f'{sys.argv[2]}-{i}'\n"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import secrets
+from supervisor.core import secrets
+from supervisor.core.manager import Manager
 from supervisor.errors import SecretError, SecretMissing
-from supervisor.manager import Manager
 from supervisor.paths import Paths
 from tests.conftest import RECIPES, invoke
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from supervisor import _proc
+from supervisor.core.sessions.screen import ScreenBackend
+from supervisor.core.sessions.tmux import TmuxBackend
 from supervisor.errors import SessionError, UnsafeConsoleText
-from supervisor.sessions.screen import ScreenBackend
-from supervisor.sessions.tmux import TmuxBackend
 from tests.conftest import wait_until
 
 if t.TYPE_CHECKING:
-    from supervisor.sessions.base import SessionBackend, SessionInfo
+    from supervisor.core.sessions.base import SessionBackend, SessionInfo
 
 # Prints its cwd and one environment variable, then echoes stdin lines as "got:<line>".
 ECHO_BOT = """\
@@ -338,7 +338,7 @@ def test_screen_duplicate_names_pick_the_newest(
         return out.count(".sup-twin\t") == 2
 
     wait_until(both_up, message="two screen sessions named sup-twin")
-    with caplog.at_level(logging.WARNING, logger="supervisor.sessions.screen"):
+    with caplog.at_level(logging.WARNING, logger="supervisor.core.sessions.screen"):
         info: SessionInfo = backend.list_sessions()["sup-twin"]
     assert "two sessions named sup-twin" in caplog.text
     pids = sorted(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import sharedenv
+from supervisor.core import sharedenv
 from supervisor.errors import InstallError
 from tests.conftest import make_origin
 
@@ -116,7 +116,7 @@ def test_link_env_keeps_the_git_tree_clean(tmp_path: Path) -> None:
 def test_command_line_error_is_one_line_and_exit_1(tmp_path: Path) -> None:
     done = subprocess.run(
         [
-            *(sys.executable, "-m", "supervisor.sharedenv", "--python", sys.executable, "--require", "2.7"),
+            *(sys.executable, "-m", "supervisor.core.sharedenv", "--python", sys.executable, "--require", "2.7"),
             *("--root", str(tmp_path), "--setup-py", "setup.py"),
         ],
         capture_output=True,

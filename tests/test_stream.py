@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from supervisor.agent.stream import ConsoleStream
-from supervisor.recipe import find_recipe
+from supervisor.core.recipe import find_recipe
 from tests.conftest import Clock
 
 EXAMPLE = find_recipe("example-bot", Path("/nonexistent"))

@@ -1,8 +1,7 @@
-"""MQTT agent: Hummingbot-compatible RPC, heartbeats and our own namespace.
+"""The host agent: the MQTT wire plus the core, with crash supervision and the audit log.
 
-Only this package imports ``paho``; :mod:`supervisor.agent.protocol` holds the
-wire format as pure functions and imports neither ``paho`` nor anything that
-does I/O.
+:mod:`supervisor.agent.host` holds :class:`Agent`; the other modules read bot consoles
+(answers, streams) and map external events to console lines for plugin-less bots.
 """
 
 from __future__ import annotations

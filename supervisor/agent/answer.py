@@ -13,7 +13,7 @@ import typing as t
 if t.TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from supervisor.recipe import Answer, Mqtt
+    from supervisor.core.recipe import Answer, Mqtt
 
 __all__ = ["ConsoleAnswer", "LineMapper", "read_answer", "read_trades", "strip_prompt", "value_of"]
 

@@ -18,13 +18,13 @@ import time
 import typing as t
 
 from supervisor.consoletext import check_console_text
+from supervisor.core.recipe import OPTIONAL_RE, VAR_RE, render
 from supervisor.errors import SupervisorError
-from supervisor.recipe import OPTIONAL_RE, VAR_RE, render
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from supervisor.manager import Manager
+    from supervisor.core.manager import Manager
 
 logger = logging.getLogger(__name__)
 

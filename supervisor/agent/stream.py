@@ -11,15 +11,15 @@ import logging
 import time
 import typing as t
 
-from supervisor.agent import protocol
 from supervisor.agent.answer import LineMapper, is_error_line, strip_prompt
-from supervisor.manager import clean_console, read_chunk
+from supervisor.logfiles import clean_console, read_chunk
+from supervisor.mqtt import protocol
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from supervisor.recipe import Recipe
+    from supervisor.core.recipe import Recipe
 
 logger = logging.getLogger(__name__)
 

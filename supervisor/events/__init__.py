@@ -2,7 +2,7 @@
 
 ``config`` (routes in ``$SUPERVISOR_HOME/events.toml``), ``journal`` (the SQLite
 queue nothing is lost from) and ``receiver`` (the HTTP server and the publisher,
-through :mod:`supervisor.agent.connection`). Imports no manager: like the fleet,
+through :mod:`supervisor.mqtt.connection`). Imports no manager: like the fleet,
 the receiver knows bots only through the broker.
 """
 

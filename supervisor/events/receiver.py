@@ -3,7 +3,7 @@
 The HTTP side only checks, journals and answers (well within TradingView's 3 s);
 a publisher thread sends journaled events in order at QoS 1 and records each
 PUBACK, so a broker outage or a restart loses nothing. Stdlib HTTP; MQTT through
-:mod:`supervisor.agent.connection`. Imports no manager.
+:mod:`supervisor.mqtt.connection`. Imports no manager.
 """
 
 from __future__ import annotations
@@ -23,21 +23,21 @@ import urllib.parse
 import uuid
 
 from supervisor._http import AppServer, Handler, ServedApp, parse_listen
-from supervisor.agent.connection import Connection
-from supervisor.agent.fleet import load_record
-from supervisor.agent.service import AuditLog
+from supervisor.audit import AuditLog
 from supervisor.errors import SupervisorError
 from supervisor.events import EventsError
 from supervisor.events.config import Target, event_topic_suffix, is_allowed
 from supervisor.events.journal import FAILED, PUBLISHED, Entry, Journal
+from supervisor.fleet.client import load_record
+from supervisor.mqtt.connection import Connection
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from pathlib import Path
 
-    from supervisor.agent.config import AgentConfig
-    from supervisor.agent.connection import Delivery
     from supervisor.events.config import EventsConfig
+    from supervisor.mqtt.config import AgentConfig
+    from supervisor.mqtt.connection import Delivery
 
 logger = logging.getLogger(__name__)
 

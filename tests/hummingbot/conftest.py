@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import sharedenv
+from supervisor.core import sharedenv
 from supervisor.errors import InstallError
 from tests.conftest import IN_CI
 from tests.hummingbot.source_tree import assemble

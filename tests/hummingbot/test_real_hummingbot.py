@@ -28,9 +28,9 @@ import psutil
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from supervisor.agent import protocol
+from supervisor.core.sharedenv import COMPLETE
+from supervisor.mqtt import protocol
 from supervisor.paths import Paths
-from supervisor.sharedenv import COMPLETE
 from tests.conftest import Broker, free_port, start_mosquitto, stop_process, wait_until
 from tests.hummingbot.conftest import cache_dir, progress
 

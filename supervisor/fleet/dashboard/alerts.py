@@ -15,7 +15,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from supervisor.dashboard import DashboardError
+from supervisor.fleet.dashboard import DashboardError
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping

@@ -1,7 +1,7 @@
 """Per-instance secrets: one file per key, mode 600 from creation, read by the run wrapper.
 
 A value never goes on an argv, into the registry, or into a log. Imports only
-:mod:`supervisor.errors`, :mod:`supervisor.paths` and :mod:`supervisor.recipe`.
+:mod:`supervisor.errors`, :mod:`supervisor.paths` and :mod:`supervisor.core.recipe`.
 """
 
 from __future__ import annotations
@@ -11,17 +11,17 @@ import dataclasses
 import os
 import stat
 import sys
-import tempfile
 import typing as t
 from pathlib import Path
 
+from supervisor.core.recipe import SECRET_KEY_RE
 from supervisor.errors import SecretError
+from supervisor.files import atomic_write
 from supervisor.paths import ensure_dir
-from supervisor.recipe import SECRET_KEY_RE
 
 if t.TYPE_CHECKING:
+    from supervisor.core.recipe import Recipe
     from supervisor.paths import Paths
-    from supervisor.recipe import Recipe
 
 MAX_SECRET_BYTES = 64 * 1024
 
@@ -97,21 +97,11 @@ def _private_dir(path: Path) -> Path:
 
 
 def write_secret(paths: Paths, name: str, key: str, value: bytes) -> Path:
-    """Store one secret atomically; the file is mode 600 from its creation (``mkstemp``), never widened."""
+    """Store one secret atomically; the file is mode 600 from its creation (``atomic_write``), never widened."""
     check_key(key)
-    folder = _private_dir(paths.secrets_dir(name))
+    _private_dir(paths.secrets_dir(name))
     target = paths.secret_file(name, key)
-    fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(value)
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(tmp).replace(target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            Path(tmp).unlink()
-        raise
+    atomic_write(target, value, mode=0o600)
     return target
 
 

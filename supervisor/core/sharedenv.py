@@ -1,4 +1,4 @@
-"""Shared Python virtual environments for recipes (``python -m supervisor.sharedenv``).
+"""Shared Python virtual environments for recipes (``python -m supervisor.core.sharedenv``).
 
 An install step calls this to get a venv holding a checkout's dependencies.
 Envs are keyed by a hash of the interpreter's version and the dependency list,
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from supervisor import _proc
 from supervisor.errors import InstallError
-from supervisor.filelock import exclusive
+from supervisor.files import atomic_write, locked
 
 if t.TYPE_CHECKING:
     from collections.abc import Sequence
@@ -193,7 +193,7 @@ def ensure_env(
         say(f"sharedenv: reusing {env}")
         return env
     say(f"sharedenv: waiting for the lock on {env.name}")
-    with exclusive(root / f".{env.name}.lock"):
+    with locked(root / f".{env.name}.lock"):
         if (env / COMPLETE).is_file():
             say(f"sharedenv: reusing {env} (built meanwhile)")
             return env
@@ -213,9 +213,7 @@ def ensure_env(
             "built_at": time.time(),
             "seconds": round(time.monotonic() - started, 1),
         }
-        tmp = env / f"{COMPLETE}.tmp"
-        tmp.write_text(json.dumps(info, indent=1) + "\n")
-        tmp.replace(env / COMPLETE)
+        atomic_write(env / COMPLETE, json.dumps(info, indent=1) + "\n", mode=0o644)
         say(f"sharedenv: built {env} in {info['seconds']}s")
     return env
 
@@ -268,7 +266,7 @@ def link_env(checkout: Path, link: str, env: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line of the install step; prints progress, exits 1 with a one-line error."""
     parser = argparse.ArgumentParser(
-        prog="python -m supervisor.sharedenv",
+        prog="python -m supervisor.core.sharedenv",
         description="Create or reuse a shared, never-modified venv holding a checkout's dependencies.",
     )
     parser.add_argument("--python", required=True, help="interpreter: a path, or a name found on PATH or in pyenv")

@@ -18,7 +18,8 @@ import time
 import typing as t
 from pathlib import Path
 
-from supervisor.dashboard import DashboardError
+from supervisor.files import atomic_write
+from supervisor.fleet.dashboard import DashboardError
 from supervisor.tomlfile import tomllib
 
 if t.TYPE_CHECKING:
@@ -272,7 +273,7 @@ def load_settings(path: Path, env: Mapping[str, str]) -> DashboardSettings:
         raise DashboardError(msg)
     webhook = values.get("webhook_url")
     if webhook is not None:
-        from supervisor.dashboard.alerts import check_webhook_url
+        from supervisor.fleet.dashboard.alerts import check_webhook_url
 
         if not isinstance(webhook, str):
             msg = f"{where}: key 'dashboard.webhook_url' must be a string."
@@ -296,7 +297,4 @@ def write_password_hash(path: Path, encoded: str) -> None:
         rendered = ("true" if value else "false") if isinstance(value, bool) else repr(value)
         lines.append(f"{key} = {rendered}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    atomic_write(path, "\n".join(lines) + "\n", mode=0o600)

@@ -22,8 +22,30 @@ import time
 import typing as t
 from pathlib import Path
 
-from supervisor import metrics, readiness, secrets
 from supervisor.consoletext import check_console_text, parse_key
+from supervisor.core import metrics, readiness, secrets
+from supervisor.core.recipe import (
+    BUILTIN_PREFIX,
+    STRATEGY_VARS,
+    Recipe,
+    builtin_source,
+    check_name,
+    find_recipe,
+    list_recipes,
+    load_recipe,
+    parse_settings,
+    render,
+)
+from supervisor.core.registry import (
+    DESIRED_RUNNING,
+    DESIRED_STOPPED,
+    INSTALL_FAILED,
+    INSTALLED,
+    INSTALLING,
+    Instance,
+    Registry,
+)
+from supervisor.core.sessions import KNOWN_BACKENDS, SessionBackend, SessionInfo, get_backend
 from supervisor.errors import (
     BackendUnavailable,
     InstallError,
@@ -42,48 +64,27 @@ from supervisor.errors import (
     SupervisorError,
     UpdateRolledBack,
 )
+from supervisor.files import atomic_write
+from supervisor.logfiles import clean_console, last_lines, read_chunk, read_from, rotate_log
 from supervisor.paths import SESSION_PREFIX, Paths, ensure_dir
-from supervisor.recipe import (
-    BUILTIN_PREFIX,
-    STRATEGY_VARS,
-    Recipe,
-    builtin_source,
-    check_name,
-    find_recipe,
-    list_recipes,
-    load_recipe,
-    parse_settings,
-    render,
-)
-from supervisor.registry import (
-    DESIRED_RUNNING,
-    DESIRED_STOPPED,
-    INSTALL_FAILED,
-    INSTALLED,
-    INSTALLING,
-    Instance,
-    Registry,
-)
-from supervisor.sessions import KNOWN_BACKENDS, SessionBackend, SessionInfo, get_backend
+from supervisor.states import State
 
 if t.TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Iterator, Sequence
 
 logger = logging.getLogger(__name__)
 
-LOG_MAX_BYTES = 10 * 1024 * 1024
-LOG_KEEP = 3
 DEFAULT_STOP_TIMEOUT = 30.0
 
 # Live states, derived at every look (never stored).
-RUNNING = "running"
-STARTING = "starting"
-WAITING_LOGIN = "waiting-login"
+RUNNING = State.RUNNING
+STARTING = State.STARTING
+WAITING_LOGIN = State.WAITING_LOGIN
 ALIVE_STATES = (RUNNING, STARTING, WAITING_LOGIN)
-STOPPED = "stopped"
-EXITED = "exited"
-CRASHED = "crashed"
-FATAL = "fatal"
+STOPPED = State.STOPPED
+EXITED = State.EXITED
+CRASHED = State.CRASHED
+FATAL = State.FATAL
 
 ProgressFn = t.Callable[[str, "int | None", "int | None"], None]
 LineFn = t.Callable[[str], None]
@@ -363,7 +364,7 @@ class Manager:
     # -- install ----------------------------------------------------------------
 
     def _source_url(self, recipe: Recipe, repo: str | None) -> str:
-        from supervisor import install
+        from supervisor.core import install
 
         url = repo or recipe.source.repo
         if url.startswith(BUILTIN_PREFIX):
@@ -403,7 +404,7 @@ class Manager:
             Clone failures leave nothing behind; install-step failures leave the
             instance recorded as ``install-failed``.
         """
-        from supervisor import install as git_install
+        from supervisor.core import install as git_install
 
         check_name(name)
         if name in self.registry.all():
@@ -526,7 +527,7 @@ class Manager:
         return secrets.describe(self.paths, name, self.recipe_for(record))
 
     def _run_install(self, record: Instance, recipe: Recipe, log: Path, on_line: LineFn | None) -> None:
-        from supervisor import install as git_install
+        from supervisor.core import install as git_install
 
         values = self._values(record, recipe)
         steps = [render(step, values) for step in recipe.install]
@@ -573,9 +574,7 @@ class Manager:
                 node = node.setdefault(part, {})
             node[leaf] = value
         ensure_dir(path.parent)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write(path, yaml.safe_dump(data, sort_keys=False), mode=0o644)
 
     def install(self, name: str, *, on_line: LineFn | None = None) -> InstanceStatus:
         """Run the recipe's install steps again (after a failure, or to rebuild).
@@ -621,7 +620,7 @@ class Manager:
         UpdateRolledBack
             The new commit installed but did not come up; the old one runs again.
         """
-        from supervisor import install as git_install
+        from supervisor.core import install as git_install
 
         record = self.registry.get(name)
         recipe = self.recipe_for(record)
@@ -771,7 +770,7 @@ class Manager:
         snapshot: Path | None = None,
     ) -> None:
         """Put the previous commit (and config snapshot) back and reinstall it, so the instance stays usable."""
-        from supervisor import install as git_install
+        from supervisor.core import install as git_install
 
         if on_line:
             on_line(f"rolling back to {commit[:12]}" + (" and the config files saved before" if snapshot else ""))
@@ -925,7 +924,7 @@ class Manager:
             return False
 
     def _commit(self, instance: Instance) -> str | None:
-        from supervisor import install as git_install
+        from supervisor.core import install as git_install
 
         now = time.monotonic()
         cached = self._commit_cache.get(instance.checkout)
@@ -1046,10 +1045,7 @@ class Manager:
         ]
         script = self.paths.run_script(instance.name)
         ensure_dir(script.parent)
-        tmp = script.with_name(".run.sh.tmp")
-        tmp.write_text("\n".join(lines) + "\n")
-        tmp.chmod(0o755)
-        tmp.replace(script)
+        atomic_write(script, "\n".join(lines) + "\n", mode=0o755, sync=False)
         return script
 
     def start(
@@ -1525,6 +1521,13 @@ class Manager:
         record = self.registry.get(name)
         return self._session_backend(record).attach_command(record.session)
 
+    def attach(self, name: str) -> t.NoReturn:
+        """Replace this process with the multiplexer's attach command for ``name``."""
+        from supervisor import _proc
+
+        argv, env = self.attach_command(name)
+        _proc.exec_replace(argv, env)
+
     def console_line(self, name: str, command: str, values: t.Mapping[str, t.Any]) -> str:
         """Render the recipe's console line for a bot-level ``command`` (e.g. ``start --script x.py``).
 
@@ -1573,7 +1576,7 @@ class Manager:
         found: list[ForeignSession] = []
         servers: list[tuple[str, str, SessionBackend]] = [("tmux", self.paths.tmux_socket, self.backend("tmux"))]
         if self.paths.tmux_socket != "default":
-            from supervisor.sessions.tmux import TmuxBackend
+            from supervisor.core.sessions.tmux import TmuxBackend
 
             servers.append(("tmux", "default", TmuxBackend(socket_name="default")))
         servers.append(("screen", os.environ.get("SCREENDIR", "default"), self.backend("screen")))
@@ -1641,7 +1644,7 @@ class Manager:
             msg = f"session '{session}': no recipe recognises what it runs. Name one with -r RECIPE."
             raise SessionError(msg)
         recipe = find_recipe(recipe_ref or found.recipe or "", self.paths.user_recipes)
-        from supervisor import install as git_install
+        from supervisor.core import install as git_install
 
         checkout = Path(found.cwd or ".")
         record = Instance(
@@ -1704,46 +1707,6 @@ def check_strategy(values: t.Mapping[str, t.Any]) -> dict[str, str]:
     return found
 
 
-def rotate_log(path: Path, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_KEEP) -> bool:
-    """Rotate ``path`` by copy-and-truncate when it exceeds ``max_bytes``; return whether it did.
-
-    Copy-and-truncate (not rename) because the session's writer keeps the file
-    open in append mode and would go on writing to a renamed file.
-    """
-    try:
-        if path.stat().st_size <= max_bytes:
-            return False
-    except FileNotFoundError:
-        return False
-    for i in range(keep - 1, 0, -1):
-        older = path.with_name(f"{path.name}.{i}")
-        if older.exists():
-            older.replace(path.with_name(f"{path.name}.{i + 1}"))
-    shutil.copyfile(path, path.with_name(f"{path.name}.1"))
-    with path.open("r+b") as handle:
-        handle.truncate(0)
-    return True
-
-
-def read_chunk(path: Path, offset: int) -> tuple[str, int]:
-    """Return the text of ``path`` after byte ``offset`` and the new offset (from 0 if the file shrank)."""
-    try:
-        with path.open("rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            if size < offset:
-                offset = 0
-            handle.seek(offset)
-            data = handle.read()
-    except FileNotFoundError:
-        return "", offset
-    return data.decode("utf-8", "replace"), offset + len(data)
-
-
-def read_from(path: Path, offset: int) -> str:
-    """Return the text of ``path`` after byte ``offset`` (all of it if the file shrank)."""
-    return read_chunk(path, offset)[0]
-
-
 # ``exec CMD``, but not ``exec >log`` / ``exec 2>&1`` (redirections only) nor ``exec -a NAME`` (options).
 _LEADING_EXEC_RE = re.compile(r"\s*exec\s+(?![-<>&]|\d+[<>])")
 
@@ -1752,46 +1715,3 @@ def strip_exec(command: str) -> str:
     """Drop a leading ``exec`` so the bot runs as the wrapper's child and its exit code is recorded."""
     match = _LEADING_EXEC_RE.match(command)
     return command[match.end() :] if match else command
-
-
-_ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][A-Za-z0-9]|\x1b[=>]|\r")
-
-
-def clean_console(text: str, *, echo: str | None = None) -> str:
-    """Strip terminal escapes and the echoed command line from console output."""
-    lines = [_ANSI_RE.sub("", line).rstrip() for line in text.split("\n")]
-    if echo is not None:
-        lines = [line for line in lines if not line.endswith(echo)]
-    return "\n".join(line for line in lines if line).strip()
-
-
-def follow(path: Path, lines: int, *, poll: float = 0.2, stop: Callable[[], bool] | None = None) -> Iterator[str]:
-    """Yield the last ``lines`` lines of ``path`` and then every new line, surviving rotation."""
-    with contextlib.suppress(FileNotFoundError):
-        yield from last_lines(path, lines)
-    position = path.stat().st_size if path.exists() else 0
-    buffer = ""
-    while not (stop and stop()):
-        chunk, position = read_chunk(path, position)
-        if chunk:
-            buffer += chunk
-            *complete, buffer = buffer.split("\n")
-            yield from complete
-        else:
-            time.sleep(poll)
-
-
-def last_lines(path: Path, count: int) -> list[str]:
-    """Return the last ``count`` lines of a text file, reading only its end."""
-    with path.open("rb") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        block = min(size, max(8192, count * 256))
-        data = b""
-        while True:
-            handle.seek(size - block)
-            data = handle.read(block)
-            if data.count(b"\n") > count or block == size:
-                break
-            block = min(size, block * 2)
-    text = data.decode("utf-8", "replace").splitlines()
-    return text[-count:] if count else []

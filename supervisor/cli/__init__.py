@@ -17,13 +17,14 @@ import click
 
 from supervisor import __version__
 from supervisor.errors import InstallError, SupervisorError, os_error_hint
+from supervisor.files import atomic_write
 from supervisor.paths import Paths
-from supervisor.sessions import KNOWN_BACKENDS
+from supervisor.states import BACKENDS as KNOWN_BACKENDS
 
 if t.TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from supervisor.manager import ActionResult, InstanceStatus, Manager
+    from supervisor.core.manager import ActionResult, InstanceStatus, Manager
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class SupervisorGroup(click.Group):
 
 
 def _manager(ctx: click.Context) -> Manager:
-    from supervisor.manager import Manager
+    from supervisor.core.manager import Manager
 
     obj = ctx.find_root().obj
     if "manager" not in obj:
@@ -257,7 +258,7 @@ def new_cmd(
       supervisor new mm-1 -r hummingbot --ref v2.16.0 --set mqtt_host=10.0.0.5
       supervisor new mm-2 -r hummingbot --secret password=@/run/keys/mm-2.pw
     """
-    from supervisor.secrets import parse_secret_option
+    from supervisor.core.secrets import parse_secret_option
 
     secret_values = dict(parse_secret_option(option) for option in secret_options)
     progress, line = _progress()
@@ -492,16 +493,15 @@ def adopt_cmd(ctx: click.Context, session: str, name: str, recipe: str | None) -
 @click.pass_context
 def attach_cmd(ctx: click.Context, name: str) -> None:
     """Attach this terminal to the bot's console (detach again with the multiplexer's keys)."""
-    argv, env = _manager(ctx).attach_command(name)
+    manager = _manager(ctx)
+    manager.attach_command(name)  # an unknown or stopped instance is reported before the terminal check
     if not sys.stdin.isatty():
         msg = (
             f"instance '{name}': attach needs a terminal. "
             f"Use 'supervisor tail {name}' or 'supervisor send {name} TEXT'."
         )
         raise SupervisorError(msg)
-    from supervisor import _proc
-
-    _proc.exec_replace(argv, env)
+    manager.attach(name)
 
 
 @cli.command("logs")
@@ -511,7 +511,7 @@ def attach_cmd(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def logs_cmd(ctx: click.Context, name: str, follow_: bool, lines: int) -> None:
     """Print the bot's console output from its log file."""
-    from supervisor.manager import clean_console, follow, last_lines
+    from supervisor.logfiles import clean_console, follow, last_lines
 
     path = _manager(ctx).log_path(name)
     if follow_:
@@ -588,7 +588,7 @@ def secret_set_cmd(ctx: click.Context, name: str, key: str, from_file: Path | No
       supervisor secret set mm-1 password < ~/mm-1.pw
       read -rs PW && printf %s "$PW" | supervisor secret set mm-1 password
     """
-    from supervisor.secrets import read_value_file
+    from supervisor.core.secrets import read_value_file
 
     if from_file is None and sys.stdin.isatty():
         click.echo(f"Value for '{key}' (input hidden), then Enter:", err=True)
@@ -728,9 +728,9 @@ def agent_cmd(
     Keep the broker password out of the command line: use SUPERVISOR_BROKER_PASSWORD
     or password_file in the config file.
     """
-    from supervisor.agent.config import load_agent_config
-    from supervisor.agent.guard import configure_agent_logging
-    from supervisor.agent.service import Agent
+    from supervisor.agent.host import Agent
+    from supervisor.mqtt.config import load_agent_config
+    from supervisor.mqtt.guard import configure_agent_logging
 
     manager = _manager(ctx)
     overrides = {
@@ -752,7 +752,7 @@ def agent_cmd(
     )
     embedded = None
     if embedded_broker or config.embedded_broker:
-        from supervisor.agent.embedded import EmbeddedBroker
+        from supervisor.mqtt.embedded import EmbeddedBroker
 
         if broker is None and "SUPERVISOR_BROKER" not in os.environ and config_file is None:
             config.broker.host = "127.0.0.1"  # the default broker URL says localhost; bind loopback only
@@ -817,9 +817,7 @@ def service_install_cmd(ctx: click.Context, broker: str | None, print_only: bool
     config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
     target = config_home / "systemd" / "user" / "bot-supervisor-agent.service"
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(unit)
-    tmp.replace(target)
+    atomic_write(target, unit, mode=0o644)
     user = os.environ.get("USER", "$USER")
     click.echo(f"wrote {target}")
     click.echo("enable it with:")
@@ -857,8 +855,8 @@ def fleet_grp(
 
 
 def _fleet(ctx: click.Context) -> t.Any:
-    from supervisor.agent.config import load_agent_config
-    from supervisor.agent.fleet import FleetClient
+    from supervisor.fleet.client import FleetClient
+    from supervisor.mqtt.config import load_agent_config
 
     opts = dict(ctx.find_root().obj["fleet"])
     config_file = opts.pop("config")
@@ -917,7 +915,7 @@ def fleet_ls_cmd(ctx: click.Context, wait: float, as_json: bool) -> None:
 def _fleet_command(
     ctx: click.Context, verb: str, targets: tuple[str, ...], data: dict[str, t.Any], timeout: float, as_json: bool
 ) -> None:
-    from supervisor.agent.fleet import Snapshot, expand
+    from supervisor.fleet.client import Snapshot, expand
 
     with _fleet(ctx) as client:
         # Only wildcards need the fleet's view; explicit targets are sent as given.
@@ -1031,10 +1029,10 @@ def dashboard_grp(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from supervisor.agent.config import load_agent_config
-    from supervisor.dashboard.auth import load_settings
-    from supervisor.dashboard.server import Dashboard
-    from supervisor.dashboard.store import Store
+    from supervisor.fleet.dashboard.auth import load_settings
+    from supervisor.fleet.dashboard.server import Dashboard
+    from supervisor.fleet.dashboard.store import Store
+    from supervisor.mqtt.config import load_agent_config
 
     paths = Paths.from_env(ctx.find_root().obj.get("home"))
     agent_toml = _agent_toml(paths, config_file)
@@ -1063,7 +1061,7 @@ def dashboard_passwd_cmd(ctx: click.Context, from_stdin: bool, write: bool) -> N
       supervisor dashboard passwd --write
       printf '%s\\n' "$PASS" | supervisor dashboard passwd --stdin   # prints the hash
     """
-    from supervisor.dashboard.auth import hash_password, write_password_hash
+    from supervisor.fleet.dashboard.auth import hash_password, write_password_hash
 
     if from_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -1122,10 +1120,10 @@ def events_serve_cmd(
       targets = ["host-1/mm-1"]
     Then: curl -d '{"side":"buy"}' 'http://127.0.0.1:8090/hooks/btc-long?token=…'
     """
-    from supervisor.agent.config import load_agent_config
     from supervisor.events.config import load_events_config
     from supervisor.events.journal import Journal
     from supervisor.events.receiver import Receiver
+    from supervisor.mqtt.config import load_agent_config
 
     paths = Paths.from_env(ctx.find_root().obj.get("home"))
     routes_path = routes_file or paths.events_config

@@ -18,10 +18,10 @@ if t.TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+from supervisor.audit import clip
+
 logger = logging.getLogger(__name__)
 
-CLIP_CHARS = 200
-"""Longest piece of a stranger's text (topic, field, message) written to a log."""
 LOG_RECORD_CHARS = 2000
 """Longest agent log message; anything longer is cut and its length noted."""
 STATUS_BUSY = 503
@@ -30,14 +30,6 @@ REFUSALS_PER_INTERVAL = 20
 REFUSAL_INTERVAL = 60.0
 AGENT_LOG_MAX_BYTES = 10 * 1024 * 1024
 AGENT_LOG_KEEP = 3
-
-
-def clip(text: object, limit: int = CLIP_CHARS) -> str:
-    """Return ``text`` as a string of at most about ``limit`` characters, noting the original length."""
-    value = text if isinstance(text, str) else str(text)
-    if len(value) <= limit:
-        return value
-    return f"{value[:limit]}…[{len(value)} chars]"
 
 
 class ClipFilter(logging.Filter):

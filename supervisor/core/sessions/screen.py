@@ -19,8 +19,8 @@ from pathlib import Path
 
 from supervisor import _proc
 from supervisor.consoletext import check_console_text, key_bytes, parse_key
+from supervisor.core.sessions.base import SessionInfo
 from supervisor.errors import BackendUnavailable, SessionError
-from supervisor.sessions.base import SessionInfo
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The dashboard server: static page, JSON API and Server-Sent Events over ``http.server``.
 
-One long-lived MQTT connection (a :class:`~supervisor.agent.fleet.FleetClient`)
+One long-lived MQTT connection (a :class:`~supervisor.fleet.client.FleetClient`)
 watches the retained agent and state records, heartbeats, Hummingbot's
 ``notify``/``log``/``performance`` streams and our ``events``; the merged view is
 pushed to browsers every second and at once on a change. Commands go through the
@@ -30,21 +30,21 @@ from importlib import resources
 
 from supervisor import __version__
 from supervisor._http import AppServer, Handler, ServedApp, parse_listen
-from supervisor.agent import protocol
-from supervisor.agent.fleet import STALE_GRACE, TRUSTED_KEY, UNTRUSTED, FleetClient, keep_record, load_record
 from supervisor.consoletext import check_console_text
-from supervisor.dashboard import DashboardError
-from supervisor.dashboard.alerts import Alerter, shown_url
-from supervisor.dashboard.auth import LoginThrottle, Sessions, verify_password
-from supervisor.dashboard.store import controller_figures, message_time
 from supervisor.errors import UnsafeConsoleText
+from supervisor.fleet.client import STALE_GRACE, TRUSTED_KEY, UNTRUSTED, FleetClient, keep_record, load_record
+from supervisor.fleet.dashboard import DashboardError
+from supervisor.fleet.dashboard.alerts import Alerter, shown_url
+from supervisor.fleet.dashboard.auth import LoginThrottle, Sessions, verify_password
+from supervisor.fleet.dashboard.store import controller_figures, message_time
+from supervisor.mqtt import protocol
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from supervisor.agent.config import AgentConfig
-    from supervisor.dashboard.auth import DashboardSettings, Session
-    from supervisor.dashboard.store import Store
+    from supervisor.fleet.dashboard.auth import DashboardSettings, Session
+    from supervisor.fleet.dashboard.store import Store
+    from supervisor.mqtt.config import AgentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -1075,7 +1075,7 @@ class _Handler(Handler):
         if name not in _STATIC:
             self._error(404, "not found")
             return
-        body = resources.files("supervisor.dashboard").joinpath("static", name).read_bytes()
+        body = resources.files("supervisor.fleet.dashboard").joinpath("static", name).read_bytes()
         self._send(200, body, _STATIC[name], cache="no-cache")
 
     def _cookie(self, value: str, max_age: int) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from supervisor import _proc
 from supervisor.errors import InstallError
-from supervisor.filelock import exclusive
+from supervisor.files import locked
 
 if t.TYPE_CHECKING:
     import git
@@ -272,7 +272,7 @@ def ensure_mirror(mirrors_dir: Path, url: str, *, progress: ProgressFn | None = 
     """
     mirror = mirror_path(mirrors_dir, url)
     mirrors_dir.mkdir(parents=True, exist_ok=True)
-    with exclusive(mirror.with_name(mirror.name + ".lock")):
+    with locked(mirror.with_name(mirror.name + ".lock")):
         if (mirror / "HEAD").is_file() and (mirror / "objects").is_dir():
             _fetch_mirror(mirror, url, progress)
         elif mirror.exists():
@@ -804,7 +804,7 @@ def ensure_builtin_origin(folder: Path, origin: Path) -> str:
     import git
 
     origin.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive(origin.with_name(origin.name + ".lock")):
+    with locked(origin.with_name(origin.name + ".lock")):
         try:
             if (origin / ".git").is_dir():
                 repo = git.Repo(origin)

@@ -1,6 +1,6 @@
 """The agent: relays MQTT requests into sessions, publishes heartbeats and state, supervises.
 
-It calls the same :class:`~supervisor.manager.Manager` as the CLI; bots never run
+It calls the same :class:`~supervisor.core.manager.Manager` as the CLI; bots never run
 under it. Three kinds of work:
 
 * requests (network thread -> worker pool): Hummingbot-compatible commands on
@@ -25,27 +25,28 @@ import threading
 import time
 import typing as t
 import uuid
-from pathlib import Path
 
 from supervisor import __version__
-from supervisor.agent import protocol
 from supervisor.agent.answer import read_answer, read_trades
-from supervisor.agent.auth import Verifier, is_signed_record, sign_record
-from supervisor.agent.connection import Connection
-from supervisor.agent.dedup import Redeliveries
 from supervisor.agent.external import ExternalEvents
-from supervisor.agent.guard import STATUS_BUSY, RefusalLog, clip, is_command_topic
 from supervisor.agent.stream import ConsoleStream
+from supervisor.audit import AuditLog, clip
+from supervisor.core.manager import CRASHED, EXITED, check_strategy
+from supervisor.core.registry import DESIRED_RUNNING
 from supervisor.errors import AgentError, AuthError, InstanceNotRunning, SupervisorError
-from supervisor.manager import CRASHED, EXITED, check_strategy, rotate_log
+from supervisor.logfiles import rotate_log
+from supervisor.mqtt import protocol
+from supervisor.mqtt.auth import Verifier, is_signed_record, sign_record
+from supervisor.mqtt.connection import Connection
+from supervisor.mqtt.dedup import Redeliveries
+from supervisor.mqtt.guard import STATUS_BUSY, RefusalLog, is_command_topic
 from supervisor.paths import SESSION_PREFIX
-from supervisor.registry import DESIRED_RUNNING
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from supervisor.agent.config import AgentConfig
-    from supervisor.manager import InstanceStatus, Manager
+    from supervisor.core.manager import InstanceStatus, Manager
+    from supervisor.mqtt.config import AgentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,6 @@ BACKOFF_BASE = 1.0
 BACKOFF_MAX = 60.0
 FATAL_AFTER = 5
 FAST_FAILURE = 30.0
-AUDIT_MAX_BYTES = 10 * 1024 * 1024
-AUDIT_KEEP = 3
 _VOLATILE = ("cpu_percent", "rss", "uptime", "last_heartbeat")
 
 
@@ -95,34 +94,6 @@ class _Failures:
     count: int = 0
     next_attempt: float = 0.0
     started_at: float = 0.0
-
-
-class AuditLog:
-    """Append-only JSON lines: who asked what, when, and the result.
-
-    Text values are clipped (strangers choose them) and the file is rotated past
-    ``max_bytes``, keeping ``keep`` old files, so its size on disk is capped.
-    """
-
-    def __init__(
-        self, path: os.PathLike[str] | str, *, max_bytes: int = AUDIT_MAX_BYTES, keep: int = AUDIT_KEEP
-    ) -> None:
-        self.path = Path(path)
-        self.max_bytes = max_bytes
-        self.keep = keep
-        self._lock = threading.Lock()
-
-    def record(self, **entry: t.Any) -> None:
-        """Append one entry (never raises: auditing must not break serving)."""
-        entry = {"ts": round(time.time(), 3), **{k: clip(v) if isinstance(v, str) else v for k, v in entry.items()}}
-        line = json.dumps(entry, default=str, separators=(",", ":")) + "\n"
-        with self._lock:
-            try:
-                with self.path.open("a", encoding="utf-8") as handle:
-                    handle.write(line)
-                rotate_log(self.path, self.max_bytes, self.keep)
-            except OSError as e:
-                logger.warning("cannot write the audit log %s: %s", self.path, e)
 
 
 class Agent:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
-import tempfile
 import time
 import typing as t
 from pathlib import Path
 
 from supervisor.errors import InstanceExists, InstanceNotFound, RegistryWriteError, SupervisorError
-from supervisor.filelock import exclusive
+from supervisor.files import atomic_write, locked
+from supervisor.states import State
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
@@ -26,8 +25,8 @@ if t.TYPE_CHECKING:
 SCHEMA_VERSION = 1
 
 # Lifecycle states stored in the record; live states (running, crashed...) are derived.
-INSTALLING = "installing"
-INSTALL_FAILED = "install-failed"
+INSTALLING = State.INSTALLING.value
+INSTALL_FAILED = State.INSTALL_FAILED.value
 INSTALLED = "installed"
 DESIRED_RUNNING = "running"
 DESIRED_STOPPED = "stopped"
@@ -149,29 +148,15 @@ class Registry:
             "instances": {name: instances[name].to_dict() for name in sorted(instances)},
         }
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".registry-", suffix=".tmp", dir=self.path.parent)
+            atomic_write(self.path, json.dumps(payload, indent=1))
         except OSError as e:
             raise RegistryWriteError(self.path, e) from e
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(payload, handle, indent=1)
-                handle.flush()
-                os.fsync(handle.fileno())
-            Path(tmp).replace(self.path)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                Path(tmp).unlink()
-            raise RegistryWriteError(self.path, e) from e
-        except BaseException:
-            with contextlib.suppress(OSError):
-                Path(tmp).unlink()
-            raise
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[dict[str, Instance]]:
         """Yield the records under an exclusive lock and write them back if the block succeeds."""
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with exclusive(self.lock_path):
+        with locked(self.lock_path):
             instances = self._read()
             yield instances
             self._write(instances)

@@ -18,17 +18,17 @@ import time
 import typing as t
 import uuid
 
-from supervisor.agent import protocol
-from supervisor.agent.auth import is_signed_record, sign
-from supervisor.agent.connection import Connection
 from supervisor.errors import AgentError
+from supervisor.mqtt import protocol
+from supervisor.mqtt.auth import is_signed_record, sign
+from supervisor.mqtt.connection import Connection
 
 if t.TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from typing_extensions import Self
 
-    from supervisor.agent.config import AgentConfig
+    from supervisor.mqtt.config import AgentConfig
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ if t.TYPE_CHECKING:
     from paho.mqtt.properties import Properties
     from paho.mqtt.reasoncodes import ReasonCode
 
-    from supervisor.agent.config import BrokerConfig
+    from supervisor.mqtt.config import BrokerConfig
 
 logger = logging.getLogger(__name__)
 

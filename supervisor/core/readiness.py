@@ -11,12 +11,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
-import tempfile
 import typing as t
 from pathlib import Path
 
-from supervisor.filelock import exclusive
+from supervisor.files import atomic_write, locked
 
 if t.TYPE_CHECKING:
     import re
@@ -44,7 +42,7 @@ def _lock_path(path: Path) -> Path:
 
 def _locked(path: Path) -> t.ContextManager[None]:
     # The agent and a CLI may look at once: one writer at a time, so "ready" is never lost.
-    return exclusive(_lock_path(path))
+    return locked(_lock_path(path))
 
 
 def load(path: Path) -> Seen | None:
@@ -62,15 +60,7 @@ def load(path: Path) -> Seen | None:
 
 
 def _save(path: Path, seen: Seen) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(dataclasses.asdict(seen), handle)
-        Path(tmp).replace(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            Path(tmp).unlink()
-        raise
+    atomic_write(path, json.dumps(dataclasses.asdict(seen)), sync=False)
 
 
 def reset(path: Path, offset: int) -> None:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from supervisor import _proc
 from supervisor.consoletext import check_console_text, parse_key
+from supervisor.core.sessions.base import SessionInfo
 from supervisor.errors import BackendUnavailable, SessionError
-from supervisor.sessions.base import SessionInfo
 
 if t.TYPE_CHECKING:
     import libtmux

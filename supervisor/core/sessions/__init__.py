@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import typing as t
 
+from supervisor.core.sessions.base import SessionBackend, SessionInfo
 from supervisor.errors import SupervisorError
-from supervisor.sessions.base import SessionBackend, SessionInfo
+from supervisor.states import BACKENDS
 
 if t.TYPE_CHECKING:
     from supervisor.paths import Paths
 
-KNOWN_BACKENDS = ("tmux", "screen")
+KNOWN_BACKENDS = BACKENDS
 
 __all__ = ["KNOWN_BACKENDS", "SessionBackend", "SessionInfo", "get_backend"]
 
@@ -18,11 +19,11 @@ __all__ = ["KNOWN_BACKENDS", "SessionBackend", "SessionInfo", "get_backend"]
 def get_backend(name: str, paths: Paths) -> SessionBackend:
     """Return the backend called ``name``, configured for ``paths``."""
     if name == "tmux":
-        from supervisor.sessions.tmux import TmuxBackend
+        from supervisor.core.sessions.tmux import TmuxBackend
 
         return TmuxBackend(socket_name=paths.tmux_socket)
     if name == "screen":
-        from supervisor.sessions.screen import ScreenBackend
+        from supervisor.core.sessions.screen import ScreenBackend
 
         return ScreenBackend(screenrc=paths.screenrc)
     msg = f"backend '{name}' is not known. Choose one of: {', '.join(KNOWN_BACKENDS)}."
