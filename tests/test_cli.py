@@ -123,7 +123,7 @@ def test_example_bot_lifecycle(home: Path, backend: str) -> None:
     assert "==> mirror" in created.stderr
     assert (home / "origins" / "example-bot" / ".git").is_dir()
 
-    started = invoke("start", "ex-1")
+    started = invoke("start", "ex-1", "--wait")
     assert started.stdout.strip() == f"started 'ex-1' in {backend} session 'sup-ex-1'."
     again = invoke("start", "ex-1")
     assert again.stdout.startswith("instance 'ex-1' is already running (pid ")
@@ -317,6 +317,30 @@ def test_rm_guards(home: Path, bot_origin: Path) -> None:
     assert not Path(f"/proc/{pid}").exists()
     assert checkout.is_dir()
     assert ls_json() == []
+
+
+def test_start_returns_once_launched_and_wait_waits_for_the_ready_line(
+    home: Path, lifecycle_bot_origin: Path, tmp_path: Path
+) -> None:
+    recipe = tmp_path / "headless.yaml"
+    recipe.write_text((RECIPES / "headless.yaml").read_text().replace("ready_timeout: 15", "ready_timeout: 1"))
+    flag = tmp_path / "go"
+    invoke(
+        "new", "slow", "-r", str(recipe), "--repo", str(lifecycle_bot_origin), "--set", f"ready_flag={flag}",
+        "--secret", "password=@-", stdin="pw",
+    )  # fmt: skip
+    started = json.loads(invoke("start", "slow", "--json").stdout)
+    assert [(r["name"], r["ok"], r["changed"]) for r in started] == [("slow", True, True)]
+    # Returned without the ready line: the bot is alive and says 'starting' until it prints it.
+    record = wait_until(lambda: ls_json("slow")[0]["pid"] and ls_json("slow")[0])
+    assert record["state"] == "starting"
+    waited = invoke("start", "slow", "--wait", code=1)
+    assert "did not print /lifecycle-bot ready/ within 1s" in waited.stderr, waited.stderr
+    assert ls_json("slow")[0]["pid"] == record["pid"]
+    flag.touch()
+    again = invoke("start", "slow", "--wait")
+    assert ls_json("slow")[0]["state"] == "running", again.stdout
+    assert ls_json("slow")[0]["pid"] == record["pid"]
 
 
 def test_start_all_stop_all_and_restart(home: Path, bot_origin: Path) -> None:
@@ -567,7 +591,7 @@ def test_start_with_an_unwritable_registry_launches_nothing(home: Path, bot_orig
         ).stdout.split()
         assert "sup-w1" not in sessions
         assert (state_of("w1"), ls_json("w1")[0]["pid"]) == ("stopped", None)
-    invoke("start", "w1")
+    invoke("start", "w1", "--wait")
     assert state_of("w1") == "running"
 
 
