@@ -97,7 +97,7 @@ def parse_plain_ls(argv: Sequence[str]) -> tuple[str | None, str | None, list[st
             as_json = True
         elif arg == "--no-foreign":
             no_foreign = True
-        elif _NAME_RE.fullmatch(arg):
+        elif not arg.startswith("-") and _NAME_RE.fullmatch(arg):
             names.append(arg)
         else:
             return None
