@@ -6,8 +6,6 @@ Imports nothing of ours. Environment: ``SUPERVISOR_HOME`` (state root),
 
 from __future__ import annotations
 
-import dataclasses
-import importlib.resources
 import os
 import typing as t
 from pathlib import Path
@@ -31,15 +29,16 @@ def builtin_recipes_dir() -> Path:
     In a wheel they live at ``supervisor/recipes``; in a source checkout
     (editable install) they are the repository's top-level ``recipes/``.
     """
+    import importlib.resources  # here, not at the top: `supervisor ls` never needs it (it costs ~5 ms)
+
     packaged = Path(str(importlib.resources.files("supervisor"))) / "recipes"
     if packaged.is_dir():
         return packaged
     return Path(__file__).resolve().parent.parent / "recipes"
 
 
-@dataclasses.dataclass(frozen=True)
-class Paths:
-    """The files and folders under one ``SUPERVISOR_HOME``."""
+class Paths(t.NamedTuple):
+    """The files and folders under one ``SUPERVISOR_HOME`` (immutable; a tuple, not a dataclass: ``ls`` loads fast)."""
 
     home: Path
     tmux_socket: str = DEFAULT_TMUX_SOCKET

@@ -303,7 +303,7 @@ def test_rm_guards(home: Path, bot_origin: Path) -> None:
     assert purge.stderr == f"Error: instance 'r1': --purge deletes {checkout}. Pass --yes to confirm.\n"
     assert checkout.is_dir()
 
-    invoke("start", "r1")
+    invoke("start", "r1", "--wait")
     running = invoke("rm", "r1", code=1)
     assert running.stderr == (
         "Error: instance 'r1' is running; refusing to remove it. "
@@ -349,7 +349,8 @@ def test_start_all_stop_all_and_restart(home: Path, bot_origin: Path) -> None:
 
     started = json.loads(invoke("start", "--all", "--json").stdout)
     assert [(r["name"], r["action"], r["changed"]) for r in started] == [("a1", "start", True), ("a2", "start", True)]
-    assert [r["state"] for r in ls_json()] == ["running", "running"]
+    # Without --wait the command does not wait for the ready lines: 'starting' turns 'running' by itself.
+    wait_until(lambda: [r["state"] for r in ls_json()] == ["running", "running"], message="both ready")
 
     before = ls_json("a1")[0]["pid"]
     restarted = invoke("restart", "a1")
@@ -375,7 +376,7 @@ def test_ls_fits_100_columns(home: Path) -> None:
     names = ["mm-1", "demo-3", "binance-01"]
     for name in names:
         invoke("new", name, "-r", "example-bot")
-    invoke("start", *names)
+    invoke("start", *names, "--wait")
     lines = invoke("ls", "--no-foreign").stdout.splitlines()
     assert len(lines) == 1 + len(names)
     widest = max(len(line) for line in lines)
@@ -384,7 +385,7 @@ def test_ls_fits_100_columns(home: Path) -> None:
 
 def test_logs_follow_prints_new_lines(home: Path, tmp_path: Path) -> None:
     invoke("new", "f1", "-r", "example-bot", "--set", "interval=0.2")
-    invoke("start", "f1")
+    invoke("start", "f1", "--wait")
     out = tmp_path / "follow.out"
 
     def ticks() -> list[int]:
@@ -427,7 +428,7 @@ def test_service_install_writes_a_user_unit(home: Path, tmp_path: Path, monkeypa
 
 def test_send_refuses_control_characters_and_send_keys_presses_keys(home: Path, bot_origin: Path) -> None:
     invoke("new", "k1", "-r", TICKER, "--repo", str(bot_origin))
-    invoke("start", "k1")
+    invoke("start", "k1", "--wait")
     pid = ls_json("k1")[0]["pid"]
     for text, found in (("x\x03", "U+0003"), ("\x15history", "U+0015"), ("\x1b[A", "U+001B"), ("a\x9bb", "U+009B")):
         result = invoke("send", "k1", text, code=1)
@@ -634,7 +635,7 @@ def test_a_full_disk_never_blocks_stop_or_purge_and_new_leaves_nothing(full_home
     home = full_home
     invoke("new", "f1", "-r", "example-bot")
     invoke("new", "f2", "-r", "example-bot")
-    invoke("start", "f1")
+    invoke("start", "f1", "--wait")
     pid = ls_json("f1")[0]["pid"]
     assert pid
     fill_disk(home)
@@ -677,7 +678,7 @@ def test_sessions_of_ours_without_a_record_are_orphans_and_can_be_adopted(
     home: Path, bot_origin: Path, tmux_socket: str
 ) -> None:
     invoke("new", "o1", "-r", TICKER, "--repo", str(bot_origin))
-    invoke("start", "o1")
+    invoke("start", "o1", "--wait")
     pid = ls_json("o1")[0]["pid"]
     checkout = ls_json("o1")[0]["checkout"]
     # Someone else's bot on the same server, started by hand.
@@ -728,7 +729,7 @@ def test_fleet_send_refuses_control_characters_before_sending(home: Path) -> Non
 
 def test_update_with_a_typo_or_nothing_new_leaves_the_bot_running(home: Path, bot_origin: Path) -> None:
     invoke("new", "u1", "-r", TICKER, "--repo", str(bot_origin))
-    invoke("start", "u1")
+    invoke("start", "u1", "--wait")
     pid = ls_json("u1")[0]["pid"]
     typo = invoke("update", "u1", "--ref", "typo", code=1)
     assert typo.stderr.startswith(f"Error: repository '{bot_origin}': ref 'typo' not found."), typo.stderr

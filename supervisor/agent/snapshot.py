@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import os
-import selectors
 import socket
 import stat
 import struct
@@ -129,6 +128,8 @@ class SnapshotServer:
         return listener
 
     def _serve(self) -> None:
+        import selectors  # the server's only: the client side (``ls``) stays light
+
         listener = self._listener
         assert listener is not None
         with selectors.DefaultSelector() as selector:

@@ -35,13 +35,18 @@ def collect(paths: Paths, names: Sequence[str], *, foreign: bool) -> Listing:
     InstanceNotFound
         From the direct look, for a name that is not recorded.
     """
+    want_foreign = foreign and not names
+    return ask_agent(paths, names, foreign=want_foreign) or collect_directly(paths, names, foreign=want_foreign)
+
+
+def ask_agent(paths: Paths, names: Sequence[str], *, foreign: bool) -> Listing | None:
+    """Return the running agent's listing, or ``None`` when no agent answers as it should."""
     from supervisor.agent.snapshot import ask
 
-    want_foreign = foreign and not names
-    reply = ask(paths.agent_socket, names, foreign=want_foreign, tmux_socket=paths.tmux_socket)
-    if reply is not None:
-        return Listing(reply["instances"], reply["foreign"] if want_foreign else [])
-    return collect_directly(paths, names, foreign=want_foreign)
+    reply = ask(paths.agent_socket, names, foreign=foreign, tmux_socket=paths.tmux_socket)
+    if reply is None:
+        return None
+    return Listing(reply["instances"], reply["foreign"] if foreign else [])
 
 
 def collect_directly(paths: Paths, names: Sequence[str], *, foreign: bool) -> Listing:
@@ -116,13 +121,17 @@ def plain_ls(argv: Sequence[str]) -> int | None:
     home, tmux_socket, names, as_json, no_foreign = parsed
     from pathlib import Path
 
-    from supervisor.errors import SupervisorError
     from supervisor.paths import Paths
 
     paths = Paths.from_env(Path(home) if home else None, tmux_socket)
-    try:
-        listing = collect(paths, names, foreign=not no_foreign)
-    except (SupervisorError, OSError):
-        return None
+    foreign = not no_foreign and not names
+    listing = ask_agent(paths, names, foreign=foreign)
+    if listing is None:
+        from supervisor.errors import SupervisorError
+
+        try:
+            listing = collect_directly(paths, names, foreign=foreign)
+        except (SupervisorError, OSError):
+            return None
     show(listing, as_json=as_json)
     return 0
