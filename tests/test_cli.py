@@ -738,3 +738,49 @@ def test_update_with_a_typo_or_nothing_new_leaves_the_bot_running(home: Path, bo
     assert "nothing changed" in same.stdout
     assert ls_json("u1")[0]["pid"] == pid
     assert ls_json("u1")[0]["state"] == "running"
+
+
+# -- broker options, declared once -------------------------------------------------
+
+
+BROKER_COMMANDS = [("agent",), ("fleet",), ("dashboard",), ("events", "serve")]
+
+
+def option_lines(path: tuple[str, ...]) -> list[str]:
+    command: click.Command = cli
+    for name in path:
+        command = t.cast("click.Group", command).commands[name]
+    return [
+        next(o for o in param.opts if o.startswith("--"))
+        for param in command.params
+        if isinstance(param, click.Option) and param.name in {"broker", "ca", "cert", "key", "config_file"}
+    ]
+
+
+@pytest.mark.parametrize("path", BROKER_COMMANDS, ids=lambda p: " ".join(p))
+def test_every_broker_command_has_the_same_broker_options(path: tuple[str, ...]) -> None:
+    assert option_lines(path) == ["--broker", "--ca", "--cert", "--key", "--config"]
+    shown = invoke(*path, "--help").stdout
+    assert "Agent TOML file. Default: $SUPERVISOR_HOME/agent.toml if it exists." in " ".join(shown.split())
+
+
+def test_agent_toml_is_found_in_one_place(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from supervisor.cli.remote import BrokerOptions
+    from supervisor.errors import AgentError
+    from supervisor.paths import Paths
+
+    paths = Paths.from_env()
+    nothing = BrokerOptions(None, None, None, None, None)
+    assert nothing.load(paths).broker.url == "mqtt://localhost:1883"  # no agent.toml: the default
+    (home / "agent.toml").write_text('[broker]\nurl = "mqtt://10.1.2.3:1999"\n[agent]\nnamespace = "ns"\n')
+    assert (nothing.load(paths).broker.url, nothing.load(paths).namespace) == ("mqtt://10.1.2.3:1999", "ns")
+    given = BrokerOptions("mqtt://10.9.9.9", None, None, None, None)
+    assert given.load(paths, namespace="cli").broker.url == "mqtt://10.9.9.9:1883"
+    assert given.load(paths, namespace="cli").namespace == "cli"
+    monkeypatch.setenv("SUPERVISOR_BROKER", "mqtt://10.7.7.7:1")
+    assert nothing.load(paths).broker.url == "mqtt://10.7.7.7:1"
+    other = tmp_path / "other.toml"
+    other.write_text('[agent]\nhost_id = "h-9"\n')
+    assert BrokerOptions(None, None, None, None, other).load(paths).host_id == "h-9"
+    with pytest.raises(AgentError, match=re.escape(f"config file '{tmp_path / 'nope.toml'}': not found.")):
+        BrokerOptions(None, None, None, None, tmp_path / "nope.toml").load(paths)
