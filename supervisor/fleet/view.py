@@ -157,13 +157,12 @@ def instance_state(reported: str, *, trusted: bool, host_online: bool, stale: bo
     return Seen.STALE if stale else reported
 
 
-def is_left_over(record: Mapping[str, t.Any], agent_ts: float | None, now: float, refresh: float) -> bool:
-    """Whether a state record predates its agent's connection and was never published again.
+def is_left_over(ts: float | None, agent_ts: float | None, now: float, refresh: float) -> bool:
+    """Whether a state record of time ``ts`` predates its agent's connection and was never published again.
 
     An agent publishes every instance's state again right after it connects, so a record older
     than the connection, a full refresh later, is of an instance that host no longer has.
     """
-    ts = _number(record.get("ts"))
     if ts is None or agent_ts is None:
         return False
     return ts < agent_ts - 1.0 and now - agent_ts > refresh + STALE_GRACE
@@ -286,6 +285,7 @@ class FleetView:
             states = dict(self._states)
             heartbeats = dict(self._heartbeats)
         hosts = {host: _host_view(host, rec, host in remembered) for host, rec in sorted(agents.items())}
+        intervals = {host: _number(h.heartbeat_interval) or DEFAULT_HEARTBEAT for host, h in hosts.items()}
         # {ns}/{id}/hb carries no host: a live heartbeat is only attributable to a unique id.
         owners = collections.Counter(name for _, name in states)
         instances: list[InstanceView] = []
@@ -295,7 +295,7 @@ class FleetView:
             online = agent is not None and agent.online
             ts = _number(record.get("ts"))
             refresh = _number(record.get("refresh")) or DEFAULT_REFRESH
-            if online and agent is not None and is_left_over(record, agent.ts, now, refresh):
+            if online and agent is not None and is_left_over(ts, agent.ts, now, refresh):
                 left_over.append((host, name))
                 continue
             age = None if ts is None else now - ts
@@ -306,10 +306,7 @@ class FleetView:
             recorded_hb = _number(record.get("last_heartbeat"))
             if recorded_hb is not None:
                 last_hb = max(last_hb or 0.0, recorded_hb)
-            if record.get("plugin"):
-                interval = PLUGIN_HEARTBEAT
-            else:
-                interval = _number(agent.heartbeat_interval if agent else None) or DEFAULT_HEARTBEAT
+            interval = PLUGIN_HEARTBEAT if record.get("plugin") else intervals.get(host, DEFAULT_HEARTBEAT)
             instances.append(
                 InstanceView(
                     host=host,
