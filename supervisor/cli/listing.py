@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import typing as t
 
 from supervisor.cli import render
@@ -133,5 +134,11 @@ def plain_ls(argv: Sequence[str]) -> int | None:
             listing = collect_directly(paths, names, foreign=foreign)
         except (SupervisorError, OSError):
             return None
-    show(listing, as_json=as_json)
+    try:
+        show(listing, as_json=as_json)
+    except BrokenPipeError:
+        # `supervisor ls | head`: as click does, no traceback, and nothing more to flush at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     return 0
