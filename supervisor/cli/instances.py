@@ -21,9 +21,6 @@ if t.TYPE_CHECKING:
 
     from supervisor.core.manager import ActionResult
 
-INSTALLED = "installed"
-"""A record's lifecycle once its install steps succeeded (``supervisor.core.registry.INSTALLED``)."""
-
 
 @click.command("recipes")
 @click.option(
@@ -215,6 +212,8 @@ def start_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, wait: bool
     manager = get_manager(ctx)
     selected = _names(ctx, names, all_)
     if all_:
+        from supervisor.core.registry import INSTALLED
+
         # Instances that are not installed are skipped, not errors: decided from the records alone.
         records = manager.registry.all()
         selected = [name for name in selected if records[name].lifecycle == INSTALLED]
