@@ -70,6 +70,11 @@ def bots(manager: Manager, tmux_socket: str) -> list[str]:
     return names
 
 
+def columns(table: str) -> list[list[str]]:
+    """The cells of a table without CPU% (6) and UPTIME (8), which change between two looks."""
+    return [[c for i, c in enumerate(line.split()) if i not in (6, 8)] for line in table.splitlines()]
+
+
 def without_time(records: list[dict[str, t.Any]]) -> list[dict[str, t.Any]]:
     return [{k: v for k, v in r.items() if k not in TIME_FIELDS} for r in records]
 
@@ -107,11 +112,7 @@ def test_ls_json_and_table_are_the_same_through_the_agent_and_without_it(
     assert without_time(agent_json["instances"]) == without_time(direct_json["instances"])
     assert agent_json["foreign_sessions"] == direct_json["foreign_sessions"]
 
-    def columns(table: str) -> list[list[str]]:
-        # CPU% (6) and UPTIME (8) change between two looks; the rest of each row must not.
-        return [[c for i, c in enumerate(line.split()) if i not in (6, 8)] for line in table.splitlines()[:3]]
-
-    assert columns(agent_table) == columns(direct_table)
+    assert columns(agent_table)[:3] == columns(direct_table)[:3]
     assert agent_table.splitlines()[3:] == direct_table.splitlines()[3:]
     assert "sup-ghost" in agent_table
 
@@ -135,6 +136,13 @@ def test_plain_ls_runs_without_click_and_asks_the_agent(
     assert provider.calls == [([], False)]
     assert [r["name"] for r in result["out"]["instances"]] == bots
     assert result["out"]["foreign_sessions"] == []
+    # The table printed without click is the one click's `ls` prints.
+    plain = subprocess.run([sys.executable, "-m", "supervisor", "ls"], capture_output=True, text=True, check=True)
+    assert len(provider.calls) == 2
+    through_click = invoke("ls").stdout
+    assert len(provider.calls) == 3
+    assert columns(plain.stdout) == columns(through_click)
+    assert "sup-ghost" in plain.stdout
 
 
 @pytest.mark.parametrize(
