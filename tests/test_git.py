@@ -161,6 +161,26 @@ def test_clone_checkout_borrows_objects_from_the_mirror(origin: git.Repo, mirror
     assert (dest / "bot.py").read_text() == "print('v2')\n"
 
 
+@pytest.mark.parametrize("folder", ["plain", "with space", "semi;colon #hash", 'quote"back\\slash'])
+def test_origin_url_survives_any_folder_name(folder: str, tmp_path: Path) -> None:
+    repo = make_origin(tmp_path / folder / "origin", {"bot.py": "print('v1')\n"})
+    url = str(repo.working_tree_dir)
+    repo.close()
+    mirrors = tmp_path / folder / "mirrors"
+
+    core_git.checkout_latest(mirrors, url, tmp_path / "a", "main")
+    core_git.checkout_latest(mirrors, url, tmp_path / "b", "main")  # the mirror exists: fetch and clone at once
+
+    for name in ("a", "b"):
+        got = subprocess.run(
+            ["git", "-C", str(tmp_path / name), "config", "--get-all", "remote.origin.url"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert got.stdout == f"{url}\n"
+
+
 class RefCase(t.NamedTuple):
     test_id: str
     ref: t.Callable[[git.Repo], str]

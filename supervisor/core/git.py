@@ -8,7 +8,6 @@ fetch, checkout and ref resolution, all with plain ``git`` through :mod:`supervi
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import re
@@ -87,6 +86,15 @@ def _clone_source(url: str) -> str:
     return url
 
 
+def _sha1(data: bytes) -> t.Any:
+    """Return SHA-1 of ``data`` (a name, not security): CPython's built-in ``_sha1`` spares loading OpenSSL."""
+    try:
+        from _sha1 import sha1  # type: ignore[import-not-found]  # CPython built-in, no stub
+    except ImportError:  # another Python implementation
+        from hashlib import sha1
+    return sha1(data)
+
+
 def mirror_path(mirrors_dir: Path, url: str) -> Path:
     """Return the folder of the shared bare mirror of ``url``.
 
@@ -97,7 +105,7 @@ def mirror_path(mirrors_dir: Path, url: str) -> Path:
     normalised = _normalise_url(url)
     last = re.split(r"[/:]", normalised.rstrip("/"))[-1].removesuffix(".git")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", last).strip(".-")[:40] or "repo"
-    digest = hashlib.sha1(normalised.encode(), usedforsecurity=False).hexdigest()[:12]
+    digest = _sha1(normalised.encode()).hexdigest()[:12]
     return mirrors_dir / f"{slug}-{digest}.git"
 
 
@@ -420,7 +428,7 @@ def _clone_into(mirror: Path, url: str, dest: Path, ref: str, progress: Progress
         _git_progress(_clone_args(mirror, dest, ref, named=named), progress=progress)
         if ref and not named:
             _detach(dest, url, ref, _resolve_commit(dest, ref), progress)
-        _set_origin_url(dest, url)
+        _set_origin_url(dest, url, cloned_from=mirror)
     except (_GitFailure, OSError) as e:
         raise _checkout_failed(url, dest, ref, e) from e
     return _checked_out_commit(dest)
@@ -458,7 +466,7 @@ def checkout_latest(
             raise _fetch_failed(url, e) from e
         try:
             clone.check()
-            _set_origin_url(dest, url)
+            _set_origin_url(dest, url, cloned_from=mirror)
         except (_GitFailure, OSError) as e:
             raise _checkout_failed(url, dest, ref, e) from e
         branch = describe_ref(dest)
@@ -519,9 +527,27 @@ def _detach(checkout: Path, url: str, ref: str, commit: str | None, progress: Pr
     _git_progress(["checkout", "-q", "--detach", commit], cwd=checkout, progress=progress, config=_QUIET_DETACH)
 
 
-def _set_origin_url(checkout: Path, url: str) -> None:
-    """Point ``origin`` at the real repository so ``git pull`` there works."""
-    _git(["config", "remote.origin.url", _clone_source(url)], cwd=checkout)
+def _set_origin_url(checkout: Path, url: str, *, cloned_from: Path | None = None) -> None:
+    """Point ``origin`` at the real repository so ``git pull`` there works.
+
+    Right after ``git clone --shared`` (``cloned_from``: the mirror), the one
+    ``url = <mirror>`` line is rewritten in place when neither value needs
+    quoting in git's config syntax, which saves starting ``git config``.
+    """
+    value = _clone_source(url)
+    if cloned_from is not None and _is_plain(value) and _is_plain(str(cloned_from)):
+        config = (_git_dir(checkout) or checkout / ".git") / "config"
+        text = config.read_text()
+        line = f"\turl = {cloned_from}\n"
+        if text.count(line) == 1 and text.count("\turl = ") == 1:
+            config.write_text(text.replace(line, f"\turl = {value}\n"))
+            return
+    _git(["config", "remote.origin.url", value], cwd=checkout)
+
+
+def _is_plain(value: str) -> bool:
+    """Tell whether git writes ``value`` into a config file as it is (no quotes, no escapes)."""
+    return value == value.strip() and not any(char in value for char in '"\\;#\n\t\b')
 
 
 def _resolve_commit(checkout: Path, ref: str) -> str | None:
