@@ -281,9 +281,11 @@ def test_concurrent_installs_share_one_mirror(origin: git.Repo, tmp_path: Path) 
         "import sys\n"
         "from pathlib import Path\n"
         "from supervisor.core import git as core_git\n"
-        "mirror = core_git.ensure_mirror(Path(sys.argv[1]), sys.argv[2])\n"
-        "dest = Path(sys.argv[3])\n"
-        "print(core_git.clone_checkout(mirror, sys.argv[2], dest, 'main'))\n"
+        "mirrors, url, dest = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])\n"
+        "if dest.name.endswith(('0', '2', '4', '6', '8')):\n"
+        "    print(core_git.checkout_latest(mirrors, url, dest, 'main')[1])\n"
+        "else:\n"
+        "    print(core_git.clone_checkout(core_git.ensure_mirror(mirrors, url), url, dest, 'main'))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [
@@ -325,6 +327,32 @@ def hold_ref_updates_until(mirror: Path, path: Path) -> None:
         "echo 'the clone never checked out' >&2; exit 1\n"
     )
     hook.chmod(0o755)
+
+
+def test_checkout_latest_frees_the_mirror_once_its_fetch_is_done(
+    origin: git.Repo, mirrors: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flock = require_binary("flock")
+    url = origin_url(origin)
+    mirror = core_git.ensure_mirror(mirrors, url)
+    lock = mirror.with_name(mirror.name + ".lock")
+    report = tmp_path / "lock-seen-by-the-clone"
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    # At the end of its checkout the clone waits for the mirror's lock: it gets it only if
+    # the lock went with the fetch (held until the clone ended, it would time out).
+    (hooks / "post-checkout").write_text(
+        f"#!/bin/sh\nif '{flock}' -w 10 '{lock}' true; then echo free > '{report}'; else echo held > '{report}'; fi\n"
+    )
+    (hooks / "post-checkout").chmod(0o755)
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "core.hooksPath")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", str(hooks))
+
+    _, commit = core_git.checkout_latest(mirrors, url, tmp_path / "checkout", "main")
+
+    assert commit == head_sha(origin, "main")
+    assert report.read_text() == "free\n"
 
 
 class LatestCase(t.NamedTuple):

@@ -183,6 +183,8 @@ class _Run:
         self._pending = b""
         self.returncode: int | None = None
         self.start_error: OSError | None = None
+        self.on_end: t.Callable[[], object] | None = None
+        """Called as soon as this process has ended, while others may still run."""
         self.process: subprocess.Popen[bytes] | None = None
         try:
             self.process = _proc.spawn(
@@ -220,16 +222,28 @@ class _Run:
         if self.returncode != 0:
             raise _failure("\n".join(self.lines), self.returncode)
 
+    def end(self) -> None:
+        """Reap the process (its stderr is at its end) and tell ``on_end``."""
+        if self.process is not None:
+            self.returncode = self.process.wait()
+            if self.process.stderr is not None:
+                self.process.stderr.close()
+        if self.on_end is not None:
+            self.on_end()
+
     def kill(self) -> None:
         """Stop git (it runs in its own session, so Ctrl-C never reached it)."""
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(_KILL_GRACE)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(_KILL_GRACE)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stderr is not None:
+            self.process.stderr.close()
 
 
 def _as_int(value: str | None) -> int | None:
@@ -237,12 +251,14 @@ def _as_int(value: str | None) -> int | None:
 
 
 def _wait_all(runs: Sequence[_Run]) -> None:
-    """Read every run's stderr until each one ends, then reap them; on any exception kill them all."""
+    """Read every run's stderr and reap each run as it ends; on any exception kill them all."""
     try:
         with selectors.DefaultSelector() as selector:
             for run in runs:
                 if run.process is not None and run.process.stderr is not None:
                     selector.register(run.process.stderr, selectors.EVENT_READ, run)
+                else:
+                    run.end()  # it never started
             while selector.get_map():
                 for key, _ in selector.select():
                     run = key.data
@@ -250,11 +266,7 @@ def _wait_all(runs: Sequence[_Run]) -> None:
                     run.feed(data)
                     if not data:
                         selector.unregister(key.fileobj)
-        for run in runs:
-            if run.process is not None:
-                run.returncode = run.process.wait()
-                if run.process.stderr is not None:
-                    run.process.stderr.close()
+                        run.end()
     except BaseException:
         for run in runs:
             run.kill()
@@ -485,11 +497,17 @@ def checkout_latest(
 
 
 def _fetch_while_cloning(mirror: Path, dest: Path, ref: str, progress: ProgressFn | None) -> tuple[_Run, _Run]:
-    """Run the mirror's fetch (under its lock) and the clone from it at the same time; return both, ended."""
-    with locked(_mirror_lock(mirror)):
+    """Run the mirror's fetch and the clone from it at the same time; return both, ended.
+
+    The mirror's lock is held only until the fetch ends, so concurrent ``new``s of
+    one repository still write their work trees at the same time.
+    """
+    with contextlib.ExitStack() as held:
+        held.enter_context(locked(_mirror_lock(mirror)))
         if not _is_repository(mirror):
             raise _not_a_repository(mirror)
         fetch = _Run(_fetch_args(), cwd=mirror, progress=progress)
+        fetch.on_end = held.close
         clone = _Run(_clone_args(mirror, dest, ref, named=bool(ref)), progress=progress, config=_WRITE_TREE)
         _wait_all([fetch, clone])
     return fetch, clone
