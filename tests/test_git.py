@@ -109,6 +109,21 @@ def test_ensure_mirror_bad_url_leaves_nothing(tmp_path: Path, mirrors: Path) -> 
     assert not [p for p in mirrors.iterdir() if not p.name.endswith(".lock")]
 
 
+def test_a_missing_git_program_is_named(
+    origin: git.Repo, mirrors: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = origin_url(origin)
+    core_git.ensure_mirror(mirrors, url)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    for call in (
+        lambda: core_git.ensure_mirror(mirrors, url),
+        lambda: core_git.checkout_latest(mirrors, url, tmp_path / "checkout", "main"),
+    ):
+        with pytest.raises(InstallError, match=r"\(the 'git' program is not installed\)"):
+            call()
+    assert not (tmp_path / "checkout").exists()
+
+
 def test_ensure_mirror_refuses_a_folder_that_is_not_a_repository(origin: git.Repo, mirrors: Path) -> None:
     mirror = core_git.mirror_path(mirrors, origin_url(origin))
     mirror.mkdir(parents=True)

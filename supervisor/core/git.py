@@ -142,8 +142,9 @@ def _failure(stderr: str, returncode: int | None) -> _GitFailure:
 
 
 def _missing_git(error: OSError) -> _GitFailure:
-    reason = "the 'git' program is not installed" if isinstance(error, FileNotFoundError) else str(error)
-    return _GitFailure(reason, str(error))
+    """Explain why git could not start: not installed, or (also ENOENT) a missing working folder."""
+    missing = isinstance(error, FileNotFoundError) and shutil.which("git") is None
+    return _GitFailure("the 'git' program is not installed" if missing else str(error), str(error))
 
 
 def _git(args: Sequence[str], *, cwd: Path | None = None, config: Mapping[str, str] | None = None) -> str:
