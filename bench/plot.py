@@ -19,6 +19,8 @@ import matplotlib.pyplot as plt
 STYLE = {
     "ours": {"color": "tab:blue", "marker": "o", "label": "bot-supervisor"},
     "ours --no-foreign": {"color": "tab:cyan", "marker": "o", "linestyle": ":", "label": "bot-supervisor --no-foreign"},
+    "ours (agent)": {"color": "tab:purple", "marker": "D", "label": "bot-supervisor, agent running"},
+    "ours --wait": {"color": "tab:cyan", "marker": "o", "linestyle": ":", "label": "bot-supervisor --wait"},
     "supervisorctl": {"color": "tab:orange", "marker": "s", "label": "supervisord 4.x"},
     "supervisord": {"color": "tab:orange", "marker": "s", "label": "supervisord 4.x"},
     "pm2": {"color": "tab:green", "marker": "^", "label": "pm2"},
@@ -55,11 +57,14 @@ def main() -> int:
     if isinstance(figs.get("ls"), dict) and _sizes(figs["ls"]):
         pick = {
             k: (lambda b, k=k: _median(b.get(k), 1000))
-            for k in ("ours", "ours --no-foreign", "supervisorctl", "pm2", "tmux")
+            for k in ("ours", "ours --no-foreign", "ours (agent)", "supervisorctl", "pm2", "tmux")
         }
         panels.append(("List N running bots", "wall time (ms)", pick, figs["ls"]))
     if isinstance(figs.get("start"), dict) and _sizes(figs["start"]):
-        pick = {k: (lambda b, k=k: _median(b.get(k, {}).get("all_alive"))) for k in ("ours", "supervisord", "pm2")}
+        pick = {
+            k: (lambda b, k=k: _median(b.get(k, {}).get("all_alive")))
+            for k in ("ours", "ours --wait", "supervisord", "pm2")
+        }
         panels.append(("Start N stopped bots (until all alive)", "wall time (s)", pick, figs["start"]))
     if isinstance(figs.get("agent"), dict) and _sizes(figs["agent"]):
         rss = {k: (lambda b, k=k: b.get(k, {}).get("rss_max_mib")) for k in ("ours", "supervisord", "pm2")}
