@@ -757,17 +757,20 @@ def _verdict_table(rows: list[dict[str, t.Any]]) -> str:
 
 def _why(verdicts: list[dict[str, t.Any]]) -> str:
     """Return the section on each missed or unmeasured target, written from this run's figures."""
-    lines = []
+    missed: dict[tuple[str, str], list[str]] = {}  # (figure, why) -> the targets it misses
+    unmeasured: dict[str, str] = {}
     for v in verdicts:
         if v["ok"] is None and v.get("note"):
-            lines.append(f"- {v['figure']}: not measured — {v['note']}")
+            unmeasured.setdefault(v["figure"], v["note"])
         elif v["ok"] is False:
-            lines.append(f"- {v['figure']} ({v['target']}, measured {v['ours']}): {v.get('why') or 'see below.'}")
+            missed.setdefault((v["figure"], v.get("why") or "see below."), []).append(v["target"])
+    lines = [f"- {figure}: not measured — {note}" for figure, note in unmeasured.items()]
+    lines += [f"- {figure} ({'; '.join(targets)}): {why}" for (figure, why), targets in missed.items()]
     if not lines:
         return ""
     return (
         "### Why a target is not met or not measured\n\n"
-        "Each line is written from this run's figures.\n\n" + "\n".join(dict.fromkeys(lines)) + "\n"
+        "Each line is written from this run's figures.\n\n" + "\n".join(lines) + "\n"
     )
 
 
