@@ -568,10 +568,10 @@ def fig_restart(ctx: Ctx) -> dict[str, t.Any]:
 
 
 def fig_new(ctx: Ctx) -> dict[str, t.Any]:
-    """``supervisor new`` of the 2nd..20th instance of one big repository, beside plain ``git clone``."""
+    """``supervisor new`` of the 2nd..21st instance of one big repository, beside plain ``git clone``."""
     repo = gitrepo.big_repo(commits=500) if ctx.quick else gitrepo.big_repo()
-    count = 5 if ctx.quick else 20
-    reps = 3 if ctx.quick else 5
+    count = 5 if ctx.quick else 21  # 20 timings of the 2nd..21st instance
+    reps = 3 if ctx.quick else 10
     _, recipe = ctx.origin()
     ours = ctx.ours("new")
     log(f"new: {count} instances of {repo.name}")
@@ -885,9 +885,10 @@ def fig_events(ctx: Ctx) -> dict[str, t.Any]:
 # -- reaction to events -----------------------------------------------------------------------------------
 
 ALIVE = ("running", "starting", "waiting-login")
-REACT_GAP = 2.0
+REACT_GAP = 2.1
 """Seconds between two events of one kind. Each event hits another bot, so they do not depend on each
-other; a gap that is no divisor of a 10 s tick spreads them over the whole tick of a polling agent."""
+other; 2.1 s divides neither a 10 s nor a 1 s tick, so 20 events fall on 20 phases of a polling agent's tick
+(0, 2.1, 4.2, 6.3, 8.4, 0.5, 2.6 … s) instead of a few."""
 REACT_WAIT = 30.0
 """How long after the last event the records may take: three times a 10 s tick."""
 

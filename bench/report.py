@@ -785,6 +785,13 @@ def _durations(meta: dict[str, t.Any]) -> str:
     return "## How long each part took\n\n" + _table(["part", "wall time"], rows) + "\n"
 
 
+def _full_run_minutes(meta: dict[str, t.Any]) -> str:
+    total = meta.get("duration_s")
+    if isinstance(total, int) and not meta.get("partial") and not meta.get("args", {}).get("quick"):
+        return f"{round(total / 60)} min for this run"
+    return "about 20 min on 2 cores"
+
+
 def render(results: dict[str, t.Any], png_name: str) -> str:
     """Return the whole ``docs/benchmarks.md``."""
     meta = results.get("meta", {})
@@ -852,7 +859,7 @@ def render(results: dict[str, t.Any], png_name: str) -> str:
     parts.append(
         "## How to reproduce\n\n"
         "```sh\n"
-        "make bench                                  # all figures, sizes 10,50,100,200 (about 20 min on 2 cores)\n"
+        f"make bench                                  # all figures, sizes 10,50,100,200 ({_full_run_minutes(meta)})\n"
         "make bench BENCH_ARGS=--quick               # smoke run (a few minutes)\n"
         "make bench BENCH_ARGS='--only ls,start --sizes 10,100'\n"
         "```\n\n"
