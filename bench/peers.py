@@ -148,10 +148,15 @@ class Ours:
             kill_pids([pid])
         _reap(self.prefix, self.names, self.root)
 
-    def start_all(self, *, wait: bool = True) -> None:
-        """Start every instance (untimed set-up)."""
-        args = ["start", "--all"] if wait else ["start", "--all", "--no-wait"]
-        run(self.cli(*args), env=self.env, timeout=600)
+    def start_all(self) -> None:
+        """Start every instance and wait for their ready lines (untimed set-up)."""
+        # `--wait` where start has it (its default then returns before the ready lines); else the default waits.
+        proc = run(self.cli("start", "--all", "--wait"), env=self.env, timeout=600, check=False)
+        if proc.returncode == 2 and "--wait" in proc.stderr:
+            proc = run(self.cli("start", "--all"), env=self.env, timeout=600, check=False)
+        if proc.returncode != 0:
+            msg = f"supervisor start --all exited {proc.returncode}: {proc.stderr.strip()[-2000:]}"
+            raise RuntimeError(msg)
 
     def running(self) -> int:
         """Return how many of our bots are alive."""
