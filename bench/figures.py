@@ -998,8 +998,9 @@ def fig_react(ctx: Ctx) -> dict[str, t.Any]:
     ours = ctx.ours("react")
     ours.grow(reps)
     ours.start_all()
-    watch = StateWatch(broker.port, "supervisor/benchhost/+/state")
-    agent = Agent(ctx.procs, ours.env, broker.url, "benchhost", 10.0, 30.0, ctx.env.root / "agent-react.log")
+    # A host id of its own: no retained record of an earlier figure's agent on these topics.
+    watch = StateWatch(broker.port, "supervisor/benchreact/+/state")
+    agent = Agent(ctx.procs, ours.env, broker.url, "benchreact", 10.0, 30.0, ctx.env.root / "agent-react.log")
     try:
 
         def all_alive() -> bool:

@@ -141,7 +141,7 @@ class Counter:
 
 
 class StateWatch:
-    """Records every retained ``state`` record an agent publishes: (arrival, instance, decoded record)."""
+    """Records every ``state`` record an agent publishes from now on: (arrival, instance, decoded record)."""
 
     def __init__(self, port: int, pattern: str) -> None:
         self.client = Client(port, "states")
@@ -151,6 +151,8 @@ class StateWatch:
 
     def _on_message(self, message: mqtt.MQTTMessage) -> None:
         at = time.perf_counter()
+        if message.retain:  # left on the broker before we subscribed: not news from the agent under test
+            return
         name = message.topic.split("/")[-2]
         record: dict[str, t.Any] | None = None
         if message.payload:  # an empty retained payload deletes the record
