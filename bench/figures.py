@@ -1,7 +1,9 @@
-"""One function per figure of issue #5; each returns a JSON-able dict of measurements.
+"""One function per figure (issues 5, 12 and 13); each returns a JSON-able dict of measurements.
 
 The scaling figures (ls, start, agent) are measured per size by :func:`scaling`, which grows
-one fleet per tool (ours, supervisord, pm2) and calls ``ls_at``, ``start_at`` and ``agent_at``.
+one fleet per tool (ours, supervisord, pm2) and calls ``start_at``, ``ls_at``, then, with one
+agent over our fleet, ``agent_at``, ``ls_agent_at`` and (largest size) ``dashboard_on``.
+:func:`fig_react` times the agent's state records after a ``kill -9``, a ``stop`` and a ``start``.
 """
 
 from __future__ import annotations

@@ -778,7 +778,8 @@ def _durations(meta: dict[str, t.Any]) -> str:
     durations = meta.get("durations_s") or {}
     if not durations:
         return ""
-    rows = [[name, f"{seconds // 60} min {seconds % 60:02d} s"] for name, seconds in durations.items()]
+    label = {"scaling": "scaling: ls, start, agent (and the dashboard on the largest fleet)"}
+    rows = [[label.get(name, name), f"{seconds // 60} min {seconds % 60:02d} s"] for name, seconds in durations.items()]
     total = meta.get("duration_s")
     if isinstance(total, int) and not meta.get("partial"):
         rows.append(["**whole run** (with set-up and clean-up)", f"{total // 60} min {total % 60:02d} s"])
