@@ -29,7 +29,7 @@ def builtin_recipes_dir() -> Path:
     In a wheel they live at ``supervisor/recipes``; in a source checkout
     (editable install) they are the repository's top-level ``recipes/``.
     """
-    import importlib.resources  # here, not at the top: `supervisor ls` never needs it (it costs ~5 ms)
+    import importlib.resources  # only recipe lookups need it
 
     packaged = Path(str(importlib.resources.files("supervisor"))) / "recipes"
     if packaged.is_dir():
