@@ -514,3 +514,31 @@ def test_update_brings_the_bot_back_with_its_strategy(
     manager.update("su")
     assert _cmdline(manager, "su")[-2:] == ["--conf", "probe.yml"]
     assert manager.registry.get("su").strategy == {"conf": "probe.yml"}
+
+
+def test_start_without_wait_returns_once_every_bot_process_lives(
+    manager: Manager, lifecycle_origin: Path, tmp_path: Path
+) -> None:
+    """``wait=False`` launches all, waits for their processes only; they are ``starting`` until the ready line."""
+    flag = tmp_path / "ready.flag"
+    names = ["nw1", "nw2", "nw3"]
+    for name in names:
+        manager.new(
+            name,
+            HEADLESS,
+            repo=str(lifecycle_origin),
+            settings=[f"ready_flag={flag}"],
+            secret_values={"password": b"pw"},
+        )
+    results = manager.start(names, wait=False)
+    assert [(r.name, r.changed, r.ok) for r in results] == [(name, True, True) for name in names]
+    for result in results:
+        assert result.status is not None
+        assert (result.status.state, result.status.is_running) == ("starting", True)
+        assert b"bot.py" in Path(f"/proc/{result.status.pid}/cmdline").read_bytes()
+    assert all(manager.registry.get(name).desired == "running" for name in names)
+    again = manager.start(["nw1"], wait=False)[0]  # no wait: a starting bot is not joined
+    assert again.status is not None
+    assert (again.changed, again.message) == (False, f"instance 'nw1' is already starting (pid {again.status.pid}).")
+    flag.touch()
+    wait_until(lambda: {s.state for s in manager.status(names)} == {"running"}, timeout=15, message="all ready")
