@@ -176,8 +176,12 @@ def write_run_script(parts: Parts, instance: Instance, recipe: Recipe) -> Path:
         'exit "$rc"',
     ]
     script = parts.paths.run_script(instance.name)
+    text = "\n".join(lines) + "\n"
+    with contextlib.suppress(OSError):
+        if script.read_text() == text:
+            return script  # unchanged since the last start: no write
     ensure_dir(script.parent)
-    atomic_write(script, "\n".join(lines) + "\n", mode=0o755, sync=False)
+    atomic_write(script, text, mode=0o755, sync=False)
     return script
 
 

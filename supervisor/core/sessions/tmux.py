@@ -79,9 +79,9 @@ class _Done:
 class TmuxBackend:
     """Run sessions on one tmux server, chosen by socket name (``tmux -L``).
 
-    ``SessionInfo.pid`` is the pane pid of the session's first pane. The
-    command runs as ``exec <argv>`` under tmux's shell, so that pid is the
-    program itself.
+    ``SessionInfo.pid`` is the pane pid of the session's first pane. tmux
+    runs the argv directly (or one lone command as ``exec`` under its shell),
+    so that pid is the program itself.
     """
 
     name = "tmux"
@@ -225,12 +225,15 @@ class TmuxBackend:
         env_args: list[str] = []
         for key, value in (spec.env or {}).items():
             env_args += ["-e", _arg(f"{key}={value}")]
-        command = "exec " + shlex.join(spec.argv)
+        # Two or more arguments are run directly (tmux 3.0+); one goes through the shell, as exec.
+        command = (
+            [_arg(arg) for arg in spec.argv] if len(spec.argv) > 1 else [_arg("exec " + shlex.quote(spec.argv[0]))]
+        )
         pipe = "cat >> " + shlex.quote(str(spec.log_path))
         return [
             "new-session", "-d", "-s", name, "-x", str(width), "-y", str(height),
             "-c", _format_literal(str(spec.cwd)), *env_args,
-            "-P", "-F", "#{pane_pid}", _arg(command),
+            "-P", "-F", "#{pane_pid}", *command,
             ";", "pipe-pane", "-o", "-t", _pane(name), _format_literal(pipe),
             ";", "set-option", "-w", "-t", _pane(name), "remain-on-exit", "off",
         ]  # fmt: skip
