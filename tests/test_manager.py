@@ -17,6 +17,7 @@ from supervisor.errors import (
     InstallError,
     InstanceError,
     InstanceExists,
+    InstanceNotFound,
     InstanceNotRunning,
     InstanceRunning,
     InvalidName,
@@ -542,3 +543,23 @@ def test_start_without_wait_returns_once_every_bot_process_lives(
     assert (again.changed, again.message) == (False, f"instance 'nw1' is already starting (pid {again.status.pid}).")
     flag.touch()
     wait_until(lambda: {s.state for s in manager.status(names)} == {"running"}, timeout=15, message="all ready")
+
+
+def test_the_agent_reads_records_recipes_and_files_through_public_methods(manager: Manager, bot_origin: Path) -> None:
+    manager.new("pa", TICKER, repo=str(bot_origin))
+    assert manager.names() == ["pa"]
+    assert (manager.has("pa"), manager.has("nope")) == (True, False)
+    assert manager.record("pa") == manager.records()["pa"]
+    assert manager.recipe("pa").name == "ticker"
+    assert manager.ready_timeout("pa") == manager.recipe("pa").run.ready_timeout
+    assert manager.ready_timeout("nope", default=7.0) == 7.0
+    assert manager.console_log("pa") == manager.paths.console_log("pa")
+    assert manager.exit_file("pa") == manager.paths.exit_file("pa")
+    assert (manager.audit_log, manager.registry_file) == (manager.paths.audit_log, manager.paths.registry)
+    manager.rotate_log("pa")  # no log yet: nothing to do, no error
+    manager.use_caches(sessions=0.5, commits=30.0)
+    assert (manager.session_cache_ttl, manager.commit_cache_ttl) == (0.5, 30.0)
+    manager.start(["pa"])
+    assert manager.snapshot(["pa"]).status("pa").state == "running"
+    with pytest.raises(InstanceNotFound):
+        manager.record("nope")
