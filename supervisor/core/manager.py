@@ -266,10 +266,23 @@ class Manager:
         """Change stored fields of an instance (the agent records restarts and ``fatal``)."""
         return self.registry.update(name, **changes)
 
-    # -- the per-instance lock (kept for callers of the old private names) ---------------------
+    # -- private names install/update (and a few tests) use ---------------------------------------
 
     def _instance_lock(self, name: str, *, wait: float = 600.0) -> t.ContextManager[None]:
         return self._parts.instance_lock(name, wait=wait)
+
+    def _values(self, instance: Instance, recipe: Recipe) -> dict[str, str]:
+        return self._parts.values(instance, recipe)
+
+    def _install_env(self, instance: Instance, recipe: Recipe) -> dict[str, str]:
+        return self._parts.install_env(instance, recipe)
+
+    def _session_exists(self, instance: Instance) -> bool:
+        return self._parts.session_exists(instance)
+
+    @property
+    def _commit_cache(self) -> dict[str, tuple[float, str | None]]:
+        return self._parts.commit_cache
 
     def _exit_record(self, name: str) -> ExitRecord | None:
         return live.read_exit_record(self.paths, name)
@@ -355,7 +368,7 @@ class Manager:
         self.registry.add(record)
         created_dir = not checkout.exists()
         try:
-            with self._parts.instance_lock(name):
+            with self._instance_lock(name):
                 ensure_dir(self.paths.instance_dir(name))
                 log = self.paths.install_log(name)
                 installing = False
@@ -428,13 +441,13 @@ class Manager:
         record = self.registry.get(name)
         self._check_secret_key(name, self.recipe_for(record), key)
         value = secrets.clean_value(value, what=f"secret '{key}'")
-        with self._parts.instance_lock(name, wait=60):
+        with self._instance_lock(name, wait=60):
             return secrets.write_secret(self.paths, name, key, value)
 
     def remove_secret(self, name: str, key: str) -> bool:
         """Delete one of the instance's secrets; return whether it existed."""
         self.registry.get(name)
-        with self._parts.instance_lock(name, wait=60):
+        with self._instance_lock(name, wait=60):
             return secrets.remove_secret(self.paths, name, key)
 
     def secret_info(self, name: str) -> list[secrets.SecretInfo]:
@@ -445,7 +458,7 @@ class Manager:
     def _run_install(self, record: Instance, recipe: Recipe, log: Path, on_line: LineFn | None) -> None:
         from supervisor.core import install as git_install
 
-        values = self._parts.values(record, recipe)
+        values = self._values(record, recipe)
         steps = [render(step, values) for step in recipe.install]
         self.registry.update(record.name, lifecycle=INSTALLING, last_error=None)
         missing = secrets.missing(self.paths, record.name, recipe)
@@ -455,11 +468,7 @@ class Manager:
                     handle.write(f"==> secret '{key}' ({var}) is not set: the install steps run without it\n")
         try:
             git_install.run_install_steps(
-                steps,
-                cwd=Path(record.checkout),
-                env=self._parts.install_env(record, recipe),
-                log_path=log,
-                on_line=on_line,
+                steps, cwd=Path(record.checkout), env=self._install_env(record, recipe), log_path=log, on_line=on_line
             )
         except InstallError as e:
             self.registry.update(record.name, lifecycle=INSTALL_FAILED, last_error=str(e))
@@ -475,7 +484,7 @@ class Manager:
             return
         import yaml
 
-        values = self._parts.values(record, recipe)
+        values = self._values(record, recipe)
         path = Path(record.checkout) / recipe.mqtt.config
         data: dict[str, t.Any] = {}
         if path.exists():
@@ -507,10 +516,10 @@ class Manager:
             A step failed; the instance is left ``install-failed``.
         """
         record = self.registry.get(name)
-        if self._look(record).is_running:
+        if self._live_status(record).is_running:
             raise InstanceRunning(name, "reinstall")
         recipe = self.recipe_for(record)
-        with self._parts.instance_lock(name):
+        with self._instance_lock(name):
             self._run_install(record, recipe, self.paths.install_log(name), on_line)
         return self.status([name])[0]
 
@@ -546,17 +555,17 @@ class Manager:
         recipe = self.recipe_for(record)
         target = ref or record.ref
         checkout = Path(record.checkout)
-        with self._parts.instance_lock(name):
+        with self._instance_lock(name):
             mirror = git_install.ensure_mirror(self.paths.mirrors, record.repo, progress=progress)
             wanted = git_install.resolve_update(checkout, mirror, record.repo, target, progress=progress)
         old = git_install.current_commit(checkout)
-        self._parts.forget_commit(record.checkout)
+        self._commit_cache.pop(record.checkout, None)
         if wanted == old and record.lifecycle == INSTALLED:
             if on_line:
                 on_line(f"already at {target} ({wanted[:12]}): nothing to update")
             self.registry.update(name, ref=target)
             return self.status([name])[0]
-        was_running = self._look(record).is_running
+        was_running = self._live_status(record).is_running
         if was_running:
             self.stop([name], timeout=stop_timeout)
         try:
@@ -572,7 +581,7 @@ class Manager:
             raise InstallError(msg, step="snapshot") from e
         failure: SupervisorError | None = None
         new: str | None = None
-        with self._parts.instance_lock(name):
+        with self._instance_lock(name):
             try:
                 _, new = git_install.fetch_and_checkout(checkout, mirror, record.repo, target, progress=progress)
                 self._run_install(record, recipe, self.paths.install_log(name), on_line)
@@ -581,13 +590,13 @@ class Manager:
                 failure = e
                 if old:
                     self._roll_back(record, recipe, old, f"update to {target} failed: {e}", on_line, snapshot)
-        self._parts.forget_commit(record.checkout)
+        self._commit_cache.pop(record.checkout, None)
         # Start outside the lock: start takes the same per-instance lock.
         # The bot comes back as it was, with the strategy it was launched with.
         if was_running and failure is None:
             try:
                 self._start_one(name)
-                if not self._look(self.registry.get(name)).is_running:
+                if not self._live_status(self.registry.get(name)).is_running:
                     msg = f"instance '{name}': the bot exited right after it came up."
                     raise InstanceError(msg)
             except SupervisorError as e:
@@ -619,11 +628,11 @@ class Manager:
             on_line(f"the new commit did not come up ({why})")
         with contextlib.suppress(SupervisorError):
             self.stop([name], timeout=5.0)
-        with self._parts.instance_lock(name):
+        with self._instance_lock(name):
             reason = f"update to {target} rolled back: {why}"
             self._roll_back(record, recipe, old, reason, on_line, snapshot)
             self.registry.update(name, ref=record.ref)
-        self._parts.forget_commit(record.checkout)
+        self._commit_cache.pop(record.checkout, None)
         try:
             self._start_one(name)
             again = f"started {old[:12]} again"
@@ -712,11 +721,11 @@ class Manager:
             The bot is running and ``force`` is not set.
         """
         record = self.registry.get(name)
-        if self._look(record).is_running or self._parts.session_exists(record):
+        if self._live_status(record).is_running or self._session_exists(record):
             if not force:
                 raise InstanceRunning(name, "remove")
             self.stop([name], timeout=5.0)
-        with self._parts.instance_lock(name, wait=30):
+        with self._instance_lock(name, wait=30):
             if purge:
                 # Files first: on a full disk that frees the space the registry needs to be rewritten.
                 if not record.adopted:
@@ -724,7 +733,7 @@ class Manager:
                 shutil.rmtree(self.paths.instance_dir(name), ignore_errors=True)
             return self.registry.remove(name)
 
-    # -- live state ---------------------------------------------------------------------------
+    # -- live state ---------------------------------------------------------------
 
     def snapshot(self, names: Sequence[str] | None = None) -> Snapshot:
         """Take one look at ``names`` (all instances when ``None``): records, sessions, processes, statuses.
@@ -751,13 +760,13 @@ class Manager:
         """
         return list(live.take(self._parts, names, sessions=sessions))
 
-    def _look(self, record: Instance) -> InstanceStatus:
+    def _live_status(self, record: Instance) -> InstanceStatus:
         return live.take(self._parts, [record.name], records={record.name: record}).status(record.name)
 
     def _session_backend(self, record: Instance) -> SessionBackend:
         """Return the backend holding the record's session; raise if there is no session to use."""
         if not self._parts.session_exists(record):
-            raise InstanceNotRunning(record.name, self._look(record).state)
+            raise InstanceNotRunning(record.name, self._live_status(record).state)
         return self.backend(record.backend)
 
     def forget_sessions(self) -> None:
@@ -868,7 +877,7 @@ class Manager:
 
     def _running_record(self, name: str) -> tuple[Instance, InstanceStatus]:
         record = self.registry.get(name)
-        status = self._look(record)
+        status = self._live_status(record)
         if not status.is_running:
             raise InstanceNotRunning(name, status.state)
         return record, status

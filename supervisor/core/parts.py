@@ -57,7 +57,8 @@ class Parts:
         self._session_cache: dict[str, tuple[float, dict[str, SessionInfo]]] = {}
         self.commit_cache_ttl = 0.0
         """Seconds a checkout's HEAD commit may be reused (update clears it)."""
-        self._commit_cache: dict[str, tuple[float, str | None]] = {}
+        self.commit_cache: dict[str, tuple[float, str | None]] = {}
+        """HEAD commits by checkout, with when they were read."""
 
     @property
     def sampler(self) -> metrics.Sampler:
@@ -202,17 +203,17 @@ class Parts:
         from supervisor.core import install
 
         now = time.monotonic()
-        cached = self._commit_cache.get(instance.checkout)
+        cached = self.commit_cache.get(instance.checkout)
         if cached is not None and now - cached[0] < self.commit_cache_ttl:
             return cached[1] or instance.commit
         commit = install.current_commit(Path(instance.checkout))
         if self.commit_cache_ttl:
-            self._commit_cache[instance.checkout] = (now, commit)
+            self.commit_cache[instance.checkout] = (now, commit)
         return commit or instance.commit
 
     def forget_commit(self, checkout: str) -> None:
         """Drop the cached HEAD of ``checkout`` (after anything that moves it)."""
-        self._commit_cache.pop(checkout, None)
+        self.commit_cache.pop(checkout, None)
 
     def plugin(self, instance: Instance) -> bool:
         """Return whether the instance's bot speaks the Hummingbot MQTT protocol itself."""
