@@ -16,11 +16,8 @@ import typing as t
 from pathlib import Path
 
 from supervisor.consoletext import check_console_text, parse_key
-from supervisor.core import adopt as adoption
-from supervisor.core import launch, secrets
+from supervisor.core import secrets
 from supervisor.core import status as live
-from supervisor.core.adopt import ForeignSession
-from supervisor.core.launch import DEFAULT_STOP_TIMEOUT, ActionResult, check_strategy, strip_exec
 from supervisor.core.parts import Parts, session_name
 from supervisor.core.recipe import (
     BUILTIN_PREFIX,
@@ -66,6 +63,8 @@ if t.TYPE_CHECKING:
     from collections.abc import Sequence
 
     from supervisor.core import metrics
+    from supervisor.core.adopt import ForeignSession
+    from supervisor.core.launch import DEFAULT_STOP_TIMEOUT, ActionResult, check_strategy, strip_exec
 
 __all__ = [
     "ALIVE_STATES",
@@ -100,6 +99,25 @@ STOPPED = State.STOPPED
 EXITED = State.EXITED
 CRASHED = State.CRASHED
 FATAL = State.FATAL
+
+_LAZY = {
+    "ActionResult": "supervisor.core.launch",
+    "DEFAULT_STOP_TIMEOUT": "supervisor.core.launch",
+    "check_strategy": "supervisor.core.launch",
+    "strip_exec": "supervisor.core.launch",
+    "ForeignSession": "supervisor.core.adopt",
+}
+
+
+def __getattr__(name: str) -> t.Any:
+    """Hand out what launch and adopt define, importing them only then (a plain ``ls`` needs neither)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
 
 ProgressFn = t.Callable[[str, "int | None", "int | None"], None]
 LineFn = t.Callable[[str], None]
@@ -288,6 +306,8 @@ class Manager:
         return live.read_exit_record(self.paths, name)
 
     def _write_run_script(self, instance: Instance, recipe: Recipe) -> Path:
+        from supervisor.core import launch
+
         return launch.write_run_script(self._parts, instance, recipe)
 
     # -- install ----------------------------------------------------------------
@@ -815,11 +835,15 @@ class Manager:
         ------
         InstanceNotFound, InstanceError, SessionError, ReadyTimeout
         """
+        from supervisor.core import launch
+
         if wait_ready is not None:
             wait = wait_ready
-        return launch.start_many(self._parts, names, wait=wait, strategy=check_strategy(strategy or {}))
+        return launch.start_many(self._parts, names, wait=wait, strategy=launch.check_strategy(strategy or {}))
 
     def _start_one(self, name: str, *, count_restart: bool = False, only_if_wanted: bool = False) -> ActionResult:
+        from supervisor.core import launch
+
         # Restarts (crash or user) launch the bot with the strategy it was last given.
         return launch.start_many(
             self._parts, [name], count_restart=count_restart, only_if_wanted=only_if_wanted, strategy=None
@@ -838,6 +862,8 @@ class Manager:
         ------
         InstanceNotFound, SessionError
         """
+        from supervisor.core import launch
+
         names = list(dict.fromkeys(names))
         if len(names) <= 1:
             return [launch.stop_one(self._parts, name, timeout=timeout) for name in names]
@@ -855,6 +881,8 @@ class Manager:
         ------
         InstanceNotFound, InstanceError, SessionError, ReadyTimeout
         """
+        from supervisor.core import launch
+
         results = []
         for name in names:
             # One lock across both halves: the agent never sees the gap as a crash.
@@ -863,7 +891,7 @@ class Manager:
                 started = self._start_one(name, count_restart=True)
             how = f" (stopped: {stopped.step})" if stopped.changed else ""
             results.append(
-                ActionResult(
+                launch.ActionResult(
                     name, "restart", True, f"restarted '{name}'{how}.", step=stopped.step, status=started.status
                 )
             )
@@ -990,11 +1018,15 @@ class Manager:
 
     def foreign_sessions(self) -> list[ForeignSession]:
         """Return sessions without a record: others' that run something a recipe recognises, and our orphans."""
-        return adoption.foreign_sessions(self._parts)
+        from supervisor.core import adopt
+
+        return adopt.foreign_sessions(self._parts)
 
     def orphan_sessions(self) -> list[str]:
         """Return our ``sup-`` sessions (tmux and screen) that no record names: one listing per backend."""
-        return adoption.orphan_sessions(self._parts)
+        from supervisor.core import adopt
+
+        return adopt.orphan_sessions(self._parts)
 
     def adopt(self, session: str, name: str, recipe_ref: str | None = None) -> InstanceStatus:
         """Record a bot running in someone else's session as an instance, without touching it.
@@ -1008,5 +1040,7 @@ class Manager:
             No such session among :meth:`foreign_sessions`, or it is on a
             tmux server other than ours (it cannot be addressed later).
         """
-        adoption.adopt(self._parts, session, name, recipe_ref)
+        from supervisor.core import adopt
+
+        adopt.adopt(self._parts, session, name, recipe_ref)
         return self.status([name])[0]
