@@ -229,7 +229,7 @@ class TmuxBackend:
         command = (
             [_arg(arg) for arg in spec.argv] if len(spec.argv) > 1 else [_arg("exec " + shlex.quote(spec.argv[0]))]
         )
-        pipe = "cat >> " + shlex.quote(str(spec.log_path))
+        pipe = "exec cat >> " + shlex.quote(str(spec.log_path))  # exec: no shell left waiting per session
         return [
             "new-session", "-d", "-s", name, "-x", str(width), "-y", str(height),
             "-c", _format_literal(str(spec.cwd)), *env_args,
