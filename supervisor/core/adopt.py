@@ -124,7 +124,7 @@ def adopt(parts: Parts, session: str, name: str, recipe_ref: str | None = None) 
         msg = f"session '{session}': no recipe recognises what it runs. Name one with -r RECIPE."
         raise SessionError(msg)
     recipe = find_recipe(recipe_ref or found.recipe or "", parts.paths.user_recipes)
-    from supervisor.core import install
+    from supervisor.core import git
 
     checkout = Path(found.cwd or ".")
     record = Instance(
@@ -135,12 +135,12 @@ def adopt(parts: Parts, session: str, name: str, recipe_ref: str | None = None) 
         session=session,
         checkout=str(checkout),
         repo=str(checkout),
-        ref=install.describe_ref(checkout) or "",
+        ref=git.describe_ref(checkout) or "",
         lifecycle=INSTALLED,
         desired=DESIRED_RUNNING,
         # An orphan runs our own wrapper in our own session: it becomes an ordinary instance again.
         adopted=found.state != "orphan",
-        commit=install.current_commit(checkout),
+        commit=git.current_commit(checkout),
         started_at=time.time(),
     )
     parts.registry.add(record)

@@ -313,7 +313,7 @@ class Manager:
     # -- install ----------------------------------------------------------------
 
     def _source_url(self, recipe: Recipe, repo: str | None) -> str:
-        from supervisor.core import install
+        from supervisor.core import git as install
 
         url = repo or recipe.source.repo
         if url.startswith(BUILTIN_PREFIX):
@@ -353,7 +353,7 @@ class Manager:
             Clone failures leave nothing behind; install-step failures leave the
             instance recorded as ``install-failed``.
         """
-        from supervisor.core import install as git_install
+        from supervisor.core import git as git_install
 
         check_name(name)
         if name in self.registry.all():
@@ -395,22 +395,23 @@ class Manager:
                 try:
                     if on_line:
                         on_line(f"mirror {url}")
-                    mirror = git_install.ensure_mirror(self.paths.mirrors, url, progress=progress)
-                    if on_line:
                         on_line(f"checkout {record.ref} -> {checkout}")
-                    commit = git_install.clone_checkout(mirror, url, checkout, record.ref, progress=progress)
+                    # The mirror's fetch and the clone run at once; the newest ref is checked out.
+                    _, commit = git_install.checkout_latest(
+                        self.paths.mirrors, url, checkout, record.ref, progress=progress
+                    )
                     if (repo or recipe.source.repo).startswith(BUILTIN_PREFIX):
                         # git keeps only the executable bit: give shipped files their own modes back.
                         git_install.copy_file_modes(Path(url), checkout)
                     self._write_bot_config(record, recipe)
                     for key, value in (secret_values or {}).items():
                         secrets.write_secret(self.paths, name, key, value)
-                    record = self.registry.update(name, commit=commit)
-                    if install:
+                    if install and recipe.install:
+                        record = self.registry.update(name, commit=commit)
                         installing = True
                         self._run_install(record, recipe, log, on_line)
-                    else:
-                        record = self.registry.update(name, lifecycle=INSTALLED)
+                    else:  # nothing to run: one registry write
+                        record = self.registry.update(name, commit=commit, lifecycle=INSTALLED)
                 except (InstallError, KeyboardInterrupt):
                     if installing:
                         raise  # a failed install step is recorded as install-failed, to retry with 'install'
@@ -476,18 +477,19 @@ class Manager:
         return secrets.describe(self.paths, name, self.recipe_for(record))
 
     def _run_install(self, record: Instance, recipe: Recipe, log: Path, on_line: LineFn | None) -> None:
-        from supervisor.core import install as git_install
+        from supervisor.core import steps as install_steps
 
         values = self._values(record, recipe)
         steps = [render(step, values) for step in recipe.install]
-        self.registry.update(record.name, lifecycle=INSTALLING, last_error=None)
+        if record.lifecycle != INSTALLING or record.last_error is not None:
+            self.registry.update(record.name, lifecycle=INSTALLING, last_error=None)
         missing = secrets.missing(self.paths, record.name, recipe)
         if missing and steps:
             with contextlib.suppress(OSError), log.open("a", encoding="utf-8") as handle:
                 for var, key in missing:
                     handle.write(f"==> secret '{key}' ({var}) is not set: the install steps run without it\n")
         try:
-            git_install.run_install_steps(
+            install_steps.run_install_steps(
                 steps, cwd=Path(record.checkout), env=self._install_env(record, recipe), log_path=log, on_line=on_line
             )
         except InstallError as e:
@@ -569,7 +571,7 @@ class Manager:
         UpdateRolledBack
             The new commit installed but did not come up; the old one runs again.
         """
-        from supervisor.core import install as git_install
+        from supervisor.core import git as git_install
 
         record = self.registry.get(name)
         recipe = self.recipe_for(record)
@@ -719,7 +721,7 @@ class Manager:
         snapshot: Path | None = None,
     ) -> None:
         """Put the previous commit (and config snapshot) back and reinstall it, so the instance stays usable."""
-        from supervisor.core import install as git_install
+        from supervisor.core import git as git_install
 
         if on_line:
             on_line(f"rolling back to {commit[:12]}" + (" and the config files saved before" if snapshot else ""))

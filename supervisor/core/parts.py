@@ -200,13 +200,13 @@ class Parts:
 
     def commit(self, instance: Instance) -> str | None:
         """Return the checkout's HEAD commit (cached for ``commit_cache_ttl``), else the recorded one."""
-        from supervisor.core import install
+        from supervisor.core import git
 
         now = time.monotonic()
         cached = self.commit_cache.get(instance.checkout)
         if cached is not None and now - cached[0] < self.commit_cache_ttl:
             return cached[1] or instance.commit
-        commit = install.current_commit(Path(instance.checkout))
+        commit = git.current_commit(Path(instance.checkout))
         if self.commit_cache_ttl:
             self.commit_cache[instance.checkout] = (now, commit)
         return commit or instance.commit
