@@ -12,8 +12,6 @@ import re
 import typing as t
 from pathlib import Path
 
-import yaml
-
 from supervisor.consoletext import control_characters
 from supervisor.errors import InvalidName, RecipeError, RecipeNotFound
 from supervisor.mqtt.protocol import CONSOLE_COMMANDS, CONSOLE_FIELDS, STRATEGY_FIELDS
@@ -502,6 +500,8 @@ def load_recipe(path: Path, *, builtin: bool = False) -> Recipe:
     except UnicodeDecodeError as e:
         msg = f"recipe '{path}': not UTF-8 text (byte {e.start}). Save it as UTF-8 and try again."
         raise RecipeError(msg) from e
+    import yaml  # only a recipe load needs it (~15 ms to import)
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
