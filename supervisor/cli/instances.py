@@ -164,7 +164,7 @@ def rm_cmd(ctx: click.Context, name: str, purge: bool, force: bool, yes: bool) -
     """Remove an instance (keeps its checkout unless --purge)."""
     manager = get_manager(ctx)
     if purge and not yes:
-        record = manager.registry.get(name)
+        record = manager.record(name)
         if not sys.stdin.isatty():
             msg = f"instance '{name}': --purge deletes {record.checkout}. Pass --yes to confirm."
             raise SupervisorError(msg)
@@ -215,9 +215,9 @@ def start_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, wait: bool
         from supervisor.core.registry import INSTALLED
 
         # Instances that are not installed are skipped, not errors: decided from the records alone.
-        records = manager.registry.all()
+        records = manager.records()
         selected = [name for name in selected if records[name].lifecycle == INSTALLED]
-    _render_actions(manager.start(selected, wait_ready=wait), as_json)
+    _render_actions(manager.start(selected, wait=wait), as_json)
 
 
 @click.command("stop")
