@@ -363,7 +363,7 @@ def update(
     except OSError as e:
         if was_running:
             with contextlib.suppress(SupervisorError):
-                launch.start_many(parts, [name], strategy={})
+                _start_again(parts, name)  # with the strategy it ran, as every other restart here
         msg = (
             f"instance '{name}': could not copy its config files aside before the update ({e}). "
             "Nothing was changed. Free some disk space and try again."
