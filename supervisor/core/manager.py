@@ -1666,6 +1666,61 @@ class Manager:
         self.registry.add(record)
         return self.status([name])[0]
 
+    # -- records (what the agent reads without reaching into the registry) -------
+    # The same API as branch `core`'s Manager (H1): on a merge conflict, keep that one.
+
+    def use_caches(self, *, sessions: float = 0.0, commits: float = 0.0) -> None:
+        """Let looks reuse a session listing for ``sessions`` seconds and a HEAD commit for ``commits``."""
+        self.session_cache_ttl = sessions
+        self.commit_cache_ttl = commits
+
+    def has(self, name: str) -> bool:
+        """Return whether an instance called ``name`` is recorded."""
+        return name in self.registry.all()
+
+    def record(self, name: str) -> Instance:
+        """Return the stored record of ``name``.
+
+        Raises
+        ------
+        InstanceNotFound
+        """
+        return self.registry.get(name)
+
+    def recipe(self, name: str) -> Recipe:
+        """Return the recipe of instance ``name``.
+
+        Raises
+        ------
+        InstanceNotFound, RecipeError
+        """
+        return self.recipe_for(self.registry.get(name))
+
+    def ready_timeout(self, name: str, default: float = 60.0) -> float:
+        """Return how long ``name``'s bot may take to print its ready line (``default`` if unknown)."""
+        try:
+            return self.recipe(name).run.ready_timeout
+        except SupervisorError:
+            return default
+
+    def console_log(self, name: str) -> Path:
+        """Return where the console log of ``name`` is (it may not exist yet); no check, no rotation."""
+        return self.paths.console_log(name)
+
+    def rotate_log(self, name: str) -> None:
+        """Rotate the console log of ``name`` if it grew too large."""
+        rotate_log(self.paths.console_log(name))
+
+    @property
+    def audit_log(self) -> Path:
+        """Where the agent appends its audit records."""
+        return self.paths.audit_log
+
+    @property
+    def registry_file(self) -> Path:
+        """The registry's file: watch it to hear of any record change."""
+        return self.paths.registry
+
     # -- supervision helpers (the agent) ---------------------------------------
 
     def mark(self, name: str, **changes: t.Any) -> Instance:
