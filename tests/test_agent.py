@@ -291,7 +291,9 @@ class AgentRunner:
         self,
         broker_url: str,
         *extra: str,
-        check_interval: float = 0.2,
+        check_interval: float | None = 0.2,
+        heartbeat: float = HEARTBEAT,
+        state_interval: float = 1.0,
         backoff: float = 0.2,
         fatal_after: int = 3,
         credentials: tuple[str, str] | None = None,
@@ -310,11 +312,10 @@ class AgentRunner:
             "--host-id",
             HOST,
             "--heartbeat-interval",
-            str(HEARTBEAT),
+            str(heartbeat),
             "--state-interval",
-            "1",
-            "--check-interval",
-            str(check_interval),
+            str(state_interval),
+            *(["--check-interval", str(check_interval)] if check_interval is not None else []),
             "--backoff",
             str(backoff),
             "--fatal-after",
@@ -893,6 +894,55 @@ def test_a_crash_loop_is_restarted_with_backoff_then_marked_fatal(
     # Nothing more happens: a fatal instance stays down.
     assert_silent(events, 1.5)
     assert manager.status(["cr"])[0].restarts == 3
+
+
+def test_a_killed_bot_is_reported_crashed_then_restarted_without_waiting_for_a_tick(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+) -> None:
+    old = new_ticker(manager, "tb", bot_origin, start=True)
+    watcher = watchers(mosquitto)
+    states = watcher.watch(f"supervisor/{HOST}/tb/state")
+    updates = watcher.watch("hbot/tb/status_updates")
+    # Every periodic timer is far longer than the waits below: only events can explain what happens.
+    agents.start(mosquitto.url, heartbeat=60, state_interval=120, check_interval=None, backoff=0.5)
+    next_matching(states, lambda m: m.json()["state"] == "running" and m.json()["pid"] == old, timeout=10)
+    next_matching(updates, lambda m: m.json()["msg"] == "online", timeout=5)
+
+    os.kill(t.cast("int", old), signal.SIGKILL)
+
+    crashed = next_matching(states, lambda m: m.json()["state"] == "crashed", timeout=5).json()
+    assert (crashed["exit_code"], crashed["desired"], crashed["pid"]) == (137, "running", None), crashed
+    next_matching(updates, lambda m: m.json()["msg"] == "offline", timeout=5)
+    back = next_matching(states, lambda m: m.json()["state"] == "running", timeout=10).json()
+    assert back["pid"] not in (None, old) and back["restarts"] == 1, back
+    next_matching(updates, lambda m: m.json()["msg"] == "online", timeout=5)
+
+
+def test_a_stop_and_a_start_on_the_host_show_in_the_state_record_without_waiting_for_a_tick(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+) -> None:
+    pid = new_ticker(manager, "tb", bot_origin, start=True)
+    watcher = watchers(mosquitto)
+    states = watcher.watch(f"supervisor/{HOST}/tb/state")
+    agents.start(mosquitto.url, heartbeat=60, state_interval=120, check_interval=None)
+    next_matching(states, lambda m: m.json()["state"] == "running" and m.json()["pid"] == pid, timeout=10)
+
+    manager.stop(["tb"])  # what `supervisor stop tb` does, from another process than the agent's
+    stopped = next_matching(states, lambda m: m.json()["state"] == "stopped", timeout=5).json()
+    assert stopped["desired"] == "stopped" and stopped["pid"] is None, stopped
+
+    manager.start(["tb"])
+    started = next_matching(states, lambda m: m.json()["state"] == "running", timeout=5).json()
+    assert started["desired"] == "running" and started["pid"] not in (None, pid), started
+    assert_silent(states, 1.0)  # nothing restarts a bot the user started or stopped
 
 
 def test_a_plugin_instance_that_is_up_gets_no_reply_from_the_agent(

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import typing as t
 
-from supervisor.core.watchdog import UNSETTLED_RECHECK, Incident, Probe, Watchdog
+from supervisor.core.watchdog import UNSETTLED_RECHECK, Change, Incident, Probe, Watchdog
 from supervisor.states import State
 from tests.conftest import RECIPES, Clock, wait_until
 
@@ -255,7 +255,7 @@ def test_the_probe_sees_a_kill_a_registry_write_and_a_console_line(manager: Mana
     manager.new("other", TICKER, repo=str(bot_origin))
     clock = Clock()
     probe = Probe(manager, clock=clock)
-    probe.watch_registry(probe.registry_key())
+    probe.watch_registry()
     probe.watch(statuses(manager).values())
     assert not probe.changes()
 
@@ -267,9 +267,13 @@ def test_the_probe_sees_a_kill_a_registry_write_and_a_console_line(manager: Mana
     assert not probe.changes()
 
     manager.mark("other", last_error="a registry write, as a CLI start or stop makes")
-    assert probe.changes().everything
-    probe.watch_registry(probe.registry_key())
+    assert probe.changes() == Change(names=frozenset({"other"}))  # only the record that changed
     assert not probe.changes()
+    good = manager.paths.registry.read_bytes()
+    manager.paths.registry.write_text("{not json")
+    assert probe.changes().everything  # unreadable: the full look reports it
+    manager.paths.registry.write_bytes(good)
+    assert probe.changes() == Change(everything=False, names=frozenset())  # the same records again
 
     # Looks taken while a bot comes up (states set by hand: a real start passes through them too fast).
     stopped = manager.status(["other"])[0]

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import os
+import select
 import threading
 import time
 import typing as t
@@ -41,6 +42,7 @@ from supervisor.core.watchdog import (
     FAST_FAILURE,
     FATAL_AFTER,
     Incident,
+    Inotify,
     Probe,
     Watchdog,
     pid_alive,
@@ -54,7 +56,7 @@ from supervisor.mqtt.guard import STATUS_BUSY, RefusalLog, is_command_topic
 from supervisor.states import State
 
 if t.TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from supervisor.core.manager import InstanceStatus, Manager
     from supervisor.mqtt.config import AgentConfig
@@ -70,6 +72,7 @@ CLAIM_SECONDS = 1.0
 CLAIM_TIMEOUT = 10.0
 REASSERT_GAP = 0.5
 STREAM_POLL = 0.25
+STREAM_SWEEP = 5.0
 PROBE_INTERVAL = 0.25
 """Seconds between two looks of the probe: a crash, a CLI start or stop shows within this (plus one derivation)."""
 SNAPSHOT_MAX_AGE = 1.0
@@ -174,6 +177,9 @@ class Agent:
         # The snapshot: each instance's last derived status, and when (monotonic) it was derived.
         self._statuses: dict[str, InstanceStatus] = {}
         self._looked: dict[str, float] = {}
+        self._dirty: set[str] = set()  # names whose state record may have to go out again
+        self._beat_listened: set[str] = set()
+        self._subscription_lock = threading.Lock()
         self._console_logs: dict[str, str] = {}
         # Plugin bots: when each bridge last said "online", and requests held until it does.
         self._bridge_online: dict[str, float] = {}
@@ -261,8 +267,17 @@ class Agent:
                     self._state_readable(e)
                     next_look = now + self.check_interval
                 self.refusals.flush()
-                wake = min(next_look, next_heartbeat, next_state, now + PROBE_INTERVAL) - time.monotonic()
-                self._stop.wait(max(0.01, min(wake, REASSERT_GAP) if self._reassert_pending else wake))
+                wake = min(next_look, next_heartbeat, next_state) - time.monotonic()
+                restart = self.watchdog.next_attempt()
+                if restart is not None:
+                    wake = min(wake, restart - self._clock())
+                if self._held or self._reassert_pending:
+                    wake = min(wake, REASSERT_GAP)  # held requests of plugin bots expire on time
+                if self._state_error is not None:
+                    self._stop.wait(max(0.01, min(wake, PROBE_INTERVAL)))
+                else:
+                    # Until something happens: a bot ends, the registry is written, a deadline comes.
+                    self.probe.wait(max(0.01, wake))
         finally:
             self._shutdown()
         if self._duplicate_of is not None:
@@ -277,6 +292,7 @@ class Agent:
     def stop(self) -> None:
         """Ask :meth:`run` to return."""
         self._stop.set()
+        self.probe.interrupt()
 
     def _shutdown(self) -> None:
         if self._duplicate_of is not None:
@@ -293,6 +309,7 @@ class Agent:
             )
         self._pool.shutdown(wait=True, cancel_futures=False)
         self.connection.stop()
+        self.probe.close()
         logger.info("agent %s stopped; bots keep running in their sessions", self.host)
 
     def _availability(self, state: str, *, topic: str | None = None) -> bytes:
@@ -321,7 +338,9 @@ class Agent:
         else:
             self._claim()
         # Retained state may have been lost with a broker restart: publish everything again.
-        self._published.clear()
+        with self._status_lock:
+            self._published.clear()
+            self._dirty |= set(self._statuses)
 
     def _claimed(self, run_started: float) -> bool:
         """Return whether this agent serves; it starts to once no other live agent claimed its host id.
@@ -431,7 +450,9 @@ class Agent:
         for verb in protocol.HOST_VERBS:
             self.connection.subscribe(f"{self.own}/{verb}", self._on_own, qos=1)
         # Plugin bots beat for themselves: record when, so `fleet ls` shows their heartbeat age.
-        self.connection.subscribe(f"{self.ns}/+/hb", self._on_heartbeat, qos=0)
+        with self._status_lock:
+            plugins = {name for name, status in self._statuses.items() if status.plugin}
+        self._listen_to_beats(plugins)
 
     # -- request plumbing ----------------------------------------------------------
 
@@ -933,34 +954,53 @@ class Agent:
         with self._status_lock:
             return dict(self._statuses)
 
-    def _store(self, statuses: Iterable[InstanceStatus], since: float, *, complete: bool = False) -> None:
-        """Put statuses derived from ``since`` (monotonic) into the snapshot; none replaces a newer one."""
+    def _store(
+        self, statuses: Sequence[InstanceStatus], since: float, *, complete: bool = False, gone: Iterable[str] = ()
+    ) -> None:
+        """Put statuses derived from ``since`` (monotonic) into the snapshot; none replaces a newer one.
+
+        ``complete``: they are all there is (others are dropped); ``gone``: names whose records are gone.
+        """
         with self._status_lock:
+            dropped = set(gone)
             if complete:
-                fresh = {s.name for s in statuses}
-                for gone in set(self._statuses) - fresh:
-                    if self._looked.get(gone, 0.0) <= since:
-                        self._statuses.pop(gone, None)
-                        self._looked.pop(gone, None)
-                        self.probe.forget(gone)
+                dropped |= set(self._statuses) - {s.name for s in statuses}
+            for name in dropped:
+                if self._looked.get(name, 0.0) <= since:
+                    self._statuses.pop(name, None)
+                    self._looked.pop(name, None)
+                    self._dirty.add(name)
+                    self.probe.forget(name)
             kept = []
             for status in statuses:
                 if self._looked.get(status.name, 0.0) > since:
                     continue  # a request's action derived it later than this look began
                 self._statuses[status.name] = status
                 self._looked[status.name] = since
+                self._dirty.add(status.name)
                 kept.append(status)
+            plugins = {name for name, status in self._statuses.items() if status.plugin} if complete or kept else None
         self.probe.watch(kept)
         self._track_liveness(kept)
+        if plugins is not None and plugins != self._beat_listened:
+            self._listen_to_beats(plugins)
+
+    def _listen_to_beats(self, plugins: set[str]) -> None:
+        """Subscribe to the heartbeats of plugin bots only (one filter each): the agent's own beats never come back."""
+        if not self._serving:
+            return
+        with self._subscription_lock:
+            for name in self._beat_listened - plugins:
+                self.connection.unsubscribe(f"{self.ns}/{name}/hb")
+            for name in plugins - self._beat_listened:
+                self.connection.subscribe(f"{self.ns}/{name}/hb", self._on_heartbeat, qos=0)
+            self._beat_listened = set(plugins)
 
     def _look_all(self) -> dict[str, InstanceStatus]:
         """Derive every instance's status (one session query per backend, one process-table pass)."""
         since = time.monotonic()
-        key = self.probe.registry_key()  # before the look: a write meanwhile is seen at the next probe
-        try:
-            statuses = self.manager.status()
-        finally:
-            self.probe.watch_registry(key)  # when the look fails, probe again only once the file changes
+        self.probe.watch_registry()  # before the look: a write meanwhile is seen at the next probe
+        statuses = self.manager.status()
         self._store(statuses, since, complete=True)
         return self._snapshot()
 
@@ -971,13 +1011,11 @@ class Agent:
             self._look_all()
             return True
         if change.names:
+            self.manager.forget_sessions()  # a bot just ended: its session may be gone too
             since = time.monotonic()
-            try:
-                statuses = self.manager.status(sorted(change.names))
-            except InstanceNotFound:
-                self._look_all()
-                return True
-            self._store(statuses, since)
+            gone = {name for name in change.names if not self.manager.has(name)}
+            statuses = self.manager.status(sorted(change.names - gone)) if change.names - gone else []
+            self._store(statuses, since, gone=gone)
         return False
 
     def _look(self, instance: str) -> InstanceStatus:
@@ -1134,30 +1172,74 @@ class Agent:
     def _stream_loop(self) -> None:
         """Publish plugin-less bots' console lines on ``log`` (and ``events``/``performance`` per recipe).
 
-        Per look and bot: one ``stat`` of its console log; the recipe is read only when there is news.
+        Woken by inotify when a console log grows (one ``stat`` per bot every
+        :data:`STREAM_SWEEP` seconds as a safety net); without inotify, one
+        ``stat`` per bot every :data:`STREAM_POLL` seconds. The recipe is read only when there is news.
         """
-        while not self._stop.wait(STREAM_POLL):
-            if not self._serving:
-                continue  # another run of this host id may serve: publish nothing for it
-            statuses = self._snapshot()
-            names = [name for name, status in statuses.items() if not status.plugin]
-            self.stream.follow(names)
-            if not names or not self.connection.is_connected:
-                continue
-            for name in names:
-                if not statuses[name].is_running:
+        inotify = Inotify.open()
+        poller = select.poll()
+        if inotify is not None:
+            poller.register(inotify.fd, select.POLLIN)
+        watched: dict[str, int] = {}  # name -> inotify watch
+        named: dict[int, str] = {}
+        next_sweep = 0.0
+        try:
+            while not self._stop.is_set():
+                if inotify is None:
+                    self._stop.wait(STREAM_POLL)
+                else:
+                    poller.poll(1000)
+                if not self._serving:
+                    continue  # another run of this host id may serve: publish nothing for it
+                statuses = self._snapshot()
+                self.stream.follow(n for n, s in statuses.items() if not s.plugin)
+                names = [n for n, s in statuses.items() if not s.plugin and s.is_running]
+                if not names or not self.connection.is_connected:
                     continue
-                path = self._console_logs.get(name)
-                if path is None:
-                    path = self._console_logs[name] = str(self.manager.console_log(name))
-                if not self.stream.has_news(name, path):
-                    continue
-                try:
-                    self.stream.poll(name, Path(path), self.manager.recipe(name))
-                except SupervisorError as e:
-                    logger.debug("not streaming %s's console: %s", name, e)
-                except Exception:
-                    logger.exception("streaming %s's console failed", name)
+                if inotify is None or time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + STREAM_SWEEP
+                    news = {n for n in names if self.stream.has_news(n, self._console_log(n))}
+                else:
+                    news = set()
+                if inotify is not None:
+                    for wd, mask, _name in inotify.read():
+                        name = named.get(wd)
+                        if name is not None:
+                            news.add(name)
+                            if mask & Inotify.IGNORED:  # the file went away: watch the new one
+                                watched.pop(name, None)
+                                named.pop(wd, None)
+                    self._watch_logs(inotify, names, watched, named)
+                for name in news & set(names):
+                    self._stream_one(name)
+        finally:
+            if inotify is not None:
+                inotify.close()
+
+    def _watch_logs(self, inotify: Inotify, names: list[str], watched: dict[str, int], named: dict[int, str]) -> None:
+        for name in set(watched) - set(names):
+            old = watched.pop(name)
+            named.pop(old, None)
+            inotify.remove(old)
+        for name in set(names) - set(watched):
+            wd = inotify.add(self._console_log(name), Inotify.MODIFY)
+            if wd is not None:  # no log yet: the next sweep reads it, the next pass watches it
+                watched[name] = wd
+                named[wd] = name
+
+    def _console_log(self, name: str) -> str:
+        path = self._console_logs.get(name)
+        if path is None:
+            path = self._console_logs[name] = str(self.manager.console_log(name))
+        return path
+
+    def _stream_one(self, name: str) -> None:
+        try:
+            self.stream.poll(name, Path(self._console_log(name)), self.manager.recipe(name))
+        except SupervisorError as e:
+            logger.debug("not streaming %s's console: %s", name, e)
+        except Exception:
+            logger.exception("streaming %s's console failed", name)
 
     def _status_update(self, name: str, state: t.Literal["online", "offline"]) -> None:
         self.connection.publish(f"{self.ns}/{name}/status_updates", protocol.status_update(state))
@@ -1170,10 +1252,19 @@ class Agent:
             self._publish_states_locked(force=force)
 
     def _publish_states_locked(self, *, force: bool) -> None:
-        statuses = self._snapshot()
+        with self._status_lock:
+            statuses = dict(self._statuses)
+            names = set(statuses) | set(self._published) if force else self._dirty
+            self._dirty = set()
         now = self._clock()
-        for name, status in statuses.items():
+        for name in names:
+            status = statuses.get(name)
             previous = self._published.get(name)
+            if status is None:
+                if previous is not None:
+                    self.connection.publish(f"{self.own}/{name}/state", b"", qos=1, retain=True)
+                    self._published.pop(name, None)
+                continue
             if not force and previous is not None and previous[0] is status:
                 continue
             stable = _stable(status)
@@ -1181,7 +1272,9 @@ class Agent:
                 self._published[name] = (status, stable)
                 continue
             if status.state in _DOWN and status.desired == DESIRED_RUNNING and self.probe.is_busy(name):
-                continue  # mid-restart (someone holds its lock): the gap is no crash
+                with self._status_lock:
+                    self._dirty.add(name)  # mid-restart (someone holds its lock): the gap is no crash
+                continue
             record = {**status.to_dict(), "last_heartbeat": self._last_heartbeat.get(name)}
             body = {**record, "host": self.host, "ts": round(now, 3), "refresh": self.config.state_interval}
             topic = f"{self.own}/{name}/state"
@@ -1189,6 +1282,3 @@ class Agent:
                 body = sign_record(self.config.secret, topic, body)
             self.connection.publish(topic, json.dumps(body).encode(), qos=1, retain=True)
             self._published[name] = (status, stable)
-        for gone in set(self._published) - set(statuses):
-            self.connection.publish(f"{self.own}/{gone}/state", b"", qos=1, retain=True)
-            self._published.pop(gone)

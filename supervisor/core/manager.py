@@ -1678,6 +1678,10 @@ class Manager:
         """Return whether an instance called ``name`` is recorded."""
         return name in self.registry.all()
 
+    def records(self) -> dict[str, Instance]:
+        """Return every stored record by name."""
+        return self.registry.all()
+
     def record(self, name: str) -> Instance:
         """Return the stored record of ``name``.
 

@@ -8,9 +8,13 @@ tells cheaply whether a status snapshot went stale. Imports no ``paho``.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import logging
 import os
+import select
+import struct
 import threading
 import time
 import typing as t
@@ -24,6 +28,7 @@ if t.TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
     from supervisor.core.manager import InstanceStatus, Manager
+    from supervisor.core.registry import Instance
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +40,8 @@ ROTATE_INTERVAL = 10.0
 """Seconds between two passes that rotate console logs grown past their limit."""
 UNSETTLED_RECHECK = 0.25
 """Seconds between looks at a bot whose session is up but whose process is not (coming up, or just gone)."""
+
+_DOWN = (State.CRASHED, State.EXITED)
 
 Kind = t.Literal["down", "restarted", "fatal", "restart-failed", "orphan"]
 
@@ -117,19 +124,20 @@ class Watchdog:
         Cheap when nothing is down: no I/O but a console-log rotation pass every ``rotate_interval``.
         """
         now = self._clock()
-        down = []
+        down = [
+            (name, status)
+            for name, status in statuses.items()
+            if status.state in _DOWN and status.desired == DESIRED_RUNNING and not status.is_running
+        ]
         with self._lock:
-            for name, status in statuses.items():
-                failures = self._failures.get(name)
-                if status.desired == DESIRED_RUNNING and status.state in (State.CRASHED, State.EXITED):
-                    if not status.is_running:
-                        down.append((name, status))
-                elif failures is not None:
+            for name, failures in list(self._failures.items()):
+                status = statuses.get(name)
+                if status is None:
+                    del self._failures[name]
+                elif status.state not in _DOWN or status.desired != DESIRED_RUNNING:
                     failures.next_attempt = None  # up again, or no longer meant to run: no crash at hand
                     if failures.count and status.is_running and now - failures.started_at > self.fast_failure:
                         failures.count = 0
-            for gone in set(self._failures) - set(statuses):
-                del self._failures[gone]
         acted = False
         for name, status in down:
             # Someone holds its lock (a restart's gap, a user's start): not a crash to act on.
@@ -137,6 +145,11 @@ class Watchdog:
                 acted = self._recover(name, status, now) or acted
         self._rotate(statuses)
         return acted
+
+    def next_attempt(self) -> float | None:
+        """Return when (on the watchdog's clock) the earliest restart at hand may go, or ``None``."""
+        with self._lock:
+            return min((f.next_attempt for f in self._failures.values() if f.next_attempt is not None), default=None)
 
     def forget(self, name: str) -> None:
         """Start ``name``'s failure count over (a person started, stopped or restarted it)."""
@@ -254,32 +267,77 @@ class Change:
         return self.everything or bool(self.names)
 
 
-@dataclasses.dataclass
-class _Watch:
-    pid: int | None
-    log: tuple[str, int] | None  # a bot coming up: its console log, and the size it had
-    unsettled: bool  # a session without a live process (just launched, or just ended), or mid-action
-    busy: bool  # looked down while someone held its lock (a restart's gap, not a crash)
-
-
 class Probe:
     """Tells cheaply whether a status snapshot went stale, so it is derived again only then.
 
-    Per look: one ``stat`` of the registry file, a ``kill(pid, 0)`` per live bot,
-    a ``stat`` of the console log of each bot not yet ready; and every
-    :data:`UNSETTLED_RECHECK` seconds, the names of bots whose session is up
-    without a live process. Catches a crash, ``kill -9``, a start or stop from
-    the CLI (it writes the registry), a ready line and an install finishing.
-    Safe to use from several threads.
+    Per look: one ``stat`` of the registry file, one ``poll`` over a pidfd per
+    live bot (Linux 5.3+; ``kill(pid, 0)`` per bot elsewhere), a ``stat`` of the
+    console log of each bot not yet ready, and every :data:`UNSETTLED_RECHECK`
+    seconds the names of bots whose session is up without a live process.
+    Catches a crash, ``kill -9``, a start or stop from the CLI (it writes the
+    registry), a ready line and an install finishing. Safe to use from several
+    threads; :meth:`close` releases the pidfds.
     """
 
     def __init__(self, manager: Manager, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.manager = manager
         self._clock = clock
         self._registry: tuple[int, int, int] | None = None
-        self._watches: dict[str, _Watch] = {}
+        self._records: Mapping[str, Instance] | None = None
+        self._pids: dict[str, tuple[int, int | None]] = {}  # name -> (pid, its pidfd or None: kill-polled)
+        self._fd_names: dict[int, str] = {}
+        self._poller = select.poll()
+        self._logs: dict[str, tuple[str, int]] = {}  # bots coming up: console log and the size it had
+        self._unsettled: set[str] = set()  # a session without a live process (just launched or ended), or mid-action
+        self._busy: set[str] = set()  # looked down while someone held its lock (a restart's gap, not a crash)
         self._next_unsettled = 0.0
         self._lock = threading.Lock()
+        # What wait() blocks on: the pidfds, inotify on the registry's folder, and a pipe that interrupt() writes.
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._poller.register(self._wake_read, select.POLLIN)
+        self._inotify = Inotify.open()
+        self._registry_wd: int | None = None
+        if self._inotify is not None:
+            self._poller.register(self._inotify.fd, select.POLLIN)
+            folder = manager.registry_file.parent
+            mask = Inotify.CLOSE_WRITE | Inotify.MOVED_TO | Inotify.CREATE | Inotify.DELETE
+            self._registry_wd = self._inotify.add(str(folder), mask) if folder.is_dir() else None
+
+    def wait(self, timeout: float) -> None:
+        """Block until something may have changed (a watched bot ended, the registry was written) or ``timeout``.
+
+        Without pidfds or inotify, or while a bot comes up, it returns at
+        least every :data:`UNSETTLED_RECHECK` seconds, for :meth:`changes` to
+        poll. :meth:`interrupt` wakes it at once.
+        """
+        with self._lock:
+            polling = (
+                self._registry_wd is None
+                or bool(self._logs or self._unsettled)
+                or any(fd is None for _pid, fd in self._pids.values())
+            )
+        deadline = time.monotonic() + (min(timeout, UNSETTLED_RECHECK) if polling else timeout)
+        registry_name = self.manager.registry_file.name
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            ready = {fd for fd, _ in self._poller.poll(remaining * 1000)}
+            if self._wake_read in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_read, 4096)
+                return
+            if self._inotify is not None and self._inotify.fd in ready:
+                if any(wd == self._registry_wd and name == registry_name for wd, _m, name in self._inotify.read()):
+                    return
+                ready.discard(self._inotify.fd)
+            if ready:
+                return  # a pidfd: a bot ended
+
+    def interrupt(self) -> None:
+        """Wake :meth:`wait` now."""
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_write, b"!")
 
     def registry_key(self) -> tuple[int, int, int] | None:
         """Return the registry file's identity (inode, size, mtime); every write changes it."""
@@ -289,60 +347,121 @@ class Probe:
             return None
         return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
-    def watch_registry(self, key: tuple[int, int, int] | None) -> None:
-        """Take ``key`` as the registry's identity of the last full look (take it before that look)."""
+    def watch_registry(self) -> None:
+        """Take the registry as it is now as seen; call it just before a full look."""
+        key = self.registry_key()
+        try:
+            records: Mapping[str, Instance] | None = self.manager.records()
+        except SupervisorError:
+            records = None  # unreadable: any later version is a change of everything
         with self._lock:
-            self._registry = key
+            self._registry, self._records = key, records
 
     def watch(self, statuses: Iterable[InstanceStatus]) -> None:
         """Take ``statuses`` as the current truth about their instances."""
-        watches = {}
         for status in statuses:
+            name = status.name
             log = None
             if status.state in (State.STARTING, State.WAITING_LOGIN):
-                path = str(self.manager.console_log(status.name))
+                path = str(self.manager.console_log(name))
                 log = (path, _size(path))
-            busy = (
-                status.state in (State.CRASHED, State.EXITED)
-                and status.desired == DESIRED_RUNNING
-                and self.manager.is_busy(status.name)
-            )
+            busy = status.state in _DOWN and status.desired == DESIRED_RUNNING and self.manager.is_busy(name)
             unsettled = busy or (status.state == State.STARTING and status.pid is None)
-            watches[status.name] = _Watch(status.pid if status.is_running else None, log, unsettled, busy)
-        with self._lock:
-            self._watches.update(watches)
+            with self._lock:
+                self._follow_pid(name, status.pid if status.is_running else None)
+                if log is None:
+                    self._logs.pop(name, None)
+                else:
+                    self._logs[name] = log
+                for flag, names in ((unsettled, self._unsettled), (busy, self._busy)):
+                    if flag:
+                        names.add(name)
+                    else:
+                        names.discard(name)
+
+    def _follow_pid(self, name: str, pid: int | None) -> None:
+        followed = self._pids.get(name)
+        if followed is not None and followed[0] == pid:
+            return
+        self._unfollow_pid(name)
+        if pid is None:
+            return
+        try:
+            fd: int | None = os.pidfd_open(pid)
+        except ProcessLookupError:
+            fd = None  # gone already: kill(pid, 0) says so at the next look
+        except (OSError, AttributeError):
+            fd = None  # no pidfds here (old kernel, other OS, out of descriptors): kill(pid, 0) per look
+        if fd is not None:
+            self._poller.register(fd, select.POLLIN)
+            self._fd_names[fd] = name
+            self.interrupt()  # a wait() under way polls the old set: let it start over with this one
+        self._pids[name] = (pid, fd)
+
+    def _unfollow_pid(self, name: str) -> None:
+        followed = self._pids.pop(name, None)
+        if followed is not None and followed[1] is not None:
+            self._poller.unregister(followed[1])
+            del self._fd_names[followed[1]]
+            os.close(followed[1])
 
     def forget(self, name: str) -> None:
         """Stop watching ``name`` (its record is gone)."""
         with self._lock:
-            self._watches.pop(name, None)
+            self._unfollow_pid(name)
+            self._logs.pop(name, None)
+            self._unsettled.discard(name)
+            self._busy.discard(name)
+
+    def close(self) -> None:
+        """Stop watching everything and close the descriptors."""
+        with self._lock:
+            for name in list(self._pids):
+                self._unfollow_pid(name)
+            if self._inotify is not None:
+                self._inotify.close()
+                self._inotify = None
+                self._registry_wd = None
 
     def is_busy(self, name: str) -> bool:
         """Return whether ``name`` looked down while an action held its lock (its state is in flux)."""
         with self._lock:
-            watch = self._watches.get(name)
-        return watch is not None and watch.busy
+            return name in self._busy
 
     def changes(self) -> Change:
-        """Return what changed since the statuses given to :meth:`watch`."""
+        """Return what changed since the statuses given to :meth:`watch` and the registry to :meth:`watch_registry`.
+
+        A new registry version names the instances whose records differ (a CLI
+        start, stop, new, rm), so only those are derived again.
+        """
         with self._lock:
-            registry = self._registry
-            watches = list(self._watches.items())
-        if self.registry_key() != registry:
-            return Change(everything=True)
-        names = set()
-        now = self._clock()
-        unsettled_due = now >= self._next_unsettled
-        for name, watch in watches:
-            stale = (
-                (watch.pid is not None and not pid_alive(watch.pid))
-                or (watch.log is not None and _size(watch.log[0]) != watch.log[1])
-                or (watch.unsettled and unsettled_due)
-            )
-            if stale:
-                names.add(name)
-        if unsettled_due:
-            self._next_unsettled = now + UNSETTLED_RECHECK
+            registry, before = self._registry, self._records
+            names = {self._fd_names[fd] for fd, _ in self._poller.poll(0) if fd in self._fd_names}
+            for name in names:  # reported once; until watched again, kill(pid, 0) says it is gone
+                pid = self._pids[name][0]
+                self._unfollow_pid(name)
+                self._pids[name] = (pid, None)
+            if self._inotify is not None:
+                self._inotify.read()  # drained: the registry's identity is compared below anyway
+            polled = [(name, pid) for name, (pid, fd) in self._pids.items() if fd is None]
+            logs = list(self._logs.items())
+            now = self._clock()
+            if now >= self._next_unsettled:
+                names |= self._unsettled
+                self._next_unsettled = now + UNSETTLED_RECHECK
+        names.update(name for name, pid in polled if not pid_alive(pid))
+        names.update(name for name, (path, size) in logs if _size(path) != size)
+        key = self.registry_key()
+        if key != registry:
+            try:
+                records = self.manager.records()
+            except SupervisorError:
+                return Change(everything=True)  # the full look reports it
+            with self._lock:
+                self._registry, self._records = key, records
+            if before is None:
+                return Change(everything=True)
+            names |= {name for name in before.keys() | records.keys() if before.get(name) != records.get(name)}
         return Change(names=frozenset(names))
 
 
@@ -363,3 +482,61 @@ def _size(path: str) -> int:
         return os.stat(path).st_size  # noqa: PTH116 - see the comment above
     except OSError:
         return -1
+
+
+class Inotify:
+    """Linux inotify through the C library (no dependency): watch files, read which ones changed.
+
+    :meth:`open` returns ``None`` where inotify is missing; callers then poll with ``stat``.
+    """
+
+    MODIFY = 0x002
+    CLOSE_WRITE = 0x008
+    MOVED_TO = 0x080
+    CREATE = 0x100
+    DELETE = 0x200
+    IGNORED = 0x8000
+    _EVENT = struct.Struct("iIII")
+
+    def __init__(self, libc: t.Any, fd: int) -> None:
+        self._libc = libc
+        self.fd = fd
+
+    @classmethod
+    def open(cls) -> Inotify | None:
+        """Return a new instance, or ``None`` without inotify."""
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        except (OSError, AttributeError):
+            return None
+        return None if fd < 0 else cls(libc, fd)
+
+    def add(self, path: str, mask: int) -> int | None:
+        """Watch ``path`` for the events in ``mask``; return the watch descriptor (``None`` if it cannot be watched)."""
+        wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
+        return None if wd < 0 else int(wd)
+
+    def remove(self, wd: int) -> None:
+        """Stop a watch (no error if the kernel dropped it already)."""
+        self._libc.inotify_rm_watch(self.fd, wd)
+
+    def read(self) -> list[tuple[int, int, str]]:
+        """Return the pending events as ``(wd, mask, name)`` (``name`` set for a watched folder's entries)."""
+        try:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return []
+        events = []
+        offset = 0
+        while offset + self._EVENT.size <= len(data):
+            wd, mask, _cookie, length = self._EVENT.unpack_from(data, offset)
+            offset += self._EVENT.size
+            name = data[offset : offset + length].split(b"\0", 1)[0].decode(errors="replace")
+            offset += length
+            events.append((wd, mask, name))
+        return events
+
+    def close(self) -> None:
+        """Close the descriptor (and with it every watch)."""
+        os.close(self.fd)
