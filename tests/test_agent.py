@@ -1593,3 +1593,15 @@ def test_a_broken_registry_pauses_supervision_and_the_agent_keeps_serving(
         timeout=20,
         message="the bot restarted",
     )
+
+
+def test_a_status_reply_from_the_snapshot_is_byte_for_byte_what_the_protocol_encodes() -> None:
+    from supervisor.agent.host import _envelope
+    from supervisor.mqtt import protocol
+
+    data = {"status": 200, "msg": "running", "result": {"name": "tb", "pid": 12, "cpu_percent": 0.5, "adopted": False}}
+    body = _envelope(protocol.dumps(protocol.make_primitive(data)))
+    stamp = json.loads(body)["header"]["timestamp"]
+    assert body == protocol.encode_reply(data, now_ms=stamp)
+    assert abs(stamp / 1000 - time.time()) < 60
+    assert REPLY_RE.fullmatch(body), body

@@ -19,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -102,6 +103,20 @@ class _Held:
     deadline: float
 
 
+@functools.cache
+def _envelope_parts() -> tuple[bytes, bytes]:
+    # The envelope of {} at time 0, cut around the timestamp; data is its last member ({} then "}").
+    empty = protocol.encode_reply({}, now_ms=0)
+    head, _, tail = empty.partition(b'"timestamp":0,')
+    return head + b'"timestamp":', b"," + tail[:-3]
+
+
+def _envelope(data: bytes) -> bytes:
+    """Return :func:`protocol.encode_reply`'s envelope around ``data``, already encoded by :func:`protocol.dumps`."""
+    head, tail = _envelope_parts()
+    return head + str(time.time_ns() // 1_000_000).encode() + tail + data + b"}"
+
+
 def _stable(status: InstanceStatus) -> tuple[t.Any, ...]:
     """Return what a state record says apart from its ever-changing figures (a record goes out when this changes)."""
     return tuple(getattr(status, f.name) for f in dataclasses.fields(status) if f.name not in _VOLATILE)
@@ -178,6 +193,7 @@ class Agent:
         self._statuses: dict[str, InstanceStatus] = {}
         self._looked: dict[str, float] = {}
         self._dirty: set[str] = set()  # names whose state record may have to go out again
+        self._replies: dict[str, tuple[InstanceStatus, dict[str, t.Any], bytes]] = {}
         self._beat_listened: set[str] = set()
         self._subscription_lock = threading.Lock()
         self._console_logs: dict[str, str] = {}
@@ -536,8 +552,19 @@ class Agent:
         if status is not None and status.plugin:
             self._last_heartbeat[name] = round(self._clock(), 3)
 
-    def _reply(self, reply_to: str, data: Mapping[str, t.Any], key: str | None = None, *, spare: bool = False) -> None:
-        """Publish a reply; ``spare`` ones (refusals) only while the queue has room beyond executed requests'."""
+    def _reply(
+        self,
+        reply_to: str,
+        data: Mapping[str, t.Any],
+        key: str | None = None,
+        *,
+        spare: bool = False,
+        encoded: bytes | None = None,
+    ) -> None:
+        """Publish a reply; ``spare`` ones (refusals) only while the queue has room beyond executed requests'.
+
+        ``encoded`` is ``data`` already encoded as :func:`protocol.encode_reply` encodes it (a status, once per look).
+        """
         try:
             topic = protocol.reply_topic(reply_to)
         except protocol.ProtocolError as e:
@@ -545,7 +572,7 @@ class Agent:
             return
         if self._is_command_topic(topic):
             return  # never publish where an agent or a bot would take it as a command or a record
-        body = protocol.encode_reply(data)
+        body = protocol.encode_reply(data) if encoded is None else _envelope(encoded)
         if key is not None:
             self.redeliveries.answered(key, body)
         if not self.connection.publish(topic, body, qos=1, headroom=REPLY_RESERVE if spare else 0):
@@ -900,15 +927,21 @@ class Agent:
                     spare=True,
                 )
                 return
+        encoded = None
         try:
             args = protocol.validate_own(verb, request.data)
-            reply = self._run_own(instance, verb, args)
+            if verb == "status":
+                status = self._fresh(instance) or self._look(instance)  # raises InstanceNotFound for a stranger
+                reply, encoded = self._status_reply(status)
+            else:
+                reply = self._run_own(instance, verb, args)
         except SupervisorError as e:
             reply = {"status": protocol.STATUS_ERROR, "msg": str(e), "code": e.code}
+        self._reply(request.reply_to, reply, key, encoded=encoded)
+        # After the reply: the client does not wait for the audit log's file lock and write.
         self.audit.record(
             topic=topic, client=who, reply_to=request.reply_to, result=reply["status"], msg=str(reply.get("msg"))
         )
-        self._reply(request.reply_to, reply, key)
 
     def _run_own(self, instance: str, verb: str, args: Mapping[str, t.Any]) -> dict[str, t.Any]:
         ok = protocol.STATUS_OK
@@ -919,9 +952,6 @@ class Agent:
                 "msg": "",
                 "result": {"host": self.host, "instances": [statuses[name].to_dict() for name in sorted(statuses)]},
             }
-        if verb == "status":
-            status = self._fresh(instance) or self._look(instance)  # raises InstanceNotFound for a stranger
-            return {"status": ok, "msg": status.state, "result": status.to_dict()}
         if not self._known(instance):
             raise InstanceNotFound(instance)
         if verb == "tail":
@@ -1065,6 +1095,14 @@ class Agent:
         if any(s.pid is not None and not pid_alive(s.pid) for s in statuses.values()):
             return None
         return statuses
+
+    def _status_reply(self, status: InstanceStatus) -> tuple[dict[str, t.Any], bytes]:
+        """Return an own ``status`` reply and its encoding, made once per status derived (the snapshot reuses it)."""
+        cached = self._replies.get(status.name)
+        if cached is None or cached[0] is not status:
+            reply = {"status": protocol.STATUS_OK, "msg": status.state, "result": status.to_dict()}
+            cached = self._replies[status.name] = (status, reply, protocol.dumps(protocol.make_primitive(reply)))
+        return cached[1], cached[2]
 
     def _known(self, instance: str) -> bool:
         with self._status_lock:
