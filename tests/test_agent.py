@@ -31,6 +31,7 @@ from commlib.transports.mqtt import ConnectionParameters
 from paho.mqtt.enums import CallbackAPIVersion
 
 from supervisor.core.manager import Manager
+from supervisor.errors import InstanceNotFound
 from supervisor.mqtt.auth import sign
 from tests.conftest import (
     DATA,
@@ -1605,3 +1606,31 @@ def test_a_status_reply_from_the_snapshot_is_byte_for_byte_what_the_protocol_enc
     assert body == protocol.encode_reply(data, now_ms=stamp)
     assert abs(stamp / 1000 - time.time()) < 60
     assert REPLY_RE.fullmatch(body), body
+
+
+def test_the_snapshot_provider_gives_the_records_ls_gives(manager: Manager, bot_origin: Path) -> None:
+    from supervisor.agent.host import Agent
+    from supervisor.mqtt.config import load_agent_config
+
+    new_ticker(manager, "tb", bot_origin, start=True)
+    new_ticker(manager, "idle", bot_origin)
+    config = load_agent_config(None, {}, {"url": "mqtt://127.0.0.1:1", "host_id": HOST})
+    agent = Agent(manager, config)  # never run: the provider alone, as the snapshot socket calls it
+    volatile = {"cpu_percent", "rss", "uptime"}
+
+    def stable(records: list[dict[str, t.Any]]) -> list[dict[str, t.Any]]:
+        return [{k: v for k, v in r.items() if k not in volatile} for r in records]
+
+    try:
+        answer = agent.provide([], True)
+        assert stable(answer["instances"]) == stable([s.to_dict() for s in manager.status()])
+        assert answer["foreign"] == [f.to_dict() for f in manager.foreign_sessions()]
+        again = agent.provide(["tb"], False)  # from the snapshot now (fresh), same records
+        assert stable(again["instances"]) == stable([manager.status(["tb"])[0].to_dict()])
+        assert again["foreign"] == []
+        manager.stop(["tb"])
+        assert agent.provide(["tb"], False)["instances"][0]["state"] == "stopped"
+        with pytest.raises(InstanceNotFound):
+            agent.provide(["ghost"], False)
+    finally:
+        agent.probe.close()

@@ -59,7 +59,7 @@ from supervisor.states import State
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
 
-    from supervisor.core.manager import InstanceStatus, Manager
+    from supervisor.core.manager import ForeignSession, InstanceStatus, Manager
     from supervisor.mqtt.config import AgentConfig
 
 logger = logging.getLogger(__name__)
@@ -194,6 +194,8 @@ class Agent:
         self._looked: dict[str, float] = {}
         self._dirty: set[str] = set()  # names whose state record may have to go out again
         self._replies: dict[str, tuple[InstanceStatus, dict[str, t.Any], bytes]] = {}
+        self._foreign_cache: tuple[float, list[ForeignSession]] = (-SNAPSHOT_MAX_AGE, [])
+        self._foreign_lock = threading.Lock()
         self._beat_listened: set[str] = set()
         self._subscription_lock = threading.Lock()
         self._console_logs: dict[str, str] = {}
@@ -1065,10 +1067,11 @@ class Agent:
     def _fresh(self, instance: str) -> InstanceStatus | None:
         """Return the snapshot's status of ``instance`` if it can answer a request as it is, else ``None``.
 
-        It can while the host's state is readable, it was derived less than
-        :data:`SNAPSHOT_MAX_AGE` ago, and its bot (if it had one) is still alive.
+        It can while the host's state is readable and the registry unchanged,
+        it was derived less than :data:`SNAPSHOT_MAX_AGE` ago, and its bot (if
+        it had one) is still alive.
         """
-        if self._state_error is not None:
+        if self._state_error is not None or self.probe.registry_changed():
             return None
         with self._status_lock:
             status = self._statuses.get(instance)
@@ -1085,7 +1088,7 @@ class Agent:
 
     def _fresh_all(self) -> dict[str, InstanceStatus] | None:
         """Return the whole snapshot if every status in it is fresh (see :meth:`_fresh`), else ``None``."""
-        if self._state_error is not None:
+        if self._state_error is not None or self.probe.registry_changed():
             return None
         now = time.monotonic()
         with self._status_lock:
@@ -1109,6 +1112,36 @@ class Agent:
             if instance in self._statuses:
                 return True
         return self.manager.has(instance)
+
+    def provide(self, names: list[str], foreign: bool) -> dict[str, t.Any]:
+        """Answer ``supervisor ls`` over the snapshot socket: the statuses of ``names`` (all when empty).
+
+        From the snapshot while every status in it is younger than
+        :data:`SNAPSHOT_MAX_AGE` (states are current: the probe sees every
+        change), else from a new look; with ``foreign``, the foreign sessions
+        too, looked at most once per :data:`SNAPSHOT_MAX_AGE`.
+
+        Raises
+        ------
+        InstanceNotFound
+        """
+        statuses = self._fresh_all() or self._look_all()
+        missing = [name for name in names if name not in statuses]
+        if missing:
+            statuses.update({s.name: s for s in self.manager.status(missing)})  # new since the look, or a stranger
+        selected = [statuses[name] for name in names] if names else [statuses[n] for n in sorted(statuses)]
+        return {
+            "instances": [status.to_dict() for status in selected],
+            "foreign": [session.to_dict() for session in self._foreign()] if foreign else [],
+        }
+
+    def _foreign(self) -> list[ForeignSession]:
+        with self._foreign_lock:
+            looked, sessions = self._foreign_cache
+            if time.monotonic() - looked > SNAPSHOT_MAX_AGE:
+                sessions = self.manager.foreign_sessions()
+                self._foreign_cache = (time.monotonic(), sessions)
+            return sessions
 
     # -- what the watchdog reports ---------------------------------------------------
 

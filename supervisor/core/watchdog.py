@@ -347,6 +347,12 @@ class Probe:
             return None
         return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
+    def registry_changed(self) -> bool:
+        """Return whether the registry was written since it was last seen (one ``stat``)."""
+        with self._lock:
+            seen = self._registry
+        return self.registry_key() != seen
+
     def watch_registry(self) -> None:
         """Take the registry as it is now as seen; call it just before a full look."""
         key = self.registry_key()
