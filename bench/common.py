@@ -177,8 +177,13 @@ def kill_pids(pids: t.Iterable[int], timeout: float = 5.0) -> None:
             proc.kill()
 
 
-def bot_pids(tag: str, names: t.Collection[str] | None = None) -> dict[str, int]:
-    """Return name -> pid of live bench bots whose name starts with ``tag`` (or is in ``names``)."""
+def bot_pids(tag: str, names: t.Collection[str] | None, root: Path) -> dict[str, int]:
+    """Return name -> pid of this run's live bench bots whose name starts with ``tag`` (or is in ``names``).
+
+    Only bots whose program path or working folder lies under ``root`` (this run's temp root) count:
+    another bench run on the same host names its bots the same.
+    """
+    inside = (f"{root}/", f"{root.resolve()}/")
     found: dict[str, int] = {}
     for proc in psutil.process_iter(["pid", "cmdline", "status"]):
         cmd = proc.info["cmdline"] or []
@@ -187,8 +192,15 @@ def bot_pids(tag: str, names: t.Collection[str] | None = None) -> dict[str, int]
         if proc.info["status"] == psutil.STATUS_ZOMBIE:
             continue
         name = cmd[-1]
-        if (names is not None and name in names) or (names is None and name.startswith(tag)):
-            found[name] = proc.info["pid"]
+        if not ((names is not None and name in names) or (names is None and name.startswith(tag))):
+            continue
+        if not cmd[-3].startswith(inside):
+            try:
+                if not f"{proc.cwd()}/".startswith(inside):
+                    continue
+            except psutil.Error:
+                continue
+        found[name] = proc.info["pid"]
     return found
 
 

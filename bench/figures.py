@@ -1,7 +1,9 @@
-"""One function per figure of issue #5; each returns a JSON-able dict of measurements.
+"""One function per figure (issues 5, 12 and 13); each returns a JSON-able dict of measurements.
 
 The scaling figures (ls, start, agent) are measured per size by :func:`scaling`, which grows
-one fleet per tool (ours, supervisord, pm2) and calls ``ls_at``, ``start_at`` and ``agent_at``.
+one fleet per tool (ours, supervisord, pm2) and calls ``start_at``, ``ls_at``, then, with one
+agent over our fleet, ``agent_at``, ``ls_agent_at`` and (largest size) ``dashboard_on``.
+:func:`fig_react` times the agent's state records after a ``kill -9``, a ``stop`` and a ``start``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,11 @@ import contextlib
 import dataclasses
 import http.client
 import json
+import os
+import re
 import shutil
+import signal
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -21,7 +27,20 @@ from pathlib import Path
 
 import gitrepo
 import psutil
-from common import PYTHON, SUPERVISOR, Env, Procs, du_kib, free_port, log, run, stats, timed, wait_until
+from common import (
+    PYTHON,
+    SUPERVISOR,
+    Env,
+    Procs,
+    bot_pids,
+    du_kib,
+    free_port,
+    log,
+    run,
+    stats,
+    timed,
+    wait_until,
+)
 from peers import Agent, Mosquitto, Ours, Pm2, Supervisord, agent_available, bench_origin, wait_count
 
 
@@ -36,6 +55,9 @@ class Ctx:
     _origin: tuple[Path, Path] | None = None
     _mosquitto: Mosquitto | None = None
     _agent_reason: str | None = "unchecked"
+    _start_options: list[str] | None = None
+    no_socket: str | None = None
+    """Why the first agent answered on no snapshot socket (later sizes then wait only briefly)."""
 
     def origin(self) -> tuple[Path, Path]:
         """Return the bench bot's (git origin, recipe), made once."""
@@ -55,6 +77,13 @@ class Ctx:
             self._agent_reason = agent_available(self.env.env)
         return self._agent_reason
 
+    def start_options(self) -> list[str]:
+        """Return the options ``supervisor start --help`` lists (read once)."""
+        if self._start_options is None:
+            text = run([SUPERVISOR, "start", "--help"], env=self.env.env, check=False).stdout
+            self._start_options = sorted(set(re.findall(r"--[a-z][a-z-]*", text)))
+        return self._start_options
+
     def ours(self, label: str) -> Ours:
         """Return a fresh supervisor home with its own tmux socket."""
         origin, recipe = self.origin()
@@ -63,16 +92,20 @@ class Ctx:
         )
 
 
+HEAVY = ("git", "paho", "yaml", "psutil", "libtmux", "click")
+
+
 def _imported(argv_tail: list[str], env: dict[str, str]) -> list[str]:
-    code = (
-        "import sys, contextlib, io\n"
-        "from supervisor.cli import main\n"
-        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
-        f"    main({argv_tail!r})\n"
-        "heavy = ('git', 'paho', 'yaml', 'psutil', 'libtmux', 'click')\n"
-        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in heavy})))\n"
-    )
-    return run([PYTHON, "-c", code], env=env).stdout.split()
+    """Return the heavy third-party modules the real ``supervisor`` command imports for ``argv_tail``."""
+    # -X importtime through the environment: the console script itself runs, fast paths and all.
+    proc = run([SUPERVISOR, *argv_tail], env={**env, "PYTHONPROFILEIMPORTTIME": "1"}, check=False)
+    found = set()
+    for line in proc.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            top = line.rsplit("|", 1)[1].strip().split(".")[0]
+            if top in HEAVY:
+                found.add(top)
+    return sorted(found)
 
 
 # -- startup ----------------------------------------------------------------------------------
@@ -143,32 +176,64 @@ def _timed_start(argv: list[str], env: dict[str, str], counter: t.Callable[[], i
 
 
 def start_at(ctx: Ctx, fleets: Fleets, n: int) -> dict[str, t.Any]:
-    """Time a start-all of ``n`` stopped bots with each tool; leaves every fleet running."""
-    reps = 2 if ctx.quick else (5 if n == 100 else 3)
+    """Time a start-all of ``n`` stopped bots with each tool; leaves every fleet running.
+
+    ``ours`` is ``supervisor start --all`` as it comes (whatever its default is); ``ours --wait`` is
+    measured too when ``start --help`` offers ``--wait`` (the bench then records both).
+    """
+    target = n == 100
+    reps = 2 if ctx.quick else (20 if target else 3)
+    with_wait = "--wait" in ctx.start_options()
     ours, supd, pm2 = fleets.ours, fleets.supd, fleets.pm2
-    out: dict[str, dict[str, list[float]]] = {
-        k: {"command": [], "all_alive": []} for k in ("ours", "supervisord", "pm2")
-    }
+    tools = ["ours", *(["ours --wait"] if with_wait else []), "supervisord", "pm2"]
+    out: dict[str, dict[str, list[float]]] = {k: {"command": [], "all_alive": []} for k in tools}
+
+    def record(tool: str, figures: tuple[float, float]) -> None:
+        out[tool]["command"].append(figures[0])
+        out[tool]["all_alive"].append(figures[1])
+
     for rep in range(reps):
-        log(f"  start-all n={n} rep {rep + 1}/{reps}")
+        began = time.perf_counter()
         ours.kill_server()
-        c, a = _timed_start(ours.cli("start", "--all"), ours.env, ours.running, n)
-        out["ours"]["command"].append(c)
-        out["ours"]["all_alive"].append(a)
+        record("ours", _timed_start(ours.cli("start", "--all"), ours.env, ours.running, n))
+        # At the target size --wait runs every other rep (10 of 20): it is no target, only the old behaviour.
+        if with_wait and (not target or rep % 2 == 0):
+            ours.kill_server()
+            record("ours --wait", _timed_start(ours.cli("start", "--all", "--wait"), ours.env, ours.running, n))
         supd.stop_all()
-        c, a = _timed_start(supd.ctl("start", "all"), supd.env, supd.running, n)
-        out["supervisord"]["command"].append(c)
-        out["supervisord"]["all_alive"].append(a)
+        record("supervisord", _timed_start(supd.ctl("start", "all"), supd.env, supd.running, n))
         pm2.delete_all()
-        c, a = _timed_start(pm2.cmd("start", str(pm2.ecosystem)), pm2.env, pm2.running, n)
-        out["pm2"]["command"].append(c)
-        out["pm2"]["all_alive"].append(a)
-    return {tool: {k: stats(v) for k, v in figures.items()} for tool, figures in out.items()}
+        record("pm2", _timed_start(pm2.cmd("start", str(pm2.ecosystem)), pm2.env, pm2.running, n))
+        last = ", ".join(f"{k} {v['all_alive'][-1]:.2f}s" for k, v in out.items() if v["all_alive"])
+        log(f"  start-all n={n} rep {rep + 1}/{reps}: {last} (rep {time.perf_counter() - began:.1f}s)")
+    result: dict[str, t.Any] = {tool: {k: stats(v) for k, v in figures.items()} for tool, figures in out.items()}
+    result["default_waits_for_ready"] = "--wait" not in ctx.start_options()
+    return result
 
 
-def ls_at(ctx: Ctx, fleets: Fleets, n: int) -> dict[str, t.Any]:
-    """Time listing ``n`` running bots with each tool (interleaved, after one warm-up each)."""
-    reps = 5 if ctx.quick else 10
+VOLATILE = ("cpu_percent", "rss", "uptime")
+
+
+def _ls_reps(ctx: Ctx, n: int) -> int:
+    # The targets are judged at the largest size and the growth from the smallest: 20 runs there.
+    return 5 if ctx.quick else (20 if n in (min(ctx.sizes), max(ctx.sizes)) else 10)
+
+
+def _time_round_robin(commands: dict[str, tuple[list[str], dict[str, str]]], reps: int) -> dict[str, t.Any]:
+    """Run each command once to warm up, then ``reps`` rounds of all of them; return stats per key."""
+    samples: dict[str, list[float]] = {k: [] for k in commands}
+    for argv, env in commands.values():
+        run(argv, env=env, check=False)
+    for _ in range(reps):
+        for key, (argv, env) in commands.items():
+            start = time.perf_counter()
+            run(argv, env=env, check=False)  # supervisorctl status exits 3 when a program is not running
+            samples[key].append(time.perf_counter() - start)
+    return {k: stats(v) for k, v in samples.items()}
+
+
+def ls_at(ctx: Ctx, fleets: Fleets, n: int) -> tuple[dict[str, t.Any], dict[str, t.Any]]:
+    """Time listing ``n`` running bots with each tool, no agent running; return (figures, our listing)."""
     ours = fleets.ours
     commands = {
         "ours": (ours.cli("ls", "--json"), ours.env),
@@ -179,15 +244,69 @@ def ls_at(ctx: Ctx, fleets: Fleets, n: int) -> dict[str, t.Any]:
     }
     listing = json.loads(run(ours.cli("ls", "--json"), env=ours.env).stdout)
     running = sum(1 for s in listing["instances"] if s["state"] == "running")
-    samples: dict[str, list[float]] = {k: [] for k in commands}
-    for argv, env in commands.values():
-        run(argv, env=env, check=False)
-    for _ in range(reps):
-        for key, (argv, env) in commands.items():
-            start = time.perf_counter()
-            run(argv, env=env, check=False)  # supervisorctl status exits 3 when a program is not running
-            samples[key].append(time.perf_counter() - start)
-    return {"running_listed": running, **{k: stats(v) for k, v in samples.items()}}
+    return {"running_listed": running, **_time_round_robin(commands, _ls_reps(ctx, n))}, listing
+
+
+def _comparable(listing: dict[str, t.Any]) -> dict[str, t.Any]:
+    out = {k: v for k, v in listing.items() if k != "instances"}
+    out["instances"] = {
+        s["name"]: {k: v for k, v in s.items() if k not in VOLATILE} for s in listing.get("instances", [])
+    }
+    return out
+
+
+def _differences(direct: dict[str, t.Any], served: dict[str, t.Any]) -> list[str]:
+    a, b = _comparable(direct), _comparable(served)
+    diffs = [f"key {k!r} only on one path" for k in sorted(set(a) ^ set(b))]
+    diffs += [f"{key} differ" for key in sorted(set(a) & set(b) - {"instances"}) if a[key] != b[key]]
+    ia, ib = a.get("instances", {}), b.get("instances", {})
+    diffs += [f"instance {k} only on one path" for k in sorted(set(ia) ^ set(ib))]
+    for name in sorted(set(ia) & set(ib)):
+        fields = sorted(k for k in set(ia[name]) | set(ib[name]) if ia[name].get(k) != ib[name].get(k))
+        if fields:
+            diffs.append(f"{name}: {', '.join(fields)}")
+    return diffs
+
+
+def agent_socket_answers(path: Path, timeout: float) -> str | None:
+    """Wait up to ``timeout`` s for the agent's snapshot socket to answer an ``ls``; return why not, or ``None``."""
+    deadline = time.monotonic() + timeout
+    reason = f"no {path.name} in $SUPERVISOR_HOME (this agent serves no snapshot socket)"
+    while time.monotonic() < deadline:
+        if path.exists():
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    sock.settimeout(2.0)
+                    sock.connect(str(path))
+                    sock.sendall(b'{"op": "ls", "names": [], "foreign": false}\n')
+                    data = b""
+                    while chunk := sock.recv(65536):
+                        data += chunk
+                reply = json.loads(data)
+                if isinstance(reply, dict) and reply.get("ok") is True:
+                    return None
+                reason = f"{path.name} answered {data[:120]!r}"
+            except (OSError, ValueError) as e:
+                reason = f"{path.name} did not answer: {e!r}"
+        time.sleep(0.2)
+    return reason
+
+
+def ls_agent_at(ctx: Ctx, fleets: Fleets, n: int, direct: dict[str, t.Any]) -> dict[str, t.Any]:
+    """Time ``ls --json`` while an agent serves its snapshot socket; compare its records with the direct path's."""
+    ours = fleets.ours
+    missing = agent_socket_answers(ours.home / "agent.sock", 10.0 if ctx.no_socket is None else 1.0)
+    if missing is not None:
+        ctx.no_socket = missing
+        return {"ours (agent)": {"not_available": missing}}
+    commands = {
+        "ours (agent)": (ours.cli("ls", "--json"), ours.env),
+        "ours --no-foreign (agent)": (ours.cli("ls", "--json", "--no-foreign"), ours.env),
+    }
+    served = json.loads(run(ours.cli("ls", "--json"), env=ours.env).stdout)
+    diffs = _differences(direct, served)
+    figures = _time_round_robin(commands, _ls_reps(ctx, n))
+    return {**figures, "same_records": not diffs, "record_differences": diffs[:10]}
 
 
 def _cpu_seconds(proc: psutil.Process) -> float:
@@ -223,49 +342,59 @@ def _watch(pids: dict[str, int | None], window: float) -> dict[str, t.Any]:
     return out
 
 
-def agent_at(ctx: Ctx, fleets: Fleets, n: int) -> dict[str, t.Any]:
-    """Agent RSS and CPU beside the pm2 daemon's and supervisord's, with ``n`` bots each."""
+@contextlib.contextmanager
+def _fleet_agent(ctx: Ctx, fleets: Fleets, n: int) -> t.Iterator[tuple[Agent | None, str | None]]:
+    """Run an agent (default intervals) over our fleet; yield (agent, None) or (None, why not)."""
+    missing = ctx.agent_missing()
+    if missing is not None:
+        yield None, missing
+        return
+    agent = Agent(
+        ctx.procs, fleets.ours.env, ctx.mosquitto().url, "benchhost", 10.0, 30.0, ctx.env.root / f"agent-{n}.log"
+    )
+    try:
+        time.sleep(5.0)  # start-up and first state pass are not the steady state
+        if not agent.alive():
+            yield None, f"the agent exited at start: {agent.log_tail()}"
+        else:
+            yield agent, None
+    finally:
+        agent.stop()
+
+
+def agent_at(ctx: Ctx, fleets: Fleets, n: int, agent: Agent | None, missing: str | None) -> dict[str, t.Any]:
+    """Agent RSS and CPU beside the pm2 daemon's and supervisord's, with ``n`` idle bots each."""
     from mqttclient import Counter
 
-    window = (5.0 if n < max(ctx.sizes) else 10.0) if ctx.quick else (20.0 if n < max(ctx.sizes) else 60.0)
+    window = (5.0 if n < max(ctx.sizes) else 10.0) if ctx.quick else (15.0 if n < max(ctx.sizes) else 60.0)
     pids: dict[str, int | None] = {"pm2": fleets.pm2.pid, "supervisord": fleets.supd.pid}
-    missing = ctx.agent_missing()
-    agent = None
     counter = None
-    result: dict[str, t.Any] = {}
+    if agent is not None:
+        pids["ours"] = agent.proc.pid
+        counter = Counter(ctx.mosquitto().port, "hbot/+/hb")
     try:
-        if missing is None:
-            broker = ctx.mosquitto()
-            counter = Counter(broker.port, "hbot/+/hb")
-            agent = Agent(
-                ctx.procs, fleets.ours.env, broker.url, "benchhost", 10.0, 30.0, ctx.env.root / f"agent-{n}.log"
-            )
-            time.sleep(5.0)  # start-up and first state pass are not the steady state
-            if not agent.alive():
-                missing = f"the agent exited at start: {agent.log_tail()}"
-            else:
-                pids["ours"] = agent.proc.pid
         log(f"  agent/peer resources n={n} over {window:.0f}s")
         start = time.perf_counter()
         result = _watch(pids, window)
         if counter is not None and "ours" in result:
             result["ours"]["heartbeats"] = len(counter.since(start))
             result["ours"]["heartbeats_expected"] = int(n * window / 10.0)
-        if agent is not None and not agent.alive():
-            missing = f"the agent exited during the window: {agent.log_tail()}"
-            result.pop("ours", None)
     finally:
-        if agent is not None:
-            agent.stop()
         if counter is not None:
             counter.close()
+    if agent is not None and not agent.alive():
+        missing = f"the agent exited during the window: {agent.log_tail()}"
     if missing is not None:
         result["ours"] = {"not_available": missing}
     return result
 
 
 def scaling(ctx: Ctx, selected: set[str]) -> dict[str, t.Any]:
-    """Grow one fleet per tool through ``ctx.sizes`` and measure the selected per-size figures."""
+    """Grow one fleet per tool through ``ctx.sizes`` and measure the selected per-size figures.
+
+    Per size: start-all, ``ls`` with no agent, then one agent over our fleet for its resources (idle
+    window first, so no request disturbs it) and ``ls`` answered through its snapshot socket.
+    """
     results: dict[str, dict[str, t.Any]] = {k: {} for k in ("ls", "start", "agent") if k in selected}
     fleets = Fleets(ctx.ours("fleet"), Supervisord(ctx.env, ctx.procs), Pm2(ctx.env, ctx.procs))
     try:
@@ -277,14 +406,33 @@ def scaling(ctx: Ctx, selected: set[str]) -> dict[str, t.Any]:
             fleets.supd.grow(n)
             fleets.pm2.grow(n)
             if "start" in selected:
+                t0 = time.perf_counter()
                 results["start"][n] = start_at(ctx, fleets, n)
+                log(f"  start-all n={n} took {time.perf_counter() - t0:.0f}s")
             else:
                 _all_up(fleets, n)
+            direct: dict[str, t.Any] = {}
             if "ls" in selected:
-                log(f"  ls n={n}")
-                results["ls"][n] = ls_at(ctx, fleets, n)
-            if "agent" in selected:
-                results["agent"][n] = agent_at(ctx, fleets, n)
+                log(f"  ls n={n}, no agent")
+                results["ls"][n], direct = ls_at(ctx, fleets, n)
+            dashboard = "dashboard" in selected and n == max(ctx.sizes)
+            if selected & {"ls", "agent"} or dashboard:
+                with _fleet_agent(ctx, fleets, n) as (agent, missing):
+                    if "agent" in selected:
+                        results["agent"][n] = agent_at(ctx, fleets, n, agent, missing)
+                    if "ls" in selected:
+                        log(f"  ls n={n}, agent running")
+                        if agent is None:
+                            results["ls"][n]["ours (agent)"] = {"not_available": missing}
+                        else:
+                            results["ls"][n].update(ls_agent_at(ctx, fleets, n, direct))
+                    if dashboard:
+                        log(f"  dashboard n={n}")
+                        results["dashboard"] = (
+                            dashboard_on(ctx, fleets.ours, n, beside_peers=True)
+                            if agent
+                            else {"n": n, "not_available": missing}
+                        )
     finally:
         log("scaling: tearing the fleets down")
         fleets.pm2.kill()
@@ -378,7 +526,7 @@ def fig_restart(ctx: Ctx) -> dict[str, t.Any]:
     missing = ctx.agent_missing()
     if missing is not None:
         return {"ours": {"not_available": missing}}
-    reps = 3 if ctx.quick else 10
+    reps = 3 if ctx.quick else 20
     broker = ctx.mosquitto()
     ours = ctx.ours("restart")
     run(ours.cli("new", "ex1", "-r", "example-bot"), env=ours.env, timeout=120)
@@ -422,10 +570,10 @@ def fig_restart(ctx: Ctx) -> dict[str, t.Any]:
 
 
 def fig_new(ctx: Ctx) -> dict[str, t.Any]:
-    """``supervisor new`` of the 2nd..20th instance of one big repository, beside plain ``git clone``."""
+    """``supervisor new`` of the 2nd..21st instance of one big repository, beside plain ``git clone``."""
     repo = gitrepo.big_repo(commits=500) if ctx.quick else gitrepo.big_repo()
-    count = 5 if ctx.quick else 20
-    reps = 3 if ctx.quick else 5
+    count = 5 if ctx.quick else 21  # 20 timings of the 2nd..21st instance
+    reps = 3 if ctx.quick else 10
     _, recipe = ctx.origin()
     ours = ctx.ours("new")
     log(f"new: {count} instances of {repo.name}")
@@ -529,27 +677,40 @@ class _StreamReader:
 
 
 def fig_dashboard(ctx: Ctx) -> dict[str, t.Any]:
-    """Bytes one open dashboard tab receives through ``/events`` at N running bots with a real agent."""
-    import urllib.request
+    """Bytes one open dashboard tab receives through ``/events`` at N running bots with a real agent.
 
-    from common import free_port
-
+    :func:`scaling` measures this on its largest fleet when it runs; this is the stand-alone way.
+    """
     n = max(ctx.sizes)
-    window = 5.0 if ctx.quick else 60.0
     missing = ctx.agent_missing()
     if missing is not None:
         return {"n": n, "not_available": missing}
     ours = ctx.ours("dashboard")
     agent = None
-    dashboard = None
-    reader = None
     try:
         log(f"  dashboard: {n} bots")
         ours.grow(n)
         ours.start_all()
         broker = ctx.mosquitto()
         agent = Agent(ctx.procs, ours.env, broker.url, "benchhost", 10.0, 30.0, ctx.env.root / "agent-dashboard.log")
-        home = ctx.env.root / "dashboard-home"
+        time.sleep(5.0)
+        return dashboard_on(ctx, ours, n)
+    finally:
+        if agent is not None:
+            agent.stop()
+        ours.kill_server()
+
+
+def dashboard_on(ctx: Ctx, ours: Ours, n: int, *, beside_peers: bool = False) -> dict[str, t.Any]:
+    """Measure the dashboard's event stream over ``ours``, whose ``n`` bots an agent (10 s / 30 s) supervises."""
+    import urllib.request
+
+    window = 5.0 if ctx.quick else 60.0
+    dashboard = None
+    reader = None
+    try:
+        broker = ctx.mosquitto()
+        home = ctx.env.root / f"dashboard-home-{n}"
         home.mkdir()
         port = free_port()
         argv = [SUPERVISOR, "dashboard", "--broker", broker.url, "--listen", f"127.0.0.1:{port}"]
@@ -570,7 +731,7 @@ def fig_dashboard(ctx: Ctx) -> dict[str, t.Any]:
             if time.monotonic() > deadline or dashboard.poll() is not None:
                 return {"n": n, "error": "the dashboard did not answer within 30 s"}
             time.sleep(0.2)
-        time.sleep(5.0)  # the agent's first state pass and the dashboard's first view are not the steady state
+        time.sleep(5.0)  # the dashboard's first view is not the steady state
         reader = _StreamReader(port)
         time.sleep(2.0)
         snapshot = reader.between(0.0, time.perf_counter())
@@ -589,15 +750,13 @@ def fig_dashboard(ctx: Ctx) -> dict[str, t.Any]:
             "frames_first_mb": frames,
             "agent_state_interval_s": 30.0,
             "agent_heartbeat_interval_s": 10.0,
+            "beside_peers": beside_peers,
         }
     finally:
         if reader is not None:
             reader.close()
         if dashboard is not None:
             ctx.procs.stop(dashboard)
-        if agent is not None:
-            agent.stop()
-        ours.kill_server()
 
 
 # -- external events (webhooks) ------------------------------------------------------------------------
@@ -723,3 +882,154 @@ def fig_events(ctx: Ctx) -> dict[str, t.Any]:
             "published_per_s": accepted / publish_s if drained_ok and publish_s else None,
         }
     }
+
+
+# -- reaction to events -----------------------------------------------------------------------------------
+
+ALIVE = ("running", "starting", "waiting-login")
+REACT_GAP = 2.1
+"""Seconds between two events of one kind. Each event hits another bot, so they do not depend on each
+other; 2.1 s divides neither a 10 s nor a 1 s tick, so 20 events fall on 20 phases of a polling agent's tick
+(0, 2.1, 4.2, 6.3, 8.4, 0.5, 2.6 … s) instead of a few."""
+REACT_WAIT = 30.0
+"""How long after the last event the records may take: three times a 10 s tick."""
+
+
+def _sleep_until(when: float) -> None:
+    delay = when - time.perf_counter()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _react_kill(ours: Ours, watch: t.Any) -> dict[str, t.Any]:
+    """``kill -9`` one bot after another; time its record saying crashed, and saying alive with a new pid."""
+    events: list[tuple[str, t.Any, float]] = []
+    errors: list[str] = []
+    began = time.perf_counter()
+    for i, name in enumerate(ours.names):
+        _sleep_until(began + i * REACT_GAP)
+        old_pid = (watch.latest(name) or {}).get("pid")
+        pid = bot_pids(ours.prefix, {name}, ours.root).get(name)
+        if pid is None:
+            errors.append(f"{name}: no bot process to kill")
+            continue
+        at = time.perf_counter()
+        os.kill(pid, signal.SIGKILL)
+        events.append((name, old_pid, at))
+
+    def down(record: dict[str, t.Any]) -> bool:
+        return record.get("state") not in ALIVE
+
+    def back(old_pid: t.Any) -> t.Callable[[dict[str, t.Any]], bool]:
+        return lambda record: record.get("state") in ALIVE and record.get("pid") not in (None, old_pid)
+
+    wait_until(
+        lambda: all(watch.first(n, at, down) and watch.first(n, at, back(old)) for n, old, at in events),
+        REACT_WAIT,
+        0.1,
+    )
+    crashed: list[float] = []
+    restarted: list[float] = []
+    for name, old_pid, at in events:
+        first_down = watch.first(name, at, down)
+        if first_down is None:
+            errors.append(
+                f"{name}: no record left the alive states within {REACT_WAIT:.0f} s ({watch.trail(name, at)})"
+            )
+        elif first_down[1].get("state") != "crashed":
+            errors.append(f"{name}: the first record after kill -9 says {first_down[1].get('state')!r}, not crashed")
+        else:
+            crashed.append(first_down[0] - at)
+        again = watch.first(name, at, back(old_pid))
+        if again is None:
+            errors.append(f"{name}: no alive record with a new pid within {REACT_WAIT:.0f} s ({watch.trail(name, at)})")
+        else:
+            restarted.append(again[0] - at)
+    return {"crashed": stats(crashed), "restarted": stats(restarted), "errors": errors}
+
+
+def _react_command(
+    ours: Ours, watch: t.Any, verb: str, changed: t.Callable[[dict[str, t.Any]], bool]
+) -> dict[str, t.Any]:
+    """Run ``supervisor VERB NAME`` for one bot after another; time the record changing, from the command's start."""
+    events: list[tuple[str, float, float]] = []
+    errors: list[str] = []
+    began = time.perf_counter()
+    for i, name in enumerate(ours.names):
+        _sleep_until(began + i * REACT_GAP)
+        start = time.perf_counter()
+        proc = run(ours.cli(verb, name), env=ours.env, check=False, timeout=120)
+        end = time.perf_counter()
+        if proc.returncode != 0:
+            errors.append(f"{name}: `supervisor {verb}` exited {proc.returncode}: {proc.stderr.strip()[-200:]}")
+            continue
+        events.append((name, start, end))
+    wait_until(lambda: all(watch.first(n, start, changed) for n, start, _ in events), REACT_WAIT, 0.1)
+    from_start: list[float] = []
+    after_return: list[float] = []
+    command: list[float] = []
+    for name, start, end in events:
+        command.append(end - start)
+        seen = watch.first(name, start, changed)
+        if seen is None:
+            errors.append(f"{name}: the record did not change within {REACT_WAIT:.0f} s of `supervisor {verb}`")
+            continue
+        from_start.append(seen[0] - start)
+        after_return.append(max(0.0, seen[0] - end))
+    return {
+        "record": stats(from_start),
+        "after_return": stats(after_return),
+        "command": stats(command),
+        "errors": errors,
+    }
+
+
+def fig_react(ctx: Ctx) -> dict[str, t.Any]:
+    """How fast the agent's retained state records follow a ``kill -9`` and a local ``stop``/``start``.
+
+    A real agent with its default intervals supervises ``reps`` bench bots; each event hits another bot,
+    so every crash is a bot's first (restarted after the first backoff step at most).
+    """
+    from mqttclient import StateWatch
+
+    missing = ctx.agent_missing()
+    if missing is not None:
+        return {"not_available": missing}
+    reps = 5 if ctx.quick else 20
+    broker = ctx.mosquitto()
+    ours = ctx.ours("react")
+    ours.grow(reps)
+    ours.start_all()
+    # A host id of its own: no retained record of an earlier figure's agent on these topics.
+    watch = StateWatch(broker.port, "supervisor/benchreact/+/state")
+    agent = Agent(ctx.procs, ours.env, broker.url, "benchreact", 10.0, 30.0, ctx.env.root / "agent-react.log")
+    try:
+
+        def all_alive() -> bool:
+            return all((watch.latest(n) or {}).get("state") in ALIVE for n in ours.names)
+
+        if not wait_until(all_alive, 60, 0.1):
+            return {"not_available": f"no alive state record for every bot within 60 s: {agent.log_tail()}"}
+        time.sleep(1.0)
+        result: dict[str, t.Any] = {
+            "bots": reps,
+            "gap_s": REACT_GAP,
+            "heartbeat_interval_s": 10.0,
+            "state_interval_s": 30.0,
+            "first_backoff_s": 1.0,
+        }
+        log(f"  react: kill -9 of {reps} bots, {REACT_GAP:g} s apart")
+        result["kill"] = _react_kill(ours, watch)
+        if not wait_until(all_alive, REACT_WAIT, 0.1):
+            result["kill"]["errors"].append("not every bot was alive again before the stop round")
+        log(f"  react: supervisor stop of {reps} bots")
+        result["stop"] = _react_command(ours, watch, "stop", lambda r: r.get("state") not in ALIVE)
+        log(f"  react: supervisor start of {reps} bots")
+        result["start"] = _react_command(ours, watch, "start", lambda r: r.get("state") in ALIVE)
+        if not agent.alive():
+            result["agent_exited"] = agent.log_tail()
+        return result
+    finally:
+        watch.close()
+        agent.stop()
+        ours.kill_server()

@@ -138,3 +138,60 @@ class Counter:
     def close(self) -> None:
         """Disconnect."""
         self.client.close()
+
+
+class StateWatch:
+    """Records every ``state`` record an agent publishes from now on: (arrival, instance, decoded record)."""
+
+    def __init__(self, port: int, pattern: str) -> None:
+        self.client = Client(port, "states")
+        self.lock = threading.Lock()
+        self.records: list[tuple[float, str, dict[str, t.Any] | None]] = []
+        self.client.subscribe(pattern, self._on_message, qos=1)
+
+    def _on_message(self, message: mqtt.MQTTMessage) -> None:
+        at = time.perf_counter()
+        if message.retain:  # left on the broker before we subscribed: not news from the agent under test
+            return
+        name = message.topic.split("/")[-2]
+        record: dict[str, t.Any] | None = None
+        if message.payload:  # an empty retained payload deletes the record
+            with contextlib.suppress(ValueError):
+                decoded = json.loads(message.payload)
+                record = decoded if isinstance(decoded, dict) else None
+        with self.lock:
+            self.records.append((at, name, record))
+
+    def latest(self, name: str) -> dict[str, t.Any] | None:
+        """Return the last record of ``name`` received, if any."""
+        with self.lock:
+            for _, who, record in reversed(self.records):
+                if who == name:
+                    return record
+        return None
+
+    def trail(self, name: str, since: float) -> str:
+        """Return the records of ``name`` since ``since`` as ``+seconds state pid`` (for error messages)."""
+        with self.lock:
+            seen = [(at, r) for at, who, r in self.records if who == name and at >= since]
+        return (
+            "; ".join(
+                f"+{at - since:.2f}s {r.get('state') if r else 'deleted'} pid {r.get('pid') if r else '-'}"
+                for at, r in seen
+            )
+            or "no record"
+        )
+
+    def first(
+        self, name: str, since: float, predicate: t.Callable[[dict[str, t.Any]], bool]
+    ) -> tuple[float, dict[str, t.Any]] | None:
+        """Return (arrival, record) of the first record of ``name`` at or after ``since`` that ``predicate`` takes."""
+        with self.lock:
+            for at, who, record in self.records:
+                if at >= since and who == name and record is not None and predicate(record):
+                    return at, record
+        return None
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.client.close()

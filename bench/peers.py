@@ -93,10 +93,10 @@ def sweep_bots(env: Env) -> None:
         kill_pids(pids)
 
 
-def _reap(prefix: str, names: t.Collection[str]) -> None:
-    """Wait for a fleet's bots to go; kill by pid any that outlive their supervisor."""
-    if not wait_until(lambda: not bot_pids(prefix, set(names)), 15):
-        kill_pids(bot_pids(prefix, set(names)).values())
+def _reap(prefix: str, names: t.Collection[str], root: Path) -> None:
+    """Wait for a fleet's bots to go; kill by pid any of this run's that outlive their supervisor."""
+    if not wait_until(lambda: not bot_pids(prefix, set(names), root), 15):
+        kill_pids(bot_pids(prefix, set(names), root).values())
 
 
 # -- our CLI ---------------------------------------------------------------------------------
@@ -109,6 +109,7 @@ class Ours:
 
     def __init__(self, env: Env, procs: Procs, home: Path, socket_name: str, origin: Path, recipe: Path) -> None:
         self.env = env.with_home(home, socket_name)
+        self.root = env.root
         self.home = home
         self.socket_name = socket_name
         self.origin = origin
@@ -145,16 +146,21 @@ class Ours:
         pid = self.server_pid()
         if pid is not None:
             kill_pids([pid])
-        _reap(self.prefix, self.names)
+        _reap(self.prefix, self.names, self.root)
 
-    def start_all(self, *, wait: bool = True) -> None:
-        """Start every instance (untimed set-up)."""
-        args = ["start", "--all"] if wait else ["start", "--all", "--no-wait"]
-        run(self.cli(*args), env=self.env, timeout=600)
+    def start_all(self) -> None:
+        """Start every instance and wait for their ready lines (untimed set-up)."""
+        # `--wait` where start has it (its default then returns before the ready lines); else the default waits.
+        proc = run(self.cli("start", "--all", "--wait"), env=self.env, timeout=600, check=False)
+        if proc.returncode == 2 and "--wait" in proc.stderr:
+            proc = run(self.cli("start", "--all"), env=self.env, timeout=600, check=False)
+        if proc.returncode != 0:
+            msg = f"supervisor start --all exited {proc.returncode}: {proc.stderr.strip()[-2000:]}"
+            raise RuntimeError(msg)
 
     def running(self) -> int:
         """Return how many of our bots are alive."""
-        return len(bot_pids(self.prefix, set(self.names)))
+        return len(bot_pids(self.prefix, set(self.names), self.root))
 
 
 # -- supervisord -------------------------------------------------------------------------------
@@ -167,6 +173,7 @@ class Supervisord:
 
     def __init__(self, env: Env, procs: Procs) -> None:
         self.env = env.env
+        self.root = env.root
         self.procs = procs
         self.dir = env.root / "supd"
         (self.dir / "conf.d").mkdir(parents=True)
@@ -219,7 +226,7 @@ class Supervisord:
             run(self.ctl("stop", "all"), env=self.env, timeout=300, check=False)
             self.procs.stop(self.proc, timeout=30)
             self.proc = None
-        _reap(self.prefix, self.names)
+        _reap(self.prefix, self.names, self.root)
 
     def start_all(self) -> None:
         """Start every program (untimed set-up)."""
@@ -228,7 +235,7 @@ class Supervisord:
     def stop_all(self) -> None:
         """Stop every program and wait for the bots to be gone."""
         run(self.ctl("stop", "all"), env=self.env, timeout=600, check=False)
-        wait_until(lambda: not bot_pids(self.prefix, set(self.names)), 30)
+        wait_until(lambda: not bot_pids(self.prefix, set(self.names), self.root), 30)
 
     @property
     def pid(self) -> int | None:
@@ -237,7 +244,7 @@ class Supervisord:
 
     def running(self) -> int:
         """Return how many of its bots are alive."""
-        return len(bot_pids(self.prefix, set(self.names)))
+        return len(bot_pids(self.prefix, set(self.names), self.root))
 
 
 # -- pm2 -----------------------------------------------------------------------------------------
@@ -250,6 +257,7 @@ class Pm2:
 
     def __init__(self, env: Env, procs: Procs) -> None:
         self.env = env.env
+        self.root = env.root
         self.home = Path(env.env["PM2_HOME"])
         self.bot = env.root / "bot.py"
         self.ecosystem = env.root / "pm2-ecosystem.json"
@@ -284,7 +292,7 @@ class Pm2:
     def delete_all(self) -> None:
         """Delete every app and wait for the bots to be gone."""
         run(self.cmd("delete", "all"), env=self.env, timeout=600, check=False)
-        wait_until(lambda: not bot_pids(self.prefix, set(self.names)), 30)
+        wait_until(lambda: not bot_pids(self.prefix, set(self.names), self.root), 30)
 
     @property
     def pid(self) -> int | None:
@@ -303,11 +311,11 @@ class Pm2:
         run(self.cmd("kill"), env=self.env, timeout=60, check=False)
         if pid is not None:
             kill_pids([pid])
-        _reap(self.prefix, self.names)
+        _reap(self.prefix, self.names, self.root)
 
     def running(self) -> int:
         """Return how many of its bots are alive."""
-        return len(bot_pids(self.prefix, set(self.names)))
+        return len(bot_pids(self.prefix, set(self.names), self.root))
 
 
 # -- mosquitto and the agent -------------------------------------------------------------------

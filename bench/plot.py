@@ -19,6 +19,8 @@ import matplotlib.pyplot as plt
 STYLE = {
     "ours": {"color": "tab:blue", "marker": "o", "label": "bot-supervisor"},
     "ours --no-foreign": {"color": "tab:cyan", "marker": "o", "linestyle": ":", "label": "bot-supervisor --no-foreign"},
+    "ours (agent)": {"color": "tab:purple", "marker": "D", "label": "bot-supervisor, agent running"},
+    "ours --wait": {"color": "tab:cyan", "marker": "o", "linestyle": ":", "label": "bot-supervisor --wait"},
     "supervisorctl": {"color": "tab:orange", "marker": "s", "label": "supervisord 4.x"},
     "supervisord": {"color": "tab:orange", "marker": "s", "label": "supervisord 4.x"},
     "pm2": {"color": "tab:green", "marker": "^", "label": "pm2"},
@@ -46,6 +48,18 @@ def _median(stats: dict[str, t.Any] | None, scale: float = 1.0) -> float | None:
     return stats["median"] * scale if stats and stats.get("n") else None
 
 
+def _reactions(react: dict[str, t.Any]) -> list[tuple[str, dict[str, t.Any], float]]:
+    """Return (label, stats, target seconds) of each reaction figure that has samples."""
+    backoff = float(react.get("first_backoff_s", 1.0))
+    rows = [
+        ("kill -9 → crashed", react.get("kill", {}).get("crashed"), 1.0),
+        ("kill -9 → alive again", react.get("kill", {}).get("restarted"), 1.0 + backoff),
+        ("stop → record", react.get("stop", {}).get("record"), 1.0),
+        ("start → record", react.get("start", {}).get("record"), 1.0),
+    ]
+    return [(label, value, limit) for label, value, limit in rows if value and value.get("n")]
+
+
 def main() -> int:
     """Read the results file and write the PNG."""
     results = json.loads(Path(sys.argv[1]).read_text())
@@ -55,11 +69,14 @@ def main() -> int:
     if isinstance(figs.get("ls"), dict) and _sizes(figs["ls"]):
         pick = {
             k: (lambda b, k=k: _median(b.get(k), 1000))
-            for k in ("ours", "ours --no-foreign", "supervisorctl", "pm2", "tmux")
+            for k in ("ours", "ours --no-foreign", "ours (agent)", "supervisorctl", "pm2", "tmux")
         }
         panels.append(("List N running bots", "wall time (ms)", pick, figs["ls"]))
     if isinstance(figs.get("start"), dict) and _sizes(figs["start"]):
-        pick = {k: (lambda b, k=k: _median(b.get(k, {}).get("all_alive"))) for k in ("ours", "supervisord", "pm2")}
+        pick = {
+            k: (lambda b, k=k: _median(b.get(k, {}).get("all_alive")))
+            for k in ("ours", "ours --wait", "supervisord", "pm2")
+        }
         panels.append(("Start N stopped bots (until all alive)", "wall time (s)", pick, figs["start"]))
     if isinstance(figs.get("agent"), dict) and _sizes(figs["agent"]):
         rss = {k: (lambda b, k=k: b.get(k, {}).get("rss_max_mib")) for k in ("ours", "supervisord", "pm2")}
@@ -67,10 +84,11 @@ def main() -> int:
         panels.append(("Supervising process RSS", "RSS max (MiB)", rss, figs["agent"]))
         panels.append(("Supervising process CPU", "CPU (% of one core)", cpu, figs["agent"]))
     new = figs.get("new") or {}
-    if not panels and not new.get("later_samples"):
+    react = _reactions(figs.get("react") or {})
+    if not panels and not new.get("later_samples") and not react:
         print("nothing to plot", file=sys.stderr)
         return 1
-    count = len(panels) + (1 if new.get("later_samples") else 0)
+    count = len(panels) + (1 if new.get("later_samples") else 0) + (1 if react else 0)
     cols = 2 if count > 1 else 1
     rows = (count + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.2 * rows), squeeze=False)
@@ -122,6 +140,25 @@ def main() -> int:
         ax.set_ylabel("wall time (ms)")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        used += 1
+    if react:
+        ax = flat[used]
+        labels = [label for label, _, _ in react]
+        medians = [value["median"] for _, value, _ in react]
+        low = [value["median"] - value["min"] for _, value, _ in react]
+        high = [value["max"] - value["median"] for _, value, _ in react]
+        ys = range(len(react))
+        ax.barh(
+            ys, medians, xerr=[low, high], color="tab:blue", alpha=0.8, capsize=3, label="bot-supervisor p50 (min-max)"
+        )
+        ax.scatter([limit for _, _, limit in react], ys, marker="|", s=400, color="tab:red", label="target", zorder=3)
+        ax.set_yticks(list(ys), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(left=0)
+        ax.set_xlabel("seconds until the retained state record says so")
+        ax.set_title("Agent reaction to events")
+        ax.grid(alpha=0.3, axis="x")
         ax.legend(fontsize=8)
         used += 1
     for ax in flat[used:]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import tempfile
 import typing as t
 from pathlib import Path
 
@@ -32,6 +31,8 @@ def atomic_write(path: Path, data: str | bytes, *, mode: int | None = None, sync
     even for a moment). With ``sync`` the data reaches the disk before the rename. On any failure
     the temporary file is removed and the error is raised; ``path`` is left as it was.
     """
+    import tempfile  # only writers pay for it (it pulls in random, shutil...): `ls` never writes
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -7,7 +7,6 @@ Imports nothing of ours. Environment: ``SUPERVISOR_HOME`` (state root),
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
 import os
 import typing as t
 from pathlib import Path
@@ -31,6 +30,8 @@ def builtin_recipes_dir() -> Path:
     In a wheel they live at ``supervisor/recipes``; in a source checkout
     (editable install) they are the repository's top-level ``recipes/``.
     """
+    import importlib.resources  # only recipe lookups need it
+
     packaged = Path(str(importlib.resources.files("supervisor"))) / "recipes"
     if packaged.is_dir():
         return packaged

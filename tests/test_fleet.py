@@ -24,12 +24,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from supervisor.core.manager import Manager
 from supervisor.errors import AgentError
 from supervisor.fleet.client import Snapshot, expand
-from supervisor.mqtt.auth import sign
+from supervisor.fleet.view import FleetView
+from supervisor.mqtt.auth import sign, sign_record
 from supervisor.paths import Paths
 from tests.conftest import (
     DATA,
     RECIPES,
     Broker,
+    Clock,
     free_port,
     make_origin,
     missing,
@@ -899,3 +901,179 @@ def test_targets_with_characters_no_name_holds_are_refused_before_anything_is_se
 
 def test_targets_with_names_and_wildcards_are_kept() -> None:
     assert expand(["h-1/mm_1", "h1/B2"], Snapshot(hosts={}, instances=[])) == [("h-1", "mm_1"), ("h1", "B2")]
+
+
+# --- the view: one set of rules for fleet ls and the dashboard --------------------------------
+
+NOW = 1000.0
+
+
+class ViewCase(t.NamedTuple):
+    test_id: str
+    agent: dict[str, t.Any] | None
+    """The host's retained availability record (``None``: none seen)."""
+    record: dict[str, t.Any]
+    """The instance's retained state record."""
+    expected: tuple[str, bool, bool, bool] | None
+    """state, stale, host_online, trusted; ``None``: the instance is not shown (a left-over)."""
+    host_state: str | None
+    heartbeat_ago: float | None = None
+    expected_heartbeat_age: float | None = None
+    expected_interval: float = 10.0
+    secret: bool = False
+    signed: tuple[bool, bool] = (True, True)
+    """With ``secret``: whether the agent record and the state record are signed with it."""
+    remembered: bool = False
+
+
+ONLINE = {"state": "online", "ts": NOW - 10, "heartbeat_interval": 10}
+RUNNING = {"state": "running", "ts": NOW - 1, "refresh": 30}
+
+VIEW_CASES = [
+    ViewCase("fresh-running", ONLINE, RUNNING, ("running", False, True, True), "online"),
+    ViewCase("reported-crash", ONLINE, {**RUNNING, "state": "crashed"}, ("crashed", False, True, True), "online"),
+    ViewCase("no-state-field", ONLINE, {"ts": NOW - 1}, ("unknown", False, True, True), "online"),
+    ViewCase(
+        "refresh-plus-grace-is-fresh", ONLINE, {**RUNNING, "ts": NOW - 35}, ("running", False, True, True), "online"
+    ),
+    ViewCase("past-grace-is-stale", ONLINE, {**RUNNING, "ts": NOW - 35.5}, ("stale", True, True, True), "online"),
+    ViewCase("own-refresh", ONLINE, {**RUNNING, "ts": NOW - 7, "refresh": 1}, ("stale", True, True, True), "online"),
+    ViewCase("undated-is-stale", ONLINE, {"state": "running"}, ("stale", True, True, True), "online"),
+    ViewCase("bad-refresh-means-30s", ONLINE, {**RUNNING, "refresh": "x"}, ("running", False, True, True), "online"),
+    ViewCase("no-agent", None, RUNNING, ("offline", False, False, True), None),
+    ViewCase("agent-offline", {**ONLINE, "state": "offline"}, RUNNING, ("offline", False, False, True), "offline"),
+    ViewCase(
+        "offline-before-stale",
+        {**ONLINE, "state": "offline"},
+        {"state": "crashed"},
+        ("offline", True, False, True),
+        "offline",
+    ),
+    ViewCase("remembered-host-is-unseen", ONLINE, RUNNING, ("offline", False, False, True), "unseen", remembered=True),
+    ViewCase("signed", ONLINE, RUNNING, ("running", False, True, True), "online", secret=True),
+    ViewCase(
+        "unsigned-record",
+        ONLINE,
+        RUNNING,
+        ("untrusted", False, True, False),
+        "online",
+        secret=True,
+        signed=(True, False),
+    ),
+    ViewCase(
+        "unsigned-agent",
+        ONLINE,
+        RUNNING,
+        ("untrusted", False, False, False),
+        "untrusted",
+        secret=True,
+        signed=(False, True),
+    ),
+    # The agent (re)connected at NOW - 100 and republished everything; this record is older: a removed instance.
+    ViewCase("left-over", {**ONLINE, "ts": NOW - 100}, {**RUNNING, "ts": NOW - 200}, None, "online"),
+    ViewCase(
+        "left-over-not-yet",
+        {**ONLINE, "ts": NOW - 20},
+        {**RUNNING, "ts": NOW - 30},
+        ("running", False, True, True),
+        "online",
+    ),
+    ViewCase("live-heartbeat", ONLINE, RUNNING, ("running", False, True, True), "online", 3.0, 3.0),
+    ViewCase(
+        "recorded-heartbeat-newer",
+        ONLINE,
+        {**RUNNING, "last_heartbeat": NOW - 2},
+        ("running", False, True, True),
+        "online",
+        heartbeat_ago=40.0,
+        expected_heartbeat_age=2.0,
+    ),
+    ViewCase(
+        "agent-interval",
+        {**ONLINE, "heartbeat_interval": 0.5},
+        RUNNING,
+        ("running", False, True, True),
+        "online",
+        expected_interval=0.5,
+    ),
+    ViewCase(
+        "plugin-bots-beat-every-10s",
+        {**ONLINE, "heartbeat_interval": 0.5},
+        {**RUNNING, "plugin": True},
+        ("running", False, True, True),
+        "online",
+        expected_interval=10.0,
+    ),
+]
+
+
+def _payload(topic: str, record: dict[str, t.Any], signed: bool) -> bytes:
+    return json.dumps(sign_record(SECRET, topic, record) if signed else record).encode()
+
+
+@pytest.mark.parametrize("case", VIEW_CASES, ids=[c.test_id for c in VIEW_CASES])
+def test_the_view_judges_records_and_heartbeats(case: ViewCase) -> None:
+    clock = Clock(NOW)
+    view = FleetView(SECRET if case.secret else None, clock=clock)
+    if case.remembered:
+        assert case.agent is not None
+        view.remember({"h1": case.agent}, {("h1", "bot"): case.record})
+    else:
+        if case.agent is not None:
+            view.on_agent("supervisor/h1/agent", _payload("supervisor/h1/agent", case.agent, case.signed[0]))
+        view.on_state("supervisor/h1/bot/state", _payload("supervisor/h1/bot/state", case.record, case.signed[1]))
+    if case.heartbeat_ago is not None:
+        clock.now = NOW - case.heartbeat_ago
+        view.on_heartbeat("hbot/bot/hb")
+        clock.now = NOW
+    snap = view.snapshot()
+    assert view.host_state("h1") == case.host_state
+    if case.expected is None:
+        assert snap.instances == [] and snap.left_over == [("h1", "bot")]
+        assert view.snapshot().left_over == []  # forgotten, not judged again
+        return
+    [item] = snap.instances
+    assert (item.state, item.stale, item.host_online, item.trusted) == case.expected
+    assert item.reported_state == str(case.record.get("state", "unknown"))
+    assert item.heartbeat_age == case.expected_heartbeat_age
+    assert item.heartbeat_interval == case.expected_interval
+    assert (view.refusal("h1") is None) == (case.host_state == "online")
+
+
+def test_the_view_keeps_trusted_records_against_strangers_and_ignores_malformed_ones() -> None:
+    view = FleetView(SECRET, clock=Clock(NOW))
+    agent, state = "supervisor/h1/agent", "supervisor/h1/bot/state"
+    view.on_agent(agent, _payload(agent, ONLINE, True))
+    view.on_state(state, _payload(state, RUNNING, True))
+    # A stranger's record on a real host's topic never replaces the signed one.
+    change = view.on_agent(agent, _payload(agent, {**ONLINE, "state": "offline"}, False))
+    assert change is not None and change.record is not None and change.record["state"] == "online"
+    assert view.host_state("h1") == "online"
+    # Malformed payloads are ignored; only an empty one deletes.
+    assert view.on_state(state, b"garbage") is None and view.on_agent(agent, b"[1]") is None
+    assert [i.state for i in view.snapshot().instances] == ["running"]
+    change = view.on_state(state, b"")
+    assert change is not None and change.record is None and change.previous is not None
+    assert view.snapshot().instances == []
+    # Clearing the agent's record removes the host with its instances.
+    view.on_state(state, _payload(state, RUNNING, True))
+    view.on_agent(agent, b"")
+    snap = view.snapshot()
+    assert snap.hosts == {} and snap.instances == []
+    assert view.refusal("h1") == (
+        "no agent of host 'h1' is known to this broker. Run 'supervisor fleet ls' to see hosts."
+    )
+
+
+def test_a_live_heartbeat_counts_only_for_an_instance_name_no_other_host_has() -> None:
+    clock = Clock(NOW)
+    view = FleetView(clock=clock)
+    for host in ("h1", "h2"):
+        view.on_agent(f"supervisor/{host}/agent", json.dumps(ONLINE).encode())
+        view.on_state(f"supervisor/{host}/mm/state", json.dumps(RUNNING).encode())
+    view.on_state("supervisor/h1/solo/state", json.dumps(RUNNING).encode())
+    view.on_heartbeat("hbot/mm/hb")  # {ns}/{id}/hb names no host
+    view.on_heartbeat("hbot/solo/hb")
+    clock.now = NOW + 1
+    ages = {i.target: i.heartbeat_age for i in view.snapshot().instances}
+    assert ages == {"h1/mm": None, "h2/mm": None, "h1/solo": 1.0}

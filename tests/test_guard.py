@@ -92,5 +92,6 @@ def test_the_audit_log_clips_stranger_text_and_rotates_past_its_cap(tmp_path: Pa
     entry = json.loads(path.read_text().splitlines()[-1])
     assert entry["topic"].endswith("[65014 chars]") and len(entry["topic"]) < 250
     files = sorted(p.name for p in folder.iterdir())
-    assert files == ["audit.log", "audit.log.1", "audit.log.2"]
+    # The empty lock file is what lets the agent and the events receiver rotate the same log.
+    assert files == [".audit.log.lock", "audit.log", "audit.log.1", "audit.log.2"]
     assert sum(p.stat().st_size for p in folder.iterdir()) < 3 * 11_000

@@ -17,6 +17,7 @@ from supervisor.errors import (
     InstallError,
     InstanceError,
     InstanceExists,
+    InstanceNotFound,
     InstanceNotRunning,
     InstanceRunning,
     InvalidName,
@@ -514,3 +515,51 @@ def test_update_brings_the_bot_back_with_its_strategy(
     manager.update("su")
     assert _cmdline(manager, "su")[-2:] == ["--conf", "probe.yml"]
     assert manager.registry.get("su").strategy == {"conf": "probe.yml"}
+
+
+def test_start_without_wait_returns_once_every_bot_process_lives(
+    manager: Manager, lifecycle_origin: Path, tmp_path: Path
+) -> None:
+    """``wait=False`` launches all, waits for their processes only; they are ``starting`` until the ready line."""
+    flag = tmp_path / "ready.flag"
+    names = ["nw1", "nw2", "nw3"]
+    for name in names:
+        manager.new(
+            name,
+            HEADLESS,
+            repo=str(lifecycle_origin),
+            settings=[f"ready_flag={flag}"],
+            secret_values={"password": b"pw"},
+        )
+    results = manager.start(names, wait=False)
+    assert [(r.name, r.changed, r.ok) for r in results] == [(name, True, True) for name in names]
+    for result in results:
+        assert result.status is not None
+        assert (result.status.state, result.status.is_running) == ("starting", True)
+        assert b"bot.py" in Path(f"/proc/{result.status.pid}/cmdline").read_bytes()
+    assert all(manager.registry.get(name).desired == "running" for name in names)
+    again = manager.start(["nw1"], wait=False)[0]  # no wait: a starting bot is not joined
+    assert again.status is not None
+    assert (again.changed, again.message) == (False, f"instance 'nw1' is already starting (pid {again.status.pid}).")
+    flag.touch()
+    wait_until(lambda: {s.state for s in manager.status(names)} == {"running"}, timeout=15, message="all ready")
+
+
+def test_the_agent_reads_records_recipes_and_files_through_public_methods(manager: Manager, bot_origin: Path) -> None:
+    manager.new("pa", TICKER, repo=str(bot_origin))
+    assert manager.names() == ["pa"]
+    assert (manager.has("pa"), manager.has("nope")) == (True, False)
+    assert manager.record("pa") == manager.records()["pa"]
+    assert manager.recipe("pa").name == "ticker"
+    assert manager.ready_timeout("pa") == manager.recipe("pa").run.ready_timeout
+    assert manager.ready_timeout("nope", default=7.0) == 7.0
+    assert manager.console_log("pa") == manager.paths.console_log("pa")
+    assert manager.exit_file("pa") == manager.paths.exit_file("pa")
+    assert (manager.audit_log, manager.registry_file) == (manager.paths.audit_log, manager.paths.registry)
+    manager.rotate_log("pa")  # no log yet: nothing to do, no error
+    manager.use_caches(sessions=0.5, commits=30.0)
+    assert (manager.session_cache_ttl, manager.commit_cache_ttl) == (0.5, 30.0)
+    manager.start(["pa"])
+    assert manager.snapshot(["pa"]).status("pa").state == "running"
+    with pytest.raises(InstanceNotFound):
+        manager.record("nope")

@@ -449,15 +449,65 @@ def test_validate_rejects(case: InvalidCase) -> None:
     assert caught.value.reply_to is None
 
 
+REQUIRED: dict[str, dict[str, t.Any]] = {
+    "import": {"strategy": "s"},
+    "balance/limit": {"exchange": "e", "asset": "a", "amount": 1},
+    "balance/paper": {"asset": "a", "amount": 1},
+}
+"""The least data each command accepts."""
+
+
 def test_every_command_has_a_schema_and_a_response() -> None:
-    required: dict[str, dict[str, t.Any]] = {
-        "import": {"strategy": "s"},
-        "balance/limit": {"exchange": "e", "asset": "a", "amount": 1},
-        "balance/paper": {"asset": "a", "amount": 1},
-    }
     for command in protocol.HBOT_COMMANDS:
         assert protocol.response(command)["status"] == protocol.STATUS_OK
-        assert set(protocol.validate(command, required.get(command, {}))) >= set(required.get(command, {}))
+        assert set(protocol.validate(command, REQUIRED.get(command, {}))) >= set(REQUIRED.get(command, {}))
+
+
+def test_console_names_come_from_the_bot_schemas() -> None:
+    # A recipe's console keys are the bot's commands, '/' written '_'; shortcuts are lines of their own.
+    assert protocol.CONSOLE_COMMANDS == (
+        "start",
+        "stop",
+        "config",
+        "import",
+        "status",
+        "history",
+        "balance_limit",
+        "balance_paper",
+    )
+    assert protocol.console_key("balance/paper") == "balance_paper"
+    # Every field a console line may fill in is a field of a bot request; the agent's own switches are not.
+    fields = {
+        name for command in protocol.HBOT_COMMANDS for name in protocol.validate(command, REQUIRED.get(command, {}))
+    }
+    assert set(protocol.CONSOLE_FIELDS) == fields - {
+        "log_level",
+        "is_quickstart",
+        "async_backend",
+        "skip_order_cancellation",
+    }
+    assert set(protocol.STRATEGY_FIELDS) <= set(protocol.validate("start", {})) & set(protocol.CONSOLE_FIELDS)
+
+
+class RecordCase(t.NamedTuple):
+    test_id: str
+    payload: bytes
+    expected: dict[str, t.Any] | None
+
+
+RECORD_CASES = [
+    RecordCase("object", b'{"state":"running","ts":1.5}', {"state": "running", "ts": 1.5}),
+    RecordCase("cleared", b"", None),
+    RecordCase("not-json", b"garbage", None),
+    RecordCase("array", b"[1]", None),
+    RecordCase("string", b'"online"', None),
+    RecordCase("too-deep", b"[" * 100_000 + b"]" * 100_000, None),
+]
+
+
+@pytest.mark.parametrize("case", RECORD_CASES, ids=[c.test_id for c in RECORD_CASES])
+def test_load_record(case: RecordCase) -> None:
+    assert protocol.load_record(case.payload) == case.expected
 
 
 class PydanticCase(t.NamedTuple):

@@ -172,6 +172,30 @@ def test_malformed_recipes_name_file_and_key(tmp_path: Path, case: Bad) -> None:
     assert case.key in str(info.value)
 
 
+def test_console_lines_use_the_bot_commands_and_fields(tmp_path: Path) -> None:
+    # Every field of a bot request that is typed (not the agent's own switches) may appear in a line.
+    lines = {
+        "start": "start[ --script {script}][ --conf {conf}]",
+        "config": "config {params}",
+        "import": "import {strategy}",
+        "history": "history --days {days} --verbose {verbose} --precision {precision}",
+        "balance_limit": "balance limit {exchange} {asset} {amount}",
+        "balance_paper": "balance paper {asset} {amount}",
+    }
+    console = "".join(f"  {key}: '{line}'\n" for key, line in lines.items())
+    recipe = load_recipe(write(tmp_path, MINIMAL + "console:\n" + console))
+    assert dict(recipe.console.commands) == lines
+    refused = [
+        ("console: {start: 'start {async_backend}'}\n", "uses '{async_backend}'"),
+        ("console: {stop: 'stop {skip_order_cancellation}'}\n", "uses '{skip_order_cancellation}'"),
+        ("console: {command_shortcuts: x}\n", "key 'console.command_shortcuts' is not known"),
+        ("console: {balance/limit: x}\n", "key 'console.balance/limit' is not known"),
+    ]
+    for text, key in refused:
+        with pytest.raises(RecipeError, match=re.escape(key)):
+            load_recipe(write(tmp_path, MINIMAL + text))
+
+
 def test_file_name_must_match_recipe_name(tmp_path: Path) -> None:
     write(tmp_path, MINIMAL, "other.yaml")
     with pytest.raises(RecipeError, match="is 'r' but the file is named 'other'"):

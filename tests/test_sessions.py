@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from supervisor import _proc
+from supervisor.core.sessions.base import SessionSpec
 from supervisor.core.sessions.screen import ScreenBackend
 from supervisor.core.sessions.tmux import TmuxBackend
 from supervisor.errors import SessionError, UnsafeConsoleText
@@ -221,6 +222,56 @@ def test_duplicate_name_raises(backend: SessionBackend, echo_session: Started, t
             log_path=tmp_path / "other.log",
         )
     assert list(backend.list_sessions()) == ["sup-echo"]
+
+
+def test_new_sessions_starts_many_and_logs_each(backend: SessionBackend, tmp_path: Path) -> None:
+    # 40 sessions with long paths: more than one tmux command line (8 KB each) is needed.
+    count = 40 if backend.name == "tmux" else 3
+    cwd = tmp_path / ("deep-" * 30 + "#dir")
+    cwd.mkdir()
+    specs = [
+        SessionSpec(
+            f"sup-b{i}",
+            argv_for(f"print('bot {i} up', flush=True); input()"),
+            cwd,
+            tmp_path / "logs" / f"b{i};.log",
+            env={"SUP_TEST_VAR": f"v{i};"},
+        )
+        for i in range(count)
+    ]
+    infos = backend.new_sessions(specs)
+    assert [info.name for info in infos] == [spec.name for spec in specs]
+    listed = backend.list_sessions()
+    assert sorted(listed) == sorted(spec.name for spec in specs)
+    for spec, info in zip(specs, infos, strict=True):
+        assert info.pid is not None and listed[spec.name].pid == info.pid
+    wait_until(
+        lambda: all(f"bot {i} up" in log_text(spec.log_path) for i, spec in enumerate(specs)),
+        timeout=20,
+        message="every session's first line in its own log",
+    )
+
+
+def test_new_sessions_stops_at_the_first_that_cannot_start(
+    backend: SessionBackend, echo_session: Started, tmp_path: Path
+) -> None:
+    specs = [
+        SessionSpec(name, argv_for(ECHO_BOT), tmp_path, tmp_path / f"{name}.log")
+        for name in ("sup-first", "sup-echo", "sup-after")
+    ]
+    with pytest.raises(SessionError, match="session 'sup-echo' already exists"):
+        backend.new_sessions(specs)
+    assert sorted(backend.list_sessions()) == ["sup-echo", "sup-first"]
+
+
+def test_tmux_object_model_sees_the_same_sessions(tmux_socket: str, tmp_path: Path) -> None:
+    backend = TmuxBackend(socket_name=tmux_socket)
+    backend.new_sessions(
+        [SessionSpec(f"sup-o{i}", argv_for("input()"), tmp_path, tmp_path / f"o{i}.log") for i in range(3)]
+    )
+    listed = backend.list_sessions()
+    walked = {s.session_name: s.active_pane.pane_pid for s in backend.server.sessions if s.active_pane}
+    assert walked == {name: str(info.pid) for name, info in listed.items()}
 
 
 def test_missing_session_is_loud_for_actions(backend: SessionBackend, echo_session: Started) -> None:

@@ -22,6 +22,8 @@ if t.TYPE_CHECKING:
 
 CARRY_CHARS = 4096
 """How much of an unfinished last line is kept for the next look (a prompt has no newline)."""
+UNSAVED_SPAN = 16384
+"""Output a look may leave unrecorded when it found nothing new: the next look reads it again (no write per look)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +108,10 @@ def observe(
             found_login = seen.login or (login is not None and login.search(text) is not None)
             _, newline, rest = text.rpartition("\n")
             carry = (rest if newline else text)[-CARRY_CHARS:]
-            seen = Seen(offset=offset, carry="" if found_ready else carry, login=found_login, ready=found_ready)
-            _save(path, seen)
+            found = Seen(offset=offset, carry="" if found_ready else carry, login=found_login, ready=found_ready)
+            if found_ready or found_login != seen.login or offset - seen.offset > UNSAVED_SPAN:
+                _save(path, found)
+            seen = found
     except OSError:
         return seen
     return seen

@@ -1,8 +1,8 @@
 """Recipes: how a kind of bot is fetched, installed, run and talked to.
 
 Owns the YAML schema, its validation (every error names file and key) and
-template rendering. Imports only :mod:`supervisor.errors`, :mod:`supervisor.paths` and
-:mod:`supervisor.consoletext`.
+template rendering. Imports only :mod:`supervisor.errors`, :mod:`supervisor.paths`,
+:mod:`supervisor.consoletext` and, for Hummingbot's command and field names, :mod:`supervisor.mqtt.protocol`.
 """
 
 from __future__ import annotations
@@ -12,23 +12,22 @@ import re
 import typing as t
 from pathlib import Path
 
-import yaml
-
 from supervisor.consoletext import control_characters
 from supervisor.errors import InvalidName, RecipeError, RecipeNotFound
+from supervisor.mqtt.protocol import CONSOLE_COMMANDS, CONSOLE_FIELDS, STRATEGY_FIELDS
 from supervisor.paths import builtin_recipes_dir
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
 VAR_RE = re.compile(r"(?<!\$)\{([a-z_][a-z0-9_]*)\}")
 OPTIONAL_RE = re.compile(r"\[([^\[\]]*)\]")
 BUILTIN_VARS = ("name", "checkout", "python", "home")
-CONSOLE_COMMANDS = ("start", "stop", "status", "import", "history", "config", "balance_limit", "balance_paper")
 RECIPE_SUFFIXES = (".yaml", ".yml")
 BUILTIN_PREFIX = "builtin:"
 SECRET_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
-STRATEGY_VARS = ("script", "conf")
+STRATEGY_VARS = STRATEGY_FIELDS
+"""The strategy a start names, as ``{script}``/``{conf}`` in ``run.strategy_args``."""
 
 _TOP_KEYS = {
     "name",
@@ -352,19 +351,7 @@ def parse_recipe(data: object, path: Path, *, builtin: bool = False) -> Recipe:
         variables[key] = _string(path, f"vars.{key}", value) or ""
     # console-only variables a remote command fills in
     known = {*BUILTIN_VARS, *variables}
-    console_known = {
-        *known,
-        "script",
-        "conf",
-        "strategy",
-        "days",
-        "verbose",
-        "precision",
-        "params",
-        "exchange",
-        "asset",
-        "amount",
-    }
+    console_known = {*known, *CONSOLE_FIELDS}
 
     install = _string_list(path, "install", top.get("install"))
     for i, step in enumerate(install):
@@ -513,6 +500,8 @@ def load_recipe(path: Path, *, builtin: bool = False) -> Recipe:
     except UnicodeDecodeError as e:
         msg = f"recipe '{path}': not UTF-8 text (byte {e.start}). Save it as UTF-8 and try again."
         raise RecipeError(msg) from e
+    import yaml  # only a recipe load needs it (~15 ms to import)
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -28,8 +28,8 @@ from supervisor.errors import SupervisorError
 from supervisor.events import EventsError
 from supervisor.events.config import Target, event_topic_suffix, is_allowed
 from supervisor.events.journal import FAILED, PUBLISHED, Entry, Journal
-from supervisor.fleet.client import load_record
 from supervisor.mqtt.connection import Connection
+from supervisor.mqtt.protocol import load_record
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping

@@ -1,3 +1,6 @@
-"""The fleet as seen over the broker: hosts and instances, the client that drives them, the dashboard."""
+"""The fleet as seen over the broker: ``view`` (hosts and instances, judged), ``client`` (requests), ``dashboard``.
+
+Never imports the core or the agent: it runs on machines without bots.
+"""
 
 from __future__ import annotations

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import decimal
 import json
 import math
 import re
+import sys
 import time
 import typing as t
 from collections.abc import Mapping
@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from supervisor.errors import AgentError
 
 __all__ = [
+    "CONSOLE_COMMANDS",
+    "CONSOLE_FIELDS",
     "HBOT_COMMANDS",
     "HOST_VERBS",
     "MAX_REPLY_TO_CHARS",
@@ -34,12 +36,15 @@ __all__ = [
     "STATUS_ERROR",
     "STATUS_OK",
     "STATUS_UNAUTHORIZED",
+    "STRATEGY_FIELDS",
     "ProtocolError",
     "Request",
+    "console_key",
     "dumps",
     "encode_reply",
     "encode_request",
     "heartbeat",
+    "load_record",
     "make_primitive",
     "notify",
     "parse_request",
@@ -132,11 +137,31 @@ def make_primitive(value: t.Any) -> t.Any:
         return [make_primitive(item) for item in value]
     if value is None or isinstance(value, bool):
         return value
-    if isinstance(value, (float, decimal.Decimal)):
+    if isinstance(value, float) or _is_decimal(value):
         return float(value)
     if isinstance(value, int):
         return int(value) if str(value).isdigit() else str(value)
     return str(value)
+
+
+def load_record(payload: bytes) -> dict[str, t.Any] | None:
+    """Return a JSON object payload (a retained record, a reply) as a dict.
+
+    ``None`` for an empty (cleared), non-JSON or non-object payload.
+    """
+    if not payload:
+        return None
+    try:
+        value = json.loads(payload)
+    except (ValueError, RecursionError):  # RecursionError: a deeply nested payload
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _is_decimal(value: t.Any) -> bool:
+    # A Decimal exists only once its module is loaded; not importing it here saves every CLI run ~1 ms.
+    module = sys.modules.get("decimal")
+    return module is not None and isinstance(value, module.Decimal)
 
 
 def dumps(obj: t.Any) -> bytes:
@@ -417,6 +442,26 @@ _REQUESTS: dict[str, tuple[_Field, ...]] = {
     ),
     "command_shortcuts": (_Field("params", "lists", []),),
 }
+
+#: The fields of the ``start`` request that name the strategy to run.
+STRATEGY_FIELDS: tuple[str, ...] = ("script", "conf")
+# Fields the agent acts on itself: they never become part of a typed console line.
+_AGENT_FIELDS = frozenset({"log_level", "is_quickstart", "async_backend", "skip_order_cancellation"})
+#: Request fields a recipe's console line may use as ``{variables}`` (``{conf}``, ``{days}``, ``{amount}``...).
+CONSOLE_FIELDS: tuple[str, ...] = tuple(
+    dict.fromkeys(f.name for fields in _REQUESTS.values() for f in fields if f.name not in _AGENT_FIELDS)
+)
+# Shortcuts are the user's own console lines already; there is no one line to configure for them.
+_NO_CONSOLE_LINE = frozenset({"command_shortcuts"})
+
+
+def console_key(command: str) -> str:
+    """Return the recipe's ``console.KEY`` for a bot command (``balance/limit`` is ``balance_limit``)."""
+    return command.replace("/", "_")
+
+
+#: The bot commands a recipe may give a console line for, by their ``console.KEY``.
+CONSOLE_COMMANDS: tuple[str, ...] = tuple(console_key(c) for c in HBOT_COMMANDS if c not in _NO_CONSOLE_LINE)
 
 _STATUS_MSG: tuple[tuple[str, t.Any], ...] = (("status", STATUS_OK), ("msg", ""))
 _RESPONSES: dict[str, tuple[tuple[str, t.Any], ...]] = {

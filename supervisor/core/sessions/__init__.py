@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typing as t
 
-from supervisor.core.sessions.base import SessionBackend, SessionInfo
+from supervisor.core.sessions.base import SessionBackend, SessionInfo, SessionSpec
 from supervisor.errors import SupervisorError
 from supervisor.states import BACKENDS
 
@@ -13,7 +13,7 @@ if t.TYPE_CHECKING:
 
 KNOWN_BACKENDS = BACKENDS
 
-__all__ = ["KNOWN_BACKENDS", "SessionBackend", "SessionInfo", "get_backend"]
+__all__ = ["KNOWN_BACKENDS", "SessionBackend", "SessionInfo", "SessionSpec", "get_backend"]
 
 
 def get_backend(name: str, paths: Paths) -> SessionBackend:

@@ -30,6 +30,17 @@ class SessionInfo:
     """What the backend's own CLI accepts as a target (screen: ``<pid>.<name>``)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class SessionSpec:
+    """One session to start: what :meth:`SessionBackend.new_session` takes, for a batch."""
+
+    name: str
+    argv: t.Sequence[str]
+    cwd: Path
+    log_path: Path
+    env: t.Mapping[str, str] | None = None
+
+
 class SessionBackend(t.Protocol):
     """What the manager needs from a terminal multiplexer.
 
@@ -68,6 +79,14 @@ class SessionBackend(t.Protocol):
 
         Logging is in place before the program prints its first byte.
         Raises :class:`~supervisor.errors.SessionError` if the name is taken.
+        """
+        ...
+
+    def new_sessions(self, specs: t.Sequence[SessionSpec]) -> list[SessionInfo]:
+        """Start several sessions as :meth:`new_session` does, in as few backend calls as it can.
+
+        Returns their infos in order. Raises :class:`~supervisor.errors.SessionError`
+        at the first that cannot start; the ones before it run, the ones after it do not.
         """
         ...
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from supervisor import _proc
 from supervisor.consoletext import check_console_text, key_bytes, parse_key
-from supervisor.core.sessions.base import SessionInfo
+from supervisor.core.sessions.base import SessionInfo, SessionSpec
 from supervisor.errors import BackendUnavailable, SessionError
 
 logger = logging.getLogger(__name__)
@@ -216,6 +216,12 @@ class ScreenBackend:
                 msg = f"session '{name}' did not come up within {_START_TIMEOUT:.0f} s or ended at once. See {log_path}"
                 raise SessionError(msg)
             time.sleep(_POLL_INTERVAL)
+
+    def new_sessions(self, specs: t.Sequence[SessionSpec]) -> list[SessionInfo]:
+        """Start each session in turn (every screen session is its own server: there is nothing to batch)."""
+        return [
+            self.new_session(spec.name, spec.argv, cwd=spec.cwd, log_path=spec.log_path, env=spec.env) for spec in specs
+        ]
 
     def kill_session(self, name: str) -> None:
         """Quit the session (screen sends SIGHUP to its window) and wait for it."""

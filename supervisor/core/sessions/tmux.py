@@ -1,13 +1,14 @@
-"""The tmux session backend, driven through libtmux on a private socket.
+"""The tmux session backend, on a private socket (``tmux -L``).
 
-The only module that imports :mod:`libtmux`; its exceptions never leave here.
-libtmux loads lazily: the read-only queries every ``ls`` makes (``list-panes``,
-``has-session``) are single plain ``tmux`` calls through :mod:`supervisor._proc`,
-which keeps the command's start-up short.
+Every tmux command goes one road: a plain ``tmux`` call through :mod:`supervisor._proc`
+(with a timeout). libtmux costs the same per call but ~60 ms to import, so it is kept
+for its object model only (:attr:`TmuxBackend.server`), loaded when asked for; this is
+the only module that imports it, and its exceptions never leave here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shlex
@@ -18,15 +19,15 @@ from pathlib import Path
 
 from supervisor import _proc
 from supervisor.consoletext import check_console_text, parse_key
-from supervisor.core.sessions.base import SessionInfo
+from supervisor.core.sessions.base import SessionInfo, SessionSpec
 from supervisor.errors import BackendUnavailable, SessionError
 
 if t.TYPE_CHECKING:
     import libtmux
-    from libtmux.common import tmux_cmd
 
 logger = logging.getLogger(__name__)
 
+_TIMEOUT = 10.0
 _FIELDS = (
     "session_name",
     "pane_pid",
@@ -36,6 +37,8 @@ _FIELDS = (
     "pane_index",
 )
 _LIST_FORMAT = "\t".join(f"#{{{field}}}" for field in _FIELDS)
+_BATCH_BYTES = 8000
+"""Most argv bytes in one tmux command line; the client refuses a command message over 16 KiB."""
 
 
 def _arg(value: str) -> str:
@@ -64,12 +67,21 @@ def _pane(name: str) -> str:
     return f"={name}:"
 
 
+@dataclasses.dataclass(frozen=True)
+class _Done:
+    """What one tmux command line returned."""
+
+    returncode: int
+    stdout: list[str]
+    stderr: list[str]
+
+
 class TmuxBackend:
     """Run sessions on one tmux server, chosen by socket name (``tmux -L``).
 
-    ``SessionInfo.pid`` is the pane pid of the session's first pane. The
-    command runs as ``exec <argv>`` under tmux's shell, so that pid is the
-    program itself.
+    ``SessionInfo.pid`` is the pane pid of the session's first pane. tmux
+    runs the argv directly (or one lone command as ``exec`` under its shell),
+    so that pid is the program itself.
     """
 
     name = "tmux"
@@ -79,36 +91,36 @@ class TmuxBackend:
         self._server_object: libtmux.Server | None = None
 
     @property
-    def _server(self) -> libtmux.Server:
+    def server(self) -> libtmux.Server:
+        """The libtmux object model of our server (sessions, windows, panes), for callers that walk it."""
         if self._server_object is None:
             import libtmux
 
             self._server_object = libtmux.Server(socket_name=self.socket_name)
         return self._server_object
 
-    def _query(self, *args: str) -> tuple[int, list[str]]:
-        """Run a read-only tmux command without libtmux; ``(-1, [])`` when tmux cannot run."""
+    def _tmux(self, *args: str) -> _Done:
+        """Run one tmux command line on our socket; a missing binary or a hang becomes our error."""
         try:
-            proc = _proc.run(["tmux", "-L", self.socket_name, *args], timeout=10.0)
-        except (OSError, _proc.TimeoutExpired):
-            logger.debug("tmux %s failed", args[0], exc_info=True)
-            return -1, []
-        if proc.returncode != 0:
-            # "no server running", "error connecting to ...", "server exited ..."
-            logger.debug("tmux %s: %s", args[0], proc.stderr.strip())
-        return proc.returncode, proc.stdout.splitlines()
-
-    def _cmd(self, *args: str) -> tmux_cmd:
-        """Run one tmux command line on our socket, translating libtmux errors."""
-        from libtmux import exc as tmux_exc
-
-        try:
-            return self._server.cmd(*args)
-        except tmux_exc.TmuxCommandNotFound as e:
+            proc = _proc.run(["tmux", "-L", self.socket_name, *args], timeout=_TIMEOUT)
+        except FileNotFoundError as e:
             raise BackendUnavailable(self.name) from e
-        except (tmux_exc.LibTmuxException, OSError) as e:
+        except (OSError, _proc.TimeoutExpired) as e:
             msg = f"backend 'tmux': running '{args[0]}' failed: {e}. Check that tmux works on this machine."
             raise SessionError(msg) from e
+        return _Done(proc.returncode, proc.stdout.splitlines(), [line for line in proc.stderr.splitlines() if line])
+
+    def _query(self, *args: str) -> _Done:
+        """Run a read-only tmux command; a missing binary, a hang or no server give returncode -1 or tmux's."""
+        try:
+            done = self._tmux(*args)
+        except SessionError:
+            logger.debug("tmux %s failed", args[0], exc_info=True)
+            return _Done(-1, [], [])
+        if done.returncode != 0:
+            # "no server running", "error connecting to ...", "server exited ..."
+            logger.debug("tmux %s: %s", args[0], " ".join(done.stderr))
+        return done
 
     def is_available(self) -> bool:
         """Return whether the tmux binary is on ``PATH``."""
@@ -119,11 +131,11 @@ class TmuxBackend:
 
         A missing binary or a dead server means "no sessions".
         """
-        returncode, lines = self._query("list-panes", "-a", "-F", _LIST_FORMAT)
-        if returncode != 0:
+        done = self._query("list-panes", "-a", "-F", _LIST_FORMAT)
+        if done.returncode != 0:
             return {}
         best: dict[str, tuple[tuple[int, int], SessionInfo]] = {}
-        for line in lines:
+        for line in done.stdout:
             parts = line.split("\t")
             if len(parts) != len(_FIELDS):
                 continue
@@ -147,8 +159,7 @@ class TmuxBackend:
 
     def has_session(self, name: str) -> bool:
         """Return whether a session of exactly that name exists (not if no server)."""
-        returncode, _ = self._query("has-session", "-t", _arg(_exact(name)))
-        return returncode == 0
+        return self._query("has-session", "-t", _arg(_exact(name))).returncode == 0
 
     def new_session(
         self,
@@ -175,60 +186,105 @@ class TmuxBackend:
         BackendUnavailable
             tmux is not installed.
         """
-        if not argv:
+        spec = SessionSpec(name, argv, cwd, log_path, env)
+        return self._start([spec], [self._launch_args(spec, width, height)])[0]
+
+    def new_sessions(self, specs: t.Sequence[SessionSpec]) -> list[SessionInfo]:
+        """Start many sessions with one tmux command line per ~8 KB of arguments (``;``-chained).
+
+        Raises
+        ------
+        SessionError
+            At the first session that cannot start (tmux runs none of the commands after a failed one).
+        BackendUnavailable
+            tmux is not installed.
+        """
+        lines = [self._launch_args(spec) for spec in specs]
+        started: list[SessionInfo] = []
+        first = 0
+        while first < len(specs):
+            size = 0
+            last = first
+            while last < len(specs) and (last == first or size + _size(lines[last]) <= _BATCH_BYTES):
+                size += _size(lines[last])
+                last += 1
+            started += self._start(specs[first:last], lines[first:last])
+            first = last
+        return started
+
+    def _launch_args(self, spec: SessionSpec, width: int = 200, height: int = 50) -> list[str]:
+        """Return the commands that start one session (``new-session; pipe-pane; set-option``); check its spec."""
+        name = spec.name
+        if not spec.argv:
             msg = f"session '{name}': no command given. Pass the program to run."
             raise SessionError(msg)
-        if not cwd.is_dir():
-            msg = f"session '{name}': working directory '{cwd}' does not exist. Create it or fix the recipe."
+        if not spec.cwd.is_dir():
+            msg = f"session '{name}': working directory '{spec.cwd}' does not exist. Create it or fix the recipe."
             raise SessionError(msg)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         env_args: list[str] = []
-        for key, value in (env or {}).items():
+        for key, value in (spec.env or {}).items():
             env_args += ["-e", _arg(f"{key}={value}")]
-        command = "exec " + shlex.join(argv)
-        pipe = "cat >> " + shlex.quote(str(log_path))
-        proc = self._cmd(
+        # Two or more arguments are run directly (tmux 3.0+); one goes through the shell, as exec.
+        command = (
+            [_arg(arg) for arg in spec.argv] if len(spec.argv) > 1 else [_arg("exec " + shlex.quote(spec.argv[0]))]
+        )
+        pipe = "exec cat >> " + shlex.quote(str(spec.log_path))  # exec: no shell left waiting per session
+        return [
             "new-session", "-d", "-s", name, "-x", str(width), "-y", str(height),
-            "-c", _format_literal(str(cwd)), *env_args,
-            "-P", "-F", "#{pane_pid}", _arg(command),
+            "-c", _format_literal(str(spec.cwd)), *env_args,
+            "-P", "-F", "#{pane_pid}", *command,
             ";", "pipe-pane", "-o", "-t", _pane(name), _format_literal(pipe),
             ";", "set-option", "-w", "-t", _pane(name), "remain-on-exit", "off",
-        )  # fmt: skip
-        if proc.returncode != 0:
-            detail = " ".join(proc.stderr)
-            if "duplicate session" in detail:
-                msg = (
-                    f"session '{name}' already exists on tmux socket "
-                    f"'{self.socket_name}'. Stop it or pick another name."
-                )
-            else:
-                detail = detail or f"exit {proc.returncode}"
-                msg = f"session '{name}': tmux new-session failed: {detail}."
-            raise SessionError(msg)
-        printed = proc.stdout[0].strip() if proc.stdout else ""
-        return SessionInfo(
-            name=name,
-            backend=self.name,
-            pid=int(printed) if printed.isdigit() else None,
-            created=time.time(),
-            address=name,
-        )
+        ]  # fmt: skip
+
+    def _start(self, specs: t.Sequence[SessionSpec], lines: t.Sequence[list[str]]) -> list[SessionInfo]:
+        """Run the launch commands of ``specs`` as one command line; return their infos, or raise at a failure."""
+        args: list[str] = []
+        for line in lines:
+            args += [";", *line] if args else line
+        done = self._tmux(*args)
+        printed = [line.strip() for line in done.stdout]
+        now = time.time()
+        started = [
+            SessionInfo(
+                name=spec.name,
+                backend=self.name,
+                pid=int(pid) if pid.isdigit() else None,
+                created=now,
+                address=spec.name,
+            )
+            for spec, pid in zip(specs, printed, strict=False)
+        ]
+        if done.returncode == 0:
+            return started
+        # tmux stops at the first failing command: every session that printed its pid runs.
+        failed = specs[min(len(started), len(specs) - 1)].name
+        detail = " ".join(done.stderr)
+        if "duplicate session" in detail:
+            msg = (
+                f"session '{failed}' already exists on tmux socket '{self.socket_name}'. Stop it or pick another name."
+            )
+        else:
+            detail = detail or f"exit {done.returncode}"
+            msg = f"session '{failed}': tmux new-session failed: {detail}."
+        raise SessionError(msg)
 
     def kill_session(self, name: str) -> None:
         """Kill the session (tmux sends SIGHUP to its processes); missing is fine."""
-        proc = self._cmd("kill-session", "-t", _arg(_exact(name)))
-        if proc.returncode != 0 and self.has_session(name):
-            msg = f"session '{name}': tmux kill-session failed: {' '.join(proc.stderr)}."
+        done = self._tmux("kill-session", "-t", _arg(_exact(name)))
+        if done.returncode != 0 and self.has_session(name):
+            msg = f"session '{name}': tmux kill-session failed: {' '.join(done.stderr)}."
             raise SessionError(msg)
 
-    def _require(self, name: str, proc: tmux_cmd, action: str) -> None:
-        """Raise a clear :class:`SessionError` when ``proc`` failed."""
-        if proc.returncode == 0:
+    def _require(self, name: str, done: _Done, action: str) -> None:
+        """Raise a clear :class:`SessionError` when ``done`` failed."""
+        if done.returncode == 0:
             return
         if not self.has_session(name):
             msg = f"session '{name}' not found on tmux socket '{self.socket_name}'. Is the instance running?"
         else:
-            msg = f"session '{name}': tmux {action} failed: {' '.join(proc.stderr)}."
+            msg = f"session '{name}': tmux {action} failed: {' '.join(done.stderr)}."
         raise SessionError(msg)
 
     def send_line(self, name: str, text: str, *, enter: bool = True) -> None:
@@ -248,19 +304,19 @@ class TmuxBackend:
             args += ["send-keys", "-t", _pane(name), "Enter"]
         if not args:
             return
-        self._require(name, self._cmd(*args), "send-keys")
+        self._require(name, self._tmux(*args), "send-keys")
 
     def send_keys(self, name: str, keys: t.Sequence[str]) -> None:
         """Press ``keys`` (tmux key names, checked again here) in the session's pane."""
         names = [parse_key(key) for key in keys]
         if names:
-            self._require(name, self._cmd("send-keys", "-t", _pane(name), *names), "send-keys")
+            self._require(name, self._tmux("send-keys", "-t", _pane(name), *names), "send-keys")
 
     def capture(self, name: str, lines: int = 50) -> str:
         """Return the last ``lines`` lines of the pane and its scrollback."""
-        proc = self._cmd("capture-pane", "-p", "-J", "-S", f"-{max(lines, 1)}", "-t", _pane(name))
-        self._require(name, proc, "capture-pane")
-        return _tail([line.rstrip() for line in proc.stdout], lines)
+        done = self._tmux("capture-pane", "-p", "-J", "-S", f"-{max(lines, 1)}", "-t", _pane(name))
+        self._require(name, done, "capture-pane")
+        return _tail([line.rstrip() for line in done.stdout], lines)
 
     def _socket_path(self) -> Path:
         """Return where tmux puts the socket for ``-L socket_name``."""
@@ -294,6 +350,11 @@ class TmuxBackend:
             "-t",
             _exact(name),
         ], env
+
+
+def _size(args: t.Sequence[str]) -> int:
+    """Return how many bytes ``args`` take in tmux's command message (each with its NUL, plus the ``;``)."""
+    return sum(len(arg.encode()) + 1 for arg in args) + 2
 
 
 def _tail(lines: list[str], count: int) -> str:

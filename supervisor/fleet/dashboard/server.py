@@ -1,10 +1,11 @@
 """The dashboard server: static page, JSON API and Server-Sent Events over ``http.server``.
 
-One long-lived MQTT connection (a :class:`~supervisor.fleet.client.FleetClient`)
-watches the retained agent and state records, heartbeats, Hummingbot's
-``notify``/``log``/``performance`` streams and our ``events``; the merged view is
-pushed to browsers every second and at once on a change. Commands go through the
-same client (signed when a secret is configured). Stdlib only; no paho here.
+One long-lived :class:`~supervisor.fleet.client.FleetClient` keeps the fleet's
+:class:`~supervisor.fleet.view.FleetView` (the same hosts, instances and staleness
+rules as ``fleet ls``) and carries every command; on top of it the dashboard adds
+health, alerts, history from Hummingbot's ``notify``/``log``/``performance`` streams
+and our ``events``. The view is pushed to browsers every second and at once on a
+change. Stdlib only; no paho here.
 """
 
 from __future__ import annotations
@@ -32,18 +33,22 @@ from supervisor import __version__
 from supervisor._http import AppServer, Handler, ServedApp, parse_listen
 from supervisor.consoletext import check_console_text
 from supervisor.errors import UnsafeConsoleText
-from supervisor.fleet.client import STALE_GRACE, TRUSTED_KEY, UNTRUSTED, FleetClient, keep_record, load_record
+from supervisor.fleet.client import FleetClient
 from supervisor.fleet.dashboard import DashboardError
 from supervisor.fleet.dashboard.alerts import Alerter, shown_url
 from supervisor.fleet.dashboard.auth import LoginThrottle, Sessions, verify_password
 from supervisor.fleet.dashboard.store import controller_figures, message_time
+from supervisor.fleet.view import GREY, TRUSTED_KEY, Seen
 from supervisor.mqtt import protocol
+from supervisor.mqtt.protocol import load_record
+from supervisor.states import BAD, State
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from supervisor.fleet.dashboard.auth import DashboardSettings, Session
     from supervisor.fleet.dashboard.store import Store
+    from supervisor.fleet.view import Change
     from supervisor.mqtt.config import AgentConfig
 
 logger = logging.getLogger(__name__)
@@ -63,14 +68,10 @@ TIMEOUTS: dict[str, float] = {
     "config": 15.0,
 }
 """Seconds to wait for each verb's reply before telling the page it timed out."""
-BAD_STATES = frozenset({"crashed", "exited", "fatal", "install-failed"})
-GREY_STATES = frozenset({"offline", "stale", "untrusted"})
 RECENT_CRASH = 15.0
 """Seconds a row stays red after its bot crashed, even once the agent has restarted it."""
 HEARTBEAT_SLACK = 2.5
 """A running bot is red when its last heartbeat is older than this many intervals."""
-PLUGIN_HEARTBEAT = 10.0
-"""Hummingbot's own bridge beats every 10 s, whatever the agent's interval."""
 BUSY_AFTER = 3.0
 ECHO_WINDOW = 30.0
 """Seconds within which an agent event and its Hummingbot ``notify`` copy count as one message."""
@@ -262,7 +263,7 @@ class Hub:
 
 
 class Monitor:
-    """The dashboard's MQTT side: the merged live view, history capture and commands."""
+    """The dashboard's MQTT side: the fleet view with health and alerts, history capture and commands."""
 
     def __init__(
         self,
@@ -280,22 +281,14 @@ class Monitor:
         self.own = config.own_prefix
         self.ns = config.namespace
         self._clock = clock
-        token = uuid.uuid4().hex
-        self.fleet = FleetClient(config, client_id=f"supervisor-dashboard-{token[:12]}")
-        # Hummingbot-style replies come back under the fleet's prefix, which broker ACLs already grant.
-        self._hbot_prefix = f"supervisor-fleet/{token}-hbot"
+        self.fleet = FleetClient(config, client_id=f"supervisor-dashboard-{uuid.uuid4().hex[:12]}", clock=clock)
+        self.view = self.fleet.view
         self._lock = threading.Lock()
-        self._agents: dict[str, dict[str, t.Any]] = {}
-        self._states: dict[tuple[str, str], dict[str, t.Any]] = {}
-        self._heartbeats: dict[str, float] = {}
         self._crashes: dict[tuple[str, str], tuple[float, str, t.Any]] = {}
         self._busy: dict[tuple[str, str], float] = {}
         self._spark: dict[str, collections.deque[tuple[float, float]]] = {}
-        self._remembered: set[str] = set()
-        """Hosts known only from the store: not heard from since this dashboard started."""
         self._saved: dict[tuple[str, str], tuple[float, t.Any]] = {}
         self._recent_text: dict[tuple[str, str], tuple[float, str]] = {}
-        self._waiters: dict[str, tuple[threading.Event, list[bytes]]] = {}
         self._work: queue.Queue[Callable[[], None] | None] = queue.Queue(10_000)
         self._poke = threading.Event()
         self._stop = threading.Event()
@@ -310,18 +303,13 @@ class Monitor:
             self._spark[name] = collections.deque(self.store.performance(name, SPARK_POINTS), SPARK_POINTS)
         # Without retained messages (a broker restart, a broker that keeps none) a dead agent would vanish.
         # Only trusted records were remembered.
-        self._agents.update({host: {**rec, TRUSTED_KEY: True} for host, rec in self.store.known_hosts().items()})
-        self._remembered = set(self._agents)
-        self._states.update({key: {**rec, TRUSTED_KEY: True} for key, rec in self.store.known_states().items()})
+        self.view.remember(self.store.known_hosts(), self.store.known_states())
+        self.fleet.watch(on_agent=self._agent_changed, on_state=self._state_changed)
         subscribe = self.fleet.connection.subscribe
-        subscribe(f"{self.own}/+/agent", self._on_agent, qos=1)
-        subscribe(f"{self.own}/+/+/state", self._on_state, qos=1)
         subscribe(f"{self.own}/+/+/events", self._on_event, qos=1)
-        subscribe(f"{self.ns}/+/hb", self._on_heartbeat, qos=0)
         subscribe(f"{self.ns}/+/notify", self._on_notify, qos=0)
         subscribe(f"{self.ns}/+/log", self._on_log, qos=0)
         subscribe(f"{self.ns}/+/performance", self._on_performance, qos=0)
-        subscribe(f"{self._hbot_prefix}/+", self._on_hbot_reply, qos=1)
         self.fleet.__enter__()
         first = self.snapshot()
         self.hub.publish_snapshot(first)  # the first page gets a view at once, then deltas
@@ -385,38 +373,26 @@ class Monitor:
 
     # -- MQTT handlers (network thread) -------------------------------------------------
 
-    def _on_agent(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
+    def _agent_changed(self, topic: str, change: Change) -> None:
         host = topic.split("/")[-2]
-        if payload and load_record(payload) is None:
-            logger.warning("ignoring a malformed agent record on %s", topic)  # only an empty one deletes
-            return
-        with self._lock:
-            self._remembered.discard(host)
-            record = keep_record(self._agents, host, topic, payload, self.config.secret)
-            if record is None:
-                for key in [k for k in self._states if k[0] == host]:
-                    del self._states[key]
+        record = change.record
         if record is None or record[TRUSTED_KEY]:  # a stranger's record is shown, never remembered
             self._defer(lambda: self.store.remember_host(host, record))
         self.poke()
 
-    def _on_state(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
+    def _state_changed(self, topic: str, change: Change) -> None:
         parts = topic.split("/")
         key = (parts[-3], parts[-2])
-        if payload and load_record(payload) is None:
-            logger.warning("ignoring a malformed state record on %s", topic)  # only an empty one deletes
-            return
         now = self._clock()
+        previous, record = change
         with self._lock:
-            previous = self._states.get(key)
-            record = keep_record(self._states, key, topic, payload, self.config.secret)
             untrusted = record is not None and not record[TRUSTED_KEY]
             if untrusted:
                 previous = record = None  # shown as untrusted, never counted as a crash or a state change
             before = None if previous is None else previous.get("state")
             after = None if record is None else record.get("state")
             busy = self._busy.get(key, 0.0) >= now
-            if record is not None and after in BAD_STATES and after != before and not busy:
+            if record is not None and after in BAD and after != before and not busy:
                 self._crashes[key] = (now, str(after), record.get("exit_code"))
             # The store keeps the last record of each instance: on every change, else once a minute.
             saved = self._saved.get(key)
@@ -427,7 +403,7 @@ class Monitor:
             self._defer(lambda: self.store.remember_state(key[0], key[1], record, ts=now))
         if previous is not None and record is not None and before != after:
             code = record.get("exit_code")
-            text = f"state {before} → {after}" + (f" (exit code {code})" if after in BAD_STATES and code else "")
+            text = f"state {before} → {after}" + (f" (exit code {code})" if after in BAD and code else "")
             self._defer(lambda: self._record(key[1], "state", text, host=key[0], ts=now))
         self.poke()
 
@@ -437,10 +413,6 @@ class Monitor:
         record = load_record(payload) or {}
         text = str(record.get("msg") or payload.decode("utf-8", "replace"))
         self._defer(lambda: self._record(name, "event", text, host=host))
-
-    def _on_heartbeat(self, topic: str, _payload: bytes, _props: Mapping[str, t.Any]) -> None:
-        with self._lock:
-            self._heartbeats[topic.split("/")[-2]] = self._clock()
 
     def _on_notify(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
         record = load_record(payload)
@@ -519,90 +491,70 @@ class Monitor:
         Times are absolute (``*_ts``, this host's clock, with ``now``) rather than ages, so a record
         changes only when something happened and the stream can send just the changed records.
         """
-        now = self._clock()
+        view = self.view.snapshot()
+        now = view.now
+        if view.left_over:
+            self._forget(view.left_over)
         with self._lock:
-            agents = dict(self._agents)
-            remembered = set(self._remembered)
-            states = dict(self._states)
-            heartbeats = dict(self._heartbeats)
             crashes = dict(self._crashes)
             spark = {name: list(points) for name, points in self._spark.items()}
-        hosts = []
-        for host, rec in sorted(agents.items()):
-            ts = rec.get("ts")
-            hosts.append(
-                {
-                    "host": host,
-                    "state": "unseen"
-                    if host in remembered
-                    else (str(rec.get("state", "unknown")) if rec[TRUSTED_KEY] else UNTRUSTED),
-                    "online": rec.get("state") == "online" and rec[TRUSTED_KEY] and host not in remembered,
-                    "trusted": rec[TRUSTED_KEY],
-                    "ts": ts if isinstance(ts, (int, float)) else None,
-                    "version": rec.get("version"),
-                    "signed": rec.get("signed"),
-                    "heartbeat_interval": rec.get("heartbeat_interval"),
-                    "instances": sum(1 for h, _ in states if h == host),
-                }
-            )
-        owners = collections.Counter(name for _, name in states)
+        per_host = collections.Counter(i.host for i in view.instances)
+        hosts = [
+            {
+                "host": h.host,
+                "state": h.state,
+                "online": h.online,
+                "trusted": h.trusted,
+                "ts": h.ts,
+                "version": h.version,
+                "signed": h.signed,
+                "heartbeat_interval": h.heartbeat_interval,
+                "instances": per_host[h.host],
+            }
+            for h in view.hosts.values()
+        ]
+        owners = collections.Counter(i.name for i in view.instances)
         instances = []
-        gone = []
-        for (host, name), record in sorted(states.items()):
-            agent = agents.get(host)
-            online = (
-                agent is not None and agent.get("state") == "online" and agent[TRUSTED_KEY] and host not in remembered
+        for item in view.instances:
+            state, reported, record = item.state, item.reported_state, item.record
+            alert, since = self._alert(
+                state,
+                reported,
+                record,
+                crashes.get((item.host, item.name)),
+                now,
+                item.heartbeat_age,
+                item.heartbeat_interval,
             )
-            ts = record.get("ts")
-            age = now - ts if isinstance(ts, (int, float)) else None
-            refresh = record.get("refresh") or 30.0
-            if online and _is_left_over(record, (agent or {}).get("ts"), now, refresh):
-                gone.append((host, name))
-                continue
-            stale = age is None or age > refresh + STALE_GRACE
-            reported = str(record.get("state", "unknown"))
-            trusted = bool(record[TRUSTED_KEY]) and (agent is None or bool(agent[TRUSTED_KEY]))
-            state = UNTRUSTED if not trusted else "offline" if not online else ("stale" if stale else reported)
-            # {ns}/{id}/hb carries no host: a live heartbeat is only attributable to a unique id.
-            last_hb = heartbeats.get(name) if owners[name] == 1 else None
-            recorded = record.get("last_heartbeat")
-            if isinstance(recorded, (int, float)):
-                last_hb = max(last_hb or 0.0, recorded)
-            hb_age = now - last_hb if last_hb else None
-            interval = (
-                PLUGIN_HEARTBEAT if record.get("plugin") else float((agent or {}).get("heartbeat_interval") or 10)
-            )
-            alert, since = self._alert(state, reported, record, crashes.get((host, name)), now, hb_age, interval)
-            if state in GREY_STATES and reported in BAD_STATES and state != UNTRUSTED:
+            if state in GREY and reported in BAD and state != Seen.UNTRUSTED:
                 health = "bad"  # known bad stays bad while the host or the broker is out of reach
-            elif state in GREY_STATES:
+            elif state in GREY:
                 health = "off"
             else:
                 health = "bad" if alert else "ok"
-            points = spark.get(name, []) if owners[name] == 1 else []
+            # Hummingbot's streams carry no host: PnL is only attributable to a unique id.
+            points = spark.get(item.name, []) if owners[item.name] == 1 else []
             instances.append(
                 {
-                    "host": host,
-                    "instance": name,
-                    "target": f"{host}/{name}",
+                    "host": item.host,
+                    "instance": item.name,
+                    "target": item.target,
                     "state": state,
                     "reported_state": reported,
                     "health": health,
                     "alert": alert,
                     "alert_ts": since,
                     **{k: record.get(k) for k in _RECORD_FIELDS},
-                    "started_ts": _started(ts, record.get("uptime")),
-                    "heartbeat_ts": round(last_hb, 2) if last_hb else None,
-                    "heartbeat_interval": interval,
-                    "stale": stale,
-                    "host_online": online,
-                    "trusted": trusted,
+                    "started_ts": _started(record.get("ts"), record.get("uptime")),
+                    "heartbeat_ts": round(item.heartbeat_ts, 2) if item.heartbeat_ts else None,
+                    "heartbeat_interval": item.heartbeat_interval,
+                    "stale": item.stale,
+                    "host_online": item.host_online,
+                    "trusted": item.trusted,
                     "pnl": points[-1][1] if points else None,
                     "pnl_series": [p for _, p in points],
                 }
             )
-        if gone:
-            self._forget(gone)
         return {
             "now": now,
             "connected": self.connected,
@@ -612,10 +564,9 @@ class Monitor:
         }
 
     def _forget(self, keys: list[tuple[str, str]]) -> None:
-        """Drop instances their (live) agent no longer publishes: removed while nobody watched."""
+        """Forget instances their (live) agent no longer publishes (removed while nobody watched) in the store too."""
         with self._lock:
             for key in keys:
-                self._states.pop(key, None)
                 self._saved.pop(key, None)
 
         def job() -> None:
@@ -638,17 +589,17 @@ class Monitor:
         code = record.get("exit_code")
         exit_text = f" (exit code {code})" if code not in (None, 0) else ""
         last_error = record.get("last_error")
-        if state == UNTRUSTED:
+        if state == Seen.UNTRUSTED:
             return None, None  # a stranger's record says nothing about the bot
-        if reported in BAD_STATES and (state == reported or state in GREY_STATES):
+        if reported in BAD and (state == reported or state in GREY):
             text = reported + exit_text + (f": {last_error}" if last_error else "")
             return (text + (f" (last known; {state})" if state != reported else "")), None
         if crash is not None and now - crash[0] < RECENT_CRASH:
             when, what, crash_code = crash
             text = what + (f" (exit code {crash_code})" if crash_code not in (None, 0) else "")
-            return text + (", restarted" if state == "running" else ""), when
+            return text + (", restarted" if state == State.RUNNING else ""), when
         if (
-            state == "running"
+            state == State.RUNNING
             and hb_age is not None
             and hb_age > HEARTBEAT_SLACK * interval
             and now - self.started > HEARTBEAT_SLACK * interval
@@ -691,20 +642,9 @@ class Monitor:
             raise DashboardError(str(e)) from e
         except UnsafeConsoleText as e:
             raise DashboardError(str(e)) from e
-        with self._lock:
-            agent = self._agents.get(host)
-        if agent is None:
-            msg = f"no agent of host '{host}' is known to this broker."
-            return _reply(target, verb, msg)
-        if not agent[TRUSTED_KEY]:
-            msg = (
-                f"host '{host}': its record is not signed with this dashboard's secret "
-                "(untrusted: a stranger published it, or the secrets differ); nothing was sent."
-            )
-            return _reply(target, verb, msg)
-        if agent.get("state") != "online":
-            msg = f"host '{host}' is {agent.get('state')} (its agent's last will); nothing was sent."
-            return _reply(target, verb, msg)
+        refusal = self.view.refusal(host)
+        if refusal is not None:
+            return _reply(target, verb, refusal)
         changes = verb in ("start", "stop", "restart")
         key = (host, name)
         if changes:
@@ -714,7 +654,7 @@ class Monitor:
         reply: dict[str, t.Any] | None = None
         try:
             if verb in HBOT_VERBS:
-                reply = self._hbot_request(target, name, verb, data, timeout)
+                reply = self.fleet.hbot_request(host, name, verb, data, timeout).to_dict()
             else:
                 reply = self.fleet.request(host, name, verb, data, timeout).to_dict()
         finally:
@@ -733,61 +673,12 @@ class Monitor:
             self._defer(lambda: self._record(name, "command", detail, host=host))
         return reply
 
-    def _on_hbot_reply(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
-        with self._lock:
-            waiter = self._waiters.get(topic)
-        if waiter is not None:
-            waiter[1].append(payload)
-            waiter[0].set()
-
-    def _hbot_request(
-        self, target: str, name: str, verb: str, data: Mapping[str, t.Any], timeout: float
-    ) -> dict[str, t.Any]:
-        """Send a Hummingbot command (commlib envelope) to ``{ns}/{name}/{verb}`` and wait for its reply."""
-        reply_to = f"{self._hbot_prefix}/{uuid.uuid4().hex}"
-        event = threading.Event()
-        box: list[bytes] = []
-        with self._lock:
-            self._waiters[reply_to] = (event, box)
-        try:
-            self.fleet.connection.publish(f"{self.ns}/{name}/{verb}", protocol.encode_request(data, reply_to), qos=1)
-            if not event.wait(timeout):
-                return _reply(target, verb, f"timed out after {timeout:g}s waiting for {target}", timed_out=True)
-        finally:
-            with self._lock:
-                self._waiters.pop(reply_to, None)
-        body = (load_record(box[0]) or {}).get("data")
-        body = body if isinstance(body, dict) else {}
-        status = body.get("status")
-        extra = {k: v for k, v in body.items() if k not in ("status", "msg")}
-        return {
-            "target": target,
-            "verb": verb,
-            "ok": status == protocol.STATUS_OK,
-            "status": status if isinstance(status, int) else None,
-            "msg": str(body.get("msg", "")),
-            "result": extra or None,
-            "timed_out": False,
-        }
-
 
 def _check_typed(data: Mapping[str, t.Any]) -> None:
     """Refuse a value the agent would type into a console if it holds a control character."""
     for key, value in data.items():
         if isinstance(value, str):
             check_console_text(value, what=f"field '{key}'")
-
-
-def _is_left_over(record: Mapping[str, t.Any], agent_ts: t.Any, now: float, refresh: float) -> bool:
-    """Whether a state record predates its agent's connection and was never published again.
-
-    An agent publishes every instance's state again right after it connects, so a record older
-    than the connection, a full refresh later, is of an instance that host no longer has.
-    """
-    ts = record.get("ts")
-    if not isinstance(ts, (int, float)) or not isinstance(agent_ts, (int, float)):
-        return False
-    return ts < agent_ts - 1.0 and now - agent_ts > refresh + STALE_GRACE
 
 
 def _started(ts: t.Any, uptime: t.Any) -> float | None:
