@@ -12,7 +12,10 @@ import fcntl
 import os
 import signal
 import subprocess
+import threading
 import typing as t
+
+import pytest
 
 from supervisor.core.watchdog import UNSETTLED_RECHECK, Change, Incident, Probe, Watchdog
 from supervisor.states import State
@@ -180,13 +183,16 @@ def test_after_a_reboot_wanted_bots_come_back_and_stopped_ones_stay_down(
     kill(t.cast("int", now["up"].pid))
 
 
-def test_an_instance_whose_lock_is_held_is_not_taken_for_crashed(manager: Manager, bot_origin: Path) -> None:
+def test_an_instance_whose_lock_is_held_is_not_taken_for_crashed(
+    manager: Manager, bot_origin: Path, request: pytest.FixtureRequest
+) -> None:
     kill(new_ticker(manager, "tb", bot_origin))
     wait_state(manager, "tb", "crashed")
     clock = Clock()
     incidents: list[Incident] = []
     watchdog = Watchdog(manager, backoff_base=0.0, report=incidents.append, clock=clock)
     probe = Probe(manager)
+    request.addfinalizer(probe.close)
 
     with held_lock(manager, "tb"):  # a restart's gap between its stop and its start looks like this
         assert watchdog.check(statuses(manager)) is False
@@ -250,11 +256,14 @@ def test_console_logs_past_their_limit_are_rotated_by_the_check(manager: Manager
     assert log.with_name("console.log.1").stat().st_size == 10 * 1024 * 1024 + 1
 
 
-def test_the_probe_sees_a_kill_a_registry_write_and_a_console_line(manager: Manager, bot_origin: Path) -> None:
+def test_the_probe_sees_a_kill_a_registry_write_and_a_console_line(
+    manager: Manager, bot_origin: Path, request: pytest.FixtureRequest
+) -> None:
     pid = new_ticker(manager, "tb", bot_origin)
     manager.new("other", TICKER, repo=str(bot_origin))
     clock = Clock()
     probe = Probe(manager, clock=clock)
+    request.addfinalizer(probe.close)
     probe.watch_registry()
     probe.watch(statuses(manager).values())
     assert not probe.changes()
@@ -291,3 +300,31 @@ def test_the_probe_sees_a_kill_a_registry_write_and_a_console_line(manager: Mana
     assert not probe.changes()  # looked at again only every UNSETTLED_RECHECK seconds
     clock.now += UNSETTLED_RECHECK
     assert probe.changes().names == {"other"}
+
+
+def test_the_probe_wait_wakes_for_a_bot_that_ends_a_registry_write_and_an_interrupt(
+    manager: Manager, bot_origin: Path, request: pytest.FixtureRequest
+) -> None:
+    pid = new_ticker(manager, "tb", bot_origin)
+    probe = Probe(manager)
+    request.addfinalizer(probe.close)
+    probe.watch_registry()
+    probe.watch(statuses(manager).values())
+    probe.wait(0.05)  # watching a new pid wakes a wait under way: take that wake now
+
+    def woken_by(event: t.Callable[[], object]) -> bool:
+        """Run ``wait(600)`` on a thread, cause ``event``; return whether the wait ended (600 s is far away)."""
+        waiter = threading.Thread(target=probe.wait, args=(600.0,), daemon=True)
+        waiter.start()
+        event()
+        waiter.join(10)
+        return not waiter.is_alive()
+
+    assert woken_by(lambda: kill(pid))
+    assert probe.changes().names == {"tb"}
+    wait_state(manager, "tb", "crashed")
+    probe.watch(statuses(manager).values())
+    probe.wait(0.05)
+    assert woken_by(lambda: manager.mark("tb", last_error="a write"))
+    assert probe.changes().names == {"tb"}
+    assert woken_by(probe.interrupt)

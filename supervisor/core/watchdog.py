@@ -336,7 +336,7 @@ class Probe:
 
     def interrupt(self) -> None:
         """Wake :meth:`wait` now."""
-        with contextlib.suppress(BlockingIOError):
+        with contextlib.suppress(OSError):  # full (a wake is pending anyway), or closed
             os.write(self._wake_write, b"!")
 
     def registry_key(self) -> tuple[int, int, int] | None:
@@ -428,6 +428,10 @@ class Probe:
                 self._inotify.close()
                 self._inotify = None
                 self._registry_wd = None
+            if self._wake_write >= 0:
+                os.close(self._wake_read)
+                os.close(self._wake_write)
+                self._wake_read = self._wake_write = -1
 
     def is_busy(self, name: str) -> bool:
         """Return whether ``name`` looked down while an action held its lock (its state is in flux)."""
