@@ -123,7 +123,7 @@ def test_example_bot_lifecycle(home: Path, backend: str) -> None:
     assert "==> mirror" in created.stderr
     assert (home / "origins" / "example-bot" / ".git").is_dir()
 
-    started = invoke("start", "ex-1")
+    started = invoke("start", "ex-1", "--wait")
     assert started.stdout.strip() == f"started 'ex-1' in {backend} session 'sup-ex-1'."
     again = invoke("start", "ex-1")
     assert again.stdout.startswith("instance 'ex-1' is already running (pid ")
@@ -303,7 +303,7 @@ def test_rm_guards(home: Path, bot_origin: Path) -> None:
     assert purge.stderr == f"Error: instance 'r1': --purge deletes {checkout}. Pass --yes to confirm.\n"
     assert checkout.is_dir()
 
-    invoke("start", "r1")
+    invoke("start", "r1", "--wait")
     running = invoke("rm", "r1", code=1)
     assert running.stderr == (
         "Error: instance 'r1' is running; refusing to remove it. "
@@ -319,13 +319,38 @@ def test_rm_guards(home: Path, bot_origin: Path) -> None:
     assert ls_json() == []
 
 
+def test_start_returns_once_launched_and_wait_waits_for_the_ready_line(
+    home: Path, lifecycle_bot_origin: Path, tmp_path: Path
+) -> None:
+    recipe = tmp_path / "headless.yaml"
+    recipe.write_text((RECIPES / "headless.yaml").read_text().replace("ready_timeout: 15", "ready_timeout: 1"))
+    flag = tmp_path / "go"
+    invoke(
+        "new", "slow", "-r", str(recipe), "--repo", str(lifecycle_bot_origin), "--set", f"ready_flag={flag}",
+        "--secret", "password=@-", stdin="pw",
+    )  # fmt: skip
+    started = json.loads(invoke("start", "slow", "--json").stdout)
+    assert [(r["name"], r["ok"], r["changed"]) for r in started] == [("slow", True, True)]
+    # Returned without the ready line: the bot is alive and says 'starting' until it prints it.
+    record = wait_until(lambda: ls_json("slow")[0]["pid"] and ls_json("slow")[0])
+    assert record["state"] == "starting"
+    waited = invoke("start", "slow", "--wait", code=1)
+    assert "did not print /lifecycle-bot ready/ within 1s" in waited.stderr, waited.stderr
+    assert ls_json("slow")[0]["pid"] == record["pid"]
+    flag.touch()
+    again = invoke("start", "slow", "--wait")
+    assert ls_json("slow")[0]["state"] == "running", again.stdout
+    assert ls_json("slow")[0]["pid"] == record["pid"]
+
+
 def test_start_all_stop_all_and_restart(home: Path, bot_origin: Path) -> None:
     for name in ("a1", "a2"):
         invoke("new", name, "-r", TICKER, "--repo", str(bot_origin))
 
     started = json.loads(invoke("start", "--all", "--json").stdout)
     assert [(r["name"], r["action"], r["changed"]) for r in started] == [("a1", "start", True), ("a2", "start", True)]
-    assert [r["state"] for r in ls_json()] == ["running", "running"]
+    # Without --wait the command does not wait for the ready lines: 'starting' turns 'running' by itself.
+    wait_until(lambda: [r["state"] for r in ls_json()] == ["running", "running"], message="both ready")
 
     before = ls_json("a1")[0]["pid"]
     restarted = invoke("restart", "a1")
@@ -351,7 +376,7 @@ def test_ls_fits_100_columns(home: Path) -> None:
     names = ["mm-1", "demo-3", "binance-01"]
     for name in names:
         invoke("new", name, "-r", "example-bot")
-    invoke("start", *names)
+    invoke("start", *names, "--wait")
     lines = invoke("ls", "--no-foreign").stdout.splitlines()
     assert len(lines) == 1 + len(names)
     widest = max(len(line) for line in lines)
@@ -360,7 +385,7 @@ def test_ls_fits_100_columns(home: Path) -> None:
 
 def test_logs_follow_prints_new_lines(home: Path, tmp_path: Path) -> None:
     invoke("new", "f1", "-r", "example-bot", "--set", "interval=0.2")
-    invoke("start", "f1")
+    invoke("start", "f1", "--wait")
     out = tmp_path / "follow.out"
 
     def ticks() -> list[int]:
@@ -403,7 +428,7 @@ def test_service_install_writes_a_user_unit(home: Path, tmp_path: Path, monkeypa
 
 def test_send_refuses_control_characters_and_send_keys_presses_keys(home: Path, bot_origin: Path) -> None:
     invoke("new", "k1", "-r", TICKER, "--repo", str(bot_origin))
-    invoke("start", "k1")
+    invoke("start", "k1", "--wait")
     pid = ls_json("k1")[0]["pid"]
     for text, found in (("x\x03", "U+0003"), ("\x15history", "U+0015"), ("\x1b[A", "U+001B"), ("a\x9bb", "U+009B")):
         result = invoke("send", "k1", text, code=1)
@@ -567,7 +592,7 @@ def test_start_with_an_unwritable_registry_launches_nothing(home: Path, bot_orig
         ).stdout.split()
         assert "sup-w1" not in sessions
         assert (state_of("w1"), ls_json("w1")[0]["pid"]) == ("stopped", None)
-    invoke("start", "w1")
+    invoke("start", "w1", "--wait")
     assert state_of("w1") == "running"
 
 
@@ -610,7 +635,7 @@ def test_a_full_disk_never_blocks_stop_or_purge_and_new_leaves_nothing(full_home
     home = full_home
     invoke("new", "f1", "-r", "example-bot")
     invoke("new", "f2", "-r", "example-bot")
-    invoke("start", "f1")
+    invoke("start", "f1", "--wait")
     pid = ls_json("f1")[0]["pid"]
     assert pid
     fill_disk(home)
@@ -653,7 +678,7 @@ def test_sessions_of_ours_without_a_record_are_orphans_and_can_be_adopted(
     home: Path, bot_origin: Path, tmux_socket: str
 ) -> None:
     invoke("new", "o1", "-r", TICKER, "--repo", str(bot_origin))
-    invoke("start", "o1")
+    invoke("start", "o1", "--wait")
     pid = ls_json("o1")[0]["pid"]
     checkout = ls_json("o1")[0]["checkout"]
     # Someone else's bot on the same server, started by hand.
@@ -704,7 +729,7 @@ def test_fleet_send_refuses_control_characters_before_sending(home: Path) -> Non
 
 def test_update_with_a_typo_or_nothing_new_leaves_the_bot_running(home: Path, bot_origin: Path) -> None:
     invoke("new", "u1", "-r", TICKER, "--repo", str(bot_origin))
-    invoke("start", "u1")
+    invoke("start", "u1", "--wait")
     pid = ls_json("u1")[0]["pid"]
     typo = invoke("update", "u1", "--ref", "typo", code=1)
     assert typo.stderr.startswith(f"Error: repository '{bot_origin}': ref 'typo' not found."), typo.stderr
@@ -713,3 +738,49 @@ def test_update_with_a_typo_or_nothing_new_leaves_the_bot_running(home: Path, bo
     assert "nothing changed" in same.stdout
     assert ls_json("u1")[0]["pid"] == pid
     assert ls_json("u1")[0]["state"] == "running"
+
+
+# -- broker options, declared once -------------------------------------------------
+
+
+BROKER_COMMANDS = [("agent",), ("fleet",), ("dashboard",), ("events", "serve")]
+
+
+def option_lines(path: tuple[str, ...]) -> list[str]:
+    command: click.Command = cli
+    for name in path:
+        command = t.cast("click.Group", command).commands[name]
+    return [
+        next(o for o in param.opts if o.startswith("--"))
+        for param in command.params
+        if isinstance(param, click.Option) and param.name in {"broker", "ca", "cert", "key", "config_file"}
+    ]
+
+
+@pytest.mark.parametrize("path", BROKER_COMMANDS, ids=lambda p: " ".join(p))
+def test_every_broker_command_has_the_same_broker_options(path: tuple[str, ...]) -> None:
+    assert option_lines(path) == ["--broker", "--ca", "--cert", "--key", "--config"]
+    shown = invoke(*path, "--help").stdout
+    assert "Agent TOML file. Default: $SUPERVISOR_HOME/agent.toml if it exists." in " ".join(shown.split())
+
+
+def test_agent_toml_is_found_in_one_place(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from supervisor.cli.remote import BrokerOptions
+    from supervisor.errors import AgentError
+    from supervisor.paths import Paths
+
+    paths = Paths.from_env()
+    nothing = BrokerOptions(None, None, None, None, None)
+    assert nothing.load(paths).broker.url == "mqtt://localhost:1883"  # no agent.toml: the default
+    (home / "agent.toml").write_text('[broker]\nurl = "mqtt://10.1.2.3:1999"\n[agent]\nnamespace = "ns"\n')
+    assert (nothing.load(paths).broker.url, nothing.load(paths).namespace) == ("mqtt://10.1.2.3:1999", "ns")
+    given = BrokerOptions("mqtt://10.9.9.9", None, None, None, None)
+    assert given.load(paths, namespace="cli").broker.url == "mqtt://10.9.9.9:1883"
+    assert given.load(paths, namespace="cli").namespace == "cli"
+    monkeypatch.setenv("SUPERVISOR_BROKER", "mqtt://10.7.7.7:1")
+    assert nothing.load(paths).broker.url == "mqtt://10.7.7.7:1"
+    other = tmp_path / "other.toml"
+    other.write_text('[agent]\nhost_id = "h-9"\n')
+    assert BrokerOptions(None, None, None, None, other).load(paths).host_id == "h-9"
+    with pytest.raises(AgentError, match=re.escape(f"config file '{tmp_path / 'nope.toml'}': not found.")):
+        BrokerOptions(None, None, None, None, tmp_path / "nope.toml").load(paths)

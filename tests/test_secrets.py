@@ -67,7 +67,7 @@ def test_secret_reaches_bot_and_install_but_no_argv_registry_or_log(
     digest = hashlib.sha256(PASSWORD.encode()).hexdigest()
     assert (checkout / "conf/.password_verification").read_text().strip() == digest
 
-    invoke("start", "hb")  # ready only if the bot got the right password from its environment
+    invoke("start", "hb", "--wait")  # ready only if the bot got the right password from its environment
     listing = invoke("ls", "--json", "--no-foreign").stdout
     [record] = json.loads(listing)["instances"]
     assert record["state"] == "running"
@@ -106,7 +106,7 @@ def test_start_refuses_without_a_needed_secret_then_secret_set_from_stdin(
     invoke("secret", "set", "hb", "password", stdin=PASSWORD + "\r\n")
     assert paths.secret_file("hb", "password").read_bytes() == PASSWORD.encode()
     invoke("install", "hb")
-    invoke("start", "hb")
+    invoke("start", "hb", "--wait")
     assert json.loads(invoke("status", "hb", "--json").stdout)["state"] == "running"
     assert not list(paths.secrets_dir("hb").glob(".*.tmp"))
 

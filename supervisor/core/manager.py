@@ -2,15 +2,14 @@
 
 A facade over the core's jobs: :mod:`~supervisor.core.status` (one snapshot per look),
 :mod:`~supervisor.core.launch` (start, readiness, stop), :mod:`~supervisor.core.adopt`
-(foreign and orphan sessions), and install/update here. Must not import click or paho.
+(foreign and orphan sessions), :mod:`~supervisor.core.lifecycle` (new, install, update with
+rollback, remove). Must not import click or paho.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import shutil
 import time
 import typing as t
 from pathlib import Path
@@ -19,44 +18,20 @@ from supervisor.consoletext import check_console_text, parse_key
 from supervisor.core import secrets
 from supervisor.core import status as live
 from supervisor.core.parts import Parts, session_name
-from supervisor.core.recipe import (
-    BUILTIN_PREFIX,
-    Recipe,
-    builtin_source,
-    check_name,
-    find_recipe,
-    list_recipes,
-    load_recipe,
-    parse_settings,
-    render,
-)
-from supervisor.core.registry import (
-    DESIRED_RUNNING,
-    INSTALL_FAILED,
-    INSTALLED,
-    INSTALLING,
-    Instance,
-    Registry,
-)
-from supervisor.core.sessions import KNOWN_BACKENDS, SessionBackend, SessionInfo
+from supervisor.core.recipe import Recipe, list_recipes, load_recipe, render
+from supervisor.core.registry import DESIRED_RUNNING, Instance, Registry
+from supervisor.core.sessions import SessionBackend, SessionInfo
 from supervisor.core.status import ExitRecord, InstanceStatus, Snapshot
 from supervisor.errors import (
-    BackendUnavailable,
-    InstallError,
     InstanceError,
-    InstanceExists,
     InstanceNotFound,
     InstanceNotReady,
     InstanceNotRunning,
-    InstanceRunning,
-    SecretError,
     SessionError,
     SupervisorError,
-    UpdateRolledBack,
 )
-from supervisor.files import atomic_write
 from supervisor.logfiles import clean_console, last_lines, read_from, rotate_log
-from supervisor.paths import Paths, ensure_dir
+from supervisor.paths import Paths
 from supervisor.states import ALIVE, State
 
 if t.TYPE_CHECKING:
@@ -288,23 +263,7 @@ class Manager:
         """Change stored fields of an instance (the agent records restarts and ``fatal``)."""
         return self.registry.update(name, **changes)
 
-    # -- private names install/update (and a few tests) use ---------------------------------------
-
-    def _instance_lock(self, name: str, *, wait: float = 600.0) -> t.ContextManager[None]:
-        return self._parts.instance_lock(name, wait=wait)
-
-    def _values(self, instance: Instance, recipe: Recipe) -> dict[str, str]:
-        return self._parts.values(instance, recipe)
-
-    def _install_env(self, instance: Instance, recipe: Recipe) -> dict[str, str]:
-        return self._parts.install_env(instance, recipe)
-
-    def _session_exists(self, instance: Instance) -> bool:
-        return self._parts.session_exists(instance)
-
-    @property
-    def _commit_cache(self) -> dict[str, tuple[float, str | None]]:
-        return self._parts.commit_cache
+    # -- private names a few tests use ----------------------------------------------------------
 
     def _exit_record(self, name: str) -> ExitRecord | None:
         return live.read_exit_record(self.paths, name)
@@ -314,23 +273,7 @@ class Manager:
 
         return launch.write_run_script(self._parts, instance, recipe)
 
-    # -- install ----------------------------------------------------------------
-
-    def _source_url(self, recipe: Recipe, repo: str | None) -> str:
-        from supervisor.core import git as install
-
-        url = repo or recipe.source.repo
-        if url.startswith(BUILTIN_PREFIX):
-            name = url.removeprefix(BUILTIN_PREFIX)
-            folder = builtin_source(name)
-            # The git origin made from it lives under $SUPERVISOR_HOME, nowhere else.
-            origins = ensure_dir(self.paths.origins, 0o700)
-            return install.ensure_builtin_origin(folder, origins / name)
-        if "://" not in url and not url.startswith("git@"):
-            local = Path(url).expanduser()
-            if local.exists():
-                return str(local.resolve())
-        return url
+    # -- install, update, remove (supervisor.core.lifecycle) ------------------------------------
 
     def new(
         self,
@@ -357,103 +300,23 @@ class Manager:
             Clone failures leave nothing behind; install-step failures leave the
             instance recorded as ``install-failed``.
         """
-        from supervisor.core import git as git_install
+        from supervisor.core import lifecycle
 
-        check_name(name)
-        if name in self.registry.all():
-            raise InstanceExists(name)
-        if backend not in KNOWN_BACKENDS:
-            msg = f"backend '{backend}' is not known. Choose one of: {', '.join(KNOWN_BACKENDS)}."
-            raise SupervisorError(msg)
-        recipe = find_recipe(recipe_ref, self.paths.user_recipes)
-        variables, env = parse_settings(recipe, settings)
-        for key in secret_values or {}:
-            self._check_secret_key(name, recipe, key)
-        if not self.backend(backend).is_available():
-            raise BackendUnavailable(backend)
-        checkout = directory.expanduser().resolve() if directory else self.paths.default_checkout(name)
-        if checkout.exists() and any(checkout.iterdir()):
-            msg = f"directory '{checkout}' is not empty. Choose another --dir or empty it first."
-            raise InstallError(msg)
-        url = self._source_url(recipe, repo)
-        record = Instance(
-            name=name,
-            recipe=recipe.name,
-            recipe_path=None if recipe.builtin or recipe.path.parent == self.paths.user_recipes else str(recipe.path),
+        lifecycle.new(
+            self._parts,
+            name,
+            recipe_ref,
+            repo=repo,
+            ref=ref,
             backend=backend,
-            session=session_name(name),
-            checkout=str(checkout),
-            repo=url,
-            ref=ref or recipe.source.ref,
-            vars=variables,
-            env=env,
-            lifecycle=INSTALLING,
+            directory=directory,
+            install=install,
+            settings=settings,
+            secret_values=secret_values,
+            progress=progress,
+            on_line=on_line,
         )
-        self.registry.add(record)
-        created_dir = not checkout.exists()
-        try:
-            with self._instance_lock(name):
-                ensure_dir(self.paths.instance_dir(name))
-                log = self.paths.install_log(name)
-                installing = False
-                try:
-                    if on_line:
-                        on_line(f"mirror {url}")
-                        on_line(f"checkout {record.ref} -> {checkout}")
-                    # The mirror's fetch and the clone run at once; the newest ref is checked out.
-                    _, commit = git_install.checkout_latest(
-                        self.paths.mirrors, url, checkout, record.ref, progress=progress
-                    )
-                    if (repo or recipe.source.repo).startswith(BUILTIN_PREFIX):
-                        # git keeps only the executable bit: give shipped files their own modes back.
-                        git_install.copy_file_modes(Path(url), checkout)
-                    self._write_bot_config(record, recipe)
-                    for key, value in (secret_values or {}).items():
-                        secrets.write_secret(self.paths, name, key, value)
-                    if install and recipe.install:
-                        record = self.registry.update(name, commit=commit)
-                        installing = True
-                        self._run_install(record, recipe, log, on_line)
-                    else:  # nothing to run: one registry write
-                        record = self.registry.update(name, commit=commit, lifecycle=INSTALLED)
-                except (InstallError, KeyboardInterrupt):
-                    if installing:
-                        raise  # a failed install step is recorded as install-failed, to retry with 'install'
-                    self._undo_new(name, checkout, created_dir)
-                    raise
-                except BaseException:
-                    # Anything else (a full disk, an unwritable registry...): leave nothing half-made.
-                    self._undo_new(name, checkout, created_dir)
-                    raise
-        except KeyboardInterrupt:
-            with contextlib.suppress(InstanceNotFound):
-                self.registry.update(name, lifecycle=INSTALL_FAILED, last_error="interrupted")
-            raise
         return self.status([name])[0]
-
-    def _undo_new(self, name: str, checkout: Path, created_dir: bool) -> None:
-        """Remove what a failed ``new`` made: files first (that frees space on a full disk), then the record."""
-        if created_dir:
-            shutil.rmtree(checkout, ignore_errors=True)
-        shutil.rmtree(self.paths.instance_dir(name), ignore_errors=True)
-        try:
-            self.registry.remove(name)
-        except InstanceNotFound:
-            pass
-        except SupervisorError:
-            logger.warning("could not remove the record of the failed instance %s", name, exc_info=True)
-
-    # -- secrets ----------------------------------------------------------------
-
-    def _check_secret_key(self, name: str, recipe: Recipe, key: str) -> None:
-        secrets.check_key(key)
-        used = sorted(recipe.run.secrets.values())
-        if key not in used:
-            msg = (
-                f"instance '{name}': recipe '{recipe.name}' uses no secret '{key}' "
-                f"(its secrets: {', '.join(used) or 'none'}). Check the key."
-            )
-            raise SecretError(msg)
 
     def set_secret(self, name: str, key: str, value: bytes) -> Path:
         """Store one of the instance's secrets (mode 600, written atomically); the bot sees it at its next start.
@@ -463,73 +326,20 @@ class Manager:
         InstanceNotFound, SecretError
             Unknown instance, a key the recipe does not use, or an unusable value.
         """
-        record = self.registry.get(name)
-        self._check_secret_key(name, self.recipe_for(record), key)
-        value = secrets.clean_value(value, what=f"secret '{key}'")
-        with self._instance_lock(name, wait=60):
-            return secrets.write_secret(self.paths, name, key, value)
+        from supervisor.core import lifecycle
+
+        return lifecycle.set_secret(self._parts, name, key, value)
 
     def remove_secret(self, name: str, key: str) -> bool:
         """Delete one of the instance's secrets; return whether it existed."""
-        self.registry.get(name)
-        with self._instance_lock(name, wait=60):
-            return secrets.remove_secret(self.paths, name, key)
+        from supervisor.core import lifecycle
+
+        return lifecycle.remove_secret(self._parts, name, key)
 
     def secret_info(self, name: str) -> list[secrets.SecretInfo]:
         """Return the secrets the instance's recipe uses or it stores: keys and whether set, never values."""
         record = self.registry.get(name)
         return secrets.describe(self.paths, name, self.recipe_for(record))
-
-    def _run_install(self, record: Instance, recipe: Recipe, log: Path, on_line: LineFn | None) -> None:
-        from supervisor.core import steps as install_steps
-
-        values = self._values(record, recipe)
-        steps = [render(step, values) for step in recipe.install]
-        if record.lifecycle != INSTALLING or record.last_error is not None:
-            self.registry.update(record.name, lifecycle=INSTALLING, last_error=None)
-        missing = secrets.missing(self.paths, record.name, recipe)
-        if missing and steps:
-            with contextlib.suppress(OSError), log.open("a", encoding="utf-8") as handle:
-                for var, key in missing:
-                    handle.write(f"==> secret '{key}' ({var}) is not set: the install steps run without it\n")
-        try:
-            install_steps.run_install_steps(
-                steps, cwd=Path(record.checkout), env=self._install_env(record, recipe), log_path=log, on_line=on_line
-            )
-        except InstallError as e:
-            self.registry.update(record.name, lifecycle=INSTALL_FAILED, last_error=str(e))
-            raise
-        except BaseException:
-            self.registry.update(record.name, lifecycle=INSTALL_FAILED, last_error="install interrupted")
-            raise
-        self.registry.update(record.name, lifecycle=INSTALLED, last_error=None)
-
-    def _write_bot_config(self, record: Instance, recipe: Recipe) -> None:
-        """Write the recipe's ``mqtt.values`` (e.g. Hummingbot's ``instance_id``) into the bot's config file."""
-        if not recipe.mqtt.config or not recipe.mqtt.values:
-            return
-        import yaml
-
-        values = self._values(record, recipe)
-        path = Path(record.checkout) / recipe.mqtt.config
-        data: dict[str, t.Any] = {}
-        if path.exists():
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-            if isinstance(loaded, dict):
-                data = loaded
-        for dotted, raw in recipe.mqtt.values.items():
-            value: t.Any = raw
-            if isinstance(raw, str):
-                value = render(raw, values)
-                if value.isdigit():
-                    value = int(value)
-            node = data
-            *parents, leaf = str(dotted).split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
-        ensure_dir(path.parent)
-        atomic_write(path, yaml.safe_dump(data, sort_keys=False), mode=0o644)
 
     def install(self, name: str, *, on_line: LineFn | None = None) -> InstanceStatus:
         """Run the recipe's install steps again (after a failure, or to rebuild).
@@ -541,12 +351,9 @@ class Manager:
         InstallError
             A step failed; the instance is left ``install-failed``.
         """
-        record = self.registry.get(name)
-        if self._live_status(record).is_running:
-            raise InstanceRunning(name, "reinstall")
-        recipe = self.recipe_for(record)
-        with self._instance_lock(name):
-            self._run_install(record, recipe, self.paths.install_log(name), on_line)
+        from supervisor.core import lifecycle
+
+        lifecycle.install(self._parts, name, on_line=on_line)
         return self.status([name])[0]
 
     def update(
@@ -575,168 +382,10 @@ class Manager:
         UpdateRolledBack
             The new commit installed but did not come up; the old one runs again.
         """
-        from supervisor.core import git as git_install
+        from supervisor.core import lifecycle
 
-        record = self.registry.get(name)
-        recipe = self.recipe_for(record)
-        target = ref or record.ref
-        checkout = Path(record.checkout)
-        with self._instance_lock(name):
-            mirror = git_install.ensure_mirror(self.paths.mirrors, record.repo, progress=progress)
-            wanted = git_install.resolve_update(checkout, mirror, record.repo, target, progress=progress)
-        old = git_install.current_commit(checkout)
-        self._commit_cache.pop(record.checkout, None)
-        if wanted == old and record.lifecycle == INSTALLED:
-            if on_line:
-                on_line(f"already at {target} ({wanted[:12]}): nothing to update")
-            self.registry.update(name, ref=target)
-            return self.status([name])[0]
-        was_running = self._live_status(record).is_running
-        if was_running:
-            self.stop([name], timeout=stop_timeout)
-        try:
-            snapshot = self._snapshot_config(record, recipe)
-        except OSError as e:
-            if was_running:
-                with contextlib.suppress(SupervisorError):
-                    self.start([name])
-            msg = (
-                f"instance '{name}': could not copy its config files aside before the update ({e}). "
-                "Nothing was changed. Free some disk space and try again."
-            )
-            raise InstallError(msg, step="snapshot") from e
-        failure: SupervisorError | None = None
-        new: str | None = None
-        with self._instance_lock(name):
-            try:
-                _, new = git_install.fetch_and_checkout(checkout, mirror, record.repo, target, progress=progress)
-                self._run_install(record, recipe, self.paths.install_log(name), on_line)
-                self.registry.update(name, ref=target, commit=new)
-            except SupervisorError as e:
-                failure = e
-                if old:
-                    self._roll_back(record, recipe, old, f"update to {target} failed: {e}", on_line, snapshot)
-        self._commit_cache.pop(record.checkout, None)
-        # Start outside the lock: start takes the same per-instance lock.
-        # The bot comes back as it was, with the strategy it was launched with.
-        if was_running and failure is None:
-            try:
-                self._start_one(name)
-                if not self._live_status(self.registry.get(name)).is_running:
-                    msg = f"instance '{name}': the bot exited right after it came up."
-                    raise InstanceError(msg)
-            except SupervisorError as e:
-                if not old:
-                    raise
-                raise self._undo_update(record, recipe, old, target, new, e, on_line, snapshot) from e
-        elif was_running:
-            with contextlib.suppress(SupervisorError):
-                self._start_one(name)
-        if failure is not None:
-            raise failure
+        lifecycle.update(self._parts, name, ref=ref, progress=progress, on_line=on_line, stop_timeout=stop_timeout)
         return self.status([name])[0]
-
-    def _undo_update(
-        self,
-        record: Instance,
-        recipe: Recipe,
-        old: str,
-        target: str,
-        new: str | None,
-        error: SupervisorError,
-        on_line: LineFn | None,
-        snapshot: Path | None,
-    ) -> UpdateRolledBack:
-        """Stop a new commit that did not come up, put the old code and config back, and start it again."""
-        name = record.name
-        why = str(error).splitlines()[0]
-        if on_line:
-            on_line(f"the new commit did not come up ({why})")
-        with contextlib.suppress(SupervisorError):
-            self.stop([name], timeout=5.0)
-        with self._instance_lock(name):
-            reason = f"update to {target} rolled back: {why}"
-            self._roll_back(record, recipe, old, reason, on_line, snapshot)
-            self.registry.update(name, ref=record.ref)
-        self._commit_cache.pop(record.checkout, None)
-        try:
-            self._start_one(name)
-            again = f"started {old[:12]} again"
-        except SupervisorError as e:
-            again = f"starting {old[:12]} again failed too ({str(e).splitlines()[0]})"
-        msg = (
-            f"instance '{name}': update to {target} ({(new or '?')[:12]}) installed but did not come up ({why}); "
-            f"rolled back code and config and {again}. See 'supervisor logs {name}'."
-        )
-        with contextlib.suppress(SupervisorError, OSError):
-            self.registry.update(name, last_error=reason)  # start cleared it; 'status' should tell
-        return UpdateRolledBack(msg, step="start")
-
-    def _config_files(self, record: Instance, recipe: Recipe) -> list[str]:
-        """Return the checkout-relative paths of the bot's config files that exist now."""
-        checkout = Path(record.checkout)
-        patterns = [*([recipe.mqtt.config] if recipe.mqtt.config else []), *recipe.config_files]
-        found: set[str] = set()
-        for pattern in patterns:
-            if pattern.startswith(("/", "~")) or ".." in Path(pattern).parts:
-                continue
-            for path in checkout.glob(pattern):
-                rel = path.relative_to(checkout)
-                if rel.parts[0] != ".git" and (path.is_file() or path.is_symlink()):
-                    found.add(str(rel))
-        return sorted(found)
-
-    def _snapshot_config(self, record: Instance, recipe: Recipe) -> Path | None:
-        """Copy the bot's config files aside (mode 700 folder: they may hold keys); ``None`` if it has none."""
-        folder = self.paths.config_snapshot(record.name)
-        shutil.rmtree(folder, ignore_errors=True)
-        if not recipe.config_files and not recipe.mqtt.config:
-            return None
-        files = folder / "files"
-        ensure_dir(files, 0o700)
-        folder.chmod(0o700)
-        for rel in self._config_files(record, recipe):
-            dest = files / rel
-            ensure_dir(dest.parent, 0o700)
-            shutil.copy2(Path(record.checkout) / rel, dest, follow_symlinks=False)
-        return files
-
-    def _restore_config(self, record: Instance, recipe: Recipe, files: Path) -> None:
-        """Put the snapshot back: files it holds are restored, config files made since are removed."""
-        checkout = Path(record.checkout)
-        kept = {str(p.relative_to(files)) for p in files.rglob("*") if p.is_file() or p.is_symlink()}
-        for rel in self._config_files(record, recipe):
-            if rel not in kept:
-                (checkout / rel).unlink(missing_ok=True)
-        for rel in sorted(kept):
-            dest = checkout / rel
-            ensure_dir(dest.parent)
-            if dest.is_symlink():
-                dest.unlink()
-            shutil.copy2(files / rel, dest, follow_symlinks=False)
-
-    def _roll_back(
-        self,
-        record: Instance,
-        recipe: Recipe,
-        commit: str,
-        reason: str,
-        on_line: LineFn | None,
-        snapshot: Path | None = None,
-    ) -> None:
-        """Put the previous commit (and config snapshot) back and reinstall it, so the instance stays usable."""
-        from supervisor.core import git as git_install
-
-        if on_line:
-            on_line(f"rolling back to {commit[:12]}" + (" and the config files saved before" if snapshot else ""))
-        try:
-            git_install.checkout_commit(Path(record.checkout), commit)
-            if snapshot is not None:
-                self._restore_config(record, recipe, snapshot)
-            self._run_install(record, recipe, self.paths.install_log(record.name), on_line)
-            self.registry.update(record.name, commit=commit, last_error=reason)
-        except (SupervisorError, OSError):
-            logger.exception("rollback of %s to %s failed", record.name, commit)
 
     def remove(self, name: str, *, purge: bool = False, force: bool = False) -> Instance:
         """Forget an instance; with ``purge`` also delete its checkout and logs.
@@ -746,18 +395,9 @@ class Manager:
         InstanceRunning
             The bot is running and ``force`` is not set.
         """
-        record = self.registry.get(name)
-        if self._live_status(record).is_running or self._session_exists(record):
-            if not force:
-                raise InstanceRunning(name, "remove")
-            self.stop([name], timeout=5.0)
-        with self._instance_lock(name, wait=30):
-            if purge:
-                # Files first: on a full disk that frees the space the registry needs to be rewritten.
-                if not record.adopted:
-                    shutil.rmtree(Path(record.checkout), ignore_errors=True)
-                shutil.rmtree(self.paths.instance_dir(name), ignore_errors=True)
-            return self.registry.remove(name)
+        from supervisor.core import lifecycle
+
+        return lifecycle.remove(self._parts, name, purge=purge, force=force)
 
     # -- live state ---------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The collaborators every job of the core shares: paths, records, session backends, recipes, the sampler.
 
 :class:`~supervisor.core.manager.Manager` builds one :class:`Parts` and hands it to
-``status``, ``launch`` and ``adopt``. It also owns the per-instance lock and the short-lived
+``status``, ``launch``, ``adopt`` and ``lifecycle``. It also owns the per-instance lock and the short-lived
 caches (session listings, HEAD commits). psutil and GitPython load only when a call needs them.
 """
 

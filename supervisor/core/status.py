@@ -65,8 +65,11 @@ class InstanceStatus:
         return self.state == State.RUNNING
 
     def to_dict(self) -> dict[str, t.Any]:
-        """Return the ``ls --json`` record."""
-        return dataclasses.asdict(self)
+        """Return the ``ls --json`` record (every field is a scalar: a flat copy, not ``asdict``'s deep one)."""
+        return {name: getattr(self, name) for name in _STATUS_FIELDS}
+
+
+_STATUS_FIELDS = tuple(f.name for f in dataclasses.fields(InstanceStatus))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -323,6 +323,17 @@ def _credential(settings: dict[str, _Setting], key: str, from_url: str | None, u
     return from_url
 
 
+def find_agent_config(given: Path | None, default: Path) -> Path | None:
+    """Return the agent TOML to read: the file ``given`` (``--config``), else ``default`` if it exists, else none.
+
+    Every front end (agent, fleet, dashboard, events receiver) resolves the file here, so a
+    missing ``--config`` file is an error while a missing default ``agent.toml`` is not.
+    """
+    if given is not None:
+        return given
+    return default if default.exists() else None
+
+
 def load_agent_config(path: Path | None, env: Mapping[str, str], overrides: Mapping[str, t.Any]) -> AgentConfig:
     """Build the agent's settings: overrides > env > TOML file > defaults.
 

@@ -221,7 +221,8 @@ def test_install_leaves_a_clean_tree_and_keeps_the_password_private(world: World
 def test_start_is_ready_within_the_recipe_timeout(world: World) -> None:
     started = time.monotonic()
     online_since = time.time()
-    done = world.cli("start", NAME, timeout=400)  # fails (exit 1) if the ready line is not seen in ready_timeout
+    # --wait: fails (exit 1) if the ready line is not seen in ready_timeout
+    done = world.cli("start", NAME, "--wait", timeout=400)
     took = time.monotonic() - started
     record = world.status()
     assert record["state"] == "running", record
