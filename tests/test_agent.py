@@ -1634,3 +1634,27 @@ def test_the_snapshot_provider_gives_the_records_ls_gives(manager: Manager, bot_
             agent.provide(["ghost"], False)
     finally:
         agent.probe.close()
+
+
+def test_a_running_agent_answers_ls_on_its_snapshot_socket_and_removes_it_when_it_stops(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+) -> None:
+    from supervisor.agent.snapshot import ask
+
+    new_ticker(manager, "tb", bot_origin, start=True)
+    agent = agents.start(mosquitto.url)
+    socket_path = manager.paths.agent_socket
+    answer = wait_until(lambda: ask(socket_path, tmux_socket=manager.paths.tmux_socket), message="the socket")
+    volatile = {"cpu_percent", "rss", "uptime"}
+    assert [{k: v for k, v in r.items() if k not in volatile} for r in answer["instances"]] == [
+        {k: v for k, v in manager.status(["tb"])[0].to_dict().items() if k not in volatile}
+    ]
+    manager.stop(["tb"])  # the next answer says so: states are kept current by events
+    [record] = t.cast("dict[str, t.Any]", ask(socket_path, ["tb"], foreign=False))["instances"]
+    assert (record["state"], record["pid"]) == ("stopped", None)
+
+    stop_process(agent)
+    assert not socket_path.exists()

@@ -33,6 +33,7 @@ from pathlib import Path
 from supervisor import __version__
 from supervisor.agent.answer import read_answer, read_trades
 from supervisor.agent.external import ExternalEvents
+from supervisor.agent.snapshot import SnapshotServer
 from supervisor.agent.stream import ConsoleStream
 from supervisor.audit import AuditLog, clip
 from supervisor.core.manager import check_strategy
@@ -225,6 +226,7 @@ class Agent:
             max_queued=MAX_QUEUED,
         )
         self.stream = ConsoleStream(self.connection.publish, self.ns, clock=clock)
+        self.snapshots = SnapshotServer(manager.paths.agent_socket, self.provide, tmux_socket=manager.paths.tmux_socket)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -325,6 +327,7 @@ class Agent:
             self.connection.publish_and_wait(
                 f"{self.own}/agent", self._availability("offline"), qos=1, retain=True, timeout=2
             )
+        self.snapshots.close()
         self._pool.shutdown(wait=True, cancel_futures=False)
         self.connection.stop()
         self.probe.close()
@@ -373,6 +376,8 @@ class Agent:
         if (ready is None or now - ready < CLAIM_SECONDS) and (ready is not None or now - run_started < CLAIM_TIMEOUT):
             return False
         self._serving = True
+        # `supervisor ls` on this host asks the agent's snapshot instead of looking itself.
+        self.snapshots.start()
         self._subscribe()
         if self.connection.is_connected:
             self.connection.publish(f"{self.own}/agent", self._availability("online"), qos=1, retain=True)
