@@ -31,6 +31,7 @@ from commlib.transports.mqtt import ConnectionParameters
 from paho.mqtt.enums import CallbackAPIVersion
 
 from supervisor.core.manager import Manager
+from supervisor.errors import InstanceNotFound
 from supervisor.mqtt.auth import sign
 from tests.conftest import (
     DATA,
@@ -291,7 +292,9 @@ class AgentRunner:
         self,
         broker_url: str,
         *extra: str,
-        check_interval: float = 0.2,
+        check_interval: float | None = 0.2,
+        heartbeat: float = HEARTBEAT,
+        state_interval: float = 1.0,
         backoff: float = 0.2,
         fatal_after: int = 3,
         credentials: tuple[str, str] | None = None,
@@ -310,11 +313,10 @@ class AgentRunner:
             "--host-id",
             HOST,
             "--heartbeat-interval",
-            str(HEARTBEAT),
+            str(heartbeat),
             "--state-interval",
-            "1",
-            "--check-interval",
-            str(check_interval),
+            str(state_interval),
+            *(["--check-interval", str(check_interval)] if check_interval is not None else []),
             "--backoff",
             str(backoff),
             "--fatal-after",
@@ -456,8 +458,8 @@ def test_commlib_start_launches_the_bot_then_heartbeats_until_it_is_killed(
 ) -> None:
     new_ticker(manager, "tb", bot_origin)
     assert state(manager, "tb") == "stopped"
-    # A long crash-check interval keeps the agent from restarting the bot we kill below.
-    agents.start(mosquitto.url, check_interval=60)
+    # A long first backoff keeps the agent from restarting the bot we kill below.
+    agents.start(mosquitto.url, backoff=60)
     watcher = watchers(mosquitto)
     heartbeats = watcher.watch("hbot/tb/hb")
     updates = watcher.watch("hbot/tb/status_updates")
@@ -880,10 +882,11 @@ def test_a_crash_loop_is_restarted_with_backoff_then_marked_fatal(
     assert [re.search(r"restart #(\d+)", e["msg"]) is not None for e in restarts] == [True] * 3, restarts
     fatal = next_matching(events, timeout=10).json()
     assert "marked fatal" in fatal["msg"] and "exit code 3" in fatal["msg"], fatal
-    times = [e["ts"] for e in [*restarts, fatal]]
+    times = [e["ts"] for e in restarts]
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    # Backoff 0.5 s doubling: the waits before restarts 2 and 3 and before giving up grow.
-    assert gaps[0] >= 0.45 and gaps[1] >= 0.9 and gaps[2] >= 1.8 and gaps[0] < gaps[2] and gaps[1] < gaps[2], gaps
+    # Backoff 0.5 s doubling: restart 1 waits 0.5 s after the crash, 2 waits 1 s, 3 waits 2 s (plus each run).
+    assert gaps[0] >= 0.9 and gaps[1] >= 1.8 and gaps[0] < gaps[1], gaps
+    # The fourth fast failure is not restarted: it is marked fatal as soon as it is seen.
     status = manager.status(["cr"])[0]
     assert (status.state, status.restarts) == ("fatal", 3)
     assert status.last_error is not None and "marked fatal" in status.last_error
@@ -892,6 +895,55 @@ def test_a_crash_loop_is_restarted_with_backoff_then_marked_fatal(
     # Nothing more happens: a fatal instance stays down.
     assert_silent(events, 1.5)
     assert manager.status(["cr"])[0].restarts == 3
+
+
+def test_a_killed_bot_is_reported_crashed_then_restarted_without_waiting_for_a_tick(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+) -> None:
+    old = new_ticker(manager, "tb", bot_origin, start=True)
+    watcher = watchers(mosquitto)
+    states = watcher.watch(f"supervisor/{HOST}/tb/state")
+    updates = watcher.watch("hbot/tb/status_updates")
+    # Every periodic timer is far longer than the waits below: only events can explain what happens.
+    agents.start(mosquitto.url, heartbeat=60, state_interval=120, check_interval=None, backoff=0.5)
+    next_matching(states, lambda m: m.json()["state"] == "running" and m.json()["pid"] == old, timeout=10)
+    next_matching(updates, lambda m: m.json()["msg"] == "online", timeout=5)
+
+    os.kill(t.cast("int", old), signal.SIGKILL)
+
+    crashed = next_matching(states, lambda m: m.json()["state"] == "crashed", timeout=5).json()
+    assert (crashed["exit_code"], crashed["desired"], crashed["pid"]) == (137, "running", None), crashed
+    next_matching(updates, lambda m: m.json()["msg"] == "offline", timeout=5)
+    back = next_matching(states, lambda m: m.json()["state"] == "running", timeout=10).json()
+    assert back["pid"] not in (None, old) and back["restarts"] == 1, back
+    next_matching(updates, lambda m: m.json()["msg"] == "online", timeout=5)
+
+
+def test_a_stop_and_a_start_on_the_host_show_in_the_state_record_without_waiting_for_a_tick(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+) -> None:
+    pid = new_ticker(manager, "tb", bot_origin, start=True)
+    watcher = watchers(mosquitto)
+    states = watcher.watch(f"supervisor/{HOST}/tb/state")
+    agents.start(mosquitto.url, heartbeat=60, state_interval=120, check_interval=None)
+    next_matching(states, lambda m: m.json()["state"] == "running" and m.json()["pid"] == pid, timeout=10)
+
+    manager.stop(["tb"])  # what `supervisor stop tb` does, from another process than the agent's
+    stopped = next_matching(states, lambda m: m.json()["state"] == "stopped", timeout=5).json()
+    assert stopped["desired"] == "stopped" and stopped["pid"] is None, stopped
+
+    manager.start(["tb"])
+    started = next_matching(states, lambda m: m.json()["state"] == "running", timeout=5).json()
+    assert started["desired"] == "running" and started["pid"] not in (None, pid), started
+    assert_silent(states, 1.0)  # nothing restarts a bot the user started or stopped
 
 
 def test_a_plugin_instance_that_is_up_gets_no_reply_from_the_agent(
@@ -1542,3 +1594,67 @@ def test_a_broken_registry_pauses_supervision_and_the_agent_keeps_serving(
         timeout=20,
         message="the bot restarted",
     )
+
+
+def test_a_status_reply_from_the_snapshot_is_byte_for_byte_what_the_protocol_encodes() -> None:
+    from supervisor.agent.host import _envelope
+    from supervisor.mqtt import protocol
+
+    data = {"status": 200, "msg": "running", "result": {"name": "tb", "pid": 12, "cpu_percent": 0.5, "adopted": False}}
+    body = _envelope(protocol.dumps(protocol.make_primitive(data)))
+    stamp = json.loads(body)["header"]["timestamp"]
+    assert body == protocol.encode_reply(data, now_ms=stamp)
+    assert abs(stamp / 1000 - time.time()) < 60
+    assert REPLY_RE.fullmatch(body), body
+
+
+def test_the_snapshot_provider_gives_the_records_ls_gives(manager: Manager, bot_origin: Path) -> None:
+    from supervisor.agent.host import Agent
+    from supervisor.mqtt.config import load_agent_config
+
+    new_ticker(manager, "tb", bot_origin, start=True)
+    new_ticker(manager, "idle", bot_origin)
+    config = load_agent_config(None, {}, {"url": "mqtt://127.0.0.1:1", "host_id": HOST})
+    agent = Agent(manager, config)  # never run: the provider alone, as the snapshot socket calls it
+    volatile = {"cpu_percent", "rss", "uptime"}
+
+    def stable(records: list[dict[str, t.Any]]) -> list[dict[str, t.Any]]:
+        return [{k: v for k, v in r.items() if k not in volatile} for r in records]
+
+    try:
+        answer = agent.provide([], True)
+        assert stable(answer["instances"]) == stable([s.to_dict() for s in manager.status()])
+        assert answer["foreign"] == [f.to_dict() for f in manager.foreign_sessions()]
+        again = agent.provide(["tb"], False)  # from the snapshot now (fresh), same records
+        assert stable(again["instances"]) == stable([manager.status(["tb"])[0].to_dict()])
+        assert again["foreign"] == []
+        manager.stop(["tb"])
+        assert agent.provide(["tb"], False)["instances"][0]["state"] == "stopped"
+        with pytest.raises(InstanceNotFound):
+            agent.provide(["ghost"], False)
+    finally:
+        agent.probe.close()
+
+
+def test_a_running_agent_answers_ls_on_its_snapshot_socket_and_removes_it_when_it_stops(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+) -> None:
+    from supervisor.agent.snapshot import ask
+
+    new_ticker(manager, "tb", bot_origin, start=True)
+    agent = agents.start(mosquitto.url)
+    socket_path = manager.paths.agent_socket
+    answer = wait_until(lambda: ask(socket_path, tmux_socket=manager.paths.tmux_socket), message="the socket")
+    volatile = {"cpu_percent", "rss", "uptime"}
+    assert [{k: v for k, v in r.items() if k not in volatile} for r in answer["instances"]] == [
+        {k: v for k, v in manager.status(["tb"])[0].to_dict().items() if k not in volatile}
+    ]
+    manager.stop(["tb"])  # the next answer says so: states are kept current by events
+    [record] = t.cast("dict[str, t.Any]", ask(socket_path, ["tb"], foreign=False))["instances"]
+    assert (record["state"], record["pid"]) == ("stopped", None)
+
+    stop_process(agent)
+    assert not socket_path.exists()

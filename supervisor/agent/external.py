@@ -138,14 +138,12 @@ class ExternalEvents:
         """
         instance, _, rest = topic[len(self.namespace) + 1 :].partition("/")
         name = rest.removeprefix("external/event/").replace("/", ".")
-        records = self.manager.registry.all()
-        record = records.get(instance)
-        if record is None:
+        if not self.manager.has(instance):
             return  # another host's bot, or a Hummingbot with its own bridge
         if not self._first_sight(topic, payload):
             logger.info("instance %s: ignoring a repeated external event %s", instance, name)
             return
-        recipe = self.manager.recipe_for(record)
+        recipe = self.manager.recipe(instance)
         if recipe.mqtt.plugin:
             return  # its own bridge listens on this topic (Hummingbot's listeners, not the console)
         if retained:

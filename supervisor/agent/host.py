@@ -1,16 +1,17 @@
-"""The agent: relays MQTT requests into sessions, publishes heartbeats and state, supervises.
+"""The agent: relays MQTT requests into sessions, publishes heartbeats and state, drives the watchdog.
 
 It calls the same :class:`~supervisor.core.manager.Manager` as the CLI; bots never run
-under it. Three kinds of work:
+under it. It keeps one status snapshot of the host, derived again only when a cheap
+:class:`~supervisor.core.watchdog.Probe` (four looks a second) says it went stale, and:
 
-* requests (network thread -> worker pool): Hummingbot-compatible commands on
+* answers requests (network thread -> worker pool; an own ``status`` from a fresh
+  snapshot on the network thread itself): Hummingbot-compatible commands on
   ``{ns}/{id}/{command}`` for instances whose bot has no MQTT plugin (or whose
   plugin is down), and our own verbs on ``{own}/{host}/{instance}/{verb}``;
-* a supervision loop (its own thread): restarts crashed bots with backoff,
-  marks ``fatal`` after repeated fast failures, brings back after a reboot the
-  bots meant to run, rotates console logs;
-* periodic publishing: heartbeats and ``status_updates`` for plugin-less bots
-  whose process is alive, retained ``state`` records and agent availability.
+* lets the :class:`~supervisor.core.watchdog.Watchdog` restart crashed bots (backoff,
+  ``fatal``, bring-back after a reboot) and publishes what it reports;
+* publishes heartbeats and ``status_updates`` for plugin-less bots whose process is
+  alive, retained ``state`` records as they change, and agent availability.
 """
 
 from __future__ import annotations
@@ -18,34 +19,48 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
+import select
 import threading
 import time
 import typing as t
 import uuid
+from pathlib import Path
 
 from supervisor import __version__
 from supervisor.agent.answer import read_answer, read_trades
 from supervisor.agent.external import ExternalEvents
+from supervisor.agent.snapshot import SnapshotServer
 from supervisor.agent.stream import ConsoleStream
 from supervisor.audit import AuditLog, clip
-from supervisor.core.manager import CRASHED, EXITED, check_strategy
+from supervisor.core.manager import check_strategy
 from supervisor.core.registry import DESIRED_RUNNING
-from supervisor.errors import AgentError, AuthError, InstanceNotRunning, SupervisorError
-from supervisor.logfiles import rotate_log
+from supervisor.core.watchdog import (
+    BACKOFF_BASE,
+    BACKOFF_MAX,
+    FAST_FAILURE,
+    FATAL_AFTER,
+    Incident,
+    Inotify,
+    Probe,
+    Watchdog,
+    pid_alive,
+)
+from supervisor.errors import AgentError, AuthError, InstanceNotFound, InstanceNotRunning, SupervisorError
 from supervisor.mqtt import protocol
 from supervisor.mqtt.auth import Verifier, is_signed_record, sign_record
 from supervisor.mqtt.connection import Connection
 from supervisor.mqtt.dedup import Redeliveries
 from supervisor.mqtt.guard import STATUS_BUSY, RefusalLog, is_command_topic
-from supervisor.paths import SESSION_PREFIX
+from supervisor.states import State
 
 if t.TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
-    from supervisor.core.manager import InstanceStatus, Manager
+    from supervisor.core.manager import ForeignSession, InstanceStatus, Manager
     from supervisor.mqtt.config import AgentConfig
 
 logger = logging.getLogger(__name__)
@@ -59,11 +74,13 @@ CLAIM_SECONDS = 1.0
 CLAIM_TIMEOUT = 10.0
 REASSERT_GAP = 0.5
 STREAM_POLL = 0.25
-BACKOFF_BASE = 1.0
-BACKOFF_MAX = 60.0
-FATAL_AFTER = 5
-FAST_FAILURE = 30.0
-_VOLATILE = ("cpu_percent", "rss", "uptime", "last_heartbeat")
+STREAM_SWEEP = 5.0
+PROBE_INTERVAL = 0.25
+"""Seconds between two looks of the probe: a crash, a CLI start or stop shows within this (plus one derivation)."""
+SNAPSHOT_MAX_AGE = 1.0
+"""A status older than this is derived again before it answers a request (its CPU and memory figures age)."""
+_VOLATILE = frozenset({"cpu_percent", "rss", "uptime", "last_heartbeat"})
+_DOWN = (State.CRASHED, State.EXITED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,13 +104,23 @@ class _Held:
     deadline: float
 
 
-@dataclasses.dataclass
-class _Failures:
-    """Crash bookkeeping of one instance."""
+@functools.cache
+def _envelope_parts() -> tuple[bytes, bytes]:
+    # The envelope of {} at time 0, cut around the timestamp; data is its last member ({} then "}").
+    empty = protocol.encode_reply({}, now_ms=0)
+    head, _, tail = empty.partition(b'"timestamp":0,')
+    return head + b'"timestamp":', b"," + tail[:-3]
 
-    count: int = 0
-    next_attempt: float = 0.0
-    started_at: float = 0.0
+
+def _envelope(data: bytes) -> bytes:
+    """Return :func:`protocol.encode_reply`'s envelope around ``data``, already encoded by :func:`protocol.dumps`."""
+    head, tail = _envelope_parts()
+    return head + str(time.time_ns() // 1_000_000).encode() + tail + data + b"}"
+
+
+def _stable(status: InstanceStatus) -> tuple[t.Any, ...]:
+    """Return what a state record says apart from its ever-changing figures (a record goes out when this changes)."""
+    return tuple(getattr(status, f.name) for f in dataclasses.fields(status) if f.name not in _VOLATILE)
 
 
 class Agent:
@@ -106,8 +133,11 @@ class Agent:
     config
         Broker, namespaces, timers and secret.
     fatal_after, fast_failure, backoff_base, backoff_max
-        Supervision policy: ``fatal_after`` failures in a row, each within
-        ``fast_failure`` seconds of its start, mark an instance ``fatal``.
+        The watchdog's policy (:class:`~supervisor.core.watchdog.Watchdog`).
+    check_interval
+        Seconds between full looks at the host (default: the state interval).
+        Changes are noticed at once by the probe; the full look is a safety net
+        and refreshes the CPU and memory figures.
     """
 
     def __init__(
@@ -125,18 +155,13 @@ class Agent:
     ) -> None:
         self.manager = manager
         # Requests reuse a session listing for a moment; the manager drops it after any action.
-        manager.session_cache_ttl = min(1.0, config.heartbeat_interval / 2)
-        manager.commit_cache_ttl = config.state_interval
+        manager.use_caches(sessions=min(1.0, config.heartbeat_interval / 2), commits=config.state_interval)
         self.config = config
         self.host = config.host_id
         self.ns = config.namespace
         self.own = f"{config.own_prefix}/{self.host}"
         self.hbot_relay = hbot_relay
-        self.fatal_after = fatal_after
-        self.fast_failure = fast_failure
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
-        self.check_interval = check_interval or config.heartbeat_interval
+        self.check_interval = check_interval or config.state_interval
         self._clock = clock
         self.started = clock()
         self.verifier = (
@@ -144,28 +169,43 @@ class Agent:
             if config.secret
             else None
         )
-        self.audit = AuditLog(manager.paths.audit_log)
+        self.audit = AuditLog(manager.audit_log)
         self.refusals = RefusalLog(self.audit.record)
+        self.watchdog = Watchdog(
+            manager,
+            fatal_after=fatal_after,
+            fast_failure=fast_failure,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+            report=self._on_incident,
+            clock=clock,
+        )
+        self.probe = Probe(manager)
         self._stop = threading.Event()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="agent-request")
         self._pending = threading.BoundedSemaphore(MAX_PENDING)
-        self._failures: dict[str, _Failures] = {}
-        self._orphans: set[str] = set()
-        self._next_orphan_scan = 0.0
         self._alive: dict[str, bool] = {}
         self._last_heartbeat: dict[str, float] = {}
-        self._published: dict[str, tuple[dict[str, t.Any], float]] = {}
+        self._published: dict[str, tuple[InstanceStatus, tuple[t.Any, ...]]] = {}
         self._plugin_alive: dict[str, bool] = {}
         self._liveness_lock = threading.Lock()
         self.redeliveries = Redeliveries()
+        # The snapshot: each instance's last derived status, and when (monotonic) it was derived.
         self._statuses: dict[str, InstanceStatus] = {}
+        self._looked: dict[str, float] = {}
+        self._dirty: set[str] = set()  # names whose state record may have to go out again
+        self._replies: dict[str, tuple[InstanceStatus, dict[str, t.Any], bytes]] = {}
+        self._foreign_cache: tuple[float, list[ForeignSession]] = (-SNAPSHOT_MAX_AGE, [])
+        self._foreign_lock = threading.Lock()
+        self._beat_listened: set[str] = set()
+        self._subscription_lock = threading.Lock()
+        self._console_logs: dict[str, str] = {}
         # Plugin bots: when each bridge last said "online", and requests held until it does.
         self._bridge_online: dict[str, float] = {}
         self._held: dict[str, list[_Held]] = {}
         self._held_lock = threading.Lock()
         self._listening_since = time.time()
         self._status_lock = threading.Lock()
-        self._supervision_lock = threading.Lock()
         self._publish_lock = threading.Lock()
         # One run of this agent: in its records and client id, so another agent with the same
         # host id is told apart (and the two do not keep kicking each other off the broker).
@@ -186,6 +226,7 @@ class Agent:
             max_queued=MAX_QUEUED,
         )
         self.stream = ConsoleStream(self.connection.publish, self.ns, clock=clock)
+        self.snapshots = SnapshotServer(manager.paths.agent_socket, self.provide, tmux_socket=manager.paths.tmux_socket)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -210,9 +251,7 @@ class Agent:
         run_started = time.monotonic()
         streamer = threading.Thread(target=self._stream_loop, name="agent-console-stream", daemon=True)
         streamer.start()
-        next_heartbeat = 0.0
-        next_state = 0.0
-        next_check = 0.0
+        next_heartbeat = next_state = next_look = 0.0
         try:
             while not self._stop.is_set():
                 if self._reassert_pending:
@@ -221,33 +260,44 @@ class Agent:
                     self._stop.wait(0.05)
                     continue
                 now = time.monotonic()
-                check_due, heartbeat_due = now >= next_check, now >= next_heartbeat
+                state_due = now >= next_state
                 try:
-                    if check_due or heartbeat_due:
-                        statuses = self._refresh()  # one snapshot serves both
-                        if check_due:
-                            if self._supervise(statuses):
-                                statuses = self._refresh()  # what was restarted is up: no stale "offline"
-                            next_check = now + self.check_interval
-                        if heartbeat_due:
-                            self._heartbeats(statuses)
+                    if now >= next_look or state_due:
+                        # The safety net, and fresh CPU and memory figures for the state records.
+                        next_look = now + self.check_interval
+                        self._look_all()
+                        self._state_readable(None)
+                    elif self._look_changed():
+                        self._state_readable(None)
+                    if self._state_error is None:
+                        if self.watchdog.check(self._snapshot()):
+                            self._look_all()  # what was restarted or marked fatal: no stale record goes out
+                        if now >= next_heartbeat:
+                            self._heartbeats()
                             next_heartbeat = now + self.config.heartbeat_interval
-                    self._expire_held()
-                    if now >= next_state:
-                        self._publish_states(force=True)
+                        if state_due:
+                            self.watchdog.find_orphans()
+                        self._publish_states(force=state_due)
+                    if state_due:
                         next_state = now + self.config.state_interval
-                    else:
-                        self._publish_states(force=False)
-                    self._state_readable(None)
+                    self._expire_held()
                 except (SupervisorError, OSError) as e:
                     # A broken, deleted or unreadable registry or recipe: the bots run on in their sessions.
                     # Keep serving; say it once, and again when it is mended. No beat is sent on a guess.
                     self._state_readable(e)
-                    next_check = next_heartbeat = now + self.check_interval
+                    next_look = now + self.check_interval
                 self.refusals.flush()
-                # At least once a second: held requests of plugin bots expire on time.
-                wake = min(next_check, next_heartbeat, next_state, time.monotonic() + 1.0) - time.monotonic()
-                self._stop.wait(max(0.01, min(wake, REASSERT_GAP) if self._reassert_pending else wake))
+                wake = min(next_look, next_heartbeat, next_state) - time.monotonic()
+                restart = self.watchdog.next_attempt()
+                if restart is not None:
+                    wake = min(wake, restart - self._clock())
+                if self._held or self._reassert_pending:
+                    wake = min(wake, REASSERT_GAP)  # held requests of plugin bots expire on time
+                if self._state_error is not None:
+                    self._stop.wait(max(0.01, min(wake, PROBE_INTERVAL)))
+                else:
+                    # Until something happens: a bot ends, the registry is written, a deadline comes.
+                    self.probe.wait(max(0.01, wake))
         finally:
             self._shutdown()
         if self._duplicate_of is not None:
@@ -262,6 +312,7 @@ class Agent:
     def stop(self) -> None:
         """Ask :meth:`run` to return."""
         self._stop.set()
+        self.probe.interrupt()
 
     def _shutdown(self) -> None:
         if self._duplicate_of is not None:
@@ -276,8 +327,10 @@ class Agent:
             self.connection.publish_and_wait(
                 f"{self.own}/agent", self._availability("offline"), qos=1, retain=True, timeout=2
             )
+        self.snapshots.close()
         self._pool.shutdown(wait=True, cancel_futures=False)
         self.connection.stop()
+        self.probe.close()
         logger.info("agent %s stopped; bots keep running in their sessions", self.host)
 
     def _availability(self, state: str, *, topic: str | None = None) -> bytes:
@@ -306,7 +359,9 @@ class Agent:
         else:
             self._claim()
         # Retained state may have been lost with a broker restart: publish everything again.
-        self._published.clear()
+        with self._status_lock:
+            self._published.clear()
+            self._dirty |= set(self._statuses)
 
     def _claimed(self, run_started: float) -> bool:
         """Return whether this agent serves; it starts to once no other live agent claimed its host id.
@@ -321,6 +376,8 @@ class Agent:
         if (ready is None or now - ready < CLAIM_SECONDS) and (ready is not None or now - run_started < CLAIM_TIMEOUT):
             return False
         self._serving = True
+        # `supervisor ls` on this host asks the agent's snapshot instead of looking itself.
+        self.snapshots.start()
         self._subscribe()
         if self.connection.is_connected:
             self.connection.publish(f"{self.own}/agent", self._availability("online"), qos=1, retain=True)
@@ -416,7 +473,9 @@ class Agent:
         for verb in protocol.HOST_VERBS:
             self.connection.subscribe(f"{self.own}/{verb}", self._on_own, qos=1)
         # Plugin bots beat for themselves: record when, so `fleet ls` shows their heartbeat age.
-        self.connection.subscribe(f"{self.ns}/+/hb", self._on_heartbeat, qos=0)
+        with self._status_lock:
+            plugins = {name for name, status in self._statuses.items() if status.plugin}
+        self._listen_to_beats(plugins)
 
     # -- request plumbing ----------------------------------------------------------
 
@@ -472,7 +531,26 @@ class Agent:
         )
 
     def _on_own(self, topic: str, payload: bytes, props: Mapping[str, t.Any]) -> None:
+        if topic.endswith("/status") and not props.get("retain") and self._answer_here(topic, payload, props):
+            return
         self._dispatch(topic, payload, props, self._handle_own)
+
+    def _answer_here(self, topic: str, payload: bytes, props: Mapping[str, t.Any]) -> bool:
+        """Answer an own ``status`` on the network thread when the snapshot can (nothing to run, no hop).
+
+        Return ``False`` (the pool takes it) when the instance's status is not fresh.
+        """
+        instance = topic[len(self.own) + 1 :].rpartition("/")[0]
+        if self._fresh(instance) is None or not self._pending.acquire(blocking=False):
+            return False
+        try:
+            self._handle_own(topic, payload, bool(props.get("dup")), False)
+        except Exception:
+            logger.exception("request on %s failed unexpectedly", clip(topic))
+            self._reply_error_raw(payload, "internal error in the agent; see its log.")
+        finally:
+            self._pending.release()
+        return True
 
     def _on_heartbeat(self, topic: str, _payload: bytes, _props: Mapping[str, t.Any]) -> None:
         name = topic[len(self.ns) + 1 :].partition("/")[0]
@@ -481,8 +559,19 @@ class Agent:
         if status is not None and status.plugin:
             self._last_heartbeat[name] = round(self._clock(), 3)
 
-    def _reply(self, reply_to: str, data: Mapping[str, t.Any], key: str | None = None, *, spare: bool = False) -> None:
-        """Publish a reply; ``spare`` ones (refusals) only while the queue has room beyond executed requests'."""
+    def _reply(
+        self,
+        reply_to: str,
+        data: Mapping[str, t.Any],
+        key: str | None = None,
+        *,
+        spare: bool = False,
+        encoded: bytes | None = None,
+    ) -> None:
+        """Publish a reply; ``spare`` ones (refusals) only while the queue has room beyond executed requests'.
+
+        ``encoded`` is ``data`` already encoded as :func:`protocol.encode_reply` encodes it (a status, once per look).
+        """
         try:
             topic = protocol.reply_topic(reply_to)
         except protocol.ProtocolError as e:
@@ -490,7 +579,7 @@ class Agent:
             return
         if self._is_command_topic(topic):
             return  # never publish where an agent or a bot would take it as a command or a record
-        body = protocol.encode_reply(data)
+        body = protocol.encode_reply(data) if encoded is None else _envelope(encoded)
         if key is not None:
             self.redeliveries.answered(key, body)
         if not self.connection.publish(topic, body, qos=1, headroom=REPLY_RESERVE if spare else 0):
@@ -562,18 +651,19 @@ class Agent:
     def _handle_hbot(self, topic: str, payload: bytes, dup: bool = False, retained: bool = False) -> None:
         rest = topic[len(self.ns) + 1 :]
         instance, _, command = rest.partition("/")
-        records = self.manager.registry.all()
-        if instance not in records:
+        if not self._known(instance):
             # Another host's agent, or a real Hummingbot, may own this id: stay silent.
             return
-        status = self._status(instance)
-        if status.plugin and not status.is_running:
-            # The listing may be a moment old, and a bot just launched must not be taken for down.
+        # Whether to answer at all is judged on the snapshot (kept current by the probe), before the duplicate check.
+        with self._status_lock:
+            status = self._statuses.get(instance)
+        if status is None or (status.plugin and not status.is_running):
+            # New, or a down plugin bot: a bot just launched must not be taken for down.
             self.manager.forget_sessions()
-            status = self._status(instance)
+            status = self._look(instance)
         if status.plugin:
             self._note_strategy(instance, command, payload)
-        if status.plugin and status.is_running and self._bridge_is_up(instance, status):
+        if status.plugin and status.is_running and self._bridge_is_up(instance):
             # The bot's own MQTT bridge answers while it is up (even to bad requests): never a double reply.
             return
         if retained:
@@ -587,6 +677,7 @@ class Agent:
             # Its process is up but its bridge is not yet: hold the request and forward it then.
             self._hold(instance, command, topic, payload, request, key)
             return
+        status = self._current(instance)  # one status for this request, passed down
         try:
             data = protocol.validate(command, request.data)
             refusal = self._refusal(instance, command, data, status)
@@ -643,7 +734,7 @@ class Agent:
         if status.plugin or command != "stop":
             return None
         if data.get("skip_order_cancellation"):
-            recipe = self.manager.recipe_for(self.manager.registry.get(instance))
+            recipe = self.manager.recipe(instance)
             if "stop_keep_orders" not in recipe.console.commands:
                 return (
                     f"instance '{instance}': recipe '{recipe.name}' has no console.stop_keep_orders line, so its "
@@ -660,7 +751,10 @@ class Agent:
         if status.plugin:
             # Down plugin bot: only start can help (the plugin takes over once it is up).
             if command == "start":
-                self.manager.start([instance], strategy={"script": data.get("script"), "conf": data.get("conf")})
+                [result] = self.manager.start(
+                    [instance], strategy={"script": data.get("script"), "conf": data.get("conf")}
+                )
+                self._take(result.status, instance)
                 msg = f"instance '{instance}' was down; launched it, its MQTT bridge takes over."
                 return _Outcome(protocol.STATUS_OK, msg)
             msg = f"instance '{instance}' is not running, so its MQTT bridge cannot answer. Send start first."
@@ -669,8 +763,8 @@ class Agent:
             values = {"script": data.get("script"), "conf": data.get("conf")}
             self.manager.console_line(instance, "start", values)  # refuse unsafe values before launching
             if not status.is_ready:
-                self.manager.start([instance])  # launches it, or waits for a bot that is still starting
-                self._announce(instance)
+                [result] = self.manager.start([instance])  # launches it, or waits for a bot that is still starting
+                self._announce(instance, self._take(result.status, instance))
             if data.get("is_quickstart"):
                 logger.info("is_quickstart has no console equivalent; starting normally")
             return self._console(instance, "start", values)
@@ -692,7 +786,7 @@ class Agent:
             if not sync:
                 self._hbot_notify(instance, outcome.msg)
                 return _Outcome(protocol.STATUS_OK, "", {"trades": []})
-            recipe = self.manager.recipe_for(self.manager.registry.get(instance))
+            recipe = self.manager.recipe(instance)
             trades, rest = read_trades(outcome.msg.splitlines(), recipe.console.trades)
             return _Outcome(outcome.code, "\n".join(rest), {"trades": trades})
         return self._console(instance, command.replace("/", "_"), dict(data))
@@ -700,7 +794,7 @@ class Agent:
     def _console(self, instance: str, command: str, values: Mapping[str, t.Any]) -> _Outcome:
         """Type a command's console line and read the answer the recipe's patterns pick out of the output."""
         text = self.manager.relay(instance, command, values, capture=True)
-        recipe = self.manager.recipe_for(self.manager.registry.get(instance))
+        recipe = self.manager.recipe(instance)
         answer = read_answer(text, recipe.console.answer)
         return _Outcome(protocol.STATUS_ERROR if answer.error else protocol.STATUS_OK, answer.text)
 
@@ -726,7 +820,7 @@ class Agent:
         for item in held:
             self._forward(instance, item)
 
-    def _bridge_is_up(self, instance: str, status: InstanceStatus) -> bool:
+    def _bridge_is_up(self, instance: str) -> bool:
         """Tell whether a running plugin bot's bridge has subscribed (said "online" since its launch).
 
         A bot launched before the agent started listening, or longer ago than its
@@ -735,7 +829,7 @@ class Agent:
         clock as ours; a process's start time from the kernel may drift from it).
         """
         try:
-            started = self.manager.registry.get(instance).started_at
+            started = self.manager.record(instance).started_at
         except SupervisorError:
             return True
         with self._held_lock:
@@ -750,10 +844,7 @@ class Agent:
         return time.time() - started > self._ready_timeout(instance)
 
     def _ready_timeout(self, instance: str) -> float:
-        try:
-            return self.manager.recipe_for(self.manager.registry.get(instance)).run.ready_timeout
-        except SupervisorError:
-            return 60.0
+        return self.manager.ready_timeout(instance)
 
     def _hold(
         self, instance: str, command: str, topic: str, payload: bytes, request: protocol.Request, key: str
@@ -761,7 +852,7 @@ class Agent:
         """Keep a request until the bot's bridge is up, then publish it again for the bot to answer."""
         item = _Held(topic, payload, request.reply_to, command, key, time.monotonic() + self._ready_timeout(instance))
         try:
-            started = self.manager.registry.get(instance).started_at
+            started = self.manager.record(instance).started_at
         except SupervisorError:
             started = None
         with self._held_lock:
@@ -843,29 +934,33 @@ class Agent:
                     spare=True,
                 )
                 return
+        encoded = None
         try:
             args = protocol.validate_own(verb, request.data)
-            reply = self._run_own(instance, verb, args)
+            if verb == "status":
+                status = self._fresh(instance) or self._look(instance)  # raises InstanceNotFound for a stranger
+                reply, encoded = self._status_reply(status)
+            else:
+                reply = self._run_own(instance, verb, args)
         except SupervisorError as e:
             reply = {"status": protocol.STATUS_ERROR, "msg": str(e), "code": e.code}
+        self._reply(request.reply_to, reply, key, encoded=encoded)
+        # After the reply: the client does not wait for the audit log's file lock and write.
         self.audit.record(
             topic=topic, client=who, reply_to=request.reply_to, result=reply["status"], msg=str(reply.get("msg"))
         )
-        self._reply(request.reply_to, reply, key)
 
     def _run_own(self, instance: str, verb: str, args: Mapping[str, t.Any]) -> dict[str, t.Any]:
         ok = protocol.STATUS_OK
         if verb == "list":
-            statuses = self.manager.status()
+            statuses = self._fresh_all() or self._look_all()
             return {
                 "status": ok,
                 "msg": "",
-                "result": {"host": self.host, "instances": [s.to_dict() for s in statuses]},
+                "result": {"host": self.host, "instances": [statuses[name].to_dict() for name in sorted(statuses)]},
             }
-        self.manager.registry.get(instance)
-        if verb == "status":
-            status = self._status(instance)
-            return {"status": ok, "msg": status.state, "result": status.to_dict()}
+        if not self._known(instance):
+            raise InstanceNotFound(instance)
         if verb == "tail":
             return {"status": ok, "msg": "", "result": {"screen": self.manager.tail(instance, args["lines"])}}
         if verb == "logs":
@@ -881,19 +976,197 @@ class Agent:
             [result] = self.manager.stop([instance], **({"timeout": timeout} if timeout else {}))
         else:
             [result] = self.manager.restart([instance])
-        self._failures.pop(instance, None)
+        self.watchdog.forget(instance)
+        status = self._take(result.status, instance)  # derived by the action itself: no second look
         if verb == "stop":
-            self._gone(instance, self._status(instance))
+            self._gone(instance, status)
         else:
-            self._announce(instance)
-        self._refresh()
+            self._announce(instance, status)
         self._publish_states(force=False)  # the new state goes out now, not at the next tick
         return {"status": ok, "msg": result.message, "result": result.to_dict()}
 
-    # -- periodic work ----------------------------------------------------------------
+    # -- the snapshot -------------------------------------------------------------------
 
-    def _status(self, instance: str) -> InstanceStatus:
-        return self.manager.status([instance])[0]
+    def _snapshot(self) -> dict[str, InstanceStatus]:
+        with self._status_lock:
+            return dict(self._statuses)
+
+    def _store(
+        self, statuses: Sequence[InstanceStatus], since: float, *, complete: bool = False, gone: Iterable[str] = ()
+    ) -> None:
+        """Put statuses derived from ``since`` (monotonic) into the snapshot; none replaces a newer one.
+
+        ``complete``: they are all there is (others are dropped); ``gone``: names whose records are gone.
+        """
+        with self._status_lock:
+            dropped = set(gone)
+            if complete:
+                dropped |= set(self._statuses) - {s.name for s in statuses}
+            for name in dropped:
+                if self._looked.get(name, 0.0) <= since:
+                    self._statuses.pop(name, None)
+                    self._looked.pop(name, None)
+                    self._dirty.add(name)
+                    self.probe.forget(name)
+            kept = []
+            for status in statuses:
+                if self._looked.get(status.name, 0.0) > since:
+                    continue  # a request's action derived it later than this look began
+                self._statuses[status.name] = status
+                self._looked[status.name] = since
+                self._dirty.add(status.name)
+                kept.append(status)
+            plugins = {name for name, status in self._statuses.items() if status.plugin} if complete or kept else None
+        self.probe.watch(kept)
+        self._track_liveness(kept)
+        if plugins is not None and plugins != self._beat_listened:
+            self._listen_to_beats(plugins)
+
+    def _listen_to_beats(self, plugins: set[str]) -> None:
+        """Subscribe to the heartbeats of plugin bots only (one filter each): the agent's own beats never come back."""
+        if not self._serving:
+            return
+        with self._subscription_lock:
+            for name in self._beat_listened - plugins:
+                self.connection.unsubscribe(f"{self.ns}/{name}/hb")
+            for name in plugins - self._beat_listened:
+                self.connection.subscribe(f"{self.ns}/{name}/hb", self._on_heartbeat, qos=0)
+            self._beat_listened = set(plugins)
+
+    def _look_all(self) -> dict[str, InstanceStatus]:
+        """Derive every instance's status (one session query per backend, one process-table pass)."""
+        since = time.monotonic()
+        self.probe.watch_registry()  # before the look: a write meanwhile is seen at the next probe
+        statuses = self.manager.status()
+        self._store(statuses, since, complete=True)
+        return self._snapshot()
+
+    def _look_changed(self) -> bool:
+        """Derive again what the probe says may have changed; return whether that was everything."""
+        change = self.probe.changes()
+        if change.everything:
+            self._look_all()
+            return True
+        if change.names:
+            self.manager.forget_sessions()  # a bot just ended: its session may be gone too
+            since = time.monotonic()
+            gone = {name for name in change.names if not self.manager.has(name)}
+            statuses = self.manager.status(sorted(change.names - gone)) if change.names - gone else []
+            self._store(statuses, since, gone=gone)
+        return False
+
+    def _look(self, instance: str) -> InstanceStatus:
+        """Derive one instance's status now, and keep it in the snapshot."""
+        since = time.monotonic()
+        [status] = self.manager.status([instance])
+        self._store([status], since)
+        return status
+
+    def _take(self, status: InstanceStatus | None, instance: str) -> InstanceStatus:
+        """Keep the status an action returned (derived just now), or derive one when it returned none."""
+        if status is None:
+            return self._look(instance)
+        self._store([status], time.monotonic())
+        return status
+
+    def _fresh(self, instance: str) -> InstanceStatus | None:
+        """Return the snapshot's status of ``instance`` if it can answer a request as it is, else ``None``.
+
+        It can while the host's state is readable and the registry unchanged,
+        it was derived less than :data:`SNAPSHOT_MAX_AGE` ago, and its bot (if
+        it had one) is still alive.
+        """
+        if self._state_error is not None or self.probe.registry_changed():
+            return None
+        with self._status_lock:
+            status = self._statuses.get(instance)
+            looked = self._looked.get(instance, 0.0)
+        if status is None or time.monotonic() - looked > SNAPSHOT_MAX_AGE:
+            return None
+        if status.pid is not None and not pid_alive(status.pid):
+            return None
+        return status
+
+    def _current(self, instance: str) -> InstanceStatus:
+        """Return the status of ``instance`` for a request: the snapshot's when fresh, else a new look."""
+        return self._fresh(instance) or self._look(instance)
+
+    def _fresh_all(self) -> dict[str, InstanceStatus] | None:
+        """Return the whole snapshot if every status in it is fresh (see :meth:`_fresh`), else ``None``."""
+        if self._state_error is not None or self.probe.registry_changed():
+            return None
+        now = time.monotonic()
+        with self._status_lock:
+            if any(now - self._looked.get(name, 0.0) > SNAPSHOT_MAX_AGE for name in self._statuses):
+                return None
+            statuses = dict(self._statuses)
+        if any(s.pid is not None and not pid_alive(s.pid) for s in statuses.values()):
+            return None
+        return statuses
+
+    def _status_reply(self, status: InstanceStatus) -> tuple[dict[str, t.Any], bytes]:
+        """Return an own ``status`` reply and its encoding, made once per status derived (the snapshot reuses it)."""
+        cached = self._replies.get(status.name)
+        if cached is None or cached[0] is not status:
+            reply = {"status": protocol.STATUS_OK, "msg": status.state, "result": status.to_dict()}
+            cached = self._replies[status.name] = (status, reply, protocol.dumps(protocol.make_primitive(reply)))
+        return cached[1], cached[2]
+
+    def _known(self, instance: str) -> bool:
+        with self._status_lock:
+            if instance in self._statuses:
+                return True
+        return self.manager.has(instance)
+
+    def provide(self, names: list[str], foreign: bool) -> dict[str, t.Any]:
+        """Answer ``supervisor ls`` over the snapshot socket: the statuses of ``names`` (all when empty).
+
+        From the snapshot while every status in it is younger than
+        :data:`SNAPSHOT_MAX_AGE` (states are current: the probe sees every
+        change), else from a new look; with ``foreign``, the foreign sessions
+        too, looked at most once per :data:`SNAPSHOT_MAX_AGE`.
+
+        Raises
+        ------
+        InstanceNotFound
+        """
+        statuses = self._fresh_all() or self._look_all()
+        missing = [name for name in names if name not in statuses]
+        if missing:
+            statuses.update({s.name: s for s in self.manager.status(missing)})  # new since the look, or a stranger
+        selected = [statuses[name] for name in names] if names else [statuses[n] for n in sorted(statuses)]
+        return {
+            "instances": [status.to_dict() for status in selected],
+            "foreign": [session.to_dict() for session in self._foreign()] if foreign else [],
+        }
+
+    def _foreign(self) -> list[ForeignSession]:
+        with self._foreign_lock:
+            looked, sessions = self._foreign_cache
+            if time.monotonic() - looked > SNAPSHOT_MAX_AGE:
+                sessions = self.manager.foreign_sessions()
+                self._foreign_cache = (time.monotonic(), sessions)
+            return sessions
+
+    # -- what the watchdog reports ---------------------------------------------------
+
+    def _on_incident(self, incident: Incident) -> None:
+        name, status = incident.name, incident.status
+        if incident.kind == "down" and status is not None:
+            # Clients hear that the bot went away (and the crash is on record) before they hear it came back.
+            self._gone(name, status)
+            self._publish_states(force=False)
+        elif incident.kind == "restarted":
+            status = self._take(status, name)
+            self._announce(name, status)
+            self._notify(name, incident.message)
+        elif incident.kind == "fatal" and status is not None:
+            self._gone(name, status)
+            self._notify(name, incident.message)
+        elif incident.kind == "orphan":
+            self._notify(name, incident.message)
+
+    # -- periodic work ----------------------------------------------------------------
 
     def _state_readable(self, error: Exception | None) -> None:
         """Log a change in whether this host's state can be read: the error once, then its mending."""
@@ -906,95 +1179,6 @@ class Agent:
             logger.error("cannot read this host's state (%s); bots keep running, supervision paused until fixed", text)
         self._state_error = text
 
-    def _refresh(self) -> dict[str, InstanceStatus]:
-        statuses = {s.name: s for s in self.manager.status()}
-        with self._status_lock:
-            self._statuses = statuses
-        return statuses
-
-    def _supervise(self, statuses: Mapping[str, InstanceStatus]) -> bool:
-        """Restart crashed bots with backoff, mark fatal ones, rotate logs; return whether one was restarted."""
-        restarted = False
-        with self._supervision_lock:
-            now = self._clock()
-            for name, status in statuses.items():
-                rotate_log(self.manager.paths.console_log(name))
-                if status.is_running:  # the process is alive (running, starting or waiting-login)
-                    failures = self._failures.get(name)
-                    if failures and failures.count and now - failures.started_at > self.fast_failure:
-                        failures.count = 0
-                    continue
-                if status.desired != DESIRED_RUNNING or status.state not in (CRASHED, EXITED):
-                    continue
-                restarted = self._recover(name, status, now) or restarted
-            self._report_orphans()
-        return restarted
-
-    def _report_orphans(self) -> None:
-        """Log and publish, once each, sessions of ours that lost their record (nothing supervises them)."""
-        now = time.monotonic()
-        if now < self._next_orphan_scan:
-            return
-        self._next_orphan_scan = now + self.config.state_interval
-        try:
-            orphans = set(self.manager.orphan_sessions())
-        except SupervisorError as e:
-            logger.warning("could not look for sessions without a record: %s", e)
-            return
-        for session in sorted(orphans - self._orphans):
-            message = (
-                f"session '{session}' runs without a record, so nothing supervises it (registry deleted?). "
-                f"Take it back with 'supervisor adopt {session} --name NAME -r RECIPE'."
-            )
-            logger.warning("%s", message)
-            self._notify(session.removeprefix(SESSION_PREFIX), message)
-        self._orphans = orphans
-
-    def _recover(self, name: str, status: InstanceStatus, now: float) -> bool:
-        failures = self._failures.setdefault(name, _Failures())
-        if now < failures.next_attempt:
-            return False
-        ran_for = now - failures.started_at if failures.started_at else None
-        if failures.started_at and ran_for is not None and ran_for > self.fast_failure:
-            failures.count = 0
-        if failures.started_at:
-            failures.count += 1
-        if failures.count >= self.fatal_after:
-            message = (
-                f"instance '{name}' failed {failures.count} times in a row (last exit code {status.exit_code}); "
-                f"marked fatal. Fix it and run 'supervisor start {name}'."
-            )
-            logger.error("%s", message)
-            self.manager.mark(name, fatal=True, last_error=message)
-            self._failures.pop(name, None)
-            self._gone(name, status)
-            self._notify(name, message)
-            return False
-        logger.warning(
-            "instance %s is %s (exit code %s) but should run: starting it (attempt %d)",
-            name,
-            status.state,
-            status.exit_code,
-            failures.count + 1,
-        )
-        failures.started_at = now
-        failures.next_attempt = now + min(self.backoff_max, self.backoff_base * (2**failures.count))
-        # Clients hear that the bot went away (and the crash is on record) before they hear it was restarted.
-        self._gone(name, status)
-        self._publish_states(force=False)
-        try:
-            result = self.manager.restart_crashed(name)
-        except SupervisorError as e:
-            logger.warning("restarting %s failed: %s", name, e)
-            return False
-        if not result.changed:
-            # Someone else (a restart, a user's stop) got there first: not a failure of the bot.
-            self._failures.pop(name, None)
-            return False
-        self._announce(name)
-        self._notify(name, f"instance '{name}' was {status.state}; restarted it (restart #{failures.count + 1}).")
-        return True
-
     def _notify(self, name: str, message: str) -> None:
         event = {"ts": round(self._clock(), 3), "host": self.host, "instance": name, "msg": message}
         self.connection.publish(f"{self.own}/{name}/events", json.dumps(event).encode(), qos=1)
@@ -1003,31 +1187,42 @@ class Agent:
         if status is not None and not status.plugin:
             self.connection.publish(f"{self.ns}/{name}/notify", protocol.notify(0, message))
 
-    def _heartbeats(self, statuses: Mapping[str, InstanceStatus]) -> None:
-        """Publish ``hb`` for plugin-less bots whose process is alive right now; announce transitions.
-
-        A plugin bot announces itself, but never says ``offline``: the agent
-        says it when the bot's process is gone.
-        """
+    def _heartbeats(self) -> None:
+        """Publish ``hb`` for plugin-less bots whose process is alive (as the snapshot says: kept current)."""
         with self._liveness_lock:
-            for name, status in statuses.items():
-                alive = status.is_running  # the process, not readiness: beats say "alive"
-                if status.plugin:
-                    if self._plugin_alive.get(name) and not alive and not self._status(name).is_running:
-                        self._status_update(name, "offline")
-                    self._plugin_alive[name] = alive
-                    continue
-                if not alive and self._alive.get(name) and self._status(name).is_running:
-                    alive = True  # relaunched after this snapshot was taken: not a transition
-                if alive != self._alive.get(name, False):
-                    self._status_update(name, "online" if alive else "offline")
-                self._alive[name] = alive
-                if alive and not self._beat_recently(name):
-                    self._beat(name)
+            statuses = self._snapshot()
+            self._track_liveness_locked(statuses.values(), beat=True)
             for gone in set(self._alive) - set(statuses):
                 self._alive.pop(gone)
             for gone in set(self._plugin_alive) - set(statuses):
                 self._plugin_alive.pop(gone)
+
+    def _track_liveness(self, statuses: Iterable[InstanceStatus]) -> None:
+        with self._liveness_lock:
+            self._track_liveness_locked(statuses, beat=False)
+
+    def _track_liveness_locked(self, statuses: Iterable[InstanceStatus], *, beat: bool) -> None:
+        """Say ``online`` (and beat) for bots that came up, ``offline`` for those gone; ``beat``: beat the others too.
+
+        A plugin bot announces itself and beats for itself, but never says
+        ``offline``: the agent says it when the bot's process is gone.
+        """
+        for status in statuses:
+            name, alive = status.name, status.is_running  # the process, not readiness: beats say "alive"
+            if status.plugin:
+                if self._plugin_alive.get(name) and not alive:
+                    self._status_update(name, "offline")
+                self._plugin_alive[name] = alive
+                continue
+            was = self._alive.get(name, False)
+            if alive and not was:
+                self._status_update(name, "online")
+                self._beat(name)
+            elif was and not alive:
+                self._status_update(name, "offline")
+            elif alive and beat and not self._beat_recently(name):
+                self._beat(name)
+            self._alive[name] = alive
 
     def _beat_recently(self, name: str) -> bool:
         """Whether a beat went out within half an interval (at launch): the tick then skips one, keeping the cadence."""
@@ -1038,55 +1233,89 @@ class Agent:
         self.connection.publish(f"{self.ns}/{name}/hb", protocol.heartbeat())
         self._last_heartbeat[name] = round(self._clock(), 3)
 
-    def _announce(self, name: str) -> None:
-        """Say ``online`` and beat at once for a plugin-less bot whose process just came up."""
-        status = self._refresh().get(name) or self._status(name)  # the console stream follows it from now
+    def _announce(self, name: str, status: InstanceStatus) -> None:
+        """Say ``online`` and beat at once for a plugin-less bot whose process was just (re)launched."""
         with self._liveness_lock:
-            if status.plugin:
-                self._plugin_alive[name] = status.is_running
-                return
-            if not status.is_running:
-                return
-            if not self._alive.get(name):  # came up: online, then a beat at once
-                self._status_update(name, "online")
-                self._alive[name] = True
-                self._beat(name)
-            elif not self._beat_recently(name):  # the tick already announced it and beat
-                self._beat(name)
+            if not status.plugin and status.is_running and self._alive.get(name) and not self._beat_recently(name):
+                self._beat(name)  # a new process behind a name already announced: it beats at once too
+            self._track_liveness_locked([status], beat=False)
 
     def _gone(self, name: str, status: InstanceStatus) -> None:
         """Say ``offline`` for a bot the agent had announced (or seen alive) whose process is gone."""
-        if status.is_running:
-            return
-        with self._liveness_lock:
-            seen = self._plugin_alive if status.plugin else self._alive
-            if seen.get(name):
-                self._status_update(name, "offline")
-            seen[name] = False
+        if not status.is_running:
+            self._track_liveness([status])
 
     def _stream_loop(self) -> None:
-        """Publish plugin-less bots' console lines on ``log`` (and ``events``/``performance`` per recipe)."""
-        while not self._stop.wait(STREAM_POLL):
-            if not self._serving:
-                continue  # another run of this host id may serve: publish nothing for it
-            with self._status_lock:
-                statuses = dict(self._statuses)
-            names = [name for name, status in statuses.items() if not status.plugin]
-            self.stream.follow(names)
-            if not names or not self.connection.is_connected:
-                continue
-            records = self.manager.registry.all()
-            for name in names:
-                record = records.get(name)
-                if record is None or not statuses[name].is_running:
+        """Publish plugin-less bots' console lines on ``log`` (and ``events``/``performance`` per recipe).
+
+        Woken by inotify when a console log grows (one ``stat`` per bot every
+        :data:`STREAM_SWEEP` seconds as a safety net); without inotify, one
+        ``stat`` per bot every :data:`STREAM_POLL` seconds. The recipe is read only when there is news.
+        """
+        inotify = Inotify.open()
+        poller = select.poll()
+        if inotify is not None:
+            poller.register(inotify.fd, select.POLLIN)
+        watched: dict[str, int] = {}  # name -> inotify watch
+        named: dict[int, str] = {}
+        next_sweep = 0.0
+        try:
+            while not self._stop.is_set():
+                if inotify is None:
+                    self._stop.wait(STREAM_POLL)
+                else:
+                    poller.poll(1000)
+                if not self._serving:
+                    continue  # another run of this host id may serve: publish nothing for it
+                statuses = self._snapshot()
+                self.stream.follow(n for n, s in statuses.items() if not s.plugin)
+                names = [n for n, s in statuses.items() if not s.plugin and s.is_running]
+                if not names or not self.connection.is_connected:
                     continue
-                try:
-                    recipe = self.manager.recipe_for(record)
-                    self.stream.poll(name, self.manager.paths.console_log(name), recipe)
-                except SupervisorError as e:
-                    logger.debug("not streaming %s's console: %s", name, e)
-                except Exception:
-                    logger.exception("streaming %s's console failed", name)
+                if inotify is None or time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + STREAM_SWEEP
+                    news = {n for n in names if self.stream.has_news(n, self._console_log(n))}
+                else:
+                    news = set()
+                if inotify is not None:
+                    for wd, mask, _name in inotify.read():
+                        name = named.get(wd)
+                        if name is not None:
+                            news.add(name)
+                            if mask & Inotify.IGNORED:  # the file went away: watch the new one
+                                watched.pop(name, None)
+                                named.pop(wd, None)
+                    self._watch_logs(inotify, names, watched, named)
+                for name in news & set(names):
+                    self._stream_one(name)
+        finally:
+            if inotify is not None:
+                inotify.close()
+
+    def _watch_logs(self, inotify: Inotify, names: list[str], watched: dict[str, int], named: dict[int, str]) -> None:
+        for name in set(watched) - set(names):
+            old = watched.pop(name)
+            named.pop(old, None)
+            inotify.remove(old)
+        for name in set(names) - set(watched):
+            wd = inotify.add(self._console_log(name), Inotify.MODIFY)
+            if wd is not None:  # no log yet: the next sweep reads it, the next pass watches it
+                watched[name] = wd
+                named[wd] = name
+
+    def _console_log(self, name: str) -> str:
+        path = self._console_logs.get(name)
+        if path is None:
+            path = self._console_logs[name] = str(self.manager.console_log(name))
+        return path
+
+    def _stream_one(self, name: str) -> None:
+        try:
+            self.stream.poll(name, Path(self._console_log(name)), self.manager.recipe(name))
+        except SupervisorError as e:
+            logger.debug("not streaming %s's console: %s", name, e)
+        except Exception:
+            logger.exception("streaming %s's console failed", name)
 
     def _status_update(self, name: str, state: t.Literal["online", "offline"]) -> None:
         self.connection.publish(f"{self.ns}/{name}/status_updates", protocol.status_update(state))
@@ -1095,29 +1324,37 @@ class Agent:
         """Publish retained ``state`` records that changed (all of them when ``force``)."""
         if not self.connection.is_connected:
             return
-        with self._publish_lock:  # the main loop and request workers both publish
+        with self._publish_lock:  # the main loop, the watchdog's reports and request workers all publish
             self._publish_states_locked(force=force)
 
     def _publish_states_locked(self, *, force: bool) -> None:
         with self._status_lock:
             statuses = dict(self._statuses)
-        if not force and not statuses:
-            return
-        if force:
-            statuses = self._refresh()
+            names = set(statuses) | set(self._published) if force else self._dirty
+            self._dirty = set()
         now = self._clock()
-        for name, status in statuses.items():
-            record = {**status.to_dict(), "last_heartbeat": self._last_heartbeat.get(name)}
-            stable = {k: v for k, v in record.items() if k not in _VOLATILE}
+        for name in names:
+            status = statuses.get(name)
             previous = self._published.get(name)
-            if not force and previous is not None and previous[0] == stable:
+            if status is None:
+                if previous is not None:
+                    self.connection.publish(f"{self.own}/{name}/state", b"", qos=1, retain=True)
+                    self._published.pop(name, None)
                 continue
+            if not force and previous is not None and previous[0] is status:
+                continue
+            stable = _stable(status)
+            if not force and previous is not None and previous[1] == stable:
+                self._published[name] = (status, stable)
+                continue
+            if status.state in _DOWN and status.desired == DESIRED_RUNNING and self.probe.is_busy(name):
+                with self._status_lock:
+                    self._dirty.add(name)  # mid-restart (someone holds its lock): the gap is no crash
+                continue
+            record = {**status.to_dict(), "last_heartbeat": self._last_heartbeat.get(name)}
             body = {**record, "host": self.host, "ts": round(now, 3), "refresh": self.config.state_interval}
             topic = f"{self.own}/{name}/state"
             if self.config.secret:
                 body = sign_record(self.config.secret, topic, body)
             self.connection.publish(topic, json.dumps(body).encode(), qos=1, retain=True)
-            self._published[name] = (stable, now)
-        for gone in set(self._published) - set(statuses):
-            self.connection.publish(f"{self.own}/{gone}/state", b"", qos=1, retain=True)
-            self._published.pop(gone)
+            self._published[name] = (status, stable)

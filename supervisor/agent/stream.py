@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 import typing as t
 
@@ -81,6 +82,19 @@ class ConsoleStream:
         keep = set(names)
         for name in set(self._readers) - keep:
             self.forget(name)
+
+    def has_news(self, name: str, path: str | Path) -> bool:
+        """Return whether ``name``'s console log may hold lines not published yet (one ``stat``; no read).
+
+        A log that shrank (rotated) counts as news; so does a bot not followed yet, whose first poll marks the end.
+        """
+        reader = self._readers.get(name)
+        if reader is None:
+            return True
+        try:
+            return os.stat(path).st_size != reader.offset  # noqa: PTH116 - a str path: no Path object per look
+        except OSError:
+            return False
 
     def poll(self, name: str, path: Path, recipe: Recipe) -> int:
         """Publish the lines ``name`` printed since the last poll; return how many lines were read."""

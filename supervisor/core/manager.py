@@ -241,6 +241,10 @@ class Manager:
         """Rotate the console log of ``name`` if it grew too large."""
         rotate_log(self.paths.console_log(name))
 
+    def is_busy(self, name: str) -> bool:
+        """Return whether someone holds ``name``'s lock: an install, start, stop or restart is under way."""
+        return self._parts.is_locked(name)
+
     @property
     def audit_log(self) -> Path:
         """Where the agent appends its audit records."""
