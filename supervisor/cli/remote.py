@@ -107,7 +107,7 @@ def broker_options(command: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
 @_agent_option(
     "--check-interval",
     type=click.FloatRange(min=0.05),
-    help="Seconds between crash checks. Default: the heartbeat interval.",
+    help="Seconds between full looks at every bot (kills, starts, stops are seen at once). Default: state interval.",
 )
 @_agent_option(
     "--fatal-after",
