@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import os
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import typing as t
 import pytest
 
 from supervisor.core.watchdog import UNSETTLED_RECHECK, Change, Incident, Probe, Watchdog
+from supervisor.files import locked
 from supervisor.states import State
 from tests.conftest import RECIPES, Clock, wait_until
 
@@ -61,13 +61,8 @@ def kill(pid: int) -> None:
 @contextlib.contextmanager
 def held_lock(manager: Manager, name: str) -> Iterator[None]:
     """Hold ``name``'s instance lock as another supervisor process would (a real flock on its lock file)."""
-    path = manager.paths.instance_lock(name)
-    with path.open("a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with locked(manager.paths.instance_lock(name)):
+        yield
 
 
 def test_a_killed_bot_is_reported_at_once_and_restarted_after_the_first_backoff_step(
