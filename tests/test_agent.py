@@ -22,6 +22,7 @@ import typing as t
 import uuid
 from pathlib import Path
 
+import git
 import paho.mqtt.client as mqtt
 import psutil
 import pytest
@@ -37,6 +38,7 @@ from tests.conftest import (
     DATA,
     RECIPES,
     Broker,
+    commit_files,
     free_port,
     make_origin,
     missing,
@@ -1632,6 +1634,28 @@ def test_the_snapshot_provider_gives_the_records_ls_gives(manager: Manager, bot_
         assert agent.provide(["tb"], False)["instances"][0]["state"] == "stopped"
         with pytest.raises(InstanceNotFound):
             agent.provide(["ghost"], False)
+    finally:
+        agent.probe.close()
+
+
+def test_the_snapshot_shows_the_commit_an_update_from_another_process_checked_out(
+    manager: Manager, bot_origin: Path
+) -> None:
+    """The agent caches HEADs for a state interval; an update recorded by a CLI is seen at once."""
+    from supervisor.agent.host import Agent
+    from supervisor.mqtt.config import load_agent_config
+
+    new_ticker(manager, "tb", bot_origin)
+    config = load_agent_config(None, {}, {"url": "mqtt://127.0.0.1:1", "host_id": HOST})
+    agent = Agent(manager, config)  # never run: the provider alone, as the snapshot socket calls it
+    try:
+        before = agent.provide(["tb"], False)["instances"][0]["commit"]
+        with git.Repo(bot_origin) as repo:
+            head = commit_files(repo, {"NEWS.md": "later\n"}, "news")
+        cli = Manager(manager.paths)  # another process's manager, with caches of its own
+        cli.update("tb")
+        assert before != head
+        assert agent.provide(["tb"], False)["instances"][0]["commit"] == head
     finally:
         agent.probe.close()
 

@@ -57,7 +57,7 @@ class Parts:
         self._session_cache: dict[str, tuple[float, dict[str, SessionInfo]]] = {}
         self.commit_cache_ttl = 0.0
         """Seconds a checkout's HEAD commit may be reused (update clears it)."""
-        self.commit_cache: dict[str, tuple[float, str | None]] = {}
+        self.commit_cache: dict[str, tuple[float, str | None, str | None]] = {}
         """HEAD commits by checkout, with when they were read."""
 
     @property
@@ -204,11 +204,13 @@ class Parts:
 
         now = time.monotonic()
         cached = self.commit_cache.get(instance.checkout)
-        if cached is not None and now - cached[0] < self.commit_cache_ttl:
+        # An update or rollback records its commit: a cached HEAD read before that is not reused,
+        # whichever process moved the checkout (the agent answers `ls` after a CLI `update`).
+        if cached is not None and now - cached[0] < self.commit_cache_ttl and cached[2] == instance.commit:
             return cached[1] or instance.commit
         commit = git.current_commit(Path(instance.checkout))
         if self.commit_cache_ttl:
-            self.commit_cache[instance.checkout] = (now, commit)
+            self.commit_cache[instance.checkout] = (now, commit, instance.commit)
         return commit or instance.commit
 
     def forget_commit(self, checkout: str) -> None:
