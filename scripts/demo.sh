@@ -13,7 +13,7 @@ done
 # `status` exits 0 only when the bot runs: give demo-2 its strategy once, right after its first start.
 demo2_was_running=yes
 "$sup" status demo-2 >/dev/null 2>&1 || demo2_was_running=no
-"$sup" start demo-1 demo-2 demo-3
+"$sup" start --wait demo-1 demo-2 demo-3   # ready before demo-2 is given its strategy
 if [ "$demo2_was_running" = no ]; then
   "$sup" send demo-2 "start --script demo_strategy.py"
 fi
