@@ -589,6 +589,28 @@ def test_own_restart_gives_a_new_process_and_counts_it(
     assert (record.json()["host"], record.json()["state"], record.json()["refresh"]) == (HOST, "running", 1.0)
 
 
+def test_own_restart_beats_for_the_new_process_after_its_reply_not_at_the_next_tick(
+    manager: Manager,
+    bot_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+) -> None:
+    new_ticker(manager, "tb", bot_origin, start=True)
+    agents.start(mosquitto.url, heartbeat=300.0)  # the tick is far away: only a launch can beat now
+    watcher = watchers(mosquitto)
+    beats = watcher.watch("hbot/tb/hb")
+    next_matching(beats, timeout=10)  # the beat that announced the bot when the agent came up
+
+    reply_to = f"test-reply-{uuid.uuid4().hex}"
+    replies = watcher.watch(reply_to)
+    watcher.publish(f"supervisor/{HOST}/tb/restart", envelope(reply_to, {}))
+    reply = next_matching(replies, timeout=30)
+    assert reply.json()["data"]["status"] == 200
+    # The new process beats after the reply that says it was restarted, though the last beat was recent.
+    next_matching(beats, lambda beat: beat.at >= reply.at, timeout=10)
+
+
 def test_hbot_start_and_status_default_to_async_as_the_bot_does(
     manager: Manager,
     bot_origin: Path,

@@ -935,22 +935,31 @@ class Agent:
                 )
                 return
         encoded = None
+        then: t.Callable[[], None] | None = None
         try:
             args = protocol.validate_own(verb, request.data)
             if verb == "status":
                 status = self._fresh(instance) or self._look(instance)  # raises InstanceNotFound for a stranger
                 reply, encoded = self._status_reply(status)
             else:
-                reply = self._run_own(instance, verb, args)
+                reply, then = self._run_own(instance, verb, args)
         except SupervisorError as e:
             reply = {"status": protocol.STATUS_ERROR, "msg": str(e), "code": e.code}
         self._reply(request.reply_to, reply, key, encoded=encoded)
+        if then is not None:
+            try:
+                then()  # the launch's beat and state record follow the reply that says it happened
+            except SupervisorError as e:
+                logger.warning("after %s of %s: %s", verb, instance, e)
         # After the reply: the client does not wait for the audit log's file lock and write.
         self.audit.record(
             topic=topic, client=who, reply_to=request.reply_to, result=reply["status"], msg=str(reply.get("msg"))
         )
 
-    def _run_own(self, instance: str, verb: str, args: Mapping[str, t.Any]) -> dict[str, t.Any]:
+    def _run_own(
+        self, instance: str, verb: str, args: Mapping[str, t.Any]
+    ) -> tuple[dict[str, t.Any], t.Callable[[], None] | None]:
+        """Carry out one of our verbs; return the reply and what to do once it is sent."""
         ok = protocol.STATUS_OK
         if verb == "list":
             statuses = self._fresh_all() or self._look_all()
@@ -958,17 +967,17 @@ class Agent:
                 "status": ok,
                 "msg": "",
                 "result": {"host": self.host, "instances": [statuses[name].to_dict() for name in sorted(statuses)]},
-            }
+            }, None
         if not self._known(instance):
             raise InstanceNotFound(instance)
         if verb == "tail":
-            return {"status": ok, "msg": "", "result": {"screen": self.manager.tail(instance, args["lines"])}}
+            return {"status": ok, "msg": "", "result": {"screen": self.manager.tail(instance, args["lines"])}}, None
         if verb == "logs":
             # The log outlives the session: a crashed or fatal bot's last output (its traceback) is here.
-            return {"status": ok, "msg": "", "result": {"log": self.manager.log_lines(instance, args["lines"])}}
+            return {"status": ok, "msg": "", "result": {"log": self.manager.log_lines(instance, args["lines"])}}, None
         if verb == "send":
             self.manager.send(instance, args["text"])
-            return {"status": ok, "msg": f"sent one line to '{instance}'."}
+            return {"status": ok, "msg": f"sent one line to '{instance}'."}, None
         if verb == "start":
             [result] = self.manager.start([instance])
         elif verb == "stop":
@@ -978,12 +987,15 @@ class Agent:
             [result] = self.manager.restart([instance])
         self.watchdog.forget(instance)
         status = self._take(result.status, instance)  # derived by the action itself: no second look
-        if verb == "stop":
-            self._gone(instance, status)
-        else:
-            self._announce(instance, status)
-        self._publish_states(force=False)  # the new state goes out now, not at the next tick
-        return {"status": ok, "msg": result.message, "result": result.to_dict()}
+
+        def then() -> None:
+            if verb == "stop":
+                self._gone(instance, status)
+            else:
+                self._announce(instance, status, relaunched=result.changed)
+            self._publish_states(force=False)  # the new state goes out now, not at the next tick
+
+        return {"status": ok, "msg": result.message, "result": result.to_dict()}, then
 
     # -- the snapshot -------------------------------------------------------------------
 
@@ -1233,10 +1245,15 @@ class Agent:
         self.connection.publish(f"{self.ns}/{name}/hb", protocol.heartbeat())
         self._last_heartbeat[name] = round(self._clock(), 3)
 
-    def _announce(self, name: str, status: InstanceStatus) -> None:
-        """Say ``online`` and beat at once for a plugin-less bot whose process was just (re)launched."""
+    def _announce(self, name: str, status: InstanceStatus, *, relaunched: bool = False) -> None:
+        """Say ``online`` and beat at once for a plugin-less bot whose process was just (re)launched.
+
+        ``relaunched``: a request just launched it and its reply went out: it beats now even if a
+        beat for the old process went out moments ago, so heartbeats follow the reply.
+        """
         with self._liveness_lock:
-            if not status.plugin and status.is_running and self._alive.get(name) and not self._beat_recently(name):
+            announced = not status.plugin and status.is_running and self._alive.get(name)
+            if announced and (relaunched or not self._beat_recently(name)):
                 self._beat(name)  # a new process behind a name already announced: it beats at once too
             self._track_liveness_locked([status], beat=False)
 
