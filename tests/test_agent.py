@@ -1085,7 +1085,7 @@ def test_a_request_in_the_startup_window_is_held_until_the_bridge_is_up(
     new_bridge_bot(manager, "pb", bridge_origin, mosquitto, delay=2.0)
     agents.start(mosquitto.url)
     watcher = watchers(mosquitto)
-    manager.start(["pb"], wait_ready=False)
+    manager.start(["pb"], wait=False)
     wait_until(lambda: manager.status(["pb"])[0].pid, timeout=10, message="the process is up")
     reply_to = f"r-early-{uuid.uuid4().hex}"
     replies = watcher.watch(reply_to)

@@ -90,7 +90,7 @@ def test_starting_until_ready_and_start_joins_a_starting_bot(
         settings=[f"ready_flag={flag}"],
         secret_values={"password": b"pw"},
     )
-    manager.start(["slow"], wait_ready=False)
+    manager.start(["slow"], wait=False)
     status = wait_until(lambda: fresh(manager).status(["slow"])[0].pid and fresh(manager).status(["slow"])[0])
     assert (status.state, status.is_running, status.is_ready) == ("starting", True, False)
     wait_until(lambda: "lifecycle-bot v1" in manager.paths.console_log("slow").read_text())
@@ -165,3 +165,40 @@ def test_concurrent_looks_never_lose_ready(tmp_path: Path) -> None:
         thread.join(timeout=60)
     seen = readiness.observe(record, lambda offset: read_chunk(log, offset), READY, None)
     assert seen is not None and seen.ready
+
+
+def test_ls_answered_by_the_agent_says_running_once_another_process_saw_the_ready_line(
+    manager: Manager, lifecycle_bot_origin: Path, tmp_path: Path
+) -> None:
+    """The agent's snapshot is fresh for a second, but a bot between launch and ready is looked at again."""
+    from supervisor.agent.host import Agent
+    from supervisor.mqtt.config import load_agent_config
+
+    recipe = tmp_path / "headless.yaml"
+    recipe.write_text((RECIPES / "headless.yaml").read_text())
+    flag = tmp_path / "go"
+    manager.new(
+        "slow",
+        str(recipe),
+        repo=str(lifecycle_bot_origin),
+        settings=[f"ready_flag={flag}"],
+        secret_values={"password": b"pw"},
+    )
+    manager.start(["slow"], wait=False)
+    wait_until(lambda: "lifecycle-bot v1" in manager.paths.console_log("slow").read_text())
+    config = load_agent_config(None, {}, {"url": "mqtt://127.0.0.1:1", "host_id": "h1"})
+    agent = Agent(manager, config)  # never run: the provider alone, as the snapshot socket calls it
+    try:
+        assert agent.provide(["slow"], False)["instances"][0]["state"] == "starting"  # the snapshot is fresh now
+        flag.touch()
+        fresh(manager).start(["slow"])  # another process waits for the ready line and records it
+        assert agent.provide(["slow"], False)["instances"][0]["state"] == "running"
+        # Within the snapshot's second: what another process's look records is seen at once.
+        manager.stop(["slow"])
+        flag.unlink()  # this launch stays short of its ready line
+        manager.start(["slow"], wait=False)
+        assert agent.provide([], False)["instances"][0]["state"] == "starting"
+        readiness.mark_ready(manager.paths.readiness_file("slow"))  # as that look writes it
+        assert agent.provide([], False)["instances"][0]["state"] == "running"
+    finally:
+        agent.probe.close()

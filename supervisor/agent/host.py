@@ -79,6 +79,8 @@ PROBE_INTERVAL = 0.25
 """Seconds between two looks of the probe: a crash, a CLI start or stop shows within this (plus one derivation)."""
 SNAPSHOT_MAX_AGE = 1.0
 """A status older than this is derived again before it answers a request (its CPU and memory figures age)."""
+_TRANSITIONAL = frozenset({State.STARTING, State.WAITING_LOGIN})
+"""States a look by another process can end (its readiness record), unseen by the probe."""
 _VOLATILE = frozenset({"cpu_percent", "rss", "uptime", "last_heartbeat"})
 _DOWN = (State.CRASHED, State.EXITED)
 
@@ -1097,6 +1099,8 @@ class Agent:
             return None
         if status.pid is not None and not pid_alive(status.pid):
             return None
+        if status.state in _TRANSITIONAL:
+            return None  # another process (a `start --wait`) may have seen its ready line meanwhile
         return status
 
     def _current(self, instance: str) -> InstanceStatus:
@@ -1146,6 +1150,11 @@ class Agent:
         missing = [name for name in names if name not in statuses]
         if missing:
             statuses.update({s.name: s for s in self.manager.status(missing)})  # new since the look, or a stranger
+        # Readiness is seen by whoever reads the console first (a `start --wait` in another process):
+        # a bot between launch and ready is looked at again, so `ls` after `start --wait` says running.
+        for name in names or list(statuses):
+            if statuses[name].state in _TRANSITIONAL:
+                statuses[name] = self._look(name)
         selected = [statuses[name] for name in names] if names else [statuses[n] for n in sorted(statuses)]
         return {
             "instances": [status.to_dict() for status in selected],

@@ -140,21 +140,13 @@ class Manager:
 
     @property
     def session_cache_ttl(self) -> float:
-        """Seconds a session listing may be reused (0: every look asks the backend)."""
+        """Seconds a session listing may be reused (0: every look asks the backend); see :meth:`use_caches`."""
         return self._parts.session_cache_ttl
-
-    @session_cache_ttl.setter
-    def session_cache_ttl(self, seconds: float) -> None:
-        self._parts.session_cache_ttl = seconds
 
     @property
     def commit_cache_ttl(self) -> float:
-        """Seconds a checkout's HEAD commit may be reused (0: read at every look)."""
+        """Seconds a checkout's HEAD commit may be reused (0: read at every look); see :meth:`use_caches`."""
         return self._parts.commit_cache_ttl
-
-    @commit_cache_ttl.setter
-    def commit_cache_ttl(self, seconds: float) -> None:
-        self._parts.commit_cache_ttl = seconds
 
     def use_caches(self, *, sessions: float = 0.0, commits: float = 0.0) -> None:
         """Let looks reuse a session listing for ``sessions`` seconds and a HEAD commit for ``commits``.
@@ -460,7 +452,6 @@ class Manager:
         *,
         wait: bool = True,
         strategy: t.Mapping[str, str | None] | None = None,
-        wait_ready: bool | None = None,
     ) -> list[ActionResult]:
         """Start each instance in its session; a running one is left alone.
 
@@ -475,7 +466,6 @@ class Manager:
         ``strategy`` (``script``/``conf``) launches the bot with that strategy
         through the recipe's ``run.strategy_args``, and is recorded so a crash
         restart runs it again; without it the bot starts with none.
-        ``wait_ready`` is the former name of ``wait``.
 
         Raises
         ------
@@ -483,8 +473,6 @@ class Manager:
         """
         from supervisor.core import launch
 
-        if wait_ready is not None:
-            wait = wait_ready
         return launch.start_many(self._parts, names, wait=wait, strategy=launch.check_strategy(strategy or {}))
 
     def _start_one(self, name: str, *, count_restart: bool = False, only_if_wanted: bool = False) -> ActionResult:
