@@ -1071,10 +1071,19 @@ class Agent:
 
     def _look(self, instance: str) -> InstanceStatus:
         """Derive one instance's status now, and keep it in the snapshot."""
+        return self._look_some([instance])[instance]
+
+    def _look_some(self, names: Sequence[str]) -> dict[str, InstanceStatus]:
+        """Derive these instances' statuses in one look, and keep them in the snapshot.
+
+        Raises
+        ------
+        InstanceNotFound
+        """
         since = time.monotonic()
-        [status] = self.manager.status([instance])
-        self._store([status], since)
-        return status
+        statuses = self.manager.status(names)
+        self._store(statuses, since)
+        return {status.name: status for status in statuses}
 
     def _take(self, status: InstanceStatus | None, instance: str) -> InstanceStatus:
         """Keep the status an action returned (derived just now), or derive one when it returned none."""
@@ -1147,14 +1156,13 @@ class Agent:
         InstanceNotFound
         """
         statuses = self._fresh_all() or self._look_all()
-        missing = [name for name in names if name not in statuses]
-        if missing:
-            statuses.update({s.name: s for s in self.manager.status(missing)})  # new since the look, or a stranger
-        # Readiness is seen by whoever reads the console first (a `start --wait` in another process):
-        # a bot between launch and ready is looked at again, so `ls` after `start --wait` says running.
-        for name in names or list(statuses):
-            if statuses[name].state in _TRANSITIONAL:
-                statuses[name] = self._look(name)
+        # Looked at again, in one look: names new since the snapshot (or strangers: InstanceNotFound), and
+        # bots between launch and ready, whose ready line another process (a `start --wait`) may have seen.
+        again = [
+            name for name in names or list(statuses) if name not in statuses or statuses[name].state in _TRANSITIONAL
+        ]
+        if again:
+            statuses.update(self._look_some(again))
         selected = [statuses[name] for name in names] if names else [statuses[n] for n in sorted(statuses)]
         return {
             "instances": [status.to_dict() for status in selected],
