@@ -39,7 +39,9 @@ if t.TYPE_CHECKING:
 
     from supervisor.core import metrics
     from supervisor.core.adopt import ForeignSession
+    from supervisor.core.git import ProgressFn
     from supervisor.core.launch import DEFAULT_STOP_TIMEOUT, ActionResult, check_strategy, strip_exec
+    from supervisor.core.steps import LineFn
 
 __all__ = [
     "ALIVE_STATES",
@@ -92,10 +94,6 @@ def __getattr__(name: str) -> t.Any:
         return getattr(importlib.import_module(_LAZY[name]), name)
     msg = f"module {__name__!r} has no attribute {name!r}"
     raise AttributeError(msg)
-
-
-ProgressFn = t.Callable[[str, "int | None", "int | None"], None]
-LineFn = t.Callable[[str], None]
 
 
 @dataclasses.dataclass(frozen=True)
