@@ -847,7 +847,8 @@ def test_login_is_required_and_a_wrong_password_is_refused(fleet: Fleet, browser
     page.click("#login-button")
     page.wait_for_selector("#app", state="visible")
     wait_page(page, "() => document.getElementById('live-text').textContent === 'live'")
-    assert page.is_visible("#empty")  # no agent on this broker
+    # "live" shows when the stream opens; the first snapshot (no agent on this broker) is drawn after it.
+    page.wait_for_selector("#empty", state="visible")
     [cookie] = context.cookies()
     assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
     # Even with the session cookie, a command without the CSRF header is refused.
