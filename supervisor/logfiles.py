@@ -63,6 +63,38 @@ def read_from(path: Path, offset: int) -> str:
 _ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][A-Za-z0-9]|\x1b[=>]|\r")
 
 
+def is_answered(text: str, echo: str, end: re.Pattern[str]) -> bool:
+    """Return whether console output ``text`` shows the answer to the typed line ``echo`` complete.
+
+    It is once a line after the echoed command (the unfinished last one too:
+    a prompt has no newline) starts with ``end``.
+    """
+    lines = [_ANSI_RE.sub("", line) for line in text.split("\n")]
+    for i, line in enumerate(lines):
+        if line.rstrip().endswith(echo):
+            return any(end.match(after) for after in lines[i + 1 :])
+    return False
+
+
+ANSWER_POLL = 0.005
+"""Seconds between two reads of the console log while an answer is awaited."""
+
+
+def wait_for_answer(path: Path, offset: int, echo: str, end: re.Pattern[str] | None, timeout: float) -> str:
+    """Return the console output after ``offset`` once the answer to ``echo`` is complete, or after ``timeout``.
+
+    Without an ``end`` pattern there is no telling: the whole ``timeout`` is waited.
+    """
+    deadline = time.monotonic() + timeout
+    text = ""
+    while True:
+        text = read_from(path, offset)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or (end is not None and is_answered(text, echo, end)):
+            return text
+        time.sleep(min(remaining, ANSWER_POLL if end is not None else remaining))
+
+
 def clean_console(text: str, *, echo: str | None = None) -> str:
     """Strip terminal escapes and the echoed command line from console output."""
     lines = [_ANSI_RE.sub("", line).rstrip() for line in text.split("\n")]

@@ -165,6 +165,10 @@ class Paths(t.NamedTuple):
         """Held while one process installs, starts or stops the instance."""
         return self.instance_dir(name) / ".lock"
 
+    def console_lock(self, name: str) -> Path:
+        """Held while one process types into the bot's console (and reads the answer)."""
+        return self.instance_dir(name) / ".console.lock"
+
 
 def ensure_dir(path: Path, mode: int = 0o755) -> Path:
     """Create ``path`` with parents if missing and return it."""

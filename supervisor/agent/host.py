@@ -33,6 +33,8 @@ from pathlib import Path
 from supervisor import __version__
 from supervisor.agent.answer import read_answer, read_trades
 from supervisor.agent.external import ExternalEvents
+from supervisor.agent.lane import Lanes
+from supervisor.agent.plugin import StrategyWatch
 from supervisor.agent.snapshot import SnapshotServer
 from supervisor.agent.stream import ConsoleStream
 from supervisor.audit import AuditLog, clip
@@ -186,6 +188,7 @@ class Agent:
         self._stop = threading.Event()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="agent-request")
         self._pending = threading.BoundedSemaphore(MAX_PENDING)
+        self.lanes = Lanes(self._pool)
         self._alive: dict[str, bool] = {}
         self._last_heartbeat: dict[str, float] = {}
         self._published: dict[str, tuple[InstanceStatus, tuple[t.Any, ...]]] = {}
@@ -228,6 +231,7 @@ class Agent:
             max_queued=MAX_QUEUED,
         )
         self.stream = ConsoleStream(self.connection.publish, self.ns, clock=clock)
+        self.strategies = StrategyWatch(self.connection, self._accepted_strategy)
         self.snapshots = SnapshotServer(manager.paths.agent_socket, self.provide, tmux_socket=manager.paths.tmux_socket)
 
     # -- lifecycle -------------------------------------------------------------
@@ -283,6 +287,7 @@ class Agent:
                     if state_due:
                         next_state = now + self.config.state_interval
                     self._expire_held()
+                    self.strategies.expire()
                 except (SupervisorError, OSError) as e:
                     # A broken, deleted or unreadable registry or recipe: the bots run on in their sessions.
                     # Keep serving; say it once, and again when it is mended. No beat is sent on a guess.
@@ -293,7 +298,7 @@ class Agent:
                 restart = self.watchdog.next_attempt()
                 if restart is not None:
                     wake = min(wake, restart - self._clock())
-                if self._held or self._reassert_pending:
+                if self._held or self._reassert_pending or self.strategies.waiting:
                     wake = min(wake, REASSERT_GAP)  # held requests of plugin bots expire on time
                 if self._state_error is not None:
                     self._stop.wait(max(0.01, min(wake, PROBE_INTERVAL)))
@@ -380,6 +385,8 @@ class Agent:
         self._serving = True
         # `supervisor ls` on this host asks the agent's snapshot instead of looking itself.
         self.snapshots.start()
+        with contextlib.suppress(SupervisorError, OSError):  # the main loop says why, once
+            self._look_all()  # requests are judged on the snapshot from the first one on
         self._subscribe()
         if self.connection.is_connected:
             self.connection.publish(f"{self.own}/agent", self._availability("online"), qos=1, retain=True)
@@ -484,11 +491,13 @@ class Agent:
     def _dispatch(
         self, topic: str, payload: bytes, props: Mapping[str, t.Any], work: Callable[[str, bytes, bool, bool], None]
     ) -> None:
-        """Hand a request to the pool (handlers run on the network thread and must be quick).
+        """Queue a request in its bot's lane (handlers run on the network thread and must be quick).
 
-        The handler gets the MQTT DUP and retain flags of the message. When every
-        slot is taken the request is refused before it runs (503), so an executed
-        request always has room for its reply in the outgoing queue.
+        Requests for one bot run one at a time, in the order they arrived, whoever
+        sent them; host-wide ones (``list``) run at once. The handler gets the MQTT
+        DUP and retain flags of the message. When every slot is taken the request
+        is refused before it runs (503), so an executed request always has room
+        for its reply in the outgoing queue.
         """
         if not self._pending.acquire(blocking=False):
             if work == self._handle_hbot and not self._answers_hbot(topic):
@@ -509,10 +518,22 @@ class Agent:
             finally:
                 self._pending.release()
 
+        lane = self._lane_of(topic)
         try:
-            self._pool.submit(job)
+            if lane is None:
+                self._pool.submit(job)
+            else:
+                self.lanes.submit(lane, job)
         except RuntimeError:  # the pool is shut down: the agent is stopping
             self._pending.release()
+
+    def _lane_of(self, topic: str) -> str | None:
+        """Return the bot a request is for (its lane), or ``None`` for a host-wide request."""
+        for prefix in (self.own, self.ns):
+            if topic.startswith(prefix + "/"):
+                instance, sep, _ = topic[len(prefix) + 1 :].partition("/")
+                return instance if sep else None
+        return None
 
     def _answers_hbot(self, topic: str) -> bool:
         """Return whether this agent answers ``topic``, judged on the last snapshot (cheap: network thread)."""
@@ -522,7 +543,38 @@ class Agent:
         return status is not None and not (status.plugin and status.is_running)
 
     def _on_hbot(self, topic: str, payload: bytes, props: Mapping[str, t.Any]) -> None:
+        if not props.get("retain"):
+            self._watch_strategy(topic, payload)
         self._dispatch(topic, payload, props, self._handle_hbot)
+
+    def _watch_strategy(self, topic: str, payload: bytes) -> None:
+        """For a running plugin bot's ``start``/``stop``: wait for its bridge's answer (network thread: quick)."""
+        instance, _, command = topic[len(self.ns) + 1 :].partition("/")
+        if command not in ("start", "stop"):
+            return
+        with self._status_lock:
+            status = self._statuses.get(instance)
+        if status is None or not (status.plugin and status.is_running):
+            return  # a down plugin bot's start is the agent's own launch: recorded by it
+        try:
+            request = protocol.parse_request(payload)
+            data = protocol.validate(command, request.data)
+            strategy = check_strategy(data) if command == "start" else None
+        except SupervisorError:
+            return
+        if command == "start" and not strategy:
+            return  # a start of what the bot has imported: nothing to relaunch it with
+        self.strategies.expect(instance, request.reply_to, strategy)
+
+    def _accepted_strategy(self, instance: str, strategy: dict[str, str] | None) -> None:
+        """Record the strategy a plugin bot's bridge accepted (in its lane, after what came before)."""
+
+        def record() -> None:
+            with contextlib.suppress(SupervisorError):
+                self.manager.mark(instance, strategy=strategy)
+
+        with contextlib.suppress(RuntimeError):  # the agent is stopping
+            self.lanes.submit(instance, record)
 
     def _on_external(self, topic: str, payload: bytes, props: Mapping[str, t.Any]) -> None:
         self._dispatch(
@@ -543,6 +595,8 @@ class Agent:
         Return ``False`` (the pool takes it) when the instance's status is not fresh.
         """
         instance = topic[len(self.own) + 1 :].rpartition("/")[0]
+        if not self.lanes.is_idle(instance):
+            return False  # it answers after what its bot's lane holds, in order
         if self._fresh(instance) is None or not self._pending.acquire(blocking=False):
             return False
         try:
@@ -614,8 +668,8 @@ class Agent:
     def _fresh_request(self, topic: str, payload: bytes, dup: bool) -> tuple[protocol.Request, str] | None:
         """Return a new, well-formed request and its dedup key; ``None`` for redeliveries and bad requests.
 
-        A redelivery (DUP flag, or the same bytes within a few seconds) is not
-        run again; it gets the reply already sent, if any.
+        A redelivery (the DUP flag on a request already seen) is not run
+        again; it gets the reply already sent, if any.
         """
         new, key, cached = self.redeliveries.check(topic, payload, dup=dup)
         if not new:
@@ -663,8 +717,6 @@ class Agent:
             # New, or a down plugin bot: a bot just launched must not be taken for down.
             self.manager.forget_sessions()
             status = self._look(instance)
-        if status.plugin:
-            self._note_strategy(instance, command, payload)
         if status.plugin and status.is_running and self._bridge_is_up(instance):
             # The bot's own MQTT bridge answers while it is up (even to bad requests): never a double reply.
             return
@@ -698,6 +750,19 @@ class Agent:
                 self._answer_hbot(request, command, topic, key, _Outcome(protocol.STATUS_ERROR, str(e)))
                 return
             self._hold(instance, command, topic, payload, request, key)
+            return
+        if data.get("async_backend") is True and command == "start" and status.is_ready:
+            # As the bot does: a start it refuses (already running) is a 400; an accepted one is 200 with no
+            # text, its console's answer going to notify. The console answers at once: no need to answer first.
+            try:
+                outcome = self._run_hbot(instance, command, data, status)
+            except SupervisorError as e:
+                outcome = _Outcome(protocol.STATUS_ERROR, str(e))
+            if outcome.code == protocol.STATUS_OK:
+                self._answer_hbot(request, command, topic, key, _Outcome(protocol.STATUS_OK, ""))
+                self._hbot_notify(instance, outcome.msg)
+            else:
+                self._answer_hbot(request, command, topic, key, outcome)
             return
         if data.get("async_backend") is True and command in ("start", "stop"):
             # As the bot does: answer at once, then do the (possibly long) work; its console's answer goes to notify.
@@ -777,7 +842,10 @@ class Agent:
             line = "stop_keep_orders" if data.get("skip_order_cancellation") else "stop"
             return self._console(instance, line, {})
         if command == "status" and not sync:
+            # Hummingbot answers 400 at once when no strategy runs; else 200, the status going to notify.
             outcome = self._console(instance, "status", {})
+            if outcome.code != protocol.STATUS_OK:
+                return outcome
             self._hbot_notify(instance, outcome.msg)
             return _Outcome(protocol.STATUS_OK, "")
         if command == "import":
@@ -888,20 +956,6 @@ class Agent:
             msg = f"instance '{instance}': its MQTT bridge did not come up in time to answer. Check 'supervisor tail'."
             self.audit.record(topic=item.topic, reply_to=item.reply_to, result=protocol.STATUS_ERROR, msg=msg)
             self._reply(item.reply_to, protocol.response(item.command, status=protocol.STATUS_ERROR, msg=msg), item.key)
-
-    def _note_strategy(self, instance: str, command: str, payload: bytes) -> None:
-        """Remember the strategy a client starts on a plugin bot (and forget it on stop), for crash restarts."""
-        if command not in ("start", "stop"):
-            return
-        try:
-            data = protocol.validate(command, protocol.parse_request(payload).data)
-            strategy = check_strategy(data) if command == "start" else None
-        except SupervisorError:
-            return
-        if command == "start" and not strategy:
-            return
-        with contextlib.suppress(SupervisorError):
-            self.manager.mark(instance, strategy=strategy)
 
     # -- our own verbs -----------------------------------------------------------------
 

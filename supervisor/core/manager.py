@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
+import re
 import typing as t
 from pathlib import Path
 
@@ -30,7 +30,8 @@ from supervisor.errors import (
     SessionError,
     SupervisorError,
 )
-from supervisor.logfiles import clean_console, last_lines, read_from, rotate_log
+from supervisor.files import locked
+from supervisor.logfiles import clean_console, last_lines, rotate_log, wait_for_answer
 from supervisor.paths import Paths
 from supervisor.states import ALIVE, State
 
@@ -545,6 +546,8 @@ class Manager:
     def send(self, name: str, text: str) -> None:
         """Type one line into the bot's console, literally, then Enter.
 
+        It waits while another process types a command and reads its answer.
+
         Raises
         ------
         InstanceNotRunning
@@ -554,7 +557,8 @@ class Manager:
         """
         check_console_text(text, what=f"instance '{name}': the text to send")
         record, _ = self._running_record(name)
-        self.backend(record.backend).send_line(record.session, text)
+        with locked(self.paths.console_lock(name)):
+            self.backend(record.backend).send_line(record.session, text)
 
     def send_keys(self, name: str, keys: Sequence[str]) -> None:
         """Press ``keys`` (names such as ``C-c``, ``Enter``, ``Escape``, ``Up``) in the bot's console.
@@ -632,19 +636,28 @@ class Manager:
         return check_console_text(line, what=f"instance '{name}': the console line for '{command}'")
 
     def relay(self, name: str, command: str, values: t.Mapping[str, t.Any], *, capture: bool = False) -> str:
-        """Type the console line for ``command`` and return what the bot printed after it (if ``capture``)."""
+        """Type the console line for ``command`` and return what the bot printed after it (if ``capture``).
+
+        The console is held (across processes) from typing to the end of the
+        answer, so no other command's output mixes in. The answer ends when the
+        recipe's ``answer.end`` (or its prompt) shows again, at the latest after
+        ``reply_wait`` seconds.
+        """
         line = self.console_line(name, command, values)
         record, status = self._running_record(name)
         if not status.is_ready:
             # A bot command typed into a login dialog would be taken as the password.
             raise InstanceNotReady(name, status.state)
         log = self.paths.console_log(name)
-        offset = log.stat().st_size if log.exists() else 0
-        self.backend(record.backend).send_line(record.session, line)
-        if not capture:
-            return ""
-        time.sleep(self.recipe_for(record).console.reply_wait)
-        return clean_console(read_from(log, offset), echo=line)
+        console = self.recipe_for(record).console
+        with locked(self.paths.console_lock(name)):
+            offset = log.stat().st_size if log.exists() else 0
+            self.backend(record.backend).send_line(record.session, line)
+            if not capture:
+                return ""
+            end = console.answer.end_pattern
+            text = wait_for_answer(log, offset, line, re.compile(end) if end else None, console.reply_wait)
+        return clean_console(text, echo=line)
 
     # -- adoption -------------------------------------------------------------------------------
 

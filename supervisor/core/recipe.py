@@ -49,7 +49,7 @@ _STOP_KEYS = {"signal", "command", "grace"}
 #: Console lines that are variants of a command rather than commands of their own.
 CONSOLE_VARIANTS = ("stop_keep_orders",)
 _CONSOLE_KEYS = {*CONSOLE_COMMANDS, *CONSOLE_VARIANTS, "quit", "quit_delay", "reply_wait", "answer", "trades"}
-_ANSWER_KEYS = {"prompt", "noise", "error"}
+_ANSWER_KEYS = {"prompt", "noise", "error", "end"}
 _MQTT_KEYS = {"plugin", "config", "values", "log", "log_rate", "events", "performance"}
 _EVENT_KEYS = {"match", "type"}
 
@@ -131,12 +131,20 @@ class Answer:
 
     ``prompt`` is removed from the start of lines, ``noise`` lines (log lines
     the bot prints meanwhile) are left out, and an answer with an ``error``
-    line is an error (400 on Hummingbot's topics).
+    line is an error (400 on Hummingbot's topics). The answer is complete when
+    a line after the typed command starts with ``end`` (default: the prompt,
+    which the bot prints again once it has answered); ``reply_wait`` bounds the wait.
     """
 
     prompt: str | None = None
     noise: tuple[str, ...] = ()
     error: tuple[str, ...] = ()
+    end: str | None = None
+
+    @property
+    def end_pattern(self) -> str | None:
+        """The pattern that says the answer is complete: ``end``, else the prompt."""
+        return self.end or self.prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -413,6 +421,7 @@ def parse_recipe(data: object, path: Path, *, builtin: bool = False) -> Recipe:
             prompt=_pattern(path, "console.answer.prompt", answer_raw.get("prompt")),
             noise=_patterns(path, "console.answer.noise", answer_raw.get("noise")),
             error=_patterns(path, "console.answer.error", answer_raw.get("error")),
+            end=_pattern(path, "console.answer.end", answer_raw.get("end")),
         ),
         trades=_pattern(path, "console.trades", console_raw.get("trades"), groups=True),
     )

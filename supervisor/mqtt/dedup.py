@@ -1,8 +1,9 @@
-"""Telling a redelivered request from a new one that happens to have the same bytes.
+"""Telling a transport-level redelivery from a new request that happens to have the same bytes.
 
-A redelivery is a message the broker sends again with the MQTT DUP flag, or the
-same topic and payload arriving again within a few seconds. A later identical
-request (start -> stop -> start from one client, same bytes) is a new request.
+Only MQTT itself says what is a redelivery: a message the broker sends again with
+the DUP flag, of a request already seen. Every other message is a request, however
+like an earlier one it is: Hummingbot runs two identical requests twice, and so do
+we (start -> stop -> start from one hand-made client has the same bytes each time).
 Imports nothing of the agent's; the clock is injectable.
 """
 
@@ -17,10 +18,8 @@ import typing as t
 if t.TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["REDELIVERY_SECONDS", "Redeliveries"]
+__all__ = ["REMEMBER_SECONDS", "Redeliveries"]
 
-#: Identical requests closer than this are one request delivered twice.
-REDELIVERY_SECONDS = 5.0
 #: How long a request is remembered for a DUP-flagged redelivery (brokers resend on reconnect).
 REMEMBER_SECONDS = 300.0
 MAX_REMEMBERED = 4096
@@ -29,17 +28,11 @@ MAX_REMEMBERED = 4096
 class Redeliveries:
     """Remembers requests and their replies, so a redelivery is answered again but never run twice."""
 
-    def __init__(
-        self,
-        window: float = REDELIVERY_SECONDS,
-        remember: float = REMEMBER_SECONDS,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.window = window
-        self.remember = max(remember, window)
+    def __init__(self, remember: float = REMEMBER_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.remember = remember
         self._clock = clock
         self._lock = threading.Lock()
-        # key -> (first seen, reply bytes once answered)
+        # key -> (last seen, reply bytes once answered)
         self._seen: collections.OrderedDict[str, tuple[float, bytes | None]] = collections.OrderedDict()
 
     @staticmethod
@@ -50,8 +43,9 @@ class Redeliveries:
     def check(self, topic: str, payload: bytes, *, dup: bool = False) -> tuple[bool, str, bytes | None]:
         """Return ``(is_new, key, cached_reply)``; a new request is remembered from now on.
 
-        ``cached_reply`` is the reply already sent for a redelivery (``None``
-        while the first delivery is still being worked on).
+        Only a ``dup``-flagged message of a request remembered is a redelivery;
+        ``cached_reply`` is the reply already sent for it (``None`` while the
+        first delivery is still being worked on).
         """
         key = self.key(topic, payload)
         now = self._clock()
@@ -61,7 +55,7 @@ class Redeliveries:
             while len(self._seen) >= MAX_REMEMBERED:
                 self._seen.popitem(last=False)
             seen = self._seen.get(key)
-            if seen is not None and (dup or now - seen[0] <= self.window):
+            if seen is not None and dup:
                 return False, key, seen[1]
             self._seen.pop(key, None)
             self._seen[key] = (now, None)

@@ -3,7 +3,8 @@
 It connects after ``BRIDGE_DELAY`` seconds (the start-up window), subscribes to
 ``hbot/{BOT_NAME}/+``, says ``online`` on ``status_updates`` (as Hummingbot's
 bridge does after subscribing), beats on ``hb`` and answers every well-formed
-request with ``"bridge <command> <its argv tail>"``. Malformed requests get no
+request with ``"bridge <command> <its argv tail>"`` (a start of a conf named
+``missing…`` with 400, as a conf the bot cannot read). Malformed requests get no
 reply, as from the real bot. ``stop`` and ``exit`` on stdin end it.
 """
 
@@ -37,7 +38,11 @@ def on_message(client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage
     except (ValueError, KeyError, TypeError):
         return
     body = {"header": {"reply_to": "", "timestamp": int(time.time() * 1000)}}
-    body["data"] = {"status": 200, "msg": f"bridge {command} {ARGS}".strip()}
+    if command == "start" and str(data.get("conf") or "").startswith("missing"):
+        # As Hummingbot refuses a conf it cannot read: nothing starts.
+        body["data"] = {"status": 400, "msg": f"No such file: {data['conf']}"}
+    else:
+        body["data"] = {"status": 200, "msg": f"bridge {command} {ARGS}".strip()}
     client.publish(reply_to, json.dumps(body), qos=1)
     print(f"bridge answered {command}", flush=True)
 
