@@ -444,13 +444,15 @@ def scaling(ctx: Ctx, selected: set[str]) -> dict[str, t.Any]:
 # -- MQTT round trip ---------------------------------------------------------------------------------
 
 
-def _round_trips(requester: t.Any, topic: str, count: int) -> tuple[list[float], int, dict[str, t.Any]]:
+def _round_trips(
+    requester: t.Any, topic: str, count: int, data: dict[str, t.Any] | None = None
+) -> tuple[list[float], int, dict[str, t.Any]]:
     samples: list[float] = []
     failures = 0
     first: dict[str, t.Any] = {}
     for i in range(count):
         try:
-            rtt, reply = requester.request(topic)
+            rtt, reply = requester.request(topic, data=data)
         except Exception:  # noqa: BLE001 - a lost reply counts as a failure, the run goes on
             failures += 1
             continue
@@ -503,11 +505,25 @@ def fig_mqtt(ctx: Ctx) -> dict[str, t.Any]:
         _round_trips(requester, topic, 20)
         samples, failures, first = _round_trips(requester, topic, count)
         result["ours"] = {**_ms(stats(samples)), "failures": failures, "first_reply": first}
+        result["relay"] = _relayed_status(ours, requester, 50 if ctx.quick else 200)
     finally:
         requester.close()
         agent.stop()
         ours.kill_server()
     return result
+
+
+def _relayed_status(ours: Ours, requester: t.Any, count: int) -> dict[str, t.Any]:
+    """Hummingbot's ``status`` (sync) relayed into example-bot's console: typed, answered, read back."""
+    name = "relay-ex"
+    run(ours.cli("new", name, "-r", "example-bot", "--set", "interval=0.5"), env=ours.env, timeout=120)
+    run(ours.cli("start", name, "--wait"), env=ours.env, timeout=120)
+    data = {"async_backend": False}
+    requester.request(f"hbot/{name}/start", data=data)  # a strategy runs: status answers 200 with its line
+    topic = f"hbot/{name}/status"
+    _round_trips(requester, topic, 5, data)
+    samples, failures, first = _round_trips(requester, topic, count, data)
+    return {**_ms(stats(samples)), "failures": failures, "first_reply": first}
 
 
 def _ms(figures: dict[str, t.Any]) -> dict[str, t.Any]:

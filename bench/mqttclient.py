@@ -67,9 +67,10 @@ class Client:
             self.client.loop_stop()
 
 
-def request_payload(reply_to: str) -> bytes:
+def request_payload(reply_to: str, data: dict[str, t.Any] | None = None) -> bytes:
     """Return a request in the agent's envelope."""
-    return json.dumps({"header": {"reply_to": reply_to, "timestamp": int(time.time() * 1000)}, "data": {}}).encode()
+    header = {"reply_to": reply_to, "timestamp": int(time.time() * 1000)}
+    return json.dumps({"header": header, "data": data or {}}).encode()
 
 
 class Requester:
@@ -81,11 +82,13 @@ class Requester:
         self.replies: queue.Queue[tuple[float, bytes]] = queue.Queue()
         self.client.subscribe(self.reply_topic, lambda m: self.replies.put((time.perf_counter(), m.payload)))
 
-    def request(self, topic: str, timeout: float = 10.0) -> tuple[float, dict[str, t.Any]]:
+    def request(
+        self, topic: str, timeout: float = 10.0, data: dict[str, t.Any] | None = None
+    ) -> tuple[float, dict[str, t.Any]]:
         """Publish a request and return (round trip seconds, decoded reply)."""
         while not self.replies.empty():  # a late reply of an earlier, timed-out request
             self.replies.get_nowait()
-        payload = request_payload(self.reply_topic)
+        payload = request_payload(self.reply_topic, data)
         start = time.perf_counter()
         self.client.client.publish(topic, payload, qos=1)
         at, body = self.replies.get(timeout=timeout)

@@ -53,6 +53,8 @@ def _at(block: dict[str, t.Any], n: int) -> dict[str, t.Any]:
 # -- judging ---------------------------------------------------------------------------------
 
 ISSUE = "13"
+CURRENT = ("18", "19", "20", "21", "22", "23")
+"""The issues whose targets this round adds: their rows come first, under their own heading."""
 """The issue whose targets head the table; the earlier issues' targets follow as regression checks."""
 
 
@@ -281,7 +283,22 @@ def _judge_mqtt(figs: dict[str, t.Any]) -> list[dict[str, t.Any]]:
         f"{ours['median'] - echo.get('median', 0):.2f} ms per request beyond decoding and publishing on paho's "
         f"network thread, where 1.5× allows {0.5 * echo.get('median', 0):.2f} ms."
     )
+    relay = mqtt.get("relay") or {}
+    relayed: list[dict[str, t.Any]] = []
+    if relay.get("n") and echo.get("median"):
+        relay_ratio = relay["median"] / echo["median"]
+        relayed.append(
+            _row("relayed `status` (typed into example-bot) p50", f"{relay['median']:.1f} ms", echo_text,
+                 "≤ 150 ms and ≤ 4× echo", _x(relay_ratio), relay["median"] <= 150 and relay_ratio <= 4,
+                 group="18", why=f"p99 {relay['p99']:.1f} ms over {relay['n']} requests; the answer ends when "
+                 "the bot's prompt shows again (reply_wait 0.5 s is only the bound).")
+        )  # fmt: skip
+    elif mqtt:
+        relayed.append(
+            _missing("relayed `status` p50", echo_text, "≤ 150 ms and ≤ 4× echo", relay.get("error") or "not run", "18")
+        )
     return [
+        *relayed,
         _row("MQTT status round trip p50", f"{ours['median']:.2f} ms", echo_text, "≤ 1.5× echo", _x(ratio),
              _le(ratio, 1.5), group=ISSUE, why=why),
         _row("MQTT status round trip p99", f"{ours['p99']:.2f} ms", f"echo p99 {echo.get('p99', 0):.2f} ms",
@@ -615,7 +632,11 @@ def _agent(fig: dict[str, t.Any]) -> str:
 
 def _mqtt(fig: dict[str, t.Any]) -> str:
     rows = []
-    for label, key in (("supervisor agent (`status` of one instance)", "ours"), ("bare paho echo pair", "echo")):
+    for label, key in (
+        ("supervisor agent (`status` of one instance)", "ours"),
+        ("supervisor agent, Hummingbot `status` relayed into example-bot's console", "relay"),
+        ("bare paho echo pair", "echo"),
+    ):
         value = fig.get(key, {})
         if value.get("n"):
             rows.append(
@@ -799,8 +820,9 @@ def render(results: dict[str, t.Any], png_name: str) -> str:
     figs = results.get("figures", {})
     machine = meta.get("machine", {})
     verdicts = judge(results)
+    newest = [v for v in verdicts if v.get("group") in CURRENT]
     current = [v for v in verdicts if v.get("group") == ISSUE]
-    earlier = [v for v in verdicts if v.get("group") != ISSUE]
+    earlier = [v for v in verdicts if v.get("group") not in (ISSUE, *CURRENT)]
     met = sum(1 for v in current if v["ok"])
     parts = [
         "# Benchmarks\n",
@@ -825,6 +847,9 @@ def render(results: dict[str, t.Any], png_name: str) -> str:
             + [[k, f"`{v}`"] for k, v in meta.get("versions", {}).items()],
         )
         + "\n",
+        f"## Targets of issues {CURRENT[0]}–{CURRENT[-1]}\n",
+        f"{sum(1 for v in newest if v['ok'])} of {len(newest)} met. Medians; ratios are ours ÷ peer (or ÷ limit).\n",
+        _verdict_table(newest) + "\n",
         f"## Targets of issue {ISSUE}\n",
         f"{met} of {len(current)} met. Medians (min–max); ratios are ours ÷ peer (or ÷ limit).\n",
         _verdict_table(current) + "\n",

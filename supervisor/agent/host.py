@@ -386,7 +386,9 @@ class Agent:
         # `supervisor ls` on this host asks the agent's snapshot instead of looking itself.
         self.snapshots.start()
         with contextlib.suppress(SupervisorError, OSError):  # the main loop says why, once
-            self._look_all()  # requests are judged on the snapshot from the first one on
+            # Requests are judged on a snapshot from the first one on; bots are announced (and beat)
+            # by the main loop's first heartbeat tick, after "online".
+            self._look_all(announce=False)
         self._subscribe()
         if self.connection.is_connected:
             self.connection.publish(f"{self.own}/agent", self._availability("online"), qos=1, retain=True)
@@ -1060,11 +1062,18 @@ class Agent:
             return dict(self._statuses)
 
     def _store(
-        self, statuses: Sequence[InstanceStatus], since: float, *, complete: bool = False, gone: Iterable[str] = ()
+        self,
+        statuses: Sequence[InstanceStatus],
+        since: float,
+        *,
+        complete: bool = False,
+        gone: Iterable[str] = (),
+        announce: bool = True,
     ) -> None:
         """Put statuses derived from ``since`` (monotonic) into the snapshot; none replaces a newer one.
 
-        ``complete``: they are all there is (others are dropped); ``gone``: names whose records are gone.
+        ``complete``: they are all there is (others are dropped); ``gone``: names whose records are gone;
+        ``announce``: say online/offline for bots that came up or went (else the next heartbeat tick does).
         """
         with self._status_lock:
             dropped = set(gone)
@@ -1086,7 +1095,8 @@ class Agent:
                 kept.append(status)
             plugins = {name for name, status in self._statuses.items() if status.plugin} if complete or kept else None
         self.probe.watch(kept)
-        self._track_liveness(kept)
+        if announce:
+            self._track_liveness(kept)
         if plugins is not None and plugins != self._beat_listened:
             self._listen_to_beats(plugins)
 
@@ -1101,12 +1111,12 @@ class Agent:
                 self.connection.subscribe(f"{self.ns}/{name}/hb", self._on_heartbeat, qos=0)
             self._beat_listened = set(plugins)
 
-    def _look_all(self) -> dict[str, InstanceStatus]:
+    def _look_all(self, *, announce: bool = True) -> dict[str, InstanceStatus]:
         """Derive every instance's status (one session query per backend, one process-table pass)."""
         since = time.monotonic()
         self.probe.watch_registry()  # before the look: a write meanwhile is seen at the next probe
         statuses = self.manager.status()
-        self._store(statuses, since, complete=True)
+        self._store(statuses, since, complete=True, announce=announce)
         return self._snapshot()
 
     def _look_changed(self) -> bool:
