@@ -20,6 +20,7 @@ from supervisor.core.manager import Manager
 from supervisor.logfiles import is_answered, wait_for_answer
 from tests.conftest import Broker, wait_until
 from tests.test_agent import (
+    BRIDGE_BOT,
     COMMLIB_PAHO_WARNING,
     AgentRunner,
     BotCommands,
@@ -359,3 +360,24 @@ def test_an_own_status_waits_behind_the_bot_command_that_arrived_before_it(
     assert start.json()["data"]["status"] == 200
     assert status.at >= start.at, "the own status was answered before the start that came first"
     assert status.json()["data"]["result"]["state"] == "running"
+
+
+def test_a_request_the_bridge_took_before_it_said_online_runs_once_and_is_answered_once(
+    manager: Manager,
+    bridge_origin: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+) -> None:
+    """The bridge listens, then says "online" 3 s later; a status sent in between is the bridge's alone."""
+    manager.new("pb", BRIDGE_BOT, repo=str(bridge_origin), settings=[f"mqtt_port={mosquitto.port}", "online_delay=3"])
+    agents.start(mosquitto.url)
+    watcher = watchers(mosquitto)
+    manager.start(["pb"], wait=False)
+    wait_until(lambda: "bridge-bot subscribed" in console(manager, "pb"), timeout=15, message="the bridge listens")
+    replies = watcher.watch("r-window")
+    watcher.publish("hbot/pb/status", envelope("r-window", {"async_backend": False}))
+    assert replies.get(timeout=15).json()["data"] == {"status": 200, "msg": "bridge status"}
+    wait_until(lambda: "bridge-bot bridge connected" in console(manager, "pb"), timeout=15, message="online")
+    assert_silent(replies, 2.0)  # the grace after "online" has passed: no copy went out
+    assert console(manager, "pb").count("bridge answered status") == 1

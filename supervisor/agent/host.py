@@ -34,7 +34,7 @@ from supervisor import __version__
 from supervisor.agent.answer import read_answer, read_trades
 from supervisor.agent.external import ExternalEvents
 from supervisor.agent.lane import Lanes
-from supervisor.agent.plugin import StrategyWatch
+from supervisor.agent.plugin import Held, PluginBridges
 from supervisor.agent.snapshot import SnapshotServer
 from supervisor.agent.stream import ConsoleStream
 from supervisor.audit import AuditLog, clip
@@ -94,18 +94,6 @@ class _Outcome:
     code: int
     msg: str
     extra: Mapping[str, t.Any] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Held:
-    """A request for a plugin bot whose MQTT bridge is not up yet; forwarded to it once it is."""
-
-    topic: str
-    payload: bytes
-    reply_to: str
-    command: str
-    key: str
-    deadline: float
 
 
 @functools.cache
@@ -205,11 +193,6 @@ class Agent:
         self._beat_listened: set[str] = set()
         self._subscription_lock = threading.Lock()
         self._console_logs: dict[str, str] = {}
-        # Plugin bots: when each bridge last said "online", and requests held until it does.
-        self._bridge_online: dict[str, float] = {}
-        self._held: dict[str, list[_Held]] = {}
-        self._held_lock = threading.Lock()
-        self._listening_since = time.time()
         self._status_lock = threading.Lock()
         self._publish_lock = threading.Lock()
         # One run of this agent: in its records and client id, so another agent with the same
@@ -231,7 +214,15 @@ class Agent:
             max_queued=MAX_QUEUED,
         )
         self.stream = ConsoleStream(self.connection.publish, self.ns, clock=clock)
-        self.strategies = StrategyWatch(self.connection, self._accepted_strategy)
+        # Plugin bots: whether each bridge is up, requests held until it is, the strategies it accepted.
+        self.bridges = PluginBridges(
+            self.connection,
+            launched_at=self._launched_at,
+            ready_timeout=manager.ready_timeout,
+            record_strategy=self._accepted_strategy,
+            forwarded=self._forwarded,
+            expired=self._expired,
+        )
         self.snapshots = SnapshotServer(manager.paths.agent_socket, self.provide, tmux_socket=manager.paths.tmux_socket)
 
     # -- lifecycle -------------------------------------------------------------
@@ -286,8 +277,7 @@ class Agent:
                         self._publish_states(force=state_due)
                     if state_due:
                         next_state = now + self.config.state_interval
-                    self._expire_held()
-                    self.strategies.expire()
+                    self.bridges.tick()
                 except (SupervisorError, OSError) as e:
                     # A broken, deleted or unreadable registry or recipe: the bots run on in their sessions.
                     # Keep serving; say it once, and again when it is mended. No beat is sent on a guess.
@@ -298,8 +288,11 @@ class Agent:
                 restart = self.watchdog.next_attempt()
                 if restart is not None:
                     wake = min(wake, restart - self._clock())
-                if self._held or self._reassert_pending or self.strategies.waiting:
-                    wake = min(wake, REASSERT_GAP)  # held requests of plugin bots expire on time
+                if self._reassert_pending:
+                    wake = min(wake, REASSERT_GAP)
+                due = self.bridges.next_due()
+                if due is not None:  # held requests of plugin bots go out (or expire) on time
+                    wake = min(wake, due - time.monotonic())
                 if self._state_error is not None:
                     self._stop.wait(max(0.01, min(wake, PROBE_INTERVAL)))
                 else:
@@ -566,7 +559,7 @@ class Agent:
             return
         if command == "start" and not strategy:
             return  # a start of what the bot has imported: nothing to relaunch it with
-        self.strategies.expect(instance, request.reply_to, strategy)
+        self.bridges.expect_strategy(instance, request.reply_to, strategy)
 
     def _accepted_strategy(self, instance: str, strategy: dict[str, str] | None) -> None:
         """Record the strategy a plugin bot's bridge accepted (in its lane, after what came before)."""
@@ -719,7 +712,7 @@ class Agent:
             # New, or a down plugin bot: a bot just launched must not be taken for down.
             self.manager.forget_sessions()
             status = self._look(instance)
-        if status.plugin and status.is_running and self._bridge_is_up(instance):
+        if status.plugin and status.is_running and self.bridges.is_up(instance):
             # The bot's own MQTT bridge answers while it is up (even to bad requests): never a double reply.
             return
         if retained:
@@ -878,86 +871,34 @@ class Agent:
     # -- plugin bots: start-up window ------------------------------------------------
 
     def _on_status_update(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
-        """Note a bridge's "online" and forward the requests held for it (network thread: quick)."""
-        instance = topic[len(self.ns) + 1 :].partition("/")[0]
-        try:
-            message = json.loads(payload)
-        except ValueError:
-            return
-        if not isinstance(message, dict) or message.get("msg") != "online":
-            return
-        with self._held_lock:
-            self._bridge_online[instance] = time.time()
-            held = self._held.pop(instance, [])
-        for item in held:
-            self._forward(instance, item)
+        """Pass a bridge's ``online`` on: its bot's held requests go to it (network thread: quick)."""
+        if self.bridges.on_status_update(topic[len(self.ns) + 1 :].partition("/")[0], payload):
+            self.probe.interrupt()  # the main loop sends them after the grace
 
-    def _bridge_is_up(self, instance: str) -> bool:
-        """Tell whether a running plugin bot's bridge has subscribed (said "online" since its launch).
-
-        A bot launched before the agent started listening, or longer ago than its
-        recipe's ready timeout, is taken as up: its bridge announced itself before
-        we listened, or never will. Launch times come from the registry (the same
-        clock as ours; a process's start time from the kernel may drift from it).
-        """
+    def _launched_at(self, instance: str) -> float | None:
+        """When the bot was last launched (the registry's clock: a kernel start time may drift from ours)."""
         try:
-            started = self.manager.record(instance).started_at
+            return self.manager.record(instance).started_at
         except SupervisorError:
-            return True
-        with self._held_lock:
-            return self._bridge_is_up_locked(instance, started)
-
-    def _bridge_is_up_locked(self, instance: str, started: float | None) -> bool:
-        if started is None or started < self._listening_since:
-            return True
-        online = self._bridge_online.get(instance)
-        if online is not None and online >= started - 1.0:
-            return True
-        return time.time() - started > self._ready_timeout(instance)
-
-    def _ready_timeout(self, instance: str) -> float:
-        return self.manager.ready_timeout(instance)
+            return None
 
     def _hold(
         self, instance: str, command: str, topic: str, payload: bytes, request: protocol.Request, key: str
     ) -> None:
         """Keep a request until the bot's bridge is up, then publish it again for the bot to answer."""
-        item = _Held(topic, payload, request.reply_to, command, key, time.monotonic() + self._ready_timeout(instance))
-        try:
-            started = self.manager.record(instance).started_at
-        except SupervisorError:
-            started = None
-        with self._held_lock:
-            # Checked and queued under one lock: an "online" arriving meanwhile cannot be missed.
-            ready = self._bridge_is_up_locked(instance, started)
-            if not ready:
-                self._held.setdefault(instance, []).append(item)
-        if ready:
-            self._forward(instance, item)
-        else:
-            logger.info("holding %s until the MQTT bridge of %s is up", topic, instance)
+        deadline = time.monotonic() + self.manager.ready_timeout(instance)
+        if self.bridges.hold(Held(instance, topic, payload, request.reply_to, command, key, deadline)):
+            self.probe.interrupt()  # the main loop answers it if the bridge never comes up
 
-    def _forward(self, instance: str, item: _Held) -> None:
+    def _forwarded(self, item: Held) -> None:
         self.audit.record(topic=item.topic, reply_to=item.reply_to, result="forwarded", msg="to the bot's own bridge")
-        logger.info("forwarding %s to the MQTT bridge of %s", item.topic, instance)
-        self.connection.publish(item.topic, item.payload, qos=1)
+        logger.info("forwarding %s to the MQTT bridge of %s", item.topic, item.instance)
 
-    def _expire_held(self) -> None:
-        """Answer held requests whose bot did not bring its bridge up in time."""
-        now = time.monotonic()
-        expired: list[tuple[str, _Held]] = []
-        with self._held_lock:
-            for instance, items in list(self._held.items()):
-                keep = [item for item in items if item.deadline > now]
-                expired += [(instance, item) for item in items if item.deadline <= now]
-                if keep:
-                    self._held[instance] = keep
-                else:
-                    del self._held[instance]
-        for instance, item in expired:
-            msg = f"instance '{instance}': its MQTT bridge did not come up in time to answer. Check 'supervisor tail'."
-            self.audit.record(topic=item.topic, reply_to=item.reply_to, result=protocol.STATUS_ERROR, msg=msg)
-            self._reply(item.reply_to, protocol.response(item.command, status=protocol.STATUS_ERROR, msg=msg), item.key)
+    def _expired(self, item: Held) -> None:
+        """Answer a held request whose bot did not bring its bridge up in time."""
+        msg = f"instance '{item.instance}': its MQTT bridge did not come up in time to answer. Check 'supervisor tail'."
+        self.audit.record(topic=item.topic, reply_to=item.reply_to, result=protocol.STATUS_ERROR, msg=msg)
+        self._reply(item.reply_to, protocol.response(item.command, status=protocol.STATUS_ERROR, msg=msg), item.key)
 
     # -- our own verbs -----------------------------------------------------------------
 

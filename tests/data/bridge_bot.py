@@ -22,6 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 NAME = os.environ["BOT_NAME"]
 PORT = int(os.environ["MQTT_PORT"])
 DELAY = float(os.environ.get("BRIDGE_DELAY", "0"))
+ONLINE_DELAY = float(os.environ.get("ONLINE_DELAY", "0"))
 ARGS = " ".join(sys.argv[1:])
 
 
@@ -37,6 +38,7 @@ def on_message(client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage
             return  # the real bridge fails validation silently
     except (ValueError, KeyError, TypeError):
         return
+    time.sleep(0.04)  # Hummingbot's bridge answers in about 40 ms (reference), not at once
     body = {"header": {"reply_to": "", "timestamp": int(time.time() * 1000)}}
     if command == "start" and str(data.get("conf") or "").startswith("missing"):
         # As Hummingbot refuses a conf it cannot read: nothing starts.
@@ -58,6 +60,8 @@ def main() -> None:
     client.loop_start()
     client.subscribe(f"hbot/{NAME}/+", qos=1)
     subscribed.wait(10)  # like Hummingbot's bridge: "online" only once it listens
+    print("bridge-bot subscribed", flush=True)
+    time.sleep(ONLINE_DELAY)  # listening already, not yet said so: the window a request can fall into
     online = {"timestamp": int(time.time() * 1000), "type": "availability", "msg": "online"}
     client.publish(f"hbot/{NAME}/status_updates", json.dumps(online))
     print("bridge-bot bridge connected", flush=True)
