@@ -22,7 +22,8 @@ import time
 import typing as t
 from collections.abc import Mapping
 
-from supervisor.errors import AgentError
+from supervisor.consoletext import check_console_text
+from supervisor.errors import AgentError, UnsafeConsoleText
 
 __all__ = [
     "CONSOLE_COMMANDS",
@@ -94,7 +95,6 @@ _KNOWN_COMMANDS = ", ".join(HBOT_COMMANDS)
 _TRUE_WORDS = frozenset({"1", "on", "t", "true", "y", "yes"})
 _FALSE_WORDS = frozenset({"0", "off", "f", "false", "n", "no"})
 _INT_TEXT = re.compile(r"[+-]?\d+(?:\.0*)?")
-_FORBIDDEN_TEXT = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class ProtocolError(AgentError):
@@ -661,8 +661,8 @@ def _detail(error: Exception) -> str:
 def validate_own(verb: str, data: Mapping[str, t.Any]) -> dict[str, t.Any]:
     """Return the arguments of one of our own verbs, checked and defaults filled.
 
-    ``send`` needs ``text``: one line of at most 4096 characters without
-    control characters other than tab (an empty line just presses Enter).
+    ``send`` needs ``text``: one line of at most 4096 characters that
+    :func:`~supervisor.consoletext.check_console_text` accepts (an empty line just presses Enter).
     ``tail`` and ``logs`` take ``lines``, an integer 1..1000 (default 50). ``stop`` takes
     ``timeout`` in seconds, a number in (0, 600] or null (default null: the
     manager's own). Other verbs take nothing. Types are strict JSON types, and
@@ -720,12 +720,8 @@ def _own_text(data: Mapping[str, t.Any]) -> str:
     if len(text) > MAX_SEND_CHARS:
         msg = f"verb 'send': field 'text' is {len(text)} characters; the limit is {MAX_SEND_CHARS}"
         raise ProtocolError(msg)
-    found = _FORBIDDEN_TEXT.search(text)
-    if found:
-        msg = (
-            f"verb 'send': field 'text' contains control character "
-            f"{found.group()!r} at position {found.start()}; send one line "
-            "without newlines, NUL or other control characters"
-        )
-        raise ProtocolError(msg)
+    try:
+        check_console_text(text, what="verb 'send': field 'text'")
+    except UnsafeConsoleText as e:
+        raise ProtocolError(str(e)) from e
     return text
