@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 NAME = os.environ["BOT_NAME"]
 PORT = int(os.environ["MQTT_PORT"])
 DELAY = float(os.environ.get("BRIDGE_DELAY", "0"))
+USERNAME = os.environ.get("MQTT_USERNAME", "")
 ARGS = " ".join(sys.argv[1:])
 
 
@@ -47,6 +48,8 @@ def main() -> None:
     time.sleep(DELAY)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bridge-{NAME}")
     client.on_message = on_message
+    if USERNAME:
+        client.username_pw_set(USERNAME, os.environ.get("MQTT_PASSWORD", ""))
     subscribed = threading.Event()
     client.on_subscribe = lambda *_args: subscribed.set()
     client.connect("127.0.0.1", PORT)
