@@ -141,10 +141,10 @@ def test_stream_payloads_default_to_now() -> None:
 # ---------------------------------------------------------------- §9.3 edge cases
 
 
-def test_dotted_reply_to_is_answered_on_slashes() -> None:
+def test_dotted_reply_to_is_answered_on_itself_as_hummingbot_2_16_does() -> None:
     request = protocol.parse_request(DOTTED_REQUEST)
     assert request.reply_to == "my.reply.topic"
-    assert protocol.reply_topic(request.reply_to) == "my/reply/topic"
+    assert protocol.reply_topic(request.reply_to) == "my.reply.topic"
     assert protocol.validate("start", request.data)["async_backend"] is True
     assert protocol.encode_reply(protocol.response("start"), now_ms=1795548927366) == DOTTED_REPLY
 
@@ -318,7 +318,7 @@ def test_reply_topic_rejects(case: TopicCase) -> None:
 
 def test_reply_topic_accepts() -> None:
     assert protocol.reply_topic("r" * 256) == "r" * 256
-    assert protocol.reply_topic("a.b/c.d") == "a/b/c/d"
+    assert protocol.reply_topic("a.b/c.d") == "a.b/c.d"  # as Hummingbot 2.16, not commlib's a/b/c/d
     assert protocol.reply_topic("hummingbot-api-response-1") == "hummingbot-api-response-1"
 
 
@@ -624,6 +624,15 @@ def test_response_values() -> None:
     assert protocol.response("status", protocol.STATUS_UNAUTHORIZED)["status"] == 401
     protocol.response("history")["trades"].append(1)
     assert protocol.response("history")["trades"] == []
+
+
+def test_a_balance_reply_that_succeeded_has_data_null_as_the_bots() -> None:
+    # Hummingbot's balance() returns None and the bridge puts it in data; its Response default "" stays on errors.
+    for command in ("balance/limit", "balance/paper"):
+        assert protocol.response(command) == {"status": 200, "msg": "", "data": None}
+        assert protocol.encode_reply(protocol.response(command), now_ms=1).endswith(b'"data":null}}')
+        assert protocol.response(command, protocol.STATUS_ERROR, "x") == {"status": 400, "msg": "x", "data": ""}
+        assert protocol.response(command, data="set")["data"] == "set"
 
 
 def test_response_rejects_unknown() -> None:

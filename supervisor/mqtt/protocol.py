@@ -259,10 +259,13 @@ def _check_reply_to(reply_to: object) -> str:
 
 
 def reply_topic(reply_to: str) -> str:
-    """Return the topic a reply to ``reply_to`` is published on.
+    """Return the topic a reply to ``reply_to`` is published on: ``reply_to`` itself.
 
-    commlib 0.11 (Hummingbot up to v2.14) turns every ``.`` into ``/``, so
-    ``my.reply.topic`` is answered on ``my/reply/topic``; we do the same.
+    Hummingbot 2.16's bridge publishes on ``reply_to`` as it is, so ``r.dot`` is
+    answered on ``r.dot``. (commlib's transport, 0.11 and 0.13 alike, turns every
+    ``.`` into ``/`` when it publishes or subscribes, which the bots built on it,
+    Hummingbot up to v2.14, did too; commlib clients name their reply topics
+    ``rpc-<hex>``, with no dot, so they are answered either way.)
 
     Raises
     ------
@@ -270,7 +273,7 @@ def reply_topic(reply_to: str) -> str:
         If ``reply_to`` is empty, longer than 256 characters, starts with
         ``$`` or contains ``+``, ``#`` or NUL.
     """
-    return _check_reply_to(reply_to).replace(".", "/")
+    return _check_reply_to(reply_to)
 
 
 def parse_request(payload: bytes | bytearray | memoryview, *, max_bytes: int = MAX_REQUEST_BYTES) -> Request:
@@ -477,6 +480,10 @@ _RESPONSES: dict[str, tuple[tuple[str, t.Any], ...]] = {
 }
 
 
+# The bot's balance() returns nothing, so a balance reply that succeeded carries "data": null (an error keeps "").
+_DATA_NULL_ON_SUCCESS = frozenset({"balance/limit", "balance/paper"})
+
+
 def validate(command: str, data: Mapping[str, t.Any]) -> dict[str, t.Any]:
     """Return ``data`` checked against the bot's Request model, defaults filled.
 
@@ -527,6 +534,8 @@ def validate(command: str, data: Mapping[str, t.Any]) -> dict[str, t.Any]:
 def response(command: str, status: int = STATUS_OK, msg: str = "", **extra: t.Any) -> dict[str, t.Any]:
     """Return ``command``'s full Response model, every field in the bot's order.
 
+    A ``balance/limit`` or ``balance/paper`` reply with status 200 and no ``data`` has ``data: null``, as the bot's.
+
     Raises
     ------
     ValueError
@@ -539,6 +548,8 @@ def response(command: str, status: int = STATUS_OK, msg: str = "", **extra: t.An
         text = f"command '{command}' is unknown. Known commands: {_KNOWN_COMMANDS}"
         raise ValueError(text)
     values = {"status": status, "msg": msg, **extra}
+    if command in _DATA_NULL_ON_SUCCESS and status == STATUS_OK:
+        values.setdefault("data", None)
     unknown = set(values) - {name for name, _ in fields}
     if unknown:
         text = f"response of '{command}' has no field(s) {', '.join(sorted(unknown))}"
