@@ -5,8 +5,12 @@ A console line is typed literally, and a terminal acts on control characters
 sequence). So a line that comes from a client — the CLI's ``send``, the
 dashboard, our MQTT namespace or a Hummingbot topic — may hold printable text
 only: no C0 control (U+0000 to U+001F, which includes TAB, CR, LF and ESC), no
-DEL (U+007F) and no C1 control (U+0080 to U+009F). Deliberate key presses go
-through :meth:`supervisor.core.sessions.base.SessionBackend.send_keys` instead.
+DEL (U+007F) and no C1 control (U+0080 to U+009F). Nor may it hold a lone
+surrogate (U+D800 to U+DFFF): that is text which was not valid UTF-8 (a raw byte
+such as 0x9B in a command-line argument, which Python decodes as U+DC9B) or a
+half ``\\uXXXX`` pair in JSON; tmux would type it back as the raw byte (0x9B is
+the C1 CSI) and a bot reading strict UTF-8 fails on it. Deliberate key presses
+go through :meth:`supervisor.core.sessions.base.SessionBackend.send_keys` instead.
 """
 
 from __future__ import annotations
@@ -15,11 +19,14 @@ import re
 
 from supervisor.errors import SessionError, UnsafeConsoleText
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def control_characters(text: str) -> list[str]:
-    """Return the distinct control characters in ``text``, as ``U+XXXX`` names, in order of appearance."""
+    """Return the distinct characters of ``text`` that may not be typed, as ``U+XXXX`` names, in order of appearance.
+
+    These are the control characters (C0, DEL, C1) and lone surrogates (text that was not valid UTF-8).
+    """
     seen: dict[str, None] = {}
     for match in _CONTROL.finditer(text):
         seen.setdefault(f"U+{ord(match.group()):04X}", None)
@@ -35,7 +42,7 @@ def check_console_text(text: str, *, what: str) -> str:
     Raises
     ------
     UnsafeConsoleText
-        ``text`` holds a control character (C0, DEL, C1; ESC included).
+        ``text`` holds a control character (C0, DEL, C1; ESC included) or a lone surrogate.
     """
     found = control_characters(text)
     if found:

@@ -217,8 +217,15 @@ class UnsafeConsoleText(SessionError):
     code = "unsafe_console_text"
 
     def __init__(self, what: str, found: t.Sequence[str]) -> None:
+        # found: U+XXXX names; U+D800..U+DFFF are lone surrogates, what an undecodable byte becomes.
+        invalid = [name for name in found if len(name) == 6 and "U+D800" <= name <= "U+DFFF"]
+        controls = [name for name in found if name not in invalid]
+        parts = [f"holds control characters ({', '.join(controls)})"] if controls else []
+        if invalid:
+            why = "a lone surrogate, from an undecodable byte or half a \\u pair"
+            parts.append(f"is not valid UTF-8 ({', '.join(invalid)}: {why})")
         msg = (
-            f"{what} holds control characters ({', '.join(found)}); console text must be printable. "
+            f"{what} {' and '.join(parts)}; console text must be printable. "
             "To press keys on purpose use 'supervisor send --keys'."
         )
         super().__init__(msg)

@@ -5,7 +5,16 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.agent.answer import LineMapper, read_answer, read_trades, strip_prompt, value_of
+from supervisor.agent.answer import (
+    TRADE_KEYS,
+    LineMapper,
+    read_answer,
+    read_trades,
+    recent_trades,
+    strip_prompt,
+    trade_record,
+    value_of,
+)
 from supervisor.core.recipe import Answer, find_recipe
 
 EXAMPLE = find_recipe("example-bot", Path("/nonexistent"))
@@ -57,24 +66,91 @@ def test_strip_prompt_removes_repeated_prompts_only_at_the_start() -> None:
     assert strip_prompt("  plain  ", None) == "plain"
 
 
-def test_trades_are_the_lines_matching_the_pattern_with_typed_fields() -> None:
+def test_trades_are_the_lines_matching_the_pattern_in_hummingbots_keys_and_types() -> None:
+    # example-bot prints its fills oldest first; Hummingbot's history lists them newest first.
     lines = [
-        "trade id=ex-1 symbol=EXAMPLE-USDT trade_type=BUY price=100.3 amount=0.5 timestamp=1795969477000",
-        "1 trade(s), volume 50.15, pnl -0.0050.",
+        (
+            "trade id=ex-1 market=example_exchange symbol=EXAMPLE-USDT trade_type=BUY price=100.3 amount=0.5 "
+            "timestamp=1795969477000"
+        ),
+        (
+            "trade id=ex-2 market=example_exchange symbol=EXAMPLE-USDT trade_type=SELL price=101 amount=0.5 "
+            "timestamp=1795969478000"
+        ),
+        "2 trade(s), volume 100.65, pnl 0.0200.",
     ]
     trades, rest = read_trades(lines, EXAMPLE.console.trades)
+    # The keys, order and types of Hummingbot 2.16's TradeFill.to_bounty_api_json.
     assert trades == [
         {
-            "exchange_trade_id": "ex-1",
+            "market": "example_exchange",
+            "trade_id": "ex-2",
+            "price": "101.",
+            "quantity": "0.5",
             "symbol": "EXAMPLE-USDT",
+            "trade_timestamp": 1795969478000,
+            "trade_type": "SELL",
+            "base_asset": "EXAMPLE",
+            "quote_asset": "USDT",
+            "raw_json": {"trade_fee": None},
+        },
+        {
+            "market": "example_exchange",
+            "trade_id": "ex-1",
+            "price": "100.3",
+            "quantity": "0.5",
+            "symbol": "EXAMPLE-USDT",
+            "trade_timestamp": 1795969477000,
             "trade_type": "BUY",
-            "price": 100.3,
-            "amount": 0.5,
-            "timestamp": 1795969477000,
-        }
+            "base_asset": "EXAMPLE",
+            "quote_asset": "USDT",
+            "raw_json": {"trade_fee": None},
+        },
     ]
-    assert rest == lines[1:]
+    assert [list(trade) for trade in trades] == [list(TRADE_KEYS)] * 2
+    assert rest == lines[2:]
     assert read_trades(lines, None) == ([], lines)
+
+
+class TradeCase(t.NamedTuple):
+    test_id: str
+    fields: dict[str, str]
+    expected: dict[str, t.Any]
+
+
+TRADE_CASES = [
+    # Hummingbot writes numbers with numpy's format_float_positional: no exponent, a trailing "." for whole ones.
+    TradeCase("whole", {"price": "100", "quantity": "2.000"}, {"price": "100.", "quantity": "2."}),
+    TradeCase("tiny", {"price": "1e-7", "quantity": "0.00001"}, {"price": "0.0000001", "quantity": "0.00001"}),
+    TradeCase("digits-id", {"trade_id": "12345"}, {"trade_id": "12345"}),  # a text column: stays a string
+    TradeCase("assets", {"symbol": "BTC-USDT", "base_asset": "XBT"}, {"base_asset": "XBT", "quote_asset": "USDT"}),
+    TradeCase("no-dash", {"symbol": "BTCUSDT"}, {"base_asset": None, "quote_asset": None}),
+    TradeCase("fee", {"trade_fee": '{"percent": "0.001"}'}, {"raw_json": {"trade_fee": {"percent": "0.001"}}}),
+    TradeCase("missing", {}, {"market": None, "price": None, "trade_timestamp": None}),
+    TradeCase("extra", {"order_id": "o-7", "leverage": "5"}, {"order_id": "o-7", "leverage": 5}),
+]
+
+
+@pytest.mark.parametrize("case", TRADE_CASES, ids=[case.test_id for case in TRADE_CASES])
+def test_trade_record(case: TradeCase) -> None:
+    record = trade_record(case.fields)
+    assert list(record)[: len(TRADE_KEYS)] == list(TRADE_KEYS)
+    assert {key: record[key] for key in case.expected} == case.expected
+
+
+def test_recent_trades_keeps_the_last_days_as_hummingbot_does() -> None:
+    now = 1_800_000_000.0
+    day_ms = 86_400_000
+    trades: list[dict[str, t.Any]] = [
+        {"trade_id": "new", "trade_timestamp": int(now * 1000) - 1000},
+        {"trade_id": "edge", "trade_timestamp": int(now * 1000) - day_ms},
+        {"trade_id": "old", "trade_timestamp": int(now * 1000) - day_ms - 1},
+        {"trade_id": "ageless", "trade_timestamp": None},
+    ]
+    assert [t["trade_id"] for t in recent_trades(trades, 1, now=now)] == ["new", "edge"]
+    assert [t["trade_id"] for t in recent_trades(trades, 0.5, now=now)] == ["new"]
+    assert [t["trade_id"] for t in recent_trades(trades, 0, now=now)] == ["new", "edge", "old", "ageless"]
+    assert [t["trade_id"] for t in recent_trades(trades, -3, now=now)] == ["new", "edge", "old", "ageless"]
 
 
 @pytest.mark.parametrize(

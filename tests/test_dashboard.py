@@ -915,7 +915,7 @@ def test_typed_fields_with_control_characters_and_bad_targets_get_400(fleet: Fle
     for verb, data, field in (
         ("import", {"strategy": "\u0015history"}, "field 'strategy' holds control characters (U+0015)"),
         ("import", {"strategy": "x\u0003"}, "field 'strategy' holds control characters (U+0003)"),
-        ("send", {"text": "status\t"}, "field 'text' holds control characters (U+0009)"),
+        ("send", {"text": "status\t"}, "verb 'send': field 'text' holds control characters (U+0009)"),
     ):
         status, _, body = request(
             url, "POST", "/api/command", {"target": "host-1/mm-1", "verb": verb, "data": data}, csrf

@@ -107,10 +107,24 @@ def test_hbotrc_stop_import_start_status_history_with_the_bots_answers_only(
     reply = client.history()
     assert reply.status == 200, reply
     assert len(reply.trades) >= 2, reply
-    first = reply.trades[0]
-    assert first["exchange_trade_id"] == "ex-1" and first["symbol"] == "EXAMPLE-USDT", first
-    assert first["trade_type"] == "BUY" and isinstance(first["price"], float) and first["amount"] == 0.5, first
-    assert isinstance(first["timestamp"], int), first
+    # Hummingbot's keys and types (TradeFill.to_bounty_api_json), newest first.
+    first = reply.trades[-1]
+    assert list(first) == [
+        "market",
+        "trade_id",
+        "price",
+        "quantity",
+        "symbol",
+        "trade_timestamp",
+        "trade_type",
+        "base_asset",
+        "quote_asset",
+        "raw_json",
+    ], first
+    assert (first["trade_id"], first["market"], first["symbol"]) == ("ex-1", "example_exchange", "EXAMPLE-USDT"), first
+    assert first["trade_type"] == "BUY" and re.fullmatch(r"\d+\.\d*", first["price"]) and first["quantity"] == "0.5"
+    assert isinstance(first["trade_timestamp"], int), first
+    assert reply.trades[0]["trade_timestamp"] >= first["trade_timestamp"], reply.trades
     assert re.fullmatch(r"\d+ trade\(s\), volume [\d.]+, pnl -?[\d.]+\.", reply.msg), reply
 
     client.stop()
@@ -521,7 +535,7 @@ def test_commlib_011_on_paho_16_gets_hummingbots_semantics(
         assert status["status"] == 200 and status["msg"].startswith("Strategy conf_a running"), status
         wait_until(lambda: "(order ex-1)" in console(manager, "ex"), timeout=10, message="a simulated fill")
         history = call("history")
-        assert history["status"] == 200 and history["trades"][0]["exchange_trade_id"] == "ex-1", history
+        assert history["status"] == 200 and history["trades"][-1]["trade_id"] == "ex-1", history
         assert call("import", strategy="") == {"status": 400, "msg": "Empty strategy_name given!"}
         assert alive(manager, "ex") == pid
     finally:
@@ -674,7 +688,7 @@ def test_a_hummingbot_api_style_orchestrator_keeps_a_stopped_bot_and_starts_it_a
                 await eventually(lambda: api.status("ex") == "running", 10, "the strategy to run again")
                 await eventually(lambda: "(order ex-1)" in console(manager, "ex"), 10, "a simulated fill")
                 history = await api.history("ex")
-                assert history["status"] == 200 and history["trades"][0]["exchange_trade_id"] == "ex-1", history
+                assert history["status"] == 200 and history["trades"][-1]["trade_id"] == "ex-1", history
 
                 # Only a process that is gone falls silent and is dropped after the window.
                 await asyncio.to_thread(manager.stop, ["ex"])

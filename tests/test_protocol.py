@@ -141,10 +141,10 @@ def test_stream_payloads_default_to_now() -> None:
 # ---------------------------------------------------------------- §9.3 edge cases
 
 
-def test_dotted_reply_to_is_answered_on_slashes() -> None:
+def test_dotted_reply_to_is_answered_on_itself_as_hummingbot_2_16_does() -> None:
     request = protocol.parse_request(DOTTED_REQUEST)
     assert request.reply_to == "my.reply.topic"
-    assert protocol.reply_topic(request.reply_to) == "my/reply/topic"
+    assert protocol.reply_topic(request.reply_to) == "my.reply.topic"
     assert protocol.validate("start", request.data)["async_backend"] is True
     assert protocol.encode_reply(protocol.response("start"), now_ms=1795548927366) == DOTTED_REPLY
 
@@ -318,7 +318,7 @@ def test_reply_topic_rejects(case: TopicCase) -> None:
 
 def test_reply_topic_accepts() -> None:
     assert protocol.reply_topic("r" * 256) == "r" * 256
-    assert protocol.reply_topic("a.b/c.d") == "a/b/c/d"
+    assert protocol.reply_topic("a.b/c.d") == "a.b/c.d"  # as Hummingbot 2.16, not commlib's a/b/c/d
     assert protocol.reply_topic("hummingbot-api-response-1") == "hummingbot-api-response-1"
 
 
@@ -626,6 +626,15 @@ def test_response_values() -> None:
     assert protocol.response("history")["trades"] == []
 
 
+def test_a_balance_reply_that_succeeded_has_data_null_as_the_bots() -> None:
+    # Hummingbot's balance() returns None and the bridge puts it in data; its Response default "" stays on errors.
+    for command in ("balance/limit", "balance/paper"):
+        assert protocol.response(command) == {"status": 200, "msg": "", "data": None}
+        assert protocol.encode_reply(protocol.response(command), now_ms=1).endswith(b'"data":null}}')
+        assert protocol.response(command, protocol.STATUS_ERROR, "x") == {"status": 400, "msg": "x", "data": ""}
+        assert protocol.response(command, data="set")["data"] == "set"
+
+
 def test_response_rejects_unknown() -> None:
     with pytest.raises(TypeError, match="trades"):
         protocol.response("start", trades=[])
@@ -775,7 +784,7 @@ OWN_VALID = [
     OwnCase("stop-default", "stop", {}, {"timeout": None}),
     OwnCase("stop-timeout", "stop", {"timeout": 600}, {"timeout": 600.0}),
     OwnCase("stop-small", "stop", {"timeout": 0.5}, {"timeout": 0.5}),
-    OwnCase("send", "send", {"text": "status --live\t"}, {"text": "status --live\t"}),
+    OwnCase("send", "send", {"text": "status --live 🚀"}, {"text": "status --live 🚀"}),
     OwnCase("send-enter", "send", {"text": ""}, {"text": ""}),
     OwnCase("send-max", "send", {"text": "é" * 4096}, {"text": "é" * 4096}),
 ]
@@ -798,10 +807,13 @@ OWN_INVALID = [
     OwnErrorCase("data-list", "status", [], "data must be an object"),
     OwnErrorCase("send-missing", "send", {}, "'text' is required"),
     OwnErrorCase("send-int", "send", {"text": 5}, "must be a string"),
-    OwnErrorCase("send-newline", "send", {"text": "a\nb"}, "control character '\\\\n'"),
-    OwnErrorCase("send-cr", "send", {"text": "a\r"}, "position 1"),
+    OwnErrorCase("send-newline", "send", {"text": "a\nb"}, r"field 'text' holds control characters \(U\+000A\)"),
+    OwnErrorCase("send-cr", "send", {"text": "a\r"}, r"\(U\+000D\)"),
     OwnErrorCase("send-nul", "send", {"text": "a\x00"}, "control character"),
     OwnErrorCase("send-escape", "send", {"text": "\x1b[A"}, "control character"),
+    OwnErrorCase("send-tab", "send", {"text": "a\tb"}, r"\(U\+0009\)"),
+    OwnErrorCase("send-c1", "send", {"text": "a\x9bb"}, r"\(U\+009B\)"),
+    OwnErrorCase("send-surrogate", "send", {"text": "a\udc9bb"}, r"is not valid UTF-8 \(U\+DC9B"),
     OwnErrorCase("send-long", "send", {"text": "x" * 4097}, "4097 characters"),
     OwnErrorCase("tail-zero", "tail", {"lines": 0}, "from 1 to 1000"),
     OwnErrorCase("tail-big", "tail", {"lines": 1001}, "from 1 to 1000"),

@@ -57,6 +57,7 @@ class Bot:
         amount = 0.5
         trade = {
             "id": f"ex-{len(self.trades) + 1}",
+            "market": "example_exchange",
             "symbol": "EXAMPLE-USDT",
             "trade_type": side,
             "price": price,
@@ -129,11 +130,18 @@ class Bot:
                 self.say(" ".join(["trade", *(f"{key}={value}" for key, value in trade.items())]))
             if self.trades:
                 self.say(f"{len(self.trades)} trade(s), volume {self.volume:.2f}, pnl {self.pnl:.4f}.")
+        elif cmd == "balance":
+            if len(args) == 4 and args[0] == "limit":
+                self.say(f"Balance limit of {args[2]} on {args[1]}: {args[3]}.")
+            elif len(args) == 3 and args[0] == "paper":
+                self.say(f"Paper balance of {args[1]}: {args[2]}.")
+            else:
+                self.say("usage: balance limit EXCHANGE ASSET AMOUNT | balance paper ASSET AMOUNT")
         elif cmd in ("exit", "quit"):
             self.say("Bye.")
             return False
         else:
-            self.say(f"Unknown command: {cmd}. Try start, stop, status, import, history or exit.")
+            self.say(f"Unknown command: {cmd}. Try start, stop, status, import, history, balance or exit.")
         return True
 
     def run(self) -> int:

@@ -139,6 +139,40 @@ def _strategy_args(instance: Instance, recipe: Recipe) -> str:
     return render(recipe.run.strategy_args, values, optional_groups=True).strip()
 
 
+WRAPPER_LOG = "wrapper.log"
+"""The run wrapper's own messages (bash's job reports), per instance, rewritten at every start."""
+# Words that make a line more than one simple command (or a compound one).
+_CONTROL_TOKENS = frozenset({";", "&", "&&", "|", "||", "|&", ";;", "(", ")", "\n"})
+_RESERVED_WORDS = frozenset(
+    {"!", "{", "}", "[[", "case", "coproc", "for", "function", "if", "select", "time", "until", "while"}
+)
+
+
+def _is_simple_command(command: str) -> bool:
+    """Tell whether ``command`` is one simple command (words, assignments, redirections), as far as shlex can tell."""
+    if "\n" in command:
+        return False
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=";&|()<>")
+    lexer.whitespace_split = True
+    try:
+        tokens = list(lexer)
+    except ValueError:
+        return False
+    return bool(tokens) and tokens[0] not in _RESERVED_WORDS and not _CONTROL_TOKENS.intersection(tokens)
+
+
+def _with_terminal_stderr(command: str) -> str:
+    """Return ``command`` with its stderr on the terminal (fd 3) while the wrapper's own stays in its file.
+
+    A simple command gets the redirections in front (a later ``2>FILE`` of its
+    own still wins), so bash reports a kill to the file. A compound one is
+    grouped: its output is kept, but bash may report a kill on the terminal.
+    """
+    if _is_simple_command(command):
+        return f"2>&3 3>&- {command}"
+    return f"{{ {command}\n}} 2>&3 3>&-"
+
+
 def write_run_script(parts: Parts, instance: Instance, recipe: Recipe) -> Path:
     """Write the instance's ``run.sh``: environment, secrets, prelude, the command, then its exit record."""
     values = parts.values(instance, recipe)
@@ -147,10 +181,14 @@ def write_run_script(parts: Parts, instance: Instance, recipe: Recipe) -> Path:
     if extra:
         command = f"{command} {extra}"
     exit_file = parts.paths.exit_file(instance.name)
+    wrapper_log = parts.paths.instance_dir(instance.name) / WRAPPER_LOG
     lines = [
         "#!/usr/bin/env bash",
         f"# Written by bot-supervisor for instance {instance.name!r} at every start; edits are lost.",
-        f"cd -- {shlex.quote(instance.checkout)} || exit 97",
+        # bash's own reports ("run.sh: line 5: PID Killed CMD") go to a file, not the console: fd 3 is
+        # the terminal, which the bot's stderr, the prelude and our notices use.
+        f"exec 3>&2 2>{shlex.quote(str(wrapper_log))}",
+        f"cd -- {shlex.quote(instance.checkout)} 2>&3 || exit 97",
         f"export SUPERVISOR_INSTANCE={shlex.quote(instance.name)}",
     ]
     env = {k: render(v, values) for k, v in recipe.run.env.items()}
@@ -162,13 +200,13 @@ def write_run_script(parts: Parts, instance: Instance, recipe: Recipe) -> Path:
         missing = shlex.quote(
             f"bot-supervisor: secret '{key}' ({var}) is not set. Run: supervisor secret set {instance.name} {key}"
         )
-        lines.append(f'if [ -r {path} ]; then export {var}="$(< {path})"; else echo {missing} >&2; rc=96; fi')
+        lines.append(f'if [ -r {path} ]; then export {var}="$(< {path})"; else echo {missing} >&3; rc=96; fi')
     if recipe.run.prelude:
         prelude = render(recipe.run.prelude, values)
-        failed = "{ echo 'bot-supervisor: prelude failed' >&2; rc=98; }"
-        lines.append(f'if [ -z "${{rc:-}}" ]; then {prelude} || {failed}; fi')
+        failed = "{ echo 'bot-supervisor: prelude failed' >&3; rc=98; }"
+        lines.append(f'if [ -z "${{rc:-}}" ]; then {{ {prelude}; }} 2>&3 || {failed}; fi')
     lines += [
-        f'if [ -z "${{rc:-}}" ]; then {command}; rc=$?; fi',
+        f'if [ -z "${{rc:-}}" ]; then {_with_terminal_stderr(command)}; rc=$?; fi',
         (
             f'printf \'%s %s\\n\' "$rc" "$(date +%s)" > {shlex.quote(str(exit_file))}.tmp'
             f" && mv -f -- {shlex.quote(str(exit_file))}.tmp {shlex.quote(str(exit_file))}"

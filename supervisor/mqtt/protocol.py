@@ -22,7 +22,8 @@ import time
 import typing as t
 from collections.abc import Mapping
 
-from supervisor.errors import AgentError
+from supervisor.consoletext import check_console_text
+from supervisor.errors import AgentError, UnsafeConsoleText
 
 __all__ = [
     "CONSOLE_COMMANDS",
@@ -94,7 +95,6 @@ _KNOWN_COMMANDS = ", ".join(HBOT_COMMANDS)
 _TRUE_WORDS = frozenset({"1", "on", "t", "true", "y", "yes"})
 _FALSE_WORDS = frozenset({"0", "off", "f", "false", "n", "no"})
 _INT_TEXT = re.compile(r"[+-]?\d+(?:\.0*)?")
-_FORBIDDEN_TEXT = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class ProtocolError(AgentError):
@@ -259,10 +259,13 @@ def _check_reply_to(reply_to: object) -> str:
 
 
 def reply_topic(reply_to: str) -> str:
-    """Return the topic a reply to ``reply_to`` is published on.
+    """Return the topic a reply to ``reply_to`` is published on: ``reply_to`` itself.
 
-    commlib 0.11 (Hummingbot up to v2.14) turns every ``.`` into ``/``, so
-    ``my.reply.topic`` is answered on ``my/reply/topic``; we do the same.
+    Hummingbot 2.16's bridge publishes on ``reply_to`` as it is, so ``r.dot`` is
+    answered on ``r.dot``. (commlib's transport, 0.11 and 0.13 alike, turns every
+    ``.`` into ``/`` when it publishes or subscribes, which the bots built on it,
+    Hummingbot up to v2.14, did too; commlib clients name their reply topics
+    ``rpc-<hex>``, with no dot, so they are answered either way.)
 
     Raises
     ------
@@ -270,7 +273,7 @@ def reply_topic(reply_to: str) -> str:
         If ``reply_to`` is empty, longer than 256 characters, starts with
         ``$`` or contains ``+``, ``#`` or NUL.
     """
-    return _check_reply_to(reply_to).replace(".", "/")
+    return _check_reply_to(reply_to)
 
 
 def parse_request(payload: bytes | bytearray | memoryview, *, max_bytes: int = MAX_REQUEST_BYTES) -> Request:
@@ -477,6 +480,10 @@ _RESPONSES: dict[str, tuple[tuple[str, t.Any], ...]] = {
 }
 
 
+# The bot's balance() returns nothing, so a balance reply that succeeded carries "data": null (an error keeps "").
+_DATA_NULL_ON_SUCCESS = frozenset({"balance/limit", "balance/paper"})
+
+
 def validate(command: str, data: Mapping[str, t.Any]) -> dict[str, t.Any]:
     """Return ``data`` checked against the bot's Request model, defaults filled.
 
@@ -527,6 +534,8 @@ def validate(command: str, data: Mapping[str, t.Any]) -> dict[str, t.Any]:
 def response(command: str, status: int = STATUS_OK, msg: str = "", **extra: t.Any) -> dict[str, t.Any]:
     """Return ``command``'s full Response model, every field in the bot's order.
 
+    A ``balance/limit`` or ``balance/paper`` reply with status 200 and no ``data`` has ``data: null``, as the bot's.
+
     Raises
     ------
     ValueError
@@ -539,6 +548,8 @@ def response(command: str, status: int = STATUS_OK, msg: str = "", **extra: t.An
         text = f"command '{command}' is unknown. Known commands: {_KNOWN_COMMANDS}"
         raise ValueError(text)
     values = {"status": status, "msg": msg, **extra}
+    if command in _DATA_NULL_ON_SUCCESS and status == STATUS_OK:
+        values.setdefault("data", None)
     unknown = set(values) - {name for name, _ in fields}
     if unknown:
         text = f"response of '{command}' has no field(s) {', '.join(sorted(unknown))}"
@@ -661,8 +672,8 @@ def _detail(error: Exception) -> str:
 def validate_own(verb: str, data: Mapping[str, t.Any]) -> dict[str, t.Any]:
     """Return the arguments of one of our own verbs, checked and defaults filled.
 
-    ``send`` needs ``text``: one line of at most 4096 characters without
-    control characters other than tab (an empty line just presses Enter).
+    ``send`` needs ``text``: one line of at most 4096 characters that
+    :func:`~supervisor.consoletext.check_console_text` accepts (an empty line just presses Enter).
     ``tail`` and ``logs`` take ``lines``, an integer 1..1000 (default 50). ``stop`` takes
     ``timeout`` in seconds, a number in (0, 600] or null (default null: the
     manager's own). Other verbs take nothing. Types are strict JSON types, and
@@ -720,12 +731,8 @@ def _own_text(data: Mapping[str, t.Any]) -> str:
     if len(text) > MAX_SEND_CHARS:
         msg = f"verb 'send': field 'text' is {len(text)} characters; the limit is {MAX_SEND_CHARS}"
         raise ProtocolError(msg)
-    found = _FORBIDDEN_TEXT.search(text)
-    if found:
-        msg = (
-            f"verb 'send': field 'text' contains control character "
-            f"{found.group()!r} at position {found.start()}; send one line "
-            "without newlines, NUL or other control characters"
-        )
-        raise ProtocolError(msg)
+    try:
+        check_console_text(text, what="verb 'send': field 'text'")
+    except UnsafeConsoleText as e:
+        raise ProtocolError(str(e)) from e
     return text

@@ -23,6 +23,7 @@ NAME = os.environ["BOT_NAME"]
 PORT = int(os.environ["MQTT_PORT"])
 DELAY = float(os.environ.get("BRIDGE_DELAY", "0"))
 ONLINE_DELAY = float(os.environ.get("ONLINE_DELAY", "0"))
+USERNAME = os.environ.get("MQTT_USERNAME", "")
 ARGS = " ".join(sys.argv[1:])
 
 
@@ -54,6 +55,8 @@ def main() -> None:
     time.sleep(DELAY)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bridge-{NAME}")
     client.on_message = on_message
+    if USERNAME:
+        client.username_pw_set(USERNAME, os.environ.get("MQTT_PASSWORD", ""))
     subscribed = threading.Event()
     client.on_subscribe = lambda *_args: subscribed.set()
     client.connect("127.0.0.1", PORT)

@@ -1,0 +1,96 @@
+"""The run wrapper (core/launch.py writes run.sh): the console gets what the bot printed, never bash's own reports."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import typing as t
+
+import pytest
+
+from supervisor.core.launch import WRAPPER_LOG
+from supervisor.errors import InstanceError
+from tests.conftest import wait_until
+from tests.test_manager import backend
+
+if t.TYPE_CHECKING:
+    from pathlib import Path
+
+    from supervisor.core.manager import Manager
+
+__all__ = ["backend"]  # a fixture, used by name
+
+# Prints on stdout and on stderr, then waits to be killed.
+BOT = (
+    "import sys, time; print('bot says out', flush=True); "
+    "print('bot says err', file=sys.stderr, flush=True); time.sleep(600)"
+)
+
+
+def recipe(tmp_path: Path, command: str) -> str:
+    path = tmp_path / "recipes" / "talker.yaml"
+    path.parent.mkdir(exist_ok=True)
+    lines = [
+        "name: talker",
+        "source: {repo: set-by-test, ref: main}",
+        "install: ['sh install.sh']",
+        "run:",
+        f"  command: {json.dumps(command)}",
+        "  ready: 'bot says out'",
+        "  ready_timeout: 15",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+class WrapCase(t.NamedTuple):
+    test_id: str
+    command: str
+    quiet: bool  # bash's report of the kill stays out of the console
+
+
+WRAP_CASES = [
+    WrapCase("simple", f'{{python}} -c "{BOT}"', True),
+    WrapCase("own-redirect", f'{{python}} -c "{BOT}" 2>&1', True),
+    # A compound command is grouped: its output is kept, but bash may report the kill on the terminal.
+    WrapCase("compound", f'cd . && {{python}} -c "{BOT}"', False),
+]
+
+
+@pytest.mark.parametrize("case", WRAP_CASES, ids=[case.test_id for case in WRAP_CASES])
+def test_a_killed_bot_leaves_its_own_output_and_exit_code_and_no_wrapper_lines_in_the_console(
+    manager: Manager, backend: str, bot_origin: Path, tmp_path: Path, case: WrapCase
+) -> None:
+    manager.new("tk", recipe(tmp_path, case.command), repo=str(bot_origin), backend=backend)
+    manager.start(["tk"])
+    log = manager.paths.console_log("tk")
+    wait_until(lambda: log.exists() and "bot says err" in log.read_text(errors="replace"), message="the bot's stderr")
+    pid = manager.status(["tk"])[0].pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: manager.status(["tk"])[0].state == "crashed", timeout=10, message="the crash")
+    assert manager.status(["tk"])[0].exit_code == 137
+
+    text = log.read_text(errors="replace")
+    assert "bot says out" in text and "bot says err" in text, text
+    if case.quiet:
+        assert "Killed" not in text and "run.sh" not in text and str(manager.paths.home) not in text, text
+        wrapper = (manager.paths.instance_dir("tk") / WRAPPER_LOG).read_text()
+        assert "Killed" in wrapper, wrapper  # bash's report is kept, out of the console
+
+
+def test_the_prelude_output_and_the_wrappers_notice_still_reach_the_console(
+    manager: Manager, bot_origin: Path, tmp_path: Path
+) -> None:
+    path = recipe(tmp_path, '{python} -c "print(1)"')
+    with open(path, "a") as extra:  # noqa: PTH123 - appending one YAML line
+        extra.write("  prelude: 'echo prelude says err >&2; false'\n")
+    manager.new("tk", path, repo=str(bot_origin))
+    with contextlib.suppress(InstanceError):  # the bot may be seen exiting during the start
+        manager.start(["tk"], wait=False)
+    log = manager.paths.console_log("tk")
+    wait_until(lambda: manager.status(["tk"])[0].exit_code == 98, timeout=10, message="the prelude's exit code")
+    wanted = ("prelude says err", "bot-supervisor: prelude failed")
+    wait_until(lambda: all(w in log.read_text(errors="replace") for w in wanted), message="both lines")
