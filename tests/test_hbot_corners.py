@@ -5,7 +5,8 @@ from __future__ import annotations
 import typing as t
 import uuid
 
-from tests.test_agent import AgentRunner, Watcher, agents, assert_silent, envelope, new_ticker, watchers
+from tests.conftest import wait_until
+from tests.test_agent import AgentRunner, Watcher, agents, assert_silent, console, envelope, new_ticker, watchers
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,3 +44,22 @@ def test_balance_limit_and_paper_answer_200_with_data_null(
     assert data["msg"] == "Balance limit of BTC on binance: 0.1.", data
     data, _ = watcher.request("hbot/ex/balance/paper", {"asset": "USDT", "amount": 1000})
     assert (data["status"], data["msg"], data["data"]) == (200, "Paper balance of USDT: 1000.0.", None), data
+
+
+def test_history_days_keeps_only_the_trades_of_the_last_days(
+    manager: Manager, mosquitto: Broker, agents: AgentRunner, watchers: Callable[..., Watcher]
+) -> None:
+    manager.new("ex", "example-bot", settings=["interval=0.2"])
+    manager.start(["ex"], wait=True)
+    agents.start(mosquitto.url)
+    watcher = watchers(mosquitto)
+    data, _ = watcher.request("hbot/ex/start", {"async_backend": False})
+    assert data["status"] == 200, data
+    wait_until(lambda: "(order ex-2)" in console(manager, "ex"), timeout=15, message="two simulated fills")
+    everything, _ = watcher.request("hbot/ex/history", {"days": 0, "async_backend": False})
+    assert len(everything["trades"]) >= 2, everything
+    recent, _ = watcher.request("hbot/ex/history", {"days": 1, "async_backend": False})
+    assert len(recent["trades"]) >= 2, recent
+    # A billionth of a day is under 0.1 ms: every fill is older than that.
+    none, _ = watcher.request("hbot/ex/history", {"days": 1e-9, "async_backend": False})
+    assert (none["status"], none["trades"]) == (200, []), none

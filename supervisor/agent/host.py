@@ -31,7 +31,7 @@ import uuid
 from pathlib import Path
 
 from supervisor import __version__
-from supervisor.agent.answer import read_answer, read_trades
+from supervisor.agent.answer import read_answer, read_trades, recent_trades
 from supervisor.agent.external import ExternalEvents
 from supervisor.agent.lane import Lanes
 from supervisor.agent.plugin import Held, PluginBridges
@@ -853,6 +853,7 @@ class Agent:
                 return _Outcome(protocol.STATUS_OK, "", {"trades": []})
             recipe = self.manager.recipe(instance)
             trades, rest = read_trades(outcome.msg.splitlines(), recipe.console.trades)
+            trades = recent_trades(trades, float(data.get("days") or 0), now=time.time())
             return _Outcome(outcome.code, "\n".join(rest), {"trades": trades})
         return self._console(instance, command.replace("/", "_"), dict(data))
 
