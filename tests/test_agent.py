@@ -1622,11 +1622,11 @@ def test_a_broken_registry_pauses_supervision_and_the_agent_keeps_serving(
 
 
 def test_a_status_reply_from_the_snapshot_is_byte_for_byte_what_the_protocol_encodes() -> None:
-    from supervisor.agent.host import _envelope
+    from supervisor.agent.wire import envelope
     from supervisor.mqtt import protocol
 
     data = {"status": 200, "msg": "running", "result": {"name": "tb", "pid": 12, "cpu_percent": 0.5, "adopted": False}}
-    body = _envelope(protocol.dumps(protocol.make_primitive(data)))
+    body = envelope(protocol.dumps(protocol.make_primitive(data)))
     stamp = json.loads(body)["header"]["timestamp"]
     assert body == protocol.encode_reply(data, now_ms=stamp)
     assert abs(stamp / 1000 - time.time()) < 60

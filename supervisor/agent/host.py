@@ -19,7 +19,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -31,14 +30,15 @@ import uuid
 from pathlib import Path
 
 from supervisor import __version__
-from supervisor.agent.answer import read_answer, read_trades, recent_trades
 from supervisor.agent.external import ExternalEvents
 from supervisor.agent.lane import Lanes
+from supervisor.agent.own import OwnVerbs
 from supervisor.agent.plugin import Held, PluginBridges
+from supervisor.agent.relay import HbotRelay
 from supervisor.agent.snapshot import SnapshotServer
 from supervisor.agent.stream import ConsoleStream
+from supervisor.agent.wire import Replier
 from supervisor.audit import AuditLog, clip
-from supervisor.core.manager import check_strategy
 from supervisor.core.registry import DESIRED_RUNNING
 from supervisor.core.watchdog import (
     BACKOFF_BASE,
@@ -51,12 +51,11 @@ from supervisor.core.watchdog import (
     Watchdog,
     pid_alive,
 )
-from supervisor.errors import AgentError, AuthError, InstanceNotFound, InstanceNotRunning, SupervisorError
+from supervisor.errors import AgentError, SupervisorError
 from supervisor.mqtt import protocol
 from supervisor.mqtt.auth import Verifier, is_signed_record, sign_record
 from supervisor.mqtt.connection import Connection
-from supervisor.mqtt.dedup import Redeliveries
-from supervisor.mqtt.guard import STATUS_BUSY, RefusalLog, is_command_topic
+from supervisor.mqtt.guard import STATUS_BUSY, RefusalLog
 from supervisor.states import State
 
 if t.TYPE_CHECKING:
@@ -85,29 +84,6 @@ _TRANSITIONAL = frozenset({State.STARTING, State.WAITING_LOGIN})
 """States a look by another process can end (its readiness record), unseen by the probe."""
 _VOLATILE = frozenset({"cpu_percent", "rss", "uptime", "last_heartbeat"})
 _DOWN = (State.CRASHED, State.EXITED)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Outcome:
-    """What a Hummingbot command did: the reply's status, msg and extra fields (history's trades)."""
-
-    code: int
-    msg: str
-    extra: Mapping[str, t.Any] = dataclasses.field(default_factory=dict)
-
-
-@functools.cache
-def _envelope_parts() -> tuple[bytes, bytes]:
-    # The envelope of {} at time 0, cut around the timestamp; data is its last member ({} then "}").
-    empty = protocol.encode_reply({}, now_ms=0)
-    head, _, tail = empty.partition(b'"timestamp":0,')
-    return head + b'"timestamp":', b"," + tail[:-3]
-
-
-def _envelope(data: bytes) -> bytes:
-    """Return :func:`protocol.encode_reply`'s envelope around ``data``, already encoded by :func:`protocol.dumps`."""
-    head, tail = _envelope_parts()
-    return head + str(time.time_ns() // 1_000_000).encode() + tail + data + b"}"
 
 
 def _stable(status: InstanceStatus) -> tuple[t.Any, ...]:
@@ -182,12 +158,10 @@ class Agent:
         self._published: dict[str, tuple[InstanceStatus, tuple[t.Any, ...]]] = {}
         self._plugin_alive: dict[str, bool] = {}
         self._liveness_lock = threading.Lock()
-        self.redeliveries = Redeliveries()
         # The snapshot: each instance's last derived status, and when (monotonic) it was derived.
         self._statuses: dict[str, InstanceStatus] = {}
         self._looked: dict[str, float] = {}
         self._dirty: set[str] = set()  # names whose state record may have to go out again
-        self._replies: dict[str, tuple[InstanceStatus, dict[str, t.Any], bytes]] = {}
         self._foreign_cache: tuple[float, list[ForeignSession]] = (-SNAPSHOT_MAX_AGE, [])
         self._foreign_lock = threading.Lock()
         self._beat_listened: set[str] = set()
@@ -205,7 +179,7 @@ class Agent:
         self._reassert_lock = threading.Lock()
         self._reassert_pending = False
         self._last_reassert = 0.0
-        self.external = ExternalEvents(manager, self.ns, report=self._notify, audit=self.audit.record)
+        self.external = ExternalEvents(manager, self.ns, report=self.notify, audit=self.audit.record)
         self.connection = Connection(
             config.broker,
             client_id=config.broker.client_id or f"supervisor-agent-{self.host}-{self.run_id}",
@@ -222,6 +196,19 @@ class Agent:
             record_strategy=self._accepted_strategy,
             forwarded=self._forwarded,
             expired=self._expired,
+        )
+        self.replier = Replier(self.connection, self.ns, config.own_prefix, self.refusals, reserve=REPLY_RESERVE)
+        # The two front doors, each in its own file: Hummingbot's commands, and our own verbs.
+        self.relay = HbotRelay(self, manager, self.connection, self.replier, self.bridges, self.ns, self.audit.record)
+        self.verbs = OwnVerbs(
+            self,
+            manager,
+            self.replier,
+            self.watchdog,
+            host_id=self.host,
+            own=self.own,
+            verifier=self.verifier,
+            audit=self.audit.record,
         )
         self.snapshots = SnapshotServer(manager.paths.agent_socket, self.provide, tmux_socket=manager.paths.tmux_socket)
 
@@ -262,13 +249,13 @@ class Agent:
                     if now >= next_look or state_due:
                         # The safety net, and fresh CPU and memory figures for the state records.
                         next_look = now + self.check_interval
-                        self._look_all()
+                        self.look_all()
                         self._state_readable(None)
                     elif self._look_changed():
                         self._state_readable(None)
                     if self._state_error is None:
                         if self.watchdog.check(self._snapshot()):
-                            self._look_all()  # what was restarted or marked fatal: no stale record goes out
+                            self.look_all()  # what was restarted or marked fatal: no stale record goes out
                         if now >= next_heartbeat:
                             self._heartbeats()
                             next_heartbeat = now + self.config.heartbeat_interval
@@ -381,7 +368,7 @@ class Agent:
         with contextlib.suppress(SupervisorError, OSError):  # the main loop says why, once
             # Requests are judged on a snapshot from the first one on; bots are announced (and beat)
             # by the main loop's first heartbeat tick, after "online".
-            self._look_all(announce=False)
+            self.look_all(announce=False)
         self._subscribe()
         if self.connection.is_connected:
             self.connection.publish(f"{self.own}/agent", self._availability("online"), qos=1, retain=True)
@@ -495,10 +482,10 @@ class Agent:
         for its reply in the outgoing queue.
         """
         if not self._pending.acquire(blocking=False):
-            if work == self._handle_hbot and not self._answers_hbot(topic):
+            if work == self.relay.handle and not self.relay.answers(topic):
                 return  # another host's id, or a bot whose own bridge answers: stay silent, as everywhere else
             self.refusals.refuse("busy", topic, "too many requests in flight", result=STATUS_BUSY)
-            self._reply_error_raw(
+            self.replier.error_raw(
                 payload, "agent is busy: too many requests in flight. Try again.", status=STATUS_BUSY, spare=True
             )
             return
@@ -509,7 +496,7 @@ class Agent:
                 work(topic, payload, dup, retained)
             except Exception:
                 logger.exception("request on %s failed unexpectedly", clip(topic))
-                self._reply_error_raw(payload, "internal error in the agent; see its log.")
+                self.replier.error_raw(payload, "internal error in the agent; see its log.")
             finally:
                 self._pending.release()
 
@@ -530,36 +517,10 @@ class Agent:
                 return instance if sep else None
         return None
 
-    def _answers_hbot(self, topic: str) -> bool:
-        """Return whether this agent answers ``topic``, judged on the last snapshot (cheap: network thread)."""
-        instance = topic[len(self.ns) + 1 :].partition("/")[0]
-        with self._status_lock:
-            status = self._statuses.get(instance)
-        return status is not None and not (status.plugin and status.is_running)
-
     def _on_hbot(self, topic: str, payload: bytes, props: Mapping[str, t.Any]) -> None:
         if not props.get("retain"):
-            self._watch_strategy(topic, payload)
-        self._dispatch(topic, payload, props, self._handle_hbot)
-
-    def _watch_strategy(self, topic: str, payload: bytes) -> None:
-        """For a running plugin bot's ``start``/``stop``: wait for its bridge's answer (network thread: quick)."""
-        instance, _, command = topic[len(self.ns) + 1 :].partition("/")
-        if command not in ("start", "stop"):
-            return
-        with self._status_lock:
-            status = self._statuses.get(instance)
-        if status is None or not (status.plugin and status.is_running):
-            return  # a down plugin bot's start is the agent's own launch: recorded by it
-        try:
-            request = protocol.parse_request(payload)
-            data = protocol.validate(command, request.data)
-            strategy = check_strategy(data) if command == "start" else None
-        except SupervisorError:
-            return
-        if command == "start" and not strategy:
-            return  # a start of what the bot has imported: nothing to relaunch it with
-        self.bridges.expect_strategy(instance, request.reply_to, strategy)
+            self.relay.watch_strategy(topic, payload)
+        self._dispatch(topic, payload, props, self.relay.handle)
 
     def _accepted_strategy(self, instance: str, strategy: dict[str, str] | None) -> None:
         """Record the strategy a plugin bot's bridge accepted (in its lane, after what came before)."""
@@ -582,7 +543,7 @@ class Agent:
     def _on_own(self, topic: str, payload: bytes, props: Mapping[str, t.Any]) -> None:
         if topic.endswith("/status") and not props.get("retain") and self._answer_here(topic, payload, props):
             return
-        self._dispatch(topic, payload, props, self._handle_own)
+        self._dispatch(topic, payload, props, self.verbs.handle)
 
     def _answer_here(self, topic: str, payload: bytes, props: Mapping[str, t.Any]) -> bool:
         """Answer an own ``status`` on the network thread when the snapshot can (nothing to run, no hop).
@@ -592,13 +553,13 @@ class Agent:
         instance = topic[len(self.own) + 1 :].rpartition("/")[0]
         if not self.lanes.is_idle(instance):
             return False  # it answers after what its bot's lane holds, in order
-        if self._fresh(instance) is None or not self._pending.acquire(blocking=False):
+        if self.fresh(instance) is None or not self._pending.acquire(blocking=False):
             return False
         try:
-            self._handle_own(topic, payload, bool(props.get("dup")), False)
+            self.verbs.handle(topic, payload, bool(props.get("dup")), False)
         except Exception:
             logger.exception("request on %s failed unexpectedly", clip(topic))
-            self._reply_error_raw(payload, "internal error in the agent; see its log.")
+            self.replier.error_raw(payload, "internal error in the agent; see its log.")
         finally:
             self._pending.release()
         return True
@@ -610,265 +571,6 @@ class Agent:
         if status is not None and status.plugin:
             self._last_heartbeat[name] = round(self._clock(), 3)
 
-    def _reply(
-        self,
-        reply_to: str,
-        data: Mapping[str, t.Any],
-        key: str | None = None,
-        *,
-        spare: bool = False,
-        encoded: bytes | None = None,
-    ) -> None:
-        """Publish a reply; ``spare`` ones (refusals) only while the queue has room beyond executed requests'.
-
-        ``encoded`` is ``data`` already encoded as :func:`protocol.encode_reply` encodes it (a status, once per look).
-        """
-        try:
-            topic = protocol.reply_topic(reply_to)
-        except protocol.ProtocolError as e:
-            logger.warning("cannot answer on reply_to %s: %s", clip(reply_to, 80), e)
-            return
-        if self._is_command_topic(topic):
-            return  # never publish where an agent or a bot would take it as a command or a record
-        body = protocol.encode_reply(data) if encoded is None else _envelope(encoded)
-        if key is not None:
-            self.redeliveries.answered(key, body)
-        if not self.connection.publish(topic, body, qos=1, headroom=REPLY_RESERVE if spare else 0):
-            self.refusals.refuse("unanswered", topic, "outgoing queue is full; reply dropped")
-
-    def _is_command_topic(self, topic: str) -> bool:
-        return is_command_topic(topic, self.ns, self.config.own_prefix, protocol.HBOT_COMMANDS)
-
-    def _reply_error_raw(
-        self, payload: bytes, message: str, *, status: int = protocol.STATUS_ERROR, spare: bool = False
-    ) -> None:
-        try:
-            request = protocol.parse_request(payload)
-        except protocol.ProtocolError as e:
-            if e.reply_to:
-                self._reply(e.reply_to, {"status": status, "msg": message}, spare=spare)
-            return
-        self._reply(request.reply_to, {"status": status, "msg": message}, spare=spare)
-
-    def _refuse_retained(self, topic: str, payload: bytes) -> None:
-        """Answer 400 to a request that came with the retain flag; it is never executed."""
-        self.refusals.refuse("retained", topic, "request arrived with the retain flag", result=protocol.STATUS_ERROR)
-        self._reply_error_raw(
-            payload,
-            "bad request: it arrived retained (MQTT retain flag). Retained requests are never executed; "
-            "publish requests without retain.",
-            spare=True,
-        )
-
-    def _fresh_request(self, topic: str, payload: bytes, dup: bool) -> tuple[protocol.Request, str] | None:
-        """Return a new, well-formed request and its dedup key; ``None`` for redeliveries and bad requests.
-
-        A redelivery (the DUP flag on a request already seen) is not run
-        again; it gets the reply already sent, if any.
-        """
-        new, key, cached = self.redeliveries.check(topic, payload, dup=dup)
-        if not new:
-            # Counted with the refusals: a stranger repeating one request must not grow the logs line by line.
-            self.refusals.refuse(
-                "redelivered", topic, "a redelivery of a request already handled: not run again", result="ignored"
-            )
-            if cached is not None:
-                with contextlib.suppress(protocol.ProtocolError):
-                    again = protocol.parse_request(payload)
-                    self.connection.publish(protocol.reply_topic(again.reply_to), cached, qos=1)
-            return None
-        request = self._parse(topic, payload)
-        return None if request is None else (request, key)
-
-    def _parse(self, topic: str, payload: bytes) -> protocol.Request | None:
-        """Parse a request; answer 400 where possible and return ``None`` when it is unusable."""
-        try:
-            request = protocol.parse_request(payload)
-        except protocol.ProtocolError as e:
-            self.refusals.refuse("malformed", topic, str(e), result=protocol.STATUS_ERROR)
-            if e.reply_to:
-                self._reply(e.reply_to, {"status": protocol.STATUS_ERROR, "msg": f"bad request: {e}"}, spare=True)
-            return None
-        if self._is_command_topic(protocol.reply_topic(request.reply_to)):
-            # Nobody can be answered there: a reply would land as a command (or a record) of some agent or bot.
-            self.refusals.refuse(
-                "reply_to", topic, f"reply_to {request.reply_to!r} is a command topic", result=protocol.STATUS_ERROR
-            )
-            return None
-        return request
-
-    # -- Hummingbot-compatible commands -------------------------------------------
-
-    def _handle_hbot(self, topic: str, payload: bytes, dup: bool = False, retained: bool = False) -> None:
-        rest = topic[len(self.ns) + 1 :]
-        instance, _, command = rest.partition("/")
-        if not self._known(instance):
-            # Another host's agent, or a real Hummingbot, may own this id: stay silent.
-            return
-        # Whether to answer at all is judged on the snapshot (kept current by the probe), before the duplicate check.
-        with self._status_lock:
-            status = self._statuses.get(instance)
-        if status is None or (status.plugin and not status.is_running):
-            # New, or a down plugin bot: a bot just launched must not be taken for down.
-            self.manager.forget_sessions()
-            status = self._look(instance)
-        if status.plugin and status.is_running and self.bridges.is_up(instance):
-            # The bot's own MQTT bridge answers while it is up (even to bad requests): never a double reply.
-            return
-        if retained:
-            self._refuse_retained(topic, payload)
-            return
-        fresh = self._fresh_request(topic, payload, dup)
-        if fresh is None:
-            return
-        request, key = fresh
-        if status.plugin and status.is_running:
-            # Its process is up but its bridge is not yet: hold the request and forward it then.
-            self._hold(instance, command, topic, payload, request, key)
-            return
-        status = self._current(instance)  # one status for this request, passed down
-        try:
-            data = protocol.validate(command, request.data)
-            refusal = self._refusal(instance, command, data, status)
-        except protocol.ProtocolError as e:
-            refusal = f"bad request: {e}"
-        except SupervisorError as e:
-            refusal = str(e)
-        if refusal is not None:
-            self._answer_hbot(request, command, topic, key, _Outcome(protocol.STATUS_ERROR, refusal))
-            return
-        if status.plugin and command == "start":
-            # Launch it with the requested strategy, then let its own bridge answer the request.
-            try:
-                self._run_hbot(instance, command, data, status)
-            except SupervisorError as e:
-                self._answer_hbot(request, command, topic, key, _Outcome(protocol.STATUS_ERROR, str(e)))
-                return
-            self._hold(instance, command, topic, payload, request, key)
-            return
-        if data.get("async_backend") is True and command == "start" and status.is_ready:
-            # As the bot does: a start it refuses (already running) is a 400; an accepted one is 200 with no
-            # text, its console's answer going to notify. The console answers at once: no need to answer first.
-            try:
-                outcome = self._run_hbot(instance, command, data, status)
-            except SupervisorError as e:
-                outcome = _Outcome(protocol.STATUS_ERROR, str(e))
-            if outcome.code == protocol.STATUS_OK:
-                self._answer_hbot(request, command, topic, key, _Outcome(protocol.STATUS_OK, ""))
-                self._hbot_notify(instance, outcome.msg)
-            else:
-                self._answer_hbot(request, command, topic, key, outcome)
-            return
-        if data.get("async_backend") is True and command in ("start", "stop"):
-            # As the bot does: answer at once, then do the (possibly long) work; its console's answer goes to notify.
-            self._answer_hbot(request, command, topic, key, _Outcome(protocol.STATUS_OK, ""))
-            try:
-                outcome = self._run_hbot(instance, command, data, status)
-                if outcome.msg:
-                    self._hbot_notify(instance, outcome.msg)
-            except SupervisorError as e:
-                logger.warning("%s of %s failed: %s", command, instance, e)
-                self._notify(instance, f"{command} failed: {e}")
-            return
-        try:
-            outcome = self._run_hbot(instance, command, data, status)
-        except SupervisorError as e:
-            outcome = _Outcome(protocol.STATUS_ERROR, str(e))
-        self._answer_hbot(request, command, topic, key, outcome)
-
-    def _answer_hbot(self, request: protocol.Request, command: str, topic: str, key: str, outcome: _Outcome) -> None:
-        self.audit.record(
-            topic=topic,
-            client=request.header.get("node_id") or request.header.get("agent"),
-            reply_to=request.reply_to,
-            result=outcome.code,
-            msg=outcome.msg[:200],
-        )
-        reply = protocol.response(command, status=outcome.code, msg=outcome.msg, **outcome.extra)
-        self._reply(request.reply_to, reply, key)
-
-    def _refusal(self, instance: str, command: str, data: Mapping[str, t.Any], status: InstanceStatus) -> str | None:
-        """Return why a valid request cannot be carried out at all (checked before an async 200), or ``None``."""
-        if not status.plugin and command == "start":
-            # Unsafe values are refused in the reply itself, also when the start is answered asynchronously.
-            self.manager.console_line(instance, "start", {"script": data.get("script"), "conf": data.get("conf")})
-            return None
-        if status.plugin or command != "stop":
-            return None
-        if data.get("skip_order_cancellation"):
-            recipe = self.manager.recipe(instance)
-            if "stop_keep_orders" not in recipe.console.commands:
-                return (
-                    f"instance '{instance}': recipe '{recipe.name}' has no console.stop_keep_orders line, so its "
-                    "strategy cannot be stopped with orders left open; nothing was done. Send "
-                    "skip_order_cancellation: false to stop and cancel orders, or add that line to the recipe."
-                )
-        if not status.is_running:
-            return str(InstanceNotRunning(instance, status.state))
-        return None
-
-    def _run_hbot(self, instance: str, command: str, data: Mapping[str, t.Any], status: InstanceStatus) -> _Outcome:
-        """Carry out one bot-level command as Hummingbot would; return the reply's status, msg and extras."""
-        sync = data.get("async_backend") is False
-        if status.plugin:
-            # Down plugin bot: only start can help (the plugin takes over once it is up).
-            if command == "start":
-                [result] = self.manager.start(
-                    [instance], strategy={"script": data.get("script"), "conf": data.get("conf")}
-                )
-                self._take(result.status, instance)
-                msg = f"instance '{instance}' was down; launched it, its MQTT bridge takes over."
-                return _Outcome(protocol.STATUS_OK, msg)
-            msg = f"instance '{instance}' is not running, so its MQTT bridge cannot answer. Send start first."
-            return _Outcome(protocol.STATUS_ERROR, msg)
-        if command == "start":
-            values = {"script": data.get("script"), "conf": data.get("conf")}
-            self.manager.console_line(instance, "start", values)  # refuse unsafe values before launching
-            if not status.is_ready:
-                [result] = self.manager.start([instance])  # launches it, or waits for a bot that is still starting
-                self._announce(instance, self._take(result.status, instance))
-            if data.get("is_quickstart"):
-                logger.info("is_quickstart has no console equivalent; starting normally")
-            return self._console(instance, "start", values)
-        if not status.is_running:
-            raise InstanceNotRunning(instance, status.state)
-        if command == "stop":
-            # The strategy stop, as Hummingbot's: the process, its heartbeats and its console stay up.
-            line = "stop_keep_orders" if data.get("skip_order_cancellation") else "stop"
-            return self._console(instance, line, {})
-        if command == "status" and not sync:
-            # Hummingbot answers 400 at once when no strategy runs; else 200, the status going to notify.
-            outcome = self._console(instance, "status", {})
-            if outcome.code != protocol.STATUS_OK:
-                return outcome
-            self._hbot_notify(instance, outcome.msg)
-            return _Outcome(protocol.STATUS_OK, "")
-        if command == "import":
-            return self._console(instance, "import", {"strategy": data["strategy"]})
-        if command == "history":
-            values = {k: data.get(k) for k in ("days", "verbose", "precision")}
-            outcome = self._console(instance, "history", values)
-            if not sync:
-                self._hbot_notify(instance, outcome.msg)
-                return _Outcome(protocol.STATUS_OK, "", {"trades": []})
-            recipe = self.manager.recipe(instance)
-            trades, rest = read_trades(outcome.msg.splitlines(), recipe.console.trades)
-            trades = recent_trades(trades, float(data.get("days") or 0), now=time.time())
-            return _Outcome(outcome.code, "\n".join(rest), {"trades": trades})
-        return self._console(instance, command.replace("/", "_"), dict(data))
-
-    def _console(self, instance: str, command: str, values: Mapping[str, t.Any]) -> _Outcome:
-        """Type a command's console line and read the answer the recipe's patterns pick out of the output."""
-        text = self.manager.relay(instance, command, values, capture=True)
-        recipe = self.manager.recipe(instance)
-        answer = read_answer(text, recipe.console.answer)
-        return _Outcome(protocol.STATUS_ERROR if answer.error else protocol.STATUS_OK, answer.text)
-
-    def _hbot_notify(self, instance: str, text: str) -> None:
-        """Publish console output on ``{ns}/{id}/notify``, as the bot's notifier does."""
-        if text:
-            self.connection.publish(f"{self.ns}/{instance}/notify", protocol.notify(0, text))
-
     # -- plugin bots: start-up window ------------------------------------------------
 
     def _on_status_update(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
@@ -876,20 +578,17 @@ class Agent:
         if self.bridges.on_status_update(topic[len(self.ns) + 1 :].partition("/")[0], payload):
             self.probe.interrupt()  # the main loop sends them after the grace
 
+    def hold(self, held: Held) -> None:
+        """Keep a request for a plugin bot until its bridge is up (the main loop answers it if it never is)."""
+        if self.bridges.hold(held):
+            self.probe.interrupt()
+
     def _launched_at(self, instance: str) -> float | None:
         """When the bot was last launched (the registry's clock: a kernel start time may drift from ours)."""
         try:
             return self.manager.record(instance).started_at
         except SupervisorError:
             return None
-
-    def _hold(
-        self, instance: str, command: str, topic: str, payload: bytes, request: protocol.Request, key: str
-    ) -> None:
-        """Keep a request until the bot's bridge is up, then publish it again for the bot to answer."""
-        deadline = time.monotonic() + self.manager.ready_timeout(instance)
-        if self.bridges.hold(Held(instance, topic, payload, request.reply_to, command, key, deadline)):
-            self.probe.interrupt()  # the main loop answers it if the bridge never comes up
 
     def _forwarded(self, item: Held) -> None:
         self.audit.record(topic=item.topic, reply_to=item.reply_to, result="forwarded", msg="to the bot's own bridge")
@@ -899,103 +598,8 @@ class Agent:
         """Answer a held request whose bot did not bring its bridge up in time."""
         msg = f"instance '{item.instance}': its MQTT bridge did not come up in time to answer. Check 'supervisor tail'."
         self.audit.record(topic=item.topic, reply_to=item.reply_to, result=protocol.STATUS_ERROR, msg=msg)
-        self._reply(item.reply_to, protocol.response(item.command, status=protocol.STATUS_ERROR, msg=msg), item.key)
-
-    # -- our own verbs -----------------------------------------------------------------
-
-    def _handle_own(self, topic: str, payload: bytes, dup: bool = False, retained: bool = False) -> None:
-        rest = topic[len(self.own) + 1 :]
-        instance, _, verb = rest.rpartition("/")
-        if retained:
-            self._refuse_retained(topic, payload)
-            return
-        key: str | None = None
-        if self.verifier is None:
-            fresh = self._fresh_request(topic, payload, dup)
-            if fresh is None:
-                return
-            request, key = fresh
-        else:
-            # Signed requests skip the duplicate cache: a byte-identical copy is a replay
-            # (its nonce is spent) and gets 401, never the first one's cached reply.
-            parsed = self._parse(topic, payload)
-            if parsed is None:
-                return
-            request = parsed
-        who = request.header.get("node_id") or request.header.get("agent") or "?"
-        if self.verifier is not None:
-            try:
-                self.verifier.verify(topic, request.reply_to, request.header, request.data)
-            except AuthError as e:
-                self.refusals.refuse("unauthorized", topic, str(e), client=who, result=protocol.STATUS_UNAUTHORIZED)
-                self._reply(
-                    request.reply_to,
-                    {"status": protocol.STATUS_UNAUTHORIZED, "msg": f"unauthorized: {e}", "code": e.code},
-                    spare=True,
-                )
-                return
-        encoded = None
-        then: t.Callable[[], None] | None = None
-        try:
-            args = protocol.validate_own(verb, request.data)
-            if verb == "status":
-                status = self._fresh(instance) or self._look(instance)  # raises InstanceNotFound for a stranger
-                reply, encoded = self._status_reply(status)
-            else:
-                reply, then = self._run_own(instance, verb, args)
-        except SupervisorError as e:
-            reply = {"status": protocol.STATUS_ERROR, "msg": str(e), "code": e.code}
-        self._reply(request.reply_to, reply, key, encoded=encoded)
-        if then is not None:
-            try:
-                then()  # the launch's beat and state record follow the reply that says it happened
-            except SupervisorError as e:
-                logger.warning("after %s of %s: %s", verb, instance, e)
-        # After the reply: the client does not wait for the audit log's file lock and write.
-        self.audit.record(
-            topic=topic, client=who, reply_to=request.reply_to, result=reply["status"], msg=str(reply.get("msg"))
-        )
-
-    def _run_own(
-        self, instance: str, verb: str, args: Mapping[str, t.Any]
-    ) -> tuple[dict[str, t.Any], t.Callable[[], None] | None]:
-        """Carry out one of our verbs; return the reply and what to do once it is sent."""
-        ok = protocol.STATUS_OK
-        if verb == "list":
-            statuses = self._fresh_all() or self._look_all()
-            return {
-                "status": ok,
-                "msg": "",
-                "result": {"host": self.host, "instances": [statuses[name].to_dict() for name in sorted(statuses)]},
-            }, None
-        if not self._known(instance):
-            raise InstanceNotFound(instance)
-        if verb == "tail":
-            return {"status": ok, "msg": "", "result": {"screen": self.manager.tail(instance, args["lines"])}}, None
-        if verb == "logs":
-            # The log outlives the session: a crashed or fatal bot's last output (its traceback) is here.
-            return {"status": ok, "msg": "", "result": {"log": self.manager.log_lines(instance, args["lines"])}}, None
-        if verb == "send":
-            self.manager.send(instance, args["text"])
-            return {"status": ok, "msg": f"sent one line to '{instance}'."}, None
-        if verb == "start":
-            [result] = self.manager.start([instance])
-        elif verb == "stop":
-            timeout = args.get("timeout")
-            [result] = self.manager.stop([instance], **({"timeout": timeout} if timeout else {}))
-        else:
-            [result] = self.manager.restart([instance])
-        self.watchdog.forget(instance)
-        status = self._take(result.status, instance)  # derived by the action itself: no second look
-
-        def then() -> None:
-            if verb == "stop":
-                self._gone(instance, status)
-            else:
-                self._announce(instance, status, relaunched=result.changed)
-            self._publish_states(force=False)  # the new state goes out now, not at the next tick
-
-        return {"status": ok, "msg": result.message, "result": result.to_dict()}, then
+        reply = protocol.response(item.command, status=protocol.STATUS_ERROR, msg=msg)
+        self.replier.reply(item.reply_to, reply, item.key)
 
     # -- the snapshot -------------------------------------------------------------------
 
@@ -1053,7 +657,7 @@ class Agent:
                 self.connection.subscribe(f"{self.ns}/{name}/hb", self._on_heartbeat, qos=0)
             self._beat_listened = set(plugins)
 
-    def _look_all(self, *, announce: bool = True) -> dict[str, InstanceStatus]:
+    def look_all(self, *, announce: bool = True) -> dict[str, InstanceStatus]:
         """Derive every instance's status (one session query per backend, one process-table pass)."""
         since = time.monotonic()
         self.probe.watch_registry()  # before the look: a write meanwhile is seen at the next probe
@@ -1065,7 +669,7 @@ class Agent:
         """Derive again what the probe says may have changed; return whether that was everything."""
         change = self.probe.changes()
         if change.everything:
-            self._look_all()
+            self.look_all()
             return True
         if change.names:
             self.manager.forget_sessions()  # a bot just ended: its session may be gone too
@@ -1075,7 +679,7 @@ class Agent:
             self._store(statuses, since, gone=gone)
         return False
 
-    def _look(self, instance: str) -> InstanceStatus:
+    def look(self, instance: str) -> InstanceStatus:
         """Derive one instance's status now, and keep it in the snapshot."""
         return self._look_some([instance])[instance]
 
@@ -1091,14 +695,14 @@ class Agent:
         self._store(statuses, since)
         return {status.name: status for status in statuses}
 
-    def _take(self, status: InstanceStatus | None, instance: str) -> InstanceStatus:
+    def take(self, status: InstanceStatus | None, instance: str) -> InstanceStatus:
         """Keep the status an action returned (derived just now), or derive one when it returned none."""
         if status is None:
-            return self._look(instance)
+            return self.look(instance)
         self._store([status], time.monotonic())
         return status
 
-    def _fresh(self, instance: str) -> InstanceStatus | None:
+    def fresh(self, instance: str) -> InstanceStatus | None:
         """Return the snapshot's status of ``instance`` if it can answer a request as it is, else ``None``.
 
         It can while the host's state is readable and the registry unchanged,
@@ -1118,11 +722,11 @@ class Agent:
             return None  # another process (a `start --wait`) may have seen its ready line meanwhile
         return status
 
-    def _current(self, instance: str) -> InstanceStatus:
+    def current(self, instance: str) -> InstanceStatus:
         """Return the status of ``instance`` for a request: the snapshot's when fresh, else a new look."""
-        return self._fresh(instance) or self._look(instance)
+        return self.fresh(instance) or self.look(instance)
 
-    def _fresh_all(self) -> dict[str, InstanceStatus] | None:
+    def fresh_all(self) -> dict[str, InstanceStatus] | None:
         """Return the whole snapshot if every status in it is fresh (see :meth:`_fresh`), else ``None``."""
         if self._state_error is not None or self.probe.registry_changed():
             return None
@@ -1135,15 +739,13 @@ class Agent:
             return None
         return statuses
 
-    def _status_reply(self, status: InstanceStatus) -> tuple[dict[str, t.Any], bytes]:
-        """Return an own ``status`` reply and its encoding, made once per status derived (the snapshot reuses it)."""
-        cached = self._replies.get(status.name)
-        if cached is None or cached[0] is not status:
-            reply = {"status": protocol.STATUS_OK, "msg": status.state, "result": status.to_dict()}
-            cached = self._replies[status.name] = (status, reply, protocol.dumps(protocol.make_primitive(reply)))
-        return cached[1], cached[2]
+    def status_of(self, name: str) -> InstanceStatus | None:
+        """Return the snapshot's status of ``name`` as it is (no look), or ``None``."""
+        with self._status_lock:
+            return self._statuses.get(name)
 
-    def _known(self, instance: str) -> bool:
+    def known(self, instance: str) -> bool:
+        """Return whether ``instance`` is one of this host's (in the snapshot, or on record)."""
         with self._status_lock:
             if instance in self._statuses:
                 return True
@@ -1161,7 +763,7 @@ class Agent:
         ------
         InstanceNotFound
         """
-        statuses = self._fresh_all() or self._look_all()
+        statuses = self.fresh_all() or self.look_all()
         # Looked at again, in one look: names new since the snapshot (or strangers: InstanceNotFound), and
         # bots between launch and ready, whose ready line another process (a `start --wait`) may have seen.
         again = [
@@ -1189,17 +791,17 @@ class Agent:
         name, status = incident.name, incident.status
         if incident.kind == "down" and status is not None:
             # Clients hear that the bot went away (and the crash is on record) before they hear it came back.
-            self._gone(name, status)
+            self.gone(name, status)
             self._publish_states(force=False)
         elif incident.kind == "restarted":
-            status = self._take(status, name)
-            self._announce(name, status)
-            self._notify(name, incident.message)
+            status = self.take(status, name)
+            self.announce(name, status)
+            self.notify(name, incident.message)
         elif incident.kind == "fatal" and status is not None:
-            self._gone(name, status)
-            self._notify(name, incident.message)
+            self.gone(name, status)
+            self.notify(name, incident.message)
         elif incident.kind == "orphan":
-            self._notify(name, incident.message)
+            self.notify(name, incident.message)
 
     # -- periodic work ----------------------------------------------------------------
 
@@ -1214,7 +816,8 @@ class Agent:
             logger.error("cannot read this host's state (%s); bots keep running, supervision paused until fixed", text)
         self._state_error = text
 
-    def _notify(self, name: str, message: str) -> None:
+    def notify(self, name: str, message: str) -> None:
+        """Publish an agent event about ``name`` (and, for a bot we speak for, Hummingbot's ``notify``)."""
         event = {"ts": round(self._clock(), 3), "host": self.host, "instance": name, "msg": message}
         self.connection.publish(f"{self.own}/{name}/events", json.dumps(event).encode(), qos=1)
         with self._status_lock:
@@ -1268,7 +871,7 @@ class Agent:
         self.connection.publish(f"{self.ns}/{name}/hb", protocol.heartbeat())
         self._last_heartbeat[name] = round(self._clock(), 3)
 
-    def _announce(self, name: str, status: InstanceStatus, *, relaunched: bool = False) -> None:
+    def announce(self, name: str, status: InstanceStatus, *, relaunched: bool = False) -> None:
         """Say ``online`` and beat at once for a plugin-less bot whose process was just (re)launched.
 
         ``relaunched``: a request just launched it and its reply went out: it beats now even if a
@@ -1280,7 +883,7 @@ class Agent:
                 self._beat(name)  # a new process behind a name already announced: it beats at once too
             self._track_liveness_locked([status], beat=False)
 
-    def _gone(self, name: str, status: InstanceStatus) -> None:
+    def gone(self, name: str, status: InstanceStatus) -> None:
         """Say ``offline`` for a bot the agent had announced (or seen alive) whose process is gone."""
         if not status.is_running:
             self._track_liveness([status])
@@ -1359,6 +962,10 @@ class Agent:
 
     def _status_update(self, name: str, state: t.Literal["online", "offline"]) -> None:
         self.connection.publish(f"{self.ns}/{name}/status_updates", protocol.status_update(state))
+
+    def publish_states(self) -> None:
+        """Publish the state records that changed, now (not at the next tick)."""
+        self._publish_states(force=False)
 
     def _publish_states(self, *, force: bool) -> None:
         """Publish retained ``state`` records that changed (all of them when ``force``)."""
