@@ -124,6 +124,7 @@ def main() -> None:
         )
     finally:
         subprocess.run(["tmux", "-L", socket, "kill-server"], check=False, capture_output=True)
+        backend._socket_path().unlink(missing_ok=True)
 
     print("| read | by hand | library | library / by hand | note |\n|---|---|---|---|---|")
     for name, ours, library, note in rows:
