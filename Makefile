@@ -2,8 +2,11 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# CI's second Python: the suite runs again in its own virtualenv (scripts/python.sh finds it or installs it with pyenv).
+PYTHON2 ?= 3.12
+VENV2  := .venv-$(PYTHON2)
 
-.PHONY: demo demo-clean test test-hummingbot lint check-tree unit system-deps venv bench clean
+.PHONY: demo demo-clean test test-python2 test-load test-hummingbot lint check-tree unit system-deps venv bench clean
 
 system-deps:  ## tmux, screen, git, mosquitto (apt-get when they are missing)
 	@bash scripts/system-deps.sh
@@ -17,7 +20,7 @@ demo: system-deps venv  ## three example bots in tmux, then `supervisor ls`
 demo-clean: venv  ## stop and remove the demo bots
 	@for n in demo-1 demo-2 demo-3; do $(BIN)/supervisor rm $$n --force --purge --yes 2>/dev/null || true; done
 
-LINT_DIRS := supervisor tests $(wildcard bench)
+LINT_DIRS := supervisor tests scripts $(wildcard bench)
 
 check-tree:  ## nothing tracked that .gitignore names, no shebang into one machine's folders
 	@bash scripts/check-tree.sh
@@ -33,6 +36,17 @@ unit: venv
 
 test: system-deps venv lint unit  ## installs test needs, then ruff, mypy and the whole pytest suite
 
+test-python2: system-deps  ## the whole pytest suite again on Python $(PYTHON2), in $(VENV2)
+	@py=$$(bash scripts/python.sh $(PYTHON2)) && PYTHON=$$py VENV=$(VENV2) bash scripts/venv.sh
+	$(VENV2)/bin/pytest $(PYTEST_ARGS)
+
+# The suite as a busy CI machine runs it: every core kept busy by scripts/burn.py, which stops by itself.
+LOAD_SECONDS ?= 3600
+test-load: system-deps venv  ## the pytest suite with every core busy (PYTEST_ARGS picks tests; LOAD_SECONDS bounds the burner)
+	@$(BIN)/python scripts/burn.py --seconds $(LOAD_SECONDS) & burner=$$!; \
+	$(BIN)/pytest $(PYTEST_ARGS); status=$$?; \
+	kill $$burner 2>/dev/null; wait $$burner; exit $$status
+
 # What the real-Hummingbot tests download and build lives outside the clone, so a warm run takes minutes.
 BOT_SUPERVISOR_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/bot-supervisor
 export BOT_SUPERVISOR_CACHE
@@ -45,4 +59,4 @@ bench: system-deps venv
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build
+	rm -rf $(VENV) $(VENV2) .pytest_cache .mypy_cache .ruff_cache dist build

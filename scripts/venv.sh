@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 here=$(pwd -P)
-venv="$here/.venv"
+# VENV names another folder of this checkout (.venv-3.12 for the second Python CI runs); .venv by default.
+venv="$here/${VENV:-.venv}"
 python=${PYTHON:-python3}
 
 belongs_here() {
@@ -15,6 +16,13 @@ belongs_here() {
   local prefix
   prefix=$("$venv/bin/python" -c 'import os, sys; print(os.path.realpath(sys.prefix))' 2>/dev/null) || prefix=?
   [ "$prefix" = "$(realpath "$venv")" ] || { echo "its interpreter belongs to $prefix"; return 1; }
+  if [ -n "${PYTHON:-}" ]; then
+    # Asked for a given interpreter (CI's second Python): a venv of another version is made anew.
+    local want have
+    want=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || want=?
+    have=$("$venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || have=?
+    [ "$want" = "$have" ] || { echo "its Python is $have, not $want"; return 1; }
+  fi
   if [ -e "$venv/bin/pip" ]; then
     local shebang
     shebang=$(head -n 1 "$venv/bin/pip")
@@ -40,15 +48,15 @@ if [ "${1:-}" = "--check" ]; then
 fi
 
 if [ -e "$venv" ] && ! why=$(belongs_here); then
-  echo "==> .venv does not belong to this checkout ($why); making it anew"
+  echo "==> ${venv#"$here/"} does not belong to this checkout ($why); making it anew"
   rm -rf "$venv"
 fi
 if [ ! -x "$venv/bin/python" ]; then
-  echo "==> creating .venv with $("$python" --version 2>&1)"
+  echo "==> creating ${venv#"$here/"} with $("$python" --version 2>&1)"
   "$python" -m venv "$venv"
 fi
 if [ ! -e "$venv/.installed" ] || [ pyproject.toml -nt "$venv/.installed" ]; then
-  echo "==> installing bot-supervisor and its dev group into .venv"
+  echo "==> installing bot-supervisor and its dev group into ${venv#"$here/"}"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade 'pip>=25.1'
   "$venv/bin/python" -m pip install -q --disable-pip-version-check -e . --group dev
   touch "$venv/.installed"

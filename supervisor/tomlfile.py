@@ -1,17 +1,12 @@
 """Reading TOML settings files, with one-line errors naming the file.
 
-Imports nothing above ``errors``; the one place that picks ``tomllib`` or ``tomli``.
+Imports nothing above ``errors``; the one place that reads TOML (``tomllib``).
 """
 
 from __future__ import annotations
 
-import sys
+import tomllib
 import typing as t
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
 
 if t.TYPE_CHECKING:
     from pathlib import Path

@@ -143,7 +143,10 @@ TICKER_BOT = (DATA / "ticker_bot.py").read_text() if (DATA / "ticker_bot.py").ex
 def bot_origin(tmp_path: Path) -> Path:
     """A git origin holding the small console bot the test recipes run."""
     origin = tmp_path / "origin"
-    make_origin(origin, {"bot.py": (DATA / "ticker_bot.py").read_text(), "install.sh": "#!/bin/sh\necho installed\n"})
+    # Closed here: GitPython's cat-file helpers left to the garbage collector fail a later test with a ResourceWarning.
+    make_origin(
+        origin, {"bot.py": (DATA / "ticker_bot.py").read_text(), "install.sh": "#!/bin/sh\necho installed\n"}
+    ).close()
     return origin
 
 
@@ -151,7 +154,7 @@ def bot_origin(tmp_path: Path) -> Path:
 def lifecycle_bot_origin(tmp_path: Path) -> Path:
     """A git origin holding the bot with a login prompt and a ready line (``data/lifecycle_bot.py``)."""
     path = tmp_path / "origin"
-    make_origin(path, {"bot.py": (DATA / "lifecycle_bot.py").read_text()})
+    make_origin(path, {"bot.py": (DATA / "lifecycle_bot.py").read_text()}).close()
     return path
 
 

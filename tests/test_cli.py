@@ -113,6 +113,41 @@ def test_recipes_text_and_json(home: Path) -> None:
     assert re.search(r"^ticker \*\s+agent\s", invoke("recipes", "-r", TICKER).stdout, re.MULTILINE)
 
 
+def run_supervisor(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real command line in a child process, so stderr is what a user sees."""
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize("stray", [b"name: [\n", b"name: caf\xe9\n", b""], ids=["bad-yaml", "not-utf8", "empty"])
+def test_a_broken_recipe_file_hides_neither_fleet_nor_recipes(home: Path, bot_origin: Path, stray: bytes) -> None:
+    invoke("new", "kept", "-r", TICKER, "--repo", str(bot_origin))
+    (home / "recipes").mkdir(exist_ok=True)
+    (home / "recipes" / "stray.yaml").write_bytes(stray)
+    (home / "recipes" / "mine.yaml").write_text(
+        (RECIPES / "ticker.yaml").read_text().replace("name: ticker", "name: mine")
+    )
+
+    # `ls` without an agent, on its click-free path and through click (any SUPERVISOR_LS_* setting), then `recipes`.
+    for args, env in ((["ls"], {}), (["ls"], {"SUPERVISOR_LS_AS_JSON": "1"}), (["recipes"], {})):
+        proc = run_supervisor(*args, env=env)
+        assert proc.returncode == 0, (args, env, proc.stderr)
+        warnings = proc.stderr.splitlines()
+        assert len(warnings) == 1, (args, env, proc.stderr)
+        assert warnings[0].startswith("WARNING ")
+        assert f"recipe '{home / 'recipes' / 'stray.yaml'}': " in warnings[0]
+        assert "skipped" in warnings[0]
+        expected = ("mine", "example-bot") if args == ["recipes"] else ("kept",)
+        for name in expected:
+            assert re.search(rf"\b{name}\b", proc.stdout), (args, name, proc.stdout)
+
+
 # -- the whole life of an example bot, on both backends ----------------------------
 
 

@@ -371,7 +371,7 @@ def test_three_hosts_list_restart_send_tail_and_go_offline(
     t0 = time.monotonic()
     frozen.send_signal(signal.SIGSTOP)
     stop_agent_now(hosts["h3"])
-    wait_until(lambda: watcher.host_state("h3") == "offline", timeout=3, message="h3's last will")
+    wait_until(lambda: watcher.host_state("h3") == "offline", timeout=15, message="h3's last will")
     wait_until(
         lambda: watcher.host_state("h2") == "offline",
         timeout=WILL_DEADLINE,

@@ -554,6 +554,21 @@ def test_fetch_and_checkout_refuses_uncommitted_tracked_changes(
     assert core_git.current_commit(dest) == head_sha(origin, "main~1")
 
 
+def test_resolve_update_names_staged_and_unstaged_changes_and_ignores_untracked(
+    origin: git.Repo, installed: tuple[Path, Path, str]
+) -> None:
+    dest, mirror, url = installed
+    (dest / "untracked.txt").write_text("mine\n")
+    assert core_git.resolve_update(dest, mirror, url, "v1") == head_sha(origin, "v1")
+
+    (dest / "staged.py").write_text("x = 1\n")
+    subprocess.run(["git", "-C", str(dest), "add", "staged.py"], check=True)
+    (dest / "bot.py").write_text("print('edited')\n")
+    with pytest.raises(InstallError) as info:
+        core_git.resolve_update(dest, mirror, url, "main")
+    assert "uncommitted changes (bot.py, staged.py)" in str(info.value)
+
+
 def test_fetch_and_checkout_unknown_ref(
     installed: tuple[Path, Path, str],
 ) -> None:
@@ -616,8 +631,9 @@ def test_head_readers_on_an_unborn_branch(tmp_path: Path) -> None:
     assert core_git.describe_ref(tmp_path / "empty") == "trunk"
 
 
-def test_no_git_work_loads_gitpython(origin: git.Repo, tmp_path: Path) -> None:
-    # GitPython's import alone costs more than half of a `git clone --shared`: plain git does the work.
+def test_new_loads_no_gitpython_and_update_reads_with_it(origin: git.Repo, tmp_path: Path) -> None:
+    # GitPython's import alone costs more than half of a `git clone --shared`: `new` (mirror, clone, HEAD)
+    # stays plain git; `update` reads refs and the dirty state through GitPython.
     script = (
         "import sys\n"
         "from pathlib import Path\n"
@@ -630,9 +646,10 @@ def test_no_git_work_loads_gitpython(origin: git.Repo, tmp_path: Path) -> None:
         "mirror = core_git.ensure_mirror(home / 'mirrors', url)\n"
         "core_git.clone_checkout(mirror, url, home / 'a', 'main')\n"
         "_, commit = core_git.checkout_latest(home / 'mirrors', url, home / 'b', 'main')\n"
-        "core_git.fetch_and_checkout(home / 'a', mirror, url, 'dev')\n"
         "print(commit, core_git.describe_ref(home / 'b'), core_git.current_commit(Path(builtin)) is not None)\n"
         "assert 'git' not in sys.modules, 'GitPython was imported'\n"
+        "core_git.fetch_and_checkout(home / 'a', mirror, url, 'dev')\n"
+        "assert 'git' in sys.modules, 'update did not read the checkout with GitPython'\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script, origin_url(origin), str(tmp_path / "home")],

@@ -353,7 +353,9 @@ def test_terminate_tree(case: TerminateCase, start_bot: StartBot) -> None:
     bot = start_bot(ignore_term=case.ignore_term)
     tree = [bot.root, bot.pid, bot.child]
 
-    assert metrics.terminate_tree(bot.root, timeout=0.5) == case.expected
+    # A tree that obeys gets all the time a busy machine needs to end (the call returns when it has);
+    # one that ignores SIGTERM is still there after half a second however slow the machine.
+    assert metrics.terminate_tree(bot.root, timeout=0.5 if case.ignore_term else 30) == case.expected
 
     assert metrics.wait_gone(tree, timeout=5) == []
     assert not any(metrics.is_alive(pid) for pid in tree)

@@ -73,6 +73,34 @@ def test_recipe_by_path() -> None:
     assert recipe.vars == {"interval": "0.2"}
 
 
+BROKEN_FILES = {
+    "bad.yaml": (b"name: [\n", "not valid YAML at line 2"),
+    "latin.yml": (b"name: caf\xe9\n", "not UTF-8 text (byte 9)"),
+    "empty.yaml": (b"", "the file is empty"),
+}
+
+
+def test_broken_user_recipe_files_are_skipped_with_one_warning_each(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    user = tmp_path / "user"
+    user.mkdir()
+    write(user, MINIMAL.replace("name: r", "name: mine"), "mine.yaml")
+    for name, (raw, _) in BROKEN_FILES.items():
+        (user / name).write_bytes(raw)
+    with caplog.at_level("WARNING", logger="supervisor.core.recipe"):
+        names = {r.name for r in list_recipes(user)}
+        list_recipes(user)  # an agent lists again and again: still one line per broken file
+    assert {"mine", "example-bot", "hummingbot"} <= names
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == len(BROKEN_FILES)
+    for name, (_, reason) in BROKEN_FILES.items():
+        assert [w for w in warnings if f"recipe '{user / name}': {reason}" in w], (name, warnings)
+    # Asked for by name, a broken recipe is still an error.
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        find_recipe("bad", user)
+
+
 def test_unknown_recipe_lists_choices(tmp_path: Path) -> None:
     with pytest.raises(RecipeNotFound) as info:
         find_recipe("nope", tmp_path)

@@ -396,3 +396,27 @@ def test_screen_duplicate_names_pick_the_newest(
         int(line.split(".", 1)[0]) for line in _proc.run(["screen", "-ls"]).stdout.split() if ".sup-twin" in line
     )
     assert info.address == f"{pids[-1]}.sup-twin"
+
+
+def test_tmux_hot_paths_run_plain_tmux_and_pane_work_goes_through_libtmux(tmux_socket: str, tmp_path: Path) -> None:
+    # Listing, launching and typing a line stay one plain tmux call each (bench/libraries.py: libtmux's listing
+    # is several times slower and its import alone costs more); keys and captures act on libtmux's pane objects.
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from supervisor.core.sessions.base import SessionSpec\n"
+        "from supervisor.core.sessions.tmux import TmuxBackend\n"
+        "socket, tmp = sys.argv[1], Path(sys.argv[2])\n"
+        "backend = TmuxBackend(socket)\n"
+        f"argv = [sys.executable, '-c', {ECHO_BOT!r}]\n"
+        "backend.new_sessions([SessionSpec('sup-hot', argv, tmp, tmp / 'hot.log')])\n"
+        "assert 'sup-hot' in backend.list_sessions()\n"
+        "backend.send_line('sup-hot', 'ping')\n"
+        "assert 'libtmux' not in sys.modules, 'a hot path imported libtmux'\n"
+        "backend.send_keys('sup-hot', ['Enter'])\n"
+        "backend.capture('sup-hot')\n"
+        "assert 'libtmux' in sys.modules, 'keys and capture did not use libtmux'\n"
+        "backend.kill_session('sup-hot')\n"
+    )
+    done = _proc.run([sys.executable, "-c", script, tmux_socket, str(tmp_path)], timeout=60)
+    assert done.returncode == 0, done.stderr

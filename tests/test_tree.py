@@ -1,8 +1,11 @@
-"""The guards that keep the repository working on a fresh machine (scripts/check-tree.sh, scripts/venv.sh)."""
+"""The scripts that keep the repository working on a fresh or busy machine (check-tree, venv, python, burn)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +109,92 @@ def test_a_venv_without_a_working_interpreter_does_not_belong(tmp_path: Path) ->
     (checkout / ".venv" / "bin" / "python").symlink_to(tmp_path / "gone" / "python3")
     done = venv_check(checkout)
     assert done.returncode == 1 and "no interpreter" in done.stdout
+
+
+def burner(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "burn.py"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def worker_pids(proc: subprocess.Popen[str]) -> list[int]:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("burn: 2 worker(s) for "), line
+    return [int(pid) for pid in line.split(": ")[-1].split()]
+
+
+def is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_the_cpu_burner_stops_by_itself_and_on_sigterm() -> None:
+    done = burner("--seconds", "0.3", "--workers", "2")
+    try:
+        pids = worker_pids(done)
+        assert done.wait(timeout=60) == 0
+        assert not any(is_running(pid) for pid in pids)
+    finally:
+        done.kill()
+        done.communicate()
+
+    stopped = burner("--seconds", "600", "--workers", "2")
+    pids = []
+    try:
+        pids = worker_pids(stopped)
+        assert all(is_running(pid) for pid in pids)
+        stopped.terminate()
+        assert stopped.wait(timeout=60) == 0
+        assert not any(is_running(pid) for pid in pids)
+    finally:
+        stopped.kill()
+        stopped.communicate()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_the_cpu_burner_refuses_an_unbounded_run() -> None:
+    refused = burner("--seconds", "0")
+    _, err = refused.communicate(timeout=60)
+    assert refused.returncode == 2
+    assert "--seconds must be more than 0 and at most 14400 (4 hours)" in err
+
+
+def find_python(version: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / "python.sh"), version], capture_output=True, text=True, env=env, check=False
+    )
+
+
+def test_find_python_names_an_interpreter_of_the_asked_version() -> None:
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    found = find_python(here)
+    assert found.returncode == 0, found.stderr
+    path = found.stdout.strip()
+    ran = subprocess.run(
+        [path, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True, check=True
+    )
+    assert ran.stdout.strip() == str(sys.version_info[:2])
+
+
+def test_find_python_fails_clearly_without_the_version_or_pyenv(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    missing = find_python("3.98", env)
+    assert missing.returncode == 1
+    assert missing.stderr.splitlines() == [
+        (
+            "error: no Python 3.98 on this machine and no pyenv to install it. Install python3.98 "
+            "(apt-get install python3.98 python3.98-venv, or pyenv) and run again."
+        )
+    ]
+    bad = find_python("three", env)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: python version 'three': expected MAJOR.MINOR, such as 3.12"

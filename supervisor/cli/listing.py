@@ -128,8 +128,12 @@ def plain_ls(argv: Sequence[str]) -> int | None:
     foreign = not no_foreign and not names
     listing = ask_agent(paths, names, foreign=foreign)
     if listing is None:
+        import logging
+
         from supervisor.errors import SupervisorError
 
+        # As click's group does: warnings of the direct look (a broken recipe file skipped) reach stderr.
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         try:
             listing = collect_directly(paths, names, foreign=foreign)
         except (SupervisorError, OSError):

@@ -1,8 +1,13 @@
-"""Git mirrors and checkouts: the only module that runs git.
+"""Git mirrors and checkouts: the only module that runs git or imports GitPython.
 
 A bare mirror per repository, work trees borrowing its objects (``clone --shared``),
-fetch, checkout and ref resolution, all with plain ``git`` through :mod:`supervisor._proc`
-(no GitPython). Of ours it imports only ``_proc``, ``errors`` and ``files``.
+fetch and checkout run plain ``git`` through :mod:`supervisor._proc` (they stream progress
+and are killed on a hang). Reading a repository on the update path (which commit a ref
+names, whether it is a branch of origin, which tracked files changed) goes through GitPython.
+Two readers stay by hand, each for a measured reason (README, "Why some paths skip a
+library"): HEAD and refs on ``ls`` (one read per instance; GitPython's import alone costs more
+than the whole read of 200), and the origin URL on ``new`` (a config edit instead of a process).
+Of ours it imports only ``_proc``, ``errors`` and ``files``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from supervisor.errors import InstallError
 from supervisor.files import locked
 
 if t.TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
+
+    import git as gitpython
 
 logger = logging.getLogger(__name__)
 
@@ -89,15 +96,6 @@ def _clone_source(url: str) -> str:
     return url
 
 
-def _sha1(data: bytes) -> t.Any:
-    """Return SHA-1 of ``data`` (a name, not security): CPython's built-in ``_sha1`` spares loading OpenSSL."""
-    try:
-        from _sha1 import sha1  # type: ignore[import-not-found]  # CPython built-in, no stub
-    except ImportError:  # another Python implementation
-        from hashlib import sha1
-    return sha1(data)
-
-
 def mirror_path(mirrors_dir: Path, url: str) -> Path:
     """Return the folder of the shared bare mirror of ``url``.
 
@@ -108,7 +106,9 @@ def mirror_path(mirrors_dir: Path, url: str) -> Path:
     normalised = _normalise_url(url)
     last = re.split(r"[/:]", normalised.rstrip("/"))[-1].removesuffix(".git")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", last).strip(".-")[:40] or "repo"
-    digest = _sha1(normalised.encode()).hexdigest()[:12]
+    import hashlib  # only mirror naming needs it (new, update)
+
+    digest = hashlib.sha1(normalised.encode(), usedforsecurity=False).hexdigest()[:12]
     return mirrors_dir / f"{slug}-{digest}.git"
 
 
@@ -572,13 +572,36 @@ def _is_plain(value: str) -> bool:
     return value == value.strip() and not any(char in value for char in '"\\;#\n\t\b')
 
 
+@contextlib.contextmanager
+def _repository(checkout: Path) -> Iterator[gitpython.Repo]:
+    """Open ``checkout`` with GitPython, closing its helper processes after; failures become :class:`_GitFailure`."""
+    import git as gitpython
+
+    try:
+        repo = gitpython.Repo(checkout)
+    except (gitpython.InvalidGitRepositoryError, gitpython.NoSuchPathError) as e:
+        msg = f"not a git repository: {checkout}"
+        raise _GitFailure(msg, "") from e
+    try:
+        yield repo
+    except gitpython.GitCommandError as e:
+        stderr = e.stderr.removeprefix("\n  stderr: '").removesuffix("'")
+        raise _failure(stderr, e.status if isinstance(e.status, int) else None) from e
+    finally:
+        repo.close()
+
+
 def _resolve_commit(checkout: Path, ref: str) -> str | None:
     """Return the commit ``ref`` names in ``checkout``, or ``None``."""
-    try:
-        out = _git(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"], cwd=checkout)
-    except _GitFailure:
+    if not ref or ref.startswith("-"):
         return None
-    return out.strip() or None
+    import git as gitpython
+
+    try:
+        with _repository(checkout) as repo:
+            return repo.rev_parse(f"{ref}^{{commit}}").hexsha
+    except (_GitFailure, gitpython.BadName, gitpython.BadObject, ValueError, IndexError, TypeError):
+        return None
 
 
 def fetch_and_checkout(
@@ -662,19 +685,36 @@ def _fetch_from_mirror(checkout: Path, mirror: Path, progress: ProgressFn | None
 
 def _target(checkout: Path, ref: str) -> tuple[bool, str | None]:
     """Return whether ``ref`` is a branch of origin, and the commit it names (``None``: unknown)."""
-    gitdir = _git_dir(checkout) or checkout / ".git"
-    if ref and _read_ref(gitdir, f"refs/remotes/origin/{ref}") is not None:
+    if ref and _is_origin_branch(checkout, ref):
         return True, _resolve_commit(checkout, f"refs/remotes/origin/{ref}")
     return False, _resolve_commit(checkout, f"refs/tags/{ref}") or _resolve_commit(checkout, ref or "origin/HEAD")
 
 
+def _is_origin_branch(checkout: Path, ref: str) -> bool:
+    """Tell whether ``refs/remotes/origin/<ref>`` exists in ``checkout`` (loose or packed)."""
+    import git as gitpython
+
+    try:
+        with _repository(checkout) as repo:
+            return gitpython.RemoteReference(repo, f"refs/remotes/origin/{ref}").is_valid()
+    except (_GitFailure, ValueError):
+        return False
+
+
+def _changed_tracked_files(checkout: Path) -> list[str]:
+    """Return the tracked files whose index or work-tree content differs from HEAD (untracked ones aside)."""
+    with _repository(checkout) as repo:
+        head = repo.head.commit
+        staged, unstaged = head.diff(), head.diff(None)
+        return sorted({diff.b_path or diff.a_path or "?" for diff in (*staged, *unstaged)})
+
+
 def _refuse_local_changes(checkout: Path) -> None:
     try:
-        out = _git(["status", "--porcelain", "--untracked-files=no"], cwd=checkout)
-    except (_GitFailure, OSError) as e:
+        changed = _changed_tracked_files(checkout)
+    except (_GitFailure, OSError, ValueError) as e:
         msg = f"checkout '{checkout}': could not read its status ({_why(e)}). {_HINT_RETRY}"
         raise InstallError(msg, step="checkout", log_tail=_tail(e)) from e
-    changed = [line[3:] for line in out.splitlines() if line.strip()]
     if changed:
         shown = ", ".join(changed[:3]) + (", ..." if len(changed) > 3 else "")
         msg = (

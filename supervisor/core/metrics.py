@@ -581,7 +581,8 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 def _proc_infos(roots: Iterable[int] | None) -> list[dict[str, t.Any]] | None:
     """Read table rows straight from ``/proc`` (Linux): every process, or ``roots`` and their descendants.
 
-    Several times cheaper than psutil's per-process objects. Start times use
+    5.6x cheaper than psutil's ``process_iter`` with the same fields (``bench/libraries.py``,
+    241 processes: 6.5 ms against 37 ms), which is why it exists beside psutil. Start times use
     psutil's own formula (boot time + start ticks), so they compare equal to
     ``Process.create_time()``. ``None`` where ``/proc`` cannot be read this way.
     """

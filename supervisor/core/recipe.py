@@ -8,6 +8,7 @@ template rendering. Imports only :mod:`supervisor.errors`, :mod:`supervisor.path
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import typing as t
 from pathlib import Path
@@ -16,6 +17,8 @@ from supervisor.consoletext import control_characters
 from supervisor.errors import InvalidName, RecipeError, RecipeNotFound
 from supervisor.mqtt.protocol import CONSOLE_COMMANDS, CONSOLE_FIELDS, STRATEGY_FIELDS
 from supervisor.paths import builtin_recipes_dir
+
+logger = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
 VAR_RE = re.compile(r"(?<!\$)\{([a-z_][a-z0-9_]*)\}")
@@ -518,6 +521,9 @@ def load_recipe(path: Path, *, builtin: bool = False) -> Recipe:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         msg = f"recipe '{path}': not valid YAML{where}. Fix the file and try again."
         raise RecipeError(msg) from e
+    if data is None:
+        msg = f"recipe '{path}': the file is empty. Write a recipe in it or remove it."
+        raise RecipeError(msg)
     return parse_recipe(data, path, builtin=builtin)
 
 
@@ -527,16 +533,36 @@ def recipe_dirs(user_dir: Path) -> list[tuple[Path, bool]]:
 
 
 def list_recipes(user_dir: Path) -> list[Recipe]:
-    """Return every recipe found, a user recipe hiding a built-in of the same name."""
+    """Return every recipe found, a user recipe hiding a built-in of the same name.
+
+    A file that does not load is skipped with one warning naming it; :func:`find_recipe` of its
+    name still raises the error.
+    """
     found: dict[str, Recipe] = {}
     for folder, builtin in recipe_dirs(user_dir):
         if not folder.is_dir():
             continue
         for path in sorted(folder.iterdir()):
             if path.suffix in RECIPE_SUFFIXES and path.is_file():
-                recipe = load_recipe(path, builtin=builtin)
+                try:
+                    recipe = load_recipe(path, builtin=builtin)
+                except RecipeError as e:
+                    # One stray file must not hide every other recipe (nor, through `detect`, the fleet).
+                    _warn_skipped(path, e)
+                    continue
                 found.setdefault(recipe.name, recipe)
     return sorted(found.values(), key=lambda r: r.name)
+
+
+_skipped: set[tuple[str, str]] = set()
+
+
+def _warn_skipped(path: Path, error: RecipeError) -> None:
+    """Log a broken recipe file once per process and reason (an agent lists recipes again and again)."""
+    key = (str(path), str(error))
+    if key not in _skipped:
+        _skipped.add(key)
+        logger.warning("%s (skipped; the other recipes are used)", error)
 
 
 def find_recipe(ref: str, user_dir: Path) -> Recipe:

@@ -36,8 +36,7 @@ from supervisor.mqtt.protocol import load_record
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
-
-    from typing_extensions import Self
+    from typing import Self
 
     from supervisor.mqtt.config import AgentConfig
 

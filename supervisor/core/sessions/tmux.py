@@ -1,9 +1,11 @@
 """The tmux session backend, on a private socket (``tmux -L``).
 
-Every tmux command goes one road: a plain ``tmux`` call through :mod:`supervisor._proc`
-(with a timeout). libtmux costs the same per call but ~60 ms to import, so it is kept
-for its object model only (:attr:`TmuxBackend.server`), loaded when asked for; this is
-the only module that imports it, and its exceptions never leave here.
+libtmux is the object model: :attr:`TmuxBackend.server`, and the pane that ``send_keys`` and
+``capture`` act on, found through it. The paths that ``ls``, ``start --all`` and every console
+line take (listing, launching, typing a line, killing) stay one plain ``tmux`` call through
+:mod:`supervisor._proc` with a timeout: ``bench/libraries.py`` measures libtmux's listing at 9x
+the plain one for 200 sessions, plus ~60-120 ms to import (README, "Why some paths skip a library").
+This is the only module that imports libtmux, and its exceptions never leave here.
 """
 
 from __future__ import annotations
@@ -306,17 +308,57 @@ class TmuxBackend:
             return
         self._require(name, self._tmux(*args), "send-keys")
 
+    def _active_pane(self, name: str) -> libtmux.Pane:
+        """Return the active pane of session ``name`` from libtmux's object model.
+
+        Raises
+        ------
+        SessionError
+            No such session (or no server), or tmux failed.
+        BackendUnavailable
+            tmux is not installed.
+        """
+        import libtmux.exc
+
+        try:
+            session = self.server.sessions.get(session_name=name, default=None)
+            pane = session.active_pane if session is not None else None
+        except libtmux.exc.TmuxCommandNotFound as e:
+            raise BackendUnavailable(self.name) from e
+        except libtmux.exc.LibTmuxException as e:
+            msg = f"session '{name}': tmux could not be read ({e}). Check that tmux works on this machine."
+            raise SessionError(msg) from e
+        if pane is None:
+            msg = f"session '{name}' not found on tmux socket '{self.socket_name}'. Is the instance running?"
+            raise SessionError(msg)
+        return pane
+
+    def _pane_command(self, name: str, pane: libtmux.Pane, *args: str) -> list[str]:
+        """Run one tmux command on ``pane`` through libtmux and return its output lines; failures raise."""
+        import libtmux.exc
+
+        try:
+            done = pane.cmd(*args)
+        except libtmux.exc.LibTmuxException as e:
+            msg = f"session '{name}': tmux {args[0]} failed: {e}."
+            raise SessionError(msg) from e
+        if done.returncode != 0:
+            detail = " ".join(line for line in done.stderr if line) or f"exit {done.returncode}"
+            msg = f"session '{name}': tmux {args[0]} failed: {detail}."
+            raise SessionError(msg)
+        return list(done.stdout)
+
     def send_keys(self, name: str, keys: t.Sequence[str]) -> None:
-        """Press ``keys`` (tmux key names, checked again here) in the session's pane."""
+        """Press ``keys`` (tmux key names, checked again here) in the session's active pane."""
         names = [parse_key(key) for key in keys]
         if names:
-            self._require(name, self._tmux("send-keys", "-t", _pane(name), *names), "send-keys")
+            self._pane_command(name, self._active_pane(name), "send-keys", *names)
 
     def capture(self, name: str, lines: int = 50) -> str:
-        """Return the last ``lines`` lines of the pane and its scrollback."""
-        done = self._tmux("capture-pane", "-p", "-J", "-S", f"-{max(lines, 1)}", "-t", _pane(name))
-        self._require(name, done, "capture-pane")
-        return _tail([line.rstrip() for line in done.stdout], lines)
+        """Return the last ``lines`` lines of the session's active pane and its scrollback."""
+        pane = self._active_pane(name)
+        captured = self._pane_command(name, pane, "capture-pane", "-p", "-J", "-S", f"-{max(lines, 1)}")
+        return _tail([line.rstrip() for line in captured], lines)
 
     def _socket_path(self) -> Path:
         """Return where tmux puts the socket for ``-L socket_name``."""
