@@ -784,3 +784,50 @@ def test_agent_toml_is_found_in_one_place(home: Path, tmp_path: Path, monkeypatc
     assert BrokerOptions(None, None, None, None, other).load(paths).host_id == "h-9"
     with pytest.raises(AgentError, match=re.escape(f"config file '{tmp_path / 'nope.toml'}': not found.")):
         BrokerOptions(None, None, None, None, tmp_path / "nope.toml").load(paths)
+
+
+CLI_STRATEGY_RECIPE = """\
+name: strategy-bot
+source: {repo: set-by-test, ref: main}
+run:
+  command: '{python} bot.py'
+  strategy_args: '[--conf {conf}][ --script {script}]'
+  ready: 'ticker-bot ready'
+  ready_timeout: 15
+console:
+  quit: [exit]
+"""
+
+
+def test_start_and_restart_take_a_strategy_that_ls_and_status_show(
+    home: Path, bot_origin: Path, tmp_path: Path
+) -> None:
+    import psutil
+
+    recipe = tmp_path / "strategy-bot.yaml"
+    recipe.write_text(CLI_STRATEGY_RECIPE)
+    invoke("new", "sb", "-r", str(recipe), "--repo", str(bot_origin))
+
+    def argv() -> list[str]:
+        pid = json.loads(invoke("status", "sb", "--json").stdout)["pid"]  # exit 0: it runs
+        return list(psutil.Process(pid).cmdline())
+
+    invoke("start", "sb", "--strategy", "probe.yml", "--wait")
+    assert argv()[-2:] == ["--conf", "probe.yml"]
+    [record] = json.loads(invoke("ls", "sb", "--json").stdout)["instances"]
+    assert record["strategy"] == {"conf": "probe.yml"}
+    assert json.loads(invoke("status", "sb", "--json").stdout)["strategy"] == {"conf": "probe.yml"}
+    assert "conf=probe.yml" in invoke("ls", "sb").stdout
+    assert re.search(r"^strategy\s+conf=probe\.yml$", invoke("status", "sb").stdout, re.MULTILINE)
+
+    invoke("restart", "sb")  # the recorded strategy comes back
+    assert argv()[-2:] == ["--conf", "probe.yml"]
+    invoke("restart", "sb", "--script", "other.py")
+    assert argv()[-2:] == ["--script", "other.py"]
+    assert json.loads(invoke("status", "sb", "--json").stdout)["strategy"] == {"script": "other.py"}
+
+    bad = invoke("restart", "sb", "--strategy", "../x.yml", code=1)
+    assert "conf '../x.yml': must be a file name" in bad.stderr
+    invoke("new", "plain", "-r", TICKER, "--repo", str(bot_origin))
+    refused = invoke("start", "plain", "--strategy", "probe.yml", code=1)
+    assert refused.stderr.startswith("Error: instance 'plain': recipe 'ticker' has no run.strategy_args")

@@ -205,10 +205,36 @@ def _names(ctx: click.Context, names: tuple[str, ...], all_: bool) -> list[str]:
     help="Wait for each bot's readiness pattern (exit 1 if one is not ready in time), "
     "or return once the launches are alive (ls says 'starting' until ready).",
 )
+@click.option(
+    "--strategy",
+    "conf",
+    metavar="CONF",
+    help="Launch with this strategy config (a file name in the bot's folder, e.g. Hummingbot's conf/scripts/CONF); "
+    "recorded, so crash restarts, 'restart' and 'update' run it again.",
+)
+@click.option(
+    "--script", metavar="SCRIPT", help="Launch with this strategy script (a file name), recorded as --strategy."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.pass_context
-def start_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, wait: bool, as_json: bool) -> None:
-    """Start instances in their sessions (a running one is left alone)."""
+def start_cmd(
+    ctx: click.Context,
+    names: tuple[str, ...],
+    all_: bool,
+    wait: bool,
+    conf: str | None,
+    script: str | None,
+    as_json: bool,
+) -> None:
+    """Start instances in their sessions (a running one is left alone).
+
+    Without --strategy/--script the bot starts with no strategy, and the one
+    recorded before is forgotten.
+
+    \b
+    Example:
+      supervisor start mm-1 --strategy conf_v2_probe.yml --wait
+    """
     manager = get_manager(ctx)
     selected = _names(ctx, names, all_)
     if all_:
@@ -217,7 +243,17 @@ def start_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, wait: bool
         # Instances that are not installed are skipped, not errors: decided from the records alone.
         records = manager.records()
         selected = [name for name in selected if records[name].lifecycle == INSTALLED]
-    _render_actions(manager.start(selected, wait=wait), as_json)
+    strategy = _strategy_option(conf, script)
+    if strategy:
+        manager.check_takes_strategy(selected)
+    _render_actions(manager.start(selected, wait=wait, strategy=strategy), as_json)
+
+
+def _strategy_option(conf: str | None, script: str | None) -> dict[str, str] | None:
+    """Return ``--strategy``/``--script`` as a strategy, or ``None`` when neither is given."""
+    if conf is None and script is None:
+        return None
+    return {key: value for key, value in (("script", script), ("conf", conf)) if value is not None}
 
 
 @click.command("stop")
@@ -241,11 +277,31 @@ def stop_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, timeout: fl
 @click.option(
     "--timeout", type=float, help="Seconds for the graceful stop (default: the recipe's run.stop.grace, else 30)."
 )
+@click.option(
+    "--strategy",
+    "conf",
+    metavar="CONF",
+    help="Come back with this strategy config instead of the recorded one (recorded from now on).",
+)
+@click.option("--script", metavar="SCRIPT", help="Come back with this strategy script instead of the recorded one.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.pass_context
-def restart_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, timeout: float | None, as_json: bool) -> None:
-    """Stop and start instances again."""
-    _render_actions(get_manager(ctx).restart(_names(ctx, names, all_), timeout=timeout), as_json)
+def restart_cmd(
+    ctx: click.Context,
+    names: tuple[str, ...],
+    all_: bool,
+    timeout: float | None,
+    conf: str | None,
+    script: str | None,
+    as_json: bool,
+) -> None:
+    """Stop and start instances again, with the strategy each was last launched with (or the one given)."""
+    manager = get_manager(ctx)
+    selected = _names(ctx, names, all_)
+    strategy = _strategy_option(conf, script)
+    if strategy:
+        manager.check_takes_strategy(selected)
+    _render_actions(manager.restart(selected, timeout=timeout, strategy=strategy), as_json)
 
 
 @click.command("ls")
@@ -273,7 +329,8 @@ def status_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
         render.print_json(status.to_dict())
     else:
         for key, value in status.to_dict().items():
-            click.echo(f"{key:12} {value if value is not None else '-'}")
+            text = render.strategy_text(value) if key == "strategy" else value if value is not None else "-"
+            click.echo(f"{key:12} {text}")
     if not status.is_running:
         ctx.exit(3)
 

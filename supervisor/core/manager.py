@@ -473,12 +473,36 @@ class Manager:
 
         return launch.start_many(self._parts, names, wait=wait, strategy=launch.check_strategy(strategy or {}))
 
-    def _start_one(self, name: str, *, count_restart: bool = False, only_if_wanted: bool = False) -> ActionResult:
+    def check_takes_strategy(self, names: Sequence[str]) -> None:
+        """Refuse a strategy for an instance whose recipe has no ``run.strategy_args`` (it would be dropped).
+
+        Raises
+        ------
+        InstanceNotFound, InstanceError
+        """
+        for name in names:
+            record = self.registry.get(name)
+            recipe = self._parts.recipe_for(record)
+            if not recipe.run.strategy_args:
+                msg = (
+                    f"instance '{name}': recipe '{recipe.name}' has no run.strategy_args, so it cannot be launched "
+                    "with a strategy. Start it without one, or add run.strategy_args to the recipe."
+                )
+                raise InstanceError(msg)
+
+    def _start_one(
+        self,
+        name: str,
+        *,
+        count_restart: bool = False,
+        only_if_wanted: bool = False,
+        strategy: dict[str, str] | None = None,
+    ) -> ActionResult:
         from supervisor.core import launch
 
-        # Restarts (crash or user) launch the bot with the strategy it was last given.
+        # Restarts (crash or user) launch the bot with the strategy it was last given, unless told another.
         return launch.start_many(
-            self._parts, [name], count_restart=count_restart, only_if_wanted=only_if_wanted, strategy=None
+            self._parts, [name], count_restart=count_restart, only_if_wanted=only_if_wanted, strategy=strategy
         )[0]
 
     def stop(self, names: Sequence[str], *, timeout: float | None = None) -> list[ActionResult]:
@@ -506,8 +530,17 @@ class Manager:
             futures = [pool.submit(launch.stop_one, self._parts, name, timeout=timeout) for name in names]
             return [future.result() for future in futures]
 
-    def restart(self, names: Sequence[str], *, timeout: float | None = None) -> list[ActionResult]:
+    def restart(
+        self,
+        names: Sequence[str],
+        *,
+        timeout: float | None = None,
+        strategy: t.Mapping[str, str | None] | None = None,
+    ) -> list[ActionResult]:
         """Stop then start each instance, counting the restart.
+
+        The bot comes back with the strategy it was last launched with, or with
+        ``strategy`` (``script``/``conf``) when given, which is then recorded.
 
         Raises
         ------
@@ -515,12 +548,13 @@ class Manager:
         """
         from supervisor.core import launch
 
+        checked = launch.check_strategy(strategy) if strategy else None
         results = []
         for name in names:
             # One lock across both halves: the agent never sees the gap as a crash.
             with self._parts.instance_lock(name, wait=60):
                 stopped = launch.stop_one(self._parts, name, timeout=timeout, desired=DESIRED_RUNNING)
-                started = self._start_one(name, count_restart=True)
+                started = self._start_one(name, count_restart=True, strategy=checked)
             how = f" (stopped: {stopped.step})" if stopped.changed else ""
             results.append(
                 launch.ActionResult(
