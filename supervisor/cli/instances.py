@@ -308,27 +308,45 @@ def restart_cmd(
 @click.argument("names", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (every field, including checkout and repo).")
 @click.option("--no-foreign", is_flag=True, help="Do not look for bot sessions that are not ours.")
+@click.option("--disk", is_flag=True, help="Also show the disk each instance holds (slow: walks every file).")
 @click.pass_context
-def ls_cmd(ctx: click.Context, names: tuple[str, ...], as_json: bool, no_foreign: bool) -> None:
+def ls_cmd(ctx: click.Context, names: tuple[str, ...], as_json: bool, no_foreign: bool, disk: bool) -> None:
     """List instances with state, pid, CPU, memory, uptime, restarts and commit.
 
     CPU% is the average since the process started (like ps). When an agent
     runs, its current view is shown (the same records, without looking again).
+    With --disk, DISK is what the instance holds alone (checkout, logs); files
+    shared with other checkouts (the build cache's hard links) are in --json's
+    disk.shared, and shared venvs and mirrors in 'supervisor gc'.
     """
-    listing.show(listing.collect(get_paths(ctx), names, foreign=not no_foreign), as_json=as_json)
+    found = listing.collect(get_paths(ctx), names, foreign=not no_foreign)
+    if disk:
+        usage = get_manager(ctx).disk_usage([r["name"] for r in found.instances])
+        for record in found.instances:
+            record["disk"] = usage[record["name"]].to_dict()
+    listing.show(found, as_json=as_json)
 
 
 @click.command("status")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--disk", is_flag=True, help="Also show the disk the instance holds (slow: walks every file).")
 @click.pass_context
-def status_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
+def status_cmd(ctx: click.Context, name: str, as_json: bool, disk: bool) -> None:
     """Show one instance; exits 3 when it is not running."""
-    status = get_manager(ctx).status([name])[0]
+    manager = get_manager(ctx)
+    status = manager.status([name])[0]
+    data = status.to_dict()
+    if disk:
+        data["disk"] = manager.disk_usage([name])[name].to_dict()
     if as_json:
-        render.print_json(status.to_dict())
+        render.print_json(data)
     else:
-        for key, value in status.to_dict().items():
+        for key, value in data.items():
+            if key == "disk":
+                own, shared = render.human_bytes(value["own"]), render.human_bytes(value["shared"])
+                click.echo(f"{key:12} {own} (+{shared} shared with other checkouts)")
+                continue
             text = render.strategy_text(value) if key == "strategy" else value if value is not None else "-"
             click.echo(f"{key:12} {text}")
     if not status.is_running:
@@ -485,6 +503,39 @@ def secret_rm_cmd(ctx: click.Context, name: str, key: str) -> None:
     click.echo(f"removed secret '{key}' of '{name}'")
 
 
+@click.command("gc")
+@click.option("--yes", is_flag=True, help="Delete what is listed (without it, only list).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def gc_cmd(ctx: click.Context, yes: bool, as_json: bool) -> None:
+    """List the shared venvs, build caches and git mirrors no instance uses; delete them with --yes.
+
+    A checkout kept by 'rm' without --purge is no instance: the mirror it
+    borrows objects from counts as unused.
+
+    \b
+    Example:
+      supervisor gc            # what would go, and how much
+      supervisor gc --yes      # delete it
+    """
+    manager = get_manager(ctx)
+    items = manager.unused_shared()
+    total = sum(item.bytes for item in items)
+    freed = manager.remove_shared(items) if yes else 0
+    if as_json:
+        render.print_json({"items": [i.to_dict() for i in items], "bytes": total, "removed": yes, "freed": freed})
+        return
+    if not items:
+        click.echo("Nothing to remove: every venv, build cache entry and mirror is used by an instance.")
+        return
+    rows = [[i.kind + ("" if i.complete else " (unfinished)"), render.human_bytes(i.bytes), i.path] for i in items]
+    render.table(["KIND", "SIZE", "PATH"], rows)
+    if yes:
+        click.echo(f"removed {len(items)}, {render.human_bytes(freed)} freed")
+    else:
+        click.echo(f"{len(items)} unused, {render.human_bytes(total)} in all. Delete them with: supervisor gc --yes")
+
+
 COMMANDS: tuple[click.Command, ...] = (
     recipes_cmd,
     new_cmd,
@@ -502,5 +553,6 @@ COMMANDS: tuple[click.Command, ...] = (
     tail_cmd,
     send_cmd,
     secret_grp,
+    gc_cmd,
 )
 """The commands this module adds to the ``supervisor`` group."""

@@ -142,6 +142,10 @@ def print_statuses(records: Sequence[Mapping[str, t.Any]]) -> None:
         for r in records
     ]
     headers = ["NAME", "RECIPE", "BACKEND", "STATE", "WANT", "PID", "CPU%", "RSS", "UPTIME", "RESTARTS", "COMMIT"]
+    if any("disk" in r for r in records):  # ls --disk
+        headers.append("DISK")
+        for row, r in zip(rows, records, strict=True):
+            row.append(human_bytes(r["disk"]["own"]) if r.get("disk") else "-")
     if any(r.get("strategy") for r in records):  # only then: the usual table fits 100 columns
         headers.append("STRATEGY")
         for row, r in zip(rows, records, strict=True):

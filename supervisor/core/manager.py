@@ -39,6 +39,7 @@ if t.TYPE_CHECKING:
 
     from supervisor.core import metrics
     from supervisor.core.adopt import ForeignSession
+    from supervisor.core.disk import DiskUsage, SharedItem
     from supervisor.core.git import ProgressFn
     from supervisor.core.launch import DEFAULT_STOP_TIMEOUT, ActionResult, check_strategy, strip_exec
     from supervisor.core.steps import LineFn
@@ -330,6 +331,37 @@ class Manager:
         """Return the secrets the instance's recipe uses or it stores: keys and whether set, never values."""
         record = self.registry.get(name)
         return secrets.describe(self.paths, name, self.recipe_for(record))
+
+    # -- disk -------------------------------------------------------------------
+
+    def disk_usage(self, names: Sequence[str]) -> dict[str, DiskUsage]:
+        """Return the disk each instance holds (its checkout and folder; a slow walk of every file).
+
+        Raises
+        ------
+        InstanceNotFound
+        """
+        from supervisor.core import disk
+
+        return {name: disk.instance_usage(self._parts, self.registry.get(name)) for name in names}
+
+    def unused_shared(self) -> list[SharedItem]:
+        """Return the shared venvs, build cache entries and git mirrors no instance uses.
+
+        Raises
+        ------
+        SupervisorError
+            An install is under way.
+        """
+        from supervisor.core import disk
+
+        return disk.find_unused(self._parts)
+
+    def remove_shared(self, items: Sequence[SharedItem]) -> int:
+        """Delete shared things :meth:`unused_shared` returned; return the bytes freed."""
+        from supervisor.core import disk
+
+        return disk.remove(items)
 
     def install(self, name: str, *, on_line: LineFn | None = None) -> InstanceStatus:
         """Run the recipe's install steps again (after a failure, or to rebuild).
