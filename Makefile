@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo demo-clean test test-hummingbot lint check-tree unit system-deps venv bench clean
+.PHONY: demo demo-clean test test-hummingbot lint check-tree unit system-deps venv bench bench-hummingbot clean
 
 system-deps:  ## tmux, screen, git, mosquitto (apt-get when they are missing)
 	@bash scripts/system-deps.sh
@@ -43,6 +43,9 @@ test-hummingbot: system-deps venv  ## a real Hummingbot (PyPI sdist, Python 3.12
 
 bench: system-deps venv
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-hummingbot: system-deps venv  ## a real Hummingbot: first and Nth new, update of 5, start --all --wait, RSS
+	$(BIN)/python bench/run.py --only hummingbot $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build
