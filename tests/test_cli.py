@@ -831,3 +831,15 @@ def test_start_and_restart_take_a_strategy_that_ls_and_status_show(
     invoke("new", "plain", "-r", TICKER, "--repo", str(bot_origin))
     refused = invoke("start", "plain", "--strategy", "probe.yml", code=1)
     assert refused.stderr.startswith("Error: instance 'plain': recipe 'ticker' has no run.strategy_args")
+
+
+def test_the_examples_of_new_help_name_recipes_and_secret_keys_that_exist(home: Path) -> None:
+    from supervisor.core.recipe import find_recipe
+
+    text = invoke("new", "--help").stdout
+    examples = [line.split() for line in text.splitlines() if line.strip().startswith("supervisor new ")]
+    assert examples
+    for argv in examples:
+        recipe = find_recipe(argv[argv.index("-r") + 1], home / "recipes")
+        for option in (a for i, a in enumerate(argv) if i and argv[i - 1] == "--secret"):
+            assert option.split("=@")[0] in recipe.run.secrets.values(), argv

@@ -91,8 +91,8 @@ def new_cmd(
 
     \b
     Example:
-      supervisor new mm-1 -r hummingbot --ref v2.16.0 --set mqtt_host=10.0.0.5
-      supervisor new mm-2 -r hummingbot --secret password=@/run/keys/mm-2.pw
+      supervisor new mm-1 -r hummingbot-venv --ref v2.16.0 --set mqtt_host=10.0.0.5
+      supervisor new mm-2 -r hummingbot-venv --secret hummingbot-password=@/run/keys/mm-2.pw
     """
     from supervisor.core.secrets import parse_secret_option
 
