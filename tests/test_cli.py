@@ -843,3 +843,38 @@ def test_the_examples_of_new_help_name_recipes_and_secret_keys_that_exist(home: 
         recipe = find_recipe(argv[argv.index("-r") + 1], home / "recipes")
         for option in (a for i, a in enumerate(argv) if i and argv[i - 1] == "--secret"):
             assert option.split("=@")[0] in recipe.run.secrets.values(), argv
+
+
+LOG_BOT = """\
+import pathlib, time
+pathlib.Path("logs").mkdir(exist_ok=True)
+with open("logs/logs_main.log", "a") as log:
+    log.writelines(f"readable line {i}\\n" for i in range(3))
+print("\\x1b[2J\\x1b[H368", flush=True)  # what a full-screen redraw leaves in the console log
+print("log-bot ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_logs_shows_the_bots_own_log_file_when_its_recipe_names_them(home: Path, tmp_path: Path) -> None:
+    from tests.conftest import make_origin
+
+    origin = tmp_path / "log-origin"
+    make_origin(origin, {"bot.py": LOG_BOT, ".gitignore": "logs/\n"}).close()
+    recipe = tmp_path / "log-bot.yaml"
+    recipe.write_text(
+        "name: log-bot\nsource: {repo: set-by-test, ref: main}\n"
+        "run: {command: '{python} bot.py', ready: 'log-bot ready'}\n"
+        "log_files: ['logs/logs_*.log']\n"
+    )
+    invoke("new", "lb", "-r", str(recipe), "--repo", str(origin))
+    invoke("start", "lb", "--wait")
+    shown = invoke("logs", "lb", "-n", "2")
+    assert shown.stdout.splitlines() == ["readable line 1", "readable line 2"]
+    assert "the bot's own log" in shown.stderr and "logs_main.log" in shown.stderr
+    assert "log-bot ready" in invoke("logs", "lb", "--console").stdout
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(recipe.read_text().replace("logs/logs_*.log", "/var/log/x.log"))
+    refused = invoke("new", "lb2", "-r", str(bad), "--repo", str(origin), code=1)
+    assert "log_files[0]" in refused.stderr

@@ -384,12 +384,25 @@ def attach_cmd(ctx: click.Context, name: str) -> None:
 @click.argument("name")
 @click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new output.")
 @click.option("-n", "--lines", type=click.IntRange(min=0), default=50, show_default=True, help="Lines to show.")
+@click.option("--console", "console_only", is_flag=True, help="Show the console output even when the bot keeps logs.")
 @click.pass_context
-def logs_cmd(ctx: click.Context, name: str, follow_: bool, lines: int) -> None:
-    """Print the bot's console output from its log file."""
+def logs_cmd(ctx: click.Context, name: str, follow_: bool, lines: int, console_only: bool) -> None:
+    """Print the bot's output: its own newest log file when its recipe names them (log_files), else its console.
+
+    A full-screen bot (Hummingbot) redraws its console, which reads as junk
+    line by line; its own log file is what a person reads. Which one is
+    shown is said on stderr.
+    """
     from supervisor.logfiles import clean_console, follow, last_lines
 
-    path = get_manager(ctx).log_path(name)
+    manager = get_manager(ctx)
+    own = None if console_only else manager.bot_log_path(name)
+    if own is not None:
+        click.echo(f"(the bot's own log {own}; its console: supervisor logs {name} --console)", err=True)
+        for line in follow(own, lines) if follow_ else last_lines(own, lines):
+            click.echo(line)
+        return
+    path = manager.log_path(name)
     if follow_:
         for line in follow(path, lines):
             click.echo(clean_console(line) if line else line)

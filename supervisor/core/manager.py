@@ -8,6 +8,7 @@ rollback, remove). Must not import click or paho.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -656,6 +657,23 @@ class Manager:
         path = self.paths.console_log(name)
         rotate_log(path)
         return path
+
+    def bot_log_path(self, name: str) -> Path | None:
+        """Return the newest of the bot's own log files (the recipe's ``log_files``), or ``None``.
+
+        Raises
+        ------
+        InstanceNotFound
+        """
+        record = self.registry.get(name)
+        checkout = Path(record.checkout)
+        found: list[tuple[float, Path]] = []
+        for pattern in self.recipe_for(record).log_files:
+            for path in checkout.glob(pattern):
+                with contextlib.suppress(OSError):
+                    if path.is_file():
+                        found.append((path.stat().st_mtime, path))
+        return max(found)[1] if found else None
 
     def log_lines(self, name: str, lines: int = 50) -> str:
         """Return the last ``lines`` lines of the bot's console log, terminal escapes removed ("" before any output)."""
