@@ -245,6 +245,11 @@ def test_start_is_ready_within_the_recipe_timeout(world: World) -> None:
     )
     rss = psutil.Process(record["pid"]).memory_info().rss / 2**20
     progress(f"start until ready: {took:.1f}s; resident memory {rss:.0f} MiB ({done.stdout.strip()})")
+    # `logs` reads the bot's own log file, not the full-screen console's redraws.
+    logs = world.cli("logs", NAME)
+    assert "the bot's own log" in logs.stderr and "logs/logs_" in logs.stderr, logs.stderr
+    lines = logs.stdout.splitlines()
+    assert lines and not [line for line in lines if line.strip().isdigit()], lines[-10:]
 
 
 def test_exactly_one_reply_per_request_while_the_bot_is_up(world: World) -> None:
