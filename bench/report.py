@@ -846,6 +846,15 @@ def _full_run_minutes(meta: dict[str, t.Any]) -> str:
     return "about 20 min on 2 cores"
 
 
+def section(name: str, fig: dict[str, t.Any]) -> str:
+    """Return the section of one opt-in figure ("" for a figure without one)."""
+    if name == "hummingbot":
+        if "error" in fig and len(fig) == 1:
+            return f"## Real Hummingbot (issue 20)\n\nThis figure failed in this run: `{fig['error']}`\n"
+        return _hummingbot(fig)
+    return ""
+
+
 def render(results: dict[str, t.Any], png_name: str) -> str:
     """Return the whole ``docs/benchmarks.md``."""
     meta = results.get("meta", {})

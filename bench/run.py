@@ -204,9 +204,38 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"]["duration_s"] = round(time.time() - began)
     out.write_text(json.dumps(results, indent=1, default=str))
     log(f"results in {out}; the bench took {_clock(results['meta']['duration_s'])}")
-    if not args.no_docs:
+    if not args.no_docs and selected <= OPT_IN and not results["meta"].get("partial"):
+        # Only an opt-in figure, and no earlier full run here: put its section into the committed page.
+        status = splice_docs(results) or status
+    elif not args.no_docs:
         status = write_docs(results, out) or status
     return status
+
+
+def splice_docs(results: dict[str, t.Any]) -> int:
+    """Replace (or add, before "How to reproduce") the opt-in figures' sections of docs/benchmarks.md."""
+    md = REPO_DIR / "docs" / "benchmarks.md"
+    text = md.read_text() if md.exists() else "# Benchmarks\n\n## How to reproduce\n"
+    for name, fig in results["figures"].items():
+        section = report.section(name, fig)
+        if not section:
+            continue
+        title = section.splitlines()[0]
+        when = (
+            f"Measured alone by the run started {results['meta'].get('started')} (the page's other figures are older)."
+        )
+        section = section.replace("\n\n", f"\n\n{when}\n\n", 1)
+        if title in text:
+            start = text.index(title)
+            end = text.find("\n## ", start + len(title))
+            text = text[:start] + section.rstrip("\n") + "\n" + (text[end:] if end >= 0 else "")
+        else:
+            anchor = text.find("## How to reproduce")
+            anchor = anchor if anchor >= 0 else len(text)
+            text = text[:anchor] + section.rstrip("\n") + "\n\n" + text[anchor:]
+    md.write_text(text)
+    log(f"wrote the {', '.join(results['figures'])} section of {md}")
+    return 0
 
 
 def write_docs(results: dict[str, t.Any], results_path: Path) -> int:
