@@ -88,7 +88,7 @@ def fig_hummingbot(ctx: Ctx) -> dict[str, t.Any]:
         argv = ours.cli("new", name, "-r", "hummingbot-venv", "--repo", str(origin), "--ref", "main", *settings)
         return timed(argv, env=ours.env, timeout=3600)
 
-    log(f"hummingbot: first new (Cython build into an empty build cache), then {count - 1} more")
+    log(f"hummingbot: first new (build cache {builds}), then {count - 1} more")
     first = new(names[0])
     first_built = _builds(ours.home, names[:1]) == 1
     entry = Path(
@@ -99,7 +99,7 @@ def fig_hummingbot(ctx: Ctx) -> dict[str, t.Any]:
     disk = {
         "first_instance_kib": du_kib(ours.home / "instances" / names[0]),
         "later_instance_kib": du_kib(ours.home / "instances" / names[1]),
-        "build_cache_kib": du_kib(ours.home / "builds"),
+        "build_entry_kib": du_kib(entry),
     }
     log(f"hummingbot: start --all --wait of {count} bots")
     started = time.perf_counter()

@@ -772,7 +772,7 @@ def _hummingbot(fig: dict[str, t.Any]) -> str:
         ["… each (stop, checkout, install, start until ready)", _s(ours.get("update_each"), 1.0, "s", 1)],
         ["disk: first instance (checkout with its `build/` folder, logs)", _mib(disk.get("first_instance_kib"))],
         ["disk: a later instance (the shared `.so` hard links counted)", _mib(disk.get("later_instance_kib"))],
-        ["disk: the build cache", _mib(disk.get("build_cache_kib"))],
+        ["disk: the build cache entry (the `.so` files, stored once)", _mib(disk.get("build_entry_kib"))],
     ]  # fmt: skip
     return (
         "## Real Hummingbot (issue 20)\n\n"

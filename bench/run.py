@@ -204,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"]["duration_s"] = round(time.time() - began)
     out.write_text(json.dumps(results, indent=1, default=str))
     log(f"results in {out}; the bench took {_clock(results['meta']['duration_s'])}")
-    if not args.no_docs and selected <= OPT_IN and not results["meta"].get("partial"):
-        # Only an opt-in figure, and no earlier full run here: put its section into the committed page.
+    if not args.no_docs and selected <= OPT_IN:
+        # Only opt-in figures: their sections go into the committed page, the rest of it stays.
         status = splice_docs(results) or status
     elif not args.no_docs:
         status = write_docs(results, out) or status
