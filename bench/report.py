@@ -770,7 +770,7 @@ def _hummingbot(fig: dict[str, t.Any]) -> str:
         [f"resident memory of the {count} bots", f"{ours['rss_total_mib']:.0f} MiB"],
         [f"`update` of {count} running bots to one commit, one after another", f"{ours['update_all']:.1f} s"],
         ["… each (stop, checkout, install, start until ready)", _s(ours.get("update_each"), 1.0, "s", 1)],
-        ["disk: the first instance (checkout and logs; with a `build/` folder if it compiled)", _mib(disk.get("first_instance_kib"))],
+        ["disk: the first instance (checkout, logs; `build/` if it compiled)", _mib(disk.get("first_instance_kib"))],
         ["disk: a later instance (the shared `.so` hard links counted)", _mib(disk.get("later_instance_kib"))],
         ["disk: the build cache entry (the `.so` files, stored once)", _mib(disk.get("build_entry_kib"))],
     ]  # fmt: skip
