@@ -442,3 +442,19 @@ def test_a_second_instance_reuses_the_build_and_a_password_set_after_new(world: 
         assert psutil.Process(record["pid"]).cmdline()[-2:] == ["--v2", "probe.yml"]
     finally:
         world.cli("stop", second, timeout=120, check=False)
+
+
+def test_disk_shows_what_each_instance_holds_and_gc_keeps_what_they_use(world: World) -> None:
+    listing = json.loads(world.cli("ls", "--json", "--disk", timeout=300).stdout)["instances"]
+    disks = {r["name"]: r["disk"] for r in listing}
+    assert disks[NAME]["own"] > 0
+    assert disks["hb2"]["shared"] > 10 * 2**20  # its Cython modules: hard links into the build cache
+    progress(f"disk: {disks}")
+    # A dry run only (the cache is shared with other runs): nothing hb1 or hb2 uses is listed.
+    items = json.loads(world.cli("gc", "--json", timeout=300).stdout)["items"]
+    used = {
+        str((world.checkout / ".venv").resolve()),
+        (world.checkout / ".git" / "supervisor-buildcache").read_text().strip(),
+    }
+    assert not [i for i in items if i["path"] in used], items
+    assert not [i for i in items if i["kind"] == "mirror"], items
