@@ -215,7 +215,7 @@ def test_a_hummingbot_password_set_after_new_is_what_the_next_start_uses(home: P
             "hummingbot/client/config/config_crypt.py": FAKE_CONFIG_CRYPT,
             ".gitignore": "/.venv\nconf/\n",
         },
-    )
+    ).close()
     invoke("new", "hb2", "-r", "hummingbot-venv", "--repo", str(origin), "--ref", "main", "--no-install")
     checkout = Paths.from_env(home).default_checkout("hb2")
     (checkout / ".venv" / "bin").mkdir(parents=True)
