@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 import typing as t
 from pathlib import Path
 
-from common import REPO_DIR, du_kib, log, run, stats, timed
+from common import REPO_DIR, du_kib, log, run, stats, timed, wait_until
 
 if str(REPO_DIR) not in sys.path:
     sys.path.insert(0, str(REPO_DIR))
 
 if t.TYPE_CHECKING:
     from figures import Ctx
+    from peers import Ours
 
 PASSWORD = "bot-supervisor bench password"  # a bench-only keystore password
 BUILT = "no build for this key yet"
@@ -60,6 +62,36 @@ def _commit(origin: Path, env: dict[str, str]) -> None:
 def _builds(home: Path, names: t.Sequence[str]) -> int:
     """Return how many builds the install logs of ``names`` record."""
     return sum((home / "instances" / n / "install.log").read_text(errors="replace").count(BUILT) for n in names)
+
+
+def _state(ours: Ours, name: str) -> dict[str, t.Any]:
+    listing = json.loads(run(ours.cli("ls", name, "--json"), env=ours.env).stdout)["instances"]
+    return t.cast("dict[str, t.Any]", listing[0])
+
+
+def _kill_and_wait(ctx: Ctx, ours: Ours, broker_url: str, name: str) -> float | None:
+    """Return the seconds from ``kill -9`` of the bot until the agent has it running (ready) again."""
+    from peers import Agent
+
+    agent = Agent(ctx.procs, ours.env, broker_url, "benchhost", 10.0, 30.0, ctx.env.root / "agent-hummingbot.log")
+    try:
+        if not wait_until(lambda: (ours.home / "agent.sock").exists(), 60):
+            log(f"hummingbot: the agent did not come up: {agent.log_tail()}")
+            return None
+        old = _state(ours, name)["pid"]
+        log(f"hummingbot: kill -9 of {name} (pid {old}), the agent restarts it")
+        started = time.perf_counter()
+        os.kill(old, signal.SIGKILL)
+
+        def back() -> bool:
+            record = _state(ours, name)
+            return bool(record["state"] == "running" and record["pid"] not in (None, old))
+
+        if not wait_until(back, 600, 0.2):
+            return None
+        return time.perf_counter() - started
+    finally:
+        agent.stop()
 
 
 def fig_hummingbot(ctx: Ctx) -> dict[str, t.Any]:
@@ -107,6 +139,7 @@ def fig_hummingbot(ctx: Ctx) -> dict[str, t.Any]:
     start_all = time.perf_counter() - started
     listing = json.loads(run(ours.cli("ls", "--json"), env=ours.env).stdout)["instances"]
     rss = [r["rss"] / 2**20 for r in listing if r["rss"]]
+    restart_after_kill = _kill_and_wait(ctx, ours, broker.url, names[0])
     log(f"hummingbot: update of {count} running bots to a commit that changes a .py")
     _commit(origin, ours.env)
     before = _builds(ours.home, names)
@@ -128,6 +161,7 @@ def fig_hummingbot(ctx: Ctx) -> dict[str, t.Any]:
             "start_all_wait": start_all,
             "rss_mib": stats(rss),
             "rss_total_mib": sum(rss),
+            "restart_after_kill": restart_after_kill,
             "update_all": update_all,
             "update_each": stats(updates),
             "update_builds": builds,

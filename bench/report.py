@@ -767,6 +767,10 @@ def _hummingbot(fig: dict[str, t.Any]) -> str:
         [f"`supervisor new`, 2nd..{count}th of the same commit", _s(ours.get("later_new"), 1.0, "s", 1)],
         [f"`start --all --wait`, {count} bots, until every bridge is connected", f"{ours['start_all_wait']:.1f} s"],
         ["resident memory per bot once ready", _s(ours.get("rss_mib"), 1.0, "MiB", 0)],
+        [
+            "`kill -9` of a bot → the agent has it running (ready) again",
+            f"{ours['restart_after_kill']:.1f} s" if ours.get("restart_after_kill") else "not measured",
+        ],
         [f"resident memory of the {count} bots", f"{ours['rss_total_mib']:.0f} MiB"],
         [f"`update` of {count} running bots to one commit, one after another", f"{ours['update_all']:.1f} s"],
         ["… each (stop, checkout, install, start until ready)", _s(ours.get("update_each"), 1.0, "s", 1)],
