@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 PYTHON2 ?= 3.12
 VENV2  := .venv-$(PYTHON2)
 
-.PHONY: demo demo-clean test test-python2 test-load test-hummingbot lint check-tree unit system-deps venv bench clean
+.PHONY: demo demo-clean test test-python2 test-load test-hummingbot lint check-tree unit system-deps venv bench bench-hummingbot clean
 
 system-deps:  ## tmux, screen, git, mosquitto (apt-get when they are missing)
 	@bash scripts/system-deps.sh
@@ -57,6 +57,9 @@ test-hummingbot: system-deps venv  ## a real Hummingbot (PyPI sdist, Python 3.12
 
 bench: system-deps venv
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-hummingbot: system-deps venv  ## a real Hummingbot: first and Nth new, update of 5, start --all --wait, RSS
+	$(BIN)/python bench/run.py --only hummingbot $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VENV2) .pytest_cache .mypy_cache .ruff_cache dist build

@@ -745,6 +745,74 @@ def _events(fig: dict[str, t.Any]) -> str:
     )
 
 
+def _mib(kib: int | None) -> str:
+    return f"{kib / 1024:.0f} MiB" if kib is not None else "–"
+
+
+def _hummingbot(fig: dict[str, t.Any]) -> str:
+    ours = fig.get("ours", {})
+    if "not_available" in ours:
+        return f"## Real Hummingbot (issue 20)\n\nNot available: {ours['not_available']}\n"
+    count, first, later = ours["count"], ours["first_new"], _median(ours.get("later_new"))
+    if ours.get("first_built", True):
+        compiling, against = first, f"first `new` (it compiled): {first:.0f} s"
+    else:
+        compiling = (ours.get("recorded_build_seconds") or 0.0) + first
+        against = (
+            f"a `new` that compiles: {compiling:.0f} s (the cached build took {ours.get('recorded_build_seconds')} s "
+            f"on {ours.get('recorded_build_at')}, plus this run's first `new`)"
+        )
+    ratio = _ratio(later, compiling)
+    disk = ours.get("disk", {})
+    verdicts = [
+        [
+            "`new`, 2nd..Nth instance of one commit",
+            _s(ours.get("later_new"), 1.0, "s", 1),
+            against,
+            "≤ 15 s and ≤ 0.1× the first",
+            _x(ratio),
+            _verdict(later is not None and later <= 15 and ratio is not None and ratio <= 0.1),
+        ],
+        [
+            f"`update` of {count} running bots to one commit (a `.py` changed)",
+            f"{ours['update_builds']} build(s)",
+            "–",
+            "no build (the build's inputs are unchanged)",
+            "–",
+            _verdict(ours["update_builds"] == 0),
+        ],
+    ]
+    first_what = "compiled into an empty build cache" if ours.get("first_built", True) else "the cached build restored"
+    rows = [
+        [f"`supervisor new`, first of the run ({first_what}; shared venv reused)", f"{first:.1f} s"],
+        [f"`supervisor new`, 2nd..{count}th of the same commit", _s(ours.get("later_new"), 1.0, "s", 1)],
+        [f"`start --all --wait`, {count} bots, until every bridge is connected", f"{ours['start_all_wait']:.1f} s"],
+        ["resident memory per bot once ready", _s(ours.get("rss_mib"), 1.0, "MiB", 0)],
+        [
+            "`kill -9` of a bot → the agent has it running (ready) again",
+            f"{ours['restart_after_kill']:.1f} s" if ours.get("restart_after_kill") else "not measured",
+        ],
+        [f"resident memory of the {count} bots", f"{ours['rss_total_mib']:.0f} MiB"],
+        [f"`update` of {count} running bots to one commit, one after another", f"{ours['update_all']:.1f} s"],
+        ["… each (stop, checkout, install, start until ready)", _s(ours.get("update_each"), 1.0, "s", 1)],
+        ["disk: the first instance (checkout, logs; `build/` if it compiled)", _mib(disk.get("first_instance_kib"))],
+        ["disk: a later instance (the shared `.so` hard links counted)", _mib(disk.get("later_instance_kib"))],
+        ["disk: the build cache entry (the `.so` files, stored once)", _mib(disk.get("build_entry_kib"))],
+    ]  # fmt: skip
+    return (
+        "## Real Hummingbot (issue 20)\n\n"
+        "`make bench-hummingbot` (`bench/realbot.py`): Hummingbot 2.16.0 from PyPI's sdist as a git tree, the "
+        "`hummingbot-venv` recipe, Python 3.12. The shared venv comes from `$BOT_SUPERVISOR_CACHE/venvs` (pip is "
+        "not measured). The Cython build is the one in `$BOT_SUPERVISOR_CACHE/builds` if there is one "
+        "(`BENCH_HB_COLD=1` starts from an empty build cache). That an update to new `.pyx` sources of N bots "
+        "builds once is checked by `tests/test_buildcache.py`.\n\n"
+        + _table(["figure", "ours", "compared with", "target", "ratio", "verdict"], verdicts)
+        + "\n\n"
+        + _table(["figure", "median (min–max)"], rows)
+        + "\n"
+    )
+
+
 def _new(fig: dict[str, t.Any]) -> str:
     repo = fig.get("repo", {})
     disk = fig.get("disk", {})
@@ -814,6 +882,15 @@ def _full_run_minutes(meta: dict[str, t.Any]) -> str:
     return "about 20 min on 2 cores"
 
 
+def section(name: str, fig: dict[str, t.Any]) -> str:
+    """Return the section of one opt-in figure ("" for a figure without one)."""
+    if name == "hummingbot":
+        if "error" in fig and len(fig) == 1:
+            return f"## Real Hummingbot (issue 20)\n\nThis figure failed in this run: `{fig['error']}`\n"
+        return _hummingbot(fig)
+    return ""
+
+
 def render(results: dict[str, t.Any], png_name: str) -> str:
     """Return the whole ``docs/benchmarks.md``."""
     meta = results.get("meta", {})
@@ -871,6 +948,7 @@ def render(results: dict[str, t.Any], png_name: str) -> str:
         ("new", _new),
         ("dashboard", _dashboard),
         ("events", _events),
+        ("hummingbot", _hummingbot),
     ):
         fig = figs.get(key)
         if not fig:
@@ -888,6 +966,7 @@ def render(results: dict[str, t.Any], png_name: str) -> str:
         f"make bench                                  # all figures, sizes 10,50,100,200 ({_full_run_minutes(meta)})\n"
         "make bench BENCH_ARGS=--quick               # smoke run (a few minutes)\n"
         "make bench BENCH_ARGS='--only ls,start --sizes 10,100'\n"
+        "make bench-hummingbot                       # the real-Hummingbot figure (about 10 minutes)\n"
         "```\n\n"
         "`make bench` installs what it compares against under `bench/_peers/` (git-ignored): supervisor 4.x from "
         "PyPI in its own venv (it clashes with our import name), pm2 from npm, matplotlib in a plot venv. "

@@ -26,11 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import figures
 import peers
+import realbot
 import report
 from common import BENCH_DIR, PYTHON, REPO_DIR, RESULTS_DIR, SUPERVISOR, Env, Procs, log, version_of
 
-FIGURES = ("startup", "ls", "start", "agent", "mqtt", "react", "restart", "new", "dashboard", "events")
-NO_PEERS = {"mqtt", "react", "restart", "dashboard", "events"}  # figures that compare with no installed peer
+FIGURES = ("startup", "ls", "start", "agent", "mqtt", "react", "restart", "new", "dashboard", "events", "hummingbot")
+NO_PEERS = {"mqtt", "react", "restart", "dashboard", "events", "hummingbot"}  # figures with no installed peer
+OPT_IN = {"hummingbot"}  # a real Hummingbot (Python 3.12, a 20-minute build): only with --only
 SCALING = {"ls", "start", "agent"}
 
 
@@ -105,7 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--only",
-        help=f"comma-separated figures to run (default all: {','.join(FIGURES)}); the others keep their last results",
+        help=f"comma-separated figures to run (default all but {','.join(sorted(OPT_IN))}: "
+        f"{','.join(f for f in FIGURES if f not in OPT_IN)}); the others keep their last results",
     )
     parser.add_argument("--sizes", help="instance counts of the scaling figures (default 10,50,100,200)")
     parser.add_argument("--quick", action="store_true", help="smoke run: sizes 5,10, few repeats, short windows")
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
         return write_docs(json.loads(Path(args.render).read_text()), Path(args.render))
-    selected = set((args.only or ",".join(FIGURES)).split(","))
+    selected = set(args.only.split(",")) if args.only else set(FIGURES) - OPT_IN
     unknown = selected - set(FIGURES)
     if unknown:
         print(f"unknown figure(s): {', '.join(sorted(unknown))}; choose from {', '.join(FIGURES)}", file=sys.stderr)
@@ -175,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             ("new", figures.fig_new),
             ("dashboard", figures.fig_dashboard),
             ("events", figures.fig_events),
+            ("hummingbot", realbot.fig_hummingbot),
         ):
             if name in selected and not (name == "dashboard" and selected & SCALING):
                 steps.append((name, lambda fn=fn: fn(ctx)))
@@ -200,9 +204,38 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"]["duration_s"] = round(time.time() - began)
     out.write_text(json.dumps(results, indent=1, default=str))
     log(f"results in {out}; the bench took {_clock(results['meta']['duration_s'])}")
-    if not args.no_docs:
+    if not args.no_docs and selected <= OPT_IN:
+        # Only opt-in figures: their sections go into the committed page, the rest of it stays.
+        status = splice_docs(results) or status
+    elif not args.no_docs:
         status = write_docs(results, out) or status
     return status
+
+
+def splice_docs(results: dict[str, t.Any]) -> int:
+    """Replace (or add, before "How to reproduce") the opt-in figures' sections of docs/benchmarks.md."""
+    md = REPO_DIR / "docs" / "benchmarks.md"
+    text = md.read_text() if md.exists() else "# Benchmarks\n\n## How to reproduce\n"
+    for name, fig in results["figures"].items():
+        section = report.section(name, fig)
+        if not section:
+            continue
+        title = section.splitlines()[0]
+        when = (
+            f"Measured alone by the run started {results['meta'].get('started')} (the page's other figures are older)."
+        )
+        section = section.replace("\n\n", f"\n\n{when}\n\n", 1)
+        if title in text:
+            start = text.index(title)
+            end = text.find("\n## ", start + len(title))
+            text = text[:start] + section.rstrip("\n") + "\n" + (text[end:] if end >= 0 else "")
+        else:
+            anchor = text.find("## How to reproduce")
+            anchor = anchor if anchor >= 0 else len(text)
+            text = text[:anchor] + section.rstrip("\n") + "\n\n" + text[anchor:]
+    md.write_text(text)
+    log(f"wrote the {', '.join(results['figures'])} section of {md}")
+    return 0
 
 
 def write_docs(results: dict[str, t.Any], results_path: Path) -> int:

@@ -819,3 +819,97 @@ def test_agent_toml_is_found_in_one_place(home: Path, tmp_path: Path, monkeypatc
     assert BrokerOptions(None, None, None, None, other).load(paths).host_id == "h-9"
     with pytest.raises(AgentError, match=re.escape(f"config file '{tmp_path / 'nope.toml'}': not found.")):
         BrokerOptions(None, None, None, None, tmp_path / "nope.toml").load(paths)
+
+
+CLI_STRATEGY_RECIPE = """\
+name: strategy-bot
+source: {repo: set-by-test, ref: main}
+run:
+  command: '{python} bot.py'
+  strategy_args: '[--conf {conf}][ --script {script}]'
+  ready: 'ticker-bot ready'
+  ready_timeout: 15
+console:
+  quit: [exit]
+"""
+
+
+def test_start_and_restart_take_a_strategy_that_ls_and_status_show(
+    home: Path, bot_origin: Path, tmp_path: Path
+) -> None:
+    import psutil
+
+    recipe = tmp_path / "strategy-bot.yaml"
+    recipe.write_text(CLI_STRATEGY_RECIPE)
+    invoke("new", "sb", "-r", str(recipe), "--repo", str(bot_origin))
+
+    def argv() -> list[str]:
+        pid = json.loads(invoke("status", "sb", "--json").stdout)["pid"]  # exit 0: it runs
+        return list(psutil.Process(pid).cmdline())
+
+    invoke("start", "sb", "--strategy", "probe.yml", "--wait")
+    assert argv()[-2:] == ["--conf", "probe.yml"]
+    [record] = json.loads(invoke("ls", "sb", "--json").stdout)["instances"]
+    assert record["strategy"] == {"conf": "probe.yml"}
+    assert json.loads(invoke("status", "sb", "--json").stdout)["strategy"] == {"conf": "probe.yml"}
+    assert "conf=probe.yml" in invoke("ls", "sb").stdout
+    assert re.search(r"^strategy\s+conf=probe\.yml$", invoke("status", "sb").stdout, re.MULTILINE)
+
+    invoke("restart", "sb")  # the recorded strategy comes back
+    assert argv()[-2:] == ["--conf", "probe.yml"]
+    invoke("restart", "sb", "--script", "other.py")
+    assert argv()[-2:] == ["--script", "other.py"]
+    assert json.loads(invoke("status", "sb", "--json").stdout)["strategy"] == {"script": "other.py"}
+
+    bad = invoke("restart", "sb", "--strategy", "../x.yml", code=1)
+    assert "conf '../x.yml': must be a file name" in bad.stderr
+    invoke("new", "plain", "-r", TICKER, "--repo", str(bot_origin))
+    refused = invoke("start", "plain", "--strategy", "probe.yml", code=1)
+    assert refused.stderr.startswith("Error: instance 'plain': recipe 'ticker' has no run.strategy_args")
+
+
+def test_the_examples_of_new_help_name_recipes_and_secret_keys_that_exist(home: Path) -> None:
+    from supervisor.core.recipe import find_recipe
+
+    text = invoke("new", "--help").stdout
+    examples = [line.split() for line in text.splitlines() if line.strip().startswith("supervisor new ")]
+    assert examples
+    for argv in examples:
+        recipe = find_recipe(argv[argv.index("-r") + 1], home / "recipes")
+        for option in (a for i, a in enumerate(argv) if i and argv[i - 1] == "--secret"):
+            assert option.split("=@")[0] in recipe.run.secrets.values(), argv
+
+
+LOG_BOT = """\
+import pathlib, time
+pathlib.Path("logs").mkdir(exist_ok=True)
+with open("logs/logs_main.log", "a") as log:
+    log.writelines(f"readable line {i}\\n" for i in range(3))
+print("\\x1b[2J\\x1b[H368", flush=True)  # what a full-screen redraw leaves in the console log
+print("log-bot ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_logs_shows_the_bots_own_log_file_when_its_recipe_names_them(home: Path, tmp_path: Path) -> None:
+    from tests.conftest import make_origin
+
+    origin = tmp_path / "log-origin"
+    make_origin(origin, {"bot.py": LOG_BOT, ".gitignore": "logs/\n"}).close()
+    recipe = tmp_path / "log-bot.yaml"
+    recipe.write_text(
+        "name: log-bot\nsource: {repo: set-by-test, ref: main}\n"
+        "run: {command: '{python} bot.py', ready: 'log-bot ready'}\n"
+        "log_files: ['logs/logs_*.log']\n"
+    )
+    invoke("new", "lb", "-r", str(recipe), "--repo", str(origin))
+    invoke("start", "lb", "--wait")
+    shown = invoke("logs", "lb", "-n", "2")
+    assert shown.stdout.splitlines() == ["readable line 1", "readable line 2"]
+    assert "the bot's own log" in shown.stderr and "logs_main.log" in shown.stderr
+    assert "log-bot ready" in invoke("logs", "lb", "--console").stdout
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(recipe.read_text().replace("logs/logs_*.log", "/var/log/x.log"))
+    refused = invoke("new", "lb2", "-r", str(bad), "--repo", str(origin), code=1)
+    assert "log_files[0]" in refused.stderr

@@ -417,7 +417,10 @@ def test_update_that_does_not_come_up_rolls_back_code_and_config(manager: Manage
     assert not (checkout / "conf" / "v2-only.yml").exists()
     assert (checkout / "conf" / ".password_verification").exists()
     assert "crashing before ready with code 4" in manager.paths.console_log("up").read_text()
-    assert manager.registry.get("up").last_error is not None
+    # The bot's last words are in the message and in last_error, not cut at "Last output:".
+    assert "exited during start with exit code 4. Last output:" in message
+    assert "crashing before ready with code 4)" in message
+    assert "crashing before ready with code 4" in (manager.registry.get("up").last_error or "")
     assert any("rolling back" in line for line in lines)
 
     # A good v3 goes through, and its config changes stay.
@@ -563,3 +566,24 @@ def test_the_agent_reads_records_recipes_and_files_through_public_methods(manage
     assert manager.snapshot(["pa"]).status("pa").state == "running"
     with pytest.raises(InstanceNotFound):
         manager.record("nope")
+
+
+def test_an_update_whose_install_fails_says_it_rolled_back_and_restarted(manager: Manager, bot_origin: Path) -> None:
+    manager.new("ub", TICKER, repo=str(bot_origin))
+    manager.start(["ub"])
+    old = manager.status(["ub"])[0].commit or ""
+    origin = git.Repo(bot_origin)
+    origin.git.checkout("-b", "broken-build")
+    commit_files(origin, {"install.sh": "echo compile error; exit 5\n"}, "broken build")
+    origin.git.checkout("main")
+    origin.close()
+    with pytest.raises(UpdateRolledBack) as info:
+        manager.update("ub", ref="broken-build")
+    message = str(info.value)
+    assert message.startswith("instance 'ub': update to broken-build failed (install step 1/1 'sh install.sh' failed")
+    assert "fix the cause and run 'supervisor install ub'" in message
+    assert f"rolled back code and config to {old[:12]} and started it again." in message
+    status = manager.status(["ub"])[0]
+    assert (status.state, status.commit) == ("running", old)
+    last_error = manager.registry.get("ub").last_error or ""
+    assert last_error.startswith("update to broken-build failed and was rolled back: install step 1/1")

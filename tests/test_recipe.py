@@ -39,7 +39,9 @@ def test_builtin_recipes_load_and_validate(tmp_path: Path) -> None:
         )
         assert render(hb.run.strategy_args or "", {"conf": "probe.yml"}, optional_groups=True) == "--v2 probe.yml"
         assert hb.console.quit == ("stop", "exit")
-        assert any("store_password_verification" in step for step in hb.install)
+        # made at each start while missing, so a password set after `new` works too
+        assert "store_password_verification" in (hb.run.prelude or "")
+        assert not any("store_password_verification" in step for step in hb.install)
         assert not any(step.startswith("./install") for step in hb.install)  # its one host-wide env
     conda = find_recipe("hummingbot", tmp_path / "none")
     assert any("env create -p ./.conda" in step for step in conda.install)

@@ -7,6 +7,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import typing as t
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from supervisor.core import secrets
 from supervisor.core.manager import Manager
 from supervisor.errors import SecretError, SecretMissing
 from supervisor.paths import Paths
-from tests.conftest import RECIPES, invoke
+from tests.conftest import RECIPES, invoke, make_origin
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
@@ -172,3 +173,59 @@ def test_run_wrapper_refuses_to_run_when_the_secret_vanished(
     assert done.returncode == 96
     assert "secret 'password' (CONFIG_PASSWORD) is not set" in done.stderr
     assert "lifecycle-bot" not in done.stdout  # the bot never ran
+
+
+# A stand-in for the two pieces of Hummingbot the built-in recipe's start touches: its password
+# check (the quickstart crashes without conf/.password_verification, as 2.16 does) and the function
+# that writes that file. The real bot runs in tests/hummingbot.
+FAKE_CONFIG_CRYPT = """\
+import hashlib
+from pathlib import Path
+
+
+class ETHKeyFileSecretManger:
+    def __init__(self, password):
+        self.password = password
+
+
+def store_password_verification(manager):
+    Path("conf/.password_verification").write_text(hashlib.sha256(manager.password.encode()).hexdigest())
+"""
+FAKE_QUICKSTART = """\
+import hashlib, os, time
+from pathlib import Path
+
+stored = Path("conf/.password_verification").read_text()  # FileNotFoundError, as Hummingbot's
+if stored != hashlib.sha256(os.environ["CONFIG_PASSWORD"].encode()).hexdigest():
+    raise SystemExit("Invalid password")
+print("MQTT Bridge connected with success", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_hummingbot_password_set_after_new_is_what_the_next_start_uses(home: Path, tmp_path: Path) -> None:
+    origin = tmp_path / "hb-origin"
+    make_origin(
+        origin,
+        {
+            "bin/hummingbot_quickstart.py": FAKE_QUICKSTART,
+            "hummingbot/__init__.py": "",
+            "hummingbot/client/__init__.py": "",
+            "hummingbot/client/config/__init__.py": "",
+            "hummingbot/client/config/config_crypt.py": FAKE_CONFIG_CRYPT,
+            ".gitignore": "/.venv\nconf/\n",
+        },
+    ).close()
+    invoke("new", "hb2", "-r", "hummingbot-venv", "--repo", str(origin), "--ref", "main", "--no-install")
+    checkout = Paths.from_env(home).default_checkout("hb2")
+    (checkout / ".venv" / "bin").mkdir(parents=True)
+    (checkout / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    refused = invoke("start", "hb2", code=1)
+    assert "secret 'hummingbot-password'" in refused.stderr
+
+    invoke("secret", "set", "hb2", "hummingbot-password", stdin=PASSWORD)
+    invoke("start", "hb2", "--wait")
+    [record] = json.loads(invoke("ls", "--json", "--no-foreign").stdout)["instances"]
+    assert record["state"] == "running", record
+    digest = hashlib.sha256(PASSWORD.encode()).hexdigest()
+    assert (checkout / "conf" / ".password_verification").read_text() == digest

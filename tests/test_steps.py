@@ -71,12 +71,14 @@ def test_run_install_steps_failure_names_step_code_and_tail(tmp_path: Path) -> N
     commands = ["echo fine", "echo broken build; exit 3", "echo never"]
 
     with pytest.raises(InstallError) as info:
-        steps.run_install_steps(commands, cwd=tmp_path, env=step_env(), log_path=log, on_line=lines.append)
+        steps.run_install_steps(
+            commands, cwd=tmp_path, env=step_env(), log_path=log, on_line=lines.append, instance="mm-1"
+        )
 
     error = info.value
     assert str(error) == (
         "install step 2/3 'echo broken build; exit 3' failed with exit code 3. "
-        f"See the log at {log}; fix the cause and run 'supervisor install NAME'."
+        f"See the log at {log}; fix the cause and run 'supervisor install mm-1'."
     )
     assert error.step == "echo broken build; exit 3"
     assert "broken build" in error.log_tail

@@ -91,8 +91,8 @@ def new_cmd(
 
     \b
     Example:
-      supervisor new mm-1 -r hummingbot --ref v2.16.0 --set mqtt_host=10.0.0.5
-      supervisor new mm-2 -r hummingbot --secret password=@/run/keys/mm-2.pw
+      supervisor new mm-1 -r hummingbot-venv --ref v2.16.0 --set mqtt_host=10.0.0.5
+      supervisor new mm-2 -r hummingbot-venv --secret hummingbot-password=@/run/keys/mm-2.pw
     """
     from supervisor.core.secrets import parse_secret_option
 
@@ -205,10 +205,36 @@ def _names(ctx: click.Context, names: tuple[str, ...], all_: bool) -> list[str]:
     help="Wait for each bot's readiness pattern (exit 1 if one is not ready in time), "
     "or return once the launches are alive (ls says 'starting' until ready).",
 )
+@click.option(
+    "--strategy",
+    "conf",
+    metavar="CONF",
+    help="Launch with this strategy config (a file name in the bot's folder, e.g. Hummingbot's conf/scripts/CONF); "
+    "recorded, so crash restarts, 'restart' and 'update' run it again.",
+)
+@click.option(
+    "--script", metavar="SCRIPT", help="Launch with this strategy script (a file name), recorded as --strategy."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.pass_context
-def start_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, wait: bool, as_json: bool) -> None:
-    """Start instances in their sessions (a running one is left alone)."""
+def start_cmd(
+    ctx: click.Context,
+    names: tuple[str, ...],
+    all_: bool,
+    wait: bool,
+    conf: str | None,
+    script: str | None,
+    as_json: bool,
+) -> None:
+    """Start instances in their sessions (a running one is left alone).
+
+    Without --strategy/--script the bot starts with no strategy, and the one
+    recorded before is forgotten.
+
+    \b
+    Example:
+      supervisor start mm-1 --strategy conf_v2_probe.yml --wait
+    """
     manager = get_manager(ctx)
     selected = _names(ctx, names, all_)
     if all_:
@@ -217,7 +243,17 @@ def start_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, wait: bool
         # Instances that are not installed are skipped, not errors: decided from the records alone.
         records = manager.records()
         selected = [name for name in selected if records[name].lifecycle == INSTALLED]
-    _render_actions(manager.start(selected, wait=wait), as_json)
+    strategy = _strategy_option(conf, script)
+    if strategy:
+        manager.check_takes_strategy(selected)
+    _render_actions(manager.start(selected, wait=wait, strategy=strategy), as_json)
+
+
+def _strategy_option(conf: str | None, script: str | None) -> dict[str, str] | None:
+    """Return ``--strategy``/``--script`` as a strategy, or ``None`` when neither is given."""
+    if conf is None and script is None:
+        return None
+    return {key: value for key, value in (("script", script), ("conf", conf)) if value is not None}
 
 
 @click.command("stop")
@@ -241,39 +277,78 @@ def stop_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, timeout: fl
 @click.option(
     "--timeout", type=float, help="Seconds for the graceful stop (default: the recipe's run.stop.grace, else 30)."
 )
+@click.option(
+    "--strategy",
+    "conf",
+    metavar="CONF",
+    help="Come back with this strategy config instead of the recorded one (recorded from now on).",
+)
+@click.option("--script", metavar="SCRIPT", help="Come back with this strategy script instead of the recorded one.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.pass_context
-def restart_cmd(ctx: click.Context, names: tuple[str, ...], all_: bool, timeout: float | None, as_json: bool) -> None:
-    """Stop and start instances again."""
-    _render_actions(get_manager(ctx).restart(_names(ctx, names, all_), timeout=timeout), as_json)
+def restart_cmd(
+    ctx: click.Context,
+    names: tuple[str, ...],
+    all_: bool,
+    timeout: float | None,
+    conf: str | None,
+    script: str | None,
+    as_json: bool,
+) -> None:
+    """Stop and start instances again, with the strategy each was last launched with (or the one given)."""
+    manager = get_manager(ctx)
+    selected = _names(ctx, names, all_)
+    strategy = _strategy_option(conf, script)
+    if strategy:
+        manager.check_takes_strategy(selected)
+    _render_actions(manager.restart(selected, timeout=timeout, strategy=strategy), as_json)
 
 
 @click.command("ls")
 @click.argument("names", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (every field, including checkout and repo).")
 @click.option("--no-foreign", is_flag=True, help="Do not look for bot sessions that are not ours.")
+@click.option("--disk", is_flag=True, help="Also show the disk each instance holds (slow: walks every file).")
 @click.pass_context
-def ls_cmd(ctx: click.Context, names: tuple[str, ...], as_json: bool, no_foreign: bool) -> None:
+def ls_cmd(ctx: click.Context, names: tuple[str, ...], as_json: bool, no_foreign: bool, disk: bool) -> None:
     """List instances with state, pid, CPU, memory, uptime, restarts and commit.
 
     CPU% is the average since the process started (like ps). When an agent
     runs, its current view is shown (the same records, without looking again).
+    With --disk, DISK is what the instance holds alone (checkout, logs); files
+    shared with other checkouts (the build cache's hard links) are in --json's
+    disk.shared, and shared venvs and mirrors in 'supervisor gc'.
     """
-    listing.show(listing.collect(get_paths(ctx), names, foreign=not no_foreign), as_json=as_json)
+    found = listing.collect(get_paths(ctx), names, foreign=not no_foreign)
+    if disk:
+        usage = get_manager(ctx).disk_usage([r["name"] for r in found.instances])
+        for record in found.instances:
+            record["disk"] = usage[record["name"]].to_dict()
+    listing.show(found, as_json=as_json)
 
 
 @click.command("status")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--disk", is_flag=True, help="Also show the disk the instance holds (slow: walks every file).")
 @click.pass_context
-def status_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
+def status_cmd(ctx: click.Context, name: str, as_json: bool, disk: bool) -> None:
     """Show one instance; exits 3 when it is not running."""
-    status = get_manager(ctx).status([name])[0]
+    manager = get_manager(ctx)
+    status = manager.status([name])[0]
+    data = status.to_dict()
+    if disk:
+        data["disk"] = manager.disk_usage([name])[name].to_dict()
     if as_json:
-        render.print_json(status.to_dict())
+        render.print_json(data)
     else:
-        for key, value in status.to_dict().items():
-            click.echo(f"{key:12} {value if value is not None else '-'}")
+        for key, value in data.items():
+            if key == "disk":
+                own, shared = render.human_bytes(value["own"]), render.human_bytes(value["shared"])
+                click.echo(f"{key:12} {own} (+{shared} shared with other checkouts)")
+                continue
+            text = render.strategy_text(value) if key == "strategy" else value if value is not None else "-"
+            click.echo(f"{key:12} {text}")
     if not status.is_running:
         ctx.exit(3)
 
@@ -309,12 +384,25 @@ def attach_cmd(ctx: click.Context, name: str) -> None:
 @click.argument("name")
 @click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new output.")
 @click.option("-n", "--lines", type=click.IntRange(min=0), default=50, show_default=True, help="Lines to show.")
+@click.option("--console", "console_only", is_flag=True, help="Show the console output even when the bot keeps logs.")
 @click.pass_context
-def logs_cmd(ctx: click.Context, name: str, follow_: bool, lines: int) -> None:
-    """Print the bot's console output from its log file."""
+def logs_cmd(ctx: click.Context, name: str, follow_: bool, lines: int, console_only: bool) -> None:
+    """Print the bot's output: its own newest log file when its recipe names them (log_files), else its console.
+
+    A full-screen bot (Hummingbot) redraws its console, which reads as junk
+    line by line; its own log file is what a person reads. Which one is
+    shown is said on stderr.
+    """
     from supervisor.logfiles import clean_console, follow, last_lines
 
-    path = get_manager(ctx).log_path(name)
+    manager = get_manager(ctx)
+    own = None if console_only else manager.bot_log_path(name)
+    if own is not None:
+        click.echo(f"(the bot's own log {own}; its console: supervisor logs {name} --console)", err=True)
+        for line in follow(own, lines) if follow_ else last_lines(own, lines):
+            click.echo(line)
+        return
+    path = manager.log_path(name)
     if follow_:
         for line in follow(path, lines):
             click.echo(clean_console(line) if line else line)
@@ -428,6 +516,39 @@ def secret_rm_cmd(ctx: click.Context, name: str, key: str) -> None:
     click.echo(f"removed secret '{key}' of '{name}'")
 
 
+@click.command("gc")
+@click.option("--yes", is_flag=True, help="Delete what is listed (without it, only list).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def gc_cmd(ctx: click.Context, yes: bool, as_json: bool) -> None:
+    """List the shared venvs, build caches and git mirrors no instance uses; delete them with --yes.
+
+    A checkout kept by 'rm' without --purge is no instance: the mirror it
+    borrows objects from counts as unused.
+
+    \b
+    Example:
+      supervisor gc            # what would go, and how much
+      supervisor gc --yes      # delete it
+    """
+    manager = get_manager(ctx)
+    items = manager.unused_shared()
+    total = sum(item.bytes for item in items)
+    freed = manager.remove_shared(items) if yes else 0
+    if as_json:
+        render.print_json({"items": [i.to_dict() for i in items], "bytes": total, "removed": yes, "freed": freed})
+        return
+    if not items:
+        click.echo("Nothing to remove: every venv, build cache entry and mirror is used by an instance.")
+        return
+    rows = [[i.kind + ("" if i.complete else " (unfinished)"), render.human_bytes(i.bytes), i.path] for i in items]
+    render.table(["KIND", "SIZE", "PATH"], rows)
+    if yes:
+        click.echo(f"removed {len(items)}, {render.human_bytes(freed)} freed")
+    else:
+        click.echo(f"{len(items)} unused, {render.human_bytes(total)} in all. Delete them with: supervisor gc --yes")
+
+
 COMMANDS: tuple[click.Command, ...] = (
     recipes_cmd,
     new_cmd,
@@ -445,5 +566,6 @@ COMMANDS: tuple[click.Command, ...] = (
     tail_cmd,
     send_cmd,
     secret_grp,
+    gc_cmd,
 )
 """The commands this module adds to the ``supervisor`` group."""

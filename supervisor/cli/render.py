@@ -113,6 +113,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], colour_col: int
     echo("\n".join(lines))
 
 
+def strategy_text(strategy: Mapping[str, str] | None) -> str:
+    """Return a recorded strategy as ``conf=probe.yml`` (``script=… conf=…`` with both), or ``-``."""
+    if not strategy:
+        return "-"
+    return " ".join(f"{key}={value}" for key, value in sorted(strategy.items(), reverse=True) if value) or "-"
+
+
 def print_statuses(records: Sequence[Mapping[str, t.Any]]) -> None:
     """Print ``ls``'s instance table from ``InstanceStatus.to_dict()`` records."""
     if not records:
@@ -134,8 +141,17 @@ def print_statuses(records: Sequence[Mapping[str, t.Any]]) -> None:
         ]
         for r in records
     ]
+    headers = ["NAME", "RECIPE", "BACKEND", "STATE", "WANT", "PID", "CPU%", "RSS", "UPTIME", "RESTARTS", "COMMIT"]
+    if any("disk" in r for r in records):  # ls --disk
+        headers.append("DISK")
+        for row, r in zip(rows, records, strict=True):
+            row.append(human_bytes(r["disk"]["own"]) if r.get("disk") else "-")
+    if any(r.get("strategy") for r in records):  # only then: the usual table fits 100 columns
+        headers.append("STRATEGY")
+        for row, r in zip(rows, records, strict=True):
+            row.append(strategy_text(r.get("strategy")))
     table(
-        ["NAME", "RECIPE", "BACKEND", "STATE", "WANT", "PID", "CPU%", "RSS", "UPTIME", "RESTARTS", "COMMIT"],
+        headers,
         rows,
         colour_col=3,
     )

@@ -258,7 +258,12 @@ def run_install(parts: Parts, record: Instance, recipe: Recipe, log: Path, on_li
                 handle.write(f"==> secret '{key}' ({var}) is not set: the install steps run without it\n")
     try:
         install_steps.run_install_steps(
-            steps, cwd=Path(record.checkout), env=parts.install_env(record, recipe), log_path=log, on_line=on_line
+            steps,
+            cwd=Path(record.checkout),
+            env=parts.install_env(record, recipe),
+            log_path=log,
+            on_line=on_line,
+            instance=record.name,
         )
     except InstallError as e:
         parts.registry.update(record.name, lifecycle=INSTALL_FAILED, last_error=str(e))
@@ -370,6 +375,7 @@ def update(
         )
         raise InstallError(msg, step="snapshot") from e
     failure: SupervisorError | None = None
+    rolled_back = False
     new: str | None = None
     with parts.instance_lock(name):
         try:
@@ -379,8 +385,10 @@ def update(
         except SupervisorError as e:
             failure = e
             if old:
-                _roll_back(parts, record, recipe, old, f"update to {target} failed: {e}", on_line, snapshot)
+                reason = f"update to {target} failed and was rolled back: {one_line(e)}"
+                rolled_back = _roll_back(parts, record, recipe, old, reason, on_line, snapshot)
     parts.forget_commit(record.checkout)
+    restarted = False
     # Start outside the lock: start takes the same per-instance lock.
     # The bot comes back as it was, with the strategy it was launched with.
     if was_running and failure is None:
@@ -395,9 +403,34 @@ def update(
             raise _undo_update(parts, record, recipe, old, target, new, e, on_line, snapshot) from e
     elif was_running:
         with contextlib.suppress(SupervisorError):
-            _start_again(parts, name)
+            restarted = _start_again(parts, name).ok
+    if failure is not None and rolled_back and old:
+        again = (" and started it again" if restarted else "; starting it again failed") if was_running else ""
+        msg = (
+            f"instance '{name}': update to {target} failed ({one_line(failure)}); rolled back code and config "
+            f"to {old[:12]}{again}. See the log at {parts.paths.install_log(name)}."
+        )
+        with contextlib.suppress(SupervisorError, OSError):
+            # The restart cleared it: 'status' should tell what happened.
+            parts.registry.update(
+                name, last_error=f"update to {target} failed and was rolled back: {one_line(failure)}"
+            )
+        step = failure.step if isinstance(failure, InstallError) else None
+        tail = failure.log_tail if isinstance(failure, InstallError) else ""
+        raise UpdateRolledBack(msg, step=step, log_tail=tail) from failure
     if failure is not None:
         raise failure
+
+
+def one_line(error: BaseException, limit: int = 400) -> str:
+    """Return an error as one line; a first line that ends with ':' gets the last lines it introduces."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    text = lines[0]
+    if text.endswith(":"):
+        text = f"{text} {' / '.join(lines[1:][-3:]) or '(nothing)'}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _undo_update(
@@ -413,7 +446,7 @@ def _undo_update(
 ) -> UpdateRolledBack:
     """Stop a new commit that did not come up, put the old code and config back, and start it again."""
     name = record.name
-    why = str(error).splitlines()[0]
+    why = one_line(error)
     if on_line:
         on_line(f"the new commit did not come up ({why})")
     with contextlib.suppress(SupervisorError):
@@ -427,7 +460,7 @@ def _undo_update(
         _start_again(parts, name)
         again = f"started {old[:12]} again"
     except SupervisorError as e:
-        again = f"starting {old[:12]} again failed too ({str(e).splitlines()[0]})"
+        again = f"starting {old[:12]} again failed too ({one_line(e)})"
     msg = (
         f"instance '{name}': update to {target} ({(new or '?')[:12]}) installed but did not come up ({why}); "
         f"rolled back code and config and {again}. See 'supervisor logs {name}'."
@@ -491,8 +524,8 @@ def _roll_back(
     reason: str,
     on_line: LineFn | None,
     snapshot: Path | None = None,
-) -> None:
-    """Put the previous commit (and config snapshot) back and reinstall it, so the instance stays usable."""
+) -> bool:
+    """Put the previous commit (and config snapshot) back and reinstall it; return whether that worked."""
     from supervisor.core import git as git_install
 
     if on_line:
@@ -505,6 +538,8 @@ def _roll_back(
         parts.registry.update(record.name, commit=commit, last_error=reason)
     except (SupervisorError, OSError):
         logger.exception("rollback of %s to %s failed", record.name, commit)
+        return False
+    return True
 
 
 # -- remove ----------------------------------------------------------------------------------------

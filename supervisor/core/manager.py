@@ -8,6 +8,7 @@ rollback, remove). Must not import click or paho.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
@@ -40,6 +41,7 @@ if t.TYPE_CHECKING:
 
     from supervisor.core import metrics
     from supervisor.core.adopt import ForeignSession
+    from supervisor.core.disk import DiskUsage, SharedItem
     from supervisor.core.git import ProgressFn
     from supervisor.core.launch import DEFAULT_STOP_TIMEOUT, ActionResult, check_strategy, strip_exec
     from supervisor.core.steps import LineFn
@@ -332,6 +334,37 @@ class Manager:
         record = self.registry.get(name)
         return secrets.describe(self.paths, name, self.recipe_for(record))
 
+    # -- disk -------------------------------------------------------------------
+
+    def disk_usage(self, names: Sequence[str]) -> dict[str, DiskUsage]:
+        """Return the disk each instance holds (its checkout and folder; a slow walk of every file).
+
+        Raises
+        ------
+        InstanceNotFound
+        """
+        from supervisor.core import disk
+
+        return {name: disk.instance_usage(self._parts, self.registry.get(name)) for name in names}
+
+    def unused_shared(self) -> list[SharedItem]:
+        """Return the shared venvs, build cache entries and git mirrors no instance uses.
+
+        Raises
+        ------
+        SupervisorError
+            An install is under way.
+        """
+        from supervisor.core import disk
+
+        return disk.find_unused(self._parts)
+
+    def remove_shared(self, items: Sequence[SharedItem]) -> int:
+        """Delete shared things :meth:`unused_shared` returned; return the bytes freed."""
+        from supervisor.core import disk
+
+        return disk.remove(items)
+
     def install(self, name: str, *, on_line: LineFn | None = None) -> InstanceStatus:
         """Run the recipe's install steps again (after a failure, or to rebuild).
 
@@ -474,12 +507,36 @@ class Manager:
 
         return launch.start_many(self._parts, names, wait=wait, strategy=launch.check_strategy(strategy or {}))
 
-    def _start_one(self, name: str, *, count_restart: bool = False, only_if_wanted: bool = False) -> ActionResult:
+    def check_takes_strategy(self, names: Sequence[str]) -> None:
+        """Refuse a strategy for an instance whose recipe has no ``run.strategy_args`` (it would be dropped).
+
+        Raises
+        ------
+        InstanceNotFound, InstanceError
+        """
+        for name in names:
+            record = self.registry.get(name)
+            recipe = self._parts.recipe_for(record)
+            if not recipe.run.strategy_args:
+                msg = (
+                    f"instance '{name}': recipe '{recipe.name}' has no run.strategy_args, so it cannot be launched "
+                    "with a strategy. Start it without one, or add run.strategy_args to the recipe."
+                )
+                raise InstanceError(msg)
+
+    def _start_one(
+        self,
+        name: str,
+        *,
+        count_restart: bool = False,
+        only_if_wanted: bool = False,
+        strategy: dict[str, str] | None = None,
+    ) -> ActionResult:
         from supervisor.core import launch
 
-        # Restarts (crash or user) launch the bot with the strategy it was last given.
+        # Restarts (crash or user) launch the bot with the strategy it was last given, unless told another.
         return launch.start_many(
-            self._parts, [name], count_restart=count_restart, only_if_wanted=only_if_wanted, strategy=None
+            self._parts, [name], count_restart=count_restart, only_if_wanted=only_if_wanted, strategy=strategy
         )[0]
 
     def stop(self, names: Sequence[str], *, timeout: float | None = None) -> list[ActionResult]:
@@ -507,8 +564,17 @@ class Manager:
             futures = [pool.submit(launch.stop_one, self._parts, name, timeout=timeout) for name in names]
             return [future.result() for future in futures]
 
-    def restart(self, names: Sequence[str], *, timeout: float | None = None) -> list[ActionResult]:
+    def restart(
+        self,
+        names: Sequence[str],
+        *,
+        timeout: float | None = None,
+        strategy: t.Mapping[str, str | None] | None = None,
+    ) -> list[ActionResult]:
         """Stop then start each instance, counting the restart.
+
+        The bot comes back with the strategy it was last launched with, or with
+        ``strategy`` (``script``/``conf``) when given, which is then recorded.
 
         Raises
         ------
@@ -516,12 +582,13 @@ class Manager:
         """
         from supervisor.core import launch
 
+        checked = launch.check_strategy(strategy) if strategy else None
         results = []
         for name in names:
             # One lock across both halves: the agent never sees the gap as a crash.
             with self._parts.instance_lock(name, wait=60):
                 stopped = launch.stop_one(self._parts, name, timeout=timeout, desired=DESIRED_RUNNING)
-                started = self._start_one(name, count_restart=True)
+                started = self._start_one(name, count_restart=True, strategy=checked)
             how = f" (stopped: {stopped.step})" if stopped.changed else ""
             results.append(
                 launch.ActionResult(
@@ -594,6 +661,23 @@ class Manager:
         path = self.paths.console_log(name)
         rotate_log(path)
         return path
+
+    def bot_log_path(self, name: str) -> Path | None:
+        """Return the newest of the bot's own log files (the recipe's ``log_files``), or ``None``.
+
+        Raises
+        ------
+        InstanceNotFound
+        """
+        record = self.registry.get(name)
+        checkout = Path(record.checkout)
+        found: list[tuple[float, Path]] = []
+        for pattern in self.recipe_for(record).log_files:
+            for path in checkout.glob(pattern):
+                with contextlib.suppress(OSError):
+                    if path.is_file():
+                        found.append((path.stat().st_mtime, path))
+        return max(found)[1] if found else None
 
     def log_lines(self, name: str, lines: int = 50) -> str:
         """Return the last ``lines`` lines of the bot's console log, terminal escapes removed ("" before any output)."""

@@ -43,6 +43,7 @@ _TOP_KEYS = {
     "mqtt",
     "detect",
     "config_files",
+    "log_files",
     "events",
 }
 EVENT_NAME_RE = re.compile(r"\*|[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
@@ -198,6 +199,8 @@ class Recipe:
     mqtt: Mqtt = dataclasses.field(default_factory=Mqtt)
     detect: str | None = None
     config_files: tuple[str, ...] = ()
+    log_files: tuple[str, ...] = ()
+    """Globs of the bot's own log files in the checkout; ``logs`` shows the newest of them."""
     builtin: bool = False
     external_events: t.Mapping[str, str] = dataclasses.field(default_factory=dict)
     """The YAML's top-level ``events``: external event name (or ``*``) -> console line the agent types."""
@@ -328,11 +331,11 @@ def _stop(path: Path, value: object, known: t.Collection[str]) -> Stop | None:
     return Stop(signal=sig, command=command, grace=_number(path, "run.stop.grace", raw.get("grace"), 30.0))
 
 
-def _config_files(path: Path, value: object) -> tuple[str, ...]:
-    globs = _string_list(path, "config_files", value)
+def _config_files(path: Path, value: object, key: str = "config_files") -> tuple[str, ...]:
+    globs = _string_list(path, key, value)
     for i, pattern in enumerate(globs):
         if not pattern or pattern.startswith(("/", "~")) or ".." in Path(pattern).parts:
-            _fail(path, f"config_files[{i}]", "must be a path or glob inside the checkout (no '/', '~' or '..')")
+            _fail(path, f"{key}[{i}]", "must be a path or glob inside the checkout (no '/', '~' or '..')")
     return globs
 
 
@@ -496,6 +499,7 @@ def parse_recipe(data: object, path: Path, *, builtin: bool = False) -> Recipe:
         mqtt=mqtt,
         detect=detect,
         config_files=_config_files(path, top.get("config_files")),
+        log_files=_config_files(path, top.get("log_files"), "log_files"),
         path=path,
         builtin=builtin,
         external_events=external_events,

@@ -53,6 +53,8 @@ class InstanceStatus:
     plugin: bool
     adopted: bool
     last_error: str | None
+    strategy: dict[str, str] | None = None
+    """The recorded strategy (``script``/``conf``) the bot is launched with (``start --strategy``, a remote start)."""
 
     @property
     def is_running(self) -> bool:
@@ -66,7 +68,9 @@ class InstanceStatus:
 
     def to_dict(self) -> dict[str, t.Any]:
         """Return the ``ls --json`` record (every field is a scalar: a flat copy, not ``asdict``'s deep one)."""
-        return {name: getattr(self, name) for name in _STATUS_FIELDS}
+        data = {name: getattr(self, name) for name in _STATUS_FIELDS}
+        data["strategy"] = dict(self.strategy) if self.strategy else None
+        return data
 
 
 _STATUS_FIELDS = tuple(f.name for f in dataclasses.fields(InstanceStatus))
@@ -284,6 +288,7 @@ def describe(
         plugin=parts.plugin(instance),
         adopted=instance.adopted,
         last_error=instance.last_error,
+        strategy=dict(instance.strategy) if instance.strategy else None,
     )
 
 

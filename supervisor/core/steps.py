@@ -34,11 +34,13 @@ def run_install_steps(
     log_path: Path,
     on_line: LineFn | None = None,
     step_timeout: float | None = None,
+    instance: str | None = None,
 ) -> None:
     """Run each step with ``bash -c`` in ``cwd``, appending its output to ``log_path``.
 
     ``env`` is the complete environment of every step. Each step gets a header
     line in the log, and ``on_line`` hears ``"[i/n] step"`` before it starts.
+    ``instance`` names the instance in the hints of the errors.
 
     Raises
     ------
@@ -48,6 +50,7 @@ def run_install_steps(
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     total = len(steps)
+    again = f"supervisor install {instance or 'NAME'}"
     for index, step in enumerate(steps, start=1):
         label = f"[{index}/{total}] {step}"
         if on_line is not None:
@@ -74,14 +77,14 @@ def run_install_steps(
             msg = (
                 f"install step {index}/{total} '{step}' timed out after "
                 f"{step_timeout:g}s and was killed. See the log at {log_path}; "
-                "fix the cause or raise the timeout, and run 'supervisor install NAME'."
+                f"fix the cause or raise the timeout, and run '{again}'."
             )
             raise InstallError(msg, step=step, log_tail=log_tail(log_path))
         if rc != 0:
             msg = (
                 f"install step {index}/{total} '{step}' failed with exit code {rc}. "
                 f"See the log at {log_path}; "
-                "fix the cause and run 'supervisor install NAME'."
+                f"fix the cause and run '{again}'."
             )
             raise InstallError(msg, step=step, log_tail=log_tail(log_path))
 

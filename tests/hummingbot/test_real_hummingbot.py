@@ -107,9 +107,16 @@ class World:
         self.agent: subprocess.Popen[bytes] | None = None
         self.agent_log = home / "agent.log"
 
+        self.first_new_seconds = 0.0
+
     @property
     def checkout(self) -> Path:
         return self.paths.default_checkout(NAME)
+
+    def shared_settings(self) -> list[str]:
+        """The venvs and Cython builds live in the cache, shared by the instances of every run."""
+        venvs, builds = cache_dir() / "venvs", cache_dir() / "builds"
+        return ["--set", f"venvs={venvs}", "--set", f"builds={builds}", "--set", f"mqtt_port={self.broker.port}"]
 
     def cli(self, *args: str, timeout: float = 300.0, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
@@ -177,10 +184,10 @@ def world(
         password.write_text(PASSWORD)
         password.chmod(0o600)
         venvs = cache_dir() / "venvs"
-        progress(f"supervisor new {NAME} -r hummingbot-venv (shared venv under {venvs}; Cython build in place)")
+        progress(f"supervisor new {NAME} -r hummingbot-venv (shared venv under {venvs}; shared Cython build)")
         started = time.monotonic()
         argv = [sys.executable, "-m", "supervisor", "new", NAME, "-r", "hummingbot-venv", "--repo", str(origin)]
-        argv += ["--ref", "main", "--set", f"venvs={venvs}", "--set", f"mqtt_port={broker.port}"]
+        argv += ["--ref", "main", *world.shared_settings()]
         argv += ["--secret", f"hummingbot-password=@{password}"]
         # Install progress goes straight to the terminal (pytest cannot capture a child's real stderr).
         done = subprocess.run(
@@ -188,7 +195,8 @@ def world(
         )
         log = world.paths.install_log(NAME)
         assert done.returncode == 0, f"install failed; log tail:\n{log.read_text()[-5000:] if log.exists() else ''}"
-        progress(f"installed in {time.monotonic() - started:.0f}s")
+        world.first_new_seconds = time.monotonic() - started
+        progress(f"installed in {world.first_new_seconds:.0f}s")
         world.start_agent()
         yield world
     finally:
@@ -200,8 +208,6 @@ def test_install_leaves_a_clean_tree_and_keeps_the_password_private(world: World
     log = world.paths.install_log(NAME).read_text()
     assert "sharedenv: using Python 3.12" in log
     assert "git tree clean" in log
-    assert "password verification written" in log
-    assert (world.checkout / "conf" / ".password_verification").is_file()
     # The Cython build stays inside .gitignore: `update` keeps working.
     status = subprocess.run(
         ["git", "status", "--porcelain"], cwd=world.checkout, capture_output=True, text=True, check=False
@@ -227,6 +233,8 @@ def test_start_is_ready_within_the_recipe_timeout(world: World) -> None:
     record = world.status()
     assert record["state"] == "running", record
     assert READY_LINE in world.console()
+    assert "password verification written" in world.console()  # by the recipe's prelude
+    assert (world.checkout / "conf" / ".password_verification").is_file()
     assert PASSWORD not in world.console()
     assert PASSWORD not in world.paths.run_script(NAME).read_text()
     assert PASSWORD not in " ".join(psutil.Process(record["pid"]).cmdline())
@@ -237,6 +245,11 @@ def test_start_is_ready_within_the_recipe_timeout(world: World) -> None:
     )
     rss = psutil.Process(record["pid"]).memory_info().rss / 2**20
     progress(f"start until ready: {took:.1f}s; resident memory {rss:.0f} MiB ({done.stdout.strip()})")
+    # `logs` reads the bot's own log file, not the full-screen console's redraws.
+    logs = world.cli("logs", NAME)
+    assert "the bot's own log" in logs.stderr and "logs/logs_" in logs.stderr, logs.stderr
+    lines = logs.stdout.splitlines()
+    assert lines and not [line for line in lines if line.strip().isdigit()], lines[-10:]
 
 
 def test_exactly_one_reply_per_request_while_the_bot_is_up(world: World) -> None:
@@ -336,7 +349,10 @@ def test_update_works_on_the_built_tree_and_keeps_the_strategy(world: World) -> 
         ["git", "rev-parse", "HEAD"], cwd=world.origin, check=True, capture_output=True, text=True
     ).stdout.strip()
     since = time.time()
+    log_size = world.paths.install_log(NAME).stat().st_size
     world.cli("update", NAME, timeout=900)
+    # NEWS.md is nothing the build reads: the stored build is put back, nothing is compiled.
+    assert "buildcache: restored" in world.paths.install_log(NAME).read_text()[log_size:]
     record = world.status()
     assert record["commit"] == head
     assert record["state"] == "running", record
@@ -380,3 +396,65 @@ def test_the_dashboard_api_shows_it_running_with_heartbeats(world: World) -> Non
     finally:
         stop_process(dashboard)
         log.close()
+
+
+def test_a_second_instance_reuses_the_build_and_a_password_set_after_new(world: World) -> None:
+    """The Nth `new` of one commit restores the shared Cython build; a secret stored later is used at start."""
+    second = "hb2"
+    started = time.monotonic()
+    argv = ["new", second, "-r", "hummingbot-venv", "--repo", str(world.origin), "--ref", "main"]
+    world.cli(*argv, *world.shared_settings(), timeout=900)  # no --secret
+    took = time.monotonic() - started
+    progress(f"second new of the same commit: {took:.1f}s (first: {world.first_new_seconds:.0f}s)")
+    try:
+        log = world.paths.install_log(second).read_text()
+        assert "buildcache: restored" in log and "no build for this key yet" not in log
+        checkout = world.paths.default_checkout(second)
+        status = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=checkout, capture_output=True, text=True, check=False
+        )
+        assert status.returncode == 0 and status.stdout == ""
+        modules = sorted(p.relative_to(checkout) for p in checkout.glob("hummingbot/**/*.so"))
+        assert len(modules) > 10
+        assert all((checkout / m).samefile(world.checkout / m) for m in modules)  # one file on disk, shared
+
+        refused = world.cli("start", second, check=False)
+        assert refused.returncode == 1 and "hummingbot-password" in refused.stderr
+        done = subprocess.run(
+            [sys.executable, "-m", "supervisor", "secret", "set", second, "hummingbot-password"],
+            input=PASSWORD,
+            env=world.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        (checkout / "conf" / "scripts").mkdir(parents=True, exist_ok=True)
+        (checkout / "conf" / "scripts" / "probe.yml").write_text("script_file_name: supervisor_probe.py\n")
+        world.cli("start", second, "--wait", "--strategy", "probe.yml", timeout=400)
+        console = world.paths.console_log(second).read_text(errors="replace")
+        assert "password verification written" in console
+        assert READY_LINE in console
+        [record] = [r for r in json.loads(world.cli("ls", "--json").stdout)["instances"] if r["name"] == second]
+        assert record["state"] == "running", record
+        assert record["strategy"] == {"conf": "probe.yml"}
+        assert psutil.Process(record["pid"]).cmdline()[-2:] == ["--v2", "probe.yml"]
+    finally:
+        world.cli("stop", second, timeout=120, check=False)
+
+
+def test_disk_shows_what_each_instance_holds_and_gc_keeps_what_they_use(world: World) -> None:
+    listing = json.loads(world.cli("ls", "--json", "--disk", timeout=300).stdout)["instances"]
+    disks = {r["name"]: r["disk"] for r in listing}
+    assert disks[NAME]["own"] > 0
+    assert disks["hb2"]["shared"] > 10 * 2**20  # its Cython modules: hard links into the build cache
+    progress(f"disk: {disks}")
+    # A dry run only (the cache is shared with other runs): nothing hb1 or hb2 uses is listed.
+    items = json.loads(world.cli("gc", "--json", timeout=300).stdout)["items"]
+    used = {
+        str((world.checkout / ".venv").resolve()),
+        (world.checkout / ".git" / "supervisor-buildcache").read_text().strip(),
+    }
+    assert not [i for i in items if i["path"] in used], items
+    assert not [i for i in items if i["kind"] == "mirror"], items
