@@ -76,7 +76,7 @@ def is_answered(text: str, echo: str, end: re.Pattern[str]) -> bool:
     return False
 
 
-ANSWER_POLL = 0.005
+ANSWER_POLL = 0.002
 """Seconds between two reads of the console log while an answer is awaited."""
 
 
