@@ -26,6 +26,7 @@ from supervisor.errors import AgentError
 from supervisor.fleet.client import Snapshot, expand
 from supervisor.fleet.view import FleetView
 from supervisor.mqtt.auth import sign, sign_record
+from supervisor.mqtt.protocol import instances_generation
 from supervisor.paths import Paths
 from tests.conftest import (
     DATA,
@@ -1077,3 +1078,161 @@ def test_a_live_heartbeat_counts_only_for_an_instance_name_no_other_host_has() -
     clock.now = NOW + 1
     ages = {i.target: i.heartbeat_age for i in view.snapshot().instances}
     assert ages == {"h1/mm": None, "h2/mm": None, "h1/solo": 1.0}
+
+
+# --- issue 23: a complete view, or a loud one -------------------------------------------
+
+
+def _availability(view: FleetView, host: str, names: Sequence[str], **extra: t.Any) -> None:
+    record = {**ONLINE, "started": NOW - 100, "instances": len(names), "generation": instances_generation(names)}
+    view.on_agent(f"supervisor/{host}/agent", json.dumps({**record, **extra}).encode())
+
+
+class CompletenessCase(t.NamedTuple):
+    test_id: str
+    says: Sequence[str] | None  # the names the agent's record counts (None: it says no count)
+    has: Sequence[str]  # the state records the view holds
+    expected: tuple[bool | None, int | None, int, int]  # complete, expected, received, missing
+
+
+COMPLETENESS_CASES = [
+    CompletenessCase("all-in", ["a", "b"], ["a", "b"], (True, 2, 2, 0)),
+    CompletenessCase("one-missing", ["a", "b", "c"], ["a", "c"], (False, 3, 2, 1)),
+    CompletenessCase("none-yet", ["a", "b"], [], (False, 2, 0, 2)),
+    CompletenessCase("empty-host", [], [], (True, 0, 0, 0)),
+    # As many records as it says, but not the same ones: one of them is not of this set.
+    CompletenessCase("other-names", ["a", "b"], ["a", "x"], (False, 2, 2, 0)),
+    # An older agent (or a last will) says nothing: the view cannot tell.
+    CompletenessCase("no-count", None, ["a"], (None, None, 1, 0)),
+]
+
+
+@pytest.mark.parametrize("case", COMPLETENESS_CASES, ids=[c.test_id for c in COMPLETENESS_CASES])
+def test_the_view_knows_per_host_whether_it_holds_every_record_its_agent_counts(case: CompletenessCase) -> None:
+    view = FleetView(clock=Clock(NOW))
+    if case.says is None:
+        view.on_agent("supervisor/h1/agent", json.dumps(ONLINE).encode())
+    else:
+        _availability(view, "h1", case.says)
+    for name in case.has:
+        view.on_state(f"supervisor/h1/{name}/state", json.dumps(RUNNING).encode())
+    snap = view.snapshot()
+    host = snap.hosts["h1"]
+    assert (host.complete, host.expected, host.received, host.missing) == case.expected
+    assert view.incomplete() == ({"h1": len(case.says or ())} if case.expected[0] is False else {})
+    data = snap.to_dict()
+    assert data["complete"] is (case.expected[0] is not False)
+    assert data["hosts"][0]["complete"] is case.expected[0] and data["hosts"][0]["missing"] == case.expected[3]
+
+
+def test_a_record_from_before_the_agents_run_does_not_count_toward_its_set() -> None:
+    # Left over on the broker from an instance removed while the agent was down: not one of its records.
+    view = FleetView(clock=Clock(NOW))
+    _availability(view, "h1", ["a"])
+    view.on_state("supervisor/h1/a/state", json.dumps(RUNNING).encode())
+    view.on_state("supervisor/h1/old/state", json.dumps({**RUNNING, "ts": NOW - 500}).encode())
+    host = view.snapshot().hosts["h1"]
+    assert (host.complete, host.received) == (True, 1)
+
+
+def _agent_record(url: str, host: str) -> dict[str, t.Any] | None:
+    """Return ``host``'s retained availability record as a fresh subscriber gets it (QoS 0: no per-client limit)."""
+    box: queue.Queue[bytes] = queue.Queue()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"peek-{uuid.uuid4().hex[:8]}")
+    client.on_message = lambda c, u, m: box.put(bytes(m.payload))
+    host_port = url.removeprefix("mqtt://").split(":")
+    client.connect(host_port[0], int(host_port[1]))
+    client.loop_start()
+    try:
+        client.subscribe(f"supervisor/{host}/agent", 0)
+        try:
+            payload = box.get(timeout=2)
+        except queue.Empty:
+            return None
+        return t.cast("dict[str, t.Any] | None", json.loads(payload) if payload else None)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _says(url: str, host: str, names: Sequence[str]) -> bool:
+    record = _agent_record(url, host) or {}
+    return record.get("instances") == len(names) and record.get("generation") == instances_generation(names)
+
+
+def test_each_agent_counts_its_instances_and_fleet_ls_knows_it_has_them_all(
+    mosquitto: Broker, watcher: Watcher, make_host: Callable[[str], Host]
+) -> None:
+    layout = {"h1": ["bot", "aux"], "h2": ["bot"]}
+    hosts = {host_id: make_host(host_id) for host_id in layout}
+    for host_id, names in layout.items():
+        hosts[host_id].add(*names)
+        hosts[host_id].start_agent(mosquitto.url)
+    watcher.wait_ready(layout)
+    url = mosquitto.url
+    for host_id, names in layout.items():
+        wait_until(lambda h=host_id, n=names: _says(url, h, n), message=f"{host_id}'s record counts {names}")
+
+    data = fleet_json(url, "ls", "--wait", "10")
+    assert data["complete"] is True and data["incomplete"] == []
+    counts = {h["host"]: (h["complete"], h["expected"], h["received"], h["missing"]) for h in data["hosts"]}
+    assert counts == {"h1": (True, 2, 2, 0), "h2": (True, 1, 1, 0)}
+
+    # A new instance changes the set: the record's count and generation follow, after the state record.
+    hosts["h2"].add("extra")
+    wait_until(lambda: _says(url, "h2", ["bot", "extra"]), message="h2's record counts the new instance")
+    assert watcher.instance_state("h2", "extra") is not None
+    # So does a removed one.
+    hosts["h1"].manager.stop(["aux"])
+    hosts["h1"].manager.remove("aux")
+    wait_until(lambda: _says(url, "h1", ["bot"]), message="h1's record no longer counts the removed instance")
+    done = run_fleet(url, "ls", "--wait", "10")
+    assert done.returncode == 0, done.stderr
+    assert "incomplete" not in done.stderr
+
+
+def test_a_view_the_broker_truncates_is_completed_host_by_host_or_fleet_ls_says_what_is_missing(
+    tmp_path: Path, make_host: Callable[[str], Host], request: pytest.FixtureRequest
+) -> None:
+    # One message in flight and one queued per client: a fresh subscriber gets 2 retained records per filter.
+    broker = start_mosquitto(tmp_path / "small-broker", extra_conf="max_inflight_messages 1\nmax_queued_messages 1\n")
+    try:
+        layout = {"h1": ["b1", "b2"], "h2": [f"c{i}" for i in range(8)]}
+        hosts = {host_id: make_host(host_id) for host_id in layout}
+        for host_id, names in layout.items():
+            hosts[host_id].add(*names)
+            # No refreshes or beats meanwhile: only what the broker sends a new subscriber is measured.
+            hosts[host_id].start_agent(broker.url, "--state-interval", "600", "--heartbeat-interval", "600")
+        for host_id, names in layout.items():
+            wait_until(
+                lambda h=host_id, n=names: _says(broker.url, h, n),
+                timeout=20,
+                message=f"{host_id}'s record counts {names}",
+            )
+
+        done = run_fleet(broker.url, "ls", "--json", "--wait", "3")
+        assert done.returncode == 4, (done.stdout, done.stderr)
+        data = json.loads(done.stdout)
+        listed = {(i["host"], i["instance"]) for i in data["instances"]}
+        # h1's two records fit one subscription of their own: asked for again, they all came.
+        assert {("h1", "b1"), ("h1", "b2")} <= listed
+        counts = {h["host"]: (h["complete"], h["expected"]) for h in data["hosts"]}
+        assert counts == {"h1": (True, 2), "h2": (False, 8)}
+        [missing] = data["incomplete"]
+        received = sum(1 for h, _ in listed if h == "h2")
+        assert missing == {"host": "h2", "expected": 8, "received": received}
+        assert received < 8
+        assert "warning: incomplete view:" in done.stderr
+        assert f"h2: {received} of 8 instance records" in done.stderr
+        assert "max_queued_messages" in done.stderr
+        assert "h1:" not in done.stderr
+
+        text = run_fleet(broker.url, "ls", "--wait", "3")
+        assert text.returncode == 4
+        assert "warning: incomplete view:" in text.stderr and "h2: " in text.stderr
+        assert any(line.split()[:2] == ["h1", "b1"] for line in text.stdout.splitlines()), text.stdout
+    finally:
+        stop_process(broker.process)
+        report = getattr(request.node, "rep_call", None)
+        if (report is None or report.failed) and broker.log.exists():
+            sys.stderr.write(f"--- mosquitto log ---\n{broker.log.read_text()[-5000:]}\n")

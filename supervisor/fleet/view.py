@@ -17,7 +17,7 @@ import time
 import typing as t
 
 from supervisor.mqtt.auth import is_signed_record
-from supervisor.mqtt.protocol import load_record
+from supervisor.mqtt.protocol import instances_generation, load_record
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping
@@ -73,6 +73,17 @@ class HostView:
     signed: bool | None = None
     heartbeat_interval: float | None = None
     trusted: bool = True
+    expected: int | None = None
+    """How many state records the agent says it has (``None``: it does not say: an older agent, or its last will)."""
+    received: int = 0
+    """How many of its state records this view holds."""
+    complete: bool | None = None
+    """Whether this view holds exactly the agent's records (``None``: it cannot tell)."""
+
+    @property
+    def missing(self) -> int:
+        """How many of the host's records this view lacks (0 when it cannot tell)."""
+        return max(0, self.expected - self.received) if self.expected is not None and not self.complete else 0
 
     @property
     def online(self) -> bool:
@@ -129,10 +140,17 @@ class Snapshot:
     left_over: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     """Instances dropped from the view because their live agent no longer publishes them."""
 
+    @property
+    def incomplete(self) -> list[HostView]:
+        """The hosts whose records this view does not all hold (their agent said how many it has)."""
+        return [h for h in self.hosts.values() if h.complete is False]
+
     def to_dict(self) -> dict[str, t.Any]:
         """Return the snapshot as JSON-able data."""
         return {
-            "hosts": [dataclasses.asdict(h) for h in self.hosts.values()],
+            "complete": not self.incomplete,
+            "incomplete": [{"host": h.host, "expected": h.expected, "received": h.received} for h in self.incomplete],
+            "hosts": [{**dataclasses.asdict(h), "missing": h.missing} for h in self.hosts.values()],
             "instances": [i.to_dict() for i in self.instances],
         }
 
@@ -253,6 +271,19 @@ class FleetView:
         with self._lock:
             return all(host in self._agents for host in hosts)
 
+    def incomplete(self) -> dict[str, int]:
+        """Return the hosts whose records this view does not all hold yet, with how many each has."""
+        with self._lock:
+            agents = dict(self._agents)
+            states = list(self._states.items())
+            remembered = set(self._remembered)
+        names = _names_by_host(agents, states)
+        pending = {}
+        for host, record in agents.items():
+            if host not in remembered and _completeness(record, names.get(host, []))[0] is False:
+                pending[host] = _count(record.get("instances")) or 0
+        return pending
+
     def host_state(self, host: str) -> str | None:
         """Return ``host``'s state as :class:`HostView` shows it, or ``None`` when no record of it is known."""
         with self._lock:
@@ -327,6 +358,13 @@ class FleetView:
             with self._lock:
                 for key in left_over:
                     self._states.pop(key, None)
+        dropped = set(left_over)
+        kept = [(key, record) for key, record in states.items() if key not in dropped]
+        names = _names_by_host(agents, kept)
+        for host, view in hosts.items():
+            if host not in remembered:
+                complete, view.expected = _completeness(agents[host], names.get(host, []))
+                view.complete, view.received = complete, len(names.get(host, []))
         return Snapshot(hosts=hosts, instances=instances, now=now, left_over=left_over)
 
 
@@ -347,6 +385,42 @@ def _host_view(host: str, record: Mapping[str, t.Any], remembered: bool) -> Host
         heartbeat_interval=record.get("heartbeat_interval"),
         trusted=trusted,
     )
+
+
+def _names_by_host(
+    agents: Mapping[str, Mapping[str, t.Any]], states: Collection[tuple[tuple[str, str], Mapping[str, t.Any]]]
+) -> dict[str, list[str]]:
+    """Return, per host, the instances whose trusted state records its agent's current run published.
+
+    A record older than the run (ts before its ``started``) is not counted: the run publishes all
+    its records again at once, and one it does not is of an instance that host no longer has.
+    """
+    names: dict[str, list[str]] = {}
+    for (host, name), record in states:
+        agent = agents.get(host)
+        if agent is None or not record.get(TRUSTED_KEY):
+            continue
+        started, ts = _number(agent.get("started")), _number(record.get("ts"))
+        if started is not None and (ts is None or ts < started - 1.0):
+            continue
+        names.setdefault(host, []).append(name)
+    return names
+
+
+def _completeness(agent: Mapping[str, t.Any], names: Collection[str]) -> tuple[bool | None, int | None]:
+    """Return whether ``names`` are all of the records ``agent``'s availability record speaks of, and how many."""
+    expected = _count(agent.get("instances"))
+    if expected is None or not agent.get(TRUSTED_KEY):
+        return None, expected
+    generation = agent.get("generation")
+    if isinstance(generation, str):
+        return instances_generation(names) == generation, expected
+    return len(names) >= expected, expected
+
+
+def _count(value: t.Any) -> int | None:
+    """Return ``value`` if it is a count (a non-negative int, not a bool), else ``None``."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _number(value: t.Any) -> float | None:
