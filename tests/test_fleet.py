@@ -1102,6 +1102,8 @@ COMPLETENESS_CASES = [
     CompletenessCase("empty-host", [], [], (True, 0, 0, 0)),
     # As many records as it says, but not the same ones: one of them is not of this set.
     CompletenessCase("other-names", ["a", "b"], ["a", "x"], (False, 2, 2, 0)),
+    # More records than it counts (a stranger's, without a secret): whether its own are all in, it cannot tell.
+    CompletenessCase("extra-names", ["a"], ["a", "x"], (None, 1, 2, 0)),
     # An older agent (or a last will) says nothing: the view cannot tell.
     CompletenessCase("no-count", None, ["a"], (None, None, 1, 0)),
 ]
@@ -1236,3 +1238,36 @@ def test_a_view_the_broker_truncates_is_completed_host_by_host_or_fleet_ls_says_
         report = getattr(request.node, "rep_call", None)
         if (report is None or report.failed) and broker.log.exists():
             sys.stderr.write(f"--- mosquitto log ---\n{broker.log.read_text()[-5000:]}\n")
+
+
+def _subscriptions(broker: Broker, client_prefix: str) -> list[str]:
+    """Return the topic filters clients whose id starts with ``client_prefix`` subscribed to (the broker's log)."""
+    found = []
+    for line in broker.log.read_text(errors="replace").splitlines():
+        parts = line.split(" ")
+        if len(parts) == 4 and parts[1].startswith(client_prefix) and parts[2] in ("0", "1", "2"):
+            found.append(parts[3])
+    return found
+
+
+def test_an_agent_subscribes_to_the_status_updates_of_its_own_plugin_bots_only(
+    mosquitto: Broker, watcher: Watcher, make_host: Callable[[str], Host], tmp_path: Path
+) -> None:
+    # Hummingbot's topics carry no host: a filter with '+' would bring every bot of the fleet to every agent.
+    origin = tmp_path / "bridge-origin"
+    make_origin(origin, {"bridge_bot.py": (DATA / "bridge_bot.py").read_text(), "install.sh": "echo installed\n"})
+    host = make_host("h1")
+    host.manager.new("pb", str(RECIPES / "bridge-bot.yaml"), repo=str(origin), settings=[f"mqtt_port={mosquitto.port}"])
+    host.add("tick")
+    host.start_agent(mosquitto.url)
+    watcher.wait_ready({"h1": ["tick"]})
+    prefix = "supervisor-agent-h1-"
+    wait_until(
+        lambda: "hbot/pb/status_updates" in _subscriptions(mosquitto, prefix),
+        message="the agent subscribed to its plugin bot's status updates",
+    )
+    filters = _subscriptions(mosquitto, prefix)
+    assert "hbot/pb/hb" in filters
+    status_filters = [f for f in filters if f.endswith("/status_updates")]
+    assert status_filters == ["hbot/pb/status_updates"], filters
+    assert not [f for f in filters if f.startswith("hbot/+/") and f.endswith(("/hb", "/status_updates"))], filters

@@ -413,9 +413,13 @@ def _completeness(agent: Mapping[str, t.Any], names: Collection[str]) -> tuple[b
     if expected is None or not agent.get(TRUSTED_KEY):
         return None, expected
     generation = agent.get("generation")
-    if isinstance(generation, str):
-        return instances_generation(names) == generation, expected
-    return len(names) >= expected, expected
+    if isinstance(generation, str) and instances_generation(names) == generation:
+        return True, expected
+    if len(names) > expected:
+        # Records the agent does not count (a stranger's, without a secret): whether all of its own
+        # are among them the count cannot tell.
+        return None, expected
+    return len(names) == expected and not isinstance(generation, str), expected
 
 
 def _count(value: t.Any) -> int | None:
