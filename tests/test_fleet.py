@@ -1271,3 +1271,67 @@ def test_an_agent_subscribes_to_the_status_updates_of_its_own_plugin_bots_only(
     status_filters = [f for f in filters if f.endswith("/status_updates")]
     assert status_filters == ["hbot/pb/status_updates"], filters
     assert not [f for f in filters if f.startswith("hbot/+/") and f.endswith(("/hb", "/status_updates"))], filters
+
+
+@pytest.fixture
+def nats_mqtt(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Broker]:
+    """Our own nats-server (JetStream in tmp, its MQTT listener on a free loopback port), not the system's."""
+    binary = require_binary("nats-server")
+    folder = tmp_path / "nats"
+    folder.mkdir()
+    port, mqtt_port = free_port(), free_port()
+    conf = folder / "nats.conf"
+    conf.write_text(
+        f"listen: 127.0.0.1:{port}\nserver_name: fleet_test\n"
+        f'jetstream {{ store_dir: "{folder / "js"}" }}\nmqtt {{ listen: 127.0.0.1:{mqtt_port} }}\n'
+    )
+    log = folder / "nats.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: proc.poll() is None and _accepts(mqtt_port), timeout=15, message="nats' MQTT listener")
+        yield Broker("127.0.0.1", mqtt_port, proc, log)
+    finally:
+        stop_process(proc)
+        report = getattr(request.node, "rep_call", None)
+        if (report is None or report.failed) and log.exists():
+            sys.stderr.write(f"--- nats-server log ---\n{log.read_text()[-5000:]}\n")
+
+
+def test_the_fleet_runs_through_nats_mqtt_complete(nats_mqtt: Broker, make_host: Callable[[str], Host]) -> None:
+    # A broker other than mosquitto (issue 23): NATS's MQTT, as a clustered fleet would use.
+    layout = {"n1": ["bot", "aux"], "n2": ["bot"]}
+    hosts = {host_id: make_host(host_id) for host_id in layout}
+    for host_id, names in layout.items():
+        hosts[host_id].add(*names)
+        hosts[host_id].start_agent(nats_mqtt.url)
+    url = nats_mqtt.url
+    for host_id, names in layout.items():
+        wait_until(lambda h=host_id, n=names: _says(url, h, n), timeout=20, message=f"{host_id}'s record on NATS")
+
+    def listed() -> dict[str, t.Any]:
+        return t.cast("dict[str, t.Any]", fleet_json(url, "ls", "--wait", "10"))
+
+    wait_until(
+        lambda: (
+            {(i["host"], i["instance"], i["state"]) for i in listed()["instances"]}
+            == {("n1", "bot", "running"), ("n1", "aux", "running"), ("n2", "bot", "running")}
+        ),
+        timeout=20,
+        message="every instance running in fleet ls through NATS",
+    )
+    data = listed()
+    assert data["complete"] is True
+    assert {h["host"]: (h["state"], h["complete"], h["received"]) for h in data["hosts"]} == {
+        "n1": ("online", True, 2),
+        "n2": ("online", True, 1),
+    }
+    [reply] = fleet_json(url, "status", "n2/bot")
+    assert reply["ok"] is True and reply["result"]["pid"] == hosts["n2"].pid("bot")
+    replies = fleet_json(url, "status", "n1/*")
+    assert sorted(r["target"] for r in replies) == ["n1/aux", "n1/bot"] and all(r["ok"] for r in replies)
+    # A killed agent's last will goes out through NATS too.
+    stop_agent_now(hosts["n2"])
+    wait_until(lambda: (_agent_record(url, "n2") or {}).get("state") == "offline", timeout=20, message="n2's last will")
+    states = {h["host"]: h["state"] for h in listed()["hosts"]}
+    assert states == {"n1": "online", "n2": "offline"}
