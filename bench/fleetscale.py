@@ -13,6 +13,7 @@ its output checked for completeness.
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import json
 import os
@@ -216,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     sizes = [tuple(int(x) for x in size.split("x")) for size in args.sizes.split(",")] if args.sizes else list(SIZES)
+    # As run.py does: an installed tool has its bytecode compiled, this checkout would compile on every run.
+    compileall.compile_dir(str(Path(__file__).resolve().parent.parent / "supervisor"), quiet=1)
     procs = Procs()
     env = Env.create()
     try:
