@@ -25,12 +25,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import figures
+import fleetscale
 import peers
 import report
 from common import BENCH_DIR, PYTHON, REPO_DIR, RESULTS_DIR, SUPERVISOR, Env, Procs, log, version_of
 
-FIGURES = ("startup", "ls", "start", "agent", "mqtt", "react", "restart", "new", "dashboard", "events")
-NO_PEERS = {"mqtt", "react", "restart", "dashboard", "events"}  # figures that compare with no installed peer
+FIGURES = ("startup", "ls", "start", "agent", "mqtt", "react", "restart", "new", "dashboard", "events", "fleet")
+NO_PEERS = {"mqtt", "react", "restart", "dashboard", "events", "fleet"}  # figures that compare with no installed peer
 SCALING = {"ls", "start", "agent"}
 
 
@@ -98,6 +99,10 @@ def _pip_version(name: str) -> str:
 
 def _clock(seconds: float) -> str:
     return f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
+
+
+def _fleet_sizes(ctx: figures.Ctx) -> list[tuple[int, int]]:
+    return [(4, 5), (20, 10)] if ctx.quick else list(fleetscale.SIZES)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -175,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             ("new", figures.fig_new),
             ("dashboard", figures.fig_dashboard),
             ("events", figures.fig_events),
+            ("fleet", lambda ctx: fleetscale.fig_fleet(ctx.env, ctx.procs, _fleet_sizes(ctx), quick=ctx.quick)),
         ):
             if name in selected and not (name == "dashboard" and selected & SCALING):
                 steps.append((name, lambda fn=fn: fn(ctx)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import queue
@@ -1173,7 +1174,7 @@ def test_each_agent_counts_its_instances_and_fleet_ls_knows_it_has_them_all(
     watcher.wait_ready(layout)
     url = mosquitto.url
     for host_id, names in layout.items():
-        wait_until(lambda h=host_id, n=names: _says(url, h, n), message=f"{host_id}'s record counts {names}")
+        wait_until(functools.partial(_says, url, host_id, names), message=f"{host_id}'s record counts {names}")
 
     data = fleet_json(url, "ls", "--wait", "10")
     assert data["complete"] is True and data["incomplete"] == []
@@ -1207,7 +1208,7 @@ def test_a_view_the_broker_truncates_is_completed_host_by_host_or_fleet_ls_says_
             hosts[host_id].start_agent(broker.url, "--state-interval", "600", "--heartbeat-interval", "600")
         for host_id, names in layout.items():
             wait_until(
-                lambda h=host_id, n=names: _says(broker.url, h, n),
+                functools.partial(_says, broker.url, host_id, names),
                 timeout=20,
                 message=f"{host_id}'s record counts {names}",
             )
@@ -1307,7 +1308,7 @@ def test_the_fleet_runs_through_nats_mqtt_complete(nats_mqtt: Broker, make_host:
         hosts[host_id].start_agent(nats_mqtt.url)
     url = nats_mqtt.url
     for host_id, names in layout.items():
-        wait_until(lambda h=host_id, n=names: _says(url, h, n), timeout=20, message=f"{host_id}'s record on NATS")
+        wait_until(functools.partial(_says, url, host_id, names), timeout=20, message=f"{host_id}'s record on NATS")
 
     def listed() -> dict[str, t.Any]:
         return t.cast("dict[str, t.Any]", fleet_json(url, "ls", "--wait", "10"))
