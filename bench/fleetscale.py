@@ -17,6 +17,7 @@ import compileall
 import contextlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -149,17 +150,20 @@ def simulate(port: int, hosts: int, per_host: int) -> list[mqtt.Client]:
     return clients
 
 
-def fleet_ls(url: str, env: dict[str, str], wait: float) -> tuple[float, int, dict[str, t.Any]]:
-    """Run the real ``supervisor fleet ls --json``; return its wall time, exit code and output."""
+def fleet_ls(url: str, env: dict[str, str], wait: float) -> tuple[float, float, int, dict[str, t.Any]]:
+    """Run the real ``supervisor fleet ls --json``; return its wall time, CPU time, exit code and output."""
     argv = [SUPERVISOR, "fleet", "--broker", url, "ls", "--json", "--wait", str(wait)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=wait + 120, check=False)
     took = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     try:
         data = json.loads(done.stdout)
     except ValueError:
         data = {"error": done.stderr[-500:]}
-    return took, done.returncode, data
+    return took, cpu, done.returncode, data
 
 
 def measure(
@@ -171,11 +175,13 @@ def measure(
     try:
         clients = simulate(broker.port, hosts, per_host)
         times: list[float] = []
+        cpus: list[float] = []
         listed: list[int] = []
         codes: list[int] = []
         for _ in range(repeats):
-            took, code, data = fleet_ls(broker.url, env.env, wait)
+            took, cpu, code, data = fleet_ls(broker.url, env.env, wait)
             times.append(took)
+            cpus.append(cpu)
             codes.append(code)
             listed.append(len(data.get("instances", [])))
         return {
@@ -185,6 +191,8 @@ def measure(
             "broker_limits": limits,
             "wait_s": wait,
             "seconds": stats(times),
+            "cpu_seconds": stats(cpus),
+            "load_average": os.getloadavg()[0],
             "listed": listed,
             "exit_codes": codes,
             "complete_runs": sum(1 for n, c in zip(listed, codes, strict=True) if n == hosts * per_host and c == 0),
@@ -201,7 +209,7 @@ def fig_fleet(env: Env, procs: Procs, sizes: t.Sequence[tuple[int, int]], quick:
     rows = []
     for hosts, per_host in sizes:
         n = hosts * per_host
-        repeats = 3 if quick else (10 if n <= 2000 else 3)
+        repeats = 3 if quick else (10 if n <= 200 else 5 if n <= 2000 else 3)
         wait = 5.0 if n <= 2000 else 30.0
         for limits in ("stock", "raised") if n > 1000 else ("stock",):
             log(f"fleet ls --json: {hosts} hosts x {per_host} bots, mosquitto limits {limits}")

@@ -493,7 +493,9 @@ def _fleet(fig: dict[str, t.Any]) -> str:
                 f"{row['hosts']} × {row['bots_per_host']} = {row['bots']:,}",
                 row["broker_limits"],
                 _s(seconds, 1000, "ms"),
+                _s(row.get("cpu_seconds"), 1000, "ms"),
                 _x(med / old) if med is not None else "–",
+                f"{row['load_average']:.1f}" if "load_average" in row else "–",
                 f"{min(row['listed']):,}–{max(row['listed']):,} of {row['bots']:,}",
                 f"{row['complete_runs']} of {runs}",
                 ", ".join(str(c) for c in sorted(set(row["exit_codes"]))),
@@ -507,13 +509,17 @@ def _fleet(fig: dict[str, t.Any]) -> str:
         "publish (an availability record with its instance count and generation, one state record per bot) on a "
         "private mosquitto. *stock*: mosquitto's default per-client limits (20 in flight, 1,000 queued); "
         "*raised*: `max_inflight_messages 0`, `max_queued_messages 0`. Before issue 23 `fleet ls` waited a "
-        f"fixed {old:g} s whatever the size (and listed only part of a large fleet, with exit 0).\n\n"
+        f"fixed {old:g} s whatever the size (and listed only part of a large fleet, with exit 0). CPU time "
+        "(user + system of the command) does not depend on what else the machine runs; wall time does: the "
+        "1-minute load average when each size was measured is shown.\n\n"
         + _table(
             [
                 "bots (hosts × per host)",
                 "broker limits",
-                "time",
+                "wall time",
+                "CPU time",
                 f"÷ old {old:g} s",
+                "load avg",
                 "listed",
                 "complete runs",
                 "exit",

@@ -290,11 +290,28 @@ def fleet_ls_cmd(ctx: click.Context, wait: float, as_json: bool) -> None:
     with _fleet(ctx) as client:
         snap = client.snapshot(wait)
     if as_json:
-        render.print_json(snap.to_dict())
+        _print_listing_json(snap.to_dict())
     else:
         _print_fleet(snap)
     if _warn_incomplete(snap, wait):
         ctx.exit(EXIT_INCOMPLETE)
+
+
+def _print_listing_json(data: dict[str, t.Any]) -> None:
+    """Print ``data`` as JSON with one list item a line (each by json's C encoder).
+
+    At 20,000 instances the indented encoder, which is pure Python, takes seconds by itself.
+    """
+    import json
+
+    parts = []
+    for key, value in data.items():
+        if isinstance(value, list) and value:
+            items = ",\n".join("    " + json.dumps(item, default=str) for item in value)
+            parts.append(f"  {json.dumps(key)}: [\n{items}\n  ]")
+        else:
+            parts.append(f"  {json.dumps(key)}: {json.dumps(value, default=str)}")
+    click.echo("{\n" + ",\n".join(parts) + "\n}")
 
 
 def _warn_incomplete(snap: Snapshot, wait: float) -> bool:

@@ -203,6 +203,9 @@ class FleetClient:
                 for host in batch:
                     self.connection.subscribe(f"{self.own}/{host}/+/state", self._on_state, qos=1)
                 synced = self._barrier(deadline)
+                for host in batch:
+                    # Its retained records came (or were dropped again); live ones come through the wildcard.
+                    self.connection.unsubscribe(f"{self.own}/{host}/+/state")
                 if set(batch) & set(self.view.incomplete()):
                     budget = 1  # the broker drops even that many: one host at a time
                 continue

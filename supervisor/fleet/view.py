@@ -220,13 +220,14 @@ class FleetView:
         Returns ``None`` for a malformed payload, which is ignored (only an empty one deletes).
         """
         host = topic.split("/")[-2]
-        if payload and load_record(payload) is None:
+        loaded = load_record(payload)
+        if payload and loaded is None:
             logger.warning("ignoring a malformed agent record on %s", topic[:200])
             return None
         with self._lock:
             self._remembered.discard(host)
             previous = self._agents.get(host)
-            record = self._keep(self._agents, host, topic, payload)
+            record = self._keep(self._agents, host, topic, loaded)
             if record is None:
                 for key in [k for k in self._states if k[0] == host]:
                     del self._states[key]
@@ -239,20 +240,22 @@ class FleetView:
         """
         parts = topic.split("/")
         key = (parts[-3], parts[-2])
-        if payload and load_record(payload) is None:
+        loaded = load_record(payload)
+        if payload and loaded is None:
             logger.warning("ignoring a malformed state record on %s", topic[:200])
             return None
         with self._lock:
             previous = self._states.get(key)
-            return Change(previous, self._keep(self._states, key, topic, payload))
+            return Change(previous, self._keep(self._states, key, topic, loaded))
 
     def on_heartbeat(self, topic: str) -> None:
         """Note a heartbeat on ``{ns}/{instance}/hb`` now."""
         with self._lock:
             self._heartbeats[topic.split("/")[-2]] = self._clock()
 
-    def _keep(self, records: dict[K, dict[str, t.Any]], key: K, topic: str, payload: bytes) -> dict[str, t.Any] | None:
-        record = load_record(payload)
+    def _keep(
+        self, records: dict[K, dict[str, t.Any]], key: K, topic: str, record: dict[str, t.Any] | None
+    ) -> dict[str, t.Any] | None:
         if record is None:
             records.pop(key, None)
             return None
