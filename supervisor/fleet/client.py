@@ -64,7 +64,7 @@ DEFAULT_WAIT = 5.0
 RETRY_BUDGET = 500
 """Records asked for again at once, host by host, when a broker's per-client limits dropped some
 (half of mosquitto's default ``max_queued_messages``)."""
-BARRIER_RESEND = 0.2
+BARRIER_RESEND = 0.05
 """Seconds before the barrier message is sent again (a broker over its limits drops it too)."""
 
 

@@ -202,6 +202,10 @@ class FleetView:
         self._states: dict[tuple[str, str], dict[str, t.Any]] = {}
         self._heartbeats: dict[str, float] = {}
         self._remembered: set[str] = set()
+        # Completeness, judged again only for hosts whose records changed: fleet ls asks often.
+        self._names: dict[str, set[str]] = {}
+        self._judged: dict[str, tuple[bool | None, int | None]] = {}
+        self._unjudged: set[str] = set()
 
     def remember(
         self, hosts: Mapping[str, Mapping[str, t.Any]], states: Mapping[tuple[str, str], Mapping[str, t.Any]]
@@ -213,6 +217,8 @@ class FleetView:
                 self._remembered.add(host)
             for key, record in states.items():
                 self._states[key] = {**record, TRUSTED_KEY: True}
+                self._names.setdefault(key[0], set()).add(key[1])
+            self._unjudged |= set(self._agents) | set(self._names)
 
     def on_agent(self, topic: str, payload: bytes) -> Change | None:
         """Take ``{own}/{host}/agent``; an empty payload removes the host and its instances.
@@ -228,9 +234,11 @@ class FleetView:
             self._remembered.discard(host)
             previous = self._agents.get(host)
             record = self._keep(self._agents, host, topic, loaded)
+            self._unjudged.add(host)
             if record is None:
                 for key in [k for k in self._states if k[0] == host]:
                     del self._states[key]
+                self._names.pop(host, None)
         return Change(previous, record)
 
     def on_state(self, topic: str, payload: bytes) -> Change | None:
@@ -246,7 +254,13 @@ class FleetView:
             return None
         with self._lock:
             previous = self._states.get(key)
-            return Change(previous, self._keep(self._states, key, topic, loaded))
+            record = self._keep(self._states, key, topic, loaded)
+            if record is None:
+                self._names.get(key[0], set()).discard(key[1])
+            else:
+                self._names.setdefault(key[0], set()).add(key[1])
+            self._unjudged.add(key[0])
+            return Change(previous, record)
 
     def on_heartbeat(self, topic: str) -> None:
         """Note a heartbeat on ``{ns}/{instance}/hb`` now."""
@@ -277,15 +291,16 @@ class FleetView:
     def incomplete(self) -> dict[str, int]:
         """Return the hosts whose records this view does not all hold yet, with how many each has."""
         with self._lock:
-            agents = dict(self._agents)
-            states = list(self._states.items())
-            remembered = set(self._remembered)
-        names = _names_by_host(agents, states)
-        pending = {}
-        for host, record in agents.items():
-            if host not in remembered and _completeness(record, names.get(host, []))[0] is False:
-                pending[host] = _count(record.get("instances")) or 0
-        return pending
+            for host in self._unjudged:
+                agent = self._agents.get(host)
+                if agent is None or host in self._remembered:
+                    self._judged.pop(host, None)
+                    continue
+                names = self._names.get(host, set())
+                counted = [name for name in names if _is_counted(agent, self._states[(host, name)])]
+                self._judged[host] = _completeness(agent, counted)
+            self._unjudged.clear()
+            return {host: expected or 0 for host, (complete, expected) in self._judged.items() if complete is False}
 
     def host_state(self, host: str) -> str | None:
         """Return ``host``'s state as :class:`HostView` shows it, or ``None`` when no record of it is known."""
@@ -361,6 +376,8 @@ class FleetView:
             with self._lock:
                 for key in left_over:
                     self._states.pop(key, None)
+                    self._names.get(key[0], set()).discard(key[1])
+                    self._unjudged.add(key[0])
         dropped = set(left_over)
         kept = [(key, record) for key, record in states.items() if key not in dropped]
         names = _names_by_host(agents, kept)
@@ -401,13 +418,17 @@ def _names_by_host(
     names: dict[str, list[str]] = {}
     for (host, name), record in states:
         agent = agents.get(host)
-        if agent is None or not record.get(TRUSTED_KEY):
-            continue
-        started, ts = _number(agent.get("started")), _number(record.get("ts"))
-        if started is not None and (ts is None or ts < started - 1.0):
-            continue
-        names.setdefault(host, []).append(name)
+        if agent is not None and _is_counted(agent, record):
+            names.setdefault(host, []).append(name)
     return names
+
+
+def _is_counted(agent: Mapping[str, t.Any], record: Mapping[str, t.Any]) -> bool:
+    """Whether a state record is one its agent's current run counts (trusted, not older than the run)."""
+    if not record.get(TRUSTED_KEY):
+        return False
+    started, ts = _number(agent.get("started")), _number(record.get("ts"))
+    return started is None or (ts is not None and ts >= started - 1.0)
 
 
 def _completeness(agent: Mapping[str, t.Any], names: Collection[str]) -> tuple[bool | None, int | None]:
