@@ -1400,3 +1400,28 @@ def test_more_records_than_mosquitto_sends_one_client_are_all_listed(
         report = getattr(request.node, "rep_call", None)
         if (report is None or report.failed) and broker.log.exists():
             sys.stderr.write(f"--- mosquitto log ---\n{broker.log.read_text()[-5000:]}\n")
+
+
+def test_fleet_ls_is_complete_where_it_may_not_send_itself_a_message(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # An older ACL: the fleet may read its reply topics but not publish on them. Its message never comes back.
+    acl = tmp_path / "acl"
+    acl.write_text("topic read #\ntopic write supervisor/#\n")
+    broker = start_mosquitto(tmp_path / "acl-broker", extra_conf=f"acl_file {acl}\n")
+    fleet = None
+    try:
+        fleet = SimulatedFleet(broker, hosts=3, per_host=4)
+        done = run_fleet(broker.url, "ls", "--json", "--wait", "20")
+        assert done.returncode == 0, done.stderr
+        data = json.loads(done.stdout)
+        assert data["complete"] is True and len(data["instances"]) == 12
+        assert "no message of ours came back" in done.stderr
+        assert "supervisor-fleet/#" in done.stderr
+    finally:
+        if fleet is not None:
+            fleet.close()
+        stop_process(broker.process)
+        report = getattr(request.node, "rep_call", None)
+        if (report is None or report.failed) and broker.log.exists():
+            sys.stderr.write(f"--- mosquitto log ---\n{broker.log.read_text()[-5000:]}\n")

@@ -66,6 +66,10 @@ RETRY_BUDGET = 500
 (half of mosquitto's default ``max_queued_messages``)."""
 BARRIER_RESEND = 0.05
 """Seconds before the barrier message is sent again (a broker over its limits drops it too)."""
+BARRIER_FALLBACK = 1.0
+"""Seconds after which a barrier that never comes back (an ACL that forbids it) gives way to a quiet moment."""
+QUIET = 0.25
+"""Seconds without a new record that then count as "the retained records are in"."""
 
 
 @dataclasses.dataclass
@@ -113,6 +117,8 @@ class FleetClient:
         self._state_listeners: list[Listener] = []
         self._watching = False
         self._changed = threading.Event()
+        self._last_record = time.monotonic()
+        self._no_echo = False  # our barrier never came back once: do not wait for it again
         self.connection = Connection(config.broker, client_id=client_id or f"supervisor-fleet-{self._token[:12]}")
 
     def __enter__(self) -> Self:
@@ -159,6 +165,7 @@ class FleetClient:
 
     def _on_agent(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
         change = self.view.on_agent(topic, payload)
+        self._last_record = time.monotonic()
         self._changed.set()
         if change is not None:
             for listener in self._agent_listeners:
@@ -166,6 +173,7 @@ class FleetClient:
 
     def _on_state(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
         change = self.view.on_state(topic, payload)
+        self._last_record = time.monotonic()
         self._changed.set()
         if change is not None:
             for listener in self._state_listeners:
@@ -216,16 +224,33 @@ class FleetClient:
         """Send a message to ourselves until one comes back (or ``deadline``): what the broker queued before is in.
 
         Sent again every :data:`BARRIER_RESEND` seconds, since a broker over its per-client limits drops it too.
+        A broker whose ACL does not let us publish on our reply topics never sends it back: after
+        :data:`BARRIER_FALLBACK` seconds, :data:`QUIET` seconds without a new record do instead.
         """
         topic = f"{self._reply_prefix}/barrier-{uuid.uuid4().hex[:12]}"
         event = threading.Event()
         with self._lock:
             self._waiters[topic] = (event, [])
+        started = time.monotonic()
         try:
             while True:
                 self.connection.publish(topic, b"{}", qos=1)
                 remaining = deadline - time.monotonic()
                 if event.wait(max(0.0, min(BARRIER_RESEND, remaining))):
+                    return True
+                now = time.monotonic()
+                if (self._no_echo or now - started > BARRIER_FALLBACK) and now - self._last_record > QUIET:
+                    if self._no_echo:
+                        return True
+                    self._no_echo = True
+                    logger.warning(
+                        "no message of ours came back through %s within %gs (may we publish on %s/#?); "
+                        "took %gs without a new record as the end of the retained records",
+                        self.config.broker.url,
+                        BARRIER_FALLBACK,
+                        self._reply_prefix.rpartition("/")[0],
+                        QUIET,
+                    )
                     return True
                 if remaining <= BARRIER_RESEND:
                     return False
