@@ -1234,6 +1234,10 @@ def test_a_view_the_broker_truncates_is_completed_host_by_host_or_fleet_ls_says_
         assert text.returncode == 4
         assert "warning: incomplete view:" in text.stderr and "h2: " in text.stderr
         assert any(line.split()[:2] == ["h1", "b1"] for line in text.stdout.splitlines()), text.stdout
+        # A wildcard command resolves through that view: it says so too.
+        done = run_fleet(broker.url, "status", "h1/*", "--timeout", "3")
+        assert "warning: incomplete view:" in done.stderr and "h2: " in done.stderr
+        assert "h1/b1: " in done.stdout and "h1/b2: " in done.stdout
     finally:
         stop_process(broker.process)
         report = getattr(request.node, "rep_call", None)
