@@ -1403,6 +1403,6 @@ class Agent:
                 body = sign_record(self.config.secret, topic, body)
             self.connection.publish(topic, json.dumps(body).encode(), qos=1, retain=True)
             self._published[name] = (status, stable)
-        if set(self._published) != before:
+        if set(self._published) != before and not self._stop.is_set():
             # The set of records changed: the availability record says so, after the records themselves.
             self.connection.publish(f"{self.own}/agent", self._availability("online"), qos=1, retain=True)
