@@ -25,13 +25,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import figures
+import fleetscale
 import peers
 import realbot
 import report
 from common import BENCH_DIR, PYTHON, REPO_DIR, RESULTS_DIR, SUPERVISOR, Env, Procs, log, version_of
 
-FIGURES = ("startup", "ls", "start", "agent", "mqtt", "react", "restart", "new", "dashboard", "events", "hummingbot")
-NO_PEERS = {"mqtt", "react", "restart", "dashboard", "events", "hummingbot"}  # figures with no installed peer
+FIGURES = (
+    "startup", "ls", "start", "agent", "mqtt", "react", "restart", "new", "dashboard", "events", "fleet", "hummingbot",
+)  # fmt: skip
+NO_PEERS = {"mqtt", "react", "restart", "dashboard", "events", "fleet", "hummingbot"}  # figures with no installed peer
 OPT_IN = {"hummingbot"}  # a real Hummingbot (Python 3.12, a 20-minute build): only with --only
 SCALING = {"ls", "start", "agent"}
 
@@ -100,6 +103,10 @@ def _pip_version(name: str) -> str:
 
 def _clock(seconds: float) -> str:
     return f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
+
+
+def _fleet_sizes(ctx: figures.Ctx) -> list[tuple[int, int]]:
+    return [(4, 5), (20, 10)] if ctx.quick else list(fleetscale.SIZES)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -178,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             ("new", figures.fig_new),
             ("dashboard", figures.fig_dashboard),
             ("events", figures.fig_events),
+            ("fleet", lambda ctx: fleetscale.fig_fleet(ctx.env, ctx.procs, _fleet_sizes(ctx), quick=ctx.quick)),
             ("hummingbot", realbot.fig_hummingbot),
         ):
             if name in selected and not (name == "dashboard" and selected & SCALING):

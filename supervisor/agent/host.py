@@ -334,6 +334,12 @@ class Agent:
             "keepalive": self.config.broker.keepalive,
             "signed": self.verifier is not None,
         }
+        if self._serving:
+            # The state records on the broker now: a reader knows when it holds them all.
+            # (Not in the last will, made before serving: it could only say none.)
+            names = list(self._published)
+            record["instances"] = len(names)
+            record["generation"] = protocol.instances_generation(names)
         if self.config.secret:
             record = sign_record(self.config.secret, topic or f"{self.own}/agent", record)
         return json.dumps(record, separators=(",", ":")).encode()
@@ -456,9 +462,6 @@ class Agent:
             self.connection.subscribe(f"{self.ns}/+/{command}", self._on_hbot, qos=1)
         if self.hbot_relay:  # external events are Hummingbot topics too: unsigned, so only with the relay
             self.connection.subscribe(self.external.topic_filter, self._on_external, qos=1)
-        if self.hbot_relay:
-            # A plugin bot's bridge says "online" once it has subscribed: held requests go to it then.
-            self.connection.subscribe(f"{self.ns}/+/status_updates", self._on_status_update, qos=0)
         for verb in protocol.OWN_VERBS:
             self.connection.subscribe(f"{self.own}/+/{verb}", self._on_own, qos=1)
         for verb in protocol.HOST_VERBS:
@@ -647,14 +650,21 @@ class Agent:
             self._listen_to_beats(plugins)
 
     def _listen_to_beats(self, plugins: set[str]) -> None:
-        """Subscribe to the heartbeats of plugin bots only (one filter each): the agent's own beats never come back."""
+        """Subscribe to the heartbeats and status updates of this host's plugin bots only (one filter each).
+
+        The agent's own beats never come back, and no filter grows with the fleet. A plugin bot's
+        bridge says "online" once it has subscribed: requests held for it go to it then.
+        """
         if not self._serving:
             return
         with self._subscription_lock:
             for name in self._beat_listened - plugins:
                 self.connection.unsubscribe(f"{self.ns}/{name}/hb")
+                self.connection.unsubscribe(f"{self.ns}/{name}/status_updates")
             for name in plugins - self._beat_listened:
                 self.connection.subscribe(f"{self.ns}/{name}/hb", self._on_heartbeat, qos=0)
+                if self.hbot_relay:
+                    self.connection.subscribe(f"{self.ns}/{name}/status_updates", self._on_status_update, qos=0)
             self._beat_listened = set(plugins)
 
     def look_all(self, *, announce: bool = True) -> dict[str, InstanceStatus]:
@@ -975,6 +985,7 @@ class Agent:
             self._publish_states_locked(force=force)
 
     def _publish_states_locked(self, *, force: bool) -> None:
+        before = set(self._published)
         with self._status_lock:
             statuses = dict(self._statuses)
             names = set(statuses) | set(self._published) if force else self._dirty
@@ -1005,3 +1016,6 @@ class Agent:
                 body = sign_record(self.config.secret, topic, body)
             self.connection.publish(topic, json.dumps(body).encode(), qos=1, retain=True)
             self._published[name] = (status, stable)
+        if set(self._published) != before and not self._stop.is_set():
+            # The set of records changed: the availability record says so, after the records themselves.
+            self.connection.publish(f"{self.own}/agent", self._availability("online"), qos=1, retain=True)

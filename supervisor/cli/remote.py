@@ -22,10 +22,14 @@ from supervisor.errors import SupervisorError
 from supervisor.files import atomic_write
 
 if t.TYPE_CHECKING:
+    from supervisor.fleet.view import Snapshot
     from supervisor.mqtt.config import AgentConfig
     from supervisor.paths import Paths
 
 logger = logging.getLogger(__name__)
+
+EXIT_INCOMPLETE = 4
+"""``fleet ls``: some hosts' records did not all arrive in time (stderr names them)."""
 
 
 def _agent_option(*names: str, **kwargs: t.Any) -> t.Callable[[t.Callable[..., t.Any]], t.Callable[..., t.Any]]:
@@ -269,17 +273,68 @@ def _fleet(ctx: click.Context) -> t.Any:
 
 @fleet_grp.command("ls")
 @click.option(
-    "--wait", type=click.FloatRange(min=0.1, max=60), default=1.5, show_default=True, help="Seconds to collect."
+    "--wait",
+    type=click.FloatRange(min=0.1, max=600),
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait at most for hosts whose records are not all in (it ends as soon as they are).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def fleet_ls_cmd(ctx: click.Context, wait: float, as_json: bool) -> None:
-    """List every host and instance the broker knows (offline hosts and stale records are marked)."""
+    """List every host and instance the broker knows (offline hosts and stale records are marked).
+
+    Each agent says how many instances it has: when some did not all arrive within --wait,
+    the listing is printed, stderr names the hosts and what is missing, and the exit code is 4.
+    """
     with _fleet(ctx) as client:
         snap = client.snapshot(wait)
     if as_json:
-        render.print_json(snap.to_dict())
-        return
+        _print_listing_json(snap.to_dict())
+    else:
+        _print_fleet(snap)
+    if _warn_incomplete(snap, wait):
+        ctx.exit(EXIT_INCOMPLETE)
+
+
+def _print_listing_json(data: dict[str, t.Any]) -> None:
+    """Print ``data`` as JSON with one list item a line (each by json's C encoder).
+
+    At 20,000 instances the indented encoder, which is pure Python, takes seconds by itself.
+    """
+    import json
+
+    parts = []
+    for key, value in data.items():
+        if isinstance(value, list) and value:
+            items = ",\n".join("    " + json.dumps(item, default=str) for item in value)
+            parts.append(f"  {json.dumps(key)}: [\n{items}\n  ]")
+        else:
+            parts.append(f"  {json.dumps(key)}: {json.dumps(value, default=str)}")
+    click.echo("{\n" + ",\n".join(parts) + "\n}")
+
+
+def _warn_incomplete(snap: Snapshot, wait: float) -> bool:
+    """Name on stderr the hosts whose records did not all arrive; return whether there are any."""
+    incomplete = snap.incomplete
+    if not incomplete:
+        return False
+    missing = sum(h.missing for h in incomplete)
+    click.echo(
+        f"warning: incomplete view: {missing} instance record(s) of {len(incomplete)} host(s) did not arrive "
+        f"within {wait:g}s. The broker may drop what it sends one client beyond its limits (mosquitto: "
+        "max_inflight_messages, max_queued_messages; see the README's fleet section), or a set is changing; "
+        "run again with a larger --wait.",
+        err=True,
+    )
+    for host in incomplete[:50]:
+        click.echo(f"  {host.host}: {host.received} of {host.expected} instance records", err=True)
+    if len(incomplete) > 50:
+        click.echo(f"  ... and {len(incomplete) - 50} more host(s) (--json lists them all)", err=True)
+    return True
+
+
+def _print_fleet(snap: Snapshot) -> None:
     if not snap.hosts and not snap.instances:
         click.echo("No agents seen on this broker. Start one with: supervisor agent --broker URL")
         return
@@ -317,12 +372,14 @@ def fleet_ls_cmd(ctx: click.Context, wait: float, as_json: bool) -> None:
 def _fleet_command(
     ctx: click.Context, verb: str, targets: tuple[str, ...], data: dict[str, t.Any], timeout: float, as_json: bool
 ) -> None:
-    from supervisor.fleet.client import Snapshot, expand
+    from supervisor.fleet.client import DEFAULT_WAIT, Snapshot, expand
 
     with _fleet(ctx) as client:
         # Only wildcards need the fleet's view; explicit targets are sent as given.
         needs_view = any("*" in target for target in targets)
-        snap = client.snapshot(1.5) if needs_view else Snapshot(hosts={}, instances=[])
+        snap = client.snapshot(DEFAULT_WAIT) if needs_view else Snapshot(hosts={}, instances=[])
+        if needs_view:
+            _warn_incomplete(snap, DEFAULT_WAIT)  # a wildcard may then miss instances of those hosts
         chosen = expand(targets, snap)
         replies = client.run(chosen, verb, data, timeout)
     if as_json:

@@ -58,6 +58,18 @@ logger = logging.getLogger(__name__)
 Listener = t.Callable[[str, Change], None]
 """Called on the network thread with the topic and what the view took, after it took it."""
 
+DEFAULT_WAIT = 5.0
+"""Seconds ``fleet ls`` waits at most for hosts whose records are not all in."""
+RETRY_BUDGET = 500
+"""Records asked for again at once, host by host, when a broker's per-client limits dropped some
+(half of mosquitto's default ``max_queued_messages``)."""
+BARRIER_RESEND = 0.05
+"""Seconds before the barrier message is sent again (a broker over its limits drops it too)."""
+BARRIER_FALLBACK = 1.0
+"""Seconds after which a barrier that never comes back (an ACL that forbids it) gives way to a quiet moment."""
+QUIET = 0.25
+"""Seconds without a new record that then count as "the retained records are in"."""
+
 
 @dataclasses.dataclass
 class Reply:
@@ -103,6 +115,9 @@ class FleetClient:
         self._agent_listeners: list[Listener] = []
         self._state_listeners: list[Listener] = []
         self._watching = False
+        self._changed = threading.Event()
+        self._last_record = time.monotonic()
+        self._no_echo = False  # our barrier never came back once: do not wait for it again
         self.connection = Connection(config.broker, client_id=client_id or f"supervisor-fleet-{self._token[:12]}")
 
     def __enter__(self) -> Self:
@@ -124,10 +139,14 @@ class FleetClient:
 
     # -- the view ------------------------------------------------------------------
 
-    def watch(self, *, on_agent: Listener | None = None, on_state: Listener | None = None) -> None:
+    def watch(
+        self, *, on_agent: Listener | None = None, on_state: Listener | None = None, barrier: float | None = None
+    ) -> None:
         """Keep the view up to date from the broker; ``on_agent``/``on_state`` hear of every record it takes.
 
-        Safe to call again (to add listeners); the subscriptions are made once.
+        Safe to call again (to add listeners); the subscriptions are made once. With ``barrier``
+        (a deadline, monotonic), the agents' records are waited for before the state records are
+        asked for, so a broker's per-client limits leave room for every host's record first.
         """
         with self._lock:
             if on_agent is not None:
@@ -138,17 +157,23 @@ class FleetClient:
                 return
             self._watching = True
         self.connection.subscribe(f"{self.own}/+/agent", self._on_agent, qos=1)
+        if barrier is not None:
+            self._barrier(barrier)
         self.connection.subscribe(f"{self.own}/+/+/state", self._on_state, qos=1)
         self.connection.subscribe(f"{self.ns}/+/hb", self._on_heartbeat, qos=0)
 
     def _on_agent(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
         change = self.view.on_agent(topic, payload)
+        self._last_record = time.monotonic()
+        self._changed.set()
         if change is not None:
             for listener in self._agent_listeners:
                 listener(topic, change)
 
     def _on_state(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
         change = self.view.on_state(topic, payload)
+        self._last_record = time.monotonic()
+        self._changed.set()
         if change is not None:
             for listener in self._state_listeners:
                 listener(topic, change)
@@ -156,11 +181,81 @@ class FleetClient:
     def _on_heartbeat(self, topic: str, _payload: bytes, _props: Mapping[str, t.Any]) -> None:
         self.view.on_heartbeat(topic)
 
-    def snapshot(self, wait: float = 1.5) -> Snapshot:
-        """Collect retained records (and live heartbeats) for ``wait`` seconds and judge freshness."""
-        self.watch()
-        time.sleep(wait)
+    def snapshot(self, wait: float = DEFAULT_WAIT) -> Snapshot:
+        """Collect the retained records until every host's are in, at most ``wait`` seconds; judge freshness.
+
+        The broker sends the retained records on subscription; a message to ourselves sent after
+        the subscriptions comes back after them (a barrier). Then every host whose availability
+        record says how many instances it has must be complete. Hosts whose records a broker's
+        per-client limits dropped are asked for again, a few hundred records at a time (one host at
+        a time once that was too many); whatever is still missing when ``wait`` runs out the
+        snapshot reports.
+        """
+        deadline = time.monotonic() + wait
+        self.watch(barrier=deadline)
+        synced = self._barrier(deadline)
+        budget = RETRY_BUDGET
+        alone: set[str] = set()  # hosts asked for on their own: more cannot be done for them
+        while time.monotonic() < deadline:
+            self._changed.clear()
+            pending = self.view.incomplete()
+            if synced and not pending:
+                break
+            todo = {host: count for host, count in sorted(pending.items()) if host not in alone}
+            if synced and todo:
+                batch = _batch(todo, budget)
+                if len(batch) == 1:
+                    alone.add(batch[0])
+                logger.info("asking again for the records of %d host(s): %s", len(batch), ", ".join(batch[:10]))
+                for host in batch:
+                    self.connection.subscribe(f"{self.own}/{host}/+/state", self._on_state, qos=1)
+                synced = self._barrier(deadline)
+                for host in batch:
+                    # Its retained records came (or were dropped again); live ones come through the wildcard.
+                    self.connection.unsubscribe(f"{self.own}/{host}/+/state")
+                if set(batch) & set(self.view.incomplete()):
+                    budget = 1  # the broker drops even that many: one host at a time
+                continue
+            self._changed.wait(max(0.0, min(0.05, deadline - time.monotonic())))
         return self.view.snapshot()
+
+    def _barrier(self, deadline: float) -> bool:
+        """Send a message to ourselves until one comes back (or ``deadline``): what the broker queued before is in.
+
+        Sent again every :data:`BARRIER_RESEND` seconds, since a broker over its per-client limits drops it too.
+        A broker whose ACL does not let us publish on our reply topics never sends it back: after
+        :data:`BARRIER_FALLBACK` seconds, :data:`QUIET` seconds without a new record do instead.
+        """
+        topic = f"{self._reply_prefix}/barrier-{uuid.uuid4().hex[:12]}"
+        event = threading.Event()
+        with self._lock:
+            self._waiters[topic] = (event, [])
+        started = time.monotonic()
+        try:
+            while True:
+                self.connection.publish(topic, b"{}", qos=1)
+                remaining = deadline - time.monotonic()
+                if event.wait(max(0.0, min(BARRIER_RESEND, remaining))):
+                    return True
+                now = time.monotonic()
+                if (self._no_echo or now - started > BARRIER_FALLBACK) and now - self._last_record > QUIET:
+                    if self._no_echo:
+                        return True
+                    self._no_echo = True
+                    logger.warning(
+                        "no message of ours came back through %s within %gs (may we publish on %s/#?); "
+                        "took %gs without a new record as the end of the retained records",
+                        self.config.broker.url,
+                        BARRIER_FALLBACK,
+                        self._reply_prefix.rpartition("/")[0],
+                        QUIET,
+                    )
+                    return True
+                if remaining <= BARRIER_RESEND:
+                    return False
+        finally:
+            with self._lock:
+                self._waiters.pop(topic, None)
 
     def host_states(self, hosts: t.Collection[str], wait: float = 1.0) -> dict[str, str]:
         """Return the retained availability of ``hosts`` (missing ones are absent), waiting at most ``wait``."""
@@ -263,6 +358,18 @@ class FleetClient:
             r or Reply(f"{h}/{i}", verb, False, None, "no reply", timed_out=True)
             for r, (h, i) in zip(replies, targets, strict=True)
         ]
+
+
+def _batch(pending: Mapping[str, int], budget: int) -> list[str]:
+    """Return the first hosts of ``pending`` whose records together fit ``budget`` (at least one host)."""
+    chosen: list[str] = []
+    total = 0
+    for host, count in pending.items():
+        if chosen and total + count > budget:
+            break
+        chosen.append(host)
+        total += count
+    return chosen
 
 
 def _timed_out(target: str, verb: str, timeout: float) -> Reply:

@@ -17,7 +17,7 @@ import time
 import typing as t
 
 from supervisor.mqtt.auth import is_signed_record
-from supervisor.mqtt.protocol import load_record
+from supervisor.mqtt.protocol import instances_generation, load_record
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping
@@ -73,6 +73,17 @@ class HostView:
     signed: bool | None = None
     heartbeat_interval: float | None = None
     trusted: bool = True
+    expected: int | None = None
+    """How many state records the agent says it has (``None``: it does not say: an older agent, or its last will)."""
+    received: int = 0
+    """How many of its state records this view holds."""
+    complete: bool | None = None
+    """Whether this view holds exactly the agent's records (``None``: it cannot tell)."""
+
+    @property
+    def missing(self) -> int:
+        """How many of the host's records this view lacks (0 when it cannot tell)."""
+        return max(0, self.expected - self.received) if self.expected is not None and not self.complete else 0
 
     @property
     def online(self) -> bool:
@@ -129,10 +140,17 @@ class Snapshot:
     left_over: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     """Instances dropped from the view because their live agent no longer publishes them."""
 
+    @property
+    def incomplete(self) -> list[HostView]:
+        """The hosts whose records this view does not all hold (their agent said how many it has)."""
+        return [h for h in self.hosts.values() if h.complete is False]
+
     def to_dict(self) -> dict[str, t.Any]:
         """Return the snapshot as JSON-able data."""
         return {
-            "hosts": [dataclasses.asdict(h) for h in self.hosts.values()],
+            "complete": not self.incomplete,
+            "incomplete": [{"host": h.host, "expected": h.expected, "received": h.received} for h in self.incomplete],
+            "hosts": [{**dataclasses.asdict(h), "missing": h.missing} for h in self.hosts.values()],
             "instances": [i.to_dict() for i in self.instances],
         }
 
@@ -184,6 +202,10 @@ class FleetView:
         self._states: dict[tuple[str, str], dict[str, t.Any]] = {}
         self._heartbeats: dict[str, float] = {}
         self._remembered: set[str] = set()
+        # Completeness, judged again only for hosts whose records changed: fleet ls asks often.
+        self._names: dict[str, set[str]] = {}
+        self._judged: dict[str, tuple[bool | None, int | None]] = {}
+        self._unjudged: set[str] = set()
 
     def remember(
         self, hosts: Mapping[str, Mapping[str, t.Any]], states: Mapping[tuple[str, str], Mapping[str, t.Any]]
@@ -195,6 +217,8 @@ class FleetView:
                 self._remembered.add(host)
             for key, record in states.items():
                 self._states[key] = {**record, TRUSTED_KEY: True}
+                self._names.setdefault(key[0], set()).add(key[1])
+            self._unjudged |= set(self._agents) | set(self._names)
 
     def on_agent(self, topic: str, payload: bytes) -> Change | None:
         """Take ``{own}/{host}/agent``; an empty payload removes the host and its instances.
@@ -202,16 +226,19 @@ class FleetView:
         Returns ``None`` for a malformed payload, which is ignored (only an empty one deletes).
         """
         host = topic.split("/")[-2]
-        if payload and load_record(payload) is None:
+        loaded = load_record(payload)
+        if payload and loaded is None:
             logger.warning("ignoring a malformed agent record on %s", topic[:200])
             return None
         with self._lock:
             self._remembered.discard(host)
             previous = self._agents.get(host)
-            record = self._keep(self._agents, host, topic, payload)
+            record = self._keep(self._agents, host, topic, loaded)
+            self._unjudged.add(host)
             if record is None:
                 for key in [k for k in self._states if k[0] == host]:
                     del self._states[key]
+                self._names.pop(host, None)
         return Change(previous, record)
 
     def on_state(self, topic: str, payload: bytes) -> Change | None:
@@ -221,20 +248,28 @@ class FleetView:
         """
         parts = topic.split("/")
         key = (parts[-3], parts[-2])
-        if payload and load_record(payload) is None:
+        loaded = load_record(payload)
+        if payload and loaded is None:
             logger.warning("ignoring a malformed state record on %s", topic[:200])
             return None
         with self._lock:
             previous = self._states.get(key)
-            return Change(previous, self._keep(self._states, key, topic, payload))
+            record = self._keep(self._states, key, topic, loaded)
+            if record is None:
+                self._names.get(key[0], set()).discard(key[1])
+            else:
+                self._names.setdefault(key[0], set()).add(key[1])
+            self._unjudged.add(key[0])
+            return Change(previous, record)
 
     def on_heartbeat(self, topic: str) -> None:
         """Note a heartbeat on ``{ns}/{instance}/hb`` now."""
         with self._lock:
             self._heartbeats[topic.split("/")[-2]] = self._clock()
 
-    def _keep(self, records: dict[K, dict[str, t.Any]], key: K, topic: str, payload: bytes) -> dict[str, t.Any] | None:
-        record = load_record(payload)
+    def _keep(
+        self, records: dict[K, dict[str, t.Any]], key: K, topic: str, record: dict[str, t.Any] | None
+    ) -> dict[str, t.Any] | None:
         if record is None:
             records.pop(key, None)
             return None
@@ -252,6 +287,20 @@ class FleetView:
         """Whether an availability record of every one of ``hosts`` has arrived."""
         with self._lock:
             return all(host in self._agents for host in hosts)
+
+    def incomplete(self) -> dict[str, int]:
+        """Return the hosts whose records this view does not all hold yet, with how many each has."""
+        with self._lock:
+            for host in self._unjudged:
+                agent = self._agents.get(host)
+                if agent is None or host in self._remembered:
+                    self._judged.pop(host, None)
+                    continue
+                names = self._names.get(host, set())
+                counted = [name for name in names if _is_counted(agent, self._states[(host, name)])]
+                self._judged[host] = _completeness(agent, counted)
+            self._unjudged.clear()
+            return {host: expected or 0 for host, (complete, expected) in self._judged.items() if complete is False}
 
     def host_state(self, host: str) -> str | None:
         """Return ``host``'s state as :class:`HostView` shows it, or ``None`` when no record of it is known."""
@@ -327,6 +376,15 @@ class FleetView:
             with self._lock:
                 for key in left_over:
                     self._states.pop(key, None)
+                    self._names.get(key[0], set()).discard(key[1])
+                    self._unjudged.add(key[0])
+        dropped = set(left_over)
+        kept = [(key, record) for key, record in states.items() if key not in dropped]
+        names = _names_by_host(agents, kept)
+        for host, view in hosts.items():
+            if host not in remembered:
+                complete, view.expected = _completeness(agents[host], names.get(host, []))
+                view.complete, view.received = complete, len(names.get(host, []))
         return Snapshot(hosts=hosts, instances=instances, now=now, left_over=left_over)
 
 
@@ -347,6 +405,50 @@ def _host_view(host: str, record: Mapping[str, t.Any], remembered: bool) -> Host
         heartbeat_interval=record.get("heartbeat_interval"),
         trusted=trusted,
     )
+
+
+def _names_by_host(
+    agents: Mapping[str, Mapping[str, t.Any]], states: Collection[tuple[tuple[str, str], Mapping[str, t.Any]]]
+) -> dict[str, list[str]]:
+    """Return, per host, the instances whose trusted state records its agent's current run published.
+
+    A record older than the run (ts before its ``started``) is not counted: the run publishes all
+    its records again at once, and one it does not is of an instance that host no longer has.
+    """
+    names: dict[str, list[str]] = {}
+    for (host, name), record in states:
+        agent = agents.get(host)
+        if agent is not None and _is_counted(agent, record):
+            names.setdefault(host, []).append(name)
+    return names
+
+
+def _is_counted(agent: Mapping[str, t.Any], record: Mapping[str, t.Any]) -> bool:
+    """Whether a state record is one its agent's current run counts (trusted, not older than the run)."""
+    if not record.get(TRUSTED_KEY):
+        return False
+    started, ts = _number(agent.get("started")), _number(record.get("ts"))
+    return started is None or (ts is not None and ts >= started - 1.0)
+
+
+def _completeness(agent: Mapping[str, t.Any], names: Collection[str]) -> tuple[bool | None, int | None]:
+    """Return whether ``names`` are all of the records ``agent``'s availability record speaks of, and how many."""
+    expected = _count(agent.get("instances"))
+    if expected is None or not agent.get(TRUSTED_KEY):
+        return None, expected
+    generation = agent.get("generation")
+    if isinstance(generation, str) and instances_generation(names) == generation:
+        return True, expected
+    if len(names) > expected:
+        # Records the agent does not count (a stranger's, without a secret): whether all of its own
+        # are among them the count cannot tell.
+        return None, expected
+    return len(names) == expected and not isinstance(generation, str), expected
+
+
+def _count(value: t.Any) -> int | None:
+    """Return ``value`` if it is a count (a non-negative int, not a bool), else ``None``."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _number(value: t.Any) -> float | None:

@@ -45,6 +45,7 @@ __all__ = [
     "encode_reply",
     "encode_request",
     "heartbeat",
+    "instances_generation",
     "load_record",
     "make_primitive",
     "notify",
@@ -156,6 +157,17 @@ def load_record(payload: bytes) -> dict[str, t.Any] | None:
     except (ValueError, RecursionError):  # RecursionError: a deeply nested payload
         return None
     return value if isinstance(value, dict) else None
+
+
+def instances_generation(names: t.Iterable[str]) -> str:
+    """Return the ``generation`` an agent's availability record gives for its set of instance ``names``.
+
+    A digest of the sorted names: it changes whenever the set changes, and a reader that holds
+    the same names computes the same value, so it knows its view of that host is complete.
+    """
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:16]
 
 
 def _is_decimal(value: t.Any) -> bool:
