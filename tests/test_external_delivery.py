@@ -1,0 +1,116 @@
+"""External events end to end: every event acts, our re-sends are typed once, delivery is confirmed.
+
+Real parts: a real mosquitto, real agents (``python -m supervisor agent``) and
+example bots in tmux, the receiver in-process, paho clients standing in for a
+foreign sender (hbot-remote-client-py repeats byte-identical events).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import typing as t
+
+from supervisor.core.manager import Manager
+from tests.conftest import Broker, wait_until
+from tests.test_agent import HOST, AgentRunner, Watcher, agents, drain, next_matching
+from tests.test_events import TOKEN, Receivers, hook, post, receivers, routes_toml, watcher
+
+__all__ = ["agents", "receivers", "watcher"]  # fixtures shared with test_agent and test_events
+
+if t.TYPE_CHECKING:
+    from collections.abc import Callable
+
+RECEIVER_ID = "0123456789abcdef"
+
+
+def alerts(manager: Manager, name: str, text: str) -> Callable[[], int]:
+    """Count the bot's ``ALERT`` lines holding ``text`` (its console log)."""
+    return lambda: manager.log_path(name).read_text(errors="replace").count(text)
+
+
+def test_identical_foreign_events_all_act_as_in_hummingbot(
+    mosquitto: Broker, watcher: Watcher, manager: Manager, agents: AgentRunner
+) -> None:
+    manager.new("ex-1", "example-bot")
+    manager.start(["ex-1"])
+    agents.start(mosquitto.url)
+    # hbot-remote-client-py's BotEventEmitter: timestamp -1, sequence 0, so repeats are byte-identical.
+    payload = b'{"timestamp":"-1","sequence":0,"type":"eevent","data":{"message":"rep-7"}}'
+    for _ in range(3):
+        watcher.publish("hbot/ex-1/external/event/sig", payload)
+    wait_until(lambda: alerts(manager, "ex-1", "ALERT sig: rep-7")() == 3, timeout=10, message="three alerts")
+
+
+def test_malformed_events_are_refused_and_reported_and_a_cleared_retained_event_is_silent(
+    mosquitto: Broker, watcher: Watcher, manager: Manager, agents: AgentRunner
+) -> None:
+    manager.new("ex-1", "example-bot")
+    manager.start(["ex-1"])
+    agents.start(mosquitto.url)
+    events = watcher.watch(f"supervisor/{HOST}/ex-1/events")
+    cases = {
+        "empty": (b"", "its payload is empty"),
+        "notjson": (b"SELL 100", "its payload is not JSON"),
+        "alist": (b"[1,2]", "its payload is a JSON list, not an object"),
+        "nan": (b'{"data":{"x":NaN}}', "its payload is not JSON"),
+        "listdata": (b'{"data":[1]}', "its 'data' is a JSON list, not an object"),
+        "textdata": (b'{"data":"x"}', "its 'data' is a JSON str, not an object"),
+    }
+    for name, (payload, _) in cases.items():
+        watcher.publish(f"hbot/ex-1/external/event/{name}", payload)
+    seen: dict[str, str] = {}
+    while len(seen) < len(cases):
+        message = next_matching(events, lambda m: "refused" in m.json()["msg"], timeout=10).json()["msg"]
+        seen[message.split("'")[1]] = message
+    for name, (_, why) in cases.items():
+        assert seen[name] == f"external event '{name}' refused: {why}. Not typed."
+    # Clearing a retained event (an empty retained publish) fires nothing and says nothing.
+    watcher.publish("hbot/ex-1/external/event/clr", b"", retain=True)
+    watcher.publish("hbot/ex-1/external/event/clr", b'{"data":{"message":"after"}}')
+    wait_until(alerts(manager, "ex-1", "ALERT clr: after"), timeout=10)
+    next_matching(events, lambda m: "typed into the console" in m.json()["msg"])
+    assert [m.json()["msg"] for m in drain(events) if "clr" in m.json()["msg"]] == []
+    log = manager.log_path("ex-1").read_text(errors="replace")
+    assert all(f"ALERT {name}" not in log for name in cases)
+
+
+def test_a_receiver_resend_is_typed_once_even_after_the_agent_is_killed(
+    mosquitto: Broker, watcher: Watcher, manager: Manager, agents: AgentRunner
+) -> None:
+    manager.new("ex-1", "example-bot")
+    manager.start(["ex-1"])
+    first = agents.start(mosquitto.url)
+    confirmations = watcher.watch(f"supervisor/{HOST}/ex-1/delivery")
+    event = {"timestamp": 1, "sequence": 7, "type": "webhook", "data": {"message": "once-7"}, "receiver": RECEIVER_ID}
+    payload = json.dumps(event).encode()
+    watcher.publish("hbot/ex-1/external/event/sig", payload)
+    confirmed = next_matching(confirmations, timeout=10).json()
+    assert (confirmed["receiver"], confirmed["sequence"], confirmed["result"]) == (RECEIVER_ID, 7, "typed")
+    assert (confirmed["host"], confirmed["instance"]) == (HOST, "ex-1")
+    # The confirmation was lost (say): the receiver re-sends, and the agent confirms again without typing.
+    watcher.publish("hbot/ex-1/external/event/sig", payload)
+    assert next_matching(confirmations, timeout=10).json()["msg"] == "typed before (a re-send)"
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(10)
+    agents.start(mosquitto.url)
+    watcher.publish("hbot/ex-1/external/event/sig", payload)
+    assert next_matching(confirmations, timeout=10).json()["result"] == "typed"
+    # Another sequence from the same receiver is a new event.
+    watcher.publish("hbot/ex-1/external/event/sig", payload.replace(b'"sequence": 7', b'"sequence": 8'))
+    assert next_matching(confirmations, timeout=10).json()["sequence"] == 8
+    wait_until(lambda: alerts(manager, "ex-1", "ALERT sig: once-7")() == 2, message="seq 7 once, seq 8 once")
+
+
+def test_webhook_reaches_console_once_and_is_confirmed_delivered(
+    mosquitto: Broker, manager: Manager, agents: AgentRunner, receivers: Receivers
+) -> None:
+    manager.new("ex-1", "example-bot")
+    manager.start(["ex-1"])
+    agents.start(mosquitto.url)
+    receiver = receivers.start(mosquitto.url, routes_toml(targets=[f"{HOST}/ex-1"]))
+    answer = post(hook(receiver), b"buy-once", token=TOKEN, content_type="text/plain")
+    assert answer.status == 202
+    wait_until(lambda: receiver.journal.get(answer.body["id"]).status == "delivered", timeout=15)  # type: ignore[union-attr]
+    assert alerts(manager, "ex-1", "ALERT signals.btc.long: buy-once")() == 1
