@@ -12,10 +12,13 @@ import os
 import signal
 import typing as t
 
+from click.testing import CliRunner
+
+from supervisor.cli import cli
 from supervisor.core.manager import Manager
 from tests.conftest import Broker, wait_until
 from tests.test_agent import HOST, AgentRunner, Watcher, agents, drain, next_matching
-from tests.test_events import TOKEN, Receivers, hook, post, receivers, routes_toml, watcher
+from tests.test_events import TOKEN, Receivers, announce, hook, post, receivers, routes_toml, watcher
 
 __all__ = ["agents", "receivers", "watcher"]  # fixtures shared with test_agent and test_events
 
@@ -114,3 +117,72 @@ def test_webhook_reaches_console_once_and_is_confirmed_delivered(
     assert answer.status == 202
     wait_until(lambda: receiver.journal.get(answer.body["id"]).status == "delivered", timeout=15)  # type: ignore[union-attr]
     assert alerts(manager, "ex-1", "ALERT signals.btc.long: buy-once")() == 1
+
+
+def two_routes(host: str, name: str, *, slow_max_age: float) -> str:
+    """Route ``btc`` (short ``max_age``) and route ``eth`` (long), both to ``host/name``."""
+    base = routes_toml(targets=[f"{host}/{name}"], max_age=slow_max_age)
+    extra = routes_toml(targets=[f"{host}/{name}"], event="signals.eth", max_age=600).split("[routes.btc]")[1]
+    return base + "\n[routes.eth]" + extra
+
+
+def events_ls() -> dict[int, dict[str, t.Any]]:
+    result = CliRunner().invoke(cli, ["events", "ls", "--json"])
+    assert result.exit_code == 0, result.output
+    return {entry["id"]: entry for entry in json.loads(result.stdout)}
+
+
+def test_an_event_waits_for_a_stopped_agent_and_is_delivered_once_when_it_returns(
+    mosquitto: Broker, watcher: Watcher, manager: Manager, agents: AgentRunner, receivers: Receivers
+) -> None:
+    manager.new("ex-1", "example-bot")
+    manager.start(["ex-1"])
+    first = agents.start(mosquitto.url)
+    receiver = receivers.start(mosquitto.url, two_routes(HOST, "ex-1", slow_max_age=1))
+    shown = watcher.watch(f"supervisor/{HOST}/ex-1/events")
+    first.send_signal(signal.SIGTERM)  # a graceful stop: its record says offline
+    first.wait(15)
+    # Route eth (max_age 600 s) waits for the agent; route btc (1 s) expires, loudly.
+    waited = post(hook(receiver, "eth"), b"wait-for-me", token=TOKEN, content_type="text/plain")
+    stale = post(hook(receiver), b"too-late", token=TOKEN, content_type="text/plain")
+    assert (waited.status, stale.status) == (202, 202)
+    wait_until(lambda: events_ls()[waited.body["id"]]["status"] == "waiting", message="waiting for the agent")
+    wait_until(lambda: events_ls()[stale.body["id"]]["status"] == "expired", timeout=10, message="expired")
+    alert = next_matching(shown, lambda m: "expired" in m.json()["msg"], timeout=10).json()
+    assert alert["level"] == "error"
+    assert (
+        alert["msg"]
+        == f"external event 'signals.btc.long' #{stale.body['id']} from route 'btc' expired (not delivered within 1 s)"
+    )
+    assert events_ls()[stale.body["id"]]["error"] == "not delivered within 1 s"
+
+    agents.start(mosquitto.url)
+    wait_until(lambda: events_ls()[waited.body["id"]]["status"] == "delivered", timeout=20, message="delivered")
+    assert events_ls()[waited.body["id"]]["outcomes"] == {f"{HOST}/ex-1": "delivered"}
+    # Once, and the expired one never: the next event on the lane proves the console has caught up.
+    assert post(hook(receiver, "eth"), b"marker", token=TOKEN, content_type="text/plain").status == 202
+    wait_until(alerts(manager, "ex-1", "ALERT signals.eth: marker"), timeout=20)
+    log = manager.log_path("ex-1").read_text(errors="replace")
+    assert log.count("ALERT signals.eth: wait-for-me") == 1
+    assert "too-late" not in log
+
+
+def test_a_target_that_does_not_exist_fails_at_once_and_a_plugin_bot_is_held_while_down(
+    mosquitto: Broker, watcher: Watcher, receivers: Receivers
+) -> None:
+    announce(mosquitto, "h1", "pb", plugin=True, state="stopped")
+    got = watcher.watch("hbot/+/external/event/#")
+    receiver = receivers.start(mosquitto.url, routes_toml(targets=["h1/nonexistent", "nobot"]))
+    missing = post(hook(receiver), b"{}", token=TOKEN)
+    wait_until(lambda: events_ls()[missing.body["id"]]["status"] == "failed", message="failed at once")
+    assert events_ls()[missing.body["id"]]["error"] == (
+        "h1/nonexistent: no instance matches h1/nonexistent; nobot: no instance matches nobot"
+    )
+    receivers.close()
+    receiver = receivers.start(mosquitto.url, routes_toml(targets=["h1/pb"]))
+    held = post(hook(receiver), b'{"side":"buy"}', token=TOKEN)
+    wait_until(lambda: events_ls()[held.body["id"]]["status"] == "waiting", message="held: the bot is down")
+    assert got.empty()
+    announce(mosquitto, "h1", "pb", plugin=True, state="running")
+    assert got.get(timeout=10).json()["data"] == {"side": "buy"}
+    wait_until(lambda: events_ls()[held.body["id"]]["status"] == "published", message="published")

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import logging
+import queue
 import socket
 import threading
 import time
@@ -27,8 +28,19 @@ from supervisor.audit import AuditLog
 from supervisor.errors import SupervisorError
 from supervisor.events import EventsError
 from supervisor.events.config import Target, event_topic_suffix, is_allowed
-from supervisor.events.journal import FAILED, PUBLISHED, Entry, Journal
+from supervisor.events.journal import (
+    DELIVERED,
+    EXPIRED,
+    FAILED,
+    PUBLISHED,
+    QUEUED,
+    WAITING,
+    Entry,
+    Journal,
+)
+from supervisor.mqtt.auth import is_signed_record
 from supervisor.mqtt.connection import Connection
+from supervisor.mqtt.delivery import EXPIRES, RECEIVER, TYPED, Confirmation, delivery_filter, read_confirmation
 from supervisor.mqtt.protocol import load_record
 
 if t.TYPE_CHECKING:
@@ -43,7 +55,6 @@ logger = logging.getLogger(__name__)
 
 EVENT_TYPE = "webhook"
 """The ``type`` member of the payloads we publish (Hummingbot's default is ``eevent``)."""
-ACK_TIMEOUT = 10.0
 VIEW_SETTLE = 0.5
 """Seconds after (re)connecting before the retained state records count as the fleet view."""
 BATCH = 100
@@ -58,10 +69,17 @@ def same_secret(given: str, expected: str) -> bool:
     return hmac.compare_digest(hashlib.sha256(given.encode()).digest(), hashlib.sha256(expected.encode()).digest())
 
 
-def build_payload(entry: Entry) -> bytes:
-    """Return the event as Hummingbot's ``ExternalEventMessage`` JSON (the same bytes on every retry)."""
+def build_payload(entry: Entry, receiver: str) -> bytes:
+    """Return the event as Hummingbot's ``ExternalEventMessage`` JSON (the same bytes on every re-send).
+
+    ``receiver`` and ``expires`` are ours (Hummingbot ignores unknown members): an agent
+    recognises a re-send by ``(receiver, sequence)`` and never types an expired event.
+    """
     data = {"message": entry.body.decode("utf-8", "replace")} if entry.is_text else json.loads(entry.body)
     message = {"timestamp": int(entry.received * 1000), "sequence": entry.id, "type": EVENT_TYPE, "data": data}
+    message[RECEIVER] = receiver
+    if entry.expires is not None:
+        message[EXPIRES] = int(entry.expires * 1000)
     return json.dumps(message, separators=(",", ":")).encode()
 
 
@@ -93,11 +111,17 @@ class RateLimit:
 
 
 class FleetView:
-    """Which instances the fleet has, from the retained ``{own}/{host}/{instance}/state`` records."""
+    """What the fleet has, from the retained records: each host's agent and each instance's state.
 
-    def __init__(self) -> None:
+    With ``secret`` set, only records signed with it count (an unsigned record on a
+    writable topic must not add a target or make one look online).
+    """
+
+    def __init__(self, secret: str | None = None) -> None:
+        self.secret = secret
         self._lock = threading.Lock()
-        self._instances: set[tuple[str, str]] = set()
+        self._instances: dict[tuple[str, str], dict[str, t.Any]] = {}
+        self._agents: dict[str, float] = {}  # host -> since when (monotonic) its agent is online
         self._since: float | None = None
 
     def connected(self) -> None:
@@ -105,45 +129,78 @@ class FleetView:
         with self._lock:
             self._since = time.monotonic()
 
+    def _trusted(self, topic: str, payload: bytes) -> dict[str, t.Any] | None:
+        record = load_record(payload)
+        if record is not None and self.secret and not is_signed_record(self.secret, topic, record):
+            logger.warning("ignoring an unsigned or wrongly signed record on %s", topic[:200])
+            return None
+        return record
+
     def on_state(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
         """Record or forget one instance (an empty retained record means it was removed)."""
         parts = topic.split("/")
         key = (parts[-3], parts[-2])
+        record = self._trusted(topic, payload)
         with self._lock:
-            if load_record(payload) is None:
-                self._instances.discard(key)
+            if record is None:
+                self._instances.pop(key, None)
             else:
-                self._instances.add(key)
+                self._instances[key] = record
+
+    def on_agent(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
+        """Note whether a host's agent is online (its retained availability record)."""
+        host = topic.split("/")[-2]
+        record = self._trusted(topic, payload)
+        with self._lock:
+            if record is not None and record.get("state") == "online":
+                self._agents.setdefault(host, time.monotonic())
+            else:
+                self._agents.pop(host, None)
 
     @property
     def settled(self) -> bool:
-        """Whether the view is complete enough to expand patterns."""
+        """Whether the view is complete enough to resolve targets."""
         with self._lock:
             return self._since is not None and time.monotonic() - self._since >= VIEW_SETTLE
 
-    def match(self, target: Target) -> list[str]:
-        """Return the instance ids a pattern selects, sorted."""
+    def match(self, target: Target) -> list[tuple[str, str]]:
+        """Return the ``(host, instance)`` pairs a target selects (a pattern, or an exact name), sorted."""
         with self._lock:
             known = sorted(self._instances)
-        return sorted(
-            {
-                name
-                for host, name in known
-                if fnmatch.fnmatchcase(name, target.instance)
-                and (target.host is None or fnmatch.fnmatchcase(host, target.host))
-            }
-        )
+        return [
+            (host, name)
+            for host, name in known
+            if fnmatch.fnmatchcase(name, target.instance)
+            and (target.host is None or fnmatch.fnmatchcase(host, target.host))
+        ]
+
+    def target(self, host: str, name: str) -> tuple[dict[str, t.Any] | None, float | None]:
+        """Return an instance's state record and since when its host's agent is online (``None``: offline)."""
+        with self._lock:
+            return self._instances.get((host, name)), self._agents.get(host)
+
+
+RESEND = 5.0
+"""Seconds between re-sends of an event an agent has not confirmed yet."""
 
 
 @dataclasses.dataclass
-class _Flight:
-    entry: Entry
-    topics: list[str]
-    payload: bytes
+class _Sent:
+    topic: str
+    at: float
+    delivery: Delivery | None = None
 
 
 class Publisher:
-    """Sends journaled events in order at QoS 1; an event is done when every target's PUBACK came."""
+    """Delivers journaled events in order, each target by its kind, until delivered or expired.
+
+    A plugin-less bot's agent confirms what it typed or refused (``delivered`` /
+    ``failed``): the event is sent again every :data:`RESEND` seconds, and at once when
+    the agent comes back, until it does. A plugin bot cannot confirm: its event is
+    published once, while the records say it runs and its host's agent is online, and is
+    ``published`` on the broker's PUBACK. When the journal cannot be written nothing is
+    sent (a state that cannot be recorded would be sent again), until it can.
+    """
 
     def __init__(
         self,
@@ -159,10 +216,14 @@ class Publisher:
         self.view = view
         self.namespace = namespace
         self.on_done = on_done
+        self.receiver_id = journal.receiver_id
+        self.blocked: str | None = None
+        """Why the journal cannot be written right now (nothing is sent meanwhile), or ``None``."""
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._inflight: dict[tuple[int, str], Delivery] = {}
-        self._resolved: dict[int, tuple[list[str], str | None]] = {}
+        self._sent: dict[tuple[int, str], _Sent] = {}
+        self._confirmed: queue.SimpleQueue[Confirmation] = queue.SimpleQueue()
+        self._answers: dict[tuple[int, str], str] = {}
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -181,6 +242,12 @@ class Publisher:
         """Look at the journal now (an event was accepted, or the broker came back)."""
         self._wake.set()
 
+    def confirmed(self, answer: Confirmation) -> None:
+        """Take an agent's confirmation (network thread: quick)."""
+        if answer.receiver == self.receiver_id:
+            self._confirmed.put(answer)
+            self._wake.set()
+
     def _run(self) -> None:
         next_prune = 0.0
         while not self._stop.is_set():
@@ -189,110 +256,127 @@ class Publisher:
             if self._stop.is_set():
                 return
             try:
+                if self.blocked is not None:
+                    self.journal.probe()
+                    logger.warning("the event journal can be written again; delivering external events again")
+                    self.blocked = None
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + PRUNE_EVERY
                     pruned = self.journal.prune(time.time())
                     if pruned:
                         logger.info("removed %d finished events older than a week from the journal", pruned)
-                while self.connection.is_connected and self._deliver_batch():
-                    pass
-            except Exception:  # the thread must outlive a bad event or a full disk
+                self._round()
+            except EventsError as e:
+                if self.blocked is None:
+                    logger.error("cannot record external events' delivery (%s); sending nothing until it can", e)  # noqa: TRY400 - one line, no traceback per retry
+                self.blocked = str(e)
+                self._stop.wait(1.0)
+            except Exception:  # the thread must outlive a bad event
                 logger.exception("publishing external events failed; retrying")
                 self._stop.wait(1.0)
 
-    def _topics(self, entry: Entry) -> tuple[list[str] | None, str | None]:
-        """Return the event's topics (``None``: wait for the fleet view) and a note on unmatched patterns."""
-        if entry.id in self._resolved:
-            return self._resolved[entry.id]
-        ids: list[str] = []
-        unmatched: list[str] = []
+    def _round(self) -> None:
+        while True:
+            try:
+                answer = self._confirmed.get_nowait()
+            except queue.Empty:
+                break
+            key = f"{answer.host}/{answer.instance}"
+            outcome = DELIVERED if answer.result == TYPED else f"{FAILED}: {answer.msg}"
+            self._answers.setdefault((answer.sequence, key), outcome)
+        entries = self.journal.pending(BATCH)
+        now = time.time()
+        for entry in entries:
+            self._advance(entry, now)
+        live = {entry.id for entry in entries}
+        for done in [k for k in self._answers if k[0] not in live and k[0] < min(live, default=1 << 62)]:
+            del self._answers[done]
+
+    def _resolve(self, entry: Entry) -> tuple[list[str], dict[str, str]]:
+        """Return the event's ``host/instance`` targets and the outcomes known at once (no such instance)."""
+        keys: list[str] = []
+        failed: dict[str, str] = {}
         for text in entry.targets:
             target = Target.parse(text)
-            if not target.is_pattern:
-                ids.append(target.instance)
-                continue
-            if not self.view.settled:
-                return None, None
-            found = self.view.match(target)
-            ids.extend(found)
+            found = [f"{host}/{name}" for host, name in self.view.match(target)]
             if not found:
-                unmatched.append(text)
-        topics = [event_topic(self.namespace, i, entry.event) for i in dict.fromkeys(ids)]
-        note = f"target(s) {', '.join(unmatched)} match no instance the fleet knows" if unmatched else None
-        self._resolved[entry.id] = (topics, note)
-        return topics, note
+                failed[text] = f"{FAILED}: no instance matches {text}"
+            keys.extend(found)
+        return list(dict.fromkeys(keys)), failed
 
-    def _acknowledged(self, delivery: Delivery) -> bool:
-        """Wait up to ``ACK_TIMEOUT`` for a PUBACK, in steps, so :meth:`stop` is not held up."""
-        deadline = time.monotonic() + ACK_TIMEOUT
-        while not self._stop.is_set():
-            if delivery.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-        return False
-
-    def _deliver_batch(self) -> bool:
-        """Publish and confirm one batch; return whether every event in it is done (more may wait)."""
-        entries = self.journal.pending(BATCH)
-        if not entries:
-            return False
-        flights: list[_Flight] = []
-        notes: dict[int, str] = {}
-        for entry in entries:
-            topics, note = self._topics(entry)
-            if topics is None:
-                break
-            if note:
-                notes[entry.id] = note
-            if not topics:
-                self.journal.mark_failed(entry.id, note or "no targets")
-                self._resolved.pop(entry.id, None)
-                logger.warning("external event #%d of route %s failed: %s", entry.id, entry.route, note)
-                if self.on_done:
-                    self.on_done(entry, FAILED, [], note)
+    def _advance(self, entry: Entry, now: float) -> None:
+        if entry.expires is not None and now > entry.expires:
+            self._finish(entry, EXPIRED, entry.outcomes, f"not delivered within {entry.expires - entry.received:g} s")
+            return
+        if not self.view.settled or not self.connection.is_connected:
+            return
+        keys, outcomes = self._resolve(entry)
+        outcomes = {**outcomes, **entry.outcomes}
+        waiting = False
+        payload = build_payload(entry, self.receiver_id)
+        topic_now: dict[str, bool] = {}
+        for key in keys:
+            if key in outcomes:
                 continue
-            flight = _Flight(entry, topics, build_payload(entry))
-            full = False
-            for topic in topics:
-                key = (entry.id, topic)
-                if topic in entry.delivered or key in self._inflight:
-                    continue
-                delivery = self.connection.publish_tracked(topic, flight.payload, qos=1)
-                if delivery is None:
-                    full = True
-                    break
-                self._inflight[key] = delivery
-            flights.append(flight)
-            if full:
-                break
-        done: list[tuple[int, list[str], bool]] = []
-        finished: list[tuple[Entry, list[str]]] = []
-        complete = True
-        for flight in flights:
-            delivered = list(flight.entry.delivered)
-            for topic in flight.topics:
-                if topic in delivered:
-                    continue
-                delivery = self._inflight.get((flight.entry.id, topic))
-                if delivery is None or not self._acknowledged(delivery):
-                    complete = False
-                    break
-                self._inflight.pop((flight.entry.id, topic))
-                delivered.append(topic)
-            if delivered != flight.entry.delivered or complete:
-                done.append((flight.entry.id, delivered, complete))
-            if not complete:
-                break
-            finished.append((flight.entry, delivered))
-            self._resolved.pop(flight.entry.id, None)
-        if done:
-            self.journal.mark_delivered(done, time.time())
-        for entry, topics in finished:
-            logger.info("external event #%d (%s, route %s) published to %s", entry.id, entry.event, entry.route, topics)
-            if self.on_done:
-                self.on_done(entry, PUBLISHED, topics, notes.get(entry.id))
-        return complete and len(flights) == len(entries)
+            answer = self._answers.pop((entry.id, key), None)
+            if answer is not None:
+                outcomes[key] = answer
+                self._sent.pop((entry.id, key), None)
+                continue
+            host, _, name = key.partition("/")
+            record, online_since = self.view.target(host, name)
+            if record is None:
+                outcomes[key] = f"{FAILED}: no instance {key}"
+                continue
+            plugin = bool(record.get("plugin"))
+            if online_since is None or (plugin and record.get("state") != "running"):
+                waiting = True
+                continue
+            topic = event_topic(self.namespace, name, entry.event)
+            sent = self._sent.get((entry.id, key))
+            if plugin:
+                if sent is None:
+                    self._sent[(entry.id, key)] = _Sent(topic, now, self._publish(topic, payload, topic_now))
+                elif sent.delivery is not None and sent.delivery.wait(0):
+                    outcomes[key] = PUBLISHED
+                    self._sent.pop((entry.id, key))
+            elif sent is None or now - sent.at >= RESEND or sent.at < now - (time.monotonic() - online_since):
+                self._publish(topic, payload, topic_now)
+                self._sent[(entry.id, key)] = _Sent(topic, now)
+        if all(key in outcomes for key in keys):
+            self._finish(entry, _final(outcomes), outcomes, None)
+            return
+        status = WAITING if waiting else QUEUED
+        if outcomes != entry.outcomes or status != entry.status:
+            self.journal.update(entry.id, status=status, outcomes=outcomes, error=None, now=now)
+            entry.outcomes, entry.status = outcomes, status
+
+    def _publish(self, topic: str, payload: bytes, topic_now: dict[str, bool]) -> Delivery | None:
+        """Publish once per topic per round (one topic may reach a bare id's instances on several hosts)."""
+        if topic in topic_now:
+            return None
+        topic_now[topic] = True
+        return self.connection.publish_tracked(topic, payload, qos=1)
+
+    def _finish(self, entry: Entry, status: str, outcomes: Mapping[str, str], note: str | None) -> None:
+        failures = [f"{k}: {v.removeprefix(FAILED + ': ')}" for k, v in outcomes.items() if v.startswith(FAILED)]
+        error = note or ("; ".join(failures) if failures else None)
+        self.journal.update(entry.id, status=status, outcomes=outcomes, error=error, now=time.time())
+        for key in [k for k in self._sent if k[0] == entry.id]:
+            del self._sent[key]
+        level = logging.INFO if status in (DELIVERED, PUBLISHED) else logging.WARNING
+        logger.log(level, "external event #%d (%s, route %s) %s%s", entry.id, entry.event, entry.route, status,
+                   f": {error}" if error else "")  # fmt: skip
+        if self.on_done:
+            self.on_done(entry, status, sorted(outcomes), error)
+
+
+def _final(outcomes: Mapping[str, str]) -> str:
+    """Return an event's status once every target has an outcome."""
+    values = set(outcomes.values())
+    if any(v.startswith(FAILED) for v in values):
+        return FAILED
+    return DELIVERED if values == {DELIVERED} else PUBLISHED
 
 
 # --- HTTP ----------------------------------------------------------------------------------------
@@ -355,13 +439,15 @@ class Receiver(ServedApp):
         self.journal = journal
         self.audit = AuditLog(audit_path)
         self.limits = {name: RateLimit(route.rate, route.burst) for name, route in events.routes.items()}
-        self.view = FleetView()
+        self.view = FleetView(config.secret)
         client_id = config.broker.client_id or f"supervisor-events-{config.host_id}-{uuid.uuid4().hex[:6]}"
         self.connection = Connection(
             config.broker, client_id=client_id, on_connect=self._on_connect, max_backoff=max_backoff
         )
         self.connection.subscribe(f"{config.own_prefix}/+/+/state", self.view.on_state, qos=1)
+        self.connection.subscribe(f"{config.own_prefix}/+/agent", self.view.on_agent, qos=1)
         self.publisher = Publisher(journal, self.connection, self.view, config.namespace, on_done=self._on_done)
+        self.connection.subscribe(delivery_filter(config.own_prefix), self._on_delivery, qos=1)
         address = listen or events.listen
         try:
             host, port = parse_listen(address)
@@ -379,19 +465,27 @@ class Receiver(ServedApp):
         self.view.connected()
         self.publisher.wake()
 
+    def _on_delivery(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
+        answer = read_confirmation(topic, payload, self.config.secret)
+        if answer is not None:
+            self.publisher.confirmed(answer)
+
     def _on_done(self, entry: Entry, status: str, topics: list[str], note: str | None) -> None:
         self.audit.record(
             source="webhook", route=entry.route, event=entry.event, id=entry.id, result=status, topics=topics, msg=note
         )
-        # The dashboard's event stream shows {own}/{host}/{instance}/events: say so for each HOST/INSTANCE target.
+        # The dashboard's event stream shows {own}/{host}/{instance}/events: say so for each instance reached.
         text = f"external event '{entry.event}' #{entry.id} from route '{entry.route}' {status}"
-        for target in map(Target.parse, entry.targets):
-            if target.host is None or target.is_pattern:
-                continue
-            record = {"ts": round(time.time(), 3), "host": target.host, "instance": target.instance, "msg": text}
+        where = {k for k in topics if "/" in k and "*" not in k}
+        where |= {str(x) for x in map(Target.parse, entry.targets) if x.host is not None and not x.is_pattern}
+        for key in sorted(where):
+            host, _, name = key.partition("/")
+            record: dict[str, t.Any] = {"ts": round(time.time(), 3), "host": host, "instance": name, "msg": text}
             if note:
                 record["msg"] = f"{text} ({note})"
-            topic = f"{self.config.own_prefix}/{target.host}/{target.instance}/events"
+            if status in (EXPIRED, FAILED):
+                record["level"] = "error"
+            topic = f"{self.config.own_prefix}/{host}/{name}/events"
             self.connection.publish(topic, json.dumps(record).encode(), qos=1)
 
     def start(self) -> None:
@@ -470,6 +564,7 @@ class Receiver(ServedApp):
             source=client,
             now=time.time(),
             dedupe_window=self.events.dedupe_window,
+            max_age=route.max_age,
         )
         if duplicate:
             logger.info("route %s: dropped a duplicate of event #%d from %s", route.name, event_id, client)
@@ -514,7 +609,10 @@ class _Handler(Handler):
     def do_GET(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
         if path == "/healthz":
-            self._json(200, {"ok": True, "broker": self.server.app.connection.is_connected})
+            app = self.server.app
+            blocked = app.publisher.blocked
+            body = {"ok": blocked is None, "broker": app.connection.is_connected, "journal": blocked or "ok"}
+            self._json(200 if blocked is None else 503, body)
         else:
             self._json(404, {"error": "not found"})
 
