@@ -96,10 +96,10 @@ class Receivers:
         self.paths = Paths.from_env(home)
         self.open: list[Receiver] = []
 
-    def start(self, broker_url: str, toml: str) -> Receiver:
+    def start(self, broker_url: str, toml: str, secret: str | None = None) -> Receiver:
         self.paths.events_config.write_text(toml)
         events = load_events_config(self.paths.events_config)
-        config = load_agent_config(None, {}, {"url": broker_url, "host_id": "rx"})
+        config = load_agent_config(None, {}, {"url": broker_url, "host_id": "rx", "secret": secret})
         receiver = Receiver(events, config, Journal(self.paths.events_journal), audit_path=self.paths.audit_log)
         receiver.start()
         self.open.append(receiver)

@@ -7,15 +7,28 @@ foreign sender (hbot-remote-client-py repeats byte-identical events).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import shutil
 import signal
+import subprocess
 import typing as t
+import urllib.error
+import urllib.request
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from supervisor.cli import cli
 from supervisor.core.manager import Manager
+from supervisor.events.config import load_events_config
+from supervisor.events.journal import Journal
+from supervisor.events.receiver import Receiver
+from supervisor.mqtt.auth import sign_record
+from supervisor.mqtt.config import load_agent_config
 from tests.conftest import Broker, wait_until
 from tests.test_agent import HOST, AgentRunner, Watcher, agents, drain, next_matching
 from tests.test_events import TOKEN, Receivers, announce, hook, post, receivers, routes_toml, watcher
@@ -23,7 +36,7 @@ from tests.test_events import TOKEN, Receivers, announce, hook, post, receivers,
 __all__ = ["agents", "receivers", "watcher"]  # fixtures shared with test_agent and test_events
 
 if t.TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 RECEIVER_ID = "0123456789abcdef"
 
@@ -186,3 +199,90 @@ def test_a_target_that_does_not_exist_fails_at_once_and_a_plugin_bot_is_held_whi
     announce(mosquitto, "h1", "pb", plugin=True, state="running")
     assert got.get(timeout=10).json()["data"] == {"side": "buy"}
     wait_until(lambda: events_ls()[held.body["id"]]["status"] == "published", message="published")
+
+
+def test_with_a_secret_only_signed_records_expand_a_pattern(
+    mosquitto: Broker, watcher: Watcher, receivers: Receivers
+) -> None:
+    secret = "shared-secret-0123456789"
+    for host, name, signed in (("h1", "good", True), ("h1", "forged", False), ("h1", "badsig", True)):
+        topic = f"supervisor/{host}/{name}/state"
+        record = {"name": name, "host": host, "state": "running", "plugin": True}
+        if signed:
+            record = sign_record(secret if name == "good" else "another-secret-0123456789", topic, record)
+        watcher.publish(topic, json.dumps(record).encode(), retain=True)
+    agent = sign_record(secret, "supervisor/h1/agent", {"host": "h1", "state": "online"})
+    watcher.publish("supervisor/h1/agent", json.dumps(agent).encode(), retain=True)
+    got = watcher.watch("hbot/+/external/event/#")
+    receiver = receivers.start(mosquitto.url, routes_toml(targets=["h1/*"]), secret=secret)
+    sent = post(hook(receiver), b'{"side":"sell"}', token=TOKEN)
+    wait_until(lambda: events_ls()[sent.body["id"]]["status"] == "published", message="published to h1/good")
+    assert events_ls()[sent.body["id"]]["outcomes"] == {"h1/good": "published"}
+    assert [m.topic for m in drain(got)] == ["hbot/good/external/event/signals/btc/long"]
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, size: str = "2m") -> Iterator[Path]:
+    """A real, small filesystem (tmpfs; needs root), unmounted however the test ends."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the full-disk test needs root and mount(8)")
+        pytest.skip("the full-disk test needs root and mount(8)")
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=700", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until the filesystem is full."""
+    with path.open("wb") as out:
+        with contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        with contextlib.suppress(OSError):
+            os.fsync(out.fileno())
+
+
+def health(receiver: Receiver) -> tuple[int, dict[str, t.Any]]:
+    try:
+        with urllib.request.urlopen(f"{receiver.url}healthz", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, json.loads(e.read())
+
+
+def test_a_full_disk_stops_sending_says_so_once_and_resumes_without_repeating(
+    mosquitto: Broker, watcher: Watcher, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    with small_disk(tmp_path / "disk") as disk:
+        announce(mosquitto, "h1", "pb", plugin=True, state="stopped")
+        (disk / "events.toml").write_text(routes_toml(targets=["h1/pb"]))
+        events = load_events_config(disk / "events.toml")
+        config = load_agent_config(None, {}, {"url": mosquitto.url, "host_id": "rx"})
+        receiver = Receiver(events, config, Journal(disk / "events.sqlite"), audit_path=disk / "audit.log")
+        receiver.start()
+        try:
+            got = watcher.watch("hbot/+/external/event/#")
+            held = post(hook(receiver), b'{"side":"sell"}', token=TOKEN)
+            assert held.status == 202
+            wait_until(lambda: receiver.journal.get(held.body["id"]).status == "waiting")  # type: ignore[union-attr]
+            fill(disk / "filler")
+            announce(mosquitto, "h1", "pb", plugin=True, state="running")
+            wait_until(lambda: health(receiver)[0] == 503, timeout=10, message="healthz says it cannot record")
+            assert "database or disk is full" in health(receiver)[1]["journal"]
+            assert got.get(timeout=5).json()["data"] == {"side": "sell"}
+            (disk / "filler").unlink()
+            wait_until(lambda: receiver.journal.get(held.body["id"]).status == "published", timeout=10)  # type: ignore[union-attr]
+            assert health(receiver) == (200, {"ok": True, "broker": True, "journal": "ok"})
+            assert drain(got) == []  # published once, never repeated while the journal was full
+        finally:
+            receiver.close()
+    said = [r for r in caplog.records if "cannot record external events" in r.getMessage()]
+    assert len(said) == 1
+    assert all(r.exc_info is None for r in caplog.records if r.name.startswith("supervisor.events"))
