@@ -13,10 +13,14 @@ import dataclasses
 import fnmatch
 import hashlib
 import hmac
+import io
 import json
 import logging
+import math
 import queue
+import re
 import socket
+import sys
 import threading
 import time
 import typing as t
@@ -44,7 +48,7 @@ from supervisor.mqtt.delivery import EXPIRES, RECEIVER, TYPED, Confirmation, del
 from supervisor.mqtt.protocol import load_record
 
 if t.TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
     from pathlib import Path
 
     from supervisor.events.config import EventsConfig
@@ -60,8 +64,13 @@ VIEW_SETTLE = 0.5
 BATCH = 100
 PRUNE_EVERY = 3600.0
 MAX_CONNECTIONS = 64
-"""Connections served at once (each holds a thread, idle keep-alive ones for up to 5 s)."""
+"""Connections served at once (each holds a thread); when all are taken the slowest is cut."""
+REQUEST_DEADLINE = 10.0
+"""Seconds a sender has for a whole request, headers and body (a trickling sender is cut)."""
+IDLE_TIMEOUT = 5.0
+"""Seconds of silence after which a connection is closed."""
 _DUMMY_TOKEN = uuid.uuid4().hex
+_LENGTH_RE = re.compile(r"[0-9]{1,12}")
 
 
 def same_secret(given: str, expected: str) -> bool:
@@ -81,6 +90,19 @@ def build_payload(entry: Entry, receiver: str) -> bytes:
     if entry.expires is not None:
         message[EXPIRES] = int(entry.expires * 1000)
     return json.dumps(message, separators=(",", ":")).encode()
+
+
+def _not_json(name: str) -> t.NoReturn:
+    msg = f"{name} is not JSON"
+    raise ValueError(msg)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        msg = f"{text} is too large a number"
+        raise ValueError(msg)
+    return value
 
 
 def event_topic(namespace: str, instance: str, event: str) -> str:
@@ -383,23 +405,65 @@ def _final(outcomes: Mapping[str, str]) -> str:
 
 
 class _HTTPServer(AppServer["Receiver"]):
-    def __init__(self, address: tuple[str, int], app: Receiver) -> None:
+    def __init__(self, address: tuple[str, int], app: Receiver, deadline: float) -> None:
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.deadline = deadline
+        self.handlers: set[_Handler] = set()
+        self.handlers_lock = threading.Lock()
         super().__init__(address, _Handler, app)
 
     def process_request(self, request: t.Any, client_address: t.Any) -> None:
-        """Serve at most ``MAX_CONNECTIONS`` connections at once; close the others at once."""
-        if not self.slots.acquire(blocking=False):
+        """Serve at most ``MAX_CONNECTIONS`` at once; when full, cut the one slowest to send its request."""
+        taken = self.slots.acquire(blocking=False) or (self._cut_slowest() and self.slots.acquire(timeout=2))
+        if not taken:
             logger.warning("too many open connections; closing one from %s", client_address[0])
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
+
+    def _cut_slowest(self) -> bool:
+        """Close the connection that has been sending its request (or idling) the longest."""
+        with self.handlers_lock:
+            reading = [(h.reading_since, id(h), h) for h in self.handlers if h.reading_since is not None]
+        if not reading:
+            return False
+        _, _, victim = min(reading)
+        logger.info("all connections taken; cutting the slowest, from %s", victim.client_address[0])
+        with contextlib.suppress(OSError):
+            victim.connection.shutdown(socket.SHUT_RDWR)
+        return True
 
     def process_request_thread(self, request: t.Any, client_address: t.Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
             self.slots.release()
+
+    def handle_error(self, request: t.Any, client_address: t.Any) -> None:
+        """Log a connection that failed in one line (a sender hanging up early is no traceback)."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            logger.info("connection from %s ended early: %s", client_address[0], error)
+        else:
+            logger.exception("serving a request from %s failed", client_address[0])
+
+
+class _DeadlineSocket(io.RawIOBase):
+    """Reads a connection until the handler's deadline: each recv waits at most what is left of it."""
+
+    def __init__(self, handler: _Handler) -> None:
+        self.handler = handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: t.Any) -> int:
+        remaining = self.handler.deadline - time.monotonic()
+        if remaining <= 0:
+            msg = "the request took longer than its deadline"
+            raise TimeoutError(msg)
+        self.handler.connection.settimeout(min(remaining, IDLE_TIMEOUT))
+        return int(self.handler.connection.recv_into(buffer))
 
 
 class Receiver(ServedApp):
@@ -417,6 +481,8 @@ class Receiver(ServedApp):
         The append-only audit log shared with the agent.
     listen
         ``HOST:PORT``, overriding ``events.listen``.
+    request_deadline
+        Seconds a sender has for one whole request.
 
     Raises
     ------
@@ -433,6 +499,7 @@ class Receiver(ServedApp):
         audit_path: Path,
         listen: str | None = None,
         max_backoff: float = 5.0,
+        request_deadline: float = REQUEST_DEADLINE,
     ) -> None:
         self.events = events
         self.config = config
@@ -451,7 +518,7 @@ class Receiver(ServedApp):
         address = listen or events.listen
         try:
             host, port = parse_listen(address)
-            self.server = _HTTPServer((host, port), self)
+            self.server = _HTTPServer((host, port), self, request_deadline)
         except (OSError, SupervisorError) as e:
             detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             msg = f"webhook receiver: cannot listen on {address}: {detail}. Pick another address with --listen."
@@ -510,10 +577,14 @@ class Receiver(ServedApp):
 
     # -- one request --------------------------------------------------------------------
 
-    def client(self, peer: str, forwarded: str | None) -> str:
-        """Return the sender's address: the proxy's ``X-Forwarded-For`` entry when the peer is a trusted proxy."""
+    def client(self, peer: str, forwarded: Sequence[str] | None) -> str:
+        """Return the sender's address: the hop a trusted proxy added to ``X-Forwarded-For``, else the peer.
+
+        A proxy appends the address it saw: the last entry of the last header line. Entries
+        before it (the first line, if two were sent) came from the client and prove nothing.
+        """
         if forwarded and self.events.trusted_proxies and is_allowed(peer, self.events.trusted_proxies):
-            last = forwarded.split(",")[-1].strip()
+            last = forwarded[-1].split(",")[-1].strip()
             if last:
                 return last
         return peer
@@ -535,10 +606,12 @@ class Receiver(ServedApp):
         except UnicodeDecodeError:
             return 400, {"error": "the body must be UTF-8 text"}, {}
         parsed: t.Any = None
-        try:
-            parsed = json.loads(text) if text.strip()[:1] in ("{", "[") else None
-        except (ValueError, RecursionError):
-            parsed = None
+        if text.strip()[:1] in ("{", "["):
+            try:
+                parsed = json.loads(text, parse_constant=_not_json, parse_float=_finite)
+            except (ValueError, RecursionError):
+                # Stored as text it would keep a token it holds: refuse, store nothing.
+                return 400, {"error": "the body starts like JSON but is not standard JSON; send valid JSON"}, {}
         body_token = parsed.pop("token", None) if isinstance(parsed, dict) else None
         token = query_token if query_token is not None else body_token
         if not isinstance(token, str) or not same_secret(token, route.token):
@@ -552,9 +625,13 @@ class Receiver(ServedApp):
             self.audit.record(source="webhook", route=route.name, client=client, result=429, msg="rate limit")
             return 429, {"error": "rate limit reached"}, {"Retry-After": str(max(1, round(wait + 0.5)))}
         if isinstance(parsed, dict):
-            stored, is_text = json.dumps(parsed, separators=(",", ":")).encode(), False
+            shown = json.dumps(parsed, separators=(",", ":"))
+            is_text = False
+            # A token elsewhere in the body (a nested member, a URL in a message) never reaches the journal.
+            shown = shown.replace(json.dumps(route.token)[1:-1], "[token]")
         else:
-            stored, is_text = text.encode(), True
+            shown, is_text = text.replace(route.token, "[token]"), True
+        stored = shown.encode()
         event_id, duplicate = self.journal.accept(
             route=route.name,
             event=route.event,
@@ -579,8 +656,10 @@ class Receiver(ServedApp):
 class _Handler(Handler):
     server: _HTTPServer
     server_version = "supervisor-events"
-    timeout = 5  # a sender that trickles its body does not hold a thread for long
+    timeout = IDLE_TIMEOUT
     protocol_version = "HTTP/1.1"
+    deadline = 0.0
+    reading_since: float | None = None
 
     def setup(self) -> None:
         super().setup()
@@ -588,6 +667,26 @@ class _Handler(Handler):
         # TCP_NODELAY the body waits for the client's delayed ACK (~40 ms on Linux).
         with contextlib.suppress(OSError):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.rfile = io.BufferedReader(_DeadlineSocket(self))
+        with self.server.handlers_lock:
+            self.server.handlers.add(self)
+
+    def finish(self) -> None:
+        with self.server.handlers_lock:
+            self.server.handlers.discard(self)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def handle_one_request(self) -> None:
+        # One deadline per request, from the moment we wait for its first byte.
+        self.reading_since = time.monotonic()
+        self.deadline = self.reading_since + self.server.deadline
+        try:
+            super().handle_one_request()
+        except TimeoutError:
+            self.close_connection = True  # a trickling sender: cut, nothing stored
+        finally:
+            self.reading_since = None
 
     def log_message(self, format: str, *args: t.Any) -> None:
         """Log nothing from http.server: its lines hold the request line, and so the URL's token."""
@@ -604,9 +703,13 @@ class _Handler(Handler):
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.wfile.write(body)
+        except OSError:  # the sender hung up before our answer: nothing to tell it
+            self.close_connection = True
 
     def do_GET(self) -> None:
+        self.reading_since = None
         path = urllib.parse.urlsplit(self.path).path
         if path == "/healthz":
             app = self.server.app
@@ -626,19 +729,25 @@ class _Handler(Handler):
         if self.headers.get("Transfer-Encoding"):
             self._json(411, {"error": "send a Content-Length (chunked bodies are not accepted)"}, close=True)
             return
-        try:
-            length = int(self.headers.get("Content-Length", "0"))
-        except ValueError:
-            length = -1
-        if length < 0:
-            self._json(400, {"error": "bad Content-Length"}, close=True)
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
+            self._json(411, {"error": "send a Content-Length"}, close=True)
             return
+        if len(lengths) > 1 or not _LENGTH_RE.fullmatch(lengths[0]):
+            self._json(400, {"error": "bad Content-Length: send one header with a plain number"}, close=True)
+            return
+        length = int(lengths[0])
         if length > app.events.max_body:
             self._json(413, {"error": f"the body must be at most {app.events.max_body} bytes"}, close=True)
             return
         body = self.rfile.read(length)
+        if len(body) < length:  # the sender hung up (or was cut) mid-body: store nothing
+            logger.info("route %s: a body ended after %d of %d bytes; nothing stored", name, len(body), length)
+            self._json(400, {"error": "the body is shorter than its Content-Length"}, close=True)
+            return
+        self.reading_since = None
         tokens = urllib.parse.parse_qs(parts.query).get("token")
-        client = app.client(self.client_address[0], self.headers.get("X-Forwarded-For"))
+        client = app.client(self.client_address[0], self.headers.get_all("X-Forwarded-For"))
         try:
             status, data, headers = app.accept(name, client, tokens[-1] if tokens else None, body)
         except SupervisorError as e:  # the journal could not be written: the sender should retry
