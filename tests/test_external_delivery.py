@@ -265,6 +265,7 @@ def test_a_full_disk_stops_sending_says_so_once_and_resumes_without_repeating(
         receiver.start()
         try:
             got = watcher.watch("hbot/+/external/event/#")
+            shown = watcher.watch("supervisor/h1/pb/events")
             held = post(hook(receiver), b'{"side":"sell"}', token=TOKEN)
             assert held.status == 202
             wait_until(lambda: receiver.journal.get(held.body["id"]).status == "waiting")  # type: ignore[union-attr]
@@ -273,6 +274,9 @@ def test_a_full_disk_stops_sending_says_so_once_and_resumes_without_repeating(
             wait_until(lambda: health(receiver)[0] == 503, timeout=10, message="healthz says it cannot record")
             assert "database or disk is full" in health(receiver)[1]["journal"]
             assert got.get(timeout=5).json()["data"] == {"side": "sell"}
+            alert = next_matching(shown, lambda m: "held" in m.json()["msg"]).json()
+            assert alert["level"] == "error"
+            assert alert["msg"].startswith("external events held: the receiver cannot record their delivery (")
             (disk / "filler").unlink()
             wait_until(lambda: receiver.journal.get(held.body["id"]).status == "published", timeout=10)  # type: ignore[union-attr]
             assert health(receiver) == (200, {"ok": True, "broker": True, "journal": "ok"})

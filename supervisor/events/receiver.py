@@ -232,12 +232,14 @@ class Publisher:
         namespace: str,
         *,
         on_done: Callable[[Entry, str, list[str], str | None], None] | None = None,
+        on_blocked: Callable[[str], None] | None = None,
     ) -> None:
         self.journal = journal
         self.connection = connection
         self.view = view
         self.namespace = namespace
         self.on_done = on_done
+        self.on_blocked = on_blocked
         self.receiver_id = journal.receiver_id
         self.blocked: str | None = None
         """Why the journal cannot be written right now (nothing is sent meanwhile), or ``None``."""
@@ -291,6 +293,9 @@ class Publisher:
             except EventsError as e:
                 if self.blocked is None:
                     logger.error("cannot record external events' delivery (%s); sending nothing until it can", e)  # noqa: TRY400 - one line, no traceback per retry
+                    self.blocked = str(e)
+                    if self.on_blocked:
+                        self.on_blocked(self.blocked)
                 self.blocked = str(e)
                 self._stop.wait(1.0)
             except Exception:  # the thread must outlive a bad event
@@ -513,7 +518,9 @@ class Receiver(ServedApp):
         )
         self.connection.subscribe(f"{config.own_prefix}/+/+/state", self.view.on_state, qos=1)
         self.connection.subscribe(f"{config.own_prefix}/+/agent", self.view.on_agent, qos=1)
-        self.publisher = Publisher(journal, self.connection, self.view, config.namespace, on_done=self._on_done)
+        self.publisher = Publisher(
+            journal, self.connection, self.view, config.namespace, on_done=self._on_done, on_blocked=self._on_blocked
+        )
         self.connection.subscribe(delivery_filter(config.own_prefix), self._on_delivery, qos=1)
         address = listen or events.listen
         try:
@@ -536,6 +543,28 @@ class Receiver(ServedApp):
         answer = read_confirmation(topic, payload, self.config.secret)
         if answer is not None:
             self.publisher.confirmed(answer)
+
+    def _on_blocked(self, error: str) -> None:
+        """Alert on each bot whose events wait: the journal cannot be written, nothing is sent."""
+        text = (
+            f"external events held: the receiver cannot record their delivery ({error}); nothing is sent until it can"
+        )
+        try:
+            entries = self.journal.pending()
+        except EventsError:
+            entries = []
+        where = {key for entry in entries for key in entry.outcomes}
+        where |= {key for entry in entries for key in self._keys(entry)}
+        for key in sorted(where):
+            host, _, name = key.partition("/")
+            record = {"ts": round(time.time(), 3), "host": host, "instance": name, "msg": text, "level": "error"}
+            self.connection.publish(f"{self.config.own_prefix}/{key}/events", json.dumps(record).encode(), qos=1)
+
+    def _keys(self, entry: Entry) -> set[str]:
+        found = {
+            f"{host}/{name}" for target in map(Target.parse, entry.targets) for host, name in self.view.match(target)
+        }
+        return found | {str(x) for x in map(Target.parse, entry.targets) if x.host is not None and not x.is_pattern}
 
     def _on_done(self, entry: Entry, status: str, topics: list[str], note: str | None) -> None:
         self.audit.record(
