@@ -113,10 +113,17 @@ def test_a_receiver_resend_is_typed_once_even_after_the_agent_is_killed(
     agents.start(mosquitto.url)
     watcher.publish("hbot/ex-1/external/event/sig", payload)
     assert next_matching(confirmations, timeout=10).json()["result"] == "typed"
+    # An event that reaches the agent after its deadline is refused, and the refusal confirmed.
+    late = {**event, "sequence": 9, "expires": 1000, "data": {"message": "stale-9"}}
+    watcher.publish("hbot/ex-1/external/event/sig", json.dumps(late).encode())
+    refused = next_matching(confirmations, timeout=10).json()
+    assert (refused["sequence"], refused["result"]) == (9, "refused")
+    assert refused["msg"] == "external event 'sig' #9 refused: it expired before it arrived. Not typed."
     # Another sequence from the same receiver is a new event.
     watcher.publish("hbot/ex-1/external/event/sig", payload.replace(b'"sequence": 7', b'"sequence": 8'))
     assert next_matching(confirmations, timeout=10).json()["sequence"] == 8
     wait_until(lambda: alerts(manager, "ex-1", "ALERT sig: once-7")() == 2, message="seq 7 once, seq 8 once")
+    assert "stale-9" not in manager.log_path("ex-1").read_text(errors="replace")
 
 
 def test_webhook_reaches_console_once_and_is_confirmed_delivered(
@@ -178,6 +185,8 @@ def test_an_event_waits_for_a_stopped_agent_and_is_delivered_once_when_it_return
     log = manager.log_path("ex-1").read_text(errors="replace")
     assert log.count("ALERT signals.eth: wait-for-me") == 1
     assert "too-late" not in log
+    audit = [json.loads(line) for line in (manager.paths.home / "audit.log").read_text().splitlines()]
+    assert any(e.get("id") == stale.body["id"] and e.get("result") == "expired" for e in audit)
 
 
 def test_a_target_that_does_not_exist_fails_at_once_and_a_plugin_bot_is_held_while_down(
