@@ -13,7 +13,9 @@ import logging
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
+import time
 import typing as t
 import urllib.error
 import urllib.request
@@ -295,3 +297,47 @@ def test_a_full_disk_stops_sending_says_so_once_and_resumes_without_repeating(
     said = [r for r in caplog.records if "cannot record external events" in r.getMessage()]
     assert len(said) == 1
     assert all(r.exc_info is None for r in caplog.records if r.name.startswith("supervisor.events"))
+
+
+OLD_SCHEMA = """
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, route TEXT NOT NULL, event TEXT NOT NULL, targets TEXT NOT NULL,
+    body BLOB NOT NULL, text INTEGER NOT NULL, digest TEXT NOT NULL, source TEXT, received REAL NOT NULL,
+    status TEXT NOT NULL, delivered TEXT NOT NULL DEFAULT '[]', published REAL, error TEXT
+);
+"""
+
+
+def test_a_journal_from_before_delivery_tracking_is_listed_and_upgraded(
+    mosquitto: Broker, watcher: Watcher, receivers: Receivers, isolated_env: Path
+) -> None:
+    path = isolated_env / "events.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executescript(OLD_SCHEMA)
+        db.execute(
+            "INSERT INTO events (route, event, targets, body, text, digest, received, status) "
+            "VALUES ('btc', 'signals.btc.long', '[\"h1/mm-1\"]', ?, 0, 'x', ?, 'queued')",
+            (b'{"old":1}', time.time()),
+        )
+    assert events_ls()[1]["status"] == "queued"
+    announce(mosquitto, "h1", "mm-1")
+    got = watcher.watch("hbot/+/external/event/#")
+    receivers.start(mosquitto.url, routes_toml())
+    assert got.get(timeout=10).json()["data"] == {"old": 1}
+    wait_until(lambda: events_ls()[1]["status"] == "published")
+
+
+def test_an_instance_of_an_agent_that_just_came_online_is_waited_for_not_failed(
+    mosquitto: Broker, watcher: Watcher, receivers: Receivers
+) -> None:
+    """An agent publishes its availability first and its instances' records after: no false 'failed'."""
+    record = {"host": "h5", "state": "online", "ts": time.time()}
+    watcher.publish("supervisor/h5/agent", json.dumps(record).encode(), retain=True)
+    got = watcher.watch("hbot/+/external/event/#")
+    receiver = receivers.start(mosquitto.url, routes_toml(targets=["h5/late"]))
+    sent = post(hook(receiver), b'{"side":"buy"}', token=TOKEN)
+    wait_until(lambda: events_ls()[sent.body["id"]]["status"] == "waiting", message="waiting for the records")
+    state = {"name": "late", "host": "h5", "state": "running", "plugin": True}
+    watcher.publish("supervisor/h5/late/state", json.dumps(state).encode(), retain=True)
+    assert got.get(timeout=10).json()["data"] == {"side": "buy"}
+    wait_until(lambda: events_ls()[sent.body["id"]]["status"] == "published")

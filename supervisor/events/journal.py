@@ -119,6 +119,12 @@ class Journal:
                         self._db.execute(f"ALTER TABLE events ADD COLUMN {column} {kind}")
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('receiver', ?)", (uuid.uuid4().hex,))
             self._db.execute("PRAGMA busy_timeout=2000")
+            # A journal from before delivery was confirmed, read (events ls) before a receiver upgraded it.
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
+            self._extra = ", ".join(
+                name if name in columns else f"{default} AS {name}"
+                for name, default in (("outcomes", "'{}'"), ("expires", "NULL"))
+            )
             self._db.execute("SELECT count(*) FROM events").fetchone()
         except (sqlite3.Error, OSError) as e:
             msg = f"event journal '{path}': {e}. Move the file aside if it is not a journal of bot-supervisor."
@@ -207,8 +213,7 @@ class Journal:
     def _select(self, where: str, args: tuple[t.Any, ...]) -> list[Entry]:
         sql = (
             "SELECT id, route, event, targets, body, text, source, received, status, delivered, published, error, "
-            "outcomes, expires "
-            f"FROM events {where}"
+            f"{self._extra} FROM events {where}"
         )
         try:
             with self._lock:
@@ -245,11 +250,17 @@ class Journal:
 
     def update(self, event_id: int, *, status: str, outcomes: Mapping[str, str], error: str | None, now: float) -> None:
         """Record an event's target outcomes and status (``published`` holds when it became final)."""
-        final = status not in PENDING
+        self.update_many([(event_id, status, outcomes, error)], now=now)
+
+    def update_many(self, rows: Sequence[tuple[int, str, Mapping[str, str], str | None]], *, now: float) -> None:
+        """Record ``(id, status, outcomes, error)`` of several events in one transaction."""
         with self._write() as db:
-            db.execute(
+            db.executemany(
                 "UPDATE events SET status = ?, outcomes = ?, error = ?, published = ? WHERE id = ?",
-                (status, json.dumps(dict(outcomes)), error, now if final else None, event_id),
+                [
+                    (status, json.dumps(dict(outcomes)), error, None if status in PENDING else now, event_id)
+                    for event_id, status, outcomes, error in rows
+                ],
             )
 
     def probe(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
+import functools
 import hashlib
 import hmac
 import io
@@ -144,6 +145,7 @@ class FleetView:
         self._lock = threading.Lock()
         self._instances: dict[tuple[str, str], dict[str, t.Any]] = {}
         self._agents: dict[str, float] = {}  # host -> since when (monotonic) its agent is online
+        self._started: dict[str, float] = {}  # host -> its online record's ts (the agent's clock)
         self._since: float | None = None
 
     def connected(self) -> None:
@@ -176,8 +178,11 @@ class FleetView:
         with self._lock:
             if record is not None and record.get("state") == "online":
                 self._agents.setdefault(host, time.monotonic())
+                ts = record.get("ts")
+                self._started[host] = float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else 0.0
             else:
                 self._agents.pop(host, None)
+                self._started.pop(host, None)
 
     @property
     def settled(self) -> bool:
@@ -196,12 +201,20 @@ class FleetView:
             and (target.host is None or fnmatch.fnmatchcase(host, target.host))
         ]
 
+    def is_fresh(self, host: str | None, now: float) -> bool:
+        """Whether ``host``'s agent (any, for ``None``) came online so lately its records may still be coming."""
+        with self._lock:
+            started = [ts for h, ts in self._started.items() if host is None or fnmatch.fnmatchcase(h, host)]
+        return any(now - ts < RECORD_GRACE for ts in started)
+
     def target(self, host: str, name: str) -> tuple[dict[str, t.Any] | None, float | None]:
         """Return an instance's state record and since when its host's agent is online (``None``: offline)."""
         with self._lock:
             return self._instances.get((host, name)), self._agents.get(host)
 
 
+RECORD_GRACE = 5.0
+"""Seconds after an agent's online record during which a missing instance is not yet taken as none."""
 RESEND = 5.0
 """Seconds between re-sends of an event an agent has not confirmed yet."""
 
@@ -246,6 +259,7 @@ class Publisher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._sent: dict[tuple[int, str], _Sent] = {}
+        self._writes: list[tuple[int, str, Mapping[str, str], str | None]] = []
         self._confirmed: queue.SimpleQueue[Confirmation] = queue.SimpleQueue()
         self._answers: dict[tuple[int, str], str] = {}
         self._thread: threading.Thread | None = None
@@ -289,7 +303,9 @@ class Publisher:
                     pruned = self.journal.prune(time.time())
                     if pruned:
                         logger.info("removed %d finished events older than a week from the journal", pruned)
-                self._round()
+                if self._round():
+                    self._wake.wait(0.02)  # PUBACKs are due: look again soon
+                    self._wake.set()
             except EventsError as e:
                 if self.blocked is None:
                     logger.error("cannot record external events' delivery (%s); sending nothing until it can", e)  # noqa: TRY400 - one line, no traceback per retry
@@ -302,7 +318,8 @@ class Publisher:
                 logger.exception("publishing external events failed; retrying")
                 self._stop.wait(1.0)
 
-    def _round(self) -> None:
+    def _round(self) -> bool:
+        """Move every pending event on; return whether some broker acknowledgement is awaited."""
         while True:
             try:
                 answer = self._confirmed.get_nowait()
@@ -313,34 +330,51 @@ class Publisher:
             self._answers.setdefault((answer.sequence, key), outcome)
         entries = self.journal.pending(BATCH)
         now = time.time()
+        self._writes = []
+        finished: list[tuple[Entry, str, Mapping[str, str], str | None]] = []
         for entry in entries:
-            self._advance(entry, now)
+            final = self._advance(entry, now)
+            if final is not None:
+                finished.append((entry, *final))
+        if self._writes:  # one commit (one fsync) for the whole round
+            self.journal.update_many(self._writes, now=now)
+        for entry, status, outcomes, error in finished:
+            self._finished(entry, status, outcomes, error)
         live = {entry.id for entry in entries}
-        for done in [k for k in self._answers if k[0] not in live and k[0] < min(live, default=1 << 62)]:
-            del self._answers[done]
+        for stale in [k for k in self._answers if k[0] not in live and k[0] < min(live, default=1 << 62)]:
+            del self._answers[stale]
+        return any(sent.delivery is not None for sent in self._sent.values())
 
-    def _resolve(self, entry: Entry) -> tuple[list[str], dict[str, str]]:
-        """Return the event's ``host/instance`` targets and the outcomes known at once (no such instance)."""
+    def _resolve(self, entry: Entry, now: float) -> tuple[list[str], dict[str, str], bool]:
+        """Return the event's ``host/instance`` targets, the outcomes known at once, and whether to wait.
+
+        A target that matches no instance fails, unless an agent it may name has just come
+        online (its state records follow its availability record): then the event waits.
+        """
         keys: list[str] = []
         failed: dict[str, str] = {}
+        waiting = False
         for text in entry.targets:
             target = Target.parse(text)
             found = [f"{host}/{name}" for host, name in self.view.match(target)]
-            if not found:
+            if not found and self.view.is_fresh(target.host, now):
+                waiting = True
+            elif not found:
                 failed[text] = f"{FAILED}: no instance matches {text}"
             keys.extend(found)
-        return list(dict.fromkeys(keys)), failed
+        return list(dict.fromkeys(keys)), failed, waiting
 
-    def _advance(self, entry: Entry, now: float) -> None:
+    def _advance(self, entry: Entry, now: float) -> tuple[str, Mapping[str, str], str | None] | None:
+        """Move one event on; return ``(status, outcomes, error)`` when it became final (written by the caller)."""
         if entry.expires is not None and now > entry.expires:
-            self._finish(entry, EXPIRED, entry.outcomes, f"not delivered within {entry.expires - entry.received:g} s")
-            return
+            return self._finish(
+                entry, EXPIRED, entry.outcomes, f"not delivered within {entry.expires - entry.received:g} s"
+            )
         if not self.view.settled or not self.connection.is_connected:
-            return
-        keys, outcomes = self._resolve(entry)
+            return None
+        keys, outcomes, waiting = self._resolve(entry, now)
         outcomes = {**outcomes, **entry.outcomes}
-        waiting = False
-        payload = build_payload(entry, self.receiver_id)
+        payload = functools.partial(build_payload, entry, self.receiver_id)  # built only when sent
         topic_now: dict[str, bool] = {}
         for key in keys:
             if key in outcomes:
@@ -363,32 +397,37 @@ class Publisher:
             sent = self._sent.get((entry.id, key))
             if plugin:
                 if sent is None:
-                    self._sent[(entry.id, key)] = _Sent(topic, now, self._publish(topic, payload, topic_now))
+                    self._sent[(entry.id, key)] = _Sent(topic, now, self._publish(topic, payload(), topic_now))
                 elif sent.delivery is not None and sent.delivery.wait(0):
                     outcomes[key] = PUBLISHED
                     self._sent.pop((entry.id, key))
             elif sent is None or now - sent.at >= RESEND or sent.at < now - (time.monotonic() - online_since):
-                self._publish(topic, payload, topic_now)
+                self._publish(topic, payload(), topic_now)
                 self._sent[(entry.id, key)] = _Sent(topic, now)
-        if all(key in outcomes for key in keys):
-            self._finish(entry, _final(outcomes), outcomes, None)
-            return
+        if not waiting and all(key in outcomes for key in keys):
+            return self._finish(entry, _final(outcomes), outcomes, None)
         status = WAITING if waiting else QUEUED
         if outcomes != entry.outcomes or status != entry.status:
-            self.journal.update(entry.id, status=status, outcomes=outcomes, error=None, now=now)
-            entry.outcomes, entry.status = outcomes, status
+            self._writes.append((entry.id, status, outcomes, None))
+        return None
 
     def _publish(self, topic: str, payload: bytes, topic_now: dict[str, bool]) -> Delivery | None:
-        """Publish once per topic per round (one topic may reach a bare id's instances on several hosts)."""
+        """Publish an event once per topic (one topic may reach a bare id's instances on several hosts)."""
         if topic in topic_now:
             return None
         topic_now[topic] = True
         return self.connection.publish_tracked(topic, payload, qos=1)
 
-    def _finish(self, entry: Entry, status: str, outcomes: Mapping[str, str], note: str | None) -> None:
+    def _finish(
+        self, entry: Entry, status: str, outcomes: Mapping[str, str], note: str | None
+    ) -> tuple[str, Mapping[str, str], str | None]:
         failures = [f"{k}: {v.removeprefix(FAILED + ': ')}" for k, v in outcomes.items() if v.startswith(FAILED)]
         error = note or ("; ".join(failures) if failures else None)
-        self.journal.update(entry.id, status=status, outcomes=outcomes, error=error, now=time.time())
+        self._writes.append((entry.id, status, outcomes, error))
+        return status, outcomes, error
+
+    def _finished(self, entry: Entry, status: str, outcomes: Mapping[str, str], error: str | None) -> None:
+        """Forget a final event's sends, log it and tell ``on_done`` (after its status is on disk)."""
         for key in [k for k in self._sent if k[0] == entry.id]:
             del self._sent[key]
         level = logging.INFO if status in (DELIVERED, PUBLISHED) else logging.WARNING
