@@ -173,7 +173,8 @@ def test_right_token_reaches_a_plugin_style_subscriber_on_the_exact_topic(
     assert message.topic == TOPIC
     payload = message.json()
     # Hummingbot's ExternalEventMessage, plus our members (Hummingbot ignores unknown ones).
-    assert list(payload) == ["timestamp", "sequence", "type", "data", "receiver", "expires"]
+    assert list(payload) == ["timestamp", "sequence", "type", "data", "receiver", "expires", "to"]
+    assert payload["to"] == ["h1/mm-1"]
     assert payload["sequence"] == 1
     assert payload["type"] == "webhook"
     assert payload["data"] == {"side": "buy", "amount": 0.1}  # the token never reaches the broker

@@ -121,11 +121,17 @@ def test_a_receiver_resend_is_typed_once_even_after_the_agent_is_killed(
     refused = next_matching(confirmations, timeout=10).json()
     assert (refused["sequence"], refused["result"]) == (9, "refused")
     assert refused["msg"] == "external event 'sig' #9 refused: it expired before it arrived. Not typed."
+    # The topic names no host: an event our receiver meant for another host's ex-1 is left alone.
+    elsewhere = {**event, "sequence": 10, "data": {"message": "not-mine-10"}, "to": ["h2/ex-1"]}
+    watcher.publish("hbot/ex-1/external/event/sig", json.dumps(elsewhere).encode())
     # Another sequence from the same receiver is a new event.
-    watcher.publish("hbot/ex-1/external/event/sig", payload.replace(b'"sequence": 7', b'"sequence": 8'))
+    mine = {**event, "sequence": 8, "to": [f"{HOST}/ex-1"]}
+    watcher.publish("hbot/ex-1/external/event/sig", json.dumps(mine).encode())
     assert next_matching(confirmations, timeout=10).json()["sequence"] == 8
     wait_until(lambda: alerts(manager, "ex-1", "ALERT sig: once-7")() == 2, message="seq 7 once, seq 8 once")
     assert "stale-9" not in manager.log_path("ex-1").read_text(errors="replace")
+    assert "not-mine-10" not in manager.log_path("ex-1").read_text(errors="replace")
+    assert [m.json()["sequence"] for m in drain(confirmations)] == []
 
 
 def test_webhook_reaches_console_once_and_is_confirmed_delivered(

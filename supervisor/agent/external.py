@@ -20,7 +20,7 @@ import typing as t
 from supervisor.consoletext import check_console_text
 from supervisor.core.recipe import OPTIONAL_RE, VAR_RE, render
 from supervisor.errors import SupervisorError
-from supervisor.mqtt.delivery import REFUSED, TYPED, confirmation, delivery_topic, is_expired, sender_of
+from supervisor.mqtt.delivery import REFUSED, TYPED, confirmation, delivery_topic, is_expired, is_for, sender_of
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -281,6 +281,8 @@ class ExternalEvents:
             self._refuse(instance, name, f"external event '{name}' refused: {e}. Not typed.", level=logging.WARNING)
             return
         sender = sender_of(message)
+        if sender is not None and not is_for(message, self.host, instance):
+            return  # our receiver meant another host's bot of the same name
         if retained:
             text = f"external event '{name}' ignored: it is a retained message (replayed at every connect)."
             self._refuse(instance, name, text, level=logging.WARNING)

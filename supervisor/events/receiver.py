@@ -45,7 +45,7 @@ from supervisor.events.journal import (
 )
 from supervisor.mqtt.auth import is_signed_record
 from supervisor.mqtt.connection import Connection
-from supervisor.mqtt.delivery import EXPIRES, RECEIVER, TYPED, Confirmation, delivery_filter, read_confirmation
+from supervisor.mqtt.delivery import EXPIRES, RECEIVER, TO, TYPED, Confirmation, delivery_filter, read_confirmation
 from supervisor.mqtt.protocol import load_record
 
 if t.TYPE_CHECKING:
@@ -79,17 +79,21 @@ def same_secret(given: str, expected: str) -> bool:
     return hmac.compare_digest(hashlib.sha256(given.encode()).digest(), hashlib.sha256(expected.encode()).digest())
 
 
-def build_payload(entry: Entry, receiver: str) -> bytes:
-    """Return the event as Hummingbot's ``ExternalEventMessage`` JSON (the same bytes on every re-send).
+def build_payload(entry: Entry, receiver: str, to: Sequence[str] = ()) -> bytes:
+    """Return the event as Hummingbot's ``ExternalEventMessage`` JSON.
 
-    ``receiver`` and ``expires`` are ours (Hummingbot ignores unknown members): an agent
-    recognises a re-send by ``(receiver, sequence)`` and never types an expired event.
+    ``receiver``, ``expires`` and ``to`` are ours (Hummingbot ignores unknown members): an
+    agent recognises a re-send by ``(receiver, sequence)``, never types an expired event, and
+    types only for the ``HOST/INSTANCE`` targets listed in ``to`` (the topic names no host, so
+    another host's bot of the same name hears it too).
     """
     data = {"message": entry.body.decode("utf-8", "replace")} if entry.is_text else json.loads(entry.body)
     message = {"timestamp": int(entry.received * 1000), "sequence": entry.id, "type": EVENT_TYPE, "data": data}
     message[RECEIVER] = receiver
     if entry.expires is not None:
         message[EXPIRES] = int(entry.expires * 1000)
+    if to:
+        message[TO] = sorted(to)
     return json.dumps(message, separators=(",", ":")).encode()
 
 
@@ -374,7 +378,7 @@ class Publisher:
             return None
         keys, outcomes, waiting = self._resolve(entry, now)
         outcomes = {**outcomes, **entry.outcomes}
-        payload = functools.partial(build_payload, entry, self.receiver_id)  # built only when sent
+        payload = functools.partial(build_payload, entry, self.receiver_id, keys)  # built only when sent
         topic_now: dict[str, bool] = {}
         for key in keys:
             if key in outcomes:

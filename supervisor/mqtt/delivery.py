@@ -20,6 +20,8 @@ RECEIVER = "receiver"
 """The payload member naming the receiver (its journal's id) of an event we publish."""
 EXPIRES = "expires"
 """The payload member with the event's deadline (Unix milliseconds): never typed after it."""
+TO = "to"
+"""The payload member listing the ``HOST/INSTANCE`` targets an event is for."""
 TYPED, REFUSED = "typed", "refused"
 RECEIVER_ID_RE = re.compile(r"[0-9a-f]{8,64}")
 
@@ -42,6 +44,14 @@ def sender_of(message: t.Mapping[str, t.Any]) -> tuple[str, int] | None:
     if isinstance(sequence, bool) or not isinstance(sequence, int) or sequence < 1:
         return None
     return receiver, sequence
+
+
+def is_for(message: t.Mapping[str, t.Any], host: str, instance: str) -> bool:
+    """Return whether an event is for ``host``'s ``instance`` (an event without ``to`` is for whoever hears it)."""
+    to = message.get(TO)
+    if not isinstance(to, list):
+        return True
+    return f"{host}/{instance}" in to
 
 
 def is_expired(message: t.Mapping[str, t.Any], now: float) -> bool:
