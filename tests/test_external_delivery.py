@@ -71,10 +71,12 @@ def test_malformed_events_are_refused_and_reported_and_a_cleared_retained_event_
     cases = {
         "empty": (b"", "its payload is empty"),
         "notjson": (b"SELL 100", "its payload is not JSON"),
-        "alist": (b"[1,2]", "its payload is a JSON list, not an object"),
+        "alist": (b"[1,2]", "its payload is a list, not an object"),
+        "anumber": (b"42", "its payload is a number, not an object"),
         "nan": (b'{"data":{"x":NaN}}', "its payload is not JSON"),
-        "listdata": (b'{"data":[1]}', "its 'data' is a JSON list, not an object"),
-        "textdata": (b'{"data":"x"}', "its 'data' is a JSON str, not an object"),
+        "listdata": (b'{"data":[1]}', "its 'data' is a list, not an object"),
+        "textdata": (b'{"data":"x"}', "its 'data' is a string, not an object"),
+        "nulldata": (b'{"data":null}', "its 'data' is null, not an object"),
     }
     for name, (payload, _) in cases.items():
         watcher.publish(f"hbot/ex-1/external/event/{name}", payload)

@@ -139,13 +139,24 @@ def parse_event(payload: bytes) -> dict[str, t.Any]:
         msg = "its payload is not JSON"
         raise MalformedEvent(msg) from e
     if not isinstance(message, dict):
-        msg = f"its payload is a JSON {type(message).__name__}, not an object"
+        msg = f"its payload is {_kind(message)}, not an object"
         raise MalformedEvent(msg)
     data = message.setdefault("data", {})
     if not isinstance(data, dict):
-        msg = f"its 'data' is a JSON {type(data).__name__}, not an object"
+        msg = f"its 'data' is {_kind(data)}, not an object"
         raise MalformedEvent(msg)
     return message
+
+
+def _kind(value: object) -> str:
+    """Name a JSON value's type as JSON does."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "a string" if isinstance(value, str) else "a list"
 
 
 def _refuse_constant(name: str) -> t.NoReturn:
