@@ -779,14 +779,25 @@ def dashboard_on(ctx: Ctx, ours: Ours, n: int, *, beside_peers: bool = False) ->
 
 
 def _post(conn: http.client.HTTPConnection, path: str, body: bytes) -> int:
-    conn.request("POST", path, body=body, headers={"Content-Type": "text/plain"})
-    response = conn.getresponse()
+    try:
+        conn.request("POST", path, body=body, headers={"Content-Type": "text/plain"})
+        response = conn.getresponse()
+    except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+        conn.close()  # the receiver closed an idle keep-alive connection: open a new one
+        conn.request("POST", path, body=body, headers={"Content-Type": "text/plain"})
+        response = conn.getresponse()
     response.read()
     return response.status
 
 
+WAITING_EVENTS = 5
+"""Events posted while the agent is away, in each "agent's return" round."""
+
+
 def fig_events(ctx: Ctx) -> dict[str, t.Any]:
     """Webhook -> line in a plugin-less bot's console (receiver, journal, broker, agent, tmux), and accepts/s."""
+    from mqttclient import Client
+
     missing = ctx.agent_missing()
     if missing is not None:
         return {"ours": {"not_available": missing}}
@@ -803,9 +814,24 @@ def fig_events(ctx: Ctx) -> dict[str, t.Any]:
     (ours.home / "events.toml").write_text(
         f'[receiver]\nlisten = "127.0.0.1:{port}"\ndedupe_window = 0\n\n'
         f'[routes.lat]\n{route}targets = ["benchhost/ex1"]\n\n'
-        # Throughput: to an id no agent types for, so the figure is the receiver's own.
-        f'[routes.tput]\n{route}targets = ["nobody"]\n'
+        # Throughput: to a plugin-style bot (published on the PUBACK, no agent types), so the figure is the receiver's.
+        f'[routes.tput]\n{route}targets = ["benchsink/sink"]\n'
     )
+    records = Client(broker.port, "records")
+    for topic, record in (
+        ("supervisor/benchsink/agent", {"host": "benchsink", "state": "online"}),
+        ("supervisor/benchsink/sink/state", {"name": "sink", "state": "running", "plugin": True}),
+    ):
+        records.client.publish(topic, json.dumps(record), qos=1, retain=True).wait_for_publish(10)
+    online: list[tuple[float, int]] = []
+
+    def on_agent(message: t.Any) -> None:
+        with contextlib.suppress(ValueError, KeyError):
+            record = json.loads(message.payload)
+            if record["state"] == "online":
+                online.append((time.perf_counter(), int(record["pid"])))
+
+    records.subscribe("supervisor/benchhost/agent", on_agent)
     receiver_log = ctx.env.root / "events-serve.log"
     receiver = ctx.procs.spawn(
         [SUPERVISOR, "events", "serve", "--broker", broker.url], env=ours.env, log_path=receiver_log
@@ -813,6 +839,7 @@ def fig_events(ctx: Ctx) -> dict[str, t.Any]:
     console = ours.home / "instances" / "ex1" / "console.log"
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     latencies: list[float] = []
+    returns: list[float] = []
     errors: list[str] = []
 
     def arrived(marker: str, offset: int, timeout: float) -> float | None:
@@ -878,11 +905,37 @@ def fig_events(ctx: Ctx) -> dict[str, t.Any]:
 
         def drained() -> bool:
             with contextlib.closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as db:
-                return db.execute("SELECT count(*) FROM events WHERE status = 'queued'").fetchone()[0] == 0
+                sql = "SELECT count(*) FROM events WHERE status IN ('queued', 'waiting')"
+                return db.execute(sql).fetchone()[0] == 0
 
         drained_ok = wait_until(drained, 120, 0.05)
         publish_s = time.perf_counter() - began
+        # What waited for an agent: stop it, post, start it again; from its "online" record to the last line.
+        for rep in range(2 if ctx.quick else 5):
+            agent.stop()
+            offset = console.stat().st_size
+            markers = [f"wait-{rep}-{i}-{uuid.uuid4().hex[:6]}" for i in range(WAITING_EVENTS)]
+            statuses = [_post(conn, f"/hooks/lat?token={token}", marker.encode()) for marker in markers]
+            if statuses != [202] * len(markers):
+                errors.append(f"return {rep}: waiting events answered {statuses}")
+            agent = Agent(ctx.procs, ours.env, broker.url, "benchhost", 1.0, 30.0, ctx.env.root / "agent-events.log")
+            pid = agent.proc.pid
+            if not wait_until(lambda: any(p == pid for _, p in online), 30, 0.005):  # noqa: B023 - used at once
+                errors.append(f"return {rep}: the agent did not come back online")
+                continue
+            back = next(when for when, p in online if p == pid)
+            seen: list[float] = []
+            for marker in markers:
+                when = arrived(f"ALERT bench: {marker}", offset, 30)
+                if when is None:
+                    break
+                seen.append(when)
+            if len(seen) < len(markers):
+                errors.append(f"return {rep}: {len(markers) - len(seen)} of {len(markers)} waiting events never came")
+                break  # the same would happen in every round
+            returns.append(max(seen) - back)
     finally:
+        records.close()
         conn.close()
         ctx.procs.stop(receiver)
         agent.stop()
@@ -896,6 +949,8 @@ def fig_events(ctx: Ctx) -> dict[str, t.Any]:
             "accepted": accepted,
             "accepted_per_s": accepted / accept_s if accept_s else None,
             "published_per_s": accepted / publish_s if drained_ok and publish_s else None,
+            "return": stats(returns),
+            "waiting_events": WAITING_EVENTS,
         }
     }
 

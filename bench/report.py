@@ -774,6 +774,11 @@ def _events(fig: dict[str, t.Any]) -> str:
     def ms(key: str) -> str:
         return f"{latency[key] * 1000:.1f} ms" if latency.get("n") else "–"
 
+    returned = ours.get("return") or {}
+
+    def back(key: str) -> str:
+        return f"{returned[key] * 1000:.0f} ms" if returned.get("n") else "–"
+
     def per_s(key: str) -> str:
         return f"{ours[key]:.0f}/s" if ours.get(key) else "–"
 
@@ -784,6 +789,9 @@ def _events(fig: dict[str, t.Any]) -> str:
         [f"accepted events per second ({ours.get('accepted')} of {ours.get('burst')}, 4 keep-alive clients)",
          per_s("accepted_per_s")],
         ["… journaled and published (every PUBACK in) per second, same burst", per_s("published_per_s")],
+        [f"agent back online → the last of {ours.get('waiting_events')} waiting events in the console, median",
+         back("median")],
+        ["… min–max", f"{back('min')} – {back('max')}"],
     ]  # fmt: skip
     errors = "".join(f"\n- {e}" for e in ours.get("errors", []))
     return (
@@ -791,11 +799,11 @@ def _events(fig: dict[str, t.Any]) -> str:
         f"`supervisor events serve` with one route to the example bot ({latency.get('n', 0)} events, one at a time, "
         "text/plain like a TradingView alert): HTTP accept and SQLite commit (`synchronous=FULL`), QoS 1 publish, "
         "the agent's console line typed through tmux, until the bot's `ALERT` line is in its console log (polled "
-        "every 1 ms). The burst goes to a route whose target no agent types for, so it measures the receiver: "
-        "each accepted event is one fsync'd commit before its 202.\n\n"
-        + _table(["figure", "value"], rows)
-        + ("\n\nErrors:" + errors if errors else "")
-        + "\n"
+        "every 1 ms). The burst goes to a plugin-style target (published on the broker's PUBACK; no agent types), "
+        "so it measures the receiver: each accepted event is one fsync'd commit before its 202. *Agent's return*: "
+        f"the agent is stopped, {ours.get('waiting_events')} events are posted (they wait), the agent is started "
+        f"again; from its retained `online` record to the last of them in the console ({returned.get('n', 0)} "
+        "rounds).\n\n" + _table(["figure", "value"], rows) + ("\n\nErrors:" + errors if errors else "") + "\n"
     )
 
 

@@ -14,7 +14,7 @@ import typing as t
 from pathlib import Path
 
 from supervisor.files import locked
-from supervisor.logfiles import rotate_log
+from supervisor.logfiles import private_file, rotate_log
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class AuditLog:
                 # The agent and the events receiver append from separate processes: one file lock
                 # keeps a rotation from cutting the other's line.
                 with locked(self.path.with_name(f".{self.path.name}.lock")):
-                    with self.path.open("a", encoding="utf-8") as handle:
+                    with private_file(self.path).open("a", encoding="utf-8") as handle:
                         handle.write(line)
                     rotate_log(self.path, self.max_bytes, self.keep)
             except OSError as e:

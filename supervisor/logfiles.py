@@ -20,6 +20,16 @@ LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_KEEP = 3
 
 
+def private_file(path: Path) -> Path:
+    """Create ``path`` empty and owner-only (600) if it is missing, so appenders keep that mode; return it.
+
+    Logs hold every console line, command and alert: another local user must not read them.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    return path
+
+
 def rotate_log(path: Path, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_KEEP) -> bool:
     """Rotate ``path`` by copy-and-truncate when it exceeds ``max_bytes``; return whether it did.
 
@@ -35,7 +45,9 @@ def rotate_log(path: Path, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_KEEP)
         older = path.with_name(f"{path.name}.{i}")
         if older.exists():
             older.replace(path.with_name(f"{path.name}.{i + 1}"))
-    shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+    copy = path.with_name(f"{path.name}.1")
+    shutil.copyfile(path, copy)
+    copy.chmod(path.stat().st_mode & 0o777)  # a log is owner-only: so is its rotated copy
     with path.open("r+b") as handle:
         handle.truncate(0)
     return True

@@ -9,10 +9,10 @@ reaches a shell. The agent calls :meth:`ExternalEvents.handle` from its worker p
 
 from __future__ import annotations
 
-import collections
-import hashlib
+import contextlib
 import json
 import logging
+import sqlite3
 import threading
 import time
 import typing as t
@@ -20,17 +20,148 @@ import typing as t
 from supervisor.consoletext import check_console_text
 from supervisor.core.recipe import OPTIONAL_RE, VAR_RE, render
 from supervisor.errors import SupervisorError
+from supervisor.mqtt.delivery import REFUSED, TYPED, confirmation, delivery_topic, is_expired, is_for, sender_of
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+    from pathlib import Path
 
     from supervisor.core.manager import Manager
 
 logger = logging.getLogger(__name__)
 
-DEDUPE_SECONDS = 300.0
-"""A byte-identical event (a QoS 1 redelivery, or a receiver re-sending after a crash) is typed once."""
-MAX_SEEN = 10_000
+KEEP_TYPED = 7 * 24 * 3600.0
+"""How long the receiver's events typed here are remembered (the receiver keeps its journal as long)."""
+
+
+class TypedEvents:
+    """The receiver's events this host already acted on, by (receiver, sequence, instance): on disk.
+
+    A receiver re-sends an event until this agent confirms it; a re-send that comes after
+    a crash (of either side) is recognised here and not typed again. A foreign sender's
+    events carry no receiver id and are never looked up. If the file cannot be written the
+    set is kept in memory (said once in the log), so this run still types each event once.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._memory: set[tuple[str, int, str]] = set()
+        self._db: sqlite3.Connection | None = None
+        self._broken: str | None = None
+        try:
+            path.touch(mode=0o600, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL: in WAL mode a commit survives the agent's crash (kill -9), which is what a re-send
+            # follows; only a power cut may lose the last ones. FULL would add an fsync before each typing.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS typed (receiver TEXT NOT NULL, sequence INTEGER NOT NULL, "
+                "instance TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (receiver, sequence, instance))"
+            )
+            self._db.execute("DELETE FROM typed WHERE at < ?", (time.time() - KEEP_TYPED,))
+        except (sqlite3.Error, OSError) as e:
+            self._failed(e)
+
+    def _failed(self, error: Exception) -> None:
+        text = str(error)
+        if text != self._broken:
+            logger.error("cannot record typed external events in %s (%s); remembering them in memory", self.path, text)
+        self._broken = text
+
+    def has(self, receiver: str, sequence: int, instance: str) -> bool:
+        """Return whether the event was acted on (by this run or an earlier one)."""
+        key = (receiver, sequence, instance)
+        with self._lock:
+            if key in self._memory:
+                return True
+            if self._db is None:
+                return False
+            try:
+                row = self._db.execute(
+                    "SELECT 1 FROM typed WHERE receiver = ? AND sequence = ? AND instance = ?", key
+                ).fetchone()
+            except sqlite3.Error as e:
+                self._failed(e)
+                return False
+            return row is not None
+
+    def claim(self, receiver: str, sequence: int, instance: str) -> bool:
+        """Record the event as acted on; return ``False`` if it already was."""
+        key = (receiver, sequence, instance)
+        with self._lock:
+            if key in self._memory:
+                return False
+            if self._db is not None:
+                try:
+                    cursor = self._db.execute(
+                        "INSERT OR IGNORE INTO typed VALUES (?, ?, ?, ?)", (receiver, sequence, instance, time.time())
+                    )
+                except sqlite3.Error as e:
+                    self._failed(e)
+                else:
+                    if self._broken is not None:
+                        logger.warning("typed external events are recorded in %s again", self.path)
+                        self._broken = None
+                    if cursor.rowcount == 0:
+                        return False
+            self._memory.add(key)
+            return True
+
+    def close(self) -> None:
+        """Close the file."""
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            if self._db is not None:
+                self._db.close()
+
+
+class MalformedEvent(SupervisorError):
+    """An external event's payload is not Hummingbot's ExternalEventMessage."""
+
+    code = "malformed_event"
+
+
+def parse_event(payload: bytes) -> dict[str, t.Any]:
+    """Return an event's JSON object (``data`` defaults to ``{}``, as in Hummingbot).
+
+    Raises
+    ------
+    MalformedEvent
+        Empty, not JSON, not an object, or ``data`` that is not an object.
+    """
+    if not payload.strip():
+        msg = "its payload is empty"
+        raise MalformedEvent(msg)
+    try:
+        message = json.loads(payload, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as e:
+        msg = "its payload is not JSON"
+        raise MalformedEvent(msg) from e
+    if not isinstance(message, dict):
+        msg = f"its payload is {_kind(message)}, not an object"
+        raise MalformedEvent(msg)
+    data = message.setdefault("data", {})
+    if not isinstance(data, dict):
+        msg = f"its 'data' is {_kind(data)}, not an object"
+        raise MalformedEvent(msg)
+    return message
+
+
+def _kind(value: object) -> str:
+    """Name a JSON value's type as JSON does."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "a string" if isinstance(value, str) else "a list"
+
+
+def _refuse_constant(name: str) -> t.NoReturn:
+    msg = f"{name} is not JSON"
+    raise ValueError(msg)
 
 
 def event_values(name: str, payload: bytes) -> dict[str, str]:
@@ -41,12 +172,14 @@ def event_values(name: str, payload: bytes) -> dict[str, str]:
     objects or lists are given as compact JSON.
     """
     try:
-        message = json.loads(payload)
-    except (ValueError, RecursionError):
-        message = None
-    data = message.get("data") if isinstance(message, dict) else None
-    if not isinstance(data, dict):
-        data = {}
+        message = parse_event(payload)
+    except MalformedEvent:
+        message = {"data": {}}
+    return data_values(name, message["data"])
+
+
+def data_values(name: str, data: Mapping[str, t.Any]) -> dict[str, str]:
+    """Return the placeholders of an event whose ``data`` object is ``data`` (see :func:`event_values`)."""
     values: dict[str, str] = {}
     for key, value in data.items():
         if isinstance(value, bool):
@@ -88,6 +221,10 @@ def render_event_line(template: str, values: Mapping[str, str], what: str) -> st
 class ExternalEvents:
     """Types mapped external events into the consoles of this host's plugin-less bots.
 
+    Every event acts, as in Hummingbot: two identical events from a foreign sender are two
+    events. Only our receiver's re-sends, recognised by the ``receiver`` and ``sequence``
+    members it adds, are typed once; the agent confirms each of those it typed or refused.
+
     Parameters
     ----------
     manager
@@ -98,6 +235,12 @@ class ExternalEvents:
         ``report(instance, message)``: the agent's event (``{own}/{instance}/events``).
     audit
         ``audit(**entry)``: one audit log line.
+    publish
+        ``publish(topic, payload, qos)``: the agent's connection, for confirmations.
+    own_prefix, host, secret
+        Where confirmations go (``{own_prefix}/{host}/{instance}/delivery``) and how they are signed.
+    typed
+        The file remembering the receiver's events acted on (default: in the state folder).
     """
 
     def __init__(
@@ -107,66 +250,107 @@ class ExternalEvents:
         *,
         report: Callable[[str, str], None],
         audit: Callable[..., None],
+        publish: Callable[..., t.Any] | None = None,
+        own_prefix: str = "supervisor",
+        host: str = "",
+        secret: str | None = None,
+        typed: Path | None = None,
     ) -> None:
         self.manager = manager
         self.namespace = namespace
         self.report = report
         self.audit = audit
-        self._seen: collections.OrderedDict[str, float] = collections.OrderedDict()
-        self._lock = threading.Lock()
+        self.publish = publish
+        self.own_prefix = own_prefix
+        self.host = host
+        self.secret = secret
+        self.typed = TypedEvents(typed or manager.paths.home / "events-typed.sqlite")
 
     @property
     def topic_filter(self) -> str:
         """The subscription: every instance's external events."""
         return f"{self.namespace}/+/external/event/#"
 
-    def _first_sight(self, topic: str, payload: bytes) -> bool:
-        key = hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()
-        now = time.monotonic()
-        with self._lock:
-            while self._seen and (len(self._seen) > MAX_SEEN or now - next(iter(self._seen.values())) > DEDUPE_SECONDS):
-                self._seen.popitem(last=False)
-            if key in self._seen:
-                return False
-            self._seen[key] = now
-            return True
-
     def handle(self, topic: str, payload: bytes, *, retained: bool = False) -> None:
         """Act on one event published to ``{ns}/{id}/external/event/{name...}``.
 
         A retained event is never typed: the broker would replay it at every reconnect.
+        An empty retained publish only clears one: nothing to do, nothing to say.
         """
         instance, _, rest = topic[len(self.namespace) + 1 :].partition("/")
         name = rest.removeprefix("external/event/").replace("/", ".")
         if not self.manager.has(instance):
             return  # another host's bot, or a Hummingbot with its own bridge
-        if not self._first_sight(topic, payload):
-            logger.info("instance %s: ignoring a repeated external event %s", instance, name)
-            return
         recipe = self.manager.recipe(instance)
         if recipe.mqtt.plugin:
             return  # its own bridge listens on this topic (Hummingbot's listeners, not the console)
+        if retained and not payload:
+            return
+        try:
+            message = parse_event(payload)
+        except MalformedEvent as e:
+            self._refuse(instance, name, f"external event '{name}' refused: {e}. Not typed.", level=logging.WARNING)
+            return
+        sender = sender_of(message)
+        if sender is not None and not is_for(message, self.host, instance):
+            return  # our receiver meant another host's bot of the same name
         if retained:
-            message = f"external event '{name}' ignored: it is a retained message (replayed at every connect)."
-            self._refuse(instance, name, message, level=logging.WARNING)
+            text = f"external event '{name}' ignored: it is a retained message (replayed at every connect)."
+            self._refuse(instance, name, text, level=logging.WARNING)
+            return
+        if sender is not None and self.typed.has(sender[0], sender[1], instance):
+            self._already(sender, instance)
+            return
+        if sender is not None and is_expired(message, time.time()):
+            text = f"external event '{name}' #{sender[1]} refused: it expired before it arrived. Not typed."
+            self._refuse(instance, name, text, level=logging.WARNING, sender=sender)
             return
         template = recipe.external_events.get(name) or recipe.external_events.get("*")
         if template is None:
-            message = f"external event '{name}' ignored: recipe '{recipe.name}' maps no console line to it."
-            self._refuse(instance, name, message, level=logging.INFO)
+            text = f"external event '{name}' ignored: recipe '{recipe.name}' maps no console line to it."
+            self._refuse(instance, name, text, level=logging.INFO, sender=sender)
             return
         what = f"instance '{instance}': external event '{name}'"
         try:
-            line = render_event_line(template, event_values(name, payload), what)
+            line = render_event_line(template, data_values(name, message["data"]), what)
+            if sender is not None and not self.typed.claim(sender[0], sender[1], instance):
+                self._already(sender, instance)
+                return
             self.manager.send(instance, line)
         except SupervisorError as e:
-            self._refuse(instance, name, f"{e} Not typed.", level=logging.WARNING)
+            self._refuse(instance, name, f"{e} Not typed.", level=logging.WARNING, sender=sender)
             return
         logger.info("instance %s: external event %s typed as %r", instance, name, line)
         self.audit(topic=topic, source="external-event", instance=instance, event=name, result=200, msg=line[:200])
         self.report(instance, f"external event '{name}' typed into the console: {line[:200]}")
+        if sender is not None:
+            self._confirm(sender, instance, TYPED, line[:200])
 
-    def _refuse(self, instance: str, name: str, message: str, *, level: int) -> None:
+    def _already(self, sender: tuple[str, int], instance: str) -> None:
+        logger.info("instance %s: event #%d of receiver %s was typed before; confirming again", instance, *sender[::-1])
+        self._confirm(sender, instance, TYPED, "typed before (a re-send)")
+
+    def _confirm(self, sender: tuple[str, int], instance: str, result: str, msg: str) -> None:
+        if self.publish is None:
+            return
+        topic = delivery_topic(self.own_prefix, self.host, instance)
+        payload = confirmation(
+            secret=self.secret,
+            topic=topic,
+            receiver=sender[0],
+            sequence=sender[1],
+            host=self.host,
+            instance=instance,
+            result=result,
+            msg=msg,
+        )
+        self.publish(topic, payload, qos=1)
+
+    def _refuse(
+        self, instance: str, name: str, message: str, *, level: int, sender: tuple[str, int] | None = None
+    ) -> None:
         logger.log(level, "instance %s: %s", instance, message)
         self.audit(source="external-event", instance=instance, event=name, result=400, msg=message[:200])
         self.report(instance, message)
+        if sender is not None:
+            self._confirm(sender, instance, REFUSED, message)

@@ -179,7 +179,16 @@ class Agent:
         self._reassert_lock = threading.Lock()
         self._reassert_pending = False
         self._last_reassert = 0.0
-        self.external = ExternalEvents(manager, self.ns, report=self.notify, audit=self.audit.record)
+        self.external = ExternalEvents(
+            manager,
+            self.ns,
+            report=self.notify,
+            audit=self.audit.record,
+            publish=lambda *args, **kwargs: self.connection.publish(*args, **kwargs),
+            own_prefix=config.own_prefix,
+            host=self.host,
+            secret=config.secret,
+        )
         self.connection = Connection(
             config.broker,
             client_id=config.broker.client_id or f"supervisor-agent-{self.host}-{self.run_id}",

@@ -22,7 +22,10 @@ if t.TYPE_CHECKING:
 def get_paths(ctx: click.Context) -> Paths:
     """Return the paths of the ``--home``/``--tmux-socket`` the command was given (or the environment's)."""
     obj = ctx.find_root().obj
-    return Paths.from_env(obj.get("home"), obj.get("tmux_socket"))
+    paths = Paths.from_env(obj.get("home"), obj.get("tmux_socket"))
+    if not paths.home.exists():  # every console, command and alert lives here: owner-only
+        paths.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return paths
 
 
 def get_manager(ctx: click.Context) -> Manager:

@@ -588,7 +588,16 @@ def events_serve_cmd(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with each event's body).")
 @click.pass_context
 def events_ls_cmd(ctx: click.Context, limit: int, route: str | None, as_json: bool) -> None:
-    """List recent external events, newest first: route, targets, status (queued/published/failed)."""
+    """List recent external events, newest first: route, targets, status.
+
+    \b
+    queued     not yet sent, or sent and not yet confirmed
+    waiting    its target's agent is offline, or its plugin bot is not running
+    delivered  its agent confirmed it typed it into the console
+    published  a plugin bot's broker acknowledged it (its bridge cannot confirm)
+    expired    not delivered within the route's max_age; never sent again
+    failed     no such target, or its agent refused it (the note says why)
+    """
     import datetime
 
     from supervisor.events.journal import Journal

@@ -33,7 +33,7 @@ from supervisor.errors import (
     SupervisorError,
 )
 from supervisor.files import atomic_write
-from supervisor.logfiles import clean_console, read_chunk, rotate_log
+from supervisor.logfiles import clean_console, private_file, read_chunk, rotate_log
 from supervisor.paths import ensure_dir
 from supervisor.states import State
 
@@ -383,6 +383,7 @@ def launch(parts: Parts, records: Sequence[Instance], listing: live.Listing) -> 
         parts.paths.exit_file(record.name).unlink(missing_ok=True)
         log = parts.paths.console_log(record.name)
         rotate_log(log)
+        private_file(log)  # the session appends to it: owner-only from the first line
         offset = log.stat().st_size if log.exists() else 0
         readiness.reset(parts.paths.readiness_file(record.name), offset)
         pattern = re.compile(recipe.run.ready) if recipe.run.ready else None

@@ -22,6 +22,8 @@ DEFAULT_MAX_BODY = 16 * 1024
 DEFAULT_DEDUPE_WINDOW = 10.0
 DEFAULT_RATE = 60.0
 DEFAULT_BURST = 10
+DEFAULT_MAX_AGE = 60.0
+"""Seconds an event may take to reach its bot; later it expires (a stale trading signal is worse than none)."""
 MIN_TOKEN = 16
 TRADINGVIEW = "tradingview"
 TRADINGVIEW_ADDRESSES = ("52.89.214.238", "34.212.75.30", "54.218.53.128", "52.32.178.7")
@@ -34,7 +36,7 @@ TARGET_RE = re.compile(rf"({_ID}/)?{_ID}")
 
 Network: t.TypeAlias = "ipaddress.IPv4Network | ipaddress.IPv6Network"
 _RECEIVER_KEYS = ("listen", "max_body", "dedupe_window", "allow", "trusted_proxies")
-_ROUTE_KEYS = ("token", "token_file", "event", "targets", "rate", "burst", "allow")
+_ROUTE_KEYS = ("token", "token_file", "event", "targets", "rate", "burst", "allow", "max_age")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +72,7 @@ class Route:
     rate: float = DEFAULT_RATE
     burst: int = DEFAULT_BURST
     allow: tuple[Network, ...] = ()
+    max_age: float = DEFAULT_MAX_AGE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,6 +200,7 @@ def _route(name: str, body: object, where: str, base: Path) -> Route:
         rate=_number(body.get("rate", DEFAULT_RATE), f"{key}.rate'", minimum=0.001),
         burst=int(_number(body.get("burst", DEFAULT_BURST), f"{key}.burst'", minimum=1, integer=True)),
         allow=parse_networks(_strings(body.get("allow", []), f"{key}.allow'"), f"{key}.allow'"),
+        max_age=_number(body.get("max_age", DEFAULT_MAX_AGE), f"{key}.max_age'", minimum=0.1),
     )
 
 

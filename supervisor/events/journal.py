@@ -1,8 +1,9 @@
 """The journal of accepted external events: SQLite, durable before the HTTP reply.
 
-An event is appended (``queued``) before the sender hears 2xx, each target's
-topic is recorded once the broker acknowledged it, and the event becomes
-``published`` when every target has. Stdlib only; imports nothing above ``errors``.
+An event is appended (``queued``) before the sender hears 2xx; each target's outcome
+(``delivered``: its agent confirmed; ``published``: a plugin bot's broker acknowledged;
+``failed: why``) is recorded with the event's status in one transaction. Stdlib only;
+imports nothing above ``errors``.
 """
 
 from __future__ import annotations
@@ -14,14 +15,18 @@ import json
 import sqlite3
 import threading
 import typing as t
+import uuid
 
 from supervisor.events import EventsError
 
 if t.TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
     from pathlib import Path
 
-QUEUED, PUBLISHED, FAILED = "queued", "published", "failed"
+QUEUED, WAITING = "queued", "waiting"
+DELIVERED, PUBLISHED, EXPIRED, FAILED = "delivered", "published", "expired", "failed"
+PENDING = (QUEUED, WAITING)
+"""Statuses of events still to be delivered (the others are final)."""
 KEEP_SECONDS = 7 * 24 * 3600.0
 """Finished events are kept this long for ``events ls``."""
 
@@ -42,6 +47,7 @@ CREATE TABLE IF NOT EXISTS events (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS events_status ON events (status, id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS events_digest ON events (route, digest, received);
 """
 
@@ -62,6 +68,13 @@ class Entry:
     delivered: list[str]
     published: float | None
     error: str | None
+    outcomes: dict[str, str] = dataclasses.field(default_factory=dict)
+    expires: float | None = None
+
+    @property
+    def is_pending(self) -> bool:
+        """Whether the event is still to be delivered."""
+        return self.status in PENDING
 
     def to_dict(self) -> dict[str, t.Any]:
         """Return the ``events ls --json`` record (the body as text, cut at 500 characters)."""
@@ -100,7 +113,18 @@ class Journal:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._db.executescript(_SCHEMA)
+                columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
+                for column, kind in (("outcomes", "TEXT NOT NULL DEFAULT '{}'"), ("expires", "REAL")):
+                    if column not in columns:  # a journal from before delivery was confirmed
+                        self._db.execute(f"ALTER TABLE events ADD COLUMN {column} {kind}")
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('receiver', ?)", (uuid.uuid4().hex,))
             self._db.execute("PRAGMA busy_timeout=2000")
+            # A journal from before delivery was confirmed, read (events ls) before a receiver upgraded it.
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
+            self._extra = ", ".join(
+                name if name in columns else f"{default} AS {name}"
+                for name, default in (("outcomes", "'{}'"), ("expires", "NULL"))
+            )
             self._db.execute("SELECT count(*) FROM events").fetchone()
         except (sqlite3.Error, OSError) as e:
             msg = f"event journal '{path}': {e}. Move the file aside if it is not a journal of bot-supervisor."
@@ -137,6 +161,7 @@ class Journal:
         source: str | None,
         now: float,
         dedupe_window: float,
+        max_age: float | None = None,
     ) -> tuple[int, bool]:
         """Append an event unless the same body reached ``route`` within ``dedupe_window`` seconds.
 
@@ -153,15 +178,26 @@ class Journal:
                 if row is not None:
                     return int(row[0]), True
             cursor = db.execute(
-                "INSERT INTO events (route, event, targets, body, text, digest, source, received, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (route, event, json.dumps(list(targets)), body, int(is_text), digest, source, now, QUEUED),
+                "INSERT INTO events (route, event, targets, body, text, digest, source, received, status, expires) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    route,
+                    event,
+                    json.dumps(list(targets)),
+                    body,
+                    int(is_text),
+                    digest,
+                    source,
+                    now,
+                    QUEUED,
+                    None if max_age is None else now + max_age,
+                ),
             )
             return int(t.cast("int", cursor.lastrowid)), False
 
     def pending(self, limit: int = 100) -> list[Entry]:
-        """Return the oldest queued events, oldest first."""
-        return self._select("WHERE status = ? ORDER BY id LIMIT ?", (QUEUED, limit))
+        """Return the oldest events still to be delivered (queued or waiting), oldest first."""
+        return self._select("WHERE status IN (?, ?) ORDER BY id LIMIT ?", (*PENDING, limit))
 
     def recent(self, limit: int = 50, route: str | None = None) -> list[Entry]:
         """Return the newest events (of ``route``), newest first."""
@@ -176,8 +212,8 @@ class Journal:
 
     def _select(self, where: str, args: tuple[t.Any, ...]) -> list[Entry]:
         sql = (
-            "SELECT id, route, event, targets, body, text, source, received, status, delivered, published, error "
-            f"FROM events {where}"
+            "SELECT id, route, event, targets, body, text, source, received, status, delivered, published, error, "
+            f"{self._extra} FROM events {where}"
         )
         try:
             with self._lock:
@@ -199,26 +235,49 @@ class Journal:
                 delivered=json.loads(r[9]),
                 published=r[10],
                 error=r[11],
+                outcomes=json.loads(r[12]),
+                expires=r[13],
             )
             for r in rows
         ]
 
-    def mark_delivered(self, done: Sequence[tuple[int, Sequence[str], bool]], now: float) -> None:
-        """Record acknowledged topics: ``(id, topics acknowledged so far, all targets done)`` per event."""
-        with self._write() as db:
-            for event_id, topics, complete in done:
-                db.execute(
-                    "UPDATE events SET delivered = ?, status = ?, published = ? WHERE id = ?",
-                    (json.dumps(list(topics)), PUBLISHED if complete else QUEUED, now if complete else None, event_id),
-                )
+    @property
+    def receiver_id(self) -> str:
+        """Return the journal's id, the ``receiver`` member of the events it sends (stable across restarts)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'receiver'").fetchone()
+        return str(row[0]) if row else ""
 
-    def mark_failed(self, event_id: int, error: str) -> None:
-        """Give up on an event (its targets match nothing)."""
+    def update(self, event_id: int, *, status: str, outcomes: Mapping[str, str], error: str | None, now: float) -> None:
+        """Record an event's target outcomes and status (``published`` holds when it became final)."""
+        self.update_many([(event_id, status, outcomes, error)], now=now)
+
+    def update_many(self, rows: Sequence[tuple[int, str, Mapping[str, str], str | None]], *, now: float) -> None:
+        """Record ``(id, status, outcomes, error)`` of several events in one transaction."""
         with self._write() as db:
-            db.execute("UPDATE events SET status = ?, error = ? WHERE id = ?", (FAILED, error, event_id))
+            db.executemany(
+                "UPDATE events SET status = ?, outcomes = ?, error = ?, published = ? WHERE id = ?",
+                [
+                    (status, json.dumps(dict(outcomes)), error, None if status in PENDING else now, event_id)
+                    for event_id, status, outcomes, error in rows
+                ],
+            )
+
+    def probe(self) -> None:
+        """Write nothing of value, to learn whether the journal can be written (a full disk says no).
+
+        Raises
+        ------
+        EventsError
+            The write failed.
+        """
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('probe', ?)", (uuid.uuid4().hex,))
 
     def prune(self, now: float, keep: float = KEEP_SECONDS) -> int:
         """Delete finished events older than ``keep`` seconds; return how many."""
         with self._write() as db:
-            cursor = db.execute("DELETE FROM events WHERE status != ? AND received < ?", (QUEUED, now - keep))
+            cursor = db.execute(
+                "DELETE FROM events WHERE status NOT IN (?, ?) AND received < ?", (*PENDING, now - keep)
+            )
             return int(cursor.rowcount)

@@ -8,8 +8,11 @@ audit entries per interval however many arrive. Imports no paho and no manager.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import logging.handlers
+import os
+import sys
 import threading
 import time
 import typing as t
@@ -50,6 +53,39 @@ class ClipFilter(logging.Filter):
         return True
 
 
+class PrivateLogFile(logging.handlers.RotatingFileHandler):
+    """The agent's log file: owner-only (600), and a write that fails is said once, not per record.
+
+    On a full disk every record fails; logging's default prints a "Logging error" traceback
+    to stderr for each, which fills whatever disk stderr goes to.
+    """
+
+    _failing = False
+
+    def _open(self) -> t.Any:
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return super()._open()
+
+    _failed_now = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write the record; after a failure, say so once on stderr, and once more when writing works again."""
+        self._failed_now = False
+        super().emit(record)
+        if self._failing and not self._failed_now:
+            self._failing = False
+            sys.stderr.write(f"supervisor: the agent log {self.baseFilename} can be written again\n")
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """Note the failure; tell stderr only the first time in a row."""
+        self._failed_now = True
+        if not self._failing:
+            self._failing = True
+            error = sys.exc_info()[1]
+            sys.stderr.write(f"supervisor: cannot write the agent log {self.baseFilename} ({error}); said once\n")
+
+
 def configure_agent_logging(
     path: Path, formatter: logging.Formatter, *, max_bytes: int = AGENT_LOG_MAX_BYTES, keep: int = AGENT_LOG_KEEP
 ) -> None:
@@ -57,7 +93,7 @@ def configure_agent_logging(
     root = logging.getLogger()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=keep, encoding="utf-8")
+        handler = PrivateLogFile(path, maxBytes=max_bytes, backupCount=keep, encoding="utf-8")
     except OSError as e:
         logger.warning("cannot open the agent log %s: %s; logging to stderr only", path, e)
     else:
