@@ -1650,16 +1650,16 @@ def test_the_snapshot_provider_gives_the_records_ls_gives(manager: Manager, bot_
         return [{k: v for k, v in r.items() if k not in volatile} for r in records]
 
     try:
-        answer = agent.provide([], True)
+        answer = agent.view.provide([], True)
         assert stable(answer["instances"]) == stable([s.to_dict() for s in manager.status()])
         assert answer["foreign"] == [f.to_dict() for f in manager.foreign_sessions()]
-        again = agent.provide(["tb"], False)  # from the snapshot now (fresh), same records
+        again = agent.view.provide(["tb"], False)  # from the snapshot now (fresh), same records
         assert stable(again["instances"]) == stable([manager.status(["tb"])[0].to_dict()])
         assert again["foreign"] == []
         manager.stop(["tb"])
-        assert agent.provide(["tb"], False)["instances"][0]["state"] == "stopped"
+        assert agent.view.provide(["tb"], False)["instances"][0]["state"] == "stopped"
         with pytest.raises(InstanceNotFound):
-            agent.provide(["ghost"], False)
+            agent.view.provide(["ghost"], False)
     finally:
         agent.probe.close()
 
@@ -1675,13 +1675,13 @@ def test_the_snapshot_shows_the_commit_an_update_from_another_process_checked_ou
     config = load_agent_config(None, {}, {"url": "mqtt://127.0.0.1:1", "host_id": HOST})
     agent = Agent(manager, config)  # never run: the provider alone, as the snapshot socket calls it
     try:
-        before = agent.provide(["tb"], False)["instances"][0]["commit"]
+        before = agent.view.provide(["tb"], False)["instances"][0]["commit"]
         with git.Repo(bot_origin) as repo:
             head = commit_files(repo, {"NEWS.md": "later\n"}, "news")
         cli = Manager(manager.paths)  # another process's manager, with caches of its own
         cli.update("tb")
         assert before != head
-        assert agent.provide(["tb"], False)["instances"][0]["commit"] == head
+        assert agent.view.provide(["tb"], False)["instances"][0]["commit"] == head
     finally:
         agent.probe.close()
 

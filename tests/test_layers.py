@@ -27,7 +27,7 @@ NO_CORE = "The MQTT wire and the fleet never import the core"
 CLI = "The CLI reaches sessions and processes only through the core"
 SHARED = "Shared helpers import nothing of the layers above them"
 CYCLES = "No import cycles between sibling modules of any package"
-AGENT = "Agent parts: host > relay | own > port > plugin | wire | lane"
+AGENT = "Agent parts: host > relay | own > port > plugin | wire | lane | view"
 
 
 @dataclasses.dataclass(frozen=True)

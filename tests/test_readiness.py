@@ -189,16 +189,16 @@ def test_ls_answered_by_the_agent_says_running_once_another_process_saw_the_read
     config = load_agent_config(None, {}, {"url": "mqtt://127.0.0.1:1", "host_id": "h1"})
     agent = Agent(manager, config)  # never run: the provider alone, as the snapshot socket calls it
     try:
-        assert agent.provide(["slow"], False)["instances"][0]["state"] == "starting"  # the snapshot is fresh now
+        assert agent.view.provide(["slow"], False)["instances"][0]["state"] == "starting"  # the snapshot is fresh now
         flag.touch()
         fresh(manager).start(["slow"])  # another process waits for the ready line and records it
-        assert agent.provide(["slow"], False)["instances"][0]["state"] == "running"
+        assert agent.view.provide(["slow"], False)["instances"][0]["state"] == "running"
         # Within the snapshot's second: what another process's look records is seen at once.
         manager.stop(["slow"])
         flag.unlink()  # this launch stays short of its ready line
         manager.start(["slow"], wait=False)
-        assert agent.provide([], False)["instances"][0]["state"] == "starting"
+        assert agent.view.provide([], False)["instances"][0]["state"] == "starting"
         readiness.mark_ready(manager.paths.readiness_file("slow"))  # as that look writes it
-        assert agent.provide([], False)["instances"][0]["state"] == "running"
+        assert agent.view.provide([], False)["instances"][0]["state"] == "running"
     finally:
         agent.probe.close()

@@ -37,6 +37,7 @@ from supervisor.agent.plugin import Held, PluginBridges
 from supervisor.agent.relay import HbotRelay
 from supervisor.agent.snapshot import SnapshotServer
 from supervisor.agent.stream import ConsoleStream
+from supervisor.agent.view import HostView
 from supervisor.agent.wire import Replier
 from supervisor.audit import AuditLog, clip
 from supervisor.core.registry import DESIRED_RUNNING
@@ -49,7 +50,6 @@ from supervisor.core.watchdog import (
     Inotify,
     Probe,
     Watchdog,
-    pid_alive,
 )
 from supervisor.errors import AgentError, SupervisorError
 from supervisor.mqtt import protocol
@@ -59,9 +59,9 @@ from supervisor.mqtt.guard import STATUS_BUSY, RefusalLog
 from supervisor.states import State
 
 if t.TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping
 
-    from supervisor.core.manager import ForeignSession, InstanceStatus, Manager
+    from supervisor.core.manager import InstanceStatus, Manager
     from supervisor.mqtt.config import AgentConfig
 
 logger = logging.getLogger(__name__)
@@ -78,10 +78,6 @@ STREAM_POLL = 0.25
 STREAM_SWEEP = 5.0
 PROBE_INTERVAL = 0.25
 """Seconds between two looks of the probe: a crash, a CLI start or stop shows within this (plus one derivation)."""
-SNAPSHOT_MAX_AGE = 1.0
-"""A status older than this is derived again before it answers a request (its CPU and memory figures age)."""
-_TRANSITIONAL = frozenset({State.STARTING, State.WAITING_LOGIN})
-"""States a look by another process can end (its readiness record), unseen by the probe."""
 _VOLATILE = frozenset({"cpu_percent", "rss", "uptime", "last_heartbeat"})
 _DOWN = (State.CRASHED, State.EXITED)
 
@@ -158,21 +154,15 @@ class Agent:
         self._published: dict[str, tuple[InstanceStatus, tuple[t.Any, ...]]] = {}
         self._plugin_alive: dict[str, bool] = {}
         self._liveness_lock = threading.Lock()
-        # The snapshot: each instance's last derived status, and when (monotonic) it was derived.
-        self._statuses: dict[str, InstanceStatus] = {}
-        self._looked: dict[str, float] = {}
-        self._dirty: set[str] = set()  # names whose state record may have to go out again
-        self._foreign_cache: tuple[float, list[ForeignSession]] = (-SNAPSHOT_MAX_AGE, [])
-        self._foreign_lock = threading.Lock()
+        # The snapshot: each instance's last derived status, owned by the view alone.
+        self.view = HostView(manager, self.probe, on_stored=self._stored, on_plugins=self._listen_to_beats)
         self._beat_listened: set[str] = set()
         self._subscription_lock = threading.Lock()
         self._console_logs: dict[str, str] = {}
-        self._status_lock = threading.Lock()
         self._publish_lock = threading.Lock()
         # One run of this agent: in its records and client id, so another agent with the same
         # host id is told apart (and the two do not keep kicking each other off the broker).
         self.run_id = uuid.uuid4().hex[:12]
-        self._state_error: str | None = None
         self._serving = False
         self._first_ready: float | None = None
         self._duplicate_of: dict[str, t.Any] | None = None
@@ -208,9 +198,12 @@ class Agent:
         )
         self.replier = Replier(self.connection, self.ns, config.own_prefix, self.refusals, reserve=REPLY_RESERVE)
         # The two front doors, each in its own file: Hummingbot's commands, and our own verbs.
-        self.relay = HbotRelay(self, manager, self.connection, self.replier, self.bridges, self.ns, self.audit.record)
+        self.relay = HbotRelay(
+            self, self.view, manager, self.connection, self.replier, self.bridges, self.ns, self.audit.record
+        )
         self.verbs = OwnVerbs(
             self,
+            self.view,
             manager,
             self.replier,
             self.watchdog,
@@ -219,7 +212,9 @@ class Agent:
             verifier=self.verifier,
             audit=self.audit.record,
         )
-        self.snapshots = SnapshotServer(manager.paths.agent_socket, self.provide, tmux_socket=manager.paths.tmux_socket)
+        self.snapshots = SnapshotServer(
+            manager.paths.agent_socket, self.view.provide, tmux_socket=manager.paths.tmux_socket
+        )
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -258,13 +253,13 @@ class Agent:
                     if now >= next_look or state_due:
                         # The safety net, and fresh CPU and memory figures for the state records.
                         next_look = now + self.check_interval
-                        self.look_all()
+                        self.view.look_all()
                         self._state_readable(None)
-                    elif self._look_changed():
+                    elif self.view.look_changed():
                         self._state_readable(None)
-                    if self._state_error is None:
-                        if self.watchdog.check(self._snapshot()):
-                            self.look_all()  # what was restarted or marked fatal: no stale record goes out
+                    if self.view.state_error is None:
+                        if self.watchdog.check(self.view.snapshot()):
+                            self.view.look_all()  # what was restarted or marked fatal: no stale record goes out
                         if now >= next_heartbeat:
                             self._heartbeats()
                             next_heartbeat = now + self.config.heartbeat_interval
@@ -289,7 +284,7 @@ class Agent:
                 due = self.bridges.next_due()
                 if due is not None:  # held requests of plugin bots go out (or expire) on time
                     wake = min(wake, due - time.monotonic())
-                if self._state_error is not None:
+                if self.view.state_error is not None:
                     self._stop.wait(max(0.01, min(wake, PROBE_INTERVAL)))
                 else:
                     # Until something happens: a bot ends, the registry is written, a deadline comes.
@@ -361,9 +356,8 @@ class Agent:
         else:
             self._claim()
         # Retained state may have been lost with a broker restart: publish everything again.
-        with self._status_lock:
-            self._published.clear()
-            self._dirty |= set(self._statuses)
+        self._published.clear()
+        self.view.all_changed()
 
     def _claimed(self, run_started: float) -> bool:
         """Return whether this agent serves; it starts to once no other live agent claimed its host id.
@@ -383,7 +377,7 @@ class Agent:
         with contextlib.suppress(SupervisorError, OSError):  # the main loop says why, once
             # Requests are judged on a snapshot from the first one on; bots are announced (and beat)
             # by the main loop's first heartbeat tick, after "online".
-            self.look_all(announce=False)
+            self.view.look_all(announce=False)
         self._subscribe()
         if self.connection.is_connected:
             self.connection.publish(f"{self.own}/agent", self._availability("online"), qos=1, retain=True)
@@ -476,9 +470,7 @@ class Agent:
         for verb in protocol.HOST_VERBS:
             self.connection.subscribe(f"{self.own}/{verb}", self._on_own, qos=1)
         # Plugin bots beat for themselves: record when, so `fleet ls` shows their heartbeat age.
-        with self._status_lock:
-            plugins = {name for name, status in self._statuses.items() if status.plugin}
-        self._listen_to_beats(plugins)
+        self._listen_to_beats(self.view.plugins())
 
     # -- request plumbing ----------------------------------------------------------
 
@@ -565,7 +557,7 @@ class Agent:
         instance = topic[len(self.own) + 1 :].rpartition("/")[0]
         if not self.lanes.is_idle(instance):
             return False  # it answers after what its bot's lane holds, in order
-        if self.fresh(instance) is None or not self._pending.acquire(blocking=False):
+        if self.view.fresh(instance) is None or not self._pending.acquire(blocking=False):
             return False
         try:
             self.verbs.handle(topic, payload, bool(props.get("dup")), False)
@@ -578,8 +570,7 @@ class Agent:
 
     def _on_heartbeat(self, topic: str, _payload: bytes, _props: Mapping[str, t.Any]) -> None:
         name = topic[len(self.ns) + 1 :].partition("/")[0]
-        with self._status_lock:
-            status = self._statuses.get(name)
+        status = self.view.status_of(name)
         if status is not None and status.plugin:
             self._last_heartbeat[name] = round(self._clock(), 3)
 
@@ -613,50 +604,10 @@ class Agent:
         reply = protocol.response(item.command, status=protocol.STATUS_ERROR, msg=msg)
         self.replier.reply(item.reply_to, reply, item.key)
 
-    # -- the snapshot -------------------------------------------------------------------
-
-    def _snapshot(self) -> dict[str, InstanceStatus]:
-        with self._status_lock:
-            return dict(self._statuses)
-
-    def _store(
-        self,
-        statuses: Sequence[InstanceStatus],
-        since: float,
-        *,
-        complete: bool = False,
-        gone: Iterable[str] = (),
-        announce: bool = True,
-    ) -> None:
-        """Put statuses derived from ``since`` (monotonic) into the snapshot; none replaces a newer one.
-
-        ``complete``: they are all there is (others are dropped); ``gone``: names whose records are gone;
-        ``announce``: say online/offline for bots that came up or went (else the next heartbeat tick does).
-        """
-        with self._status_lock:
-            dropped = set(gone)
-            if complete:
-                dropped |= set(self._statuses) - {s.name for s in statuses}
-            for name in dropped:
-                if self._looked.get(name, 0.0) <= since:
-                    self._statuses.pop(name, None)
-                    self._looked.pop(name, None)
-                    self._dirty.add(name)
-                    self.probe.forget(name)
-            kept = []
-            for status in statuses:
-                if self._looked.get(status.name, 0.0) > since:
-                    continue  # a request's action derived it later than this look began
-                self._statuses[status.name] = status
-                self._looked[status.name] = since
-                self._dirty.add(status.name)
-                kept.append(status)
-            plugins = {name for name, status in self._statuses.items() if status.plugin} if complete or kept else None
-        self.probe.watch(kept)
+    def _stored(self, statuses: list[InstanceStatus], announce: bool) -> None:
+        """Say online/offline for bots the view just found up or gone (unless the first look, before "online")."""
         if announce:
-            self._track_liveness(kept)
-        if plugins is not None and plugins != self._beat_listened:
-            self._listen_to_beats(plugins)
+            self._track_liveness(statuses)
 
     def _listen_to_beats(self, plugins: set[str]) -> None:
         """Subscribe to the heartbeats and status updates of this host's plugin bots only (one filter each).
@@ -676,134 +627,6 @@ class Agent:
                     self.connection.subscribe(f"{self.ns}/{name}/status_updates", self._on_status_update, qos=0)
             self._beat_listened = set(plugins)
 
-    def look_all(self, *, announce: bool = True) -> dict[str, InstanceStatus]:
-        """Derive every instance's status (one session query per backend, one process-table pass)."""
-        since = time.monotonic()
-        self.probe.watch_registry()  # before the look: a write meanwhile is seen at the next probe
-        statuses = self.manager.status()
-        self._store(statuses, since, complete=True, announce=announce)
-        return self._snapshot()
-
-    def _look_changed(self) -> bool:
-        """Derive again what the probe says may have changed; return whether that was everything."""
-        change = self.probe.changes()
-        if change.everything:
-            self.look_all()
-            return True
-        if change.names:
-            self.manager.forget_sessions()  # a bot just ended: its session may be gone too
-            since = time.monotonic()
-            gone = {name for name in change.names if not self.manager.has(name)}
-            statuses = self.manager.status(sorted(change.names - gone)) if change.names - gone else []
-            self._store(statuses, since, gone=gone)
-        return False
-
-    def look(self, instance: str) -> InstanceStatus:
-        """Derive one instance's status now, and keep it in the snapshot."""
-        return self._look_some([instance])[instance]
-
-    def _look_some(self, names: Sequence[str]) -> dict[str, InstanceStatus]:
-        """Derive these instances' statuses in one look, and keep them in the snapshot.
-
-        Raises
-        ------
-        InstanceNotFound
-        """
-        since = time.monotonic()
-        statuses = self.manager.status(names)
-        self._store(statuses, since)
-        return {status.name: status for status in statuses}
-
-    def take(self, status: InstanceStatus | None, instance: str) -> InstanceStatus:
-        """Keep the status an action returned (derived just now), or derive one when it returned none."""
-        if status is None:
-            return self.look(instance)
-        self._store([status], time.monotonic())
-        return status
-
-    def fresh(self, instance: str) -> InstanceStatus | None:
-        """Return the snapshot's status of ``instance`` if it can answer a request as it is, else ``None``.
-
-        It can while the host's state is readable and the registry unchanged,
-        it was derived less than :data:`SNAPSHOT_MAX_AGE` ago, and its bot (if
-        it had one) is still alive.
-        """
-        if self._state_error is not None or self.probe.registry_changed():
-            return None
-        with self._status_lock:
-            status = self._statuses.get(instance)
-            looked = self._looked.get(instance, 0.0)
-        if status is None or time.monotonic() - looked > SNAPSHOT_MAX_AGE:
-            return None
-        if status.pid is not None and not pid_alive(status.pid):
-            return None
-        if status.state in _TRANSITIONAL:
-            return None  # another process (a `start --wait`) may have seen its ready line meanwhile
-        return status
-
-    def current(self, instance: str) -> InstanceStatus:
-        """Return the status of ``instance`` for a request: the snapshot's when fresh, else a new look."""
-        return self.fresh(instance) or self.look(instance)
-
-    def fresh_all(self) -> dict[str, InstanceStatus] | None:
-        """Return the whole snapshot if every status in it is fresh (see :meth:`_fresh`), else ``None``."""
-        if self._state_error is not None or self.probe.registry_changed():
-            return None
-        now = time.monotonic()
-        with self._status_lock:
-            if any(now - self._looked.get(name, 0.0) > SNAPSHOT_MAX_AGE for name in self._statuses):
-                return None
-            statuses = dict(self._statuses)
-        if any(s.pid is not None and not pid_alive(s.pid) for s in statuses.values()):
-            return None
-        return statuses
-
-    def status_of(self, name: str) -> InstanceStatus | None:
-        """Return the snapshot's status of ``name`` as it is (no look), or ``None``."""
-        with self._status_lock:
-            return self._statuses.get(name)
-
-    def known(self, instance: str) -> bool:
-        """Return whether ``instance`` is one of this host's (in the snapshot, or on record)."""
-        with self._status_lock:
-            if instance in self._statuses:
-                return True
-        return self.manager.has(instance)
-
-    def provide(self, names: list[str], foreign: bool) -> dict[str, t.Any]:
-        """Answer ``supervisor ls`` over the snapshot socket: the statuses of ``names`` (all when empty).
-
-        From the snapshot while every status in it is younger than
-        :data:`SNAPSHOT_MAX_AGE` (states are current: the probe sees every
-        change), else from a new look; with ``foreign``, the foreign sessions
-        too, looked at most once per :data:`SNAPSHOT_MAX_AGE`.
-
-        Raises
-        ------
-        InstanceNotFound
-        """
-        statuses = self.fresh_all() or self.look_all()
-        # Looked at again, in one look: names new since the snapshot (or strangers: InstanceNotFound), and
-        # bots between launch and ready, whose ready line another process (a `start --wait`) may have seen.
-        again = [
-            name for name in names or list(statuses) if name not in statuses or statuses[name].state in _TRANSITIONAL
-        ]
-        if again:
-            statuses.update(self._look_some(again))
-        selected = [statuses[name] for name in names] if names else [statuses[n] for n in sorted(statuses)]
-        return {
-            "instances": [status.to_dict() for status in selected],
-            "foreign": [session.to_dict() for session in self._foreign()] if foreign else [],
-        }
-
-    def _foreign(self) -> list[ForeignSession]:
-        with self._foreign_lock:
-            looked, sessions = self._foreign_cache
-            if time.monotonic() - looked > SNAPSHOT_MAX_AGE:
-                sessions = self.manager.foreign_sessions()
-                self._foreign_cache = (time.monotonic(), sessions)
-            return sessions
-
     # -- what the watchdog reports ---------------------------------------------------
 
     def _on_incident(self, incident: Incident) -> None:
@@ -813,7 +636,7 @@ class Agent:
             self.gone(name, status)
             self._publish_states(force=False)
         elif incident.kind == "restarted":
-            status = self.take(status, name)
+            status = self.view.take(status, name)
             self.announce(name, status)
             self.notify(name, incident.message)
         elif incident.kind == "fatal" and status is not None:
@@ -827,27 +650,26 @@ class Agent:
     def _state_readable(self, error: Exception | None) -> None:
         """Log a change in whether this host's state can be read: the error once, then its mending."""
         text = None if error is None else clip(str(error), 400)
-        if text == self._state_error:
+        if text == self.view.state_error:
             return
         if text is None:
             logger.warning("this host's state can be read again; supervising and beating as before")
         else:
             logger.error("cannot read this host's state (%s); bots keep running, supervision paused until fixed", text)
-        self._state_error = text
+        self.view.state_error = text
 
     def notify(self, name: str, message: str) -> None:
         """Publish an agent event about ``name`` (and, for a bot we speak for, Hummingbot's ``notify``)."""
         event = {"ts": round(self._clock(), 3), "host": self.host, "instance": name, "msg": message}
         self.connection.publish(f"{self.own}/{name}/events", json.dumps(event).encode(), qos=1)
-        with self._status_lock:
-            status = self._statuses.get(name)
+        status = self.view.status_of(name)
         if status is not None and not status.plugin:
             self.connection.publish(f"{self.ns}/{name}/notify", protocol.notify(0, message))
 
     def _heartbeats(self) -> None:
         """Publish ``hb`` for plugin-less bots whose process is alive (as the snapshot says: kept current)."""
         with self._liveness_lock:
-            statuses = self._snapshot()
+            statuses = self.view.snapshot()
             self._track_liveness_locked(statuses.values(), beat=True)
             for gone in set(self._alive) - set(statuses):
                 self._alive.pop(gone)
@@ -929,7 +751,7 @@ class Agent:
                     poller.poll(1000)
                 if not self._serving:
                     continue  # another run of this host id may serve: publish nothing for it
-                statuses = self._snapshot()
+                statuses = self.view.snapshot()
                 self.stream.follow(n for n, s in statuses.items() if not s.plugin)
                 names = [n for n, s in statuses.items() if not s.plugin and s.is_running]
                 if not names or not self.connection.is_connected:
@@ -995,10 +817,7 @@ class Agent:
 
     def _publish_states_locked(self, *, force: bool) -> None:
         before = set(self._published)
-        with self._status_lock:
-            statuses = dict(self._statuses)
-            names = set(statuses) | set(self._published) if force else self._dirty
-            self._dirty = set()
+        statuses, names = self.view.changes(everything=set(self._published) if force else None)
         now = self._clock()
         for name in names:
             status = statuses.get(name)
@@ -1015,8 +834,7 @@ class Agent:
                 self._published[name] = (status, stable)
                 continue
             if status.state in _DOWN and status.desired == DESIRED_RUNNING and self.probe.is_busy(name):
-                with self._status_lock:
-                    self._dirty.add(name)  # mid-restart (someone holds its lock): the gap is no crash
+                self.view.changed([name])  # mid-restart (someone holds its lock): the gap is no crash
                 continue
             record = {**status.to_dict(), "last_heartbeat": self._last_heartbeat.get(name)}
             body = {**record, "host": self.host, "ts": round(now, 3), "refresh": self.config.state_interval}

@@ -17,6 +17,7 @@ if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from supervisor.agent.port import Host
+    from supervisor.agent.view import HostView
     from supervisor.agent.wire import Replier
     from supervisor.core.manager import InstanceStatus, Manager
     from supervisor.core.watchdog import Watchdog
@@ -33,7 +34,9 @@ class OwnVerbs:
     Parameters
     ----------
     host
-        The snapshot and what is published about the bots.
+        What is published about the bots (announcements, state records).
+    view
+        The snapshot of this host's bots.
     host_id
         This host's id (``list`` names it).
     own
@@ -45,6 +48,7 @@ class OwnVerbs:
     def __init__(
         self,
         host: Host,
+        view: HostView,
         manager: Manager,
         replier: Replier,
         watchdog: Watchdog,
@@ -55,6 +59,7 @@ class OwnVerbs:
         audit: Callable[..., None],
     ) -> None:
         self.host = host
+        self.view = view
         self.manager = manager
         self.replier = replier
         self.watchdog = watchdog
@@ -106,7 +111,7 @@ class OwnVerbs:
         try:
             args = protocol.validate_own(verb, request.data)
             if verb == "status":
-                status = self.host.fresh(instance) or self.host.look(instance)  # InstanceNotFound for a stranger
+                status = self.view.fresh(instance) or self.view.look(instance)  # InstanceNotFound for a stranger
                 reply, encoded = self._status_reply(status)
             else:
                 reply, then = self._run(instance, verb, args)
@@ -129,13 +134,13 @@ class OwnVerbs:
         """Carry out one of our verbs; return the reply and what to do once it is sent."""
         ok = protocol.STATUS_OK
         if verb == "list":
-            statuses = self.host.fresh_all() or self.host.look_all()
+            statuses = self.view.fresh_all() or self.view.look_all()
             return {
                 "status": ok,
                 "msg": "",
                 "result": {"host": self.host_id, "instances": [statuses[name].to_dict() for name in sorted(statuses)]},
             }, None
-        if not self.host.known(instance):
+        if not self.view.known(instance):
             raise InstanceNotFound(instance)
         if verb == "tail":
             return {"status": ok, "msg": "", "result": {"screen": self.manager.tail(instance, args["lines"])}}, None
@@ -153,7 +158,7 @@ class OwnVerbs:
         else:
             [result] = self.manager.restart([instance])
         self.watchdog.forget(instance)
-        status = self.host.take(result.status, instance)  # derived by the action itself: no second look
+        status = self.view.take(result.status, instance)  # derived by the action itself: no second look
 
         def then() -> None:
             if verb == "stop":

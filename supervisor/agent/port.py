@@ -1,4 +1,4 @@
-"""What the agent's parts (the Hummingbot relay, our verbs) ask of the host they serve.
+"""What the agent's front doors (the Hummingbot relay, our verbs) ask of the host besides its snapshot.
 
 A :class:`typing.Protocol` only: the parts depend on it, :class:`~supervisor.agent.host.Agent`
 provides it. Imports nothing of the agent's at run time.
@@ -14,31 +14,7 @@ if t.TYPE_CHECKING:
 
 
 class Host(t.Protocol):
-    """The snapshot of this host's bots, and what is published about them."""
-
-    def status_of(self, name: str) -> InstanceStatus | None:
-        """Return the snapshot's status of ``name`` as it is (no look), or ``None``."""
-
-    def known(self, name: str) -> bool:
-        """Return whether ``name`` is one of this host's instances."""
-
-    def look(self, name: str) -> InstanceStatus:
-        """Derive ``name``'s status now and keep it in the snapshot."""
-
-    def fresh(self, name: str) -> InstanceStatus | None:
-        """Return the snapshot's status of ``name`` if it can answer a request as it is."""
-
-    def current(self, name: str) -> InstanceStatus:
-        """Return the status of ``name`` for a request: the snapshot's when fresh, else a new look."""
-
-    def take(self, status: InstanceStatus | None, name: str) -> InstanceStatus:
-        """Keep the status an action returned (or derive one) in the snapshot."""
-
-    def look_all(self) -> dict[str, InstanceStatus]:
-        """Derive every instance's status now."""
-
-    def fresh_all(self) -> dict[str, InstanceStatus] | None:
-        """Return the whole snapshot if every status in it is fresh."""
+    """What is published about this host's bots, and requests held for plugin bots (the snapshot is the view's)."""
 
     def announce(self, name: str, status: InstanceStatus, *, relaunched: bool = False) -> None:
         """Say ``online`` (and beat) for a bot whose process was just (re)launched."""

@@ -24,6 +24,7 @@ if t.TYPE_CHECKING:
 
     from supervisor.agent.plugin import PluginBridges
     from supervisor.agent.port import Host
+    from supervisor.agent.view import HostView
     from supervisor.agent.wire import Replier
     from supervisor.core.manager import InstanceStatus, Manager
     from supervisor.mqtt.connection import Connection
@@ -48,7 +49,9 @@ class HbotRelay:
     Parameters
     ----------
     host
-        The snapshot and what is published about the bots.
+        What is published about the bots (announcements, events), and held requests.
+    view
+        The snapshot of this host's bots.
     manager
         The core.
     connection, replier
@@ -64,6 +67,7 @@ class HbotRelay:
     def __init__(
         self,
         host: Host,
+        view: HostView,
         manager: Manager,
         connection: Connection,
         replier: Replier,
@@ -72,6 +76,7 @@ class HbotRelay:
         audit: Callable[..., None],
     ) -> None:
         self.host = host
+        self.view = view
         self.manager = manager
         self.connection = connection
         self.replier = replier
@@ -81,7 +86,7 @@ class HbotRelay:
 
     def answers(self, topic: str) -> bool:
         """Return whether this agent answers ``topic``, judged on the snapshot (cheap: network thread)."""
-        status = self.host.status_of(topic[len(self.ns) + 1 :].partition("/")[0])
+        status = self.view.status_of(topic[len(self.ns) + 1 :].partition("/")[0])
         return status is not None and not (status.plugin and status.is_running)
 
     def watch_strategy(self, topic: str, payload: bytes) -> None:
@@ -89,7 +94,7 @@ class HbotRelay:
         instance, _, command = topic[len(self.ns) + 1 :].partition("/")
         if command not in ("start", "stop"):
             return
-        status = self.host.status_of(instance)
+        status = self.view.status_of(instance)
         if status is None or not (status.plugin and status.is_running):
             return  # a down plugin bot's start is the agent's own launch: recorded by it
         try:
@@ -105,15 +110,15 @@ class HbotRelay:
     def handle(self, topic: str, payload: bytes, dup: bool = False, retained: bool = False) -> None:
         """Carry out one request on ``{ns}/{id}/{command}`` and answer it (or stay silent where not ours)."""
         instance, _, command = topic[len(self.ns) + 1 :].partition("/")
-        if not self.host.known(instance):
+        if not self.view.known(instance):
             # Another host's agent, or a real Hummingbot, may own this id: stay silent.
             return
         # Whether to answer at all is judged on the snapshot (kept current by the probe), before the duplicate check.
-        status = self.host.status_of(instance)
+        status = self.view.status_of(instance)
         if status is None or (status.plugin and not status.is_running):
             # New, or a down plugin bot: a bot just launched must not be taken for down.
             self.manager.forget_sessions()
-            status = self.host.look(instance)
+            status = self.view.look(instance)
         if status.plugin and status.is_running and self.bridges.is_up(instance):
             # The bot's own MQTT bridge answers while it is up (even to bad requests): never a double reply.
             return
@@ -128,7 +133,7 @@ class HbotRelay:
             # Its process is up but its bridge is not yet: hold the request and forward it then.
             self._hold(instance, command, topic, payload, request, key)
             return
-        status = self.host.current(instance)  # one status for this request, passed down
+        status = self.view.current(instance)  # one status for this request, passed down
         try:
             data = protocol.validate(command, request.data)
             refusal = self._refusal(instance, command, data, status)
@@ -225,7 +230,7 @@ class HbotRelay:
                 [result] = self.manager.start(
                     [instance], strategy={"script": data.get("script"), "conf": data.get("conf")}
                 )
-                self.host.take(result.status, instance)
+                self.view.take(result.status, instance)
                 msg = f"instance '{instance}' was down; launched it, its MQTT bridge takes over."
                 return Outcome(protocol.STATUS_OK, msg)
             msg = f"instance '{instance}' is not running, so its MQTT bridge cannot answer. Send start first."
@@ -235,7 +240,7 @@ class HbotRelay:
             self.manager.console_line(instance, "start", values)  # refuse unsafe values before launching
             if not status.is_ready:
                 [result] = self.manager.start([instance])  # launches it, or waits for a bot that is still starting
-                self.host.announce(instance, self.host.take(result.status, instance))
+                self.host.announce(instance, self.view.take(result.status, instance))
             if data.get("is_quickstart"):
                 logger.info("is_quickstart has no console equivalent; starting normally")
             return self._console(instance, "start", values)
