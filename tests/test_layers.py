@@ -27,7 +27,7 @@ NO_CORE = "The MQTT wire and the fleet never import the core"
 CLI = "The CLI reaches sessions and processes only through the core"
 SHARED = "Shared helpers import nothing of the layers above them"
 CYCLES = "No import cycles between sibling modules of any package"
-AGENT = "Agent parts: host > relay | own > port > plugin | wire | lane | view"
+AGENT = "Agent parts: host > relay | own > beacon | plugin | wire | lane > view"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +52,7 @@ BREACHES = [
     # Everything imports errors.py: through it, the wire and the fleet would reach the core too.
     Breach("helper-imports-core", "errors.py", "import supervisor.core.registry", (LAYERS, NO_CORE, SHARED, CYCLES)),
     Breach("sibling-cycle", "core/registry.py", "import supervisor.core.manager", (CYCLES,)),
-    # The front doors reach the host only through the port's protocol; the lower parts not even that.
+    # The front doors never reach back into the host, nor the parts below them into the front doors.
     Breach("relay-imports-host", "agent/relay.py", "import supervisor.agent.host", (AGENT, CYCLES)),
     Breach("plugin-imports-relay", "agent/plugin.py", "import supervisor.agent.relay", (AGENT, CYCLES)),
 ]

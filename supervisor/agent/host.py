@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ import uuid
 from pathlib import Path
 
 from supervisor import __version__
+from supervisor.agent.beacon import Beacon, Voice
 from supervisor.agent.external import ExternalEvents
 from supervisor.agent.lane import Lanes
 from supervisor.agent.own import OwnVerbs
@@ -40,7 +40,6 @@ from supervisor.agent.stream import ConsoleStream
 from supervisor.agent.view import HostView
 from supervisor.agent.wire import Replier
 from supervisor.audit import AuditLog, clip
-from supervisor.core.registry import DESIRED_RUNNING
 from supervisor.core.watchdog import (
     BACKOFF_BASE,
     BACKOFF_MAX,
@@ -56,10 +55,9 @@ from supervisor.mqtt import protocol
 from supervisor.mqtt.auth import Verifier, is_signed_record, sign_record
 from supervisor.mqtt.connection import Connection
 from supervisor.mqtt.guard import STATUS_BUSY, RefusalLog
-from supervisor.states import State
 
 if t.TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Mapping
 
     from supervisor.core.manager import InstanceStatus, Manager
     from supervisor.mqtt.config import AgentConfig
@@ -78,13 +76,6 @@ STREAM_POLL = 0.25
 STREAM_SWEEP = 5.0
 PROBE_INTERVAL = 0.25
 """Seconds between two looks of the probe: a crash, a CLI start or stop shows within this (plus one derivation)."""
-_VOLATILE = frozenset({"cpu_percent", "rss", "uptime", "last_heartbeat"})
-_DOWN = (State.CRASHED, State.EXITED)
-
-
-def _stable(status: InstanceStatus) -> tuple[t.Any, ...]:
-    """Return what a state record says apart from its ever-changing figures (a record goes out when this changes)."""
-    return tuple(getattr(status, f.name) for f in dataclasses.fields(status) if f.name not in _VOLATILE)
 
 
 class Agent:
@@ -149,17 +140,11 @@ class Agent:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="agent-request")
         self._pending = threading.BoundedSemaphore(MAX_PENDING)
         self.lanes = Lanes(self._pool)
-        self._alive: dict[str, bool] = {}
-        self._last_heartbeat: dict[str, float] = {}
-        self._published: dict[str, tuple[InstanceStatus, tuple[t.Any, ...]]] = {}
-        self._plugin_alive: dict[str, bool] = {}
-        self._liveness_lock = threading.Lock()
         # The snapshot: each instance's last derived status, owned by the view alone.
         self.view = HostView(manager, self.probe, on_stored=self._stored, on_plugins=self._listen_to_beats)
         self._beat_listened: set[str] = set()
         self._subscription_lock = threading.Lock()
         self._console_logs: dict[str, str] = {}
-        self._publish_lock = threading.Lock()
         # One run of this agent: in its records and client id, so another agent with the same
         # host id is told apart (and the two do not keep kicking each other off the broker).
         self.run_id = uuid.uuid4().hex[:12]
@@ -172,7 +157,7 @@ class Agent:
         self.external = ExternalEvents(
             manager,
             self.ns,
-            report=self.notify,
+            report=lambda name, message: self.beacon.notify(name, message),
             audit=self.audit.record,
             publish=lambda *args, **kwargs: self.connection.publish(*args, **kwargs),
             own_prefix=config.own_prefix,
@@ -187,6 +172,11 @@ class Agent:
             max_queued=MAX_QUEUED,
         )
         self.stream = ConsoleStream(self.connection.publish, self.ns, clock=clock)
+        # What the host says about its bots: heartbeats, status updates, events, state records.
+        voice = Voice(self.ns, self.own, self.host, config.heartbeat_interval, config.state_interval, config.secret)
+        self.beacon = Beacon(
+            self.connection, self.view, self.probe, voice, records_changed=self._records_changed, clock=clock
+        )
         # Plugin bots: whether each bridge is up, requests held until it is, the strategies it accepted.
         self.bridges = PluginBridges(
             self.connection,
@@ -199,11 +189,19 @@ class Agent:
         self.replier = Replier(self.connection, self.ns, config.own_prefix, self.refusals, reserve=REPLY_RESERVE)
         # The two front doors, each in its own file: Hummingbot's commands, and our own verbs.
         self.relay = HbotRelay(
-            self, self.view, manager, self.connection, self.replier, self.bridges, self.ns, self.audit.record
+            self.view,
+            self.beacon,
+            manager,
+            self.connection,
+            self.replier,
+            self.bridges,
+            self.ns,
+            audit=self.audit.record,
+            hold=self.hold,
         )
         self.verbs = OwnVerbs(
-            self,
             self.view,
+            self.beacon,
             manager,
             self.replier,
             self.watchdog,
@@ -261,11 +259,11 @@ class Agent:
                         if self.watchdog.check(self.view.snapshot()):
                             self.view.look_all()  # what was restarted or marked fatal: no stale record goes out
                         if now >= next_heartbeat:
-                            self._heartbeats()
+                            self.beacon.heartbeats()
                             next_heartbeat = now + self.config.heartbeat_interval
                         if state_due:
                             self.watchdog.find_orphans()
-                        self._publish_states(force=state_due)
+                        self.beacon.publish_states(force=state_due)
                     if state_due:
                         next_state = now + self.config.state_interval
                     self.bridges.tick()
@@ -311,9 +309,7 @@ class Agent:
             self._pool.shutdown(wait=True, cancel_futures=False)
             self.connection.stop()
             return
-        for name, alive in list(self._alive.items()):
-            if alive:
-                self._status_update(name, "offline")
+        self.beacon.all_offline()
         with contextlib.suppress(SupervisorError):
             self.connection.publish_and_wait(
                 f"{self.own}/agent", self._availability("offline"), qos=1, retain=True, timeout=2
@@ -341,12 +337,17 @@ class Agent:
         if self._serving:
             # The state records on the broker now: a reader knows when it holds them all.
             # (Not in the last will, made before serving: it could only say none.)
-            names = list(self._published)
+            names = self.beacon.published()
             record["instances"] = len(names)
             record["generation"] = protocol.instances_generation(names)
         if self.config.secret:
             record = sign_record(self.config.secret, topic or f"{self.own}/agent", record)
         return json.dumps(record, separators=(",", ":")).encode()
+
+    def _records_changed(self) -> None:
+        """Publish the availability record again: the set of state records it counts changed (it follows them)."""
+        if not self._stop.is_set():
+            self.connection.publish(f"{self.own}/agent", self._availability("online"), qos=1, retain=True)
 
     def _on_connect(self) -> None:
         if self._first_ready is None:
@@ -356,8 +357,7 @@ class Agent:
         else:
             self._claim()
         # Retained state may have been lost with a broker restart: publish everything again.
-        self._published.clear()
-        self.view.all_changed()
+        self.beacon.forget_published()
 
     def _claimed(self, run_started: float) -> bool:
         """Return whether this agent serves; it starts to once no other live agent claimed its host id.
@@ -572,7 +572,7 @@ class Agent:
         name = topic[len(self.ns) + 1 :].partition("/")[0]
         status = self.view.status_of(name)
         if status is not None and status.plugin:
-            self._last_heartbeat[name] = round(self._clock(), 3)
+            self.beacon.heard_beat(name)
 
     # -- plugin bots: start-up window ------------------------------------------------
 
@@ -607,7 +607,7 @@ class Agent:
     def _stored(self, statuses: list[InstanceStatus], announce: bool) -> None:
         """Say online/offline for bots the view just found up or gone (unless the first look, before "online")."""
         if announce:
-            self._track_liveness(statuses)
+            self.beacon.track(statuses)
 
     def _listen_to_beats(self, plugins: set[str]) -> None:
         """Subscribe to the heartbeats and status updates of this host's plugin bots only (one filter each).
@@ -633,17 +633,17 @@ class Agent:
         name, status = incident.name, incident.status
         if incident.kind == "down" and status is not None:
             # Clients hear that the bot went away (and the crash is on record) before they hear it came back.
-            self.gone(name, status)
-            self._publish_states(force=False)
+            self.beacon.gone(name, status)
+            self.beacon.publish_states()
         elif incident.kind == "restarted":
             status = self.view.take(status, name)
-            self.announce(name, status)
-            self.notify(name, incident.message)
+            self.beacon.announce(name, status)
+            self.beacon.notify(name, incident.message)
         elif incident.kind == "fatal" and status is not None:
-            self.gone(name, status)
-            self.notify(name, incident.message)
+            self.beacon.gone(name, status)
+            self.beacon.notify(name, incident.message)
         elif incident.kind == "orphan":
-            self.notify(name, incident.message)
+            self.beacon.notify(name, incident.message)
 
     # -- periodic work ----------------------------------------------------------------
 
@@ -657,77 +657,6 @@ class Agent:
         else:
             logger.error("cannot read this host's state (%s); bots keep running, supervision paused until fixed", text)
         self.view.state_error = text
-
-    def notify(self, name: str, message: str) -> None:
-        """Publish an agent event about ``name`` (and, for a bot we speak for, Hummingbot's ``notify``)."""
-        event = {"ts": round(self._clock(), 3), "host": self.host, "instance": name, "msg": message}
-        self.connection.publish(f"{self.own}/{name}/events", json.dumps(event).encode(), qos=1)
-        status = self.view.status_of(name)
-        if status is not None and not status.plugin:
-            self.connection.publish(f"{self.ns}/{name}/notify", protocol.notify(0, message))
-
-    def _heartbeats(self) -> None:
-        """Publish ``hb`` for plugin-less bots whose process is alive (as the snapshot says: kept current)."""
-        with self._liveness_lock:
-            statuses = self.view.snapshot()
-            self._track_liveness_locked(statuses.values(), beat=True)
-            for gone in set(self._alive) - set(statuses):
-                self._alive.pop(gone)
-            for gone in set(self._plugin_alive) - set(statuses):
-                self._plugin_alive.pop(gone)
-
-    def _track_liveness(self, statuses: Iterable[InstanceStatus]) -> None:
-        with self._liveness_lock:
-            self._track_liveness_locked(statuses, beat=False)
-
-    def _track_liveness_locked(self, statuses: Iterable[InstanceStatus], *, beat: bool) -> None:
-        """Say ``online`` (and beat) for bots that came up, ``offline`` for those gone; ``beat``: beat the others too.
-
-        A plugin bot announces itself and beats for itself, but never says
-        ``offline``: the agent says it when the bot's process is gone.
-        """
-        for status in statuses:
-            name, alive = status.name, status.is_running  # the process, not readiness: beats say "alive"
-            if status.plugin:
-                if self._plugin_alive.get(name) and not alive:
-                    self._status_update(name, "offline")
-                self._plugin_alive[name] = alive
-                continue
-            was = self._alive.get(name, False)
-            if alive and not was:
-                self._status_update(name, "online")
-                self._beat(name)
-            elif was and not alive:
-                self._status_update(name, "offline")
-            elif alive and beat and not self._beat_recently(name):
-                self._beat(name)
-            self._alive[name] = alive
-
-    def _beat_recently(self, name: str) -> bool:
-        """Whether a beat went out within half an interval (at launch): the tick then skips one, keeping the cadence."""
-        last = self._last_heartbeat.get(name)
-        return last is not None and self._clock() - last < self.config.heartbeat_interval / 2
-
-    def _beat(self, name: str) -> None:
-        self.connection.publish(f"{self.ns}/{name}/hb", protocol.heartbeat())
-        self._last_heartbeat[name] = round(self._clock(), 3)
-
-    def announce(self, name: str, status: InstanceStatus, *, relaunched: bool = False) -> None:
-        """Say ``online`` and beat at once for a plugin-less bot whose process was just (re)launched.
-
-        ``relaunched``: a request just launched it and its reply went out: it beats now even if a
-        beat for the old process went out moments ago, so heartbeats follow the reply.
-        """
-        with self._liveness_lock:
-            announced = not status.plugin and status.is_running and self._alive.get(name)
-            if announced and (relaunched or not self._beat_recently(name)):
-                self._beat(name)  # a new process behind a name already announced: it beats at once too
-            self._track_liveness_locked([status], beat=False)
-
-    def gone(self, name: str, status: InstanceStatus) -> None:
-        """Say ``offline`` for a bot the agent had announced (or seen alive) whose process is gone."""
-        if not status.is_running:
-            self._track_liveness([status])
 
     def _stream_loop(self) -> None:
         """Publish plugin-less bots' console lines on ``log`` (and ``events``/``performance`` per recipe).
@@ -800,49 +729,3 @@ class Agent:
             logger.debug("not streaming %s's console: %s", name, e)
         except Exception:
             logger.exception("streaming %s's console failed", name)
-
-    def _status_update(self, name: str, state: t.Literal["online", "offline"]) -> None:
-        self.connection.publish(f"{self.ns}/{name}/status_updates", protocol.status_update(state))
-
-    def publish_states(self) -> None:
-        """Publish the state records that changed, now (not at the next tick)."""
-        self._publish_states(force=False)
-
-    def _publish_states(self, *, force: bool) -> None:
-        """Publish retained ``state`` records that changed (all of them when ``force``)."""
-        if not self.connection.is_connected:
-            return
-        with self._publish_lock:  # the main loop, the watchdog's reports and request workers all publish
-            self._publish_states_locked(force=force)
-
-    def _publish_states_locked(self, *, force: bool) -> None:
-        before = set(self._published)
-        statuses, names = self.view.changes(everything=set(self._published) if force else None)
-        now = self._clock()
-        for name in names:
-            status = statuses.get(name)
-            previous = self._published.get(name)
-            if status is None:
-                if previous is not None:
-                    self.connection.publish(f"{self.own}/{name}/state", b"", qos=1, retain=True)
-                    self._published.pop(name, None)
-                continue
-            if not force and previous is not None and previous[0] is status:
-                continue
-            stable = _stable(status)
-            if not force and previous is not None and previous[1] == stable:
-                self._published[name] = (status, stable)
-                continue
-            if status.state in _DOWN and status.desired == DESIRED_RUNNING and self.probe.is_busy(name):
-                self.view.changed([name])  # mid-restart (someone holds its lock): the gap is no crash
-                continue
-            record = {**status.to_dict(), "last_heartbeat": self._last_heartbeat.get(name)}
-            body = {**record, "host": self.host, "ts": round(now, 3), "refresh": self.config.state_interval}
-            topic = f"{self.own}/{name}/state"
-            if self.config.secret:
-                body = sign_record(self.config.secret, topic, body)
-            self.connection.publish(topic, json.dumps(body).encode(), qos=1, retain=True)
-            self._published[name] = (status, stable)
-        if set(self._published) != before and not self._stop.is_set():
-            # The set of records changed: the availability record says so, after the records themselves.
-            self.connection.publish(f"{self.own}/agent", self._availability("online"), qos=1, retain=True)

@@ -16,7 +16,7 @@ from supervisor.mqtt import protocol
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from supervisor.agent.port import Host
+    from supervisor.agent.beacon import Beacon
     from supervisor.agent.view import HostView
     from supervisor.agent.wire import Replier
     from supervisor.core.manager import InstanceStatus, Manager
@@ -33,10 +33,10 @@ class OwnVerbs:
 
     Parameters
     ----------
-    host
-        What is published about the bots (announcements, state records).
     view
         The snapshot of this host's bots.
+    beacon
+        What is said about them (announcements, state records).
     host_id
         This host's id (``list`` names it).
     own
@@ -47,8 +47,8 @@ class OwnVerbs:
 
     def __init__(
         self,
-        host: Host,
         view: HostView,
+        beacon: Beacon,
         manager: Manager,
         replier: Replier,
         watchdog: Watchdog,
@@ -58,8 +58,8 @@ class OwnVerbs:
         verifier: Verifier | None,
         audit: Callable[..., None],
     ) -> None:
-        self.host = host
         self.view = view
+        self.beacon = beacon
         self.manager = manager
         self.replier = replier
         self.watchdog = watchdog
@@ -162,10 +162,10 @@ class OwnVerbs:
 
         def then() -> None:
             if verb == "stop":
-                self.host.gone(instance, status)
+                self.beacon.gone(instance, status)
             else:
-                self.host.announce(instance, status, relaunched=result.changed)
-            self.host.publish_states()  # the new state goes out now, not at the next tick
+                self.beacon.announce(instance, status, relaunched=result.changed)
+            self.beacon.publish_states()  # the new state goes out now, not at the next tick
 
         return {"status": ok, "msg": result.message, "result": result.to_dict()}, then
 

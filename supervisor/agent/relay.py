@@ -22,8 +22,8 @@ from supervisor.mqtt import protocol
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+    from supervisor.agent.beacon import Beacon
     from supervisor.agent.plugin import PluginBridges
-    from supervisor.agent.port import Host
     from supervisor.agent.view import HostView
     from supervisor.agent.wire import Replier
     from supervisor.core.manager import InstanceStatus, Manager
@@ -48,10 +48,10 @@ class HbotRelay:
 
     Parameters
     ----------
-    host
-        What is published about the bots (announcements, events), and held requests.
     view
         The snapshot of this host's bots.
+    beacon
+        What is said about them (announcements, events).
     manager
         The core.
     connection, replier
@@ -62,21 +62,26 @@ class HbotRelay:
         Hummingbot's topic namespace.
     audit
         ``audit(**entry)``: one audit log line per request.
+    hold
+        ``hold(request)``: keep a request for a plugin bot until its bridge is up.
     """
 
     def __init__(
         self,
-        host: Host,
         view: HostView,
+        beacon: Beacon,
         manager: Manager,
         connection: Connection,
         replier: Replier,
         bridges: PluginBridges,
         namespace: str,
+        *,
         audit: Callable[..., None],
+        hold: Callable[[Held], None],
     ) -> None:
-        self.host = host
         self.view = view
+        self.beacon = beacon
+        self.hold = hold
         self.manager = manager
         self.connection = connection
         self.replier = replier
@@ -175,7 +180,7 @@ class HbotRelay:
                     self._notify(instance, outcome.msg)
             except SupervisorError as e:
                 logger.warning("%s of %s failed: %s", command, instance, e)
-                self.host.notify(instance, f"{command} failed: {e}")
+                self.beacon.notify(instance, f"{command} failed: {e}")
             return
         try:
             outcome = self._run(instance, command, data, status)
@@ -188,7 +193,7 @@ class HbotRelay:
     ) -> None:
         """Keep a request until the bot's bridge is up, then publish it again for the bot to answer."""
         deadline = time.monotonic() + self.manager.ready_timeout(instance)
-        self.host.hold(Held(instance, topic, payload, request.reply_to, command, key, deadline))
+        self.hold(Held(instance, topic, payload, request.reply_to, command, key, deadline))
 
     def _answer(self, request: protocol.Request, command: str, topic: str, key: str, outcome: Outcome) -> None:
         self.audit(
@@ -240,7 +245,7 @@ class HbotRelay:
             self.manager.console_line(instance, "start", values)  # refuse unsafe values before launching
             if not status.is_ready:
                 [result] = self.manager.start([instance])  # launches it, or waits for a bot that is still starting
-                self.host.announce(instance, self.view.take(result.status, instance))
+                self.beacon.announce(instance, self.view.take(result.status, instance))
             if data.get("is_quickstart"):
                 logger.info("is_quickstart has no console equivalent; starting normally")
             return self._console(instance, "start", values)
