@@ -194,7 +194,7 @@ def test_external_events_from_a_hummingbot_api_client_and_the_receiver_reach_a_p
         receiver = receivers.start(url, routes)
         assert post(hook(receiver), b"from hook", token=TOKEN, content_type="text/plain").status == 202
         wait_until(lambda: "ALERT signals.hook: from hook" in console(manager, "ex-1"), timeout=15)
-        record = next_matching(event_records, lambda m: "from route 'btc' published" in m.json()["msg"], timeout=15)
+        record = next_matching(event_records, lambda m: "from route 'btc' delivered" in m.json()["msg"], timeout=15)
         assert record.json()["host"] == "host-1", record.json()
     finally:
         api.close()

@@ -23,6 +23,7 @@ NAME = os.environ["BOT_NAME"]
 PORT = int(os.environ["MQTT_PORT"])
 DELAY = float(os.environ.get("BRIDGE_DELAY", "0"))
 ONLINE_DELAY = float(os.environ.get("ONLINE_DELAY", "0"))
+REPLY_DELAY = float(os.environ.get("REPLY_DELAY", "0.04"))
 USERNAME = os.environ.get("MQTT_USERNAME", "")
 ARGS = " ".join(sys.argv[1:])
 
@@ -39,7 +40,7 @@ def on_message(client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage
             return  # the real bridge fails validation silently
     except (ValueError, KeyError, TypeError):
         return
-    time.sleep(0.04)  # Hummingbot's bridge answers in about 40 ms (reference), not at once
+    time.sleep(REPLY_DELAY)  # Hummingbot's bridge answers in about 40 ms (reference), not at once
     body = {"header": {"reply_to": "", "timestamp": int(time.time() * 1000)}}
     if command == "start" and str(data.get("conf") or "").startswith("missing"):
         # As Hummingbot refuses a conf it cannot read: nothing starts.
