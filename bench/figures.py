@@ -713,7 +713,7 @@ def dashboard_on(ctx: Ctx, ours: Ours, n: int, *, beside_peers: bool = False) ->
         home = ctx.env.root / f"dashboard-home-{n}"
         home.mkdir()
         port = free_port()
-        argv = [SUPERVISOR, "dashboard", "--broker", broker.url, "--listen", f"127.0.0.1:{port}"]
+        argv = [SUPERVISOR, "dashboard", "--broker", broker.url, "--listen", f"127.0.0.1:{port}", "--insecure-no-login"]
         dashboard = ctx.procs.spawn(
             argv, env={**ours.env, "SUPERVISOR_HOME": str(home)}, log_path=ctx.env.root / "dashboard.log"
         )

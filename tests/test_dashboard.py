@@ -40,6 +40,7 @@ from supervisor.fleet.dashboard.auth import (
 )
 from supervisor.fleet.dashboard.server import (
     MAX_STREAMS,
+    MAX_STREAMS_PER_CLIENT,
     SECURITY_HEADERS,
     Dashboard,
     Hub,
@@ -517,10 +518,14 @@ class Fleet:
         argv = [sys.executable, "-m", "supervisor", "agent", "--broker", self.broker.url, "--host-id", "host-1"]
         return self.spawn("agent", [*argv, *AGENT_TIMERS, *extra], self.env(self.home))
 
-    def start_dashboard(self, home: Path, port: int | None = None, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    def start_dashboard(
+        self, home: Path, port: int | None = None, *, insecure: bool = True, **env: str
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        """Start a dashboard; ``insecure`` passes --insecure-no-login (a home with a password still asks for it)."""
         port = port or free_port()
         argv = [sys.executable, "-m", "supervisor", "dashboard", "--broker", self.broker.url]
-        proc = self.spawn("dashboard", [*argv, "--listen", f"127.0.0.1:{port}"], self.env(home, **env))
+        argv += ["--listen", f"127.0.0.1:{port}", *(["--insecure-no-login"] if insecure else [])]
+        proc = self.spawn("dashboard", argv, self.env(home, **env))
         url = f"http://127.0.0.1:{port}"
 
         def up() -> bool:
@@ -1522,3 +1527,103 @@ def test_alerts_reach_a_local_webhook_and_the_page(fleet: Fleet, browser: Browse
         page.close()
     finally:
         receiver.close()
+
+
+# --- issue 21: an operator's whole day ------------------------------------------------------------
+
+
+def printed_password(log: Path) -> list[str]:
+    """The password lines a dashboard printed at start (indented, after the 'shown only this once' line)."""
+    lines = log.read_text(errors="replace").splitlines()
+    return [lines[i + 1].strip() for i, line in enumerate(lines[:-1]) if "shown only this once" in line]
+
+
+def test_a_first_start_makes_a_password_and_strangers_get_no_control_and_no_streams(
+    fleet: Fleet, browser: Browser, tmp_path: Path
+) -> None:
+    fleet.add("mm-1")
+    fleet.start_agent()
+    home = tmp_path / "dash-home"
+    home.mkdir()
+    port = free_port()
+    dashboard, url = fleet.start_dashboard(home, port=port, insecure=False)
+    log = fleet.processes[-1][2]
+    wait_until(lambda: printed_password(log), timeout=10, message="the dashboard prints its new password")
+    [password] = printed_password(log)
+    config = home / "dashboard.toml"
+    assert config.stat().st_mode & 0o777 == 0o600
+    stored = load_settings(config, {}).password_hash
+    assert stored is not None and verify_password(password, stored) and password not in config.read_text()
+
+    # A local process without the password (uid nobody, say) gets no token, no command and no stream.
+    status, _, session = request(url, "GET", "/api/session")
+    assert status == 200 and session["login_required"] is True and session["csrf"] is None
+    command = {"target": "host-1/mm-1", "verb": "stop", "data": {}}
+    assert request(url, "POST", "/api/command", command)[0] == 403
+
+    # The printed link logs the browser in and leaves no password in the address bar.
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(f"{url}/#password={password}")
+    wait_state(page, "host-1/mm-1", "running")
+    assert "password" not in page.url
+    streams = [open_stream(url) for _ in range(MAX_STREAMS_PER_CLIENT + 1)]
+    try:
+        assert {status for _, status in streams} == {403}
+    finally:
+        for sock, _ in streams:
+            sock.close()
+    fleet.manager.stop(["mm-1"])  # the operator's stream still carries news
+    wait_state(page, "host-1/mm-1", "stopped")
+    assert live(page)[1] == "live"
+    page.close()
+
+    # Shown once: a second start keeps the stored hash and prints nothing.
+    stop_process(dashboard)
+    fleet.start_dashboard(home, port=port, insecure=False)
+    assert printed_password(fleet.processes[-1][2]) == []
+    assert load_settings(config, {}).password_hash == stored
+
+    # Without a password, only the loudly named option serves, and says so.
+    other = tmp_path / "other-home"
+    other.mkdir()
+    fleet.start_dashboard(other, insecure=True)
+    assert not (other / "dashboard.toml").exists()
+    wait_until(lambda: "INSECURE: no login" in fleet.processes[-1][2].read_text(), timeout=10, message="a warning")
+    store = Store(tmp_path / "d.sqlite")
+    try:
+        with pytest.raises(DashboardError, match=r"without a password: any local user .* --insecure-no-login"):
+            Dashboard(
+                load_agent_config(None, {}, {"url": "mqtt://127.0.0.1:1"}), load_settings(other / "x", {}), "0", store
+            )
+    finally:
+        store.close()
+
+
+def test_seven_tabs_share_one_stream_and_commands_never_wait_behind_it(fleet: Fleet, browser: Browser) -> None:
+    fleet.add("mm-1", "arb-2")
+    fleet.start_agent()
+    _, url = fleet.start_dashboard(fleet.home)
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    try:
+        tabs = []
+        for _ in range(7):  # Chromium opens at most 6 connections to one host
+            page = context.new_page()
+            page.goto(url + "/")
+            tabs.append(page)
+        for page in tabs:  # the 7th too: its table fills from the one shared stream
+            wait_state(page, "host-1/arb-2", "running")
+        tabs[0].click('tr[data-target="host-1/mm-1"] button[data-verb="stop"]')
+        tabs[0].click("#ask-ok")
+        tabs[0].wait_for_selector("#replies li[data-verb='stop']", timeout=60_000)
+        assert "stop ok" in tabs[0].inner_text("#replies li[data-verb='stop']")
+        assert fleet.pid("mm-1") is None
+        for page in tabs:
+            wait_state(page, "host-1/mm-1", "stopped")
+        # Closing the tabs leaves the last one live.
+        for page in tabs[:-1]:
+            page.close()
+        fleet.manager.start(["mm-1"])
+        wait_state(tabs[-1], "host-1/mm-1", "running")
+        assert live(tabs[-1])[1] == "live"
+    finally:
+        context.close()

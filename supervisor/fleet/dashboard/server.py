@@ -45,6 +45,7 @@ from supervisor.states import BAD, State
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+    from pathlib import Path
 
     from supervisor.fleet.dashboard.auth import DashboardSettings, Session
     from supervisor.fleet.dashboard.store import Store
@@ -101,6 +102,7 @@ _STATIC = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
+    "stream.js": "text/javascript; charset=utf-8",
 }
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -721,14 +723,28 @@ class Dashboard(ServedApp):
         ``HOST:PORT``; anything but loopback needs ``settings.password_hash``.
     store
         The SQLite history.
+    insecure_no_login
+        Serve loopback without a password: every local user and process may then drive the bots.
+    sessions_path
+        Where login sessions are kept across restarts (``None``: in memory only).
 
     Raises
     ------
     DashboardError
-        For a non-loopback address without a password, or an address that cannot be bound.
+        For a non-loopback address without a password, no password without ``insecure_no_login``,
+        or an address that cannot be bound.
     """
 
-    def __init__(self, config: AgentConfig, settings: DashboardSettings, listen: str, store: Store) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        settings: DashboardSettings,
+        listen: str,
+        store: Store,
+        *,
+        insecure_no_login: bool = False,
+        sessions_path: Path | None = None,
+    ) -> None:
         host, port = parse_listen(listen, DashboardError)
         self.loopback = is_loopback(host)
         if not self.loopback and not settings.login_required:
@@ -737,11 +753,17 @@ class Dashboard(ServedApp):
                 "Set one with 'supervisor dashboard passwd --write', or listen on 127.0.0.1."
             )
             raise DashboardError(msg)
+        if not settings.login_required and not insecure_no_login:
+            msg = (
+                f"refusing to serve {listen} without a password: any local user could stop your bots. "
+                "Set one with 'supervisor dashboard passwd --write', or pass --insecure-no-login."
+            )
+            raise DashboardError(msg)
         self.config = config
         self.settings = settings
         self.store = store
         self.hub = Hub()
-        self.sessions = Sessions(settings.session_ttl)
+        self.sessions = Sessions(settings.session_ttl, path=sessions_path)
         self.throttle = LoginThrottle()
         # Checks run on a few threads of their own: scrypt's 16 MB then come from (and go back to)
         # a few malloc arenas instead of one per connection thread; a bounded number may wait.
@@ -773,6 +795,8 @@ class Dashboard(ServedApp):
             self.config.broker.url,
             "login required" if self.settings.login_required else "no login: loopback only",
         )
+        if not self.settings.login_required:
+            logger.warning("INSECURE: no login; every local user and process can stop and start your bots")
 
     def close(self) -> None:
         """End every stream, the HTTP server, the MQTT connection and the store."""

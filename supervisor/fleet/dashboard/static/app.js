@@ -122,6 +122,9 @@ async function refreshSession() {
 }
 
 async function boot() {
+  // The link the dashboard prints at its first start carries the password after '#' (never sent to a server).
+  const linked = new URLSearchParams(location.hash.slice(1)).get("password");
+  if (linked !== null) history.replaceState(null, "", location.pathname + location.search);
   const { status, data } = await api("/api/session");
   if (status !== 200) {
     $("live-text").textContent = data.error || `HTTP ${status}`;
@@ -129,11 +132,21 @@ async function boot() {
   }
   ui.loginRequired = data.login_required;
   if (!data.authenticated) {
+    if (linked && (await loginWith(linked)).status === 200) return;
     showLogin();
     return;
   }
   ui.csrf = data.csrf;
   showApp();
+}
+
+async function loginWith(password) {
+  const reply = await api("/api/login", { password });
+  if (reply.status === 200) {
+    ui.csrf = reply.data.csrf;
+    showApp();
+  }
+  return reply;
 }
 
 function showLogin(message) {
@@ -168,11 +181,9 @@ async function login(event) {
   button.disabled = true;
   $("login-error").textContent = "";
   try {
-    const { status, data } = await api("/api/login", { password: $("password").value });
+    const { status, data } = await loginWith($("password").value);
     if (status === 200) {
-      ui.csrf = data.csrf;
       $("password").value = "";
-      showApp();
     } else {
       $("login-error").textContent = status === 401 ? "Wrong password." : data.error || `HTTP ${status}`;
       $("password").select();
@@ -193,29 +204,71 @@ async function logout() {
 
 // --- live updates ----------------------------------------------------------------------------------
 
+const HANDLERS = {
+  snapshot: (data) => onSnapshot(data),
+  delta: (data) => onDelta(data),
+  message: (data) => onMessage(data),
+  performance: (data) => onPerformance(data),
+  alert: (data) => onAlert(data),
+};
+
 function connect() {
+  // One stream per browser, shared by its tabs through a SharedWorker; a browser without one gets its own.
+  if ("SharedWorker" in window) connectShared();
+  else connectOwn();
+}
+
+function connectShared() {
+  if (!ui.worker) {
+    ui.worker = new SharedWorker("/static/stream.js", { name: "supervisor-dashboard-stream" });
+    ui.worker.port.addEventListener("message", ({ data }) => {
+      if (data.type === "open") streamOpened(data.joined);
+      else if (data.type === "error") streamFailed(false);
+      else if (data.type === "closed") streamFailed(true);
+      else if (HANDLERS[data.type] && ui.csrf) HANDLERS[data.type](JSON.parse(data.data));
+    });
+    ui.worker.port.start();
+    window.addEventListener("pagehide", () => ui.worker.port.postMessage({ type: "bye" }));
+  }
+  ui.worker.port.postMessage({ type: "connect" });
+}
+
+function connectOwn() {
   if (ui.events) ui.events.close();
   const source = new EventSource("/events");
   ui.events = source;
-  source.addEventListener("open", () => {
-    ui.streamOpen = true;
-    updateLive();
-    refreshSession(); // after a restart of the dashboard the page's token is stale
-  });
-  source.addEventListener("error", async () => {
-    ui.streamOpen = false;
-    updateLive();
-    if (source.readyState === EventSource.CLOSED) {
-      const { data } = await request("/api/session").catch(() => ({ data: null }));
-      if (ui.loginRequired && data && !data.authenticated) showLogin("Your session ended. Log in again.");
-      else setTimeout(connect, 2000);
-    }
-  });
-  source.addEventListener("snapshot", (event) => onSnapshot(JSON.parse(event.data)));
-  source.addEventListener("delta", (event) => onDelta(JSON.parse(event.data)));
-  source.addEventListener("message", (event) => onMessage(JSON.parse(event.data)));
-  source.addEventListener("performance", (event) => onPerformance(JSON.parse(event.data)));
-  source.addEventListener("alert", (event) => onAlert(JSON.parse(event.data)));
+  source.addEventListener("open", () => streamOpened(false));
+  source.addEventListener("error", () => streamFailed(source.readyState === EventSource.CLOSED));
+  for (const [name, handler] of Object.entries(HANDLERS)) {
+    source.addEventListener(name, (event) => handler(JSON.parse(event.data)));
+  }
+}
+
+function streamOpened(joined) {
+  ui.streamOpen = true;
+  updateLive();
+  refreshSession(); // after a restart of the dashboard the page's token is stale
+  if (joined) loadSnapshot();
+}
+
+async function streamFailed(closed) {
+  ui.streamOpen = false;
+  updateLive();
+  if (!closed) return;
+  const { data } = await request("/api/session").catch(() => ({ data: null }));
+  if (ui.loginRequired && data && !data.authenticated) showLogin("Your session ended. Log in again.");
+  else setTimeout(connect, 2000);
+}
+
+async function loadSnapshot() {
+  // Deltas arriving meanwhile wait for it; the ones it already includes are dropped.
+  ui.pendingDeltas = [];
+  const { status, data } = await request("/api/snapshot").catch(() => ({ status: 0, data: null }));
+  const pending = ui.pendingDeltas || [];
+  ui.pendingDeltas = null;
+  if (status !== 200) return;
+  if (!(ui.lastNow > data.now)) onSnapshot(data);
+  for (const delta of pending) if (delta.now > data.now) onDelta(delta);
 }
 
 // --- alerts ------------------------------------------------------------------------------------------
@@ -269,12 +322,17 @@ function updateLive() {
 }
 
 function onSnapshot(snapshot) {
+  ui.pendingDeltas = null;
   ui.items = new Map(snapshot.instances.map((item) => [item.target, item]));
   applyHeader(snapshot);
   draw();
 }
 
 function onDelta(delta) {
+  if (ui.pendingDeltas) {
+    ui.pendingDeltas.push(delta);
+    return;
+  }
   // Known instances come as the fields that changed; new ones whole. Sparklines grow from "performance".
   for (const item of delta.instances || []) {
     const old = ui.items.get(item.target);
@@ -290,6 +348,7 @@ function onDelta(delta) {
 }
 
 function applyHeader(data) {
+  ui.lastNow = data.now;
   ui.skew = data.now - Date.now() / 1000;
   if ("connected" in data) ui.connected = data.connected;
   if ("broker" in data) ui.broker = data.broker;
