@@ -1627,3 +1627,47 @@ def test_seven_tabs_share_one_stream_and_commands_never_wait_behind_it(fleet: Fl
         assert live(tabs[-1])[1] == "live"
     finally:
         context.close()
+
+
+def test_logins_survive_a_restart_and_apply_to_every_tab(fleet: Fleet, browser: Browser, tmp_path: Path) -> None:
+    fleet.add("mm-1")
+    fleet.start_agent()
+    home = tmp_path / "dash-home"
+    home.mkdir()
+    (home / "dashboard.toml").write_text(f'[dashboard]\npassword_hash = "{hash_password(PASSWORD)}"\n')
+    port = free_port()
+    dashboard, url = fleet.start_dashboard(home, port=port, insecure=False)
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    try:
+        first, second = context.new_page(), context.new_page()
+        for page in (first, second):
+            page.goto(url + "/")
+            page.wait_for_selector("#login-form", state="visible")
+        first.fill("#password", PASSWORD)
+        first.click("#login-button")
+        wait_state(first, "host-1/mm-1", "running")
+        wait_state(second, "host-1/mm-1", "running")  # logged in by the first tab, nothing typed
+        [cookie] = context.cookies()
+        sessions = home / "dashboard-sessions.json"
+        assert sessions.stat().st_mode & 0o777 == 0o600
+        assert cookie["value"] not in sessions.read_text()  # only the token's digest is kept
+
+        second.evaluate("window.__sameDocument = true")
+        stop_process(dashboard)
+        wait_page(second, "() => document.getElementById('live-text').textContent !== 'live'")
+        fleet.start_dashboard(home, port=port, insecure=False)
+        for page in (first, second):
+            wait_page(page, "() => document.getElementById('live-text').textContent === 'live'", timeout=15)
+            assert page.is_hidden("#login-form")
+        old = fleet.pid("mm-1")
+        second.click('tr[data-target="host-1/mm-1"] button[data-verb="restart"]')
+        second.wait_for_selector("#replies li[data-verb='restart']", timeout=60_000)
+        assert "restart ok" in second.inner_text("#replies li[data-verb='restart']")
+        assert fleet.pid("mm-1") not in (None, old)
+        assert second.evaluate("window.__sameDocument") is True
+
+        first.click("#logout")
+        second.wait_for_selector("#login-form", state="visible")  # logged out everywhere
+        assert second.is_hidden("#app")
+    finally:
+        context.close()

@@ -145,11 +145,38 @@ async function loginWith(password) {
   if (reply.status === 200) {
     ui.csrf = reply.data.csrf;
     showApp();
+    tellOtherTabs();
   }
   return reply;
 }
 
+// A login or logout in one tab applies to the page's other tabs in this browser.
+const TABS = "BroadcastChannel" in window ? new BroadcastChannel("supervisor-dashboard-session") : null;
+
+function tellOtherTabs() {
+  if (TABS) TABS.postMessage("session");
+}
+
+async function sessionChanged() {
+  const { status, data } = await request("/api/session").catch(() => ({ status: 0, data: null }));
+  if (status !== 200) return;
+  if (data.authenticated && !$("login").hidden) {
+    ui.csrf = data.csrf;
+    showApp();
+  } else if (!data.authenticated && $("login").hidden && ui.loginRequired) {
+    forgetFleet();
+    showLogin();
+  }
+}
+
+function forgetFleet() {
+  closeDetail();
+  ui.items.clear();
+  ui.selected.clear();
+}
+
 function showLogin(message) {
+  ui.csrf = null;
   if (ui.events) ui.events.close();
   ui.events = null;
   ui.streamOpen = false;
@@ -195,11 +222,9 @@ async function login(event) {
 
 async function logout() {
   await api("/api/logout", {});
-  ui.csrf = null;
-  closeDetail();
-  ui.items.clear();
-  ui.selected.clear();
+  forgetFleet();
   showLogin();
+  tellOtherTabs();
 }
 
 // --- live updates ----------------------------------------------------------------------------------
@@ -1164,6 +1189,7 @@ function drawChart() {
 // --- wiring ------------------------------------------------------------------------------------------------
 
 document.addEventListener("DOMContentLoaded", () => {
+  if (TABS) TABS.addEventListener("message", sessionChanged);
   $("login-form").addEventListener("submit", login);
   $("logout").addEventListener("click", logout);
   $("alert-test").addEventListener("click", testAlert);
