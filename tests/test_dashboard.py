@@ -28,6 +28,7 @@ from supervisor._http import parse_listen
 from supervisor.cli import cli
 from supervisor.core.manager import Manager
 from supervisor.fleet.dashboard import DashboardError
+from supervisor.fleet.dashboard.alerts import Alerter
 from supervisor.fleet.dashboard.auth import (
     ENV_PASSWORD_HASH,
     LoginThrottle,
@@ -38,6 +39,7 @@ from supervisor.fleet.dashboard.auth import (
     verify_password,
     write_password_hash,
 )
+from supervisor.fleet.dashboard.flapping import Flapping
 from supervisor.fleet.dashboard.server import (
     MAX_STREAMS,
     MAX_STREAMS_PER_CLIENT,
@@ -1671,3 +1673,144 @@ def test_logins_survive_a_restart_and_apply_to_every_tab(fleet: Fleet, browser: 
         assert second.is_hidden("#app")
     finally:
         context.close()
+
+
+def test_a_bot_restarted_again_and_again_flaps_until_it_has_run_a_while() -> None:
+    flapping = Flapping(restarts=3, window=60, settle=30)
+    key = ("h", "b")
+    flapping.restarted(key, 0, 1, 100)
+    flapping.restarted(key, 1, 2, 110)
+    assert flapping.flapping(key, 111) is None  # two restarts are not yet a pattern
+    flapping.restarted(key, 2, 3, 120)
+    assert flapping.flapping(key, 121) == (3, 100)
+    assert flapping.flapping(key, 149) == (3, 100)
+    assert flapping.flapping(key, 150) is None  # ran 30 s without a restart
+    flapping.restarted(key, 3, 1, 151)  # a reset counter (the bot was made anew) is no restart
+    flapping.restarted(key, 3, 3, 151)
+    assert flapping.flapping(key, 152) is None
+    flapping.restarted(key, 3, 9, 200)  # several restarts between two records count (up to the threshold)
+    assert flapping.flapping(key, 201) == (3, 200)
+    flapping.forget(key)
+    assert flapping.flapping(key, 201) is None
+
+
+def alert_view(*bad: str, offline: tuple[str, ...] = (), connected: bool = True) -> dict[str, t.Any]:
+    """A snapshot with bots ``HOST/NAME`` (bad when listed with ``=why``) for the alerter."""
+    items = []
+    for spec in bad:
+        target, _, why = spec.partition("=")
+        host = target.split("/")[0]
+        items.append(
+            {"target": target, "host": host, "health": "bad" if why else "ok", "alert": why, "state": "running"}
+        )
+    hosts = {i["host"] for i in items} | set(offline)
+    return {
+        "connected": connected,
+        "broker": "mqtt://127.0.0.1:1883",
+        "hosts": [{"host": h, "online": h not in offline} for h in sorted(hosts)],
+        "instances": items,
+    }
+
+
+def test_alerts_are_one_per_problem_grouped_per_host_with_one_all_clear() -> None:
+    clock = Clock()
+    sent: list[str] = []
+    alerter = Alerter(None, lambda a: sent.append(a["text"]), clock=clock, clear_after=30, settle_after=10)
+    fine = alert_view("h1/a=", "h1/b=", "h2/c=")
+    alerter.observe(alert_view("h3/z=crashed"))  # bad when first seen: bad before we looked (and never cleared)
+    alerter.observe(fine)
+    alerter.observe(alert_view("h1/a=crashed (exit code 3), restarted", "h1/b=crashed", "h2/c="))
+    assert sent == ["h1: 2 need attention: a crashed (exit code 3), restarted; b crashed"]
+    # Flickering good and bad, then flapping: the same problem, counted, never re-sent.
+    for why in ("", "crashed (exit code 3), restarted", "", "flapping: 3 restarts within 10 min"):
+        clock.now += 5
+        alerter.observe(alert_view(f"h1/a={why}", "h1/b=crashed", "h2/c="))
+    assert len(sent) == 1
+    clock.now += 1
+    alerter.observe(fine)
+    clock.now += 29
+    alerter.observe(fine)
+    assert len(sent) == 1  # fine for 29 s only
+    clock.now += 1
+    alerter.observe(fine)
+    a = "a all clear (was crashed, flapping, for 21 s, bad again 2 times)"
+    assert sent[1:] == [f"h1: 2 all clear: {a}; b all clear (was crashed, for 21 s)"]
+    # A host going offline is one alert for the host, not one per bot; then one "back online".
+    clock.now += 1
+    alerter.observe(alert_view("h1/a=", "h1/b=", "h2/c=no heartbeat", offline=("h2",)))
+    assert sent[3:] == [] and sent[2] == "host h2 went offline"
+    clock.now += 40
+    alerter.observe(fine)
+    clock.now += 30
+    alerter.observe(fine)
+    assert sent[3:] == ["host h2 is back online (offline for 40 s)"]
+    # The dashboard losing the broker is one alert about the dashboard; hosts are judged again only once settled.
+    del sent[:]
+    for _ in range(3):
+        clock.now += 5
+        alerter.observe(alert_view("h1/a=", "h1/b=", "h2/c=", offline=("h1", "h2"), connected=False))
+    clock.now += 5
+    alerter.observe(alert_view("h1/a=", "h1/b=", "h2/c=", offline=("h1", "h2")))  # records not back yet
+    clock.now += 11
+    alerter.observe(alert_view("h1/a=", "h1/b=", "h2/c="))
+    assert sent == [
+        "the dashboard lost the broker mqtt://127.0.0.1:1883; the fleet's state is unknown until it is back",
+        "the dashboard reached the broker again",
+    ]
+
+
+def test_a_crash_looping_bot_is_flapping_with_one_alert_and_one_all_clear(
+    fleet: Fleet, browser: Browser, bot_origin: Path, tmp_path: Path
+) -> None:
+    receiver = Receiver()
+    try:
+        switch = tmp_path / "keep-crashing"
+        switch.touch()
+        recipe = tmp_path / "flapper.yaml"
+        recipe.write_text(
+            (RECIPES / "crasher.yaml")
+            .read_text()
+            .replace("name: crasher", "name: flapper")
+            .replace("sys.exit(3)", f"os.path.exists('{switch}') and sys.exit(3); time.sleep(3600)")
+            .replace("import sys,time", "import os,sys,time")
+        )
+        home = tmp_path / "dash-home"
+        home.mkdir()
+        (home / "dashboard.toml").write_text(
+            f'[dashboard]\nwebhook_url = "{receiver.url}/hook"\nflap_restarts = 3\nflap_settle = 6\n'
+        )
+        fleet.add("mm-1")
+        fleet.start_agent("--fatal-after", "50", "--backoff", "0.2")  # it keeps restarting, never 'fatal'
+        _, url = fleet.start_dashboard(home)
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(url + "/")
+        wait_state(page, "host-1/mm-1", "running")
+        fleet.manager.new("flap-1", str(recipe), repo=str(bot_origin))
+        fleet.manager.start(["flap-1"])
+
+        # Between crashes it runs, yet it is a problem: 'flapping', under "Need attention".
+        wait_page(
+            page,
+            "() => document.querySelector(`tr[data-target='host-1/flap-1'] .pill`)?.textContent === 'flapping'",
+            timeout=60,
+        )
+        assert health(page, "host-1/flap-1") == "health-bad"
+        assert "restarts within" in row(page, "host-1/flap-1", "state")
+        page.select_option("#filter-state", "problems")
+        wait_page(page, "() => document.querySelectorAll('tbody tr[data-target]').length === 1")
+        assert targets(page) == ["host-1/flap-1"]
+
+        # It stops crashing: once it has run a while, one all-clear ends the one alert.
+        switch.unlink()
+        sent: list[str] = []
+        while not any("host-1/flap-1: all clear" in text for text in sent):
+            sent.append(receiver.bodies.get(timeout=90)[1]["text"])
+        [problem, clear] = [text for text in sent if "flap-1" in text]  # one alert, one all-clear
+        assert problem.startswith("bot-supervisor: host-1/flap-1: crashed (exit code 3)")
+        assert "flapping" in clear.partition("(was ")[2]
+        wait_page(page, "() => document.querySelectorAll('tbody tr[data-target]').length === 0")
+        alerts = page.eval_on_selector_all("#alerts li", "ls => ls.map(l => l.textContent)")
+        assert len([a for a in alerts if "flap-1" in a]) == 2, alerts  # one problem, one all-clear
+        page.close()
+    finally:
+        receiver.close()

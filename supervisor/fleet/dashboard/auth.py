@@ -22,6 +22,7 @@ from pathlib import Path
 
 from supervisor.files import atomic_write
 from supervisor.fleet.dashboard import DashboardError
+from supervisor.fleet.dashboard.flapping import FLAP_RESTARTS, FLAP_SETTLE, FLAP_WINDOW
 from supervisor.tomlfile import tomllib
 
 if t.TYPE_CHECKING:
@@ -37,7 +38,15 @@ KEY_BYTES = 32
 SESSION_TTL = 12 * 3600.0
 MAX_SESSIONS = 256
 ENV_PASSWORD_HASH = "SUPERVISOR_DASHBOARD_PASSWORD_HASH"
-_KEYS = ("password_hash", "session_ttl", "secure_cookie", "webhook_url")
+_KEYS = (
+    "password_hash",
+    "session_ttl",
+    "secure_cookie",
+    "webhook_url",
+    "flap_restarts",
+    "flap_window",
+    "flap_settle",
+)
 
 
 def _b64(data: bytes) -> str:
@@ -262,6 +271,11 @@ class DashboardSettings:
     secure_cookie: bool = False
     webhook_url: str | None = dataclasses.field(default=None, repr=False)
     """Where alerts are POSTed (Slack/Discord/Telegram-compatible JSON); its path is a secret."""
+    flap_restarts: int = FLAP_RESTARTS
+    """This many restarts within ``flap_window`` seconds make a bot flapping ..."""
+    flap_window: float = FLAP_WINDOW
+    flap_settle: float = FLAP_SETTLE
+    """... until it has run this many seconds without another restart."""
 
     @property
     def login_required(self) -> bool:
@@ -320,8 +334,23 @@ def load_settings(path: Path, env: Mapping[str, str]) -> DashboardSettings:
             msg = f"{where}: key 'dashboard.webhook_url' must be a string."
             raise DashboardError(msg)
         check_webhook_url(webhook, f"{where}: key 'dashboard.webhook_url'")
+    flap = {}
+    for key, default in (("flap_restarts", FLAP_RESTARTS), ("flap_window", FLAP_WINDOW), ("flap_settle", FLAP_SETTLE)):
+        value = values.get(key, default)
+        whole = key == "flap_restarts"
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) or value <= 0:
+            kind = "a positive whole number" if whole else "a positive number of seconds"
+            msg = f"{where}: key 'dashboard.{key}' must be {kind}, not {value!r}."
+            raise DashboardError(msg)
+        flap[key] = value
     return DashboardSettings(
-        password_hash=password_hash or None, session_ttl=float(ttl), secure_cookie=secure, webhook_url=webhook or None
+        password_hash=password_hash or None,
+        session_ttl=float(ttl),
+        secure_cookie=secure,
+        webhook_url=webhook or None,
+        flap_restarts=int(flap["flap_restarts"]),
+        flap_window=float(flap["flap_window"]),
+        flap_settle=float(flap["flap_settle"]),
     )
 
 

@@ -37,11 +37,12 @@ from supervisor.fleet.client import FleetClient
 from supervisor.fleet.dashboard import DashboardError
 from supervisor.fleet.dashboard.alerts import Alerter, shown_url
 from supervisor.fleet.dashboard.auth import LoginThrottle, Sessions, verify_password
+from supervisor.fleet.dashboard.flapping import Flapping
 from supervisor.fleet.dashboard.store import controller_figures, message_time
 from supervisor.fleet.view import GREY, TRUSTED_KEY, Seen
 from supervisor.mqtt import protocol
 from supervisor.mqtt.protocol import load_record
-from supervisor.states import BAD, State
+from supervisor.states import ALIVE, BAD, State
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -275,11 +276,13 @@ class Monitor:
         *,
         clock: Callable[[], float] = time.time,
         webhook_url: str | None = None,
+        flapping: Flapping | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.hub = hub
-        self.alerter = Alerter(webhook_url, self._send_alert)
+        self.alerter = Alerter(webhook_url, self._send_alert, clock=clock)
+        self.flapping = flapping or Flapping()
         self.own = config.own_prefix
         self.ns = config.namespace
         self._clock = clock
@@ -396,6 +399,10 @@ class Monitor:
             busy = self._busy.get(key, 0.0) >= now
             if record is not None and after in BAD and after != before and not busy:
                 self._crashes[key] = (now, str(after), record.get("exit_code"))
+            if previous is not None and record is not None and not busy:
+                self.flapping.restarted(key, previous.get("restarts"), record.get("restarts"), now)
+            if record is None or after == State.STOPPED:
+                self.flapping.forget(key)
             # The store keeps the last record of each instance: on every change, else once a minute.
             saved = self._saved.get(key)
             save = not untrusted and (record is None or saved is None or saved[1] != after or now - saved[0] >= 60)
@@ -500,6 +507,7 @@ class Monitor:
         with self._lock:
             crashes = dict(self._crashes)
             spark = {name: list(points) for name, points in self._spark.items()}
+            flaps = {(i.host, i.name): self.flapping.flapping((i.host, i.name), now) for i in view.instances}
         per_host = collections.Counter(i.host for i in view.instances)
         hosts = [
             {
@@ -524,6 +532,7 @@ class Monitor:
                 reported,
                 record,
                 crashes.get((item.host, item.name)),
+                flaps.get((item.host, item.name)),
                 now,
                 item.heartbeat_age,
                 item.heartbeat_interval,
@@ -583,6 +592,7 @@ class Monitor:
         reported: str,
         record: Mapping[str, t.Any],
         crash: tuple[float, str, t.Any] | None,
+        flap: tuple[int, float] | None,
         now: float,
         hb_age: float | None,
         interval: float,
@@ -596,6 +606,9 @@ class Monitor:
         if reported in BAD and (state == reported or state in GREY):
             text = reported + exit_text + (f": {last_error}" if last_error else "")
             return (text + (f" (last known; {state})" if state != reported else "")), None
+        if flap is not None and state in ALIVE:
+            minutes = max(1, round(self.flapping.window / 60))
+            return f"flapping: {flap[0]} restarts within {minutes} min", flap[1]
         if crash is not None and now - crash[0] < RECENT_CRASH:
             when, what, crash_code = crash
             text = what + (f" (exit code {crash_code})" if crash_code not in (None, 0) else "")
@@ -771,7 +784,8 @@ class Dashboard(ServedApp):
         self.password_checks = threading.BoundedSemaphore(MAX_PASSWORD_CHECKS + MAX_PASSWORD_QUEUE)
         self.csrf = secrets.token_urlsafe(24)
         """Loopback without a password: the page still needs this token, so other web pages cannot POST."""
-        self.monitor = Monitor(config, store, self.hub, webhook_url=settings.webhook_url)
+        flapping = Flapping(settings.flap_restarts, settings.flap_window, settings.flap_settle)
+        self.monitor = Monitor(config, store, self.hub, webhook_url=settings.webhook_url, flapping=flapping)
         self._stopped = threading.Event()
         try:
             self.server = _HTTPServer((host, port), self)

@@ -310,7 +310,7 @@ function showWebhook(webhook) {
 
 function onAlert(alert) {
   const list = $("alerts");
-  list.prepend(el("li", { class: "bad", "data-kind": alert.kind }, el("time", {}, fmtTime(alert.ts)), ` ${alert.text}`));
+  list.prepend(el("li", { class: alert.kind === "all-clear" ? "ok" : "bad", "data-kind": alert.kind }, el("time", {}, fmtTime(alert.ts)), ` ${alert.text}`));
   while (list.children.length > ALERTS_MAX) list.lastChild.remove();
   if ("Notification" in window && Notification.permission === "granted") {
     new Notification("bot-supervisor", { body: alert.text, tag: `${alert.kind}:${alert.target}` });
@@ -696,6 +696,7 @@ function allowed(item, verb) {
 const STATE_HINTS = {
   starting: "process up, ready line not seen yet",
   "waiting-login": "waiting at its login dialog: log in with 'supervisor attach'",
+  flapping: "restarted again and again: a problem until it has run a while without a restart",
 };
 
 function updateRow(row, item) {
@@ -708,9 +709,11 @@ function updateRow(row, item) {
   cells.instance.querySelector(".name").textContent = item.instance;
   cells.instance.querySelector(".recipe").textContent = item.recipe ? `${item.recipe}${item.plugin ? " · plugin" : ""}` : "";
   const pill = cells.state.querySelector(".pill");
-  pill.textContent = item.state;
-  pill.title = STATE_HINTS[item.state] || "";
-  pill.className = `pill state-${item.state}`;
+  // A bot restarted again and again is "flapping", however healthy its current run looks.
+  const shown = item.state === "running" && (item.alert || "").startsWith("flapping") ? "flapping" : item.state;
+  pill.textContent = shown;
+  pill.title = STATE_HINTS[shown] || "";
+  pill.className = `pill state-${shown}`;
   let alert = item.alert || "";
   if (alert === "no heartbeat" && item.alert_ts) alert = `no heartbeat for ${fmtDuration(now - item.alert_ts)}`;
   else if (alert && item.alert_ts) alert = `${alert} · ${fmtDuration(now - item.alert_ts)} ago`;
