@@ -1814,3 +1814,44 @@ def test_a_crash_looping_bot_is_flapping_with_one_alert_and_one_all_clear(
         page.close()
     finally:
         receiver.close()
+
+
+def test_a_broker_restart_is_one_alert_about_the_dashboard_and_no_false_alarm(
+    fleet: Fleet, browser: Browser, mosquitto: Broker, tmp_path: Path
+) -> None:
+    receiver = Receiver()
+    broker = None
+    try:
+        home = tmp_path / "dash-home"
+        home.mkdir()
+        (home / "dashboard.toml").write_text(f'[dashboard]\nwebhook_url = "{receiver.url}/hook"\n')
+        fleet.add("mm-1", "arb-2")
+        fleet.start_agent()
+        _, url = fleet.start_dashboard(home)
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(url + "/")
+        wait_state(page, "host-1/mm-1", "running")
+        stop_process(mosquitto.process)
+        wait_page(page, "() => document.getElementById('live-text').textContent === 'broker down'", timeout=15)
+        time.sleep(3)  # the outage is the scenario: heartbeats stop reaching the dashboard for a while
+        broker = start_mosquitto(tmp_path / "broker", port=mosquitto.port)
+        wait_page(page, "() => document.getElementById('live-text').textContent === 'live'", timeout=45)
+        sent: list[str] = []
+        while not any("reached the broker again" in text for text in sent):
+            sent.append(receiver.bodies.get(timeout=60)[1]["text"])
+        # A real crash now is the next alert: no false one about the host or a healthy bot comes before it.
+        pid = fleet.pid("mm-1")
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        while not any("host-1/mm-1: crashed" in text for text in sent):
+            sent.append(receiver.bodies.get(timeout=60)[1]["text"])
+        assert [text.removeprefix("bot-supervisor: ").split(";")[0].split(" (")[0] for text in sent] == [
+            f"the dashboard lost the broker {mosquitto.url}",
+            "the dashboard reached the broker again",
+            "host-1/mm-1: crashed",
+        ]
+        page.close()
+    finally:
+        if broker is not None:
+            stop_process(broker.process)
+        receiver.close()
