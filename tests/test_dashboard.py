@@ -1855,3 +1855,33 @@ def test_a_broker_restart_is_one_alert_about_the_dashboard_and_no_false_alarm(
         if broker is not None:
             stop_process(broker.process)
         receiver.close()
+
+
+def test_console_lines_go_only_to_a_tab_showing_that_console(fleet: Fleet, browser: Browser, mosquitto: Broker) -> None:
+    fleet.add("mm-1", "arb-2")
+    fleet.start_agent()
+    _, url = fleet.start_dashboard(fleet.home)
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(url + "/")
+    wait_state(page, "host-1/arb-2", "running")
+    page.click('tr[data-target="host-1/mm-1"] button[data-verb="console"]')
+    sock, status = open_stream(url)  # a tab with no console open, read raw
+    try:
+        assert status == 200
+        sock.settimeout(0.2)
+        lines = [("hbot/arb-2/log", {"msg": f"arb line {i}", "level_name": "INFO"}) for i in range(20)]
+        publish(mosquitto, [*lines, ("hbot/mm-1/log", {"msg": "mm line", "level_name": "INFO"})])
+        wait_page(page, "() => document.getElementById('stream').textContent.includes('mm line')")
+        assert "arb line" not in page.inner_text("#stream")
+        kept = request(url, "GET", "/api/messages/host-1/arb-2?after=0")[2]["messages"]
+        assert [m["text"] for m in kept if "arb line" in m["text"]] == [f"arb line {i}" for i in range(20)]
+        received = b""
+        with contextlib.suppress(TimeoutError):  # what the stream had sent by the time the console showed the line
+            while chunk := sock.recv(65536):
+                received += chunk
+        assert b"event: snapshot" in received
+        assert b"arb line" not in received and b"mm line" not in received
+        assert request(url, "GET", "/api/messages/host-1/arb-2?after=x")[0] == 400
+    finally:
+        sock.close()
+        page.close()

@@ -470,10 +470,8 @@ class Monitor:
         when = self._clock() if ts is None else ts
         if kind in ("event", "notify") and self._is_echo(name, kind, text):
             return
+        # Not pushed: only a tab showing this bot's console reads it (GET /api/messages), so the stream stays small.
         self.store.add_message(name, kind, text, host=host, level=level, ts=when)
-        self.hub.broadcast(
-            "message", {"instance": name, "host": host, "kind": kind, "level": level, "text": text, "ts": when}
-        )
 
     def _is_echo(self, name: str, kind: str, text: str) -> bool:
         """Whether ``text`` is an agent event seen a moment ago under the other topic.
@@ -621,6 +619,10 @@ class Monitor:
         ):
             return "no heartbeat", now - hb_age
         return None, None
+
+    def messages(self, host: str, name: str, after: int) -> dict[str, t.Any]:
+        """Return the stream lines of one instance stored since line ``after``."""
+        return {"target": f"{host}/{name}", "messages": self.store.messages(name, host, 500, after=after)}
 
     def history(self, host: str, name: str) -> dict[str, t.Any]:
         """Return the stored PnL samples and stream lines of one instance."""
@@ -962,6 +964,13 @@ class _Handler(Handler):
             target = self._target(*path.split("/")[3:5])
             if target is not None:
                 self._json(200, self.app.monitor.history(*target))
+        elif path.startswith("/api/messages/") and path.count("/") == 4:
+            target = self._target(*path.split("/")[3:5])
+            after = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("after", ["0"])[0]
+            if target is not None and not after.isdigit():
+                self._error(400, "after must be a line id (a whole number)")
+            elif target is not None:
+                self._json(200, self.app.monitor.messages(*target, int(after)))
         elif path == "/events":
             self._events()
         else:

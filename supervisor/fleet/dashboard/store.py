@@ -197,17 +197,26 @@ class Store:
             ).fetchall()
         return [(float(ts), float(pnl)) for ts, pnl in reversed(rows)]
 
-    def messages(self, instance: str, host: str | None = None, limit: int = 200) -> list[dict[str, t.Any]]:
-        """Return the newest ``limit`` lines of ``instance`` (of ``host``, or host-less ones), oldest first."""
+    def messages(
+        self, instance: str, host: str | None = None, limit: int = 200, *, after: int | None = None
+    ) -> list[dict[str, t.Any]]:
+        """Return the newest ``limit`` lines of ``instance`` (of ``host``, or host-less ones), oldest first.
+
+        With ``after``, the oldest ``limit`` lines whose ``id`` is greater (what a console has not shown yet).
+        """
+        where = "instance = ? AND (host IS NULL OR ? IS NULL OR host = ?)"
         with self._lock:
-            rows = self._db.execute(
-                "SELECT ts, kind, level, text, host FROM messages WHERE instance = ? AND (host IS NULL OR ? IS NULL "
-                "OR host = ?) ORDER BY id DESC LIMIT ?",
-                (instance, host, host, limit),
-            ).fetchall()
+            if after is None:
+                query = f"SELECT id, ts, kind, level, text, host FROM messages WHERE {where} ORDER BY id DESC LIMIT ?"
+                rows = list(reversed(self._db.execute(query, (instance, host, host, limit)).fetchall()))
+            else:
+                query = (
+                    f"SELECT id, ts, kind, level, text, host FROM messages WHERE {where} AND id > ? ORDER BY id LIMIT ?"
+                )
+                rows = self._db.execute(query, (instance, host, host, after, limit)).fetchall()
         return [
-            {"ts": ts, "kind": kind, "level": level, "text": text, "host": row_host}
-            for ts, kind, level, text, row_host in reversed(rows)
+            {"id": row_id, "ts": ts, "kind": kind, "level": level, "text": text, "host": row_host}
+            for row_id, ts, kind, level, text, row_host in rows
         ]
 
     def last_payload(self, instance: str) -> t.Any:

@@ -232,7 +232,6 @@ async function logout() {
 const HANDLERS = {
   snapshot: (data) => onSnapshot(data),
   delta: (data) => onDelta(data),
-  message: (data) => onMessage(data),
   performance: (data) => onPerformance(data),
   alert: (data) => onAlert(data),
 };
@@ -880,7 +879,7 @@ const LOG_REFRESH = 5; // seconds between reads of a dead bot's log
 async function openDetail(target) {
   closeDetail();
   const [host, instance] = target.split("/");
-  ui.detail = { target, host, instance, points: [], timer: null, busy: false, logAt: 0, sent: [], recall: -1, range: 0, plot: null };
+  ui.detail = { target, host, instance, points: [], timer: null, busy: false, lastMessage: null, polling: false, logAt: 0, sent: [], recall: -1, range: 0, plot: null };
   for (const button of document.querySelectorAll(".range button")) button.setAttribute("aria-pressed", String(button.dataset.range === "0"));
   drawControllers({});
   $("detail").hidden = false;
@@ -895,13 +894,17 @@ async function openDetail(target) {
   $("log-download").disabled = true;
   render();
   refreshScreen();
-  ui.detail.timer = setInterval(refreshScreen, 1000);
+  ui.detail.timer = setInterval(() => {
+    refreshScreen();
+    pollMessages();
+  }, 1000);
   ($("send-line").disabled ? $("detail-close") : $("send-line")).focus({ preventScroll: true });
   const { status, data } = await api(`/api/history/${encodeURIComponent(host)}/${encodeURIComponent(instance)}`);
   if (status !== 200 || !ui.detail || ui.detail.target !== target) return;
   ui.detail.points = data.performance;
   drawChart();
   drawControllers(data.controllers || {});
+  ui.detail.lastMessage = 0;
   for (const message of data.messages) addStream(message);
 }
 
@@ -1014,14 +1017,23 @@ function downloadLog() {
   setTimeout(() => URL.revokeObjectURL(link.href), 10000);
 }
 
-function onMessage(message) {
+async function pollMessages() {
+  // Stream lines are fetched by the tab showing the console only: the shared stream never carries them.
   const detail = ui.detail;
-  if (!detail || message.instance !== detail.instance) return;
-  if (message.host && message.host !== detail.host) return;
-  addStream(message);
+  if (!detail || detail.lastMessage === null || detail.polling) return;
+  detail.polling = true;
+  try {
+    const path = `/api/messages/${encodeURIComponent(detail.host)}/${encodeURIComponent(detail.instance)}`;
+    const { status, data } = await request(`${path}?after=${detail.lastMessage}`);
+    if (status !== 200 || ui.detail !== detail) return;
+    for (const message of data.messages) addStream(message);
+  } finally {
+    detail.polling = false;
+  }
 }
 
 function addStream(message) {
+  if (ui.detail && message.id > (ui.detail.lastMessage || 0)) ui.detail.lastMessage = message.id;
   const list = $("stream");
   const item = el(
     "li",
