@@ -1885,3 +1885,43 @@ def test_console_lines_go_only_to_a_tab_showing_that_console(fleet: Fleet, brows
     finally:
         sock.close()
         page.close()
+
+
+def test_alerts_are_kept_shown_first_with_a_count_and_acknowledged(fleet: Fleet, browser: Browser) -> None:
+    fleet.add("mm-1")
+    fleet.start_agent()
+    _, url = fleet.start_dashboard(fleet.home)
+    wait_until(
+        lambda: any(i["state"] == "running" for i in request(url, "GET", "/api/snapshot")[2]["instances"]),
+        timeout=30,
+        message="the dashboard sees mm-1 running",
+    )
+    pid = fleet.pid("mm-1")
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # no page is open yet
+    wait_until(lambda: request(url, "GET", "/api/alerts")[2]["unacked"] == 1, timeout=30, message="an alert is kept")
+
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    try:
+        page, other = context.new_page(), context.new_page()
+        for tab in (page, other):
+            tab.goto(url + "/")
+            wait_page(tab, "() => document.getElementById('alert-count').textContent === '1 alert'")
+        assert "host-1/mm-1: crashed" in page.inner_text("#alerts li.bad")
+        alerts_top = page.eval_on_selector("#alerts", "e => e.getBoundingClientRect().top")
+        table_top = page.eval_on_selector("#fleet", "e => e.getBoundingClientRect().top")
+        assert alerts_top < table_top < 900  # in sight, above the table
+        page.click("#alerts li.bad button.ack")
+        for tab in (page, other):  # acknowledged everywhere
+            tab.wait_for_selector("#alert-count", state="hidden")
+        assert page.is_disabled("#alert-ack-all")
+        page.reload()
+        page.wait_for_selector("#alerts li.acked")
+        assert page.is_hidden("#alert-count")
+        assert page.locator("#alerts li.acked button").count() == 0
+        assert request(url, "POST", "/api/alerts/ack", {"all": True})[0] == 403  # no CSRF token
+        token = {"X-CSRF-Token": request(url, "GET", "/api/session")[2]["csrf"]}
+        status, _, body = request(url, "POST", "/api/alerts/ack", {"ids": ["x"]}, token)
+        assert status == 400 and "send {ids" in body["error"]
+    finally:
+        context.close()

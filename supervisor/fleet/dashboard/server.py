@@ -370,7 +370,22 @@ class Monitor:
 
     def _send_alert(self, alert: dict[str, t.Any]) -> None:
         logger.warning("alert: %s", alert["text"])
-        self.hub.broadcast("alert", {**alert, "ts": self._clock()})
+        now = self._clock()
+        # Kept, so a page opened (or logged into) later still shows it until someone acknowledges it.
+        alert_id = self.store.add_alert(alert, now)
+        self.hub.broadcast("alert", {**alert, "id": alert_id, "ts": now, "acked": None})
+
+    def alerts(self) -> dict[str, t.Any]:
+        """Return the kept alerts, unacknowledged first, and how many are unacknowledged."""
+        alerts, unacked = self.store.alerts()
+        return {"alerts": alerts, "unacked": unacked}
+
+    def ack_alerts(self, ids: list[int] | None) -> dict[str, t.Any]:
+        """Acknowledge alerts (``None``: all) and tell every open page."""
+        self.store.ack_alerts(ids, self._clock())
+        state = self.alerts()
+        self.hub.broadcast("ack", {"unacked": state["unacked"], "ids": ids})
+        return state
 
     def poke(self) -> None:
         """Push a fresh snapshot now."""
@@ -964,6 +979,8 @@ class _Handler(Handler):
             target = self._target(*path.split("/")[3:5])
             if target is not None:
                 self._json(200, self.app.monitor.history(*target))
+        elif path == "/api/alerts":
+            self._json(200, self.app.monitor.alerts())
         elif path.startswith("/api/messages/") and path.count("/") == 4:
             target = self._target(*path.split("/")[3:5])
             after = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("after", ["0"])[0]
@@ -1006,6 +1023,8 @@ class _Handler(Handler):
             self._command()
         elif path == "/api/alerts/test":
             self._json(200, self.app.monitor.alerter.test())
+        elif path == "/api/alerts/ack":
+            self._ack()
         else:
             self._error(404, "not found")
 
@@ -1056,6 +1075,18 @@ class _Handler(Handler):
             {"ok": True, "csrf": session.csrf},
             headers={"Set-Cookie": self._cookie(session.token, int(settings.session_ttl))},
         )
+
+    def _ack(self) -> None:
+        data = self._body()
+        if data is None:
+            return
+        ids = data.get("ids")
+        if data.get("all") is True:
+            ids = None
+        elif not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            self._error(400, "send {ids: [alert ids]} or {all: true}")
+            return
+        self._json(200, self.app.monitor.ack_alerts(ids))
 
     def _command(self) -> None:
         data = self._body()

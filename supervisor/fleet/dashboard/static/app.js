@@ -234,6 +234,7 @@ const HANDLERS = {
   delta: (data) => onDelta(data),
   performance: (data) => onPerformance(data),
   alert: (data) => onAlert(data),
+  ack: () => loadAlerts(),
 };
 
 function connect() {
@@ -272,6 +273,7 @@ function streamOpened(joined) {
   ui.streamOpen = true;
   updateLive();
   refreshSession(); // after a restart of the dashboard the page's token is stale
+  loadAlerts(); // what was raised while this page was away
   if (joined) loadSnapshot();
 }
 
@@ -307,10 +309,45 @@ function showWebhook(webhook) {
   $("alert-notify").hidden = !supported || Notification.permission === "granted";
 }
 
+async function loadAlerts() {
+  // Kept on the server: alerts from before this page was opened (or logged into) are shown too.
+  const { status, data } = await request("/api/alerts").catch(() => ({ status: 0, data: null }));
+  if (status !== 200) return;
+  ui.alerts = new Map(data.alerts.map((alert) => [alert.id, alert]));
+  renderAlerts();
+}
+
+function renderAlerts() {
+  const alerts = [...(ui.alerts || new Map()).values()];
+  alerts.sort((a, b) => Number(a.acked !== null) - Number(b.acked !== null) || b.id - a.id);
+  const unacked = alerts.filter((alert) => alert.acked === null).length;
+  $("alerts").replaceChildren(
+    ...alerts.slice(0, ALERTS_MAX).map((alert) => {
+      const cls = alert.acked !== null ? "acked" : alert.kind === "all-clear" ? "ok" : "bad";
+      const item = el("li", { class: cls, "data-kind": alert.kind, "data-id": String(alert.id) }, el("time", {}, fmtTime(alert.ts)), ` ${alert.text}`);
+      if (alert.acked === null) {
+        const button = el("button", { type: "button", class: "ghost ack", "aria-label": `Acknowledge: ${alert.text}` }, "Acknowledge");
+        button.addEventListener("click", () => acknowledge([alert.id]));
+        item.append(button);
+      }
+      return item;
+    }),
+  );
+  const count = $("alert-count");
+  count.hidden = unacked === 0;
+  count.textContent = `${unacked} alert${unacked === 1 ? "" : "s"}`;
+  $("alert-ack-all").disabled = unacked === 0;
+}
+
+async function acknowledge(ids) {
+  const { status } = await api("/api/alerts/ack", ids ? { ids } : { all: true });
+  if (status === 200) loadAlerts();
+}
+
 function onAlert(alert) {
-  const list = $("alerts");
-  list.prepend(el("li", { class: alert.kind === "all-clear" ? "ok" : "bad", "data-kind": alert.kind }, el("time", {}, fmtTime(alert.ts)), ` ${alert.text}`));
-  while (list.children.length > ALERTS_MAX) list.lastChild.remove();
+  if (!ui.alerts) ui.alerts = new Map();
+  ui.alerts.set(alert.id, alert);
+  renderAlerts();
   if ("Notification" in window && Notification.permission === "granted") {
     new Notification("bot-supervisor", { body: alert.text, tag: `${alert.kind}:${alert.target}` });
   }
@@ -1208,6 +1245,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("login-form").addEventListener("submit", login);
   $("logout").addEventListener("click", logout);
   $("alert-test").addEventListener("click", testAlert);
+  $("alert-ack-all").addEventListener("click", () => acknowledge(null));
   $("log-load").addEventListener("click", loadLog);
   $("log-lines").addEventListener("change", loadLog);
   $("log-search").addEventListener("input", renderLog);

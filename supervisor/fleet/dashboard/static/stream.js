@@ -3,7 +3,7 @@
 // tabs never use up the browser's few connections per host (commands would queue behind them).
 "use strict";
 
-const EVENTS = ["snapshot", "delta", "performance", "alert"];
+const EVENTS = ["snapshot", "delta", "performance", "alert", "ack"];
 const ports = new Set();
 let source = null;
 let open = false;
