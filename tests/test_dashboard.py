@@ -1925,3 +1925,29 @@ def test_alerts_are_kept_shown_first_with_a_count_and_acknowledged(fleet: Fleet,
         assert status == 400 and "send {ids" in body["error"]
     finally:
         context.close()
+
+
+def test_a_pnl_no_longer_reported_is_stale_with_its_age_and_out_of_the_total(
+    fleet: Fleet, browser: Browser, mosquitto: Broker
+) -> None:
+    fleet.add("mm-1", "arb-2")
+    fleet.start_agent()
+    _, url = fleet.start_dashboard(fleet.home)
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(url + "/")
+    wait_state(page, "host-1/arb-2", "running")
+    stopped_at = time.time() - 600  # mm-1's strategy reported last ten minutes ago
+    publish(
+        mosquitto,
+        [
+            ("hbot/mm-1/performance", {**performance(100.0, 0.0), "timestamp": stopped_at}),
+            ("hbot/arb-2/performance", performance(2.0, 0.5)),
+        ],
+    )
+    wait_page(page, "() => document.querySelector(`tr[data-target='host-1/mm-1'] .pnl-value`).textContent !== '–'")
+    wait_page(page, "() => document.getElementById('pnl-total').textContent === '+2.50'")
+    assert "stale, 10m" in row(page, "host-1/mm-1", "pnl")
+    assert "stale" in (page.get_attribute('tr[data-target="host-1/mm-1"] .pnl-value', "class") or "")
+    assert "stale" not in row(page, "host-1/arb-2", "pnl")
+    assert page.inner_text("#pnl-stale").strip() == "(1 stale left out)"
+    page.close()

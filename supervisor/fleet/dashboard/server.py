@@ -171,7 +171,8 @@ def snapshot_delta(old: Mapping[str, t.Any], new: Mapping[str, t.Any]) -> dict[s
     return {"now": new["now"], **delta} if delta else None
 
 
-_QUIET = frozenset({"pnl_series", "heartbeat_ts"})
+_QUIET = frozenset({"pnl_series", "heartbeat_ts", "pnl_ts"})
+"""Fields a delta leaves out: the page keeps them up to date from the ``performance`` events and ``beats``."""
 
 
 class Hub:
@@ -576,6 +577,7 @@ class Monitor:
                     "host_online": item.host_online,
                     "trusted": item.trusted,
                     "pnl": points[-1][1] if points else None,
+                    "pnl_ts": points[-1][0] if points else None,
                     "pnl_series": [p for _, p in points],
                 }
             )

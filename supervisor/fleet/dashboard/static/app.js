@@ -622,8 +622,12 @@ function renderSummary(instances) {
   const grey = count((i) => i.health === "off");
   const progress = count((i) => i.health === "ok" && PROGRESS_STATES.has(i.state));
   const stopped = instances.length - running - bad - grey - progress;
-  const total = instances.reduce((sum, i) => (typeof i.pnl === "number" ? sum + i.pnl : sum), 0);
-  const withPnl = count((i) => typeof i.pnl === "number");
+  // A figure no longer reported (its strategy stopped) is stale: shown with its age, left out of the total.
+  const now = serverNow();
+  const live = instances.filter((i) => hasLivePnl(i, now));
+  const total = live.reduce((sum, i) => sum + i.pnl, 0);
+  const withPnl = live.length;
+  const stale = count((i) => typeof i.pnl === "number") - withPnl;
   $("summary").replaceChildren(
     el("span", { class: "sum ok" }, el("b", {}, String(running)), " running"),
     el("span", { class: "sum bad" }, el("b", {}, String(bad)), " need attention"),
@@ -631,7 +635,7 @@ function renderSummary(instances) {
     el("span", { class: "sum idle" }, el("b", {}, String(stopped)), " stopped"),
     el("span", { class: "sum off" }, el("b", {}, String(grey)), " offline or stale"),
     el("span", { class: "sum muted" }, `${ui.hosts.length} host${ui.hosts.length === 1 ? "" : "s"}`),
-    el("span", { class: `sum pnl-total ${total > 0 ? "up" : total < 0 ? "down" : ""}` }, "PnL ", el("b", { id: "pnl-total" }, withPnl ? fmtPnl(total) : "–")),
+    el("span", { class: `sum pnl-total ${total > 0 ? "up" : total < 0 ? "down" : ""}` }, "PnL ", el("b", { id: "pnl-total" }, withPnl ? fmtPnl(total) : "–"), stale ? el("span", { class: "muted", id: "pnl-stale" }, ` (${stale} stale left out)`) : ""),
   );
 }
 
@@ -773,8 +777,10 @@ function updateRow(row, item) {
     row.series = item.pnl_series;
   }
   const value = cells.pnl.querySelector(".pnl-value");
-  value.textContent = fmtPnl(item.pnl);
-  value.className = `pnl-value ${item.pnl > 0 ? "up" : item.pnl < 0 ? "down" : ""}`;
+  const stale = typeof item.pnl === "number" && !hasLivePnl(item, now);
+  value.textContent = fmtPnl(item.pnl) + (stale ? ` · stale, ${fmtDuration(now - item.pnl_ts)} old` : "");
+  value.className = `pnl-value ${stale ? "stale" : item.pnl > 0 ? "up" : item.pnl < 0 ? "down" : ""}`;
+  value.title = stale ? "no PnL report lately (the strategy stopped?): left out of the fleet total" : "";
   for (const verb of VERBS) {
     const busy = ui.pending.has(`${item.target}:${verb}`);
     buttons[verb].disabled = busy || !allowed(item, verb);
@@ -1084,11 +1090,17 @@ function addStream(message) {
   list.scrollTop = list.scrollHeight;
 }
 
+const PNL_STALE = 30; // seconds without a performance report (Hummingbot sends one a second while a strategy runs)
+
+function hasLivePnl(item, now) {
+  return typeof item.pnl === "number" && typeof item.pnl_ts === "number" && now - item.pnl_ts <= PNL_STALE;
+}
+
 function onPerformance(sample) {
   const owners = [...ui.items.values()].filter((item) => item.instance === sample.instance);
   if (owners.length === 1) {
     const series = [...(owners[0].pnl_series || []), sample.pnl].slice(-60);
-    ui.items.set(owners[0].target, { ...owners[0], pnl_series: series, pnl: sample.pnl });
+    ui.items.set(owners[0].target, { ...owners[0], pnl_series: series, pnl: sample.pnl, pnl_ts: sample.ts });
     draw();
   }
   const detail = ui.detail;
