@@ -1944,7 +1944,9 @@ def test_a_pnl_no_longer_reported_is_stale_with_its_age_and_out_of_the_total(
             ("hbot/arb-2/performance", performance(2.0, 0.5)),
         ],
     )
-    wait_page(page, "() => document.querySelector(`tr[data-target='host-1/mm-1'] .pnl-value`).textContent !== '–'")
+    wait_page(
+        page, "() => document.querySelector(`tr[data-target='host-1/mm-1'] .pnl-value`).textContent.includes('+')"
+    )
     wait_page(page, "() => document.getElementById('pnl-total').textContent === '+2.50'")
     assert "stale, 10m" in row(page, "host-1/mm-1", "pnl")
     assert "stale" in (page.get_attribute('tr[data-target="host-1/mm-1"] .pnl-value', "class") or "")
