@@ -1936,6 +1936,7 @@ def test_a_pnl_no_longer_reported_is_stale_with_its_age_and_out_of_the_total(
     page = browser.new_page(viewport={"width": 1440, "height": 900})
     page.goto(url + "/")
     wait_state(page, "host-1/arb-2", "running")
+    wait_state(page, "host-1/mm-1", "running")
     stopped_at = time.time() - 600  # mm-1's strategy reported last ten minutes ago
     publish(
         mosquitto,
@@ -1945,7 +1946,7 @@ def test_a_pnl_no_longer_reported_is_stale_with_its_age_and_out_of_the_total(
         ],
     )
     wait_page(
-        page, "() => document.querySelector(`tr[data-target='host-1/mm-1'] .pnl-value`).textContent.includes('+')"
+        page, "() => document.querySelector(`tr[data-target='host-1/mm-1'] .pnl-value`)?.textContent.includes('+')"
     )
     wait_page(page, "() => document.getElementById('pnl-total').textContent === '+2.50'")
     assert "stale, 10m" in row(page, "host-1/mm-1", "pnl")
