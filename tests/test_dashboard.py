@@ -1417,12 +1417,14 @@ def test_find_sort_and_stop_a_filtered_set(fleet: Fleet, browser: Browser) -> No
 
 
 def test_axe_finds_no_serious_or_critical_violations(
-    fleet: Fleet, browser: Browser, bot_origin: Path, axe_source: str
+    fleet: Fleet, browser: Browser, bot_origin: Path, axe_source: str, mosquitto: Broker
 ) -> None:
     fleet.add("mm-1")
     fleet.add_crasher("bad-1", bot_origin)
     fleet.start_agent("--fatal-after", "2", "--backoff", "0.1")
     _, url = fleet.start_dashboard(fleet.home)
+    # Enough lines that the console's notification list scrolls.
+    publish(mosquitto, [("hbot/mm-1/log", {"msg": f"line {i}", "level_name": "INFO"}) for i in range(60)])
     for viewport in ({"width": 1440, "height": 900}, {"width": 390, "height": 844}):
         # axe is injected as a script; the page's CSP (rightly) allows none but its own.
         context = browser.new_context(viewport=viewport, bypass_csp=True)  # type: ignore[arg-type]
@@ -1431,10 +1433,24 @@ def test_axe_finds_no_serious_or_critical_violations(
         wait_state(page, "host-1/bad-1", "fatal")
         wait_state(page, "host-1/mm-1", "running")
         page.add_script_tag(content=axe_source)
+        # A bot restarted after a crash: a 'running' pill on a red row (for 15 s).
+        pid = fleet.pid("mm-1")
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        wait_page(
+            page,
+            "() => { const r = document.querySelector(`tr[data-target='host-1/mm-1']`);"
+            " return r.classList.contains('health-bad') && r.dataset.state === 'running'; }",
+            timeout=15,
+        )
         for step in ("table", "console"):
             if step == "console":
                 page.click('tr[data-target="host-1/mm-1"] button[data-verb="console"]')
                 wait_page(page, "() => document.getElementById('screen').textContent.includes('ready')")
+                wait_page(
+                    page,
+                    "() => { const s = document.getElementById('stream'); return s.scrollHeight > s.clientHeight; }",
+                )
             result = page.evaluate(
                 "() => axe.run(document, {resultTypes: ['violations']}).then(r => r.violations.map("
                 "v => ({id: v.id, impact: v.impact, nodes: v.nodes.length, help: v.help,"
