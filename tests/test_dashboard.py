@@ -1970,3 +1970,31 @@ def test_a_pnl_no_longer_reported_is_stale_with_its_age_and_out_of_the_total(
     assert "stale" not in row(page, "host-1/arb-2", "pnl")
     assert page.inner_text("#pnl-stale").strip() == "(1 stale left out)"
     page.close()
+
+
+@pytest.mark.parametrize("width", [1280, 1366])
+def test_laptop_widths_show_the_whole_table_and_a_row_click_opens_its_bot(
+    fleet: Fleet, browser: Browser, mosquitto: Broker, width: int
+) -> None:
+    fleet.add("mm-1", "a-long-market-maker-name-1")
+    fleet.start_agent()
+    _, url = fleet.start_dashboard(fleet.home)
+    stale = {**performance(-1234.5, 0.25), "timestamp": time.time() - 3600}  # the widest PnL cell: stale, 1h old
+    publish(mosquitto, [("hbot/mm-1/performance", stale)])
+    page = browser.new_page(viewport={"width": width, "height": 800})
+    page.goto(url + "/")
+    wait_state(page, "host-1/a-long-market-maker-name-1", "running")
+    wait_state(page, "host-1/mm-1", "running")
+    widths = page.evaluate(
+        "() => { const w = document.querySelector('.table-wrap'); return [w.scrollWidth, w.clientWidth]; }"
+    )
+    assert widths[0] <= widths[1], widths
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= width
+    page.click('tr[data-target="host-1/mm-1"] td.instance .name')
+    page.wait_for_selector("#detail", state="visible")
+    assert page.inner_text("#detail-title") == "host-1/mm-1"
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#detail", state="hidden")
+    page.click('tr[data-target="host-1/mm-1"] td.uptime')
+    page.wait_for_selector("#detail", state="visible")
+    page.close()

@@ -513,7 +513,9 @@ function render() {
   renderChoices();
   const shown = visibleItems();
   // One tab stop for the whole table: the current row (arrow keys move it) and its controls.
-  if (!shown.some((item) => item.target === ui.current)) ui.current = shown.length ? shown[0].target : null;
+  // Until the keyboard is in the table, its tab stop is the first row (rows arrive in any order).
+  const inTable = document.activeElement && document.activeElement.closest("#fleet tbody");
+  if (!inTable || !shown.some((item) => item.target === ui.current)) ui.current = shown.length ? shown[0].target : null;
   const body = document.querySelector("#fleet tbody");
   const wanted = [];
   let group = null;
@@ -663,6 +665,10 @@ function makeRow(item) {
     }
   });
   tr.addEventListener("keydown", (event) => rowKey(event, item.target));
+  // A click anywhere on the row but its controls opens the bot (its console, figures and history).
+  tr.addEventListener("click", (event) => {
+    if (!event.target.closest("button, input, a, select, label")) openDetail(item.target);
+  });
   for (const name of COLUMNS) {
     cells[name] = el("td", { class: name });
     tr.append(cells[name]);
