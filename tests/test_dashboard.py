@@ -1731,7 +1731,9 @@ def alert_view(*bad: str, offline: tuple[str, ...] = (), connected: bool = True)
 def test_alerts_are_one_per_problem_grouped_per_host_with_one_all_clear() -> None:
     clock = Clock()
     sent: list[str] = []
-    alerter = Alerter(None, lambda a: sent.append(a["text"]), clock=clock, clear_after=30, settle_after=10)
+    alerter = Alerter(
+        None, lambda a: sent.append(a["text"]), clock=clock, clear_after=30, settle_after=10, host_grace=5
+    )
     fine = alert_view("h1/a=", "h1/b=", "h2/c=")
     alerter.observe(alert_view("h3/z=crashed"))  # bad when first seen: bad before we looked (and never cleared)
     alerter.observe(fine)
@@ -1754,14 +1756,18 @@ def test_alerts_are_one_per_problem_grouped_per_host_with_one_all_clear() -> Non
     # A host going offline is one alert for the host, not one per bot; then one "back online".
     clock.now += 1
     alerter.observe(alert_view("h1/a=", "h1/b=", "h2/c=no heartbeat", offline=("h2",)))
-    assert sent[3:] == [] and sent[2] == "host h2 went offline"
-    clock.now += 40
+    assert sent[2:] == []  # offline for a moment only, so far
+    clock.now += 5
+    alerter.observe(alert_view("h1/a=", "h1/b=", "h2/c=no heartbeat", offline=("h2",)))
+    assert sent[2:] == ["host h2 went offline"]
+    clock.now += 35
     alerter.observe(fine)
     clock.now += 30
     alerter.observe(fine)
     assert sent[3:] == ["host h2 is back online (offline for 40 s)"]
     # The dashboard losing the broker is one alert about the dashboard; hosts are judged again only once settled.
     del sent[:]
+    alerter.observe(alert_view("h1/a=", "h1/b=", "h2/c=", offline=("h1",)))  # the broker's going: h1's will first
     for _ in range(3):
         clock.now += 5
         alerter.observe(alert_view("h1/a=", "h1/b=", "h2/c=", offline=("h1", "h2"), connected=False))
@@ -1997,4 +2003,38 @@ def test_laptop_widths_show_the_whole_table_and_a_row_click_opens_its_bot(
     page.wait_for_selector("#detail", state="hidden")
     page.click('tr[data-target="host-1/mm-1"] td.uptime')
     page.wait_for_selector("#detail", state="visible")
+    page.close()
+
+
+def test_phone_bulk_bar_stays_in_reach_and_a_bad_card_is_red_as_a_whole(
+    fleet: Fleet, browser: Browser, bot_origin: Path
+) -> None:
+    names = [f"bot-{i}" for i in range(8)]
+    fleet.add(*names)
+    fleet.add_crasher("bad-1", bot_origin)
+    fleet.start_agent("--fatal-after", "2", "--backoff", "0.1")
+    _, url = fleet.start_dashboard(fleet.home)
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(url + "/")
+    wait_state(page, "host-1/bad-1", "fatal")
+    for name in names:
+        wait_state(page, f"host-1/{name}", "running")
+    last = f'tr[data-target="host-1/{names[-1]}"]'
+    page.locator(f"{last} td.sel input").scroll_into_view_if_needed()
+    page.check(f"{last} td.sel input")
+    top, bottom = page.eval_on_selector(
+        "#bulk", "e => [e.getBoundingClientRect().top, e.getBoundingClientRect().bottom]"
+    )
+    assert top >= 0 and bottom <= 844, (top, bottom)
+    assert page.is_enabled('#bulk [data-bulk="stop"]')
+    page.click("#bulk-clear")
+    # The fatal card: one red surface and one stripe on its left, none on its cells.
+    card = 'tr[data-target="host-1/bad-1"]'
+    styles = page.eval_on_selector(
+        card,
+        "tr => ({row: getComputedStyle(tr).backgroundColor, shadow: getComputedStyle(tr).boxShadow,"
+        " cells: [...tr.cells].map(td => [getComputedStyle(td).backgroundColor, getComputedStyle(td).boxShadow])})",
+    )
+    assert styles["row"] != "rgba(0, 0, 0, 0)" and "inset" in styles["shadow"]
+    assert all(bg == "rgba(0, 0, 0, 0)" and shadow == "none" for bg, shadow in styles["cells"]), styles
     page.close()

@@ -31,6 +31,8 @@ MAX_QUEUED = 200
 CLEAR_AFTER = 10.0
 """Seconds a problem must look fine before its all-clear (a bot flickering bad and good is one problem)."""
 SETTLE_AFTER = 10.0
+HOST_GRACE = 5.0
+"""Seconds a host must stay offline before it is announced (its will can come just before our own disconnection)."""
 """Seconds after the dashboard reaches the broker again before it judges hosts and bots."""
 
 
@@ -130,6 +132,8 @@ class _Problem:
     since: float
     why: str
     announced: bool
+    pending: bool = False
+    """Seen, not yet announced: a host is announced offline only after ``host_grace`` seconds."""
     kinds: list[str] = dataclasses.field(default_factory=list)
     """Each kind of trouble it showed, once ('crashed', 'flapping'), for the all-clear."""
     repeats: int = 0
@@ -157,12 +161,14 @@ class Alerter:
         clock: Callable[[], float] = time.time,
         clear_after: float = CLEAR_AFTER,
         settle_after: float = SETTLE_AFTER,
+        host_grace: float = HOST_GRACE,
     ) -> None:
         self.webhook_url = webhook_url
         self._on_alert = on_alert
         self._clock = clock
         self.clear_after = clear_after
         self.settle_after = settle_after
+        self.host_grace = host_grace
         self._problems: dict[str, _Problem] = {}
         self._known: set[str] = set()
         """The hosts and bots of the last judged view."""
@@ -191,6 +197,9 @@ class Alerter:
         alerts: list[dict[str, t.Any]] = []
         if not snapshot["connected"]:
             self._reconnected_at = None
+            # A host seen going offline a moment before: likely the broker's going, not the host's.
+            for key in [k for k, p in self._problems.items() if p.pending]:
+                del self._problems[key]
             if "broker" not in self._problems:
                 self._problems["broker"] = _Problem("", "the dashboard", now, "", announced=bool(self._known))
                 if self._known:
@@ -216,10 +225,8 @@ class Alerter:
         for key, (host, what, why) in bad.items():
             problem = self._problems.get(key)
             if problem is None:
-                problem = _Problem(host, what, now, why, announced=key in known)
+                problem = _Problem(host, what, now, why, announced=False, pending=key in known)
                 self._problems[key] = problem
-                if problem.announced:
-                    begun[host].append(problem)
             elif problem.fine_since is not None or problem.why != why:
                 problem.repeats += 1
                 problem.why = why
@@ -227,10 +234,16 @@ class Alerter:
             kind = re.split(r"[:(]", why, maxsplit=1)[0].strip(" ,")
             if kind not in problem.kinds:
                 problem.kinds.append(kind)
+            if problem.pending and now - problem.since >= (self.host_grace if key.startswith("host ") else 0.0):
+                problem.pending, problem.announced = False, True
+                begun[host].append(problem)
         ended: dict[str, list[_Problem]] = collections.defaultdict(list)
         for key, problem in list(self._problems.items()):
             if key in bad or key == "broker" or (problem.host in offline and not key.startswith("host ")):
                 continue  # a bot of an offline host is neither fine nor bad: its host's problem says it
+            if problem.pending:
+                del self._problems[key]  # over before it was announced
+                continue
             if problem.fine_since is None:
                 problem.fine_since = now
             if now - problem.fine_since >= self.clear_after:

@@ -644,6 +644,7 @@ function renderSummary(instances) {
 function renderBulk(shown) {
   const count = ui.selected.size;
   $("bulk-count").textContent = `${count} selected`;
+  $("bulk").classList.toggle("active", count > 0); // on a phone it then stays at the bottom of the screen
   for (const button of document.querySelectorAll("#bulk [data-bulk]")) button.disabled = count === 0 || ui.connected === false;
   $("bulk-clear").disabled = count === 0;
   $("select-matching").textContent = `Select all ${shown.length} shown`;
