@@ -1857,7 +1857,14 @@ def test_a_broker_restart_is_one_alert_about_the_dashboard_and_no_false_alarm(
         wait_page(page, "() => document.getElementById('live-text').textContent === 'broker down'", timeout=15)
         time.sleep(3)  # the outage is the scenario: heartbeats stop reaching the dashboard for a while
         broker = start_mosquitto(tmp_path / "broker", port=mosquitto.port)
+        back = time.time()
         wait_page(page, "() => document.getElementById('live-text').textContent === 'live'", timeout=45)
+
+        def agent_back() -> bool:  # its heartbeats reach the dashboard again, so a crash will be seen
+            items = request(url, "GET", "/api/snapshot")[2]["instances"]
+            return any(i["instance"] == "mm-1" and (i["heartbeat_ts"] or 0) > back for i in items)
+
+        wait_until(agent_back, timeout=60, message="the agent's heartbeats come through the new broker")
         sent: list[str] = []
         while not any("reached the broker again" in text for text in sent):
             sent.append(receiver.bodies.get(timeout=60)[1]["text"])
