@@ -674,6 +674,9 @@ def test_dashboard_in_a_browser(fleet: Fleet, browser: Browser, mosquitto: Broke
     # restart on mm-1: its pid and restarts change on the page without a reload; arb-2's do not.
     old = {name: fleet.pid(name) for name in ("mm-1", "arb-2")}
     page.click('tr[data-target="host-1/mm-1"] button[data-verb="restart"]')
+    # Like stop, restart cancels a Hummingbot's orders: it asks first.
+    assert "cancels its open orders" in page.inner_text("#ask-text")
+    page.click("#ask-ok")
     wait_page(
         page,
         "(old) => { const r = document.querySelector(\"tr[data-target='host-1/mm-1']\");"
@@ -1191,6 +1194,7 @@ def test_the_open_page_survives_a_restart_of_the_dashboard(fleet: Fleet, browser
     wait_page(page, "() => document.getElementById('live-text').textContent === 'live'", timeout=15)
     old = fleet.pid("mm-1")
     page.click('tr[data-target="host-1/mm-1"] button[data-verb="restart"]')
+    page.click("#ask-ok")
     page.wait_for_selector("#replies li[data-verb='restart']", timeout=60_000)
     assert "restart ok" in page.inner_text("#replies li[data-verb='restart']")
     assert fleet.pid("mm-1") not in (None, old)
@@ -1679,6 +1683,7 @@ def test_logins_survive_a_restart_and_apply_to_every_tab(fleet: Fleet, browser: 
             assert page.is_hidden("#login-form")
         old = fleet.pid("mm-1")
         second.click('tr[data-target="host-1/mm-1"] button[data-verb="restart"]')
+        second.click("#ask-ok")
         second.wait_for_selector("#replies li[data-verb='restart']", timeout=60_000)
         assert "restart ok" in second.inner_text("#replies li[data-verb='restart']")
         assert fleet.pid("mm-1") not in (None, old)

@@ -811,6 +811,11 @@ const PROMPTS = {
     text: "Stopping runs the bot's stop command, which cancels its open orders, and then ends its process. The agent will not restart it.",
     ok: "Stop it",
   },
+  restart: {
+    title: "Restart {bot}?",
+    text: "Restarting runs the bot's stop command, which cancels its open orders, then starts it again.",
+    ok: "Restart it",
+  },
   import: { title: "Import a strategy into {bot}", text: "Strategy (config file) name, as the bot's `import` command takes it:", input: "conf_pure_mm_1.yml", ok: "Import" },
   config: {
     title: "Change the configuration of {bot}",
