@@ -2050,3 +2050,36 @@ def test_phone_bulk_bar_stays_in_reach_and_a_bad_card_is_red_as_a_whole(
     assert styles["row"] != "rgba(0, 0, 0, 0)" and "inset" in styles["shadow"]
     assert all(bg == "rgba(0, 0, 0, 0)" and shadow == "none" for bg, shadow in styles["cells"]), styles
     page.close()
+
+
+def test_the_view_lives_in_the_address_and_a_host_chip_filters(fleet: Fleet, browser: Browser) -> None:
+    fleet.add("mm-1", "mm-2", "arb-1")
+    fleet.start_agent()
+    _, url = fleet.start_dashboard(fleet.home)
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(url + "/")
+    wait_state(page, "host-1/arb-1", "running")
+    wait_state(page, "host-1/mm-2", "running")
+    page.fill("#search", "mm")
+    page.click('#fleet th[data-sort="instance"] button')
+    page.click('#fleet th[data-sort="instance"] button')  # descending
+    page.check("#group-host")
+    wait_page(page, "() => location.search.includes('group=1')")
+    assert targets(page) == ["host-1/mm-2", "host-1/mm-1"]
+    page.reload()
+    wait_state(page, "host-1/mm-1", "running")
+    assert page.input_value("#search") == "mm" and page.is_checked("#group-host")
+    assert targets(page) == ["host-1/mm-2", "host-1/mm-1"]
+
+    # A host chip shows only that host's bots (and says so); a second click shows all again.
+    page.fill("#search", "")
+    page.click("#hosts .chip")
+    wait_page(page, "() => location.search.includes('host=host-1')")
+    assert page.get_attribute("#hosts .chip", "aria-pressed") == "true"
+    assert page.input_value("#filter-host") == "host-1"
+    page.reload()
+    wait_page(page, "() => document.getElementById('filter-host').value === 'host-1'")  # its option came later
+    page.click("#hosts .chip")
+    wait_page(page, "() => !location.search.includes('host=')")
+    assert page.get_attribute("#hosts .chip", "aria-pressed") == "false"
+    page.close()

@@ -25,6 +25,7 @@ const ui = {
   lastReply: new Map(),
   detail: null, // {host, instance, target, points: [[ts, pnl]], timer}
   drawQueued: false,
+  wanted: {}, // select id -> value asked for by the address before its option exists
 };
 
 const BAD_STATES = new Set(["crashed", "exited", "fatal", "install-failed"]);
@@ -37,7 +38,7 @@ function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs || {})) {
     if (key === "class") node.className = value;
-    else if (key.startsWith("data-")) node.setAttribute(key, value);
+    else if (key.startsWith("data-") || key.startsWith("aria-")) node.setAttribute(key, value);
     else node[key] = value;
   }
   for (const child of children) node.append(child);
@@ -547,6 +548,7 @@ function render() {
   $("no-match").hidden = !(instances.length > 0 && shown.length === 0);
   renderSummary(instances);
   renderBulk(shown);
+  saveView();
   for (const th of document.querySelectorAll("#fleet th[data-sort]")) {
     const on = ui.sort.key === th.dataset.sort;
     th.setAttribute("aria-sort", on ? (ui.sort.dir > 0 ? "ascending" : "descending") : "none");
@@ -588,27 +590,72 @@ function renderChoices() {
     if (have.join("\n") === values.join("\n")) return;
     const current = select.value;
     select.replaceChildren(el("option", { value: "", textContent: label }), ...values.map((v) => el("option", { value: v, textContent: v })));
-    select.value = values.includes(current) ? current : "";
+    const wanted = ui.wanted[id] || current; // from the address, until the choice exists
+    select.value = values.includes(wanted) ? wanted : "";
+    if (values.includes(wanted)) delete ui.wanted[id];
   };
   const items = [...ui.items.values()];
   fill("filter-host", [...new Set([...ui.hosts.map((h) => h.host), ...items.map((i) => i.host)])].sort(), "All hosts");
   fill("filter-recipe", [...new Set(items.map((i) => i.recipe).filter(Boolean))].sort(), "All recipes");
 }
 
+// --- the view in the address: sort, filters and grouping survive a reload and can be shared ---------
+
+const VIEW_FIELDS = { q: "search", host: "filter-host", state: "filter-state", recipe: "filter-recipe" };
+
+function saveView() {
+  const params = new URLSearchParams();
+  for (const [key, id] of Object.entries(VIEW_FIELDS)) {
+    const value = $(id).value.trim() || ui.wanted[id] || "";
+    if (value) params.set(key, value);
+  }
+  if (!$("problems-first").checked) params.set("problems", "0");
+  if ($("group-host").checked) params.set("group", "1");
+  if (ui.sort.key) params.set("sort", `${ui.sort.dir < 0 ? "-" : ""}${ui.sort.key}`);
+  const query = params.toString();
+  const wanted = query ? `?${query}` : location.pathname;
+  if (location.search !== (query ? `?${query}` : "")) history.replaceState(null, "", wanted);
+}
+
+function restoreView() {
+  const params = new URLSearchParams(location.search);
+  for (const [key, id] of Object.entries(VIEW_FIELDS)) {
+    const value = params.get(key);
+    if (!value) continue;
+    if ($(id).tagName === "SELECT" && ![...$(id).options].some((o) => o.value === value)) ui.wanted[id] = value;
+    else $(id).value = value;
+  }
+  if (params.get("problems") === "0") $("problems-first").checked = false;
+  if (params.get("group") === "1") $("group-host").checked = true;
+  const sort = params.get("sort");
+  if (sort) ui.sort = { key: sort.replace(/^-/, ""), dir: sort.startsWith("-") ? -1 : 1 };
+}
+
+function filterHost(host) {
+  const select = $("filter-host");
+  select.value = select.value === host ? "" : host;
+  delete ui.wanted["filter-host"];
+  draw();
+}
+
 function renderHosts(hosts) {
   const box = $("hosts");
+  const chosen = $("filter-host").value;
   box.replaceChildren(
     ...hosts.map((h) =>
       el(
-        "span",
+        "button",
         {
+          type: "button",
+          "aria-pressed": String(chosen === h.host),
+          onclick: () => filterHost(h.host),
           class: `chip ${h.online ? "online" : "offline"}${h.trusted === false ? " untrusted" : ""}`,
           title:
             h.trusted === false
               ? "record not signed with the shared secret: untrusted, never acted on"
               : h.state === "unseen"
                 ? "not heard from since the dashboard started"
-                : `agent ${h.version || "?"}${h.signed ? ", signed" : ""}`,
+                : `agent ${h.version || "?"}${h.signed ? ", signed" : ""}; click to show only its bots`,
         },
         el("span", { class: "dot small-dot" + (h.online ? " on" : "") }),
         `${h.host} · ${h.instances}` + (h.trusted === false ? " · untrusted" : h.online ? "" : " · offline"),
@@ -1323,5 +1370,6 @@ document.addEventListener("DOMContentLoaded", () => {
     // Ages move on between pushes: only changed records are sent.
     if (ui.items.size) draw();
   }, 1000);
+  restoreView();
   boot();
 });
