@@ -1641,6 +1641,8 @@ def test_seven_tabs_share_one_stream_and_commands_never_wait_behind_it(fleet: Fl
         assert fleet.pid("mm-1") is None
         for page in tabs:
             wait_state(page, "host-1/mm-1", "stopped")
+        tabs[-1].wait_for_selector("#replies li[data-verb='stop']")  # the reply shows in the other tabs too
+        assert "stop ok" in tabs[-1].inner_text("#replies li[data-verb='stop']")
         # Closing the tabs leaves the last one live.
         for page in tabs[:-1]:
             page.close()
@@ -2082,4 +2084,19 @@ def test_the_view_lives_in_the_address_and_a_host_chip_filters(fleet: Fleet, bro
     page.click("#hosts .chip")
     wait_page(page, "() => !location.search.includes('host=')")
     assert page.get_attribute("#hosts .chip", "aria-pressed") == "false"
+    page.close()
+
+
+def test_a_skip_link_leads_to_the_first_bot_in_two_key_presses(fleet: Fleet, browser: Browser) -> None:
+    fleet.add("mm-1", "arb-1")
+    fleet.start_agent()
+    _, url = fleet.start_dashboard(fleet.home)
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(url + "/")
+    wait_state(page, "host-1/mm-1", "running")
+    wait_state(page, "host-1/arb-1", "running")
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.textContent") == "Go to the bots"
+    page.keyboard.press("Enter")
+    assert page.evaluate("() => document.activeElement.closest('tr')?.dataset.target") == "host-1/arb-1"
     page.close()

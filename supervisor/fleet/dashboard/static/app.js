@@ -158,7 +158,12 @@ function tellOtherTabs() {
   if (TABS) TABS.postMessage("session");
 }
 
-async function sessionChanged() {
+async function sessionChanged(event) {
+  if (event && event.data && event.data.type === "reply") {
+    noteReply(event.data.target, event.data.verb, event.data.reply);
+    draw();
+    return;
+  }
   const { status, data } = await request("/api/session").catch(() => ({ status: 0, data: null }));
   if (status !== 200) return;
   if (data.authenticated && !$("login").hidden) {
@@ -956,7 +961,10 @@ async function command(target, verb, data) {
   } finally {
     ui.pending.delete(key);
   }
-  if (verb !== "tail" && verb !== "logs") noteReply(target, verb, reply);
+  if (verb !== "tail" && verb !== "logs") {
+    noteReply(target, verb, reply);
+    if (TABS) TABS.postMessage({ type: "reply", target, verb, reply }); // the browser's other tabs show it too
+  }
   draw();
   return reply;
 }
@@ -1370,6 +1378,13 @@ document.addEventListener("DOMContentLoaded", () => {
     // Ages move on between pushes: only changed records are sent.
     if (ui.items.size) draw();
   }, 1000);
+  $("skip-to-bots").addEventListener("click", (event) => {
+    // Straight to the table's tab stop (its current row), past the header, alerts and filters.
+    const row = document.querySelector("#fleet tbody tr[tabindex='0']");
+    if (!row) return;
+    event.preventDefault();
+    row.focus();
+  });
   restoreView();
   boot();
 });
