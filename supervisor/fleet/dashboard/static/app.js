@@ -342,7 +342,7 @@ function renderAlerts() {
   const count = $("alert-count");
   count.hidden = unacked === 0;
   count.textContent = `${unacked} alert${unacked === 1 ? "" : "s"}`;
-  $("alert-ack-all").disabled = unacked === 0;
+  $("alert-ack-all").hidden = unacked === 0;
 }
 
 async function acknowledge(ids) {
