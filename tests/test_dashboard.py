@@ -1651,6 +1651,16 @@ def test_seven_tabs_share_one_stream_and_commands_never_wait_behind_it(fleet: Fl
         assert live(tabs[-1])[1] == "live"
     finally:
         context.close()
+    # A browser without SharedWorker (Chrome on Android) opens a stream per tab and works the same.
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    try:
+        context.add_init_script("delete window.SharedWorker")
+        page = context.new_page()
+        page.goto(url + "/")
+        wait_state(page, "host-1/mm-1", "running")
+        assert live(page)[1] == "live" and page.evaluate("() => 'SharedWorker' in window") is False
+    finally:
+        context.close()
 
 
 def test_logins_survive_a_restart_and_apply_to_every_tab(fleet: Fleet, browser: Browser, tmp_path: Path) -> None:
@@ -1698,7 +1708,14 @@ def test_logins_survive_a_restart_and_apply_to_every_tab(fleet: Fleet, browser: 
         context.close()
 
 
-def test_a_bot_restarted_again_and_again_flaps_until_it_has_run_a_while() -> None:
+def test_a_bot_restarted_again_and_again_flaps_until_it_has_run_a_while(tmp_path: Path) -> None:
+    defaults = Flapping()
+    assert (defaults.restarts, defaults.window, defaults.settle) == (3, 600, 300)  # as the README says
+    settings = load_settings(tmp_path / "none.toml", {})
+    assert (settings.flap_restarts, settings.flap_window, settings.flap_settle) == (3, 600, 300)
+    (tmp_path / "bad.toml").write_text("[dashboard]\nflap_restarts = 0\n")
+    with pytest.raises(DashboardError, match=r"'dashboard\.flap_restarts' must be a positive whole number, not 0"):
+        load_settings(tmp_path / "bad.toml", {})
     flapping = Flapping(restarts=3, window=60, settle=30)
     key = ("h", "b")
     flapping.restarted(key, 0, 1, 100)
@@ -1735,7 +1752,17 @@ def alert_view(*bad: str, offline: tuple[str, ...] = (), connected: bool = True)
     }
 
 
-def test_alerts_are_one_per_problem_grouped_per_host_with_one_all_clear() -> None:
+def test_alerts_are_one_per_problem_grouped_per_host_with_one_all_clear(tmp_path: Path) -> None:
+    defaults = Alerter(None, print)
+    assert (defaults.clear_after, defaults.settle_after, defaults.host_grace) == (10, 10, 5)  # as the README says
+    store = Store(tmp_path / "d.sqlite")
+    try:  # the last 1000 are kept
+        for i in range(1005):
+            store.add_alert({"kind": "problem", "target": None, "text": f"alert {i}"}, ts=float(i))
+        kept, unacked = store.alerts(limit=2000)
+        assert len(kept) == unacked == 1000 and kept[0]["text"] == "alert 1004"
+    finally:
+        store.close()
     clock = Clock()
     sent: list[str] = []
     alerter = Alerter(
