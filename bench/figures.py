@@ -2,7 +2,7 @@
 
 The scaling figures (ls, start, agent) are measured per size by :func:`scaling`, which grows
 one fleet per tool (ours, supervisord, pm2) and calls ``start_at``, ``ls_at``, then, with one
-agent over our fleet, ``agent_at``, ``ls_agent_at`` and (largest size) ``dashboard_on``.
+agent over our fleet, ``agent_at`` and ``ls_agent_at``; :func:`fig_dashboard` has fleets of its own.
 :func:`fig_react` times the agent's state records after a ``kill -9``, a ``stop`` and a ``start``.
 """
 
@@ -415,8 +415,7 @@ def scaling(ctx: Ctx, selected: set[str]) -> dict[str, t.Any]:
             if "ls" in selected:
                 log(f"  ls n={n}, no agent")
                 results["ls"][n], direct = ls_at(ctx, fleets, n)
-            dashboard = "dashboard" in selected and n == max(ctx.sizes)
-            if selected & {"ls", "agent"} or dashboard:
+            if selected & {"ls", "agent"}:
                 with _fleet_agent(ctx, fleets, n) as (agent, missing):
                     if "agent" in selected:
                         results["agent"][n] = agent_at(ctx, fleets, n, agent, missing)
@@ -426,13 +425,6 @@ def scaling(ctx: Ctx, selected: set[str]) -> dict[str, t.Any]:
                             results["ls"][n]["ours (agent)"] = {"not_available": missing}
                         else:
                             results["ls"][n].update(ls_agent_at(ctx, fleets, n, direct))
-                    if dashboard:
-                        log(f"  dashboard n={n}")
-                        results["dashboard"] = (
-                            dashboard_on(ctx, fleets.ours, n, beside_peers=True)
-                            if agent
-                            else {"n": n, "not_available": missing}
-                        )
     finally:
         log("scaling: tearing the fleets down")
         fleets.pm2.kill()
@@ -692,44 +684,63 @@ class _StreamReader:
         self.conn.close()
 
 
-def fig_dashboard(ctx: Ctx) -> dict[str, t.Any]:
-    """Bytes one open dashboard tab receives through ``/events`` at N running bots with a real agent.
+DASHBOARD_SIZES = (40, 200)
+"""Fleet sizes of the dashboard figure (the issue-21 targets): bots that print a line a second."""
 
-    :func:`scaling` measures this on its largest fleet when it runs; this is the stand-alone way.
+
+def fig_dashboard(ctx: Ctx) -> dict[str, t.Any]:
+    """Bytes one open dashboard tab (no console open) receives through ``/events`` at N printing bots.
+
+    Each bot runs under a real agent, and a Hummingbot-like bridge publishes one ``log`` line a
+    second for each, as Hummingbot prints constantly.
     """
-    n = max(ctx.sizes)
+    sizes = (5, 10) if ctx.quick else DASHBOARD_SIZES
     missing = ctx.agent_missing()
     if missing is not None:
-        return {"n": n, "not_available": missing}
+        return {"n": max(sizes), "not_available": missing}
     ours = ctx.ours("dashboard")
-    agent = None
+    results = []
     try:
-        log(f"  dashboard: {n} bots")
-        ours.grow(n)
-        ours.start_all()
-        broker = ctx.mosquitto()
-        agent = Agent(ctx.procs, ours.env, broker.url, "benchhost", 10.0, 30.0, ctx.env.root / "agent-dashboard.log")
-        time.sleep(5.0)
-        return dashboard_on(ctx, ours, n)
+        for n in sizes:
+            log(f"  dashboard: {n} printing bots")
+            ours.grow(n)
+            ours.start_all()
+            broker = ctx.mosquitto()
+            agent_log = ctx.env.root / f"agent-dashboard-{n}.log"
+            agent = Agent(ctx.procs, ours.env, broker.url, "benchhost", 10.0, 30.0, agent_log)
+            try:
+                time.sleep(5.0)
+                results.append(dashboard_on(ctx, ours, n, printing=True))
+            finally:
+                agent.stop()
     finally:
-        if agent is not None:
-            agent.stop()
         ours.kill_server()
+    return {"sizes": results, **results[-1]}
 
 
-def dashboard_on(ctx: Ctx, ours: Ours, n: int, *, beside_peers: bool = False) -> dict[str, t.Any]:
-    """Measure the dashboard's event stream over ``ours``, whose ``n`` bots an agent (10 s / 30 s) supervises."""
+def dashboard_on(
+    ctx: Ctx, ours: Ours, n: int, *, beside_peers: bool = False, printing: bool = False
+) -> dict[str, t.Any]:
+    """Measure the dashboard's event stream over ``ours``, whose ``n`` bots an agent (10 s / 30 s) supervises.
+
+    With ``printing``, each bot's Hummingbot bridge publishes a ``log`` line a second meanwhile.
+    """
     import urllib.request
+
+    from mqttclient import Printer
 
     window = 5.0 if ctx.quick else 60.0
     dashboard = None
     reader = None
+    printer = None
     try:
         broker = ctx.mosquitto()
+        if printing:
+            printer = Printer(broker.port, ours.names[:n])
         home = ctx.env.root / f"dashboard-home-{n}"
         home.mkdir()
         port = free_port()
-        argv = [SUPERVISOR, "dashboard", "--broker", broker.url, "--listen", f"127.0.0.1:{port}"]
+        argv = [SUPERVISOR, "dashboard", "--broker", broker.url, "--listen", f"127.0.0.1:{port}", "--insecure-no-login"]
         dashboard = ctx.procs.spawn(
             argv, env={**ours.env, "SUPERVISOR_HOME": str(home)}, log_path=ctx.env.root / "dashboard.log"
         )
@@ -767,8 +778,11 @@ def dashboard_on(ctx: Ctx, ours: Ours, n: int, *, beside_peers: bool = False) ->
             "agent_state_interval_s": 30.0,
             "agent_heartbeat_interval_s": 10.0,
             "beside_peers": beside_peers,
+            "printing_lines_per_s": n if printing else 0,
         }
     finally:
+        if printer is not None:
+            printer.close()
         if reader is not None:
             reader.close()
         if dashboard is not None:

@@ -198,3 +198,37 @@ class StateWatch:
     def close(self) -> None:
         """Disconnect."""
         self.client.close()
+
+
+class Printer:
+    """Hummingbot's MQTT bridge for ``names``: each bot publishes one ``log`` line a second, as a busy bot prints."""
+
+    def __init__(self, port: int, names: list[str]) -> None:
+        self.client = Client(port, "printer")
+        self.names = names
+        self.stop = threading.Event()
+        self.sent = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        tick = 0
+        while not self.stop.wait(max(0.0, 1.0 - (time.perf_counter() % 1.0))):
+            tick += 1
+            now = time.time()
+            for name in self.names:
+                line = {
+                    "timestamp": now,
+                    "msg": f"BTC-USDT order book: best bid 42000.{tick % 100:02d}, best ask 42001.{tick % 97:02d}",
+                    "level_no": 20,
+                    "level_name": "INFO",
+                    "logger_name": "hummingbot.strategy.pure_market_making",
+                }
+                self.client.client.publish(f"hbot/{name}/log", json.dumps(line).encode(), qos=0)
+                self.sent += 1
+
+    def close(self) -> None:
+        """Stop printing and disconnect."""
+        self.stop.set()
+        self.thread.join(5)
+        self.client.close()

@@ -433,22 +433,28 @@ def _judge_restart(figs: dict[str, t.Any]) -> list[dict[str, t.Any]]:
 
 def _judge_dashboard(figs: dict[str, t.Any]) -> list[dict[str, t.Any]]:
     dash = figs.get("dashboard") or {}
-    if "steady_bytes_per_s" not in dash:
-        return []
-    per_s = dash["steady_bytes_per_s"]
-    return [
-        _row(
-            f"dashboard event stream per open tab, {dash['n']} bots, steady state",
-            f"{per_s / 1000:.2f} KB/s ({dash['steady_bytes']} B in {dash['window_s']:.0f} s)",
-            "–",
-            "≤ 2 KB/s",
-            _x(per_s / 2000),
-            per_s <= 2000,
-            group="earlier",
-            why=f"{dash['steady_bytes']} B in {dash['window_s']:.0f} s after a first snapshot of "
-            f"{dash['snapshot_bytes']} B.",
+    rows = []
+    for fig in dash.get("sizes") or ([dash] if "steady_bytes_per_s" in dash else []):
+        per_s = fig["steady_bytes_per_s"]
+        printing = (
+            f", each printing {fig['printing_lines_per_s'] // fig['n']} line/s"
+            if fig.get("printing_lines_per_s")
+            else ""
         )
-    ]
+        rows.append(
+            _row(
+                f"dashboard event stream per open tab (no console open), {fig['n']} bots{printing}, steady state",
+                f"{per_s / 1000:.2f} KB/s ({fig['steady_bytes']} B in {fig['window_s']:.0f} s)",
+                "–",
+                "≤ 2 KB/s",
+                _x(per_s / 2000),
+                per_s <= 2000,
+                group="earlier",
+                why=f"{fig['steady_bytes']} B in {fig['window_s']:.0f} s after a first snapshot of "
+                f"{fig['snapshot_bytes']} B.",
+            )
+        )
+    return rows
 
 
 def judge(results: dict[str, t.Any]) -> list[dict[str, t.Any]]:
@@ -464,27 +470,31 @@ def judge(results: dict[str, t.Any]) -> list[dict[str, t.Any]]:
 def _dashboard(fig: dict[str, t.Any]) -> str:
     if "steady_bytes_per_s" not in fig:
         return f"## Dashboard event stream\n\nNot measured: {fig.get('not_available') or fig.get('error')}\n"
+    sizes = fig.get("sizes") or [fig]
+    printing = any(f.get("printing_lines_per_s") for f in sizes)
     return (
         "## Dashboard event stream\n\n"
         f"`supervisor dashboard` beside a real agent (heartbeats every {fig['agent_heartbeat_interval_s']:g} s, "
-        f"state every {fig['agent_state_interval_s']:g} s) supervising {fig['n']} running bench bots"
+        f"state every {fig['agent_state_interval_s']:g} s) supervising N running bench bots"
         + (
-            " (the scaling figures' largest fleet; supervisord's and pm2's fleets run too)"
-            if fig.get("beside_peers")
+            ", each of which prints: a Hummingbot-like bridge publishes one `log` line a second per bot"
+            if printing
             else ""
         )
         + ". One client "
-        "reads `/events` as a browser tab does: the whole view once, then only the records that changed. "
-        "Bytes are counted on the socket, after a 5 s warm-up.\n\n"
+        "reads `/events` as a browser tab with no console open does: the whole view once, then only the records "
+        "that changed. Bytes are counted on the socket, after a 5 s warm-up.\n\n"
         + _table(
-            ["N", "first snapshot", f"then, over {fig['window_s']:.0f} s", "per second"],
+            ["N", "lines printed/s", "first snapshot", f"then, over {fig['window_s']:.0f} s", "per second"],
             [
                 [
-                    str(fig["n"]),
-                    f"{fig['snapshot_bytes'] / 1000:.1f} KB",
-                    f"{fig['steady_bytes'] / 1000:.1f} KB",
-                    f"{fig['steady_bytes_per_s'] / 1000:.2f} KB/s",
+                    str(f["n"]),
+                    str(f.get("printing_lines_per_s", 0)),
+                    f"{f['snapshot_bytes'] / 1000:.1f} KB",
+                    f"{f['steady_bytes'] / 1000:.1f} KB",
+                    f"{f['steady_bytes_per_s'] / 1000:.2f} KB/s",
                 ]
+                for f in sizes
             ],
         )
         + "\n"
@@ -929,7 +939,7 @@ def _durations(meta: dict[str, t.Any]) -> str:
     durations = meta.get("durations_s") or {}
     if not durations:
         return ""
-    label = {"scaling": "scaling: ls, start, agent (and the dashboard on the largest fleet)"}
+    label = {"scaling": "scaling: ls, start, agent"}
     rows = [[label.get(name, name), f"{seconds // 60} min {seconds % 60:02d} s"] for name, seconds in durations.items()]
     total = meta.get("duration_s")
     if isinstance(total, int) and not meta.get("partial"):

@@ -176,8 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         if "startup" in selected:
             steps.append(("startup", lambda: figures.fig_startup(ctx)))
         if selected & SCALING:
-            # The dashboard figure rides on the scaling's largest fleet (and its agent) when both run.
-            steps.append(("scaling", lambda: figures.scaling(ctx, selected & (SCALING | {"dashboard"}))))
+            steps.append(("scaling", lambda: figures.scaling(ctx, selected & SCALING)))
         for name, fn in (
             ("mqtt", figures.fig_mqtt),
             ("react", figures.fig_react),
@@ -188,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             ("fleet", lambda ctx: fleetscale.fig_fleet(ctx.env, ctx.procs, _fleet_sizes(ctx), quick=ctx.quick)),
             ("hummingbot", realbot.fig_hummingbot),
         ):
-            if name in selected and not (name == "dashboard" and selected & SCALING):
+            if name in selected:
                 steps.append((name, lambda fn=fn: fn(ctx)))
         durations = results["meta"].setdefault("durations_s", {})
         for index, (name, step) in enumerate(steps, 1):

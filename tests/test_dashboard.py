@@ -28,6 +28,7 @@ from supervisor._http import parse_listen
 from supervisor.cli import cli
 from supervisor.core.manager import Manager
 from supervisor.fleet.dashboard import DashboardError
+from supervisor.fleet.dashboard.alerts import Alerter
 from supervisor.fleet.dashboard.auth import (
     ENV_PASSWORD_HASH,
     LoginThrottle,
@@ -38,8 +39,10 @@ from supervisor.fleet.dashboard.auth import (
     verify_password,
     write_password_hash,
 )
+from supervisor.fleet.dashboard.flapping import Flapping
 from supervisor.fleet.dashboard.server import (
     MAX_STREAMS,
+    MAX_STREAMS_PER_CLIENT,
     SECURITY_HEADERS,
     Dashboard,
     Hub,
@@ -517,10 +520,14 @@ class Fleet:
         argv = [sys.executable, "-m", "supervisor", "agent", "--broker", self.broker.url, "--host-id", "host-1"]
         return self.spawn("agent", [*argv, *AGENT_TIMERS, *extra], self.env(self.home))
 
-    def start_dashboard(self, home: Path, port: int | None = None, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    def start_dashboard(
+        self, home: Path, port: int | None = None, *, insecure: bool = True, **env: str
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        """Start a dashboard; ``insecure`` passes --insecure-no-login (a home with a password still asks for it)."""
         port = port or free_port()
         argv = [sys.executable, "-m", "supervisor", "dashboard", "--broker", self.broker.url]
-        proc = self.spawn("dashboard", [*argv, "--listen", f"127.0.0.1:{port}"], self.env(home, **env))
+        argv += ["--listen", f"127.0.0.1:{port}", *(["--insecure-no-login"] if insecure else [])]
+        proc = self.spawn("dashboard", argv, self.env(home, **env))
         url = f"http://127.0.0.1:{port}"
 
         def up() -> bool:
@@ -667,6 +674,9 @@ def test_dashboard_in_a_browser(fleet: Fleet, browser: Browser, mosquitto: Broke
     # restart on mm-1: its pid and restarts change on the page without a reload; arb-2's do not.
     old = {name: fleet.pid(name) for name in ("mm-1", "arb-2")}
     page.click('tr[data-target="host-1/mm-1"] button[data-verb="restart"]')
+    # Like stop, restart cancels a Hummingbot's orders: it asks first.
+    assert "cancels its open orders" in page.inner_text("#ask-text")
+    page.click("#ask-ok")
     wait_page(
         page,
         "(old) => { const r = document.querySelector(\"tr[data-target='host-1/mm-1']\");"
@@ -1184,6 +1194,7 @@ def test_the_open_page_survives_a_restart_of_the_dashboard(fleet: Fleet, browser
     wait_page(page, "() => document.getElementById('live-text').textContent === 'live'", timeout=15)
     old = fleet.pid("mm-1")
     page.click('tr[data-target="host-1/mm-1"] button[data-verb="restart"]')
+    page.click("#ask-ok")
     page.wait_for_selector("#replies li[data-verb='restart']", timeout=60_000)
     assert "restart ok" in page.inner_text("#replies li[data-verb='restart']")
     assert fleet.pid("mm-1") not in (None, old)
@@ -1414,12 +1425,14 @@ def test_find_sort_and_stop_a_filtered_set(fleet: Fleet, browser: Browser) -> No
 
 
 def test_axe_finds_no_serious_or_critical_violations(
-    fleet: Fleet, browser: Browser, bot_origin: Path, axe_source: str
+    fleet: Fleet, browser: Browser, bot_origin: Path, axe_source: str, mosquitto: Broker
 ) -> None:
     fleet.add("mm-1")
     fleet.add_crasher("bad-1", bot_origin)
     fleet.start_agent("--fatal-after", "2", "--backoff", "0.1")
     _, url = fleet.start_dashboard(fleet.home)
+    # Enough lines that the console's notification list scrolls.
+    publish(mosquitto, [("hbot/mm-1/log", {"msg": f"line {i}", "level_name": "INFO"}) for i in range(60)])
     for viewport in ({"width": 1440, "height": 900}, {"width": 390, "height": 844}):
         # axe is injected as a script; the page's CSP (rightly) allows none but its own.
         context = browser.new_context(viewport=viewport, bypass_csp=True)  # type: ignore[arg-type]
@@ -1428,10 +1441,24 @@ def test_axe_finds_no_serious_or_critical_violations(
         wait_state(page, "host-1/bad-1", "fatal")
         wait_state(page, "host-1/mm-1", "running")
         page.add_script_tag(content=axe_source)
+        # A bot restarted after a crash: a 'running' pill on a red row (for 15 s).
+        pid = fleet.pid("mm-1")
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        wait_page(
+            page,
+            "() => { const r = document.querySelector(`tr[data-target='host-1/mm-1']`);"
+            " return r.classList.contains('health-bad') && r.dataset.state === 'running'; }",
+            timeout=15,
+        )
         for step in ("table", "console"):
             if step == "console":
                 page.click('tr[data-target="host-1/mm-1"] button[data-verb="console"]')
                 wait_page(page, "() => document.getElementById('screen').textContent.includes('ready')")
+                wait_page(
+                    page,
+                    "() => { const s = document.getElementById('stream'); return s.scrollHeight > s.clientHeight; }",
+                )
             result = page.evaluate(
                 "() => axe.run(document, {resultTypes: ['violations']}).then(r => r.violations.map("
                 "v => ({id: v.id, impact: v.impact, nodes: v.nodes.length, help: v.help,"
@@ -1526,3 +1553,582 @@ def test_alerts_reach_a_local_webhook_and_the_page(fleet: Fleet, browser: Browse
         page.close()
     finally:
         receiver.close()
+
+
+# --- issue 21: an operator's whole day ------------------------------------------------------------
+
+
+def printed_password(log: Path) -> list[str]:
+    """The password lines a dashboard printed at start (indented, after the 'shown only this once' line)."""
+    lines = log.read_text(errors="replace").splitlines()
+    return [lines[i + 1].strip() for i, line in enumerate(lines[:-1]) if "shown only this once" in line]
+
+
+def test_a_first_start_makes_a_password_and_strangers_get_no_control_and_no_streams(
+    fleet: Fleet, browser: Browser, tmp_path: Path
+) -> None:
+    fleet.add("mm-1")
+    fleet.start_agent()
+    home = tmp_path / "dash-home"
+    home.mkdir()
+    port = free_port()
+    dashboard, url = fleet.start_dashboard(home, port=port, insecure=False)
+    log = fleet.processes[-1][2]
+    wait_until(lambda: printed_password(log), timeout=10, message="the dashboard prints its new password")
+    [password] = printed_password(log)
+    config = home / "dashboard.toml"
+    assert config.stat().st_mode & 0o777 == 0o600
+    stored = load_settings(config, {}).password_hash
+    assert stored is not None and verify_password(password, stored) and password not in config.read_text()
+
+    # A local process without the password (uid nobody, say) gets no token, no command and no stream.
+    status, _, session = request(url, "GET", "/api/session")
+    assert status == 200 and session["login_required"] is True and session["csrf"] is None
+    command = {"target": "host-1/mm-1", "verb": "stop", "data": {}}
+    assert request(url, "POST", "/api/command", command)[0] == 403
+
+    # The printed link logs the browser in and leaves no password in the address bar.
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(f"{url}/#password={password}")
+    wait_state(page, "host-1/mm-1", "running")
+    assert "password" not in page.url
+    streams = [open_stream(url) for _ in range(MAX_STREAMS_PER_CLIENT + 1)]
+    try:
+        assert {status for _, status in streams} == {403}
+    finally:
+        for sock, _ in streams:
+            sock.close()
+    fleet.manager.stop(["mm-1"])  # the operator's stream still carries news
+    wait_state(page, "host-1/mm-1", "stopped")
+    assert live(page)[1] == "live"
+    page.close()
+
+    # Shown once: a second start keeps the stored hash and prints nothing.
+    stop_process(dashboard)
+    fleet.start_dashboard(home, port=port, insecure=False)
+    assert printed_password(fleet.processes[-1][2]) == []
+    assert load_settings(config, {}).password_hash == stored
+
+    # Without a password, only the loudly named option serves, and says so.
+    other = tmp_path / "other-home"
+    other.mkdir()
+    fleet.start_dashboard(other, insecure=True)
+    assert not (other / "dashboard.toml").exists()
+    wait_until(lambda: "INSECURE: no login" in fleet.processes[-1][2].read_text(), timeout=10, message="a warning")
+    store = Store(tmp_path / "d.sqlite")
+    try:
+        with pytest.raises(DashboardError, match=r"without a password: any local user .* --insecure-no-login"):
+            Dashboard(
+                load_agent_config(None, {}, {"url": "mqtt://127.0.0.1:1"}), load_settings(other / "x", {}), "0", store
+            )
+    finally:
+        store.close()
+
+
+def test_seven_tabs_share_one_stream_and_commands_never_wait_behind_it(fleet: Fleet, browser: Browser) -> None:
+    fleet.add("mm-1", "arb-2")
+    fleet.start_agent()
+    _, url = fleet.start_dashboard(fleet.home)
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    try:
+        tabs = []
+        for _ in range(7):  # Chromium opens at most 6 connections to one host
+            page = context.new_page()
+            page.goto(url + "/")
+            tabs.append(page)
+        for page in tabs:  # the 7th too: its table fills from the one shared stream
+            wait_state(page, "host-1/arb-2", "running")
+        tabs[0].click('tr[data-target="host-1/mm-1"] button[data-verb="stop"]')
+        tabs[0].click("#ask-ok")
+        tabs[0].wait_for_selector("#replies li[data-verb='stop']", timeout=60_000)
+        assert "stop ok" in tabs[0].inner_text("#replies li[data-verb='stop']")
+        assert fleet.pid("mm-1") is None
+        for page in tabs:
+            wait_state(page, "host-1/mm-1", "stopped")
+        tabs[-1].wait_for_selector("#replies li[data-verb='stop']")  # the reply shows in the other tabs too
+        assert "stop ok" in tabs[-1].inner_text("#replies li[data-verb='stop']")
+        # Closing the tabs leaves the last one live.
+        for page in tabs[:-1]:
+            page.close()
+        fleet.manager.start(["mm-1"])
+        wait_state(tabs[-1], "host-1/mm-1", "running")
+        assert live(tabs[-1])[1] == "live"
+    finally:
+        context.close()
+    # A browser without SharedWorker (Chrome on Android) opens a stream per tab and works the same.
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    try:
+        context.add_init_script("delete window.SharedWorker")
+        page = context.new_page()
+        page.goto(url + "/")
+        wait_state(page, "host-1/mm-1", "running")
+        assert live(page)[1] == "live" and page.evaluate("() => 'SharedWorker' in window") is False
+    finally:
+        context.close()
+
+
+def test_logins_survive_a_restart_and_apply_to_every_tab(fleet: Fleet, browser: Browser, tmp_path: Path) -> None:
+    fleet.add("mm-1")
+    fleet.start_agent()
+    home = tmp_path / "dash-home"
+    home.mkdir()
+    (home / "dashboard.toml").write_text(f'[dashboard]\npassword_hash = "{hash_password(PASSWORD)}"\n')
+    port = free_port()
+    dashboard, url = fleet.start_dashboard(home, port=port, insecure=False)
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    try:
+        first, second = context.new_page(), context.new_page()
+        for page in (first, second):
+            page.goto(url + "/")
+            page.wait_for_selector("#login-form", state="visible")
+        first.fill("#password", PASSWORD)
+        first.click("#login-button")
+        wait_state(first, "host-1/mm-1", "running")
+        wait_state(second, "host-1/mm-1", "running")  # logged in by the first tab, nothing typed
+        [cookie] = context.cookies()
+        sessions = home / "dashboard-sessions.json"
+        assert sessions.stat().st_mode & 0o777 == 0o600
+        assert cookie["value"] not in sessions.read_text()  # only the token's digest is kept
+
+        second.evaluate("window.__sameDocument = true")
+        stop_process(dashboard)
+        wait_page(second, "() => document.getElementById('live-text').textContent !== 'live'")
+        fleet.start_dashboard(home, port=port, insecure=False)
+        for page in (first, second):
+            wait_page(page, "() => document.getElementById('live-text').textContent === 'live'", timeout=15)
+            assert page.is_hidden("#login-form")
+        old = fleet.pid("mm-1")
+        second.click('tr[data-target="host-1/mm-1"] button[data-verb="restart"]')
+        second.click("#ask-ok")
+        second.wait_for_selector("#replies li[data-verb='restart']", timeout=60_000)
+        assert "restart ok" in second.inner_text("#replies li[data-verb='restart']")
+        assert fleet.pid("mm-1") not in (None, old)
+        assert second.evaluate("window.__sameDocument") is True
+
+        first.click("#logout")
+        second.wait_for_selector("#login-form", state="visible")  # logged out everywhere
+        assert second.is_hidden("#app")
+    finally:
+        context.close()
+
+
+def test_a_bot_restarted_again_and_again_flaps_until_it_has_run_a_while(tmp_path: Path) -> None:
+    defaults = Flapping()
+    assert (defaults.restarts, defaults.window, defaults.settle) == (3, 600, 300)  # as the README says
+    settings = load_settings(tmp_path / "none.toml", {})
+    assert (settings.flap_restarts, settings.flap_window, settings.flap_settle) == (3, 600, 300)
+    (tmp_path / "bad.toml").write_text("[dashboard]\nflap_restarts = 0\n")
+    with pytest.raises(DashboardError, match=r"'dashboard\.flap_restarts' must be a positive whole number, not 0"):
+        load_settings(tmp_path / "bad.toml", {})
+    flapping = Flapping(restarts=3, window=60, settle=30)
+    key = ("h", "b")
+    flapping.restarted(key, 0, 1, 100)
+    flapping.restarted(key, 1, 2, 110)
+    assert flapping.flapping(key, 111) is None  # two restarts are not yet a pattern
+    flapping.restarted(key, 2, 3, 120)
+    assert flapping.flapping(key, 121) == (3, 100)
+    assert flapping.flapping(key, 149) == (3, 100)
+    assert flapping.flapping(key, 150) is None  # ran 30 s without a restart
+    flapping.restarted(key, 3, 1, 151)  # a reset counter (the bot was made anew) is no restart
+    flapping.restarted(key, 3, 3, 151)
+    assert flapping.flapping(key, 152) is None
+    flapping.restarted(key, 3, 9, 200)  # several restarts between two records count (up to the threshold)
+    assert flapping.flapping(key, 201) == (3, 200)
+    flapping.forget(key)
+    assert flapping.flapping(key, 201) is None
+
+
+def alert_view(*bad: str, offline: tuple[str, ...] = (), connected: bool = True) -> dict[str, t.Any]:
+    """A snapshot with bots ``HOST/NAME`` (bad when listed with ``=why``) for the alerter."""
+    items = []
+    for spec in bad:
+        target, _, why = spec.partition("=")
+        host = target.split("/")[0]
+        items.append(
+            {"target": target, "host": host, "health": "bad" if why else "ok", "alert": why, "state": "running"}
+        )
+    hosts = {i["host"] for i in items} | set(offline)
+    return {
+        "connected": connected,
+        "broker": "mqtt://127.0.0.1:1883",
+        "hosts": [{"host": h, "online": h not in offline} for h in sorted(hosts)],
+        "instances": items,
+    }
+
+
+def test_alerts_are_one_per_problem_grouped_per_host_with_one_all_clear(tmp_path: Path) -> None:
+    defaults = Alerter(None, print)
+    assert (defaults.clear_after, defaults.settle_after, defaults.host_grace) == (10, 10, 5)  # as the README says
+    store = Store(tmp_path / "d.sqlite")
+    try:  # the last 1000 are kept
+        for i in range(1005):
+            store.add_alert({"kind": "problem", "target": None, "text": f"alert {i}"}, ts=float(i))
+        kept, unacked = store.alerts(limit=2000)
+        assert len(kept) == unacked == 1000 and kept[0]["text"] == "alert 1004"
+    finally:
+        store.close()
+    clock = Clock()
+    sent: list[str] = []
+    alerter = Alerter(
+        None, lambda a: sent.append(a["text"]), clock=clock, clear_after=30, settle_after=10, host_grace=5
+    )
+    fine = alert_view("h1/a=", "h1/b=", "h2/c=")
+    alerter.observe(alert_view("h3/z=crashed"))  # bad when first seen: bad before we looked (and never cleared)
+    alerter.observe(fine)
+    alerter.observe(alert_view("h1/a=crashed (exit code 3), restarted", "h1/b=crashed", "h2/c="))
+    assert sent == ["h1: 2 need attention: a crashed (exit code 3), restarted; b crashed"]
+    # Flickering good and bad, then flapping: the same problem, counted, never re-sent.
+    for why in ("", "crashed (exit code 3), restarted", "", "flapping: 3 restarts within 10 min"):
+        clock.now += 5
+        alerter.observe(alert_view(f"h1/a={why}", "h1/b=crashed", "h2/c="))
+    assert len(sent) == 1
+    clock.now += 1
+    alerter.observe(fine)
+    clock.now += 29
+    alerter.observe(fine)
+    assert len(sent) == 1  # fine for 29 s only
+    clock.now += 1
+    alerter.observe(fine)
+    a = "a all clear (was crashed, flapping, for 21 s, bad again 2 times)"
+    assert sent[1:] == [f"h1: 2 all clear: {a}; b all clear (was crashed, for 21 s)"]
+    # A host going offline is one alert for the host, not one per bot; then one "back online".
+    clock.now += 1
+    alerter.observe(alert_view("h1/a=", "h1/b=", "h2/c=no heartbeat", offline=("h2",)))
+    assert sent[2:] == []  # offline for a moment only, so far
+    clock.now += 5
+    alerter.observe(alert_view("h1/a=", "h1/b=", "h2/c=no heartbeat", offline=("h2",)))
+    assert sent[2:] == ["host h2 went offline"]
+    clock.now += 35
+    alerter.observe(fine)
+    clock.now += 30
+    alerter.observe(fine)
+    assert sent[3:] == ["host h2 is back online (offline for 40 s)"]
+    # The dashboard losing the broker is one alert about the dashboard; hosts are judged again only once settled.
+    del sent[:]
+    alerter.observe(alert_view("h1/a=", "h1/b=", "h2/c=", offline=("h1",)))  # the broker's going: h1's will first
+    for _ in range(3):
+        clock.now += 5
+        alerter.observe(alert_view("h1/a=", "h1/b=", "h2/c=", offline=("h1", "h2"), connected=False))
+    clock.now += 5
+    alerter.observe(alert_view("h1/a=", "h1/b=", "h2/c=", offline=("h1", "h2")))  # records not back yet
+    clock.now += 11
+    alerter.observe(alert_view("h1/a=", "h1/b=", "h2/c="))
+    assert sent == [
+        "the dashboard lost the broker mqtt://127.0.0.1:1883; the fleet's state is unknown until it is back",
+        "the dashboard reached the broker again",
+    ]
+
+
+def test_a_crash_looping_bot_is_flapping_with_one_alert_and_one_all_clear(
+    fleet: Fleet, browser: Browser, bot_origin: Path, tmp_path: Path
+) -> None:
+    receiver = Receiver()
+    try:
+        switch = tmp_path / "keep-crashing"
+        switch.touch()
+        recipe = tmp_path / "flapper.yaml"
+        recipe.write_text(
+            (RECIPES / "crasher.yaml")
+            .read_text()
+            .replace("name: crasher", "name: flapper")
+            .replace("sys.exit(3)", f"os.path.exists('{switch}') and sys.exit(3); time.sleep(3600)")
+            .replace("import sys,time", "import os,sys,time")
+        )
+        home = tmp_path / "dash-home"
+        home.mkdir()
+        (home / "dashboard.toml").write_text(
+            f'[dashboard]\nwebhook_url = "{receiver.url}/hook"\nflap_restarts = 3\nflap_settle = 6\n'
+        )
+        fleet.add("mm-1")
+        fleet.start_agent("--fatal-after", "50", "--backoff", "0.2")  # it keeps restarting, never 'fatal'
+        _, url = fleet.start_dashboard(home)
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(url + "/")
+        wait_state(page, "host-1/mm-1", "running")
+        fleet.manager.new("flap-1", str(recipe), repo=str(bot_origin))
+        fleet.manager.start(["flap-1"])
+
+        # Between crashes it runs, yet it is a problem: 'flapping', under "Need attention".
+        wait_page(
+            page,
+            "() => document.querySelector(`tr[data-target='host-1/flap-1'] .pill`)?.textContent === 'flapping'",
+            timeout=60,
+        )
+        assert health(page, "host-1/flap-1") == "health-bad"
+        assert "restarts within" in row(page, "host-1/flap-1", "state")
+        page.select_option("#filter-state", "problems")
+        wait_page(page, "() => document.querySelectorAll('tbody tr[data-target]').length === 1")
+        assert targets(page) == ["host-1/flap-1"]
+
+        # It stops crashing: once it has run a while, one all-clear ends the one alert.
+        switch.unlink()
+        sent: list[str] = []
+        while not any("host-1/flap-1: all clear" in text for text in sent):
+            sent.append(receiver.bodies.get(timeout=90)[1]["text"])
+        [problem, clear] = [text for text in sent if "flap-1" in text]  # one alert, one all-clear
+        assert problem.startswith("bot-supervisor: host-1/flap-1: crashed (exit code 3)")
+        assert "flapping" in clear.partition("(was ")[2]
+        wait_page(page, "() => document.querySelectorAll('tbody tr[data-target]').length === 0")
+        alerts = page.eval_on_selector_all("#alerts li", "ls => ls.map(l => l.textContent)")
+        assert len([a for a in alerts if "flap-1" in a]) == 2, alerts  # one problem, one all-clear
+        page.close()
+    finally:
+        receiver.close()
+
+
+def test_a_broker_restart_is_one_alert_about_the_dashboard_and_no_false_alarm(
+    fleet: Fleet, browser: Browser, mosquitto: Broker, tmp_path: Path
+) -> None:
+    receiver = Receiver()
+    broker = None
+    try:
+        home = tmp_path / "dash-home"
+        home.mkdir()
+        (home / "dashboard.toml").write_text(f'[dashboard]\nwebhook_url = "{receiver.url}/hook"\n')
+        fleet.add("mm-1", "arb-2")
+        fleet.start_agent()
+        _, url = fleet.start_dashboard(home)
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(url + "/")
+        wait_state(page, "host-1/mm-1", "running")
+        stop_process(mosquitto.process)
+        wait_page(page, "() => document.getElementById('live-text').textContent === 'broker down'", timeout=15)
+        time.sleep(3)  # the outage is the scenario: heartbeats stop reaching the dashboard for a while
+        broker = start_mosquitto(tmp_path / "broker", port=mosquitto.port)
+        back = time.time()
+        wait_page(page, "() => document.getElementById('live-text').textContent === 'live'", timeout=45)
+
+        def agent_back() -> bool:  # its heartbeats reach the dashboard again, so a crash will be seen
+            items = request(url, "GET", "/api/snapshot")[2]["instances"]
+            return any(i["instance"] == "mm-1" and (i["heartbeat_ts"] or 0) > back for i in items)
+
+        wait_until(agent_back, timeout=60, message="the agent's heartbeats come through the new broker")
+        sent: list[str] = []
+        while not any("reached the broker again" in text for text in sent):
+            sent.append(receiver.bodies.get(timeout=60)[1]["text"])
+        # A real crash now is the next alert: no false one about the host or a healthy bot comes before it.
+        pid = fleet.pid("mm-1")
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        while not any("host-1/mm-1: crashed" in text for text in sent):
+            sent.append(receiver.bodies.get(timeout=60)[1]["text"])
+        assert [text.removeprefix("bot-supervisor: ").split(";")[0].split(" (")[0] for text in sent] == [
+            f"the dashboard lost the broker {mosquitto.url}",
+            "the dashboard reached the broker again",
+            "host-1/mm-1: crashed",
+        ]
+        page.close()
+    finally:
+        if broker is not None:
+            stop_process(broker.process)
+        receiver.close()
+
+
+def test_console_lines_go_only_to_a_tab_showing_that_console(fleet: Fleet, browser: Browser, mosquitto: Broker) -> None:
+    fleet.add("mm-1", "arb-2")
+    fleet.start_agent()
+    _, url = fleet.start_dashboard(fleet.home)
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(url + "/")
+    wait_state(page, "host-1/arb-2", "running")
+    page.click('tr[data-target="host-1/mm-1"] button[data-verb="console"]')
+    sock, status = open_stream(url)  # a tab with no console open, read raw
+    try:
+        assert status == 200
+        sock.settimeout(0.2)
+        lines = [("hbot/arb-2/log", {"msg": f"arb line {i}", "level_name": "INFO"}) for i in range(20)]
+        publish(mosquitto, [*lines, ("hbot/mm-1/log", {"msg": "mm line", "level_name": "INFO"})])
+        wait_page(page, "() => document.getElementById('stream').textContent.includes('mm line')")
+        assert "arb line" not in page.inner_text("#stream")
+        kept = request(url, "GET", "/api/messages/host-1/arb-2?after=0")[2]["messages"]
+        assert [m["text"] for m in kept if "arb line" in m["text"]] == [f"arb line {i}" for i in range(20)]
+        received = b""
+        with contextlib.suppress(TimeoutError):  # what the stream had sent by the time the console showed the line
+            while chunk := sock.recv(65536):
+                received += chunk
+        assert b"event: snapshot" in received
+        assert b"arb line" not in received and b"mm line" not in received
+        assert request(url, "GET", "/api/messages/host-1/arb-2?after=x")[0] == 400
+    finally:
+        sock.close()
+        page.close()
+
+
+def test_alerts_are_kept_shown_first_with_a_count_and_acknowledged(fleet: Fleet, browser: Browser) -> None:
+    fleet.add("mm-1")
+    fleet.start_agent()
+    _, url = fleet.start_dashboard(fleet.home)
+    wait_until(
+        lambda: any(i["state"] == "running" for i in request(url, "GET", "/api/snapshot")[2]["instances"]),
+        timeout=30,
+        message="the dashboard sees mm-1 running",
+    )
+    pid = fleet.pid("mm-1")
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # no page is open yet
+    wait_until(lambda: request(url, "GET", "/api/alerts")[2]["unacked"] == 1, timeout=30, message="an alert is kept")
+
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    try:
+        page, other = context.new_page(), context.new_page()
+        for tab in (page, other):
+            tab.goto(url + "/")
+            wait_page(tab, "() => document.getElementById('alert-count').textContent === '1 alert'")
+        assert "host-1/mm-1: crashed" in page.inner_text("#alerts li.bad")
+        assert page.is_visible("#alert-ack-all")
+        alerts_top = page.eval_on_selector("#alerts", "e => e.getBoundingClientRect().top")
+        table_top = page.eval_on_selector("#fleet", "e => e.getBoundingClientRect().top")
+        assert alerts_top < table_top < 900  # in sight, above the table
+        page.click("#alerts li.bad button.ack")
+        for tab in (page, other):  # acknowledged everywhere
+            tab.wait_for_selector("#alert-count", state="hidden")
+        assert page.is_hidden("#alert-ack-all")
+        page.reload()
+        page.wait_for_selector("#alerts li.acked")
+        assert page.is_hidden("#alert-count")
+        assert page.locator("#alerts li.acked button").count() == 0
+        assert request(url, "POST", "/api/alerts/ack", {"all": True})[0] == 403  # no CSRF token
+        token = {"X-CSRF-Token": request(url, "GET", "/api/session")[2]["csrf"]}
+        status, _, body = request(url, "POST", "/api/alerts/ack", {"ids": ["x"]}, token)
+        assert status == 400 and "send {ids" in body["error"]
+    finally:
+        context.close()
+
+
+def test_a_pnl_no_longer_reported_is_stale_with_its_age_and_out_of_the_total(
+    fleet: Fleet, browser: Browser, mosquitto: Broker
+) -> None:
+    fleet.add("mm-1", "arb-2")
+    fleet.start_agent()
+    _, url = fleet.start_dashboard(fleet.home)
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(url + "/")
+    wait_state(page, "host-1/arb-2", "running")
+    wait_state(page, "host-1/mm-1", "running")
+    stopped_at = time.time() - 600  # mm-1's strategy reported last ten minutes ago
+    publish(
+        mosquitto,
+        [
+            ("hbot/mm-1/performance", {**performance(100.0, 0.0), "timestamp": stopped_at}),
+            ("hbot/arb-2/performance", performance(2.0, 0.5)),
+        ],
+    )
+    wait_page(
+        page, "() => document.querySelector(`tr[data-target='host-1/mm-1'] .pnl-value`)?.textContent.includes('+')"
+    )
+    wait_page(page, "() => document.getElementById('pnl-total').textContent === '+2.50'")
+    assert "stale, 10m" in row(page, "host-1/mm-1", "pnl")
+    assert "stale" in (page.get_attribute('tr[data-target="host-1/mm-1"] .pnl-value', "class") or "")
+    assert "stale" not in row(page, "host-1/arb-2", "pnl")
+    assert page.inner_text("#pnl-stale").strip() == "(1 stale left out)"
+    page.close()
+
+
+@pytest.mark.parametrize("width", [1280, 1366])
+def test_laptop_widths_show_the_whole_table_and_a_row_click_opens_its_bot(
+    fleet: Fleet, browser: Browser, mosquitto: Broker, width: int
+) -> None:
+    fleet.add("mm-1", "a-long-market-maker-name-1")
+    fleet.start_agent()
+    _, url = fleet.start_dashboard(fleet.home)
+    stale = {**performance(-1234.5, 0.25), "timestamp": time.time() - 3600}  # the widest PnL cell: stale, 1h old
+    publish(mosquitto, [("hbot/mm-1/performance", stale)])
+    page = browser.new_page(viewport={"width": width, "height": 800})
+    page.goto(url + "/")
+    wait_state(page, "host-1/a-long-market-maker-name-1", "running")
+    wait_state(page, "host-1/mm-1", "running")
+    widths = page.evaluate(
+        "() => { const w = document.querySelector('.table-wrap'); return [w.scrollWidth, w.clientWidth]; }"
+    )
+    assert widths[0] <= widths[1], widths
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= width
+    page.click('tr[data-target="host-1/mm-1"] td.instance .name')
+    page.wait_for_selector("#detail", state="visible")
+    assert page.inner_text("#detail-title") == "host-1/mm-1"
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#detail", state="hidden")
+    page.click('tr[data-target="host-1/mm-1"] td.uptime')
+    page.wait_for_selector("#detail", state="visible")
+    page.close()
+
+
+def test_phone_bulk_bar_stays_in_reach_and_a_bad_card_is_red_as_a_whole(
+    fleet: Fleet, browser: Browser, bot_origin: Path
+) -> None:
+    names = [f"bot-{i}" for i in range(8)]
+    fleet.add(*names)
+    fleet.add_crasher("bad-1", bot_origin)
+    fleet.start_agent("--fatal-after", "2", "--backoff", "0.1")
+    _, url = fleet.start_dashboard(fleet.home)
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(url + "/")
+    wait_state(page, "host-1/bad-1", "fatal")
+    for name in names:
+        wait_state(page, f"host-1/{name}", "running")
+    last = f'tr[data-target="host-1/{names[-1]}"]'
+    page.locator(f"{last} td.sel input").scroll_into_view_if_needed()
+    page.check(f"{last} td.sel input")
+    top, bottom = page.eval_on_selector(
+        "#bulk", "e => [e.getBoundingClientRect().top, e.getBoundingClientRect().bottom]"
+    )
+    assert top >= 0 and bottom <= 844, (top, bottom)
+    assert page.is_enabled('#bulk [data-bulk="stop"]')
+    page.click("#bulk-clear")
+    # The fatal card: one red surface and one stripe on its left, none on its cells.
+    card = 'tr[data-target="host-1/bad-1"]'
+    styles = page.eval_on_selector(
+        card,
+        "tr => ({row: getComputedStyle(tr).backgroundColor, shadow: getComputedStyle(tr).boxShadow,"
+        " cells: [...tr.cells].map(td => [getComputedStyle(td).backgroundColor, getComputedStyle(td).boxShadow])})",
+    )
+    assert styles["row"] != "rgba(0, 0, 0, 0)" and "inset" in styles["shadow"]
+    assert all(bg == "rgba(0, 0, 0, 0)" and shadow == "none" for bg, shadow in styles["cells"]), styles
+    page.close()
+
+
+def test_the_view_lives_in_the_address_and_a_host_chip_filters(fleet: Fleet, browser: Browser) -> None:
+    fleet.add("mm-1", "mm-2", "arb-1")
+    fleet.start_agent()
+    _, url = fleet.start_dashboard(fleet.home)
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(url + "/")
+    wait_state(page, "host-1/arb-1", "running")
+    wait_state(page, "host-1/mm-2", "running")
+    page.fill("#search", "mm")
+    page.click('#fleet th[data-sort="instance"] button')
+    page.click('#fleet th[data-sort="instance"] button')  # descending
+    page.check("#group-host")
+    wait_page(page, "() => location.search.includes('group=1')")
+    assert targets(page) == ["host-1/mm-2", "host-1/mm-1"]
+    page.reload()
+    wait_state(page, "host-1/mm-1", "running")
+    assert page.input_value("#search") == "mm" and page.is_checked("#group-host")
+    assert targets(page) == ["host-1/mm-2", "host-1/mm-1"]
+
+    # A host chip shows only that host's bots (and says so); a second click shows all again.
+    page.fill("#search", "")
+    page.click("#hosts .chip")
+    wait_page(page, "() => location.search.includes('host=host-1')")
+    assert page.get_attribute("#hosts .chip", "aria-pressed") == "true"
+    assert page.input_value("#filter-host") == "host-1"
+    page.reload()
+    wait_page(page, "() => document.getElementById('filter-host').value === 'host-1'")  # its option came later
+    page.click("#hosts .chip")
+    wait_page(page, "() => !location.search.includes('host=')")
+    assert page.get_attribute("#hosts .chip", "aria-pressed") == "false"
+    page.close()
+
+
+def test_a_skip_link_leads_to_the_first_bot_in_two_key_presses(fleet: Fleet, browser: Browser) -> None:
+    fleet.add("mm-1", "arb-1")
+    fleet.start_agent()
+    _, url = fleet.start_dashboard(fleet.home)
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(url + "/")
+    wait_state(page, "host-1/mm-1", "running")
+    wait_state(page, "host-1/arb-1", "running")
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.textContent") == "Go to the bots"
+    page.keyboard.press("Enter")
+    assert page.evaluate("() => document.activeElement.closest('tr')?.dataset.target") == "host-1/arb-1"
+    page.close()

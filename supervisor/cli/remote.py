@@ -462,12 +462,18 @@ def fleet_send_cmd(ctx: click.Context, target: str, text: str, timeout: float, a
     type=click.Path(path_type=Path, dir_okay=False),
     help="SQLite history file. Default: $SUPERVISOR_HOME/dashboard.sqlite.",
 )
+@click.option(
+    "--insecure-no-login",
+    is_flag=True,
+    help="Serve loopback without a password: EVERY local user and process can then stop and start your bots.",
+)
 @click.pass_context
 def dashboard_grp(
     ctx: click.Context,
     broker: BrokerOptions,
     listen: str,
     db_path: Path | None,
+    insecure_no_login: bool,
 ) -> None:
     """Serve one live web page for the whole fleet (state, heartbeats, controls, consoles, PnL).
 
@@ -477,23 +483,45 @@ def dashboard_grp(
       supervisor dashboard passwd --write                 # set the login password
       supervisor dashboard --listen 0.0.0.0:8080          # needs the password
     The password hash lives in $SUPERVISOR_HOME/dashboard.toml or SUPERVISOR_DASHBOARD_PASSWORD_HASH.
+    On loopback without one, the first start makes a password, stores its hash and prints it once.
     """
     if ctx.invoked_subcommand is not None:
         return
-    from supervisor.fleet.dashboard.auth import load_settings
-    from supervisor.fleet.dashboard.server import Dashboard
+    from supervisor._http import parse_listen
+    from supervisor.fleet.dashboard import DashboardError
+    from supervisor.fleet.dashboard.auth import hash_password, load_settings, new_password, write_password_hash
+    from supervisor.fleet.dashboard.server import Dashboard, is_loopback
     from supervisor.fleet.dashboard.store import Store
 
     paths = get_paths(ctx)
     config = broker.load(paths)
     settings = load_settings(paths.dashboard_config, os.environ)
     log_info_to_console(ctx)
+    made = None
+    if not settings.login_required and not insecure_no_login and is_loopback(parse_listen(listen, DashboardError)[0]):
+        made = new_password()
+        settings = dataclasses.replace(settings, password_hash=hash_password(made))
     store = Store(db_path or paths.dashboard_db)
     try:
-        dashboard = Dashboard(config, settings, listen, store)
+        dashboard = Dashboard(
+            config,
+            settings,
+            listen,
+            store,
+            insecure_no_login=insecure_no_login,
+            sessions_path=paths.dashboard_config.with_name("dashboard-sessions.json"),
+        )
     except SupervisorError:
         store.close()
         raise
+    if made is not None and settings.password_hash is not None:
+        write_password_hash(paths.dashboard_config, settings.password_hash)
+        click.echo(
+            f"The dashboard's login password (shown only this once; its hash is in {paths.dashboard_config}):\n"
+            f"    {made}\n"
+            f"Open {dashboard.url}#password={made} to log in. Change it with 'supervisor dashboard passwd --write'.",
+            err=True,
+        )
     stop_on_signals(dashboard.stop)
     dashboard.run()
 

@@ -374,7 +374,9 @@ def test_the_dashboard_api_shows_it_running_with_heartbeats(world: World) -> Non
     port = free_port()
     argv = [sys.executable, "-m", "supervisor", "dashboard", "--broker", world.broker.url]
     log = (world.home / "dashboard.log").open("ab")
-    dashboard = subprocess.Popen([*argv, "--listen", f"127.0.0.1:{port}"], env=world.env, stdout=log, stderr=log)
+    dashboard = subprocess.Popen(
+        [*argv, "--listen", f"127.0.0.1:{port}", "--insecure-no-login"], env=world.env, stdout=log, stderr=log
+    )
     try:
 
         def snapshot() -> dict[str, t.Any] | None:

@@ -12,6 +12,8 @@ import binascii
 import dataclasses
 import hashlib
 import hmac
+import json
+import logging
 import secrets
 import threading
 import time
@@ -20,11 +22,13 @@ from pathlib import Path
 
 from supervisor.files import atomic_write
 from supervisor.fleet.dashboard import DashboardError
+from supervisor.fleet.dashboard.flapping import FLAP_RESTARTS, FLAP_SETTLE, FLAP_WINDOW
 from supervisor.tomlfile import tomllib
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+logger = logging.getLogger(__name__)
 
 SCRYPT_N = 2**14
 SCRYPT_R = 8
@@ -34,7 +38,15 @@ KEY_BYTES = 32
 SESSION_TTL = 12 * 3600.0
 MAX_SESSIONS = 256
 ENV_PASSWORD_HASH = "SUPERVISOR_DASHBOARD_PASSWORD_HASH"
-_KEYS = ("password_hash", "session_ttl", "secure_cookie", "webhook_url")
+_KEYS = (
+    "password_hash",
+    "session_ttl",
+    "secure_cookie",
+    "webhook_url",
+    "flap_restarts",
+    "flap_window",
+    "flap_settle",
+)
 
 
 def _b64(data: bytes) -> str:
@@ -119,16 +131,26 @@ class Session:
 
 
 class Sessions:
-    """Random session tokens with an absolute lifetime, kept in memory (a restart logs everyone out)."""
+    """Random session tokens with an absolute lifetime.
+
+    With a ``path`` they are kept there (0600, written atomically) so a restart of
+    the dashboard logs nobody out; the file holds each token's SHA-256, never the token.
+    """
 
     def __init__(
-        self, ttl: float = SESSION_TTL, *, clock: Callable[[], float] = time.time, limit: int = MAX_SESSIONS
+        self,
+        ttl: float = SESSION_TTL,
+        *,
+        clock: Callable[[], float] = time.time,
+        limit: int = MAX_SESSIONS,
+        path: Path | None = None,
     ) -> None:
         self.ttl = ttl
         self._clock = clock
         self._limit = limit
+        self._path = path
         self._lock = threading.Lock()
-        self._sessions: dict[str, Session] = {}
+        self._sessions: dict[str, tuple[str, float]] = self._load()
 
     def create(self) -> Session:
         """Start a session; the oldest one is dropped beyond the limit."""
@@ -136,9 +158,10 @@ class Sessions:
         with self._lock:
             self._expire()
             while len(self._sessions) >= self._limit:
-                oldest = min(self._sessions.values(), key=lambda s: s.expires)
-                del self._sessions[oldest.token]
-            self._sessions[session.token] = session
+                oldest = min(self._sessions, key=lambda k: self._sessions[k][1])
+                del self._sessions[oldest]
+            self._sessions[_digest(session.token)] = (session.csrf, session.expires)
+            self._save()
         return session
 
     def get(self, token: str | None) -> Session | None:
@@ -147,20 +170,47 @@ class Sessions:
             return None
         with self._lock:
             self._expire()
-            for known, session in self._sessions.items():
-                if hmac.compare_digest(known, token):
-                    return session
-        return None
+            # Looked up by digest: the secret token itself is never compared byte by byte.
+            found = self._sessions.get(_digest(token))
+        return None if found is None else Session(token, *found)
 
     def revoke(self, token: str | None) -> None:
         """End a session (logout)."""
         with self._lock:
-            self._sessions.pop(token or "", None)
+            if self._sessions.pop(_digest(token or ""), None) is not None:
+                self._save()
 
     def _expire(self) -> None:
         now = self._clock()
-        for token in [k for k, s in self._sessions.items() if s.expires <= now]:
-            del self._sessions[token]
+        for key in [k for k, (_, expires) in self._sessions.items() if expires <= now]:
+            del self._sessions[key]
+
+    def _load(self) -> dict[str, tuple[str, float]]:
+        if self._path is None or not self._path.exists():
+            return {}
+        try:
+            data = json.loads(self._path.read_text(encoding="utf-8"))
+            now = self._clock()
+            return {
+                str(k): (str(v[0]), float(v[1]))
+                for k, v in data.items()
+                if isinstance(v, list) and len(v) == 2 and float(v[1]) > now
+            }
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            # Only logins are lost: everyone logs in again.
+            logger.warning("dashboard sessions file '%s' is unreadable (%s); starting with none", self._path, e)
+            return {}
+
+    def _save(self) -> None:
+        if self._path is None:
+            return
+        data = {k: [csrf, expires] for k, (csrf, expires) in self._sessions.items()}
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self._path, json.dumps(data), mode=0o600)
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class LoginThrottle:
@@ -221,6 +271,11 @@ class DashboardSettings:
     secure_cookie: bool = False
     webhook_url: str | None = dataclasses.field(default=None, repr=False)
     """Where alerts are POSTed (Slack/Discord/Telegram-compatible JSON); its path is a secret."""
+    flap_restarts: int = FLAP_RESTARTS
+    """This many restarts within ``flap_window`` seconds make a bot flapping ..."""
+    flap_window: float = FLAP_WINDOW
+    flap_settle: float = FLAP_SETTLE
+    """... until it has run this many seconds without another restart."""
 
     @property
     def login_required(self) -> bool:
@@ -279,8 +334,23 @@ def load_settings(path: Path, env: Mapping[str, str]) -> DashboardSettings:
             msg = f"{where}: key 'dashboard.webhook_url' must be a string."
             raise DashboardError(msg)
         check_webhook_url(webhook, f"{where}: key 'dashboard.webhook_url'")
+    flap = {}
+    for key, default in (("flap_restarts", FLAP_RESTARTS), ("flap_window", FLAP_WINDOW), ("flap_settle", FLAP_SETTLE)):
+        value = values.get(key, default)
+        whole = key == "flap_restarts"
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) or value <= 0:
+            kind = "a positive whole number" if whole else "a positive number of seconds"
+            msg = f"{where}: key 'dashboard.{key}' must be {kind}, not {value!r}."
+            raise DashboardError(msg)
+        flap[key] = value
     return DashboardSettings(
-        password_hash=password_hash or None, session_ttl=float(ttl), secure_cookie=secure, webhook_url=webhook or None
+        password_hash=password_hash or None,
+        session_ttl=float(ttl),
+        secure_cookie=secure,
+        webhook_url=webhook or None,
+        flap_restarts=int(flap["flap_restarts"]),
+        flap_window=float(flap["flap_window"]),
+        flap_settle=float(flap["flap_settle"]),
     )
 
 
@@ -298,3 +368,8 @@ def write_password_hash(path: Path, encoded: str) -> None:
         lines.append(f"{key} = {rendered}")
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, "\n".join(lines) + "\n", mode=0o600)
+
+
+def new_password() -> str:
+    """Return a random login password for a dashboard that has none (shown once, then only its hash is kept)."""
+    return secrets.token_urlsafe(18)

@@ -37,14 +37,16 @@ from supervisor.fleet.client import FleetClient
 from supervisor.fleet.dashboard import DashboardError
 from supervisor.fleet.dashboard.alerts import Alerter, shown_url
 from supervisor.fleet.dashboard.auth import LoginThrottle, Sessions, verify_password
+from supervisor.fleet.dashboard.flapping import Flapping
 from supervisor.fleet.dashboard.store import controller_figures, message_time
 from supervisor.fleet.view import GREY, TRUSTED_KEY, Seen
 from supervisor.mqtt import protocol
 from supervisor.mqtt.protocol import load_record
-from supervisor.states import BAD, State
+from supervisor.states import ALIVE, BAD, State
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+    from pathlib import Path
 
     from supervisor.fleet.dashboard.auth import DashboardSettings, Session
     from supervisor.fleet.dashboard.store import Store
@@ -101,6 +103,7 @@ _STATIC = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
+    "stream.js": "text/javascript; charset=utf-8",
 }
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -168,7 +171,8 @@ def snapshot_delta(old: Mapping[str, t.Any], new: Mapping[str, t.Any]) -> dict[s
     return {"now": new["now"], **delta} if delta else None
 
 
-_QUIET = frozenset({"pnl_series", "heartbeat_ts"})
+_QUIET = frozenset({"pnl_series", "heartbeat_ts", "pnl_ts"})
+"""Fields a delta leaves out: the page keeps them up to date from the ``performance`` events and ``beats``."""
 
 
 class Hub:
@@ -273,11 +277,13 @@ class Monitor:
         *,
         clock: Callable[[], float] = time.time,
         webhook_url: str | None = None,
+        flapping: Flapping | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.hub = hub
-        self.alerter = Alerter(webhook_url, self._send_alert)
+        self.alerter = Alerter(webhook_url, self._send_alert, clock=clock)
+        self.flapping = flapping or Flapping()
         self.own = config.own_prefix
         self.ns = config.namespace
         self._clock = clock
@@ -365,7 +371,22 @@ class Monitor:
 
     def _send_alert(self, alert: dict[str, t.Any]) -> None:
         logger.warning("alert: %s", alert["text"])
-        self.hub.broadcast("alert", {**alert, "ts": self._clock()})
+        now = self._clock()
+        # Kept, so a page opened (or logged into) later still shows it until someone acknowledges it.
+        alert_id = self.store.add_alert(alert, now)
+        self.hub.broadcast("alert", {**alert, "id": alert_id, "ts": now, "acked": None})
+
+    def alerts(self) -> dict[str, t.Any]:
+        """Return the kept alerts, unacknowledged first, and how many are unacknowledged."""
+        alerts, unacked = self.store.alerts()
+        return {"alerts": alerts, "unacked": unacked}
+
+    def ack_alerts(self, ids: list[int] | None) -> dict[str, t.Any]:
+        """Acknowledge alerts (``None``: all) and tell every open page."""
+        self.store.ack_alerts(ids, self._clock())
+        state = self.alerts()
+        self.hub.broadcast("ack", {"unacked": state["unacked"], "ids": ids})
+        return state
 
     def poke(self) -> None:
         """Push a fresh snapshot now."""
@@ -394,6 +415,10 @@ class Monitor:
             busy = self._busy.get(key, 0.0) >= now
             if record is not None and after in BAD and after != before and not busy:
                 self._crashes[key] = (now, str(after), record.get("exit_code"))
+            if previous is not None and record is not None and not busy:
+                self.flapping.restarted(key, previous.get("restarts"), record.get("restarts"), now)
+            if record is None or after == State.STOPPED:
+                self.flapping.forget(key)
             # The store keeps the last record of each instance: on every change, else once a minute.
             saved = self._saved.get(key)
             save = not untrusted and (record is None or saved is None or saved[1] != after or now - saved[0] >= 60)
@@ -461,10 +486,8 @@ class Monitor:
         when = self._clock() if ts is None else ts
         if kind in ("event", "notify") and self._is_echo(name, kind, text):
             return
+        # Not pushed: only a tab showing this bot's console reads it (GET /api/messages), so the stream stays small.
         self.store.add_message(name, kind, text, host=host, level=level, ts=when)
-        self.hub.broadcast(
-            "message", {"instance": name, "host": host, "kind": kind, "level": level, "text": text, "ts": when}
-        )
 
     def _is_echo(self, name: str, kind: str, text: str) -> bool:
         """Whether ``text`` is an agent event seen a moment ago under the other topic.
@@ -498,6 +521,7 @@ class Monitor:
         with self._lock:
             crashes = dict(self._crashes)
             spark = {name: list(points) for name, points in self._spark.items()}
+            flaps = {(i.host, i.name): self.flapping.flapping((i.host, i.name), now) for i in view.instances}
         per_host = collections.Counter(i.host for i in view.instances)
         hosts = [
             {
@@ -522,6 +546,7 @@ class Monitor:
                 reported,
                 record,
                 crashes.get((item.host, item.name)),
+                flaps.get((item.host, item.name)),
                 now,
                 item.heartbeat_age,
                 item.heartbeat_interval,
@@ -552,6 +577,7 @@ class Monitor:
                     "host_online": item.host_online,
                     "trusted": item.trusted,
                     "pnl": points[-1][1] if points else None,
+                    "pnl_ts": points[-1][0] if points else None,
                     "pnl_series": [p for _, p in points],
                 }
             )
@@ -581,6 +607,7 @@ class Monitor:
         reported: str,
         record: Mapping[str, t.Any],
         crash: tuple[float, str, t.Any] | None,
+        flap: tuple[int, float] | None,
         now: float,
         hb_age: float | None,
         interval: float,
@@ -594,6 +621,9 @@ class Monitor:
         if reported in BAD and (state == reported or state in GREY):
             text = reported + exit_text + (f": {last_error}" if last_error else "")
             return (text + (f" (last known; {state})" if state != reported else "")), None
+        if flap is not None and state in ALIVE:
+            minutes = max(1, round(self.flapping.window / 60))
+            return f"flapping: {flap[0]} restarts within {minutes} min", flap[1]
         if crash is not None and now - crash[0] < RECENT_CRASH:
             when, what, crash_code = crash
             text = what + (f" (exit code {crash_code})" if crash_code not in (None, 0) else "")
@@ -606,6 +636,10 @@ class Monitor:
         ):
             return "no heartbeat", now - hb_age
         return None, None
+
+    def messages(self, host: str, name: str, after: int) -> dict[str, t.Any]:
+        """Return the stream lines of one instance stored since line ``after``."""
+        return {"target": f"{host}/{name}", "messages": self.store.messages(name, host, 500, after=after)}
 
     def history(self, host: str, name: str) -> dict[str, t.Any]:
         """Return the stored PnL samples and stream lines of one instance."""
@@ -721,14 +755,28 @@ class Dashboard(ServedApp):
         ``HOST:PORT``; anything but loopback needs ``settings.password_hash``.
     store
         The SQLite history.
+    insecure_no_login
+        Serve loopback without a password: every local user and process may then drive the bots.
+    sessions_path
+        Where login sessions are kept across restarts (``None``: in memory only).
 
     Raises
     ------
     DashboardError
-        For a non-loopback address without a password, or an address that cannot be bound.
+        For a non-loopback address without a password, no password without ``insecure_no_login``,
+        or an address that cannot be bound.
     """
 
-    def __init__(self, config: AgentConfig, settings: DashboardSettings, listen: str, store: Store) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        settings: DashboardSettings,
+        listen: str,
+        store: Store,
+        *,
+        insecure_no_login: bool = False,
+        sessions_path: Path | None = None,
+    ) -> None:
         host, port = parse_listen(listen, DashboardError)
         self.loopback = is_loopback(host)
         if not self.loopback and not settings.login_required:
@@ -737,11 +785,17 @@ class Dashboard(ServedApp):
                 "Set one with 'supervisor dashboard passwd --write', or listen on 127.0.0.1."
             )
             raise DashboardError(msg)
+        if not settings.login_required and not insecure_no_login:
+            msg = (
+                f"refusing to serve {listen} without a password: any local user could stop your bots. "
+                "Set one with 'supervisor dashboard passwd --write', or pass --insecure-no-login."
+            )
+            raise DashboardError(msg)
         self.config = config
         self.settings = settings
         self.store = store
         self.hub = Hub()
-        self.sessions = Sessions(settings.session_ttl)
+        self.sessions = Sessions(settings.session_ttl, path=sessions_path)
         self.throttle = LoginThrottle()
         # Checks run on a few threads of their own: scrypt's 16 MB then come from (and go back to)
         # a few malloc arenas instead of one per connection thread; a bounded number may wait.
@@ -749,7 +803,8 @@ class Dashboard(ServedApp):
         self.password_checks = threading.BoundedSemaphore(MAX_PASSWORD_CHECKS + MAX_PASSWORD_QUEUE)
         self.csrf = secrets.token_urlsafe(24)
         """Loopback without a password: the page still needs this token, so other web pages cannot POST."""
-        self.monitor = Monitor(config, store, self.hub, webhook_url=settings.webhook_url)
+        flapping = Flapping(settings.flap_restarts, settings.flap_window, settings.flap_settle)
+        self.monitor = Monitor(config, store, self.hub, webhook_url=settings.webhook_url, flapping=flapping)
         self._stopped = threading.Event()
         try:
             self.server = _HTTPServer((host, port), self)
@@ -773,6 +828,8 @@ class Dashboard(ServedApp):
             self.config.broker.url,
             "login required" if self.settings.login_required else "no login: loopback only",
         )
+        if not self.settings.login_required:
+            logger.warning("INSECURE: no login; every local user and process can stop and start your bots")
 
     def close(self) -> None:
         """End every stream, the HTTP server, the MQTT connection and the store."""
@@ -924,6 +981,15 @@ class _Handler(Handler):
             target = self._target(*path.split("/")[3:5])
             if target is not None:
                 self._json(200, self.app.monitor.history(*target))
+        elif path == "/api/alerts":
+            self._json(200, self.app.monitor.alerts())
+        elif path.startswith("/api/messages/") and path.count("/") == 4:
+            target = self._target(*path.split("/")[3:5])
+            after = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("after", ["0"])[0]
+            if target is not None and not after.isdigit():
+                self._error(400, "after must be a line id (a whole number)")
+            elif target is not None:
+                self._json(200, self.app.monitor.messages(*target, int(after)))
         elif path == "/events":
             self._events()
         else:
@@ -959,6 +1025,8 @@ class _Handler(Handler):
             self._command()
         elif path == "/api/alerts/test":
             self._json(200, self.app.monitor.alerter.test())
+        elif path == "/api/alerts/ack":
+            self._ack()
         else:
             self._error(404, "not found")
 
@@ -1009,6 +1077,18 @@ class _Handler(Handler):
             {"ok": True, "csrf": session.csrf},
             headers={"Set-Cookie": self._cookie(session.token, int(settings.session_ttl))},
         )
+
+    def _ack(self) -> None:
+        data = self._body()
+        if data is None:
+            return
+        ids = data.get("ids")
+        if data.get("all") is True:
+            ids = None
+        elif not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            self._error(400, "send {ids: [alert ids]} or {all: true}")
+            return
+        self._json(200, self.app.monitor.ack_alerts(ids))
 
     def _command(self) -> None:
         data = self._body()

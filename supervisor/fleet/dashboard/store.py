@@ -22,6 +22,7 @@ if t.TYPE_CHECKING:
 
 KEEP_SAMPLES = 20_000
 KEEP_MESSAGES = 500
+KEEP_ALERTS = 1000
 MAX_PAYLOAD = 64 * 1024
 _PRUNE_EVERY = 50
 
@@ -56,6 +57,14 @@ CREATE TABLE IF NOT EXISTS states (
     seen REAL NOT NULL,
     record TEXT NOT NULL,
     PRIMARY KEY (host, instance)
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    target TEXT,
+    text TEXT NOT NULL,
+    acked REAL
 );
 """
 
@@ -138,6 +147,38 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
 
+    def add_alert(self, alert: t.Mapping[str, t.Any], ts: float) -> int:
+        """Keep one alert (the newest ``KEEP_ALERTS``) and return its id."""
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT INTO alerts (ts, kind, target, text) VALUES (?, ?, ?, ?)",
+                (ts, str(alert["kind"]), alert.get("target"), str(alert["text"])),
+            )
+            row_id = int(cursor.lastrowid or 0)
+            self._db.execute("DELETE FROM alerts WHERE id <= ?", (row_id - KEEP_ALERTS,))
+        return row_id
+
+    def alerts(self, limit: int = 200) -> tuple[list[dict[str, t.Any]], int]:
+        """Return the alerts to show (unacknowledged first, then the newest) and how many are unacknowledged."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, ts, kind, target, text, acked FROM alerts ORDER BY acked IS NOT NULL, id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            (unacked,) = self._db.execute("SELECT count(*) FROM alerts WHERE acked IS NULL").fetchone()
+        keys = ("id", "ts", "kind", "target", "text", "acked")
+        return [dict(zip(keys, row, strict=True)) for row in rows], int(unacked)
+
+    def ack_alerts(self, ids: list[int] | None, ts: float) -> None:
+        """Acknowledge the alerts ``ids`` (``None``: all of them)."""
+        with self._lock:
+            if ids is None:
+                self._db.execute("UPDATE alerts SET acked = ? WHERE acked IS NULL", (ts,))
+            else:
+                self._db.executemany(
+                    "UPDATE alerts SET acked = ? WHERE id = ? AND acked IS NULL", [(ts, i) for i in ids]
+                )
+
     def close(self) -> None:
         """Close the file."""
         with self._lock:
@@ -197,17 +238,26 @@ class Store:
             ).fetchall()
         return [(float(ts), float(pnl)) for ts, pnl in reversed(rows)]
 
-    def messages(self, instance: str, host: str | None = None, limit: int = 200) -> list[dict[str, t.Any]]:
-        """Return the newest ``limit`` lines of ``instance`` (of ``host``, or host-less ones), oldest first."""
+    def messages(
+        self, instance: str, host: str | None = None, limit: int = 200, *, after: int | None = None
+    ) -> list[dict[str, t.Any]]:
+        """Return the newest ``limit`` lines of ``instance`` (of ``host``, or host-less ones), oldest first.
+
+        With ``after``, the oldest ``limit`` lines whose ``id`` is greater (what a console has not shown yet).
+        """
+        where = "instance = ? AND (host IS NULL OR ? IS NULL OR host = ?)"
         with self._lock:
-            rows = self._db.execute(
-                "SELECT ts, kind, level, text, host FROM messages WHERE instance = ? AND (host IS NULL OR ? IS NULL "
-                "OR host = ?) ORDER BY id DESC LIMIT ?",
-                (instance, host, host, limit),
-            ).fetchall()
+            if after is None:
+                query = f"SELECT id, ts, kind, level, text, host FROM messages WHERE {where} ORDER BY id DESC LIMIT ?"
+                rows = list(reversed(self._db.execute(query, (instance, host, host, limit)).fetchall()))
+            else:
+                query = (
+                    f"SELECT id, ts, kind, level, text, host FROM messages WHERE {where} AND id > ? ORDER BY id LIMIT ?"
+                )
+                rows = self._db.execute(query, (instance, host, host, after, limit)).fetchall()
         return [
-            {"ts": ts, "kind": kind, "level": level, "text": text, "host": row_host}
-            for ts, kind, level, text, row_host in reversed(rows)
+            {"id": row_id, "ts": ts, "kind": kind, "level": level, "text": text, "host": row_host}
+            for row_id, ts, kind, level, text, row_host in rows
         ]
 
     def last_payload(self, instance: str) -> t.Any:

@@ -25,6 +25,7 @@ const ui = {
   lastReply: new Map(),
   detail: null, // {host, instance, target, points: [[ts, pnl]], timer}
   drawQueued: false,
+  wanted: {}, // select id -> value asked for by the address before its option exists
 };
 
 const BAD_STATES = new Set(["crashed", "exited", "fatal", "install-failed"]);
@@ -37,7 +38,7 @@ function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs || {})) {
     if (key === "class") node.className = value;
-    else if (key.startsWith("data-")) node.setAttribute(key, value);
+    else if (key.startsWith("data-") || key.startsWith("aria-")) node.setAttribute(key, value);
     else node[key] = value;
   }
   for (const child of children) node.append(child);
@@ -122,6 +123,9 @@ async function refreshSession() {
 }
 
 async function boot() {
+  // The link the dashboard prints at its first start carries the password after '#' (never sent to a server).
+  const linked = new URLSearchParams(location.hash.slice(1)).get("password");
+  if (linked !== null) history.replaceState(null, "", location.pathname + location.search);
   const { status, data } = await api("/api/session");
   if (status !== 200) {
     $("live-text").textContent = data.error || `HTTP ${status}`;
@@ -129,6 +133,7 @@ async function boot() {
   }
   ui.loginRequired = data.login_required;
   if (!data.authenticated) {
+    if (linked && (await loginWith(linked)).status === 200) return;
     showLogin();
     return;
   }
@@ -136,7 +141,48 @@ async function boot() {
   showApp();
 }
 
+async function loginWith(password) {
+  const reply = await api("/api/login", { password });
+  if (reply.status === 200) {
+    ui.csrf = reply.data.csrf;
+    showApp();
+    tellOtherTabs();
+  }
+  return reply;
+}
+
+// A login or logout in one tab applies to the page's other tabs in this browser.
+const TABS = "BroadcastChannel" in window ? new BroadcastChannel("supervisor-dashboard-session") : null;
+
+function tellOtherTabs() {
+  if (TABS) TABS.postMessage("session");
+}
+
+async function sessionChanged(event) {
+  if (event && event.data && event.data.type === "reply") {
+    noteReply(event.data.target, event.data.verb, event.data.reply);
+    draw();
+    return;
+  }
+  const { status, data } = await request("/api/session").catch(() => ({ status: 0, data: null }));
+  if (status !== 200) return;
+  if (data.authenticated && !$("login").hidden) {
+    ui.csrf = data.csrf;
+    showApp();
+  } else if (!data.authenticated && $("login").hidden && ui.loginRequired) {
+    forgetFleet();
+    showLogin();
+  }
+}
+
+function forgetFleet() {
+  closeDetail();
+  ui.items.clear();
+  ui.selected.clear();
+}
+
 function showLogin(message) {
+  ui.csrf = null;
   if (ui.events) ui.events.close();
   ui.events = null;
   ui.streamOpen = false;
@@ -168,11 +214,9 @@ async function login(event) {
   button.disabled = true;
   $("login-error").textContent = "";
   try {
-    const { status, data } = await api("/api/login", { password: $("password").value });
+    const { status, data } = await loginWith($("password").value);
     if (status === 200) {
-      ui.csrf = data.csrf;
       $("password").value = "";
-      showApp();
     } else {
       $("login-error").textContent = status === 401 ? "Wrong password." : data.error || `HTTP ${status}`;
       $("password").select();
@@ -184,38 +228,79 @@ async function login(event) {
 
 async function logout() {
   await api("/api/logout", {});
-  ui.csrf = null;
-  closeDetail();
-  ui.items.clear();
-  ui.selected.clear();
+  forgetFleet();
   showLogin();
+  tellOtherTabs();
 }
 
 // --- live updates ----------------------------------------------------------------------------------
 
+const HANDLERS = {
+  snapshot: (data) => onSnapshot(data),
+  delta: (data) => onDelta(data),
+  performance: (data) => onPerformance(data),
+  alert: (data) => onAlert(data),
+  ack: () => loadAlerts(),
+};
+
 function connect() {
+  // One stream per browser, shared by its tabs through a SharedWorker; a browser without one gets its own.
+  if ("SharedWorker" in window) connectShared();
+  else connectOwn();
+}
+
+function connectShared() {
+  if (!ui.worker) {
+    ui.worker = new SharedWorker("/static/stream.js", { name: "supervisor-dashboard-stream" });
+    ui.worker.port.addEventListener("message", ({ data }) => {
+      if (data.type === "open") streamOpened(data.joined);
+      else if (data.type === "error") streamFailed(false);
+      else if (data.type === "closed") streamFailed(true);
+      else if (HANDLERS[data.type] && ui.csrf) HANDLERS[data.type](JSON.parse(data.data));
+    });
+    ui.worker.port.start();
+    window.addEventListener("pagehide", () => ui.worker.port.postMessage({ type: "bye" }));
+  }
+  ui.worker.port.postMessage({ type: "connect" });
+}
+
+function connectOwn() {
   if (ui.events) ui.events.close();
   const source = new EventSource("/events");
   ui.events = source;
-  source.addEventListener("open", () => {
-    ui.streamOpen = true;
-    updateLive();
-    refreshSession(); // after a restart of the dashboard the page's token is stale
-  });
-  source.addEventListener("error", async () => {
-    ui.streamOpen = false;
-    updateLive();
-    if (source.readyState === EventSource.CLOSED) {
-      const { data } = await request("/api/session").catch(() => ({ data: null }));
-      if (ui.loginRequired && data && !data.authenticated) showLogin("Your session ended. Log in again.");
-      else setTimeout(connect, 2000);
-    }
-  });
-  source.addEventListener("snapshot", (event) => onSnapshot(JSON.parse(event.data)));
-  source.addEventListener("delta", (event) => onDelta(JSON.parse(event.data)));
-  source.addEventListener("message", (event) => onMessage(JSON.parse(event.data)));
-  source.addEventListener("performance", (event) => onPerformance(JSON.parse(event.data)));
-  source.addEventListener("alert", (event) => onAlert(JSON.parse(event.data)));
+  source.addEventListener("open", () => streamOpened(false));
+  source.addEventListener("error", () => streamFailed(source.readyState === EventSource.CLOSED));
+  for (const [name, handler] of Object.entries(HANDLERS)) {
+    source.addEventListener(name, (event) => handler(JSON.parse(event.data)));
+  }
+}
+
+function streamOpened(joined) {
+  ui.streamOpen = true;
+  updateLive();
+  refreshSession(); // after a restart of the dashboard the page's token is stale
+  loadAlerts(); // what was raised while this page was away
+  if (joined) loadSnapshot();
+}
+
+async function streamFailed(closed) {
+  ui.streamOpen = false;
+  updateLive();
+  if (!closed) return;
+  const { data } = await request("/api/session").catch(() => ({ data: null }));
+  if (ui.loginRequired && data && !data.authenticated) showLogin("Your session ended. Log in again.");
+  else setTimeout(connect, 2000);
+}
+
+async function loadSnapshot() {
+  // Deltas arriving meanwhile wait for it; the ones it already includes are dropped.
+  ui.pendingDeltas = [];
+  const { status, data } = await request("/api/snapshot").catch(() => ({ status: 0, data: null }));
+  const pending = ui.pendingDeltas || [];
+  ui.pendingDeltas = null;
+  if (status !== 200) return;
+  if (!(ui.lastNow > data.now)) onSnapshot(data);
+  for (const delta of pending) if (delta.now > data.now) onDelta(delta);
 }
 
 // --- alerts ------------------------------------------------------------------------------------------
@@ -230,10 +315,45 @@ function showWebhook(webhook) {
   $("alert-notify").hidden = !supported || Notification.permission === "granted";
 }
 
+async function loadAlerts() {
+  // Kept on the server: alerts from before this page was opened (or logged into) are shown too.
+  const { status, data } = await request("/api/alerts").catch(() => ({ status: 0, data: null }));
+  if (status !== 200) return;
+  ui.alerts = new Map(data.alerts.map((alert) => [alert.id, alert]));
+  renderAlerts();
+}
+
+function renderAlerts() {
+  const alerts = [...(ui.alerts || new Map()).values()];
+  alerts.sort((a, b) => Number(a.acked !== null) - Number(b.acked !== null) || b.id - a.id);
+  const unacked = alerts.filter((alert) => alert.acked === null).length;
+  $("alerts").replaceChildren(
+    ...alerts.slice(0, ALERTS_MAX).map((alert) => {
+      const cls = alert.acked !== null ? "acked" : alert.kind === "all-clear" ? "ok" : "bad";
+      const item = el("li", { class: cls, "data-kind": alert.kind, "data-id": String(alert.id) }, el("time", {}, fmtTime(alert.ts)), ` ${alert.text}`);
+      if (alert.acked === null) {
+        const button = el("button", { type: "button", class: "ghost ack", "aria-label": `Acknowledge: ${alert.text}` }, "Acknowledge");
+        button.addEventListener("click", () => acknowledge([alert.id]));
+        item.append(button);
+      }
+      return item;
+    }),
+  );
+  const count = $("alert-count");
+  count.hidden = unacked === 0;
+  count.textContent = `${unacked} alert${unacked === 1 ? "" : "s"}`;
+  $("alert-ack-all").hidden = unacked === 0;
+}
+
+async function acknowledge(ids) {
+  const { status } = await api("/api/alerts/ack", ids ? { ids } : { all: true });
+  if (status === 200) loadAlerts();
+}
+
 function onAlert(alert) {
-  const list = $("alerts");
-  list.prepend(el("li", { class: "bad", "data-kind": alert.kind }, el("time", {}, fmtTime(alert.ts)), ` ${alert.text}`));
-  while (list.children.length > ALERTS_MAX) list.lastChild.remove();
+  if (!ui.alerts) ui.alerts = new Map();
+  ui.alerts.set(alert.id, alert);
+  renderAlerts();
   if ("Notification" in window && Notification.permission === "granted") {
     new Notification("bot-supervisor", { body: alert.text, tag: `${alert.kind}:${alert.target}` });
   }
@@ -269,12 +389,17 @@ function updateLive() {
 }
 
 function onSnapshot(snapshot) {
+  ui.pendingDeltas = null;
   ui.items = new Map(snapshot.instances.map((item) => [item.target, item]));
   applyHeader(snapshot);
   draw();
 }
 
 function onDelta(delta) {
+  if (ui.pendingDeltas) {
+    ui.pendingDeltas.push(delta);
+    return;
+  }
   // Known instances come as the fields that changed; new ones whole. Sparklines grow from "performance".
   for (const item of delta.instances || []) {
     const old = ui.items.get(item.target);
@@ -290,6 +415,7 @@ function onDelta(delta) {
 }
 
 function applyHeader(data) {
+  ui.lastNow = data.now;
   ui.skew = data.now - Date.now() / 1000;
   if ("connected" in data) ui.connected = data.connected;
   if ("broker" in data) ui.broker = data.broker;
@@ -393,7 +519,9 @@ function render() {
   renderChoices();
   const shown = visibleItems();
   // One tab stop for the whole table: the current row (arrow keys move it) and its controls.
-  if (!shown.some((item) => item.target === ui.current)) ui.current = shown.length ? shown[0].target : null;
+  // Until the keyboard is in the table, its tab stop is the first row (rows arrive in any order).
+  const inTable = document.activeElement && document.activeElement.closest("#fleet tbody");
+  if (!inTable || !shown.some((item) => item.target === ui.current)) ui.current = shown.length ? shown[0].target : null;
   const body = document.querySelector("#fleet tbody");
   const wanted = [];
   let group = null;
@@ -425,6 +553,7 @@ function render() {
   $("no-match").hidden = !(instances.length > 0 && shown.length === 0);
   renderSummary(instances);
   renderBulk(shown);
+  saveView();
   for (const th of document.querySelectorAll("#fleet th[data-sort]")) {
     const on = ui.sort.key === th.dataset.sort;
     th.setAttribute("aria-sort", on ? (ui.sort.dir > 0 ? "ascending" : "descending") : "none");
@@ -466,27 +595,72 @@ function renderChoices() {
     if (have.join("\n") === values.join("\n")) return;
     const current = select.value;
     select.replaceChildren(el("option", { value: "", textContent: label }), ...values.map((v) => el("option", { value: v, textContent: v })));
-    select.value = values.includes(current) ? current : "";
+    const wanted = ui.wanted[id] || current; // from the address, until the choice exists
+    select.value = values.includes(wanted) ? wanted : "";
+    if (values.includes(wanted)) delete ui.wanted[id];
   };
   const items = [...ui.items.values()];
   fill("filter-host", [...new Set([...ui.hosts.map((h) => h.host), ...items.map((i) => i.host)])].sort(), "All hosts");
   fill("filter-recipe", [...new Set(items.map((i) => i.recipe).filter(Boolean))].sort(), "All recipes");
 }
 
+// --- the view in the address: sort, filters and grouping survive a reload and can be shared ---------
+
+const VIEW_FIELDS = { q: "search", host: "filter-host", state: "filter-state", recipe: "filter-recipe" };
+
+function saveView() {
+  const params = new URLSearchParams();
+  for (const [key, id] of Object.entries(VIEW_FIELDS)) {
+    const value = $(id).value.trim() || ui.wanted[id] || "";
+    if (value) params.set(key, value);
+  }
+  if (!$("problems-first").checked) params.set("problems", "0");
+  if ($("group-host").checked) params.set("group", "1");
+  if (ui.sort.key) params.set("sort", `${ui.sort.dir < 0 ? "-" : ""}${ui.sort.key}`);
+  const query = params.toString();
+  const wanted = query ? `?${query}` : location.pathname;
+  if (location.search !== (query ? `?${query}` : "")) history.replaceState(null, "", wanted);
+}
+
+function restoreView() {
+  const params = new URLSearchParams(location.search);
+  for (const [key, id] of Object.entries(VIEW_FIELDS)) {
+    const value = params.get(key);
+    if (!value) continue;
+    if ($(id).tagName === "SELECT" && ![...$(id).options].some((o) => o.value === value)) ui.wanted[id] = value;
+    else $(id).value = value;
+  }
+  if (params.get("problems") === "0") $("problems-first").checked = false;
+  if (params.get("group") === "1") $("group-host").checked = true;
+  const sort = params.get("sort");
+  if (sort) ui.sort = { key: sort.replace(/^-/, ""), dir: sort.startsWith("-") ? -1 : 1 };
+}
+
+function filterHost(host) {
+  const select = $("filter-host");
+  select.value = select.value === host ? "" : host;
+  delete ui.wanted["filter-host"];
+  draw();
+}
+
 function renderHosts(hosts) {
   const box = $("hosts");
+  const chosen = $("filter-host").value;
   box.replaceChildren(
     ...hosts.map((h) =>
       el(
-        "span",
+        "button",
         {
+          type: "button",
+          "aria-pressed": String(chosen === h.host),
+          onclick: () => filterHost(h.host),
           class: `chip ${h.online ? "online" : "offline"}${h.trusted === false ? " untrusted" : ""}`,
           title:
             h.trusted === false
               ? "record not signed with the shared secret: untrusted, never acted on"
               : h.state === "unseen"
                 ? "not heard from since the dashboard started"
-                : `agent ${h.version || "?"}${h.signed ? ", signed" : ""}`,
+                : `agent ${h.version || "?"}${h.signed ? ", signed" : ""}; click to show only its bots`,
         },
         el("span", { class: "dot small-dot" + (h.online ? " on" : "") }),
         `${h.host} · ${h.instances}` + (h.trusted === false ? " · untrusted" : h.online ? "" : " · offline"),
@@ -502,8 +676,12 @@ function renderSummary(instances) {
   const grey = count((i) => i.health === "off");
   const progress = count((i) => i.health === "ok" && PROGRESS_STATES.has(i.state));
   const stopped = instances.length - running - bad - grey - progress;
-  const total = instances.reduce((sum, i) => (typeof i.pnl === "number" ? sum + i.pnl : sum), 0);
-  const withPnl = count((i) => typeof i.pnl === "number");
+  // A figure no longer reported (its strategy stopped) is stale: shown with its age, left out of the total.
+  const now = serverNow();
+  const live = instances.filter((i) => hasLivePnl(i, now));
+  const total = live.reduce((sum, i) => sum + i.pnl, 0);
+  const withPnl = live.length;
+  const stale = count((i) => typeof i.pnl === "number") - withPnl;
   $("summary").replaceChildren(
     el("span", { class: "sum ok" }, el("b", {}, String(running)), " running"),
     el("span", { class: "sum bad" }, el("b", {}, String(bad)), " need attention"),
@@ -511,13 +689,14 @@ function renderSummary(instances) {
     el("span", { class: "sum idle" }, el("b", {}, String(stopped)), " stopped"),
     el("span", { class: "sum off" }, el("b", {}, String(grey)), " offline or stale"),
     el("span", { class: "sum muted" }, `${ui.hosts.length} host${ui.hosts.length === 1 ? "" : "s"}`),
-    el("span", { class: `sum pnl-total ${total > 0 ? "up" : total < 0 ? "down" : ""}` }, "PnL ", el("b", { id: "pnl-total" }, withPnl ? fmtPnl(total) : "–")),
+    el("span", { class: `sum pnl-total ${total > 0 ? "up" : total < 0 ? "down" : ""}` }, "PnL ", el("b", { id: "pnl-total" }, withPnl ? fmtPnl(total) : "–"), stale ? el("span", { class: "muted", id: "pnl-stale" }, ` (${stale} stale left out)`) : ""),
   );
 }
 
 function renderBulk(shown) {
   const count = ui.selected.size;
   $("bulk-count").textContent = `${count} selected`;
+  $("bulk").classList.toggle("active", count > 0); // on a phone it then stays at the bottom of the screen
   for (const button of document.querySelectorAll("#bulk [data-bulk]")) button.disabled = count === 0 || ui.connected === false;
   $("bulk-clear").disabled = count === 0;
   $("select-matching").textContent = `Select all ${shown.length} shown`;
@@ -539,6 +718,10 @@ function makeRow(item) {
     }
   });
   tr.addEventListener("keydown", (event) => rowKey(event, item.target));
+  // A click anywhere on the row but its controls opens the bot (its console, figures and history).
+  tr.addEventListener("click", (event) => {
+    if (!event.target.closest("button, input, a, select, label")) openDetail(item.target);
+  });
   for (const name of COLUMNS) {
     cells[name] = el("td", { class: name });
     tr.append(cells[name]);
@@ -612,6 +795,7 @@ function allowed(item, verb) {
 const STATE_HINTS = {
   starting: "process up, ready line not seen yet",
   "waiting-login": "waiting at its login dialog: log in with 'supervisor attach'",
+  flapping: "restarted again and again: a problem until it has run a while without a restart",
 };
 
 function updateRow(row, item) {
@@ -624,9 +808,11 @@ function updateRow(row, item) {
   cells.instance.querySelector(".name").textContent = item.instance;
   cells.instance.querySelector(".recipe").textContent = item.recipe ? `${item.recipe}${item.plugin ? " · plugin" : ""}` : "";
   const pill = cells.state.querySelector(".pill");
-  pill.textContent = item.state;
-  pill.title = STATE_HINTS[item.state] || "";
-  pill.className = `pill state-${item.state}`;
+  // A bot restarted again and again is "flapping", however healthy its current run looks.
+  const shown = item.state === "running" && (item.alert || "").startsWith("flapping") ? "flapping" : item.state;
+  pill.textContent = shown;
+  pill.title = STATE_HINTS[shown] || "";
+  pill.className = `pill state-${shown}`;
   let alert = item.alert || "";
   if (alert === "no heartbeat" && item.alert_ts) alert = `no heartbeat for ${fmtDuration(now - item.alert_ts)}`;
   else if (alert && item.alert_ts) alert = `${alert} · ${fmtDuration(now - item.alert_ts)} ago`;
@@ -650,8 +836,10 @@ function updateRow(row, item) {
     row.series = item.pnl_series;
   }
   const value = cells.pnl.querySelector(".pnl-value");
-  value.textContent = fmtPnl(item.pnl);
-  value.className = `pnl-value ${item.pnl > 0 ? "up" : item.pnl < 0 ? "down" : ""}`;
+  const stale = typeof item.pnl === "number" && !hasLivePnl(item, now);
+  value.textContent = fmtPnl(item.pnl) + (stale ? ` · stale, ${fmtDuration(now - item.pnl_ts)} old` : "");
+  value.className = `pnl-value ${stale ? "stale" : item.pnl > 0 ? "up" : item.pnl < 0 ? "down" : ""}`;
+  value.title = stale ? "no PnL report lately (the strategy stopped?): left out of the fleet total" : "";
   for (const verb of VERBS) {
     const busy = ui.pending.has(`${item.target}:${verb}`);
     buttons[verb].disabled = busy || !allowed(item, verb);
@@ -674,6 +862,11 @@ const PROMPTS = {
     title: "Stop {bot}?",
     text: "Stopping runs the bot's stop command, which cancels its open orders, and then ends its process. The agent will not restart it.",
     ok: "Stop it",
+  },
+  restart: {
+    title: "Restart {bot}?",
+    text: "Restarting runs the bot's stop command, which cancels its open orders, then starts it again.",
+    ok: "Restart it",
   },
   import: { title: "Import a strategy into {bot}", text: "Strategy (config file) name, as the bot's `import` command takes it:", input: "conf_pure_mm_1.yml", ok: "Import" },
   config: {
@@ -768,7 +961,10 @@ async function command(target, verb, data) {
   } finally {
     ui.pending.delete(key);
   }
-  if (verb !== "tail" && verb !== "logs") noteReply(target, verb, reply);
+  if (verb !== "tail" && verb !== "logs") {
+    noteReply(target, verb, reply);
+    if (TABS) TABS.postMessage({ type: "reply", target, verb, reply }); // the browser's other tabs show it too
+  }
   draw();
   return reply;
 }
@@ -793,7 +989,7 @@ const LOG_REFRESH = 5; // seconds between reads of a dead bot's log
 async function openDetail(target) {
   closeDetail();
   const [host, instance] = target.split("/");
-  ui.detail = { target, host, instance, points: [], timer: null, busy: false, logAt: 0, sent: [], recall: -1, range: 0, plot: null };
+  ui.detail = { target, host, instance, points: [], timer: null, busy: false, lastMessage: null, polling: false, logAt: 0, sent: [], recall: -1, range: 0, plot: null };
   for (const button of document.querySelectorAll(".range button")) button.setAttribute("aria-pressed", String(button.dataset.range === "0"));
   drawControllers({});
   $("detail").hidden = false;
@@ -808,13 +1004,17 @@ async function openDetail(target) {
   $("log-download").disabled = true;
   render();
   refreshScreen();
-  ui.detail.timer = setInterval(refreshScreen, 1000);
+  ui.detail.timer = setInterval(() => {
+    refreshScreen();
+    pollMessages();
+  }, 1000);
   ($("send-line").disabled ? $("detail-close") : $("send-line")).focus({ preventScroll: true });
   const { status, data } = await api(`/api/history/${encodeURIComponent(host)}/${encodeURIComponent(instance)}`);
   if (status !== 200 || !ui.detail || ui.detail.target !== target) return;
   ui.detail.points = data.performance;
   drawChart();
   drawControllers(data.controllers || {});
+  ui.detail.lastMessage = 0;
   for (const message of data.messages) addStream(message);
 }
 
@@ -927,14 +1127,23 @@ function downloadLog() {
   setTimeout(() => URL.revokeObjectURL(link.href), 10000);
 }
 
-function onMessage(message) {
+async function pollMessages() {
+  // Stream lines are fetched by the tab showing the console only: the shared stream never carries them.
   const detail = ui.detail;
-  if (!detail || message.instance !== detail.instance) return;
-  if (message.host && message.host !== detail.host) return;
-  addStream(message);
+  if (!detail || detail.lastMessage === null || detail.polling) return;
+  detail.polling = true;
+  try {
+    const path = `/api/messages/${encodeURIComponent(detail.host)}/${encodeURIComponent(detail.instance)}`;
+    const { status, data } = await request(`${path}?after=${detail.lastMessage}`);
+    if (status !== 200 || ui.detail !== detail) return;
+    for (const message of data.messages) addStream(message);
+  } finally {
+    detail.polling = false;
+  }
 }
 
 function addStream(message) {
+  if (ui.detail && message.id > (ui.detail.lastMessage || 0)) ui.detail.lastMessage = message.id;
   const list = $("stream");
   const item = el(
     "li",
@@ -948,11 +1157,17 @@ function addStream(message) {
   list.scrollTop = list.scrollHeight;
 }
 
+const PNL_STALE = 30; // seconds without a performance report (Hummingbot sends one a second while a strategy runs)
+
+function hasLivePnl(item, now) {
+  return typeof item.pnl === "number" && typeof item.pnl_ts === "number" && now - item.pnl_ts <= PNL_STALE;
+}
+
 function onPerformance(sample) {
   const owners = [...ui.items.values()].filter((item) => item.instance === sample.instance);
   if (owners.length === 1) {
     const series = [...(owners[0].pnl_series || []), sample.pnl].slice(-60);
-    ui.items.set(owners[0].target, { ...owners[0], pnl_series: series, pnl: sample.pnl });
+    ui.items.set(owners[0].target, { ...owners[0], pnl_series: series, pnl: sample.pnl, pnl_ts: sample.ts });
     draw();
   }
   const detail = ui.detail;
@@ -1105,9 +1320,11 @@ function drawChart() {
 // --- wiring ------------------------------------------------------------------------------------------------
 
 document.addEventListener("DOMContentLoaded", () => {
+  if (TABS) TABS.addEventListener("message", sessionChanged);
   $("login-form").addEventListener("submit", login);
   $("logout").addEventListener("click", logout);
   $("alert-test").addEventListener("click", testAlert);
+  $("alert-ack-all").addEventListener("click", () => acknowledge(null));
   $("log-load").addEventListener("click", loadLog);
   $("log-lines").addEventListener("change", loadLog);
   $("log-search").addEventListener("input", renderLog);
@@ -1161,5 +1378,13 @@ document.addEventListener("DOMContentLoaded", () => {
     // Ages move on between pushes: only changed records are sent.
     if (ui.items.size) draw();
   }, 1000);
+  $("skip-to-bots").addEventListener("click", (event) => {
+    // Straight to the table's tab stop (its current row), past the header, alerts and filters.
+    const row = document.querySelector("#fleet tbody tr[tabindex='0']");
+    if (!row) return;
+    event.preventDefault();
+    row.focus();
+  });
+  restoreView();
   boot();
 });
