@@ -166,6 +166,21 @@ class InstanceBusy(InstanceError):
     code = "instance_busy"
 
 
+class ConsoleBusy(InstanceBusy):
+    """The bot has not yet answered a line typed before: nothing more is typed until it has."""
+
+    code = "console_busy"
+
+    def __init__(self, name: str, seconds: float) -> None:
+        msg = (
+            f"instance '{name}': its console has not answered the line typed {seconds:.1f} s ago; "
+            "nothing was typed, so no answer gets mixed with it. Try again in a moment, "
+            f"or look with 'supervisor tail {name}'."
+        )
+        super().__init__(msg)
+        self.name = name
+
+
 class SecretError(SupervisorError):
     """A secret's key or value is not usable, or its file cannot be written."""
 

@@ -88,6 +88,11 @@ def is_answered(text: str, echo: str, end: re.Pattern[str]) -> bool:
     return False
 
 
+def shows_again(text: str, end: re.Pattern[str]) -> bool:
+    """Return whether a line after the first of ``text`` (the typed line's echo) starts with ``end``."""
+    return any(end.match(_ANSI_RE.sub("", line)) for line in text.split("\n")[1:])
+
+
 ANSWER_POLL = 0.002
 """Seconds between two reads of the console log while an answer is awaited."""
 

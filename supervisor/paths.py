@@ -169,6 +169,10 @@ class Paths(t.NamedTuple):
         """Held while one process types into the bot's console (and reads the answer)."""
         return self.instance_dir(name) / ".console.lock"
 
+    def console_pending(self, name: str) -> Path:
+        """Return where the line typed last whose answer has not been seen to end is noted (its offset, when)."""
+        return self.instance_dir(name) / ".console.pending"
+
 
 def ensure_dir(path: Path, mode: int = 0o755) -> Path:
     """Create ``path`` with parents if missing and return it."""

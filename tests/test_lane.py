@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import re
+import signal
 import subprocess
 import threading
 import typing as t
@@ -31,6 +33,7 @@ from tests.test_agent import (
     bridge_origin,
     console,
     envelope,
+    next_matching,
     watchers,
 )
 from tests.test_hbot_clients import COMMLIB011_CLIENT, commlib011_python, new_example
@@ -384,3 +387,102 @@ def test_a_request_the_bridge_took_before_it_said_online_runs_once_and_is_answer
     wait_until(lambda: "bridge-bot bridge connected" in console(manager, "pb"), timeout=15, message="online")
     assert_silent(replies, 2.0)  # the grace after "online" has passed: no copy went out
     assert console(manager, "pb").count("bridge answered status") == 1
+
+
+# --- a slow or busy console: no answer is ever another's --------------------------------
+
+
+def bot_pid(manager: Manager, name: str) -> int:
+    pid = manager.status([name])[0].pid
+    assert pid is not None
+    return pid
+
+
+def test_a_bot_slower_than_reply_wait_gets_no_200_and_its_late_answer_lands_in_no_other_reply(
+    manager: Manager, mosquitto: Broker, agents: AgentRunner, watchers: Callable[..., Watcher]
+) -> None:
+    new_example(manager, "ex")
+    agents.start(mosquitto.url)
+    watcher = watchers(mosquitto)
+    data, _ = watcher.request("hbot/ex/start", {"async_backend": False})
+    assert data["status"] == 200, data
+    pid = bot_pid(manager, "ex")
+    queues = {name: watcher.watch(f"r-slow-{name}") for name in ("stop", "import")}
+    os.kill(pid, signal.SIGSTOP)  # a stop that takes seconds (cancelling orders), as the bot sees it
+    try:
+        watcher.client.publish("hbot/ex/stop", envelope("r-slow-stop", {"async_backend": False}), qos=1)
+        watcher.client.publish("hbot/ex/import", envelope("r-slow-import", {"strategy": "after1"}), qos=1)
+        stopped = queues["stop"].get(timeout=15).json()["data"]
+        imported = queues["import"].get(timeout=15).json()["data"]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # Never a 200 for an answer that did not come; the import was not typed into the stuck console.
+    assert stopped["status"] == 504 and "did not finish answering" in stopped["msg"], stopped
+    assert imported["status"] == 503 and "has not answered" in imported["msg"], imported
+    # Once the bot answers, the next command's reply holds its own answer only.
+    wait_until(lambda: "cancelling open orders... done." in console(manager, "ex"), timeout=10, message="late stop")
+    data, _ = watcher.request("hbot/ex/status", {"async_backend": False})
+    assert (data["status"], data["msg"]) == (400, "No strategy is currently running!"), data
+    assert "after1" not in console(manager, "ex")
+
+
+def test_a_line_sent_or_an_event_typed_just_before_a_command_stays_out_of_its_reply(
+    manager: Manager, mosquitto: Broker, agents: AgentRunner, watchers: Callable[..., Watcher]
+) -> None:
+    manager.new("ex", "example-bot", settings=["interval=0.02"])  # many fills: a long history
+    manager.start(["ex"], wait=True)
+    agents.start(mosquitto.url)
+    watcher = watchers(mosquitto)
+    data, _ = watcher.request("hbot/ex/start", {"async_backend": False})
+    assert data["status"] == 200, data
+    wait_until(lambda: "(order ex-30)" in console(manager, "ex"), timeout=20, message="thirty fills")
+    for _ in range(3):
+        replies = watcher.watch("r-after-send")
+        watcher.client.publish("supervisor/h1/ex/send", envelope("r-sent", {"text": "history"}), qos=1)
+        watcher.client.publish("hbot/ex/status", envelope("r-after-send", {"async_backend": False}), qos=1)
+        data = replies.get(timeout=15).json()["data"]
+        assert data["status"] == 200 and STATUS_RUNNING.fullmatch(data["msg"]), data["msg"][:300]
+        replies = watcher.watch("r-after-event")
+        watcher.client.publish("hbot/ex/external/event/ev", json.dumps({"data": {"x": 1}}).encode(), qos=1)
+        watcher.client.publish("hbot/ex/import", envelope("r-after-event", {"strategy": "a"}), qos=1)
+        data = replies.get(timeout=15).json()["data"]
+        assert data == {"status": 200, "msg": "Configuration from a file is imported."}, data
+
+
+def test_values_that_would_be_several_console_arguments_and_huge_days_are_answered_sanely(
+    manager: Manager, mosquitto: Broker, agents: AgentRunner, watchers: Callable[..., Watcher]
+) -> None:
+    new_example(manager, "ex")
+    agents.start(mosquitto.url)
+    watcher = watchers(mosquitto)
+    data, _ = watcher.request("hbot/ex/start", {"async_backend": False, "script": "a.py --conf evil.yml"})
+    assert data["status"] == 400 and "must be a file name" in data["msg"], data
+    data, _ = watcher.request("hbot/ex/import", {"strategy": "good.yml extra"})
+    assert data["status"] == 400 and "must be a file name" in data["msg"], data
+    assert "evil" not in console(manager, "ex") and "good.yml" not in console(manager, "ex")
+    data, _ = watcher.request("hbot/ex/history", {"days": 1e306, "async_backend": False})
+    assert (data["status"], data["trades"]) == (200, []), data
+
+
+def test_one_stuck_bot_takes_a_bounded_share_and_the_other_bots_are_served(
+    manager: Manager, mosquitto: Broker, agents: AgentRunner, watchers: Callable[..., Watcher]
+) -> None:
+    new_example(manager, "ex1")
+    new_example(manager, "ex2")
+    agents.start(mosquitto.url)
+    watcher = watchers(mosquitto)
+    flood = watcher.watch("r-flood")
+    pid = bot_pid(manager, "ex1")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(64):
+            watcher.client.publish("hbot/ex1/status", envelope("r-flood", {"async_backend": False}), qos=1)
+        busy = next_matching(flood, lambda m: m.json()["data"]["status"] == 503, timeout=15).json()["data"]
+        assert "requests for 'ex1' are waiting" in busy["msg"], busy
+        # Another bot is answered while ex1's lane is full.
+        data, _ = watcher.request("hbot/ex2/status", {"async_backend": False})
+        assert (data["status"], data["msg"]) == (400, "No strategy is currently running!"), data
+        data, _ = watcher.request("supervisor/h1/ex2/restart", {})
+        assert data["status"] == 200, data
+    finally:
+        os.kill(pid, signal.SIGCONT)

@@ -212,7 +212,7 @@ def test_relay_renders_console_lines_and_captures_reply(manager: Manager, bot_or
     manager.start(["rl"])
     assert manager.console_line("rl", "start", {"script": "x.py", "conf": None}) == "start --script x.py"
     reply = manager.relay("rl", "status", {}, capture=True)
-    assert "status: running=False" in reply
+    assert "status: running=False" in reply.text
     with pytest.raises(InstanceError, match="no console command for 'history'"):
         manager.relay("rl", "history", {})
 

@@ -203,7 +203,7 @@ def recent_trades(trades: Sequence[Mapping[str, t.Any]], days: float, *, now: fl
     without one is left out, its age unknown. ``days`` of 0 or less keeps them all
     (Hummingbot: every trade since the bot started, which is what its console shows).
     """
-    if days <= 0:
+    if days <= 0 or not days * _DAY_SECONDS < now:  # more days than since 1970 (or not a number): all of them
         return [dict(trade) for trade in trades]
     since = int((now - days * _DAY_SECONDS) * 1000)  # Hummingbot's own arithmetic
     kept = []

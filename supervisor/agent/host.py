@@ -65,6 +65,8 @@ if t.TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_PENDING = 64
+MAX_PER_BOT = 16
+"""Requests for one bot that may wait in its lane (running one included); more are refused with 503."""
 REPLY_RESERVE = 4 * MAX_PENDING + 512
 """Outgoing-queue slots refusal replies leave free: replies (and events) of admitted requests, state records."""
 MAX_QUEUED = 4096
@@ -485,13 +487,15 @@ class Agent:
         is refused before it runs (503), so an executed request always has room
         for its reply in the outgoing queue.
         """
-        if not self._pending.acquire(blocking=False):
+        lane = self._lane_of(topic)
+        # One stuck bot takes at most MAX_PER_BOT of the slots: the other bots' requests still run.
+        crowded = lane is not None and self.lanes.depth(lane) >= MAX_PER_BOT
+        if crowded or not self._pending.acquire(blocking=False):
             if work == self.relay.handle and not self.relay.answers(topic):
                 return  # another host's id, or a bot whose own bridge answers: stay silent, as everywhere else
-            self.refusals.refuse("busy", topic, "too many requests in flight", result=STATUS_BUSY)
-            self.replier.error_raw(
-                payload, "agent is busy: too many requests in flight. Try again.", status=STATUS_BUSY, spare=True
-            )
+            why = f"{MAX_PER_BOT} requests for '{lane}' are waiting" if crowded else "too many requests in flight"
+            self.refusals.refuse("busy", topic, why, result=STATUS_BUSY)
+            self.replier.error_raw(payload, f"agent is busy: {why}. Try again.", status=STATUS_BUSY, spare=True)
             return
         dup, retained = bool(props.get("dup")), bool(props.get("retain"))
 
@@ -504,7 +508,6 @@ class Agent:
             finally:
                 self._pending.release()
 
-        lane = self._lane_of(topic)
         try:
             if lane is None:
                 self._pool.submit(job)

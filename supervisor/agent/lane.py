@@ -54,6 +54,12 @@ class Lanes:
                 self._waiting.pop(key, None)
             raise
 
+    def depth(self, key: str) -> int:
+        """Return how many jobs ``key``'s lane holds: the one running and those waiting."""
+        with self._lock:
+            waiting = self._waiting.get(key)
+            return 0 if waiting is None else 1 + len(waiting)
+
     def is_idle(self, key: str) -> bool:
         """Return whether ``key``'s lane has nothing running and nothing waiting."""
         with self._lock:

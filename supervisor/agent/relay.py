@@ -15,9 +15,10 @@ import typing as t
 
 from supervisor.agent.answer import read_answer, read_trades, recent_trades
 from supervisor.agent.plugin import Held
-from supervisor.core.manager import check_strategy
-from supervisor.errors import InstanceNotRunning, SupervisorError
+from supervisor.core.manager import check_file_name, check_strategy
+from supervisor.errors import ConsoleBusy, InstanceNotRunning, SupervisorError
 from supervisor.mqtt import protocol
+from supervisor.mqtt.guard import STATUS_BUSY
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -29,7 +30,10 @@ if t.TYPE_CHECKING:
     from supervisor.core.manager import InstanceStatus, Manager
     from supervisor.mqtt.connection import Connection
 
-__all__ = ["HbotRelay"]
+__all__ = ["STATUS_TIMEOUT", "HbotRelay"]
+
+STATUS_TIMEOUT = 504
+"""A relayed command whose answer did not end within the recipe's ``reply_wait`` (it was typed)."""
 
 logger = logging.getLogger(__name__)
 
@@ -209,8 +213,14 @@ class HbotRelay:
     def _refusal(self, instance: str, command: str, data: Mapping[str, t.Any], status: InstanceStatus) -> str | None:
         """Return why a valid request cannot be carried out at all (checked before an async 200), or ``None``."""
         if not status.plugin and command == "start":
-            # Unsafe values are refused in the reply itself, also when the start is answered asynchronously.
+            # Unsafe values are refused in the reply itself, also when the start is answered asynchronously:
+            # a file name each (a value with spaces would reach the console as several arguments).
             self.manager.console_line(instance, "start", {"script": data.get("script"), "conf": data.get("conf")})
+            check_strategy(data)
+            return None
+        if not status.plugin and command == "import" and data.get("strategy"):
+            self.manager.console_line(instance, "import", {"strategy": data["strategy"]})
+            check_file_name("strategy", data["strategy"])  # the bot itself answers an empty one
             return None
         if status.plugin or command != "stop":
             return None
@@ -278,9 +288,19 @@ class HbotRelay:
 
     def _console(self, instance: str, command: str, values: Mapping[str, t.Any]) -> Outcome:
         """Type a command's console line and read the answer the recipe's patterns pick out of the output."""
-        text = self.manager.relay(instance, command, values, capture=True)
+        try:
+            typed = self.manager.relay(instance, command, values, capture=True)
+        except ConsoleBusy as e:
+            return Outcome(STATUS_BUSY, str(e))  # nothing was typed: try again
         recipe = self.manager.recipe(instance)
-        answer = read_answer(text, recipe.console.answer)
+        answer = read_answer(typed.text, recipe.console.answer)
+        if not typed.complete:
+            # Never a 200 for an answer that did not come: what it prints later goes to no other reply either.
+            msg = (
+                f"instance '{instance}' did not finish answering within {recipe.console.reply_wait:g} s "
+                "(console.reply_wait: its prompt did not show again); the command was typed."
+            )
+            return Outcome(STATUS_TIMEOUT, "\n".join([msg, *answer.lines]))
         return Outcome(protocol.STATUS_ERROR if answer.error else protocol.STATUS_OK, answer.text)
 
     def _notify(self, instance: str, text: str) -> None:

@@ -111,16 +111,26 @@ def check_strategy(values: t.Mapping[str, t.Any]) -> dict[str, str]:
     found: dict[str, str] = {}
     for key in STRATEGY_VARS:
         value = values.get(key)
-        if value in (None, ""):
-            continue
-        if not isinstance(value, str) or not _STRATEGY_NAME_RE.fullmatch(value):
-            msg = (
-                f"{key} {str(value)[:80]!r}: must be a file name (letters, digits, '.', '_', '-'; "
-                "at most 128, not starting with '.' or '-'). Give the name of a file in the bot's folder."
-            )
-            raise InstanceError(msg)
-        found[key] = value
+        if value not in (None, ""):
+            found[key] = check_file_name(key, value)
     return found
+
+
+def check_file_name(what: str, value: object) -> str:
+    """Return ``value`` if it is a plain file name (one console argument, no path), else raise.
+
+    Raises
+    ------
+    InstanceError
+        When ``value`` is not a string or not a plain file name (a space would make it two arguments).
+    """
+    if not isinstance(value, str) or not _STRATEGY_NAME_RE.fullmatch(value):
+        msg = (
+            f"{what} {str(value)[:80]!r}: must be a file name (letters, digits, '.', '_', '-'; "
+            "at most 128, not starting with '.' or '-'). Give the name of a file in the bot's folder."
+        )
+        raise InstanceError(msg)
+    return value
 
 
 def strip_exec(command: str) -> str:

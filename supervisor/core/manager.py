@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import re
 import typing as t
 from pathlib import Path
 
 from supervisor.consoletext import check_console_text, parse_key
-from supervisor.core import secrets
+from supervisor.core import console, secrets
 from supervisor.core import status as live
+from supervisor.core.console import Typed
 from supervisor.core.parts import Parts, session_name
 from supervisor.core.recipe import Recipe, list_recipes, load_recipe, render
 from supervisor.core.registry import DESIRED_RUNNING, Instance, Registry
@@ -31,8 +31,7 @@ from supervisor.errors import (
     SessionError,
     SupervisorError,
 )
-from supervisor.files import locked
-from supervisor.logfiles import clean_console, last_lines, rotate_log, wait_for_answer
+from supervisor.logfiles import clean_console, last_lines, rotate_log
 from supervisor.paths import Paths
 from supervisor.states import ALIVE, State
 
@@ -43,7 +42,7 @@ if t.TYPE_CHECKING:
     from supervisor.core.adopt import ForeignSession
     from supervisor.core.disk import DiskUsage, SharedItem
     from supervisor.core.git import ProgressFn
-    from supervisor.core.launch import DEFAULT_STOP_TIMEOUT, ActionResult, check_strategy, strip_exec
+    from supervisor.core.launch import DEFAULT_STOP_TIMEOUT, ActionResult, check_file_name, check_strategy, strip_exec
     from supervisor.core.steps import LineFn
 
 __all__ = [
@@ -63,6 +62,7 @@ __all__ = [
     "Manager",
     "RecipeInfo",
     "Snapshot",
+    "check_file_name",
     "check_strategy",
     "session_name",
     "strip_exec",
@@ -83,6 +83,7 @@ FATAL = State.FATAL
 _LAZY = {
     "ActionResult": "supervisor.core.launch",
     "DEFAULT_STOP_TIMEOUT": "supervisor.core.launch",
+    "check_file_name": "supervisor.core.launch",
     "check_strategy": "supervisor.core.launch",
     "strip_exec": "supervisor.core.launch",
     "ForeignSession": "supervisor.core.adopt",
@@ -624,8 +625,7 @@ class Manager:
         """
         check_console_text(text, what=f"instance '{name}': the text to send")
         record, _ = self._running_record(name)
-        with locked(self.paths.console_lock(name)):
-            self.backend(record.backend).send_line(record.session, text)
+        self._type(record, text, capture=False)
 
     def send_keys(self, name: str, keys: Sequence[str]) -> None:
         """Press ``keys`` (names such as ``C-c``, ``Enter``, ``Escape``, ``Up``) in the bot's console.
@@ -719,29 +719,39 @@ class Manager:
         line = render(template, rendered, optional_groups=True).strip()
         return check_console_text(line, what=f"instance '{name}': the console line for '{command}'")
 
-    def relay(self, name: str, command: str, values: t.Mapping[str, t.Any], *, capture: bool = False) -> str:
+    def relay(self, name: str, command: str, values: t.Mapping[str, t.Any], *, capture: bool = False) -> Typed:
         """Type the console line for ``command`` and return what the bot printed after it (if ``capture``).
 
         The console is held (across processes) from typing to the end of the
-        answer, so no other command's output mixes in. The answer ends when the
-        recipe's ``answer.end`` (or its prompt) shows again, at the latest after
-        ``reply_wait`` seconds.
+        answer, and a line typed before must have been answered first, so no
+        other command's output mixes in. The answer ends when the recipe's
+        ``answer.end`` (or its prompt) shows again, at the latest after
+        ``reply_wait`` seconds (``complete`` then says it did not).
+
+        Raises
+        ------
+        ConsoleBusy
+            The bot has not answered a line typed before within ``reply_wait``.
         """
         line = self.console_line(name, command, values)
         record, status = self._running_record(name)
         if not status.is_ready:
             # A bot command typed into a login dialog would be taken as the password.
             raise InstanceNotReady(name, status.state)
-        log = self.paths.console_log(name)
-        console = self.recipe_for(record).console
-        with locked(self.paths.console_lock(name)):
-            offset = log.stat().st_size if log.exists() else 0
-            self.backend(record.backend).send_line(record.session, line)
-            if not capture:
-                return ""
-            end = console.answer.end_pattern
-            text = wait_for_answer(log, offset, line, re.compile(end) if end else None, console.reply_wait)
-        return clean_console(text, echo=line)
+        typed = self._type(record, line, capture=capture)
+        return dataclasses.replace(typed, text=clean_console(typed.text, echo=line))
+
+    def _type(self, record: Instance, line: str, *, capture: bool) -> Typed:
+        return console.type_line(
+            record.name,
+            line,
+            lambda: self.backend(record.backend).send_line(record.session, line),
+            log=self.paths.console_log(record.name),
+            lock=self.paths.console_lock(record.name),
+            pending_file=self.paths.console_pending(record.name),
+            console=self.recipe_for(record).console,
+            capture=capture,
+        )
 
     # -- adoption -------------------------------------------------------------------------------
 
