@@ -1239,10 +1239,10 @@ def test_a_flood_of_identical_requests_is_logged_at_a_bounded_rate(
     payload = envelope("flood-reply", {"text": "x" * 1000})
     watcher.publish(f"supervisor/{HOST}/nope/send", payload)
     assert replies.get(timeout=15).json()["data"]["status"] == 400
-    for _ in range(200):  # the same bytes again and again: each a redelivery of the first
+    for _ in range(200):  # the same bytes again and again: each a request (or, past one bot's share, a 503)
         watcher.publish(f"supervisor/{HOST}/nope/send", payload)
-    for _ in range(200):  # every copy is answered (the first reply again): all were handled
-        assert replies.get(timeout=15).json()["data"]["status"] == 400
+    for _ in range(200):  # every copy is answered: all were handled
+        assert replies.get(timeout=15).json()["data"]["status"] in (400, 503)
     lines = agents.started[-1][1].read_text().splitlines()
     assert agents.started[-1][0] is agent
     assert len([line for line in lines if "nope/send" in line]) <= 21, lines[-5:]
