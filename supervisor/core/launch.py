@@ -161,16 +161,33 @@ def _is_simple_command(command: str) -> bool:
     return bool(tokens) and tokens[0] not in _RESERVED_WORDS and not _CONTROL_TOKENS.intersection(tokens)
 
 
-def _with_terminal_stderr(command: str) -> str:
-    """Return ``command`` with its stderr on the terminal (fd 3) while the wrapper's own stays in its file.
+def _bot_subshell(command: str, pid_file: Path) -> str:
+    """Return the wrapper's line that runs ``command`` in a subshell which first records its own pid.
 
-    A simple command gets the redirections in front (a later ``2>FILE`` of its
-    own still wins), so bash reports a kill to the file. A compound one is
-    grouped: its output is kept, but bash may report a kill on the terminal.
+    The subshell's stderr is the terminal (fd 3) while the wrapper's own stays in
+    its file, so bash's report of a killed bot goes to the file. A simple command
+    is ``exec``'d (after its leading assignments): the recorded pid is the bot's.
+    A compound one runs in the subshell, whose oldest child is then the bot (the
+    record says ``group``); bash may report a kill inside it on the terminal.
     """
     if _is_simple_command(command):
-        return f"2>&3 3>&- {command}"
-    return f"{{ {command}\n}} 2>&3 3>&-"
+        kind, body = "exec", _exec_form(command)
+    else:
+        kind, body = "group", f"{{ {command}\n}}"
+    record = f"printf '%s {kind}\\n' \"$BASHPID\" > {shlex.quote(str(pid_file))}"
+    return f"( exec 2>&3 3>&-; {record}; {body} )"
+
+
+# A leading ``NAME=value`` word (quoted parts allowed): ``exec`` goes after these.
+_ASSIGNMENT_RE = re.compile(r"""\s*[A-Za-z_][A-Za-z0-9_]*=(?:[^\s'"\\]|\\.|'[^']*'|"(?:[^"\\]|\\.)*")*(?=\s|$)""")
+
+
+def _exec_form(command: str) -> str:
+    """Return the simple ``command`` with ``exec`` after its leading assignments (``A=1 exec bot ...``)."""
+    end = 0
+    while match := _ASSIGNMENT_RE.match(command, end):
+        end = match.end()
+    return f"{command[:end]} exec {command[end:].lstrip()}".lstrip()
 
 
 def write_run_script(parts: Parts, instance: Instance, recipe: Recipe) -> Path:
@@ -205,10 +222,14 @@ def write_run_script(parts: Parts, instance: Instance, recipe: Recipe) -> Path:
         prelude = render(recipe.run.prelude, values)
         failed = "{ echo 'bot-supervisor: prelude failed' >&3; rc=98; }"
         lines.append(f'if [ -z "${{rc:-}}" ]; then {{ {prelude}; }} 2>&3 || {failed}; fi')
+    pid_file = live.bot_pid_file(parts.paths, instance.name)
     lines += [
-        f'if [ -z "${{rc:-}}" ]; then {_with_terminal_stderr(command)}; rc=$?; fi',
+        # Only while the subshell runs does the record name a pid: after it, the wrapper's own
+        # helpers (mv) are its children, and none of them is the bot.
+        f'if [ -z "${{rc:-}}" ]; then {_bot_subshell(command, pid_file)}; rc=$?; : > {shlex.quote(str(pid_file))}; fi',
         (
-            f'printf \'%s %s\\n\' "$rc" "$(date +%s)" > {shlex.quote(str(exit_file))}.tmp'
+            # printf's %(...)T is bash's own clock: no fork of date(1).
+            f"printf '%s %(%s)T\\n' \"$rc\" -1 > {shlex.quote(str(exit_file))}.tmp"
             f" && mv -f -- {shlex.quote(str(exit_file))}.tmp {shlex.quote(str(exit_file))}"
         ),
         'exit "$rc"',
@@ -381,6 +402,8 @@ def launch(parts: Parts, records: Sequence[Instance], listing: live.Listing) -> 
             backend.kill_session(session)
         script = write_run_script(parts, record, recipe)
         parts.paths.exit_file(record.name).unlink(missing_ok=True)
+        # Empty: this launch's wrapper runs no bot yet (a stale pid of the last run is never read).
+        atomic_write(live.bot_pid_file(parts.paths, record.name), "", sync=False)
         log = parts.paths.console_log(record.name)
         rotate_log(log)
         private_file(log)  # the session appends to it: owner-only from the first line
@@ -436,7 +459,8 @@ def wait_up(
                 texts[name] = (texts[name] + chunk)[-65536:]
                 up = pattern.search(texts[name]) is not None
             else:
-                up = info is not None and metrics.bot_process(info.pid) is not None
+                bot = live.read_bot_record(parts.paths, name)
+                up = info is not None and metrics.recorded_bot(info.pid, bot) is not None
             if up:
                 if pattern is not None:
                     readiness.mark_ready(parts.paths.readiness_file(name))
@@ -482,7 +506,8 @@ def stop_one(parts: Parts, name: str, *, timeout: float | None = None, desired: 
         info = parts.sessions([record.backend])[record.backend].get(record.session)
         sampler = parts.sampler
         pid = info.pid if info else None
-        sample = sampler.sample(pid, sampler.table(roots=[pid] if pid else []), match=parts.match(record))
+        bot = None if record.adopted else live.read_bot_record(parts.paths, name)
+        sample = sampler.sample(pid, sampler.table(roots=[pid] if pid else []), match=parts.match(record), bot=bot)
         if info is None or not sample.alive:
             if info is not None and not record.adopted:
                 backend.kill_session(record.session)
