@@ -237,14 +237,14 @@ class Sampler:
         table: ProcessTable,
         offset: float | None,
         match: str | None = None,
-        bot: BotRecord | None = None,
+        recorded: BotRecord | None = None,
     ) -> ProcessSample:
         if root_pid is None or root_pid not in table:
             return ProcessSample(root_pid=root_pid, pid=None, alive=False)
         if match:
             pid = _matching_pid(root_pid, table, match)
-        elif bot is not None:
-            pid = _recorded_pid(root_pid, table, bot)
+        elif recorded is not None:
+            pid = _recorded_pid(root_pid, table, recorded)
         else:
             pid = _bot_pid(root_pid, table)
         if pid is None or not table.is_alive(pid):
