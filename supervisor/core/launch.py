@@ -168,7 +168,8 @@ def _bot_subshell(command: str, pid_file: Path) -> str:
     its file, so bash's report of a killed bot goes to the file. A simple command
     is ``exec``'d (after its leading assignments): the recorded pid is the bot's.
     A compound one runs in the subshell, whose oldest child is then the bot (the
-    record says ``group``); bash may report a kill inside it on the terminal.
+    record says ``group``; an ``exec`` inside makes the subshell the bot); bash may
+    report a kill inside it on the terminal.
     """
     if _is_simple_command(command):
         kind, body = "exec", _exec_form(command)

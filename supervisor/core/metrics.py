@@ -354,10 +354,8 @@ def _recorded_pid(root_pid: int, table: ProcessTable, bot: BotRecord) -> int | N
     pid, group = bot
     if not pid or table.parent(pid) != root_pid or not table.is_alive(pid):
         return None
-    if not group:
-        return pid
-    children = table.children(pid)
-    return children[0] if children else None
+    # A group's subshell is still a shell unless an ``exec`` inside the group replaced it with the bot.
+    return _bot_pid(pid, table) if group else pid
 
 
 def _boot_offset() -> float | None:
@@ -602,7 +600,8 @@ def recorded_bot(root_pid: int | None, bot: BotRecord | None) -> int | None:
     """Return the bot under a session's first process, trusting what its wrapper recorded.
 
     ``bot`` is ``(pid, group)``: ``pid`` is the wrapper's child that is the bot (0: none
-    now), or with ``group`` the subshell whose oldest child is. ``None`` (nothing
+    now), or with ``group`` the subshell that runs it (its oldest child, or itself once
+    an ``exec`` replaced it). ``None`` (nothing
     recorded, an older wrapper) falls back to :func:`bot_process`. Reads a few
     ``/proc`` files; no scan.
     """
@@ -617,7 +616,7 @@ def recorded_bot(root_pid: int | None, bot: BotRecord | None) -> int | None:
             return None
     except psutil.Error:
         return None
-    return first_child(pid) if group else pid
+    return bot_process(pid) if group else pid
 
 
 def _start_key(pid: int) -> tuple[float, int]:

@@ -106,7 +106,8 @@ def read_bot_record(paths: Paths, name: str) -> tuple[int, bool] | None:
     """Return what ``run.sh`` recorded of its bot: ``(pid, group)``, or ``None`` when it recorded nothing.
 
     ``pid`` 0 means the wrapper runs no bot at the moment (not yet, or no more). ``group`` is
-    true when the pid is a subshell running a compound command (its oldest child is the bot).
+    true when the pid is a subshell running a compound command (its oldest child is the bot,
+    or the subshell itself once an ``exec`` in the command replaced it).
     ``None`` (no file) is a session launched before wrappers recorded their bot.
     """
     try:
