@@ -175,7 +175,9 @@ def _bot_subshell(command: str, pid_file: Path) -> str:
         kind, body = "exec", _exec_form(command)
     else:
         kind, body = "group", f"{{ {command}\n}}"
-    record = f"printf '%s {kind}\\n' \"$BASHPID\" > {shlex.quote(str(pid_file))}"
+    path = shlex.quote(str(pid_file))
+    # Not written (a full disk): no record at all, and status falls back to the wrapper's oldest child.
+    record = f"{{ printf '%s {kind}\\n' \"$BASHPID\" > {path} || rm -f -- {path}; }}"
     return f"( exec 2>&3 3>&-; {record}; {body} )"
 
 
@@ -199,6 +201,7 @@ def write_run_script(parts: Parts, instance: Instance, recipe: Recipe) -> Path:
     if extra:
         command = f"{command} {extra}"
     exit_file = parts.paths.exit_file(instance.name)
+    pid_file = live.bot_pid_file(parts.paths, instance.name)
     wrapper_log = parts.paths.instance_dir(instance.name) / WRAPPER_LOG
     lines = [
         "#!/usr/bin/env bash",
@@ -206,6 +209,8 @@ def write_run_script(parts: Parts, instance: Instance, recipe: Recipe) -> Path:
         # bash's own reports ("run.sh: line 5: PID Killed CMD") go to a file, not the console: fd 3 is
         # the terminal, which the bot's stderr, the prelude and our notices use.
         f"exec 3>&2 2>{shlex.quote(str(wrapper_log))}",
+        # An empty bot record: no bot yet, so none of the wrapper's helpers below passes for it.
+        f": > {shlex.quote(str(pid_file))}",
         f"cd -- {shlex.quote(instance.checkout)} 2>&3 || exit 97",
         f"export SUPERVISOR_INSTANCE={shlex.quote(instance.name)}",
     ]
@@ -223,7 +228,6 @@ def write_run_script(parts: Parts, instance: Instance, recipe: Recipe) -> Path:
         prelude = render(recipe.run.prelude, values)
         failed = "{ echo 'bot-supervisor: prelude failed' >&3; rc=98; }"
         lines.append(f'if [ -z "${{rc:-}}" ]; then {{ {prelude}; }} 2>&3 || {failed}; fi')
-    pid_file = live.bot_pid_file(parts.paths, instance.name)
     lines += [
         # Only while the subshell runs does the record name a pid: after it, the wrapper's own
         # helpers (mv) are its children, and none of them is the bot.
@@ -403,8 +407,8 @@ def launch(parts: Parts, records: Sequence[Instance], listing: live.Listing) -> 
             backend.kill_session(session)
         script = write_run_script(parts, record, recipe)
         parts.paths.exit_file(record.name).unlink(missing_ok=True)
-        # Empty: this launch's wrapper runs no bot yet (a stale pid of the last run is never read).
-        atomic_write(live.bot_pid_file(parts.paths, record.name), "", sync=False)
+        # The last run's record goes: its pid is never read as this launch's bot.
+        live.bot_pid_file(parts.paths, record.name).unlink(missing_ok=True)
         log = parts.paths.console_log(record.name)
         rotate_log(log)
         private_file(log)  # the session appends to it: owner-only from the first line
