@@ -45,6 +45,7 @@ def test_a_script_logs_in_reads_the_snapshot_sends_a_command_and_logs_out(fleet:
     jar = {"Cookie": cookie}
     again = request(url, "GET", "/api/session", headers=jar)[2]
     assert again["authenticated"] is True and again["csrf"] == login["csrf"]
+    assert again["version"] and "webhook" in again
 
     def listed() -> dict[str, t.Any] | None:
         snapshot = request(url, "GET", "/api/snapshot", headers=jar)[2]
