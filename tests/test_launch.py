@@ -17,6 +17,7 @@ from supervisor.core.launch import WRAPPER_LOG
 from supervisor.core.status import read_exit_record
 from supervisor.errors import InstanceError
 from tests.conftest import wait_until
+from tests.test_agent import HOST, agents, next_matching, watchers
 from tests.test_manager import backend
 
 if t.TYPE_CHECKING:
@@ -24,8 +25,10 @@ if t.TYPE_CHECKING:
     from pathlib import Path
 
     from supervisor.core.manager import Manager
+    from tests.conftest import Broker
+    from tests.test_agent import AgentRunner, Watcher
 
-__all__ = ["backend"]  # a fixture, used by name
+__all__ = ["agents", "backend", "watchers"]  # fixtures, used by name
 
 # Prints on stdout and on stderr, then waits to be killed.
 BOT = (
@@ -175,3 +178,31 @@ def test_no_status_names_a_prelude_command_as_the_bot(
     # Before the fix, the prelude's sleep was reported as the bot while it ran (and 'start' took it for the bot).
     assert {pid for _, pid in seen} <= {bot, None}, seen
     assert ("starting", None) in seen, seen
+
+
+def test_the_agent_never_publishes_a_wrapper_helper_as_the_bot_around_a_graceful_stop(
+    manager: Manager,
+    bot_origin: Path,
+    tmp_path: Path,
+    mosquitto: Broker,
+    agents: AgentRunner,
+    watchers: Callable[..., Watcher],
+) -> None:
+    path = recipe(tmp_path, f'{{python}} -c "{GRACEFUL_BOT}"')
+    with open(path, "a") as extra:  # noqa: PTH123 - appending YAML lines
+        extra.write(f"  env: {{PATH: {json.dumps(slow_tools(tmp_path))}}}\n")
+        extra.write("  stop: {signal: SIGTERM, grace: 10}\n")
+    manager.new("tk", path, repo=str(bot_origin))
+    manager.start(["tk"])
+    bot = manager.status(["tk"])[0].pid
+    states = watchers(mosquitto).watch(f"supervisor/{HOST}/tk/state")
+    agents.start(mosquitto.url, check_interval=0.05)
+    next_matching(states, lambda m: m.json()["state"] == "running" and m.json()["pid"] == bot, timeout=10)
+
+    manager.stop(["tk"])  # what `supervisor stop tk` does, from another process than the agent's
+    published: list[dict[str, t.Any]] = []
+    while not published or published[-1]["state"] != "stopped":
+        published.append(next_matching(states, timeout=10).json())
+    # Before the fix the agent published 'running' with the pid of the wrapper's date (then mv) here.
+    pairs = [(record["state"], record["pid"]) for record in published]
+    assert set(pairs) <= {("running", bot), ("stopped", None)}, pairs

@@ -407,8 +407,7 @@ def launch(parts: Parts, records: Sequence[Instance], listing: live.Listing) -> 
             backend.kill_session(session)
         script = write_run_script(parts, record, recipe)
         parts.paths.exit_file(record.name).unlink(missing_ok=True)
-        # The last run's record goes: its pid is never read as this launch's bot.
-        live.bot_pid_file(parts.paths, record.name).unlink(missing_ok=True)
+        _clear_bot_record(parts, record.name)
         log = parts.paths.console_log(record.name)
         rotate_log(log)
         private_file(log)  # the session appends to it: owner-only from the first line
@@ -429,6 +428,19 @@ def launch(parts: Parts, records: Sequence[Instance], listing: live.Listing) -> 
         # The deadline counts from the launch, not from the preparation of the whole batch.
         started += [dataclasses.replace(item, deadline=now + item.timeout) for item, _ in items]
     return started
+
+
+def _clear_bot_record(parts: Parts, name: str) -> None:
+    """Leave an empty bot record (no bot yet) for a launch: the last run's pid is never read as its bot.
+
+    Written before the session exists, so no look ever finds the record missing (which means a
+    wrapper from before records, whose oldest child is taken) while this wrapper forks helpers.
+    """
+    path = live.bot_pid_file(parts.paths, name)
+    try:
+        atomic_write(path, "", sync=False)
+    except (OSError, SupervisorError):
+        path.unlink(missing_ok=True)  # a full disk: the wrapper empties it itself, first thing
 
 
 def wait_up(
