@@ -66,6 +66,8 @@ WRAP_CASES = [
     WrapCase("assignments", f"GREETING='a b' LANG=C {{python}} -c \"{BOT}\"", True),
     # A compound command is grouped: its output is kept, but bash may report the kill on the terminal.
     WrapCase("compound", f'cd . && {{python}} -c "{BOT}"', False),
+    # A builtin that runs the bot (exec could not run it) makes a group too.
+    WrapCase("builtin", f'command {{python}} -c "{BOT}"', False),
     # An exec inside a compound command replaces the wrapper's subshell, not the wrapper: the exit code is kept.
     WrapCase("compound-exec", f'cd . && exec {{python}} -c "{BOT}"', False),
 ]

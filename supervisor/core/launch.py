@@ -167,12 +167,14 @@ def _bot_subshell(command: str, pid_file: Path) -> str:
     The subshell's stderr is the terminal (fd 3) while the wrapper's own stays in
     its file, so bash's report of a killed bot goes to the file. A simple command
     is ``exec``'d (after its leading assignments): the recorded pid is the bot's.
-    A compound one runs in the subshell, whose oldest child is then the bot (the
+    A compound one (or one led by a builtin such as ``command``) runs in the
+    subshell, whose oldest child is then the bot (the
     record says ``group``; an ``exec`` inside makes the subshell the bot); bash may
     report a kill inside it on the terminal.
     """
-    if _is_simple_command(command):
-        kind, body = "exec", _exec_form(command)
+    body = _exec_form(command) if _is_simple_command(command) else None
+    if body is not None:
+        kind = "exec"
     else:
         kind, body = "group", f"{{ {command}\n}}"
     path = shlex.quote(str(pid_file))
@@ -185,12 +187,24 @@ def _bot_subshell(command: str, pid_file: Path) -> str:
 _ASSIGNMENT_RE = re.compile(r"""\s*[A-Za-z_][A-Za-z0-9_]*=(?:[^\s'"\\]|\\.|'[^']*'|"(?:[^"\\]|\\.)*")*(?=\s|$)""")
 
 
-def _exec_form(command: str) -> str:
-    """Return the simple ``command`` with ``exec`` after its leading assignments (``A=1 exec bot ...``)."""
+# Builtins that are no program (or run one themselves): ``exec`` cannot run them, so they run as a group.
+_SHELL_ONLY = frozenset(
+    {".", "builtin", "cd", "command", "eval", "export", "read", "set", "source", "trap", "ulimit", "umask", "wait"}
+)
+
+
+def _exec_form(command: str) -> str | None:
+    """Return the simple ``command`` with ``exec`` after its leading assignments (``A=1 exec bot ...``).
+
+    ``None`` when its first word is a shell builtin that ``exec`` cannot run.
+    """
     end = 0
     while match := _ASSIGNMENT_RE.match(command, end):
         end = match.end()
-    return f"{command[:end]} exec {command[end:].lstrip()}".lstrip()
+    rest = command[end:].lstrip()
+    if not rest or rest.split(maxsplit=1)[0] in _SHELL_ONLY:
+        return None
+    return f"{command[:end]} exec {rest}".lstrip()
 
 
 def write_run_script(parts: Parts, instance: Instance, recipe: Recipe) -> Path:

@@ -601,9 +601,8 @@ def recorded_bot(root_pid: int | None, bot: BotRecord | None) -> int | None:
 
     ``bot`` is ``(pid, group)``: ``pid`` is the wrapper's child that is the bot (0: none
     now), or with ``group`` the subshell that runs it (its oldest child, or itself once
-    an ``exec`` replaced it). ``None`` (nothing
-    recorded, an older wrapper) falls back to :func:`bot_process`. Reads a few
-    ``/proc`` files; no scan.
+    an ``exec`` replaced it). ``None`` (nothing recorded: an older wrapper) falls back
+    to :func:`bot_process`. Reads a few ``/proc`` files; no scan.
     """
     if bot is None:
         return bot_process(root_pid)
