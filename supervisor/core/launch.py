@@ -171,16 +171,50 @@ def _is_simple_command(command: str) -> bool:
     return bool(tokens) and tokens[0] not in _RESERVED_WORDS and not _CONTROL_TOKENS.intersection(tokens)
 
 
-def _with_terminal_stderr(command: str) -> str:
-    """Return ``command`` with its stderr on the terminal (fd 3) while the wrapper's own stays in its file.
+def _bot_subshell(command: str, pid_file: Path) -> str:
+    """Return the wrapper's line that runs ``command`` in a subshell which first records its own pid.
 
-    A simple command gets the redirections in front (a later ``2>FILE`` of its
-    own still wins), so bash reports a kill to the file. A compound one is
-    grouped: its output is kept, but bash may report a kill on the terminal.
+    The subshell's stderr is the terminal (fd 3) while the wrapper's own stays in
+    its file, so bash's report of a killed bot goes to the file. A simple command
+    is ``exec``'d (after its leading assignments): the recorded pid is the bot's.
+    A compound one (or one led by a builtin such as ``command``) runs in the
+    subshell, whose oldest child is then the bot (the
+    record says ``group``; an ``exec`` inside makes the subshell the bot); bash may
+    report a kill inside it on the terminal.
     """
-    if _is_simple_command(command):
-        return f"2>&3 3>&- {command}"
-    return f"{{ {command}\n}} 2>&3 3>&-"
+    body = _exec_form(command) if _is_simple_command(command) else None
+    if body is not None:
+        kind = "exec"
+    else:
+        kind, body = "group", f"{{ {command}\n}}"
+    path = shlex.quote(str(pid_file))
+    # Not written (a full disk): no record at all, and status falls back to the wrapper's oldest child.
+    record = f"{{ printf '%s {kind}\\n' \"$BASHPID\" > {path} || rm -f -- {path}; }}"
+    return f"( exec 2>&3 3>&-; {record}; {body} )"
+
+
+# A leading ``NAME=value`` word (quoted parts allowed): ``exec`` goes after these.
+_ASSIGNMENT_RE = re.compile(r"""\s*[A-Za-z_][A-Za-z0-9_]*=(?:[^\s'"\\]|\\.|'[^']*'|"(?:[^"\\]|\\.)*")*(?=\s|$)""")
+
+
+# Builtins that are no program (or run one themselves): ``exec`` cannot run them, so they run as a group.
+_SHELL_ONLY = frozenset(
+    {".", "builtin", "cd", "command", "eval", "export", "read", "set", "source", "trap", "ulimit", "umask", "wait"}
+)
+
+
+def _exec_form(command: str) -> str | None:
+    """Return the simple ``command`` with ``exec`` after its leading assignments (``A=1 exec bot ...``).
+
+    ``None`` when its first word is a shell builtin that ``exec`` cannot run.
+    """
+    end = 0
+    while match := _ASSIGNMENT_RE.match(command, end):
+        end = match.end()
+    rest = command[end:].lstrip()
+    if not rest or rest.split(maxsplit=1)[0] in _SHELL_ONLY:
+        return None
+    return f"{command[:end]} exec {rest}".lstrip()
 
 
 def write_run_script(parts: Parts, instance: Instance, recipe: Recipe) -> Path:
@@ -191,6 +225,7 @@ def write_run_script(parts: Parts, instance: Instance, recipe: Recipe) -> Path:
     if extra:
         command = f"{command} {extra}"
     exit_file = parts.paths.exit_file(instance.name)
+    pid_file = live.bot_pid_file(parts.paths, instance.name)
     wrapper_log = parts.paths.instance_dir(instance.name) / WRAPPER_LOG
     lines = [
         "#!/usr/bin/env bash",
@@ -198,6 +233,8 @@ def write_run_script(parts: Parts, instance: Instance, recipe: Recipe) -> Path:
         # bash's own reports ("run.sh: line 5: PID Killed CMD") go to a file, not the console: fd 3 is
         # the terminal, which the bot's stderr, the prelude and our notices use.
         f"exec 3>&2 2>{shlex.quote(str(wrapper_log))}",
+        # An empty bot record: no bot yet, so none of the wrapper's helpers below passes for it.
+        f": > {shlex.quote(str(pid_file))}",
         f"cd -- {shlex.quote(instance.checkout)} 2>&3 || exit 97",
         f"export SUPERVISOR_INSTANCE={shlex.quote(instance.name)}",
     ]
@@ -216,9 +253,12 @@ def write_run_script(parts: Parts, instance: Instance, recipe: Recipe) -> Path:
         failed = "{ echo 'bot-supervisor: prelude failed' >&3; rc=98; }"
         lines.append(f'if [ -z "${{rc:-}}" ]; then {{ {prelude}; }} 2>&3 || {failed}; fi')
     lines += [
-        f'if [ -z "${{rc:-}}" ]; then {_with_terminal_stderr(command)}; rc=$?; fi',
+        # Only while the subshell runs does the record name a pid: after it, the wrapper's own
+        # helpers (mv) are its children, and none of them is the bot.
+        f'if [ -z "${{rc:-}}" ]; then {_bot_subshell(command, pid_file)}; rc=$?; : > {shlex.quote(str(pid_file))}; fi',
         (
-            f'printf \'%s %s\\n\' "$rc" "$(date +%s)" > {shlex.quote(str(exit_file))}.tmp'
+            # printf's %(...)T is bash's own clock: no fork of date(1).
+            f"printf '%s %(%s)T\\n' \"$rc\" -1 > {shlex.quote(str(exit_file))}.tmp"
             f" && mv -f -- {shlex.quote(str(exit_file))}.tmp {shlex.quote(str(exit_file))}"
         ),
         'exit "$rc"',
@@ -391,6 +431,7 @@ def launch(parts: Parts, records: Sequence[Instance], listing: live.Listing) -> 
             backend.kill_session(session)
         script = write_run_script(parts, record, recipe)
         parts.paths.exit_file(record.name).unlink(missing_ok=True)
+        _clear_bot_record(parts, record.name)
         log = parts.paths.console_log(record.name)
         rotate_log(log)
         private_file(log)  # the session appends to it: owner-only from the first line
@@ -411,6 +452,19 @@ def launch(parts: Parts, records: Sequence[Instance], listing: live.Listing) -> 
         # The deadline counts from the launch, not from the preparation of the whole batch.
         started += [dataclasses.replace(item, deadline=now + item.timeout) for item, _ in items]
     return started
+
+
+def _clear_bot_record(parts: Parts, name: str) -> None:
+    """Leave an empty bot record (no bot yet) for a launch: the last run's pid is never read as its bot.
+
+    Written before the session exists, so no look ever finds the record missing (which means a
+    wrapper from before records, whose oldest child is taken) while this wrapper forks helpers.
+    """
+    path = live.bot_pid_file(parts.paths, name)
+    try:
+        atomic_write(path, "", sync=False)
+    except (OSError, SupervisorError):
+        path.unlink(missing_ok=True)  # a full disk: the wrapper empties it itself, first thing
 
 
 def wait_up(
@@ -446,7 +500,8 @@ def wait_up(
                 texts[name] = (texts[name] + chunk)[-65536:]
                 up = pattern.search(texts[name]) is not None
             else:
-                up = info is not None and metrics.bot_process(info.pid) is not None
+                bot = live.read_bot_record(parts.paths, name)
+                up = info is not None and metrics.recorded_bot(info.pid, bot) is not None
             if up:
                 if pattern is not None:
                     readiness.mark_ready(parts.paths.readiness_file(name))
@@ -492,7 +547,8 @@ def stop_one(parts: Parts, name: str, *, timeout: float | None = None, desired: 
         info = parts.sessions([record.backend])[record.backend].get(record.session)
         sampler = parts.sampler
         pid = info.pid if info else None
-        sample = sampler.sample(pid, sampler.table(roots=[pid] if pid else []), match=parts.match(record))
+        bot = None if record.adopted else live.read_bot_record(parts.paths, name)
+        sample = sampler.sample(pid, sampler.table(roots=[pid] if pid else []), match=parts.match(record), bot=bot)
         if info is None or not sample.alive:
             if info is not None and not record.adopted:
                 backend.kill_session(record.session)

@@ -29,6 +29,9 @@ SHELLS = frozenset({"bash", "sh", "dash", "zsh", "fish", "ksh"})
 
 CpuMode = t.Literal["lifetime", "interval"]
 
+BotRecord = tuple[int, bool]
+"""What a session's wrapper recorded of its bot: ``(pid, group)``; see :func:`recorded_bot`."""
+
 # Read for every process in one scan; ppid, name, create_time and status all come
 # from the same /proc/<pid>/stat read (psutil's oneshot cache): one open each.
 _TABLE_ATTRS = ["pid", "ppid", "name", "create_time", "status"]
@@ -38,8 +41,9 @@ _TABLE_ATTRS = ["pid", "ppid", "name", "create_time", "status"]
 class ProcessSample:
     """What one session's bot process looks like right now.
 
-    ``pid`` is the bot: the root itself, or the oldest child when the root is a
-    shell (``None`` when there is no such process). Sums (``cpu_percent``,
+    ``pid`` is the bot: the one its wrapper recorded (see :func:`recorded_bot`), or
+    else the root itself, or the oldest child when the root is a shell (``None``
+    when there is no such process). Sums (``cpu_percent``,
     ``rss``, ``num_processes``) cover the bot and its live descendants; zombies
     are left out. A figure the OS refuses to show (``AccessDenied``) is ``None``.
 
@@ -183,6 +187,7 @@ class Sampler:
         root_pid: int | None,
         table: ProcessTable | None = None,
         match: str | None = None,
+        bot: BotRecord | None = None,
     ) -> ProcessSample:
         """Return the figures of the bot under ``root_pid`` (a session's first process).
 
@@ -196,10 +201,13 @@ class Sampler:
             A regular expression: the bot is the first process of the tree
             (root first, breadth first) whose command line matches it. Used for
             adopted sessions, whose interactive shell may fork helpers of its own.
+        bot
+            What the session's wrapper recorded of its bot (see :func:`recorded_bot`);
+            without it, the root's oldest child when the root is a shell.
         """
         if table is None:
             table = self.table()
-        result = self._sample(root_pid, table, _boot_offset(), match)
+        result = self._sample(root_pid, table, _boot_offset(), match, bot)
         self._prune(table)
         return result
 
@@ -208,13 +216,18 @@ class Sampler:
         root_pids: Mapping[str, int | None],
         table: ProcessTable | None = None,
         matches: Mapping[str, str | None] | None = None,
+        bots: Mapping[str, BotRecord | None] | None = None,
     ) -> dict[str, ProcessSample]:
-        """Sample many sessions (name -> root pid) against one process table."""
+        """Sample many sessions (name -> root pid) against one process table (``bots``: see :meth:`sample`)."""
         if table is None:
             table = self.table()
         offset = _boot_offset()
         matches = matches or {}
-        samples = {name: self._sample(root, table, offset, matches.get(name)) for name, root in root_pids.items()}
+        bots = bots or {}
+        samples = {
+            name: self._sample(root, table, offset, matches.get(name), bots.get(name))
+            for name, root in root_pids.items()
+        }
         self._prune(table)
         return samples
 
@@ -224,10 +237,16 @@ class Sampler:
         table: ProcessTable,
         offset: float | None,
         match: str | None = None,
+        recorded: BotRecord | None = None,
     ) -> ProcessSample:
         if root_pid is None or root_pid not in table:
             return ProcessSample(root_pid=root_pid, pid=None, alive=False)
-        pid = _matching_pid(root_pid, table, match) if match else _bot_pid(root_pid, table)
+        if match:
+            pid = _matching_pid(root_pid, table, match)
+        elif recorded is not None:
+            pid = _recorded_pid(root_pid, table, recorded)
+        else:
+            pid = _bot_pid(root_pid, table)
         if pid is None or not table.is_alive(pid):
             return ProcessSample(root_pid=root_pid, pid=pid, alive=False)
         bot = self._process(pid, table)
@@ -328,6 +347,15 @@ def _bot_pid(root_pid: int, table: ProcessTable) -> int | None:
         return root_pid
     children = table.children(root_pid)
     return children[0] if children else None
+
+
+def _recorded_pid(root_pid: int, table: ProcessTable, bot: BotRecord) -> int | None:
+    """Return the bot a wrapper recorded, if it is still the wrapper's live child (or, for a group, its child)."""
+    pid, group = bot
+    if not pid or table.parent(pid) != root_pid or not table.is_alive(pid):
+        return None
+    # A group's subshell is still a shell unless an ``exec`` inside the group replaced it with the bot.
+    return _bot_pid(pid, table) if group else pid
 
 
 def _boot_offset() -> float | None:
@@ -566,6 +594,28 @@ def bot_process(pid: int | None) -> int | None:
     except psutil.Error:
         return None
     return first_child(pid) if name in SHELLS else pid
+
+
+def recorded_bot(root_pid: int | None, bot: BotRecord | None) -> int | None:
+    """Return the bot under a session's first process, trusting what its wrapper recorded.
+
+    ``bot`` is ``(pid, group)``: ``pid`` is the wrapper's child that is the bot (0: none
+    now), or with ``group`` the subshell that runs it (its oldest child, or itself once
+    an ``exec`` replaced it). ``None`` (nothing recorded: an older wrapper) falls back
+    to :func:`bot_process`. Reads a few ``/proc`` files; no scan.
+    """
+    if bot is None:
+        return bot_process(root_pid)
+    pid, group = bot
+    if not root_pid or not pid:
+        return None
+    try:
+        process = psutil.Process(pid)
+        if process.ppid() != root_pid or process.status() == psutil.STATUS_ZOMBIE:
+            return None
+    except psutil.Error:
+        return None
+    return bot_process(pid) if group else pid
 
 
 def _start_key(pid: int) -> tuple[float, int]:

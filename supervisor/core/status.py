@@ -20,6 +20,7 @@ from supervisor.states import ALIVE, State
 
 if t.TYPE_CHECKING:
     from collections.abc import Sequence
+    from pathlib import Path
 
     from supervisor.core.metrics import ProcessSample, ProcessTable
     from supervisor.core.parts import Parts
@@ -91,6 +92,35 @@ def read_exit_record(paths: Paths, name: str) -> ExitRecord | None:
         return ExitRecord(int(code), float(when or 0))
     except (OSError, ValueError):
         return None
+
+
+BOT_PID_FILE = "bot.pid"
+
+
+def bot_pid_file(paths: Paths, name: str) -> Path:
+    """Return where ``run.sh`` records the pid of the subshell that runs (or is) the bot."""
+    return paths.instance_dir(name) / BOT_PID_FILE
+
+
+def read_bot_record(paths: Paths, name: str) -> tuple[int, bool] | None:
+    """Return what ``run.sh`` recorded of its bot: ``(pid, group)``, or ``None`` when it recorded nothing.
+
+    ``pid`` 0 means the wrapper runs no bot at the moment (not yet, or no more). ``group`` is
+    true when the pid is a subshell running a compound command (its oldest child is the bot,
+    or the subshell itself once an ``exec`` in the command replaced it).
+    ``None`` (no file) is a session launched before wrappers recorded their bot.
+    """
+    try:
+        text = bot_pid_file(paths, name).read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return (0, False)
+    pid, _, kind = text.strip().partition(" ")
+    try:
+        return (int(pid), kind == "group")
+    except ValueError:
+        return (0, False)  # empty (no bot now) or caught while being written
 
 
 # -- the derivation (pure) -----------------------------------------------------------------------
@@ -237,8 +267,11 @@ def take(
     if any(roots.values()):
         # Only our sessions' process trees are read, however busy the host is.
         sampler = parts.sampler
+        # Read before the table: a pid recorded then and gone from the table is a bot that just ended.
+        bots = {n: read_bot_record(parts.paths, n) for n, r in selected.items() if roots[n] and not r.adopted}
         table = sampler.table(roots=[pid for pid in roots.values() if pid])
-        samples = sampler.sample_many(roots, table, matches={n: parts.match(r) for n, r in selected.items()})
+        matches = {n: parts.match(r) for n, r in selected.items()}
+        samples = sampler.sample_many(roots, table, matches=matches, bots=bots)
     statuses = {n: describe(parts, r, infos[n], samples.get(n)) for n, r in selected.items()}
     return Snapshot(time.time(), selected, sessions, table, samples, statuses)
 
