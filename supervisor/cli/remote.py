@@ -277,7 +277,10 @@ def _fleet(ctx: click.Context) -> t.Any:
     type=click.FloatRange(min=0.1, max=600),
     default=5.0,
     show_default=True,
-    help="Seconds to wait at most for hosts whose records are not all in (it ends as soon as they are).",
+    help=(
+        "Seconds to wait at most for hosts whose records are not all in, or out of date and not yet "
+        "beaten (it ends as soon as they are)."
+    ),
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
@@ -359,9 +362,15 @@ def _print_fleet(snap: Snapshot) -> None:
         )
     headers = ["HOST", "INSTANCE", "STATE", "PID", "CPU%", "RSS", "UPTIME", "RESTARTS", "COMMIT", "HB AGE", "REC AGE"]
     render.table(headers, rows, colour_col=2)
-    offline = sorted(h.host for h in snap.hosts.values() if h.state != "online" and h.trusted)
+    offline = sorted(h.host for h in snap.hosts.values() if h.state not in ("online", "unresponsive") and h.trusted)
     if offline:
         click.echo(f"\noffline hosts (agent's last will): {', '.join(offline)}")
+    hung = sorted(h.host for h in snap.hosts.values() if h.state == "unresponsive")
+    if hung:
+        click.echo(
+            f"\nunresponsive hosts (agent connected but not beating: hung, stopped or starved; "
+            f"its bots' records are not vouched for): {', '.join(hung)}"
+        )
     untrusted = sorted(h.host for h in snap.hosts.values() if not h.trusted)
     if untrusted:
         click.echo(

@@ -157,6 +157,8 @@ class FleetClient:
                 return
             self._watching = True
         self.connection.subscribe(f"{self.own}/+/agent", self._on_agent, qos=1)
+        self.connection.subscribe(f"{self.own}/+/beat", self._on_beat, qos=0)
+        self.view.listen_to_beats()
         if barrier is not None:
             self._barrier(barrier)
         self.connection.subscribe(f"{self.own}/+/+/state", self._on_state, qos=1)
@@ -181,6 +183,10 @@ class FleetClient:
     def _on_heartbeat(self, topic: str, _payload: bytes, _props: Mapping[str, t.Any]) -> None:
         self.view.on_heartbeat(topic)
 
+    def _on_beat(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
+        if self.view.on_beat(topic, payload):
+            self._changed.set()
+
     def snapshot(self, wait: float = DEFAULT_WAIT) -> Snapshot:
         """Collect the retained records until every host's are in, at most ``wait`` seconds; judge freshness.
 
@@ -189,7 +195,9 @@ class FleetClient:
         record says how many instances it has must be complete. Hosts whose records a broker's
         per-client limits dropped are asked for again, a few hundred records at a time (one host at
         a time once that was too many); whatever is still missing when ``wait`` runs out the
-        snapshot reports.
+        snapshot reports. Last, for hosts whose state records are out of date, it waits (within
+        ``wait``) for the agent's own beat: a host that beats vouches for its records, one that
+        stays silent is unresponsive.
         """
         deadline = time.monotonic() + wait
         self.watch(barrier=deadline)
@@ -216,6 +224,9 @@ class FleetClient:
                 if set(batch) & set(self.view.incomplete()):
                     budget = 1  # the broker drops even that many: one host at a time
                 continue
+            self._changed.wait(max(0.0, min(0.05, deadline - time.monotonic())))
+        while time.monotonic() < deadline and self.view.awaiting_beats():
+            self._changed.clear()
             self._changed.wait(max(0.0, min(0.05, deadline - time.monotonic())))
         return self.view.snapshot()
 
