@@ -1575,9 +1575,9 @@ def test_a_stopped_agent_is_unresponsive_before_offline_and_its_bots_run_again_a
     host_states = [h for h, _ in seen]
     assert _changes(host_states) == ["online", "unresponsive", "offline", "online"], seen
     # Never `stale` while it hung: unresponsive as soon as its records were out of date and no beat came.
-    back = len(seen) - 1 - host_states[::-1].index("offline")
-    assert _changes([b for _, b in seen[: back + 1]]) == ["running", "unresponsive", "offline"], seen
-    assert seen[-1] == ("online", "running")
+    bot = _changes([b for _, b in seen])
+    assert bot[:3] == ["running", "unresponsive", "offline"] and bot[-1] == "running", seen
+    assert set(bot[3:-1]) <= {"stale"}, seen  # at most until its first beat after the reconnect
 
 
 def _changes(states: Sequence[str | None]) -> list[str | None]:
