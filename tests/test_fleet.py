@@ -1514,10 +1514,19 @@ def test_hosts_are_judged_by_beats_only_when_they_beat_and_the_view_listens() ->
     deaf = FleetView(clock=clock)  # a view that never subscribed to beats
     deaf.on_agent("supervisor/h1/agent", json.dumps(BEATING).encode())
     deaf.on_state("supervisor/h1/bot/state", json.dumps(RUNNING).encode())
+    cut_off = _beating_view(clock)  # its own connection is down: the silence is not the host's
+    connected = False
+    cut_off.listen_to_beats(lambda: connected)
     clock.now = NOW + 60
     assert _judged(older) == ("online", "stale", True)
     assert _judged(deaf) == ("online", "stale", True)
-    assert older.awaiting_beats() == [] and deaf.awaiting_beats() == []
+    assert _judged(cut_off) == ("online", "stale", True)
+    assert older.awaiting_beats() == [] and deaf.awaiting_beats() == [] and cut_off.awaiting_beats() == []
+    connected = True  # reconnected just now (listen_to_beats again): silence counts from then
+    cut_off.listen_to_beats()
+    assert cut_off.awaiting_beats() == ["h1"]
+    clock.now += 2.0 + 2.0 + 0.5
+    assert _judged(cut_off) == ("unresponsive", "unresponsive", True)
 
 
 def _states_of(view: FleetView, host: str, name: str) -> tuple[str | None, str | None]:

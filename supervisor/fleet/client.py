@@ -118,7 +118,9 @@ class FleetClient:
         self._changed = threading.Event()
         self._last_record = time.monotonic()
         self._no_echo = False  # our barrier never came back once: do not wait for it again
-        self.connection = Connection(config.broker, client_id=client_id or f"supervisor-fleet-{self._token[:12]}")
+        self.connection = Connection(
+            config.broker, client_id=client_id or f"supervisor-fleet-{self._token[:12]}", on_connect=self._on_connect
+        )
 
     def __enter__(self) -> Self:
         self.connection.subscribe(f"{self._reply_prefix}/+", self._on_reply, qos=1)
@@ -158,11 +160,15 @@ class FleetClient:
             self._watching = True
         self.connection.subscribe(f"{self.own}/+/agent", self._on_agent, qos=1)
         self.connection.subscribe(f"{self.own}/+/beat", self._on_beat, qos=0)
-        self.view.listen_to_beats()
+        self.view.listen_to_beats(lambda: self.connection.is_connected)
         if barrier is not None:
             self._barrier(barrier)
         self.connection.subscribe(f"{self.own}/+/+/state", self._on_state, qos=1)
         self.connection.subscribe(f"{self.ns}/+/hb", self._on_heartbeat, qos=0)
+
+    def _on_connect(self) -> None:
+        if self._watching:  # beats were missed while the connection was down: count silence from now
+            self.view.listen_to_beats()
 
     def _on_agent(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
         change = self.view.on_agent(topic, payload)

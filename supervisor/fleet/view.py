@@ -217,6 +217,7 @@ class FleetView:
         # The agents' own beats: when each host's last one came (this view's clock), its ts, whether current.
         self._beats: dict[str, _Beat] = {}
         self._listening: float | None = None
+        self._hearing: Callable[[], bool] | None = None
         self._agent_taken: dict[str, float] = {}
         # Completeness, judged again only for hosts whose records changed: fleet ls asks often.
         self._names: dict[str, set[str]] = {}
@@ -284,11 +285,14 @@ class FleetView:
         with self._lock:
             self._heartbeats[topic.split("/")[-2]] = self._clock()
 
-    def listen_to_beats(self) -> None:
-        """Note that the agents' own beats are subscribed to from now on: from then, a silent host is judged."""
+    def listen_to_beats(self, hearing: Callable[[], bool] | None = None) -> None:
+        """Note that the agents' beats come in from now on (again, after a reconnect): silent hosts are judged.
+
+        ``hearing`` says whether they can come now (the connection is up): while not, no host is judged by them.
+        """
         with self._lock:
-            if self._listening is None:
-                self._listening = self._clock()
+            self._listening = self._clock()
+            self._hearing = hearing or self._hearing
 
     def on_beat(self, topic: str, payload: bytes) -> bool:
         """Take an agent's own beat on ``{own}/{host}/beat``; return whether it counts.
@@ -391,7 +395,7 @@ class FleetView:
 
     def _silence(self, host: str, now: float) -> float | None:
         """Seconds since the host's last beat, its record, or the start of listening (``None``: not listening)."""
-        if self._listening is None:
+        if self._listening is None or (self._hearing is not None and not self._hearing()):
             return None
         beat = self._beats.get(host)
         since = max(self._listening, self._agent_taken.get(host, self._listening), beat.arrived if beat else 0.0)
