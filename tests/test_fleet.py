@@ -1529,6 +1529,18 @@ def test_hosts_are_judged_by_beats_only_when_they_beat_and_the_view_listens() ->
     assert _judged(cut_off) == ("unresponsive", "unresponsive", True)
 
 
+def test_a_view_that_waits_for_every_beat_judges_hosts_with_fresh_records_by_one_missed_beat() -> None:
+    clock = Clock(NOW)
+    view = _beating_view(clock)
+    view.every_beat = True  # fleet ls --beats
+    assert view.awaiting_beats() == ["h1"]  # its record is fresh, but a beat is waited for all the same
+    clock.now = NOW + 2.0 + 2.0 + 0.5
+    assert view.awaiting_beats() == []
+    assert _judged(view) == ("unresponsive", "unresponsive", False)
+    assert _beat(view, NOW + 4.5)
+    assert _judged(view) == ("online", "running", False)
+
+
 def _states_of(view: FleetView, host: str, name: str) -> tuple[str | None, str | None]:
     snap = view.snapshot()
     hosts = snap.hosts.get(host)
@@ -1561,8 +1573,13 @@ def test_a_stopped_agent_is_unresponsive_before_offline_and_its_bots_run_again_a
         recorder.start()
         try:
             wait_until(lambda: seen and seen[-1] == ("online", "running"), timeout=15, message="h1/bot running")
+            hosts, instances = fleet_ls_waiting(mosquitto.url, "--beats")
+            assert hosts["h1"]["state"] == "online" and instances["h1/bot"]["state"] == "running"
             agent.send_signal(signal.SIGSTOP)
             try:
+                # fleet ls --beats waits for every host's beat: its records still fresh, h1 sends none.
+                hosts, instances = fleet_ls_waiting(mosquitto.url, "--beats")
+                assert hosts["h1"]["state"] == "unresponsive" and instances["h1/bot"]["state"] == "unresponsive"
                 wait_until(lambda: seen[-1][0] == "unresponsive", timeout=30, message="h1 shown unresponsive")
                 assert seen[-1] == ("unresponsive", "unresponsive")
                 # fleet ls (a view that starts now) waits for the beat of a host whose records are out of date.
@@ -1584,7 +1601,7 @@ def test_a_stopped_agent_is_unresponsive_before_offline_and_its_bots_run_again_a
     host_states = [h for h, _ in seen]
     assert _changes(host_states) == ["online", "unresponsive", "offline", "online"], seen
     # Never `stale` while it hung: unresponsive as soon as its records were out of date and no beat came.
-    bot = _changes([b for _, b in seen])
+    bot = _changes([b for _, b in seen if b is not None])
     assert bot[:3] == ["running", "unresponsive", "offline"] and bot[-1] == "running", seen
     assert set(bot[3:-1]) <= {"stale"}, seen  # at most until its first beat after the reconnect
 
@@ -1593,7 +1610,7 @@ def _changes(states: Sequence[str | None]) -> list[str | None]:
     return [state for i, state in enumerate(states) if i == 0 or states[i - 1] != state]
 
 
-def fleet_ls_waiting(url: str) -> tuple[dict[str, dict[str, t.Any]], dict[str, dict[str, t.Any]]]:
+def fleet_ls_waiting(url: str, *args: str) -> tuple[dict[str, dict[str, t.Any]], dict[str, dict[str, t.Any]]]:
     """Return ``fleet ls --json`` with time to hear a beat, as (hosts by id, instances by HOST/INSTANCE)."""
-    data = fleet_json(url, "ls", "--wait", "10")
+    data = fleet_json(url, "ls", "--wait", "10", *args)
     return {h["host"]: h for h in data["hosts"]}, {f"{i['host']}/{i['instance']}": i for i in data["instances"]}

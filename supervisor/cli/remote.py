@@ -282,16 +282,21 @@ def _fleet(ctx: click.Context) -> t.Any:
         "beaten (it ends as soon as they are)."
     ),
 )
+@click.option(
+    "--beats",
+    is_flag=True,
+    help="Also wait (within --wait) for every host's own beat: one that sends none in time is shown unresponsive.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def fleet_ls_cmd(ctx: click.Context, wait: float, as_json: bool) -> None:
+def fleet_ls_cmd(ctx: click.Context, wait: float, beats: bool, as_json: bool) -> None:
     """List every host and instance the broker knows (offline hosts and stale records are marked).
 
     Each agent says how many instances it has: when some did not all arrive within --wait,
     the listing is printed, stderr names the hosts and what is missing, and the exit code is 4.
     """
     with _fleet(ctx) as client:
-        snap = client.snapshot(wait)
+        snap = client.snapshot(wait, beats=beats)
     if as_json:
         _print_listing_json(snap.to_dict())
     else:

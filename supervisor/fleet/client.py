@@ -193,7 +193,7 @@ class FleetClient:
         if self.view.on_beat(topic, payload):
             self._changed.set()
 
-    def snapshot(self, wait: float = DEFAULT_WAIT) -> Snapshot:
+    def snapshot(self, wait: float = DEFAULT_WAIT, *, beats: bool = False) -> Snapshot:
         """Collect the retained records until every host's are in, at most ``wait`` seconds; judge freshness.
 
         The broker sends the retained records on subscription; a message to ourselves sent after
@@ -203,8 +203,9 @@ class FleetClient:
         a time once that was too many); whatever is still missing when ``wait`` runs out the
         snapshot reports. Last, for hosts whose state records are out of date, it waits (within
         ``wait``) for the agent's own beat: a host that beats vouches for its records, one that
-        stays silent is unresponsive.
+        stays silent is unresponsive. With ``beats``, it waits so for every host's beat.
         """
+        self.view.every_beat = beats
         deadline = time.monotonic() + wait
         self.watch(barrier=deadline)
         synced = self._barrier(deadline)

@@ -208,6 +208,8 @@ class FleetView:
 
     def __init__(self, secret: str | None = None, *, clock: Callable[[], float] = time.time) -> None:
         self.secret = secret
+        self.every_beat = False
+        """Judge every host by one missed beat (plus grace), not only those with out-of-date records."""
         self._clock = clock
         self._lock = threading.Lock()
         self._agents: dict[str, dict[str, t.Any]] = {}
@@ -364,7 +366,7 @@ class FleetView:
         if record is None:
             return None
         view = _host_view(host, record, remembered)
-        _judge_beat(view, silence, _is_out_of_date(record, states.values(), now))
+        _judge_beat(view, silence, self.every_beat or _is_out_of_date(record, states.values(), now))
         return view.state
 
     def awaiting_beats(self) -> list[str]:
@@ -380,7 +382,7 @@ class FleetView:
                 for host, record in self._agents.items()
                 if host not in self._beats and host not in self._remembered and record.get(TRUSTED_KEY)
             }
-            by_host: dict[str, list[dict[str, t.Any]]] = {}
+            by_host: dict[str, list[dict[str, t.Any]]] = {host: [] for host in candidates}
             for (host, _), record in self._states.items():
                 if host in candidates:
                     by_host.setdefault(host, []).append(record)
@@ -388,7 +390,7 @@ class FleetView:
         waiting = []
         for host, records in sorted(by_host.items()):
             view = _host_view(host, candidates[host], remembered=False)
-            out_of_date = _is_out_of_date(candidates[host], records, now)
+            out_of_date = self.every_beat or _is_out_of_date(candidates[host], records, now)
             if out_of_date and _judge_beat(view, silences[host], out_of_date):
                 waiting.append(host)
         return waiting
@@ -439,7 +441,9 @@ class FleetView:
         vouched: set[str] = set()
         for host, view in hosts.items():
             beat, interval = beats.get(host), view.beat_interval
-            out_of_date = interval is not None and _is_out_of_date(agents[host], by_host.get(host, ()), now)
+            out_of_date = interval is not None and (
+                self.every_beat or _is_out_of_date(agents[host], by_host.get(host, ()), now)
+            )
             beating = _judge_beat(view, silences[host], out_of_date)
             if interval is None or beat is None:
                 continue
