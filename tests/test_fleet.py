@@ -24,9 +24,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from supervisor.core.manager import Manager
 from supervisor.errors import AgentError
-from supervisor.fleet.client import Snapshot, expand
+from supervisor.fleet.client import FleetClient, Snapshot, expand
 from supervisor.fleet.view import FleetView
 from supervisor.mqtt.auth import sign, sign_record
+from supervisor.mqtt.config import AgentConfig, parse_broker_url
 from supervisor.mqtt.protocol import instances_generation
 from supervisor.paths import Paths
 from tests.conftest import (
@@ -1429,3 +1430,187 @@ def test_fleet_ls_is_complete_where_it_may_not_send_itself_a_message(
         report = getattr(request.node, "rep_call", None)
         if (report is None or report.failed) and broker.log.exists():
             sys.stderr.write(f"--- mosquitto log ---\n{broker.log.read_text()[-5000:]}\n")
+
+
+# --- issue 23.5: a hung host, not only a dead one -----------------------------------------
+
+BEATING = {**ONLINE, "run": "r1", "started": NOW - 100, "beat_interval": 2.0}
+
+
+def _beat(view: FleetView, ts: float, *, run: str = "r1", current: bool = True, secret: str | None = None) -> bool:
+    topic = "supervisor/h1/beat"
+    body: dict[str, t.Any] = {"host": "h1", "run": run, "ts": ts, "current": current}
+    return view.on_beat(topic, json.dumps(sign_record(secret, topic, body) if secret else body).encode())
+
+
+def _judged(view: FleetView) -> tuple[str, str, bool]:
+    snap = view.snapshot()
+    [item] = snap.instances
+    return snap.hosts["h1"].state, item.state, item.stale
+
+
+def _beating_view(clock: Clock, secret: str | None = None) -> FleetView:
+    view = FleetView(secret, clock=clock)
+    agent, state = "supervisor/h1/agent", "supervisor/h1/bot/state"
+    view.on_agent(agent, _payload(agent, BEATING, secret is not None))
+    view.on_state(state, _payload(state, RUNNING, secret is not None))
+    view.listen_to_beats()
+    return view
+
+
+def test_a_host_whose_beats_stop_is_unresponsive_and_vouches_for_its_records_again_when_it_beats() -> None:
+    clock = Clock(NOW)
+    view = _beating_view(clock)
+    assert _beat(view, NOW)
+    clock.now = NOW + 3 * 2.0 + 2.0  # three beats missed, plus the grace: not yet
+    assert _judged(view) == ("online", "running", False)
+    clock.now += 0.5
+    assert _judged(view) == ("unresponsive", "unresponsive", False)
+    host = view.snapshot().hosts["h1"]
+    assert (host.online, host.beat_interval, host.beat_age) == (False, 2.0, 8.5)
+    assert view.host_state("h1") == "unresponsive"
+    assert "unresponsive" in (view.refusal("h1") or "")
+    assert view.snapshot().to_dict()["hosts"][0]["state"] == "unresponsive"
+    # It beats again: online at once, and its records (older than their refresh by now) are vouched for.
+    clock.now = NOW + 40
+    assert _beat(view, NOW + 40)
+    assert _judged(view) == ("online", "running", False)
+    assert view.refusal("h1") is None
+    # With its records out of date, one missed beat (plus grace) is enough.
+    clock.now = NOW + 40 + 2.0 + 2.0 + 0.5
+    assert _judged(view) == ("unresponsive", "unresponsive", True)
+
+
+def test_only_a_beat_of_the_hosts_own_run_newer_than_the_last_counts() -> None:
+    clock = Clock(NOW)
+    view = _beating_view(clock, SECRET)
+    assert _beat(view, NOW, secret=SECRET)
+    assert not _beat(view, NOW - 1, secret=SECRET)  # an old beat sent again
+    assert not _beat(view, NOW + 1)  # unsigned, with a secret
+    assert not _beat(view, NOW + 1, run="other", secret=SECRET)  # a duplicate agent with this host id
+    assert not view.on_beat("supervisor/h2/beat", json.dumps({"host": "h1", "ts": NOW + 1}).encode())
+    assert not view.on_beat("supervisor/h1/beat", b"garbage")
+    clock.now = NOW + 8.5
+    assert _judged(view)[0] == "unresponsive"
+
+
+def test_a_beat_vouches_for_records_only_while_the_agent_can_read_its_state() -> None:
+    clock = Clock(NOW + 40)  # the record is 41 s old
+    view = _beating_view(clock)
+    assert view.awaiting_beats() == ["h1"]  # out of date, no beat yet: a short-lived view waits for one
+    assert _beat(view, NOW + 40, current=False)
+    assert view.awaiting_beats() == []
+    assert _judged(view) == ("online", "stale", True)
+    assert _beat(view, NOW + 41, current=True)
+    assert _judged(view) == ("online", "running", False)
+
+
+def test_hosts_are_judged_by_beats_only_when_they_beat_and_the_view_listens() -> None:
+    clock = Clock(NOW)
+    older = FleetView(clock=clock)  # an older agent: no beat_interval in its record
+    older.on_agent("supervisor/h1/agent", json.dumps({**BEATING, "beat_interval": None}).encode())
+    older.on_state("supervisor/h1/bot/state", json.dumps(RUNNING).encode())
+    older.listen_to_beats()
+    deaf = FleetView(clock=clock)  # a view that never subscribed to beats
+    deaf.on_agent("supervisor/h1/agent", json.dumps(BEATING).encode())
+    deaf.on_state("supervisor/h1/bot/state", json.dumps(RUNNING).encode())
+    cut_off = _beating_view(clock)  # its own connection is down: the silence is not the host's
+    connected = False
+    cut_off.listen_to_beats(lambda: connected)
+    clock.now = NOW + 60
+    assert _judged(older) == ("online", "stale", True)
+    assert _judged(deaf) == ("online", "stale", True)
+    assert _judged(cut_off) == ("online", "stale", True)
+    assert older.awaiting_beats() == [] and deaf.awaiting_beats() == [] and cut_off.awaiting_beats() == []
+    connected = True  # reconnected just now (listen_to_beats again): silence counts from then
+    cut_off.listen_to_beats()
+    assert cut_off.awaiting_beats() == ["h1"]
+    clock.now += 2.0 + 2.0 + 0.5
+    assert _judged(cut_off) == ("unresponsive", "unresponsive", True)
+
+
+def test_a_view_that_waits_for_every_beat_judges_hosts_with_fresh_records_by_one_missed_beat() -> None:
+    clock = Clock(NOW)
+    view = _beating_view(clock)
+    view.every_beat = True  # fleet ls --beats
+    assert view.awaiting_beats() == ["h1"]  # its record is fresh, but a beat is waited for all the same
+    clock.now = NOW + 2.0 + 2.0 + 0.5
+    assert view.awaiting_beats() == []
+    assert _judged(view) == ("unresponsive", "unresponsive", False)
+    assert _beat(view, NOW + 4.5)
+    assert _judged(view) == ("online", "running", False)
+
+
+def _states_of(view: FleetView, host: str, name: str) -> tuple[str | None, str | None]:
+    snap = view.snapshot()
+    hosts = snap.hosts.get(host)
+    items = [i.state for i in snap.instances if i.host == host and i.name == name]
+    return (hosts.state if hosts else None), (items[0] if items else None)
+
+
+def test_a_stopped_agent_is_unresponsive_before_offline_and_its_bots_run_again_as_soon_as_it_resumes(
+    mosquitto: Broker, watcher: Watcher, make_host: Callable[[str], Host]
+) -> None:
+    host = make_host("h1")
+    # A keepalive long enough that "unresponsive" (beats missed) comes well before the last will.
+    (host.home / "agent.toml").write_text("[broker]\nkeepalive = 20\n")
+    host.add("bot")
+    agent = host.start_agent(mosquitto.url)
+    watcher.wait_ready({"h1": ["bot"]})
+    seen: list[tuple[str | None, str | None]] = []
+    done = threading.Event()
+    with FleetClient(AgentConfig(broker=parse_broker_url(mosquitto.url))) as client:
+        client.watch()
+
+        def record() -> None:  # every change of what the long-lived view (the dashboard's) shows, in order
+            while not done.is_set():
+                now = _states_of(client.view, "h1", "bot")
+                if now[0] is not None and (not seen or seen[-1] != now):
+                    seen.append(now)
+                done.wait(0.05)
+
+        recorder = threading.Thread(target=record, daemon=True)
+        recorder.start()
+        try:
+            wait_until(lambda: seen and seen[-1] == ("online", "running"), timeout=15, message="h1/bot running")
+            hosts, instances = fleet_ls_waiting(mosquitto.url, "--beats")
+            assert hosts["h1"]["state"] == "online" and instances["h1/bot"]["state"] == "running"
+            agent.send_signal(signal.SIGSTOP)
+            try:
+                # fleet ls --beats waits for every host's beat: its records still fresh, h1 sends none.
+                hosts, instances = fleet_ls_waiting(mosquitto.url, "--beats")
+                assert hosts["h1"]["state"] == "unresponsive" and instances["h1/bot"]["state"] == "unresponsive"
+                wait_until(lambda: seen[-1][0] == "unresponsive", timeout=30, message="h1 shown unresponsive")
+                assert seen[-1] == ("unresponsive", "unresponsive")
+                # fleet ls (a view that starts now) waits for the beat of a host whose records are out of date.
+                hosts, instances = fleet_ls_waiting(mosquitto.url)
+                assert hosts["h1"]["state"] == "unresponsive" and hosts["h1"]["beat_interval"] == 2.0
+                assert instances["h1/bot"]["state"] == "unresponsive"
+                text = run_fleet(mosquitto.url, "ls", "--wait", "10")
+                assert "unresponsive hosts" in text.stdout and "h1" in text.stdout.split("unresponsive hosts")[1]
+                assert "offline hosts" not in text.stdout
+                wait_until(lambda: seen[-1][0] == "offline", timeout=60, message="h1's last will")
+            finally:
+                agent.send_signal(signal.SIGCONT)
+            wait_until(lambda: seen[-1] == ("online", "running"), timeout=30, message="h1/bot running again")
+            hosts, instances = fleet_ls_waiting(mosquitto.url)
+            assert hosts["h1"]["state"] == "online" and instances["h1/bot"]["state"] == "running"
+        finally:
+            done.set()
+            recorder.join(5)
+    host_states = [h for h, _ in seen]
+    assert _changes(host_states) == ["online", "unresponsive", "offline", "online"], seen
+    # Never `stale` while it hung: unresponsive as soon as its records were out of date and no beat came.
+    bot = _changes([b for _, b in seen if b is not None])
+    assert bot[:3] == ["running", "unresponsive", "offline"] and bot[-1] == "running", seen
+    assert set(bot[3:-1]) <= {"stale"}, seen  # at most until its first beat after the reconnect
+
+
+def _changes(states: Sequence[str | None]) -> list[str | None]:
+    return [state for i, state in enumerate(states) if i == 0 or states[i - 1] != state]
+
+
+def fleet_ls_waiting(url: str, *args: str) -> tuple[dict[str, dict[str, t.Any]], dict[str, dict[str, t.Any]]]:
+    """Return ``fleet ls --json`` with time to hear a beat, as (hosts by id, instances by HOST/INSTANCE)."""
+    data = fleet_json(url, "ls", "--wait", "10", *args)
+    return {h["host"]: h for h in data["hosts"]}, {f"{i['host']}/{i['instance']}": i for i in data["instances"]}

@@ -275,7 +275,7 @@ class Agent:
                     self._state_readable(e)
                     next_look = now + self.check_interval
                 self.refusals.flush()
-                wake = min(next_look, next_heartbeat, next_state) - time.monotonic()
+                wake = min(next_look, next_heartbeat, next_state, self._beat_host()) - time.monotonic()
                 restart = self.watchdog.next_attempt()
                 if restart is not None:
                     wake = min(wake, restart - self._clock())
@@ -332,6 +332,7 @@ class Agent:
             "run": self.run_id,
             "started": round(self.started, 3),
             "heartbeat_interval": self.config.heartbeat_interval,
+            "beat_interval": self.host_beat_interval,
             "state_interval": self.config.state_interval,
             "keepalive": self.config.broker.keepalive,
             "signed": self.verifier is not None,
@@ -660,6 +661,34 @@ class Agent:
         else:
             logger.error("cannot read this host's state (%s); bots keep running, supervision paused until fixed", text)
         self.view.state_error = text
+
+    host_beat_interval = 2.0
+    """Seconds between two beats of the host itself (``{own}/{host}/beat``)."""
+    _host_beat_due = 0.0
+
+    def _beat_host(self) -> float:
+        """Publish the host's own beat (not retained) when due; return when (monotonic) the next one is due.
+
+        Sent from the main loop, so it stops when the loop does: readers tell a hung agent (no beat,
+        no last will yet) from a dead one. ``current``: the state records are kept up to date.
+        """
+        now = time.monotonic()
+        if now < self._host_beat_due:
+            return self._host_beat_due
+        topic = f"{self.own}/beat"
+        current = self.view.state_error is None
+        body: dict[str, t.Any] = {
+            "host": self.host,
+            "run": self.run_id,
+            "ts": round(self._clock(), 3),
+            "current": current,
+        }
+        if self.config.secret:
+            body = sign_record(self.config.secret, topic, body)
+        sent = self.connection.publish(topic, json.dumps(body, separators=(",", ":")).encode())
+        # Not connected (a QoS 0 message is dropped): try again soon, so the beat follows the reconnect.
+        self._host_beat_due = now + (self.host_beat_interval if sent else PROBE_INTERVAL)
+        return self._host_beat_due
 
     def _stream_loop(self) -> None:
         """Publish plugin-less bots' console lines on ``log`` (and ``events``/``performance`` per recipe).

@@ -277,18 +277,26 @@ def _fleet(ctx: click.Context) -> t.Any:
     type=click.FloatRange(min=0.1, max=600),
     default=5.0,
     show_default=True,
-    help="Seconds to wait at most for hosts whose records are not all in (it ends as soon as they are).",
+    help=(
+        "Seconds to wait at most for hosts whose records are not all in, or out of date and not yet "
+        "beaten (it ends as soon as they are)."
+    ),
+)
+@click.option(
+    "--beats",
+    is_flag=True,
+    help="Also wait (within --wait) for every host's own beat: one that sends none in time is shown unresponsive.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def fleet_ls_cmd(ctx: click.Context, wait: float, as_json: bool) -> None:
+def fleet_ls_cmd(ctx: click.Context, wait: float, beats: bool, as_json: bool) -> None:
     """List every host and instance the broker knows (offline hosts and stale records are marked).
 
     Each agent says how many instances it has: when some did not all arrive within --wait,
     the listing is printed, stderr names the hosts and what is missing, and the exit code is 4.
     """
     with _fleet(ctx) as client:
-        snap = client.snapshot(wait)
+        snap = client.snapshot(wait, beats=beats)
     if as_json:
         _print_listing_json(snap.to_dict())
     else:
@@ -359,9 +367,15 @@ def _print_fleet(snap: Snapshot) -> None:
         )
     headers = ["HOST", "INSTANCE", "STATE", "PID", "CPU%", "RSS", "UPTIME", "RESTARTS", "COMMIT", "HB AGE", "REC AGE"]
     render.table(headers, rows, colour_col=2)
-    offline = sorted(h.host for h in snap.hosts.values() if h.state != "online" and h.trusted)
+    offline = sorted(h.host for h in snap.hosts.values() if h.state not in ("online", "unresponsive") and h.trusted)
     if offline:
         click.echo(f"\noffline hosts (agent's last will): {', '.join(offline)}")
+    hung = sorted(h.host for h in snap.hosts.values() if h.state == "unresponsive")
+    if hung:
+        click.echo(
+            f"\nunresponsive hosts (agent connected but not beating: hung, stopped or starved; "
+            f"its bots' records are not vouched for): {', '.join(hung)}"
+        )
     untrusted = sorted(h.host for h in snap.hosts.values() if not h.trusted)
     if untrusted:
         click.echo(

@@ -118,7 +118,9 @@ class FleetClient:
         self._changed = threading.Event()
         self._last_record = time.monotonic()
         self._no_echo = False  # our barrier never came back once: do not wait for it again
-        self.connection = Connection(config.broker, client_id=client_id or f"supervisor-fleet-{self._token[:12]}")
+        self.connection = Connection(
+            config.broker, client_id=client_id or f"supervisor-fleet-{self._token[:12]}", on_connect=self._on_connect
+        )
 
     def __enter__(self) -> Self:
         self.connection.subscribe(f"{self._reply_prefix}/+", self._on_reply, qos=1)
@@ -157,10 +159,16 @@ class FleetClient:
                 return
             self._watching = True
         self.connection.subscribe(f"{self.own}/+/agent", self._on_agent, qos=1)
+        self.connection.subscribe(f"{self.own}/+/beat", self._on_beat, qos=0)
+        self.view.listen_to_beats(lambda: self.connection.is_connected)
         if barrier is not None:
             self._barrier(barrier)
         self.connection.subscribe(f"{self.own}/+/+/state", self._on_state, qos=1)
         self.connection.subscribe(f"{self.ns}/+/hb", self._on_heartbeat, qos=0)
+
+    def _on_connect(self) -> None:
+        if self._watching:  # beats were missed while the connection was down: count silence from now
+            self.view.listen_to_beats()
 
     def _on_agent(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
         change = self.view.on_agent(topic, payload)
@@ -181,7 +189,11 @@ class FleetClient:
     def _on_heartbeat(self, topic: str, _payload: bytes, _props: Mapping[str, t.Any]) -> None:
         self.view.on_heartbeat(topic)
 
-    def snapshot(self, wait: float = DEFAULT_WAIT) -> Snapshot:
+    def _on_beat(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
+        if self.view.on_beat(topic, payload):
+            self._changed.set()
+
+    def snapshot(self, wait: float = DEFAULT_WAIT, *, beats: bool = False) -> Snapshot:
         """Collect the retained records until every host's are in, at most ``wait`` seconds; judge freshness.
 
         The broker sends the retained records on subscription; a message to ourselves sent after
@@ -189,8 +201,11 @@ class FleetClient:
         record says how many instances it has must be complete. Hosts whose records a broker's
         per-client limits dropped are asked for again, a few hundred records at a time (one host at
         a time once that was too many); whatever is still missing when ``wait`` runs out the
-        snapshot reports.
+        snapshot reports. Last, for hosts whose state records are out of date, it waits (within
+        ``wait``) for the agent's own beat: a host that beats vouches for its records, one that
+        stays silent is unresponsive. With ``beats``, it waits so for every host's beat.
         """
+        self.view.every_beat = beats
         deadline = time.monotonic() + wait
         self.watch(barrier=deadline)
         synced = self._barrier(deadline)
@@ -216,6 +231,9 @@ class FleetClient:
                 if set(batch) & set(self.view.incomplete()):
                     budget = 1  # the broker drops even that many: one host at a time
                 continue
+            self._changed.wait(max(0.0, min(0.05, deadline - time.monotonic())))
+        while time.monotonic() < deadline and self.view.awaiting_beats():
+            self._changed.clear()
             self._changed.wait(max(0.0, min(0.05, deadline - time.monotonic())))
         return self.view.snapshot()
 

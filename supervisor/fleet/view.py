@@ -20,7 +20,7 @@ from supervisor.mqtt.auth import is_signed_record
 from supervisor.mqtt.protocol import instances_generation, load_record
 
 if t.TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Mapping
+    from collections.abc import Callable, Collection, Iterable, Mapping
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,10 @@ DEFAULT_HEARTBEAT = 10.0
 """The agent's heartbeat interval when its record names none."""
 PLUGIN_HEARTBEAT = 10.0
 """Hummingbot's own bridge beats every 10 s, whatever the agent's interval."""
+BEAT_MISSES = 3
+"""Beats a host may miss before it counts as unresponsive (its agent announces its beat interval)."""
+BEAT_GRACE = 2.0
+"""Seconds of slack on top of the missed beats: a busy machine's agent may beat late."""
 TRUSTED_KEY = "trusted"
 """Set on every record the view keeps: whether its signature checked out (always true without a secret)."""
 
@@ -43,6 +47,8 @@ class Seen(str, enum.Enum):
     """The host's agent is connected (its retained record says so)."""
     OFFLINE = "offline"
     """The host's agent is gone (its last will), or unknown: the instance's record is not vouched for."""
+    UNRESPONSIVE = "unresponsive"
+    """The host's agent is connected but its beats stopped (hung, stopped or starved): it vouches for nothing."""
     STALE = "stale"
     """The instance's record was not refreshed in time."""
     UNTRUSTED = "untrusted"
@@ -58,7 +64,7 @@ class Seen(str, enum.Enum):
 
 UNTRUSTED = Seen.UNTRUSTED
 K = t.TypeVar("K")
-GREY = frozenset({Seen.OFFLINE, Seen.STALE, Seen.UNTRUSTED})
+GREY = frozenset({Seen.OFFLINE, Seen.UNRESPONSIVE, Seen.STALE, Seen.UNTRUSTED})
 """Instance states that say nothing about the bot, only that its record cannot be believed now."""
 
 
@@ -73,6 +79,10 @@ class HostView:
     signed: bool | None = None
     heartbeat_interval: float | None = None
     trusted: bool = True
+    beat_interval: float | None = None
+    """Seconds between the agent's own beats (``None``: it does not beat: an older agent)."""
+    beat_age: float | None = None
+    """Seconds since this view last heard the agent's beat (``None``: not since it listens)."""
     expected: int | None = None
     """How many state records the agent says it has (``None``: it does not say: an older agent, or its last will)."""
     received: int = 0
@@ -162,16 +172,18 @@ class Change(t.NamedTuple):
     record: dict[str, t.Any] | None
 
 
-def instance_state(reported: str, *, trusted: bool, host_online: bool, stale: bool) -> str:
+def instance_state(
+    reported: str, *, trusted: bool, host_online: bool, stale: bool, host_state: str = Seen.OFFLINE
+) -> str:
     """Return the state to show for an instance whose record reports ``reported``.
 
-    Trust comes first (a stranger's record says nothing), then the host (an offline agent
-    vouches for nothing), then freshness; only then is the record taken at its word.
+    Trust comes first (a stranger's record says nothing), then the host (an offline or
+    unresponsive agent vouches for nothing), then freshness; only then is the record taken at its word.
     """
     if not trusted:
         return Seen.UNTRUSTED
     if not host_online:
-        return Seen.OFFLINE
+        return Seen.UNRESPONSIVE if host_state == Seen.UNRESPONSIVE else Seen.OFFLINE
     return Seen.STALE if stale else reported
 
 
@@ -196,12 +208,19 @@ class FleetView:
 
     def __init__(self, secret: str | None = None, *, clock: Callable[[], float] = time.time) -> None:
         self.secret = secret
+        self.every_beat = False
+        """Judge every host by one missed beat (plus grace), not only those with out-of-date records."""
         self._clock = clock
         self._lock = threading.Lock()
         self._agents: dict[str, dict[str, t.Any]] = {}
         self._states: dict[tuple[str, str], dict[str, t.Any]] = {}
         self._heartbeats: dict[str, float] = {}
         self._remembered: set[str] = set()
+        # The agents' own beats: when each host's last one came (this view's clock), its ts, whether current.
+        self._beats: dict[str, _Beat] = {}
+        self._listening: float | None = None
+        self._hearing: Callable[[], bool] | None = None
+        self._agent_taken: dict[str, float] = {}
         # Completeness, judged again only for hosts whose records changed: fleet ls asks often.
         self._names: dict[str, set[str]] = {}
         self._judged: dict[str, tuple[bool | None, int | None]] = {}
@@ -234,6 +253,7 @@ class FleetView:
             self._remembered.discard(host)
             previous = self._agents.get(host)
             record = self._keep(self._agents, host, topic, loaded)
+            self._agent_taken[host] = self._clock()
             self._unjudged.add(host)
             if record is None:
                 for key in [k for k in self._states if k[0] == host]:
@@ -266,6 +286,39 @@ class FleetView:
         """Note a heartbeat on ``{ns}/{instance}/hb`` now."""
         with self._lock:
             self._heartbeats[topic.split("/")[-2]] = self._clock()
+
+    def listen_to_beats(self, hearing: Callable[[], bool] | None = None) -> None:
+        """Note that the agents' beats come in from now on (again, after a reconnect): silent hosts are judged.
+
+        ``hearing`` says whether they can come now (the connection is up): while not, no host is judged by them.
+        """
+        with self._lock:
+            self._listening = self._clock()
+            self._hearing = hearing or self._hearing
+
+    def on_beat(self, topic: str, payload: bytes) -> bool:
+        """Take an agent's own beat on ``{own}/{host}/beat``; return whether it counts.
+
+        It counts when it is signed (with a secret), names the host of its topic and the run of
+        the host's agent record, and is newer than the last one taken (an old beat sent again is no news).
+        """
+        host = topic.split("/")[-2]
+        beat = load_record(payload)
+        if beat is None or beat.get("host") != host:
+            return False
+        ts = _number(beat.get("ts"))
+        if ts is None or (self.secret is not None and not is_signed_record(self.secret, topic, beat)):
+            return False
+        with self._lock:
+            agent = self._agents.get(host)
+            run = None if agent is None else agent.get("run")
+            if run is not None and beat.get("run") != run:
+                return False  # another agent with this host id (a duplicate that never served)
+            last = self._beats.get(host)
+            if last is not None and ts <= last.ts:
+                return False
+            self._beats[host] = _Beat(self._clock(), ts, beat.get("current") is True)
+        return True
 
     def _keep(
         self, records: dict[K, dict[str, t.Any]], key: K, topic: str, record: dict[str, t.Any] | None
@@ -304,10 +357,51 @@ class FleetView:
 
     def host_state(self, host: str) -> str | None:
         """Return ``host``'s state as :class:`HostView` shows it, or ``None`` when no record of it is known."""
+        now = self._clock()
         with self._lock:
             record = self._agents.get(host)
             remembered = host in self._remembered
-        return None if record is None else _host_view(host, record, remembered).state
+            states = {key: rec for key, rec in self._states.items() if key[0] == host}
+            silence = self._silence(host, now)
+        if record is None:
+            return None
+        view = _host_view(host, record, remembered)
+        _judge_beat(view, silence, self.every_beat or _is_out_of_date(record, states.values(), now))
+        return view.state
+
+    def awaiting_beats(self) -> list[str]:
+        """Return the hosts whose state records are out of date and whose beat this view still waits for.
+
+        A host that beats again vouches for its records at once; one silent for a beat interval
+        (plus grace) is unresponsive. A short-lived view waits for these, not for every host.
+        """
+        now = self._clock()
+        with self._lock:
+            candidates = {
+                host: record
+                for host, record in self._agents.items()
+                if host not in self._beats and host not in self._remembered and record.get(TRUSTED_KEY)
+            }
+            by_host: dict[str, list[dict[str, t.Any]]] = {host: [] for host in candidates}
+            for (host, _), record in self._states.items():
+                if host in candidates:
+                    by_host.setdefault(host, []).append(record)
+            silences = {host: self._silence(host, now) for host in by_host}
+        waiting = []
+        for host, records in sorted(by_host.items()):
+            view = _host_view(host, candidates[host], remembered=False)
+            out_of_date = self.every_beat or _is_out_of_date(candidates[host], records, now)
+            if out_of_date and _judge_beat(view, silences[host], out_of_date):
+                waiting.append(host)
+        return waiting
+
+    def _silence(self, host: str, now: float) -> float | None:
+        """Seconds since the host's last beat, its record, or the start of listening (``None``: not listening)."""
+        if self._listening is None or (self._hearing is not None and not self._hearing()):
+            return None
+        beat = self._beats.get(host)
+        since = max(self._listening, self._agent_taken.get(host, self._listening), beat.arrived if beat else 0.0)
+        return now - since
 
     def refusal(self, host: str) -> str | None:
         """Return why nothing may be sent to ``host`` (unknown, untrusted, not online), or ``None``."""
@@ -321,6 +415,11 @@ class FleetView:
             )
         if state == Seen.UNSEEN:
             return f"host '{host}' has not been heard from since this view started; nothing was sent."
+        if state == Seen.UNRESPONSIVE:
+            return (
+                f"host '{host}' is unresponsive: its agent is connected but has not beaten for a while "
+                "(hung, stopped or starved); nothing was sent. Check the agent's process on that host."
+            )
         if state != Seen.ONLINE:
             return f"host '{host}' is {state} (its agent's last will); nothing was sent."
         return None
@@ -333,7 +432,25 @@ class FleetView:
             remembered = set(self._remembered)
             states = dict(self._states)
             heartbeats = dict(self._heartbeats)
+            silences = {host: self._silence(host, now) for host in agents}
+            beats = dict(self._beats)
         hosts = {host: _host_view(host, rec, host in remembered) for host, rec in sorted(agents.items())}
+        by_host: dict[str, list[dict[str, t.Any]]] = {}
+        for (host, _), record in states.items():
+            by_host.setdefault(host, []).append(record)
+        vouched: set[str] = set()
+        for host, view in hosts.items():
+            beat, interval = beats.get(host), view.beat_interval
+            out_of_date = interval is not None and (
+                self.every_beat or _is_out_of_date(agents[host], by_host.get(host, ()), now)
+            )
+            beating = _judge_beat(view, silences[host], out_of_date)
+            if interval is None or beat is None:
+                continue
+            view.beat_age = now - beat.arrived
+            # Only a recent beat vouches for old records: not one from before a hang.
+            if beating and beat.current and view.beat_age <= interval + BEAT_GRACE:
+                vouched.add(host)
         intervals = {host: _number(h.heartbeat_interval) or DEFAULT_HEARTBEAT for host, h in hosts.items()}
         # {ns}/{id}/hb carries no host: a live heartbeat is only attributable to a unique id.
         owners = collections.Counter(name for _, name in states)
@@ -349,6 +466,8 @@ class FleetView:
                 continue
             age = None if ts is None else now - ts
             stale = age is None or age > refresh + STALE_GRACE
+            if stale and online and host in vouched and agent is not None and _is_counted(agents[host], record):
+                stale = False  # its agent beats again: the record it last published is still what it has
             reported = str(record.get("state", Seen.UNKNOWN))
             trusted = bool(record[TRUSTED_KEY]) and (agent is None or agent.trusted)
             last_hb = heartbeats.get(name) if owners[name] == 1 else None
@@ -360,7 +479,13 @@ class FleetView:
                 InstanceView(
                     host=host,
                     name=name,
-                    state=instance_state(reported, trusted=trusted, host_online=online, stale=stale),
+                    state=instance_state(
+                        reported,
+                        trusted=trusted,
+                        host_online=online,
+                        stale=stale,
+                        host_state=agent.state if agent is not None else Seen.OFFLINE,
+                    ),
                     reported_state=reported,
                     record=record,
                     age=age,
@@ -396,6 +521,7 @@ def _host_view(host: str, record: Mapping[str, t.Any], remembered: bool) -> Host
         state = Seen.UNTRUSTED
     else:
         state = str(record.get("state", Seen.UNKNOWN))
+    beat = _number(record.get("beat_interval"))
     return HostView(
         host=host,
         state=state,
@@ -404,7 +530,44 @@ def _host_view(host: str, record: Mapping[str, t.Any], remembered: bool) -> Host
         signed=record.get("signed"),
         heartbeat_interval=record.get("heartbeat_interval"),
         trusted=trusted,
+        beat_interval=beat if beat is not None and beat > 0 else None,
     )
+
+
+class _Beat(t.NamedTuple):
+    arrived: float
+    """When it came (the view's clock)."""
+    ts: float
+    """When the agent sent it (its clock): only a newer one counts."""
+    current: bool
+    """Whether the agent keeps its state records up to date (it can read its state)."""
+
+
+def _judge_beat(view: HostView, silence: float | None, out_of_date: bool) -> bool:
+    """Mark an online host ``unresponsive`` when its beats are overdue; return whether it is beating.
+
+    Overdue: none for :data:`BEAT_MISSES` intervals (plus grace), or for one when its state records
+    are already out of date (they say the agent stopped refreshing them). A host that does not
+    beat (an older agent), or a view not listening, is judged as before.
+    """
+    if view.state != Seen.ONLINE or view.beat_interval is None or silence is None:
+        return False
+    allowed = (1 if out_of_date else BEAT_MISSES) * view.beat_interval + BEAT_GRACE
+    if silence > allowed:
+        view.state = Seen.UNRESPONSIVE
+        return False
+    return True
+
+
+def _is_out_of_date(agent: Mapping[str, t.Any], records: Iterable[Mapping[str, t.Any]], now: float) -> bool:
+    """Whether any trusted state record of the agent's current run was not refreshed in time."""
+    for record in records:
+        if not _is_counted(agent, record):
+            continue
+        ts = _number(record.get("ts"))
+        if ts is None or now - ts > (_number(record.get("refresh")) or DEFAULT_REFRESH) + STALE_GRACE:
+            return True
+    return False
 
 
 def _names_by_host(
