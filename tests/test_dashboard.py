@@ -2132,3 +2132,18 @@ def test_a_skip_link_leads_to_the_first_bot_in_two_key_presses(fleet: Fleet, bro
     page.keyboard.press("Enter")
     assert page.evaluate("() => document.activeElement.closest('tr')?.dataset.target") == "host-1/arb-1"
     page.close()
+
+
+def test_a_hung_host_is_alerted_as_hung_not_as_gone() -> None:
+    clock = Clock()
+    sent: list[str] = []
+    alerter = Alerter(
+        None, lambda a: sent.append(a["text"]), clock=clock, clear_after=30, settle_after=10, host_grace=5
+    )
+    alerter.observe(alert_view("h1/a=", "h2/c="))
+    view = alert_view("h1/a=", "h2/c=", offline=("h2",))
+    view["hosts"] = [{**h, "state": "unresponsive"} if h["host"] == "h2" else h for h in view["hosts"]]
+    alerter.observe(view)
+    clock.now += 6
+    alerter.observe(view)
+    assert sent == ["host h2 stopped answering (its agent is connected but hung)"]

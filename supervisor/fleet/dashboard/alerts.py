@@ -66,7 +66,12 @@ def _bad_now(snapshot: Mapping[str, t.Any]) -> tuple[dict[str, tuple[str, str, s
     for host in snapshot["hosts"]:
         if not host["online"]:
             offline.add(host["host"])
-            bad[f"host {host['host']}"] = (host["host"], f"host {host['host']}", "went offline")
+            why = (
+                "stopped answering (its agent is connected but hung)"
+                if host.get("state") == "unresponsive"
+                else "went offline"
+            )
+            bad[f"host {host['host']}"] = (host["host"], f"host {host['host']}", why)
     for item in snapshot["instances"]:
         if item["health"] != "bad" or item["host"] in offline:
             continue

@@ -30,7 +30,7 @@ const ui = {
 
 const BAD_STATES = new Set(["crashed", "exited", "fatal", "install-failed"]);
 const PROGRESS_STATES = new Set(["starting", "waiting-login", "installing", "stopping"]);
-const GREY_STATES = new Set(["offline", "stale", "untrusted"]);
+const GREY_STATES = new Set(["offline", "stale", "untrusted", "unresponsive"]);
 
 const $ = (id) => document.getElementById(id);
 
