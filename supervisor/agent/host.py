@@ -1,17 +1,14 @@
-"""The agent: relays MQTT requests into sessions, publishes heartbeats and state, drives the watchdog.
+"""The agent: wires its parts, owns its host id on the broker, and runs the main loop.
 
 It calls the same :class:`~supervisor.core.manager.Manager` as the CLI; bots never run
-under it. It keeps one status snapshot of the host, derived again only when a cheap
-:class:`~supervisor.core.watchdog.Probe` (four looks a second) says it went stale, and:
-
-* answers requests (network thread -> worker pool; an own ``status`` from a fresh
-  snapshot on the network thread itself): Hummingbot-compatible commands on
-  ``{ns}/{id}/{command}`` for instances whose bot has no MQTT plugin (or whose
-  plugin is down), and our own verbs on ``{own}/{host}/{instance}/{verb}``;
-* lets the :class:`~supervisor.core.watchdog.Watchdog` restart crashed bots (backoff,
-  ``fatal``, bring-back after a reboot) and publishes what it reports;
-* publishes heartbeats and ``status_updates`` for plugin-less bots whose process is
-  alive, retained ``state`` records as they change, and agent availability.
+under it. Each job is a part of its own: the snapshot (:mod:`.view`), one ordered lane
+per bot (:mod:`.lane`), Hummingbot's commands (:mod:`.relay`), our verbs (:mod:`.own`),
+plugin bots' bridges (:mod:`.plugin`), replies (:mod:`.wire`), what is said about the
+bots (:mod:`.beacon`). Here: dispatching each request into its bot's lane, claiming the
+host id (one serving agent per id) and its availability record and beat, the main loop
+that looks again when the :class:`~supervisor.core.watchdog.Probe` says something
+changed and lets the :class:`~supervisor.core.watchdog.Watchdog` restart crashed bots,
+and the console stream.
 """
 
 from __future__ import annotations
