@@ -1963,6 +1963,11 @@ def test_alerts_are_kept_shown_first_with_a_count_and_acknowledged(fleet: Fleet,
         timeout=30,
         message="the dashboard sees mm-1 running",
     )
+    # What is bad in the first view judged (10 s after connecting) was bad before the dashboard looked: no alert.
+    # So the bot dies only once a view with it running has been judged.
+    wait_until(lambda: request(url, "GET", "/api/alerts")[2]["judging"], timeout=30, message="alerts are on")
+    judged = request(url, "GET", "/api/alerts")[2]["judged"]
+    wait_until(lambda: request(url, "GET", "/api/alerts")[2]["judged"] > judged, timeout=30, message="a view judged")
     pid = fleet.pid("mm-1")
     assert pid is not None
     os.kill(pid, signal.SIGKILL)  # no page is open yet

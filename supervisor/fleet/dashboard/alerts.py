@@ -178,6 +178,8 @@ class Alerter:
         self._known: set[str] = set()
         """The hosts and bots of the last judged view."""
         self._reconnected_at: float | None = None
+        self.judged = 0
+        """How many views have been judged (none while the broker is lost or just back)."""
         self._queue: queue.Queue[str | None] = queue.Queue(MAX_QUEUED)
         self._thread: threading.Thread | None = None
 
@@ -195,6 +197,13 @@ class Alerter:
             except queue.Full:
                 return
             self._thread.join(WEBHOOK_TIMEOUT + 1)
+
+    @property
+    def judging(self) -> bool:
+        """Whether views are judged now: not while the broker is lost, nor ``settle_after`` s after it is back."""
+        if "broker" in self._problems:
+            return False
+        return self._reconnected_at is None or self._clock() - self._reconnected_at >= self.settle_after
 
     def observe(self, snapshot: Mapping[str, t.Any]) -> list[dict[str, t.Any]]:
         """Open and close problems from one view; return the alerts sent (problems first, then all-clears)."""
@@ -222,6 +231,7 @@ class Alerter:
             for alert in alerts:
                 self.raise_alert(alert)
             return alerts  # heartbeats are still coming in after the reconnection
+        self.judged += 1
         bad, offline = _bad_now(snapshot)
         # Something bad when first seen (the first view, a retained record arriving late) was bad before we looked.
         known, self._known = self._known, {f"host {h['host']}" for h in snapshot["hosts"]}

@@ -377,9 +377,13 @@ class Monitor:
         self.hub.broadcast("alert", {**alert, "id": alert_id, "ts": now, "acked": None})
 
     def alerts(self) -> dict[str, t.Any]:
-        """Return the kept alerts, unacknowledged first, and how many are unacknowledged."""
+        """Return the kept alerts, unacknowledged first, how many are unacknowledged, and whether alerts are on.
+
+        ``judging`` is false while the broker is lost and for a moment after it is back (no false alarm);
+        ``judged`` counts the views judged so far.
+        """
         alerts, unacked = self.store.alerts()
-        return {"alerts": alerts, "unacked": unacked}
+        return {"alerts": alerts, "unacked": unacked, "judging": self.alerter.judging, "judged": self.alerter.judged}
 
     def ack_alerts(self, ids: list[int] | None) -> dict[str, t.Any]:
         """Acknowledge alerts (``None``: all) and tell every open page."""
