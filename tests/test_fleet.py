@@ -26,6 +26,7 @@ from supervisor.core.manager import Manager
 from supervisor.errors import AgentError
 from supervisor.fleet.client import FleetClient, Snapshot, expand
 from supervisor.fleet.view import FleetView
+from supervisor.mqtt import protocol
 from supervisor.mqtt.auth import sign, sign_record
 from supervisor.mqtt.config import AgentConfig, parse_broker_url
 from supervisor.mqtt.protocol import instances_generation
@@ -1277,6 +1278,56 @@ def test_an_agent_subscribes_to_the_status_updates_of_its_own_plugin_bots_only(
     status_filters = [f for f in filters if f.endswith("/status_updates")]
     assert status_filters == ["hbot/pb/status_updates"], filters
     assert not [f for f in filters if f.startswith("hbot/+/") and f.endswith(("/hb", "/status_updates"))], filters
+
+
+def _unsubscriptions(broker: Broker, client_prefix: str) -> list[str]:
+    """Return the topic filters clients whose id starts with ``client_prefix`` unsubscribed from (the broker's log)."""
+    found = []
+    for line in broker.log.read_text(errors="replace").splitlines():
+        parts = line.split(" ")
+        if len(parts) == 3 and parts[1].startswith(client_prefix) and "/" in parts[2]:
+            found.append(parts[2])
+    return found
+
+
+def test_an_agent_listens_for_the_requests_of_its_own_bots_only_and_follows_new_and_removed_ones(
+    mosquitto: Broker, watcher: Watcher, make_host: Callable[[str], Host]
+) -> None:
+    # Hummingbot's request topics carry no host: with 'hbot/+/start' every request of the fleet reached every agent.
+    hosts = {"h1": make_host("h1"), "h2": make_host("h2")}
+    hosts["h1"].add("tick")
+    hosts["h2"].add("other")
+    for host in hosts.values():
+        host.start_agent(mosquitto.url)
+    watcher.wait_ready({"h1": ["tick"], "h2": ["other"]})
+    prefix = "supervisor-agent-h1-"
+    commands = [f"hbot/tick/{command}" for command in protocol.HBOT_COMMANDS]
+    wait_until(
+        lambda: set(commands) <= set(_subscriptions(mosquitto, prefix)),
+        message="h1's agent subscribed to its bot's requests",
+    )
+    filters = _subscriptions(mosquitto, prefix)
+    assert "hbot/tick/external/event/#" in filters
+    assert not [f for f in filters if f.startswith(("hbot/+", "hbot/#"))], filters
+    assert not [f for f in filters if "/other/" in f], filters
+
+    # A bot made while the agent runs is listened to, and answered, as soon as the agent sees it.
+    hosts["h1"].add("late")
+    wait_until(
+        lambda: "hbot/late/status" in _subscriptions(mosquitto, prefix),
+        message="h1's agent subscribed to the new bot's requests",
+    )
+    request = {"header": {"reply_to": "test-replies/late"}, "data": {}}
+    watcher.publish("hbot/late/status", json.dumps(request).encode())
+    assert "status" in watcher.reply("test-replies/late", timeout=15)
+    # A removed one is forgotten.
+    hosts["h1"].manager.stop(["late"])
+    hosts["h1"].manager.remove("late")
+    wait_until(
+        lambda: "hbot/late/status" in _unsubscriptions(mosquitto, prefix),
+        message="h1's agent unsubscribed from the removed bot's requests",
+    )
+    assert "hbot/tick/status" not in _unsubscriptions(mosquitto, prefix)
 
 
 @pytest.fixture

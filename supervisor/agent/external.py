@@ -266,10 +266,9 @@ class ExternalEvents:
         self.secret = secret
         self.typed = TypedEvents(typed or manager.paths.home / "events-typed.sqlite")
 
-    @property
-    def topic_filter(self) -> str:
-        """The subscription: every instance's external events."""
-        return f"{self.namespace}/+/external/event/#"
+    def topic_filter(self, instance: str) -> str:
+        """Return the subscription to one instance's external events (an agent listens for its own bots only)."""
+        return f"{self.namespace}/{instance}/external/event/#"
 
     def handle(self, topic: str, payload: bytes, *, retained: bool = False) -> None:
         """Act on one event published to ``{ns}/{id}/external/event/{name...}``.

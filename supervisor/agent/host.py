@@ -58,6 +58,7 @@ if t.TYPE_CHECKING:
 
     from supervisor.core.manager import InstanceStatus, Manager
     from supervisor.mqtt.config import AgentConfig
+    from supervisor.mqtt.connection import Handler
 
 logger = logging.getLogger(__name__)
 
@@ -140,8 +141,8 @@ class Agent:
         self._pending = threading.BoundedSemaphore(MAX_PENDING)
         self.lanes = Lanes(self._pool)
         # The snapshot: each instance's last derived status, owned by the view alone.
-        self.view = HostView(manager, self.probe, on_stored=self._stored, on_plugins=self._listen_to_beats)
-        self._beat_listened: set[str] = set()
+        self.view = HostView(manager, self.probe, on_stored=self._stored, on_bots=self._listen_to_bots)
+        self._listened: dict[str, tuple[Handler, int]] = {}
         self._subscription_lock = threading.Lock()
         self._console_logs: dict[str, str] = {}
         # One run of this agent: in its records and client id, so another agent with the same
@@ -461,16 +462,12 @@ class Agent:
         self.connection.publish(topic, self._availability("starting", topic=topic), qos=1)
 
     def _subscribe(self) -> None:
-        for command in protocol.HBOT_COMMANDS if self.hbot_relay else ():
-            self.connection.subscribe(f"{self.ns}/+/{command}", self._on_hbot, qos=1)
-        if self.hbot_relay:  # external events are Hummingbot topics too: unsigned, so only with the relay
-            self.connection.subscribe(self.external.topic_filter, self._on_external, qos=1)
         for verb in protocol.OWN_VERBS:
             self.connection.subscribe(f"{self.own}/+/{verb}", self._on_own, qos=1)
         for verb in protocol.HOST_VERBS:
             self.connection.subscribe(f"{self.own}/{verb}", self._on_own, qos=1)
-        # Plugin bots beat for themselves: record when, so `fleet ls` shows their heartbeat age.
-        self._listen_to_beats(self.view.plugins())
+        # Hummingbot's topics carry no host: this host's bots are listened to one by one.
+        self._listen_to_bots(*self.view.bots())
 
     # -- request plumbing ----------------------------------------------------------
 
@@ -610,23 +607,34 @@ class Agent:
         if announce:
             self.beacon.track(statuses)
 
-    def _listen_to_beats(self, plugins: set[str]) -> None:
-        """Subscribe to the heartbeats and status updates of this host's plugin bots only (one filter each).
+    def _listen_to_bots(self, names: set[str], plugins: set[str]) -> None:
+        """Subscribe to what concerns this host's bots only, one filter each; forget bots that went.
 
-        The agent's own beats never come back, and no filter grows with the fleet. A plugin bot's
+        Hummingbot's requests and external events for each of this host's instances (with the relay),
+        and the heartbeats and status updates of its plugin bots, which beat for themselves. Hummingbot's
+        topics carry no host, so a filter with ``+`` would bring every bot of the fleet to every agent:
+        no filter here grows with the fleet, and the agent's own beats never come back. A plugin bot's
         bridge says "online" once it has subscribed: requests held for it go to it then.
         """
         if not self._serving:
             return
+        wanted: dict[str, tuple[Handler, int]] = {}
+        for name in sorted(names) if self.hbot_relay else ():
+            for command in protocol.HBOT_COMMANDS:
+                wanted[f"{self.ns}/{name}/{command}"] = (self._on_hbot, 1)
+            # External events are Hummingbot topics too: unsigned, so only with the relay.
+            wanted[self.external.topic_filter(name)] = (self._on_external, 1)
+        for name in sorted(plugins):
+            wanted[f"{self.ns}/{name}/hb"] = (self._on_heartbeat, 0)
+            if self.hbot_relay:
+                wanted[f"{self.ns}/{name}/status_updates"] = (self._on_status_update, 0)
         with self._subscription_lock:
-            for name in self._beat_listened - plugins:
-                self.connection.unsubscribe(f"{self.ns}/{name}/hb")
-                self.connection.unsubscribe(f"{self.ns}/{name}/status_updates")
-            for name in plugins - self._beat_listened:
-                self.connection.subscribe(f"{self.ns}/{name}/hb", self._on_heartbeat, qos=0)
-                if self.hbot_relay:
-                    self.connection.subscribe(f"{self.ns}/{name}/status_updates", self._on_status_update, qos=0)
-            self._beat_listened = set(plugins)
+            for topic_filter in self._listened.keys() - wanted.keys():
+                self.connection.unsubscribe(topic_filter)
+            for topic_filter, (handler, qos) in wanted.items():
+                if topic_filter not in self._listened:
+                    self.connection.subscribe(topic_filter, handler, qos=qos)
+            self._listened = wanted
 
     # -- what the watchdog reports ---------------------------------------------------
 

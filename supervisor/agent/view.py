@@ -40,8 +40,9 @@ class HostView:
         Told what to watch (the bots' processes, the registry); says when the snapshot went stale.
     on_stored
         ``on_stored(statuses, announce)``: statuses just kept (said online/offline for when ``announce``).
-    on_plugins
-        ``on_plugins(names)``: the instances whose bots have their own MQTT bridge, after a look that may change them.
+    on_bots
+        ``on_bots(names, plugins)``: this host's instances, and those whose bots have their own MQTT bridge,
+        after a look that may change them.
     """
 
     def __init__(
@@ -50,12 +51,12 @@ class HostView:
         probe: Probe,
         *,
         on_stored: Callable[[list[InstanceStatus], bool], None],
-        on_plugins: Callable[[set[str]], None],
+        on_bots: Callable[[set[str], set[str]], None],
     ) -> None:
         self.manager = manager
         self.probe = probe
         self._on_stored = on_stored
-        self._on_plugins = on_plugins
+        self._on_bots = on_bots
         self._lock = threading.Lock()
         self._statuses: dict[str, InstanceStatus] = {}
         self._looked: dict[str, float] = {}  # name -> when (monotonic) its status was derived
@@ -77,10 +78,10 @@ class HostView:
         with self._lock:
             return self._statuses.get(name)
 
-    def plugins(self) -> set[str]:
-        """Return the instances whose bots have their own MQTT bridge."""
+    def bots(self) -> tuple[set[str], set[str]]:
+        """Return this host's instances, and those whose bots have their own MQTT bridge."""
         with self._lock:
-            return {name for name, status in self._statuses.items() if status.plugin}
+            return set(self._statuses), {name for name, status in self._statuses.items() if status.plugin}
 
     def known(self, name: str) -> bool:
         """Return whether ``name`` is one of this host's (in the snapshot, or on record)."""
@@ -205,11 +206,13 @@ class HostView:
                 self._looked[status.name] = since
                 self._changed.add(status.name)
                 kept.append(status)
-            plugins = {name for name, status in self._statuses.items() if status.plugin} if complete or kept else None
+            changed = complete or kept or dropped
+            names = set(self._statuses)
+            plugins = {name for name, status in self._statuses.items() if status.plugin}
         self.probe.watch(kept)
         self._on_stored(kept, announce)
-        if plugins is not None:
-            self._on_plugins(plugins)
+        if changed:
+            self._on_bots(names, plugins)
 
     def provide(self, names: list[str], foreign: bool) -> dict[str, t.Any]:
         """Answer ``supervisor ls`` over the snapshot socket: the statuses of ``names`` (all when empty).
