@@ -652,10 +652,22 @@ def test_bad_requests_get_400_or_silence_execute_nothing_and_the_agent_keeps_ser
     # Not JSON: nobody to answer.
     silent = watcher.watch("r-malformed")
     watcher.publish("hbot/tb/start", b'{"header":{"reply_to":"r-malformed"},"data":{')
-    # Too big (1 MB): refused before parsing, so no reply either.
+    # Too big (1 MB): refused before parsing; its header comes first, so the sender hears why.
+    for topic, big in (
+        ("hbot/tb/start", {"async_backend": False, "script": "x" * (1024 * 1024)}),
+        (f"supervisor/{HOST}/tb/send", {"text": "y" * (1024 * 1024)}),
+    ):
+        reply_to = f"r-big-{uuid.uuid4().hex}"
+        data, _ = watcher.request_raw(topic, envelope(reply_to, big), reply_to)
+        assert data["status"] == 400 and "the limit is 65536" in data["msg"], data
+    # Too big with the header last: only the start of a huge request is read, so nobody to answer.
     silent_big = watcher.watch("r-big")
-    watcher.publish("hbot/tb/start", envelope("r-big", {"async_backend": False, "script": "x" * (1024 * 1024)}))
-    watcher.publish(f"supervisor/{HOST}/tb/send", envelope("r-big", {"text": "y" * (1024 * 1024)}))
+    watcher.publish("hbot/tb/start", b'{"data":{"script":"%s"},"header":{"reply_to":"r-big"}}' % (b"x" * 70_000))
+    # NaN is not JSON: refused, and answered (the header is readable).
+    reply_to = f"r-nan-{uuid.uuid4().hex}"
+    payload = b'{"header":{"reply_to":"%s"},"data":{"days":NaN}}' % reply_to.encode()
+    data, _ = watcher.request_raw("hbot/tb/history", payload, reply_to)
+    assert data["status"] == 400 and "NaN" in data["msg"], data
     # An id this host does not own: another agent or a real Hummingbot may answer, so we stay silent.
     silent_ghost = watcher.watch("r-ghost")
     watcher.publish("hbot/ghost/start", envelope("r-ghost", {"async_backend": False}))

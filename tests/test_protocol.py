@@ -218,11 +218,23 @@ def test_escaped_slashes_are_parsed() -> None:
 # ------------------------------------------------------------------ parse errors
 
 
-def test_oversized_payload_is_rejected_before_parsing() -> None:
-    valid = b'{"header":{"reply_to":"r"},"data":{"pad":"' + b"x" * (1024 * 1024) + b'"}}'
+def test_oversized_payload_is_rejected_before_parsing_and_answered_when_its_header_comes_first() -> None:
+    valid = b'{"header":{"timestamp":1,"reply_to":"r\\/x"},"data":{"pad":"' + b"x" * (1024 * 1024) + b'"}}'
     with pytest.raises(ProtocolError, match="bytes; the limit is 65536") as caught:
         protocol.parse_request(valid)
-    assert caught.value.reply_to is None
+    assert caught.value.reply_to == "r/x"  # only the start of the payload is read for it
+    spaced = b'{ "header": { "reply_to": "hummingbot-api/response/1" }, "data": {"pad": "' + b"x" * 70000 + b'"}}'
+    with pytest.raises(ProtocolError) as caught:
+        protocol.parse_request(spaced)
+    assert caught.value.reply_to == "hummingbot-api/response/1"
+    # The header after a huge data member, or an unusable reply_to: nobody to answer.
+    late = b'{"data":{"pad":"' + b"x" * 70000 + b'"},"header":{"reply_to":"r"}}'
+    wildcard = b'{"header":{"reply_to":"a/#"},"data":{"pad":"' + b"x" * 70000 + b'"}}'
+    long_pad = b'{"header":{"pad":"' + b"x" * 8000 + b'","reply_to":"r"},"data":{}}' + b" " * 70000
+    for payload in (late, wildcard, long_pad):
+        with pytest.raises(ProtocolError) as caught:
+            protocol.parse_request(payload)
+        assert caught.value.reply_to is None
     # not even valid UTF-8: the size check comes first
     with pytest.raises(ProtocolError, match="bytes; the limit"):
         protocol.parse_request(b"\xff" * (1024 * 1024))
@@ -247,8 +259,13 @@ PARSE_ERRORS = [
     ParseErrorCase("not-json", b"start please", "not JSON", None),
     ParseErrorCase("truncated", b'{"header":{"reply_to":"r"},"data":{', "not JSON", None),
     ParseErrorCase("empty", b"", "not JSON", None),
-    ParseErrorCase("nan", b'{"header":{"reply_to":"r"},"data":{"days":NaN}}', "NaN", None),
-    ParseErrorCase("huge-float", b'{"header":{"reply_to":"r"},"data":{"d":1e999}}', "range", None),
+    # Refused, yet answerable: the header is readable once NaN and out-of-range numbers are let through.
+    ParseErrorCase("nan", b'{"header":{"reply_to":"r"},"data":{"days":NaN}}', "NaN", "r"),
+    ParseErrorCase("infinity", b'{"header":{"reply_to":"r"},"data":{"days":-Infinity}}', "Infinity", "r"),
+    ParseErrorCase("huge-float", b'{"header":{"reply_to":"r"},"data":{"d":1e999}}', "range", "r"),
+    ParseErrorCase("nan-in-header", b'{"header":{"reply_to":"r","ts":NaN},"data":{}}', "NaN", "r"),
+    ParseErrorCase("nan-no-reply-to", b'{"header":{"ts":NaN},"data":{}}', "NaN", None),
+    ParseErrorCase("nan-wildcard-reply-to", b'{"header":{"reply_to":"a/+"},"data":{"d":NaN}}', "NaN", None),
     ParseErrorCase("deep", b"[" * 60000, "not JSON", None),
     ParseErrorCase("array", b'[{"header":{"reply_to":"r"},"data":{}}]', "array", None),
     ParseErrorCase("string", b'"hello"', "string", None),

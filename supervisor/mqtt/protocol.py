@@ -304,7 +304,7 @@ def parse_request(payload: bytes | bytearray | memoryview, *, max_bytes: int = M
     """
     if len(payload) > max_bytes:
         msg = f"request is {len(payload)} bytes; the limit is {max_bytes}"
-        raise ProtocolError(msg)
+        raise ProtocolError(msg, reply_to=_leading_reply_to(payload))
     try:
         text = bytes(payload).decode("utf-8")
     except UnicodeDecodeError as e:
@@ -314,7 +314,7 @@ def parse_request(payload: bytes | bytearray | memoryview, *, max_bytes: int = M
         message = json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float)
     except (ValueError, RecursionError) as e:
         msg = f"request is not JSON: {e}"
-        raise ProtocolError(msg) from e
+        raise ProtocolError(msg, reply_to=_lenient_reply_to(text)) from e
     if not isinstance(message, dict):
         msg = f'request must be a JSON object {{"header": ..., "data": ...}}, not {_json_type(message)}'
         raise ProtocolError(msg)
@@ -330,6 +330,41 @@ def parse_request(payload: bytes | bytearray | memoryview, *, max_bytes: int = M
         msg = f"request data is {what}; send an object, {{}} for no arguments"
         raise ProtocolError(msg, reply_to=reply_to)
     return Request(reply_to=reply_to, header=header, data=data)
+
+
+_LEADING_REPLY_TO = re.compile(rb'^\s*\{\s*"header"\s*:\s*\{[^{}]*?"reply_to"\s*:\s*("(?:[^"\\]|\\.){1,1024}")')
+"""``reply_to`` in a header that opens the envelope (as commlib and hummingbot-api send it)."""
+_LEADING_BYTES = 4096
+"""How much of an oversized request is searched for its ``reply_to``: never the whole of it."""
+
+
+def _leading_reply_to(payload: bytes | bytearray | memoryview) -> str | None:
+    """Return the usable ``reply_to`` of an oversized request whose header comes first, else ``None``.
+
+    Only the first :data:`_LEADING_BYTES` are read, so a flood of huge requests costs no parsing.
+    """
+    found = _LEADING_REPLY_TO.match(bytes(payload[:_LEADING_BYTES]))
+    if found is None:
+        return None
+    try:
+        return _check_reply_to(json.loads(found.group(1)))
+    except (ValueError, ProtocolError):
+        return None
+
+
+def _lenient_reply_to(text: str) -> str | None:
+    """Return the usable ``reply_to`` of a request refused for NaN, Infinity or a huge number, else ``None``."""
+    try:
+        message = json.loads(text, parse_constant=lambda _name: None)
+    except (ValueError, RecursionError):
+        return None
+    header = message.get("header") if isinstance(message, dict) else None
+    if not isinstance(header, dict):
+        return None
+    try:
+        return _check_reply_to(header.get("reply_to"))
+    except ProtocolError:
+        return None
 
 
 def _parse_float(text: str) -> float:
