@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 import typing as t
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from supervisor.core.manager import Manager
 from supervisor.core.readiness import Seen
 from supervisor.core.registry import DESIRED_RUNNING, DESIRED_STOPPED, INSTALL_FAILED, INSTALLED, INSTALLING
 from supervisor.core.status import ExitRecord, Facts, console_state, derive_state, this_run_exit_code
-from supervisor.errors import InstanceNotFound
+from supervisor.errors import InstanceNotFound, ReadyTimeout
 from supervisor.states import State
 from tests.conftest import RECIPES, wait_until
 
@@ -148,3 +149,35 @@ def test_a_killed_bot_is_crashed_and_its_exit_code_kept(manager: Manager, bot_or
     wait_until(lambda: manager.snapshot(["k"]).status("k").state == "crashed", message="crashed")
     assert manager.snapshot(["k"]).status("k").exit_code == 3
     assert status.read_exit_record(manager.paths, "k") is not None
+
+
+def test_a_stop_recorded_while_a_look_reads_the_sessions_is_what_the_look_judges_by(
+    manager: Manager, bot_origin: Path, tmp_path: Path
+) -> None:
+    # A bot whose wrapper is still in its prelude: the session is up, the bot not yet, so it is starting.
+    path = tmp_path / "slow-start.yaml"
+    path.write_text(
+        "name: slow-start\nsource: {repo: set-by-test, ref: main}\ninstall: ['sh install.sh']\n"
+        f"run:\n  command: 'sleep 600'\n  prelude: '{shutil.which('sleep')} 600'\n  ready_timeout: 1\n"
+    )
+    manager.new("slow", str(path), repo=str(bot_origin))
+    with pytest.raises(ReadyTimeout):  # its bot never comes: the session is left as it is
+        manager.start(["slow"], wait=False)
+    assert manager.snapshot(["slow"]).status("slow").state == "starting"
+    parts = manager._parts  # the one seam between a look's registry read and its session read
+    read_sessions = parts.sessions
+
+    def sessions_after_a_stop_is_recorded(backends: t.Iterable[str]) -> t.Any:
+        # What `supervisor stop` does first, from another process, while this look is under way.
+        parts.registry.update("slow", desired=DESIRED_STOPPED)
+        return read_sessions(backends)
+
+    parts.sessions = sessions_after_a_stop_is_recorded  # type: ignore[method-assign]
+    try:
+        look = manager.snapshot(["slow"])
+    finally:
+        del parts.sessions
+    # Judged by the intent read before the sessions, it was 'starting' (a bot being stopped shown as starting).
+    assert look.status("slow").state == "stopped"
+    assert look.records["slow"].desired == DESIRED_STOPPED
+    manager.stop(["slow"])

@@ -272,8 +272,30 @@ def take(
         table = sampler.table(roots=[pid for pid in roots.values() if pid])
         matches = {n: parts.match(r) for n, r in selected.items()}
         samples = sampler.sample_many(roots, table, matches=matches, bots=bots)
+    if records is None:
+        selected = _with_current_intent(selected, parts.registry.all())
     statuses = {n: describe(parts, r, infos[n], samples.get(n)) for n, r in selected.items()}
     return Snapshot(time.time(), selected, sessions, table, samples, statuses)
+
+
+def _with_current_intent(selected: dict[str, Instance], now: t.Mapping[str, Instance]) -> dict[str, Instance]:
+    """Return ``selected`` with the intent recorded since it was read (``desired``, ``fatal``, ``started_at``).
+
+    A stop or a start records its intent before it acts, so the processes just sampled are judged
+    by the intent as it is now: a bot stopped while its sessions were read is never ``starting``.
+    A record whose session changed meanwhile is left as it was read.
+    """
+    current = {}
+    for name, record in selected.items():
+        fresh = now.get(name)
+        if fresh is not None and (fresh.session, fresh.backend) == (record.session, record.backend):
+            intent = (fresh.desired, fresh.fatal, fresh.started_at)
+            if intent != (record.desired, record.fatal, record.started_at):
+                record = dataclasses.replace(
+                    record, desired=fresh.desired, fatal=fresh.fatal, started_at=fresh.started_at
+                )
+        current[name] = record
+    return current
 
 
 def describe(
