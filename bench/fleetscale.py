@@ -20,7 +20,6 @@ import json
 import os
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import threading
@@ -36,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import SUPERVISOR, Env, Procs, free_port, log, stats, wait_until
-from fleettraffic import BEAT_S, HEARTBEAT_S, LOG_S, STATE_S, UPTIME_S, bot_name, read_counts, state_record
+from fleettraffic import BEAT_S, HEARTBEAT_S, LOG_S, STATE_S, bot_name, read_counts, state_record
 
 from supervisor.mqtt.protocol import instances_generation
 
@@ -123,8 +122,8 @@ def _connect(port: int) -> mqtt.Client:
     return client
 
 
-def simulate(port: int, hosts: int, per_host: int) -> tuple[list[mqtt.Client], dict[str, str]]:
-    """Publish the retained records of ``hosts`` agents with ``per_host`` running bots each, as agents do.
+def simulate(port: int, hosts: int, per_host: int, boot: float) -> tuple[list[mqtt.Client], dict[str, str]]:
+    """Publish the retained records of ``hosts`` agents with ``per_host`` running bots each (started at ``boot``).
 
     Returns the connections and each host's run (what its beats must name).
     """
@@ -137,7 +136,7 @@ def simulate(port: int, hosts: int, per_host: int) -> tuple[list[mqtt.Client], d
         host = f"sim-{h:04d}"
         names = [bot_name(h, b) for b in range(per_host)]
         for b, name in enumerate(names):
-            record = state_record(host, name, b, now)
+            record = state_record(host, name, b, now, boot)
             pending.append(client.publish(f"supervisor/{host}/{name}/state", json.dumps(record), qos=1, retain=True))
         runs[host] = uuid.uuid4().hex[:12]
         availability = {
@@ -182,8 +181,16 @@ class Traffic:
     """The simulated hosts' live traffic: :data:`TRAFFIC_PROCESSES` publisher processes (bench/fleettraffic.py)."""
 
     def __init__(
-        self, env: Env, procs: Procs, port: int, runs: dict[str, str], per_host: int, seconds: float, name: str
+        self,
+        env: Env,
+        procs: Procs,
+        port: int,
+        runs: dict[str, str],
+        fleet: tuple[int, float],
+        seconds: float,
+        name: str,
     ) -> None:
+        per_host, boot = fleet
         self.procs = procs
         folder = env.root / f"traffic-{name}"
         folder.mkdir()
@@ -196,7 +203,8 @@ class Traffic:
             procs.spawn(
                 [
                     *(sys.executable, script, "--port", str(port), "--hosts", str(hosts), "--slice", f"{i}/{step}"),
-                    *("--bots-per-host", str(per_host), "--seconds", str(seconds), "--counts", str(self.counts[i])),
+                    *("--bots-per-host", str(per_host), "--boot", str(boot), "--seconds", str(seconds)),
+                    *("--counts", str(self.counts[i])),
                 ],
                 env=env.env,
                 log_path=folder / f"publisher-{i}.log",
@@ -394,6 +402,8 @@ def watch_dashboard(
         wait_until(lambda: tab is not None and (tab.first_frame_s is not None or tab.ended is not None), 60, 0.05)
         time.sleep(2.0)
         load_before = os.getloadavg()
+        mosquitto = psutil.Process(broker.proc.pid)
+        broker_rss0 = mosquitto.memory_info().rss
         cpu0, start = process.cpu_times(), time.perf_counter()
         sent0, sys0 = traffic.sent(), sys_counter.read()
         log(f"  dashboard: {window:.0f} s steady window at {bots:,} bots")
@@ -401,17 +411,12 @@ def watch_dashboard(
         cpu1, end = process.cpu_times(), time.perf_counter()
         sent1, sys1 = traffic.sent(), sys_counter.read()
         rss = process.memory_info().rss
+        broker_rss1 = mosquitto.memory_info().rss
         load_after = os.getloadavg()
         steady = tab.between(start, end)
         took, wire, plain, encoding, body = get_snapshot(port)
         instances = _instances(body)
         stale = sum(1 for i in instances if i.get("stale") is True or i.get("state") == "stale")
-        # How old the records the view holds are: a view behind the broker holds ever older ones.
-        shown_at = body.get("now") if isinstance(body.get("now"), int | float) else time.time()
-        # The view shows no ts, but its start time (ts - uptime, whole seconds), and every bot's uptime is the same.
-        ages = [
-            shown_at - (i["started_ts"] + UPTIME_S) for i in instances if isinstance(i.get("started_ts"), int | float)
-        ]
         hosts_shown = body.get("hosts") if isinstance(body.get("hosts"), list) else []
         elapsed = end - start
         published = {kind: (sent1.get(kind, 0) - sent0.get(kind, 0)) / elapsed for kind in sent1}
@@ -435,7 +440,6 @@ def watch_dashboard(
             "snapshot_encoding": encoding,
             "snapshot_instances": len(instances),
             "stale": stale,
-            "record_age_s": {"n": len(ages), "median": statistics.median(ages), "max": max(ages)} if ages else {"n": 0},
             "instance_states": dict(collections.Counter(str(i.get("state")) for i in instances)),
             "host_states": dict(collections.Counter(str(h.get("state")) for h in hosts_shown if isinstance(h, dict))),
             "drops_logged": drops_logged,
@@ -448,6 +452,8 @@ def watch_dashboard(
                 "beat": len(traffic_hosts(traffic)) / BEAT_S,
             },
             "broker_per_s": _rates(sys0, sys1),
+            # A broker holding messages its subscriber has not read yet grows.
+            "broker_rss_bytes": [broker_rss0, broker_rss1],
             "load_average": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in load_after],
         }
@@ -484,13 +490,14 @@ def measure(
     clients: list[mqtt.Client] = []
     traffic: Traffic | None = None
     try:
-        clients, runs = simulate(broker.port, hosts, per_host)
+        boot = time.time() - 3600
+        clients, runs = simulate(broker.port, hosts, per_host, boot)
         for client in clients:
             client.disconnect()
             client.loop_stop()
         clients = []
         # Bounded: the publishers stop by themselves well after this measurement would have ended.
-        traffic = Traffic(env, procs, broker.port, runs, per_host, 600.0, name)
+        traffic = Traffic(env, procs, broker.port, runs, (per_host, boot), 600.0, name)
         time.sleep(3.0)
         times: list[float] = []
         cpus: list[float] = []

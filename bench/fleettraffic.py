@@ -7,7 +7,7 @@ its counts in a JSON file (rewritten every second) for the bench to read.
 
 \b
     python bench/fleettraffic.py --port 1883 --hosts hosts.json --slice 0/4 --bots-per-host 20 \\
-        --seconds 300 --counts counts-0.json
+        --boot 1796570000 --seconds 300 --counts counts-0.json
 """
 
 from __future__ import annotations
@@ -35,14 +35,15 @@ LOG_S = 10.0
 """Seconds between two log lines of a bot (a measured Hummingbot rate: 0.1 line/s)."""
 BEAT_S = 2.0
 """Seconds between two beats of a host's agent."""
-UPTIME_S = 3600.0
-"""Every simulated bot's uptime, the same in every record: a view's ``started_ts`` tells the record's ``ts``."""
 TICK_S = 0.02
 """The publisher's scheduling step: what is due is sent every tick."""
 
 
-def state_record(host: str, name: str, index: int, now: float) -> dict[str, t.Any]:
-    """Return the retained state record an agent publishes for a running bot."""
+def state_record(host: str, name: str, index: int, now: float, boot: float) -> dict[str, t.Any]:
+    """Return the retained state record an agent publishes for a running bot started at ``boot``.
+
+    Its uptime grows with ``ts``, as a real bot's: its start time stays put from one record to the next.
+    """
     return {
         "name": name,
         "state": "running",
@@ -51,7 +52,7 @@ def state_record(host: str, name: str, index: int, now: float) -> dict[str, t.An
         "backend": "tmux",
         "cpu_percent": 0.5,
         "rss": 50_000_000,
-        "uptime": UPTIME_S,
+        "uptime": round(now - boot, 3),
         "restarts": 0,
         "commit": "2bfaccc4" * 5,
         "desired": "running",
@@ -86,9 +87,19 @@ class _Stream:
 
 
 def publish(
-    port: int, hosts: dict[str, str], first: int, step: int, per_host: int, seconds: float, counts: Path
+    port: int,
+    hosts: dict[str, str],
+    slicing: tuple[int, int],
+    per_host: int,
+    boot: float,
+    seconds: float,
+    counts: Path,
 ) -> None:
-    """Send the live traffic of every ``step``-th host from ``first`` for ``seconds``; keep counts in ``counts``."""
+    """Send the live traffic of every ``step``-th host from ``first`` (``slicing``) for ``seconds``.
+
+    Its bots started at ``boot``; the counts are kept in ``counts``.
+    """
+    first, step = slicing
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_a: stop.set())
     signal.signal(signal.SIGINT, lambda *_a: stop.set())
@@ -109,7 +120,7 @@ def publish(
 
     def state(item: tuple[str, str, int], now: float) -> None:
         host, name, index = item
-        body = json.dumps(state_record(host, name, index, now), separators=(",", ":"))
+        body = json.dumps(state_record(host, name, index, now, boot), separators=(",", ":"))
         client.publish(f"supervisor/{host}/{name}/state", body, qos=1, retain=True)
 
     def heartbeat(item: tuple[str, str, int], now: float) -> None:
@@ -176,12 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hosts", type=Path, required=True, help="JSON file: host -> run of its availability record")
     parser.add_argument("--slice", default="0/1", help="FIRST/STEP: this process sends every STEP-th host from FIRST")
     parser.add_argument("--bots-per-host", type=int, required=True, help="bots on each simulated host")
+    parser.add_argument("--boot", type=float, required=True, help="when the simulated bots started (epoch seconds)")
     parser.add_argument("--seconds", type=float, required=True, help="stop after this long whatever happens")
     parser.add_argument("--counts", type=Path, required=True, help="JSON file the counts are kept in")
     args = parser.parse_args(argv)
     first, step = (int(x) for x in args.slice.split("/"))
     hosts = json.loads(args.hosts.read_text())
-    publish(args.port, hosts, first, step, args.bots_per_host, args.seconds, args.counts)
+    publish(args.port, hosts, (first, step), args.bots_per_host, args.boot, args.seconds, args.counts)
     return 0
 
 
