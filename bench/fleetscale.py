@@ -404,6 +404,9 @@ def watch_dashboard(
         load_before = os.getloadavg()
         mosquitto = psutil.Process(broker.proc.pid)
         broker_rss0 = mosquitto.memory_info().rss
+        # What the simulation itself takes of the same cores: the broker and the publishers.
+        others = [mosquitto, *(psutil.Process(child.pid) for child in traffic.children)]
+        others0 = [p.cpu_times() for p in others]
         cpu0, start = process.cpu_times(), time.perf_counter()
         sent0, sys0 = traffic.sent(), sys_counter.read()
         log(f"  dashboard: {window:.0f} s steady window at {bots:,} bots")
@@ -412,6 +415,8 @@ def watch_dashboard(
         sent1, sys1 = traffic.sent(), sys_counter.read()
         rss = process.memory_info().rss
         broker_rss1 = mosquitto.memory_info().rss
+        others1 = [p.cpu_times() for p in others]
+        used = [a.user + a.system - b.user - b.system for a, b in zip(others1, others0, strict=True)]
         load_after = os.getloadavg()
         steady = tab.between(start, end)
         took, wire, plain, encoding, body = get_snapshot(port)
@@ -454,6 +459,8 @@ def watch_dashboard(
             "broker_per_s": _rates(sys0, sys1),
             # A broker holding messages its subscriber has not read yet grows.
             "broker_rss_bytes": [broker_rss0, broker_rss1],
+            "broker_cpu_core": used[0] / (end - start),
+            "publishers_cpu_core": sum(used[1:]) / (end - start),
             "load_average": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in load_after],
         }
