@@ -589,7 +589,7 @@ def _fleet_dashboard(fig: dict[str, t.Any]) -> str:
         "once), one `/events` stream is opened like a browser tab, and over a steady window of "
         f"{rows[0]['dashboard'].get('window_s', '?')} s its bytes, the dashboard's CPU time (user + system ÷ "
         "wall: a share of one core) and the broker's `$SYS` message counters are taken; then `GET /api/snapshot` "
-        "(with `Accept-Encoding: gzip`) is timed and its instances counted as stale. *First view* is the time to "
+        "(with `Accept-Encoding: gzip`) is timed and the states it shows are counted. *First view* is the time to "
         "the whole first frame of a newly opened `/events` and the time of `GET /api/snapshot`. Drops are the "
         "dashboard's \"queue is full\" log lines, and a tab's stream ended by the dashboard. The targets of "
         "issue 23 are set for 20,000 bots; smaller sizes are judged by the same bounds. The simulation (mosquitto "
