@@ -538,7 +538,7 @@ def _fleet(fig: dict[str, t.Any]) -> str:
         "*raised*: `max_inflight_messages 0`, `max_queued_messages 0`. Before issue 23 `fleet ls` waited a "
         f"fixed {old:g} s whatever the size (and listed only part of a large fleet, with exit 0). CPU time "
         "(user + system of the command) does not depend on what else the machine runs; wall time does: the "
-        "1-minute load average when each size was measured is shown.\n\n"
+        "highest 1-minute load average seen as each size was measured is shown.\n\n"
         + _table(
             [
                 "bots (hosts × per host)",
@@ -555,7 +555,167 @@ def _fleet(fig: dict[str, t.Any]) -> str:
             rows,
         )
         + "\n"
+        + _fleet_dashboard(fig)
     )
+
+
+def _kb(value: float | None) -> str:
+    return "–" if value is None else f"{value / 1e3:,.1f} KB" if value < 1e6 else f"{value / 1e6:,.1f} MB"
+
+
+def _rate(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.0f}/s"
+
+
+def _fleet_dashboard(fig: dict[str, t.Any]) -> str:
+    """Issue 23 item 6: the real dashboard attached to a live simulated fleet, one table per size."""
+    rows = [row for row in fig["rows"] if "dashboard" in row]
+    if not rows:
+        return ""
+    targets = fig.get("targets", {})
+    core, first, budget = targets["dashboard_core"], targets["first_view_s"], targets["stream_bytes_per_s"]
+    rates = fig.get("rates_s", {})
+    intro = (
+        "\n### The dashboard on a live fleet (issue 23)\n\n"
+        "The simulated hosts stay live: "
+        f"{fig.get('traffic_processes')} publisher processes (one MQTT connection each, loopback only, stopped by "
+        "pid, and by themselves at a deadline) refresh each bot's retained state record every "
+        f"{rates.get('state', 30):g} s (a new `ts`), send its heartbeat on `hbot/{{id}}/hb` and a Hummingbot-style "
+        f"log line on `hbot/{{id}}/log` every {rates.get('heartbeat', 10):g} s, and each host's own beat on "
+        f"`supervisor/{{host}}/beat` every {rates.get('beat', 2):g} s, each spread evenly in time (about 38 B/s per "
+        "bot, the measured rates). The `fleet ls` rows above were measured with this traffic running. The real "
+        "`supervisor dashboard` (loopback, no login) is then started on the last broker setting of each size; "
+        f"after it lists every bot and the traffic has run {fig.get('warm_s', 40):g} s (every record refreshed "
+        "once), one `/events` stream is opened like a browser tab, and over a steady window of "
+        f"{rows[0]['dashboard'].get('window_s', '?')} s its bytes, the dashboard's CPU time (user + system ÷ "
+        "wall: a share of one core) and the broker's `$SYS` message counters are taken; then `GET /api/snapshot` "
+        "(with `Accept-Encoding: gzip`) is timed and the states it shows are counted. *First view* is the time to "
+        "the whole first frame of a newly opened `/events` and the time of `GET /api/snapshot`. Drops are the "
+        "dashboard's \"queue is full\" log lines, and a tab's stream ended by the dashboard. The targets of "
+        "issue 23 are set for 20,000 bots; smaller sizes are judged by the same bounds. The simulation (mosquitto "
+        "and the publishers) runs on the same cores as the dashboard: its CPU share is shown, and so are the load "
+        "averages (1, 5, 15 min) before and after each window.\n"
+    )
+    parts = [intro]
+    for row in rows:
+        d = row["dashboard"]
+        size = f"{row['hosts']:,} hosts × {row['bots_per_host']} = {row['bots']:,} bots"
+        title = f"**{size}** ({row['broker_limits']} limits)"
+        if "error" in d:
+            parts.append(f"{title}: the dashboard figure failed: `{d['error']}`\n")
+            continue
+        published = d.get("published_per_s", {})
+        expected = d.get("expected_per_s", {})
+        sent = sum(published.values())
+        planned = sum(expected.values())
+        broker = d.get("broker_per_s", {})
+        load = d.get("load_average", [])
+        after = d.get("load_average_after", [])
+        encoding = d.get("snapshot_encoding", "identity")
+        ended = d.get("stream_ended")
+        snapshot_s = d.get("snapshot_s")
+        frame_s = d.get("events_first_frame_s")
+        frame_kb = _kb(d.get("events_first_frame_bytes"))
+        brss = d.get("broker_rss_bytes") or []
+        off = sum(n for state, n in d.get("instance_states", {}).items() if state != "running")
+        table = [
+            [
+                "instances listed by the dashboard",
+                f"{d.get('snapshot_instances', 0):,} of {row['bots']:,}"
+                + (f" (all listed {d['listed_s']:.1f} s after its start)" if d.get("listed_s") else " (never all)"),
+                f"{row['bots']:,}",
+                _verdict(d.get("snapshot_instances") == row["bots"]),
+            ],
+            [
+                "instances shown stale or not running (their records and beats are all on time)",
+                f"{d.get('stale', 0):,} stale, {off:,} not running",
+                "0",
+                _verdict(d.get("stale") == 0 and off == 0),
+            ],
+            [
+                "states shown",
+                "instances: "
+                + ", ".join(f"{k} {v:,}" for k, v in d.get("instance_states", {}).items())
+                + "; hosts: "
+                + ", ".join(f"{k} {v:,}" for k, v in d.get("host_states", {}).items()),
+                "–",
+                "",
+            ],
+            [
+                "dashboard CPU (share of one core)",
+                f"{d['cpu_core']:.2f}",
+                f"< {core:g}",
+                _verdict(d["cpu_core"] < core),
+            ],
+            ["dashboard RSS", _mib((d.get("rss_bytes") or 0) // 1024 or None), "–", ""],
+            [
+                "first view: `GET /api/snapshot`",
+                (
+                    f"{snapshot_s:.2f} s, {_kb(d.get('snapshot_wire_bytes'))} on the wire ({encoding}), "
+                    f"{_kb(d.get('snapshot_bytes'))} of JSON"
+                ),
+                f"≤ {first:g} s",
+                _verdict(snapshot_s <= first),
+            ],
+            [
+                "first view: a new `/events` to its first frame",
+                "–" if frame_s is None else f"{frame_s:.2f} s, `{d.get('events_first_event')}` frame of {frame_kb}",
+                f"≤ {first:g} s",
+                _verdict(frame_s is not None and frame_s <= first),
+            ],
+            [
+                "stream of one open tab (no console open)",
+                f"{d['stream_bytes_per_s'] / 1e3:,.2f} KB/s" + (" (the dashboard ended the stream)" if ended else ""),
+                f"≤ {budget / 1e3:g} KB/s",
+                _verdict(not ended and d["stream_bytes_per_s"] <= budget),
+            ],
+            [
+                "messages dropped by the dashboard",
+                f'{d.get("drops_logged", 0):,} "queue is full" log lines'
+                + "".join(f", {k}: {v}" for k, v in d.get("drops_reported", {}).items()),
+                "0",
+                _verdict(d.get("drops_logged", 0) == 0 and not any(d.get("drops_reported", {}).values())),
+            ],
+            [
+                "simulated traffic sent (planned)",
+                f"{_rate(sent)} ({_rate(planned)}): "
+                + ", ".join(f"{k} {_rate(published.get(k))}" for k in ("state", "heartbeat", "log", "beat")),
+                "–",
+                "",
+            ],
+            [
+                "broker: MQTT messages (of any type) received / sent",
+                f"{_rate(broker.get('received'))} / {_rate(broker.get('sent'))}"
+                + (
+                    f"; mosquitto RSS {brss[0] / 2**20:.0f} → {brss[1] / 2**20:.0f} MiB over the window"
+                    if len(brss) == 2
+                    else ""
+                )
+                + (
+                    ": the broker sends less than it receives, the dashboard falls behind"
+                    if broker.get("sent") and broker.get("received") and broker["sent"] < 0.9 * broker["received"]
+                    else ""
+                ),
+                "–",
+                "",
+            ],
+            [
+                "CPU of the simulation meanwhile (share of one core)",
+                f"mosquitto {d['broker_cpu_core']:.2f}, publishers {d['publishers_cpu_core']:.2f}"
+                if "broker_cpu_core" in d
+                else "–",
+                "–",
+                "",
+            ],
+            [
+                "load average before → after the window",
+                " / ".join(f"{x:.1f}" for x in load) + " → " + " / ".join(f"{x:.1f}" for x in after),
+                "–",
+                "",
+            ],
+        ]
+        parts.append(title + "\n\n" + _table(["figure", "measured", "target", "verdict"], table) + "\n")
+    return "\n".join(parts)
 
 
 def _startup(fig: dict[str, t.Any]) -> str:
