@@ -287,7 +287,17 @@ class FleetClient:
 
     # -- commands ----------------------------------------------------------------
 
+    def probe(self) -> None:
+        """Send the view a probe of its own delay through the broker (QoS 1: queued with the state records)."""
+        probe = self.view.probe_sent()
+        self.connection.publish(f"{self._reply_prefix}/probe", json.dumps({"probe": probe}).encode(), qos=1)
+
     def _on_reply(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
+        if topic == f"{self._reply_prefix}/probe":
+            probe = (load_record(payload) or {}).get("probe")
+            if isinstance(probe, int) and not isinstance(probe, bool):
+                self.view.probe_back(probe)
+            return
         with self._lock:
             waiter = self._waiters.get(topic)
         if waiter is not None:
