@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -2427,3 +2428,36 @@ def test_the_page_says_it_shows_n_of_m_and_a_host_filter_reads_that_host_from_th
             page.close()
     finally:
         fleet.cleanup(show_logs=False)
+
+
+def test_history_messages_the_queue_cannot_hold_are_counted_and_logged_once_a_minute(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(tmp_path / "dashboard.sqlite")
+    monitor = Monitor(load_agent_config(None, {}, {"url": "mqtt://127.0.0.1:1"}), store, Hub())
+    try:
+        while not monitor._work.full():  # the writer is not started: nothing drains the queue
+            monitor._work.put_nowait(lambda: None)
+        with caplog.at_level("WARNING", logger="supervisor.fleet.dashboard.server"):
+            for _ in range(3):
+                monitor._defer(lambda: None)
+        assert monitor.dropped == 3
+        assert monitor.snapshot()["dropped"] == 3
+        assert [r.getMessage() for r in caplog.records] == [
+            "dashboard history queue is full: 1 message(s) dropped since the last report (1 in all)"
+        ]
+    finally:
+        store.close()
+
+
+def test_a_batch_of_history_is_one_transaction_and_a_bad_message_spoils_no_other(tmp_path: Path) -> None:
+    store = Store(tmp_path / "dashboard.sqlite")
+    try:
+        with store.batch():
+            store.add_message("mm-1", "log", "one", ts=1.0)
+            with contextlib.suppress(sqlite3.IntegrityError):
+                store.add_message("mm-1", None, "no kind", ts=2.0)  # type: ignore[arg-type] # NOT NULL column
+            store.add_message("mm-1", "log", "two", ts=3.0)
+        assert [m["text"] for m in store.messages("mm-1")] == ["one", "two"]
+    finally:
+        store.close()
