@@ -2461,3 +2461,50 @@ def test_a_batch_of_history_is_one_transaction_and_a_bad_message_spoils_no_other
         assert [m["text"] for m in store.messages("mm-1")] == ["one", "two"]
     finally:
         store.close()
+
+
+def test_records_a_busy_dashboards_broker_dropped_are_asked_for_again(tmp_path: Path) -> None:
+    """The broker drops refreshes it cannot queue for a dashboard that is behind: their retained copies are fresh."""
+    broker = start_mosquitto(tmp_path / "tight-broker", extra_conf="max_inflight_messages 1\nmax_queued_messages 60\n")
+    clock = Clock(now=1000.0)
+    store = Store(tmp_path / "dashboard.sqlite")
+    monitor = Monitor(load_agent_config(None, {}, {"url": broker.url}), store, Hub(), clock=clock)
+    held, release = threading.Event(), threading.Event()
+
+    def hold(topic: str, _change: t.Any) -> None:
+        if topic.endswith("/hold/state"):
+            held.set()
+            release.wait(30)
+
+    def record(h: int, b: int, ts: float) -> tuple[str, t.Any]:
+        return (f"supervisor/sim-{h}/bot-{h}-{b}/state", {"state": "running", "ts": ts, "refresh": 30})
+
+    def count() -> int:
+        return len(monitor.snapshot()["instances"])
+
+    def stale() -> set[str]:
+        return {row["target"] for row in monitor.snapshot()["instances"] if row["state"] == "stale"}
+
+    monitor.fleet.watch(on_state=hold)
+    monitor.start()
+    try:
+        hosts = [*(f"sim-{h}" for h in range(8)), "holder"]
+        publish_retained(broker, [(f"supervisor/{host}/agent", {"state": "online", "ts": 1000.0}) for host in hosts])
+        for h in range(8):  # a host at a time: the broker queues no more than 61 for the dashboard
+            publish_retained(broker, [record(h, b, 1000.0) for b in range(10)])
+            wait_until(lambda: count() == 10 * (h + 1), message=f"sim-{h}'s records")  # noqa: B023 - called at once
+        wait_until(lambda: monitor.fleet.view._heard == 1000.0, message="a probe came back")
+        publish_retained(broker, [("supervisor/holder/hold/state", {"state": "running", "ts": 1000.0, "refresh": 30})])
+        assert held.wait(10)
+        clock.now = 1040.0
+        # Every agent refreshes its records; the broker can queue 61 of the 80 for the held dashboard.
+        publish_retained(broker, [record(h, b, 1039.0) for h in range(8) for b in range(10)])
+        release.set()
+        dropped = "being dropped for client supervisor-dashboard"
+        wait_until(lambda: dropped in broker.log.read_text(), message="the broker dropped")
+        wait_until(lambda: stale() == {"holder/hold"}, timeout=20, message="only the record nobody refreshed is stale")
+    finally:
+        release.set()
+        monitor.stop()
+        store.close()
+        stop_process(broker.process)

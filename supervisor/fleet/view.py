@@ -36,8 +36,10 @@ BEAT_MISSES = 3
 """Beats a host may miss before it counts as unresponsive (its agent announces its beat interval)."""
 BEAT_GRACE = 2.0
 """Seconds of slack on top of the missed beats: a busy machine's agent may beat late."""
+PROBE_EVERY = 1.0
+"""Seconds between two probes of a long-lived view's delay behind the broker (the dashboard sends them)."""
 PROBE_SLACK = 0.5
-"""Seconds a probe of the view's own delay may take before the view counts itself behind the broker."""
+"""Seconds a probe may take to come back before the view counts itself behind the broker."""
 MAX_BEHIND = 60.0
 """Seconds the view judges freshness in the past at most while it is behind (a lost probe stops counting then)."""
 TRUSTED_KEY = "trusted"
@@ -240,9 +242,9 @@ class FleetView:
         """Note a probe sent now through the broker back to this view; return its id.
 
         A probe that comes back (:meth:`probe_back`) proves every message the broker queued for
-        this view before it has come in. While one is overdue the view is behind (a starved
-        network thread, a long queue): it judges freshness as of the last probe that came back,
-        not as of now, so records that were on time do not turn stale while they wait in the queue.
+        this view before it has come in. The view judges freshness at most :data:`PROBE_EVERY`
+        plus :data:`PROBE_SLACK` past the last probe back: when it is behind (a starved network
+        thread, a long queue), records that were on time do not turn stale while they wait in its queue.
         """
         with self._lock:
             self._probe_id += 1
@@ -260,15 +262,13 @@ class FleetView:
                 del self._probes[older]
 
     def _judged_at(self, now: float) -> float:
-        """Return the time freshness is judged at: ``now``, unless a probe is overdue (lock held)."""
+        """Return the time freshness is judged at: ``now``, or the last probe back plus period and slack (lock held)."""
         mono = time.monotonic()
         for probe in [p for p, (_, sent) in self._probes.items() if mono - sent > MAX_BEHIND]:
-            del self._probes[probe]  # lost (a reconnect, a broker over its limits): no evidence any more
-        overdue = [when for when, sent in self._probes.values() if mono - sent > PROBE_SLACK]
-        if not overdue:
-            return now
-        heard = self._heard if self._heard is not None else min(overdue)
-        return min(now, max(heard, now - MAX_BEHIND))
+            del self._probes[probe]  # lost (a broker over its limits): never coming back
+        if self._heard is None:
+            return now  # not probing (fleet ls), or no probe back yet
+        return min(now, max(self._heard + PROBE_EVERY + PROBE_SLACK, now - MAX_BEHIND))
 
     def remember(
         self, hosts: Mapping[str, Mapping[str, t.Any]], states: Mapping[tuple[str, str], Mapping[str, t.Any]]

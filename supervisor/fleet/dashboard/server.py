@@ -41,7 +41,7 @@ from supervisor.fleet.dashboard.auth import LoginThrottle, Sessions, verify_pass
 from supervisor.fleet.dashboard.flapping import Flapping
 from supervisor.fleet.dashboard.store import controller_figures, message_time
 from supervisor.fleet.dashboard.window import WINDOW, Query, parse_query, select, windowed
-from supervisor.fleet.view import GREY, TRUSTED_KEY, Seen
+from supervisor.fleet.view import GREY, PROBE_EVERY, TRUSTED_KEY, Seen
 from supervisor.mqtt import protocol
 from supervisor.mqtt.protocol import load_record
 from supervisor.states import ALIVE, BAD, State
@@ -97,8 +97,10 @@ DROP_LOG_EVERY = 60.0
 """Seconds between two log lines counting history messages dropped meanwhile."""
 WINDOW_BEAT = 30.0
 """Above the window, a row's heartbeat time is sent again only once it moved this many seconds."""
-PROBE_EVERY = 1.0
-"""Seconds between two probes of the view's delay behind the broker."""
+RECHECK_EVERY = 30.0
+"""Seconds before the records of a host with stale records are asked for again (a broker may have dropped them)."""
+RECHECK_RECORDS = 200
+"""Records asked for again at once, at most (whole hosts; at least one): a broker's queue for us must hold them."""
 GZIP_MIN = 1024
 """Answers at least this long are compressed for a client that accepts gzip."""
 _RECORD_FIELDS = (
@@ -356,6 +358,8 @@ class Monitor:
         """History messages dropped since the start because the store could not keep up (never silently: logged)."""
         self._dropped_logged = (0, 0.0)
         self._latest: dict[str, t.Any] | None = None
+        self._asked: dict[str, float] = {}  # host -> when its records were last asked for again (monotonic)
+        self._asking: dict[str, float] = {}  # the hosts whose subscription of their own is still open
         self._poke = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -457,10 +461,38 @@ class Monitor:
                 self._latest = snapshot
             self.hub.publish_snapshot(snapshot)
             self.alerter.observe(snapshot)
+            self._recheck(snapshot)
             # A large fleet's view takes long to build: build it less often, so it stays a small share of a core.
             took = time.monotonic() - started
             pause = max(MIN_PUSH, took / SNAPSHOT_SHARE - took)
             self._stop.wait(pause)
+
+    def _recheck(self, view: Mapping[str, t.Any]) -> None:
+        """Ask the broker again for the records of online hosts whose records look stale or are missing.
+
+        A broker over its per-client limits drops what it cannot queue for a busy dashboard, a
+        refresh too: its retained copy is the agent's latest, so a record stale only here comes back fresh.
+        """
+        now = time.monotonic()
+        for host in [h for h, when in self._asking.items() if now - when >= 1.0]:
+            del self._asking[host]
+            self.fleet.done_asking(host)
+        if not self.connected:
+            return
+        stale = {row["host"] for row in view["instances"] if row["stale"] and row["host_online"]}
+        stale |= {host["host"] for host in view["hosts"] if host["missing"] and host["online"]}
+        sizes = {host["host"]: host["instances"] + host["missing"] for host in view["hosts"]}
+        budget = RECHECK_RECORDS
+        for host in sorted(stale):
+            if now - self._asked.get(host, -math.inf) < RECHECK_EVERY:
+                continue
+            if budget < RECHECK_RECORDS and sizes.get(host, 0) > budget:
+                break
+            budget -= sizes.get(host, 0)
+            self._asked[host] = self._asking[host] = now
+            self.fleet.ask_again(host)
+        if len(self._asked) > len(sizes):
+            self._asked = {h: when for h, when in self._asked.items() if now - when < RECHECK_EVERY}
 
     def _prober(self) -> None:
         # The view measures how far behind the broker it is (judging freshness accordingly).
@@ -661,6 +693,7 @@ class Monitor:
                 "signed": h.signed,
                 "heartbeat_interval": h.heartbeat_interval,
                 "instances": per_host[h.host],
+                "missing": h.missing,
             }
             for h in view.hosts.values()
         ]
