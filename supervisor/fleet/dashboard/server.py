@@ -87,7 +87,7 @@ MAX_STREAMS_PER_CLIENT = 8
 MAX_PASSWORD_CHECKS = 2
 MAX_PASSWORD_QUEUE = 8
 TICK = 1.0
-SNAPSHOT_SHARE = 0.15
+SNAPSHOT_SHARE = 0.1
 """The share of one core the live view may take: after a view that took d seconds, the next waits d/share - d."""
 MIN_PUSH = 0.1
 """At most ten pushes a second, however busy the fleet."""
