@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import gzip
 import http.client
 import json
 import math
@@ -11,8 +12,10 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import typing as t
 import urllib.parse
@@ -50,6 +53,8 @@ from supervisor.fleet.dashboard.server import (
     is_loopback,
 )
 from supervisor.fleet.dashboard.store import Store, controller_figures, extract_pnl, message_time
+from supervisor.fleet.dashboard.window import WINDOW, windowed
+from supervisor.fleet.view import PROBE_SLACK
 from supervisor.mqtt.config import load_agent_config
 from supervisor.paths import Paths
 from tests.conftest import (
@@ -837,6 +842,7 @@ def test_login_is_required_and_a_wrong_password_is_refused(fleet: Fleet, browser
     assert request(url, "POST", "/api/command", command)[0] == 403
     assert request(url, "POST", "/api/command", command, {"X-CSRF-Token": "guess"})[0] == 403
     assert request(url, "GET", "/api/snapshot")[0] == 403
+    assert request(url, "GET", "/api/instances?host=host-1")[0] == 403
     assert request(url, "GET", "/events")[0] == 403
     assert request(url, "GET", "/api/history/host-1/mm-1")[0] == 403
     wrong = request(url, "POST", "/api/login", {"password": "not it"})
@@ -2152,3 +2158,353 @@ def test_a_hung_host_is_alerted_as_hung_not_as_gone() -> None:
     clock.now += 6
     alerter.observe(view)
     assert sent == ["host h2 stopped answering (its agent is connected but hung)"]
+
+
+# --- a fleet larger than the window (issue 23): window + summary, /api/instances, freshness judged as heard ---------
+
+
+def fleet_rows(hosts: int, per_host: int) -> list[dict[str, t.Any]]:
+    return [
+        {
+            "target": f"sim-{h}/bot-{b:03d}",
+            "host": f"sim-{h}",
+            "instance": f"bot-{b:03d}",
+            "state": "running",
+            "health": "ok",
+            "recipe": "bench",
+            "heartbeat_ts": 100.0,
+        }
+        for h in range(hosts)
+        for b in range(per_host)
+    ]
+
+
+def test_above_the_window_a_view_carries_its_first_rows_problems_first_and_a_summary_of_all() -> None:
+    rows = fleet_rows(3, 250)
+    # The last row of the default order crashed; two early ones are grey (their host is offline).
+    rows[-1] = {**rows[-1], "state": "crashed", "health": "bad"}
+    rows[1] = {**rows[1], "state": "offline", "health": "off"}
+    rows[2] = {**rows[2], "state": "stale", "health": "off"}
+    rows[3] = {**rows[3], "state": "stopped", "recipe": "other"}
+    small = windowed(snapshot_of(*rows[:WINDOW]))
+    assert small == snapshot_of(*rows[:WINDOW])  # a fleet of the window's size is sent whole, as before
+    view = windowed(snapshot_of(*rows))
+    shown = [row["target"] for row in view["instances"]]
+    assert len(shown) == WINDOW
+    assert shown[:4] == ["sim-2/bot-249", "sim-0/bot-001", "sim-0/bot-002", "sim-0/bot-000"]
+    assert view["summary"] == {
+        "total": 750,
+        "shown": WINDOW,
+        "groups": {"problems": 1, "offline": 2, "progress": 0, "running": 746, "stopped": 1},
+        "counts": {"running": 746, "bad": 1, "progress": 0, "stopped": 1, "off": 2},
+        "problem_hosts": {"sim-2": 1},
+        "recipes": ["bench", "other"],
+    }
+    # The stream: rows entering the window come whole, rows leaving it are removed, the summary follows.
+    hub = Hub()
+    q = hub.subscribe()
+    assert q is not None
+    hub.publish_snapshot(snapshot_of(*rows))
+    event, first = read_frame(q)
+    assert event == "snapshot"
+    assert len(first["instances"]) == WINDOW
+    assert first["summary"]["total"] == 750
+    rows[-2] = {**rows[-2], "state": "exited", "health": "bad"}  # sim-2/bot-248 enters, sim-1/bot-248 leaves
+    hub.publish_snapshot({**snapshot_of(*rows), "now": 2.0})
+    event, delta = read_frame(q)
+    assert event == "delta"
+    assert [row["target"] for row in delta["instances"]] == ["sim-2/bot-248"]
+    assert delta["instances"][0]["state"] == "exited"
+    assert delta["removed"] == ["sim-1/bot-248"]
+    assert delta["summary"]["problem_hosts"] == {"sim-2": 2}
+    assert q.empty()
+
+
+def test_above_the_window_heartbeat_times_are_sent_coarsely() -> None:
+    rows = fleet_rows(3, 250)
+    hub = Hub()
+    q = hub.subscribe()
+    assert q is not None
+    hub.publish_snapshot(snapshot_of(*rows))
+    read_frame(q)
+    beat = [{**row, "heartbeat_ts": 110.0} if row["target"] == "sim-0/bot-000" else row for row in rows]
+    hub.publish_snapshot({**snapshot_of(*beat), "now": 2.0})
+    assert q.empty()  # 10 s newer: not worth a frame per tab
+    beat = [{**row, "heartbeat_ts": 140.0} if row["target"] == "sim-0/bot-000" else row for row in rows]
+    hub.publish_snapshot({**snapshot_of(*beat), "now": 3.0})
+    assert read_frame(q)[1]["beats"] == {"sim-0/bot-000": 140.0}
+
+
+def read_frame(q: t.Any) -> tuple[str, t.Any]:
+    event, data = q.get_nowait().decode().split("\n")[:2]
+    return event.removeprefix("event: "), json.loads(data.removeprefix("data: "))
+
+
+def simulate_fleet(broker: Broker, hosts: int, per_host: int, *, ts: float, crashed: str | None = None) -> None:
+    """Publish the retained agent and state records of ``hosts`` simulated agents, as real ones leave them."""
+    messages: list[tuple[str, t.Any]] = []
+    for h in range(hosts):
+        host = f"sim-{h}"
+        messages.append(
+            (f"supervisor/{host}/agent", {"host": host, "state": "online", "ts": ts, "instances": per_host})
+        )
+        for b in range(per_host):
+            name = f"bot-{h}-{b:03d}"
+            state = "crashed" if f"{host}/{name}" == crashed else "running"
+            record = {"state": state, "ts": ts, "refresh": 3600, "recipe": f"recipe-{b % 2}", "pid": 100 + b}
+            messages.append((f"supervisor/{host}/{name}/state", record))
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sim-{uuid.uuid4().hex[:8]}")
+    client.max_inflight_messages_set(100)
+    client.max_queued_messages_set(0)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        sent = [client.publish(topic, json.dumps(payload), qos=1, retain=True) for topic, payload in messages]
+        for info in sent:
+            info.wait_for_publish(30)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+@pytest.fixture
+def big_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A mosquitto with its per-client limits lifted, as the README advises for large fleets."""
+    broker = start_mosquitto(tmp_path / "big-broker", extra_conf="max_inflight_messages 0\nmax_queued_messages 0\n")
+    try:
+        yield broker
+    finally:
+        stop_process(broker.process)
+
+
+def get(url: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=20)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def test_api_instances_pages_and_filters_a_large_fleet_and_refuses_bad_parameters(
+    tmp_path: Path, big_broker: Broker
+) -> None:
+    simulate_fleet(big_broker, 3, 250, ts=time.time(), crashed="sim-2/bot-2-249")
+    fleet = Fleet(tmp_path / "fleet", big_broker)
+    try:
+        _, url = fleet.start_dashboard(fleet.home)
+        wait_until(lambda: request(url, "GET", "/api/instances?limit=1")[2]["total"] == 750, timeout=30)
+        status, _, view = request(url, "GET", "/api/snapshot")
+        assert status == 200
+        assert len(view["instances"]) == WINDOW
+        assert view["instances"][0]["target"] == "sim-2/bot-2-249"  # last by name, first as a problem
+        assert view["summary"]["total"] == 750
+        assert view["summary"]["counts"]["bad"] == 1
+        assert view["summary"]["problem_hosts"] == {"sim-2": 1}
+        assert len(request(url, "GET", "/api/snapshot?all=1")[2]["instances"]) == 750
+        # Compressed when asked for; the same view.
+        status, headers, raw = get(url, "/api/snapshot", {"Accept-Encoding": "gzip"})
+        assert (status, headers["content-encoding"]) == (200, "gzip")
+        assert json.loads(gzip.decompress(raw))["summary"]["total"] == 750
+        # Filters and pages.
+        page = request(url, "GET", "/api/instances?host=sim-1&offset=200&limit=100")[2]
+        assert (page["total"], page["matching"], page["offset"], page["limit"]) == (750, 250, 200, 100)
+        assert [row["target"] for row in page["instances"]] == [f"sim-1/bot-1-{b:03d}" for b in range(200, 250)]
+        page = request(url, "GET", "/api/instances?q=BOT-2-00&recipe=recipe-1")[2]
+        assert [row["target"] for row in page["instances"]] == [f"sim-2/bot-2-00{b}" for b in (1, 3, 5, 7, 9)]
+        page = request(url, "GET", "/api/instances?state=problems")[2]
+        assert [row["target"] for row in page["instances"]] == ["sim-2/bot-2-249"]
+        assert request(url, "GET", "/api/instances?state=running&limit=1000")[2]["matching"] == 749
+        for query, message in (
+            ("limit=1001", "parameter 'limit' must be at most 1000."),
+            ("limit=0", "parameter 'limit' must be 1 to 1000."),
+            ("offset=-1", "parameter 'offset' must be a whole number (0 or more)."),
+            ("state=dead", "parameter 'state' must be one of problems, offline, progress, running, stopped."),
+            ("host=a/b", "parameter 'host' must be a host id: letters, digits, '-' and '_'."),
+            ("host=a&host=b", "parameter 'host' given 2 times; give it once."),
+            ("sort=host", "unknown parameter 'sort'. Known parameters: q, host, recipe, state, offset, limit."),
+            (f"q={'x' * 201}", "parameter 'q' is longer than 200 characters."),
+        ):
+            status, _, body = request(url, "GET", f"/api/instances?{query}")
+            assert (status, body) == (400, {"error": message}), query
+        assert request(url, "GET", "/api/snapshot?all=2")[0] == 400
+    finally:
+        fleet.cleanup(show_logs=False)
+
+
+def test_a_view_behind_the_broker_does_not_call_records_on_time_stale(tmp_path: Path, big_broker: Broker) -> None:
+    """The network thread starved (here: held on purpose) while time passes: records waiting for it are on time."""
+    clock = Clock(now=1000.0)
+    simulate_fleet(big_broker, 4, 500, ts=1000.0)
+    for h in range(4):  # these records say they are refreshed every 30 s
+        publish_retained(
+            big_broker, [(f"supervisor/sim-{h}/bot-{h}-000/state", {"state": "running", "ts": 1000.0, "refresh": 30})]
+        )
+    store = Store(tmp_path / "dashboard.sqlite")
+    monitor = Monitor(load_agent_config(None, {}, {"url": big_broker.url}), store, Hub(), clock=clock)
+    held, release = threading.Event(), threading.Event()
+
+    def hold(topic: str, _change: t.Any) -> None:
+        if topic.endswith("/hold/state"):
+            held.set()
+            release.wait(30)
+
+    monitor.fleet.watch(on_state=hold)
+    monitor.start()
+    try:
+        wait_until(lambda: len(monitor.snapshot()["instances"]) == 2000, timeout=30, message="every record")
+        wait_until(lambda: monitor.fleet.view._heard == 1000.0, message="a probe came back")
+        publish_retained(
+            big_broker, [("supervisor/sim-0/hold/state", {"state": "running", "ts": 1000.0, "refresh": 30})]
+        )
+        assert held.wait(10)
+        # 40 s later every agent has refreshed its records, which wait behind the held network thread.
+        clock.now = 1040.0
+        publish_retained(
+            big_broker,
+            [
+                (f"supervisor/sim-{h}/bot-{h}-000/state", {"state": "running", "ts": 1039.0, "refresh": 30})
+                for h in range(4)
+            ],
+        )
+        time.sleep(3 * PROBE_SLACK)  # a probe sent at 1040 is overdue now: the view knows it is behind
+        states = {row["target"]: row["state"] for row in monitor.snapshot()["instances"]}
+        assert [target for target, state in states.items() if state != "running"] == []
+        release.set()
+        # Caught up: the refreshed records are fresh, and a record that really was not refreshed is stale.
+        wait_until(lambda: monitor.fleet.view._heard == 1040.0, message="the view caught up")
+        states = {row["target"]: row["state"] for row in monitor.snapshot()["instances"]}
+        assert {target for target, state in states.items() if state == "stale"} == {"sim-0/hold"}
+    finally:
+        release.set()
+        monitor.stop()
+        store.close()
+
+
+def publish_retained(broker: Broker, messages: list[tuple[str, t.Any]]) -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"agent-{uuid.uuid4().hex[:8]}")
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        for topic, payload in messages:
+            client.publish(topic, json.dumps(payload), qos=1, retain=True).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_the_page_says_it_shows_n_of_m_and_a_host_filter_reads_that_host_from_the_server(
+    tmp_path: Path, big_broker: Broker, browser: Browser
+) -> None:
+    simulate_fleet(big_broker, 3, 250, ts=time.time())
+    fleet = Fleet(tmp_path / "fleet", big_broker)
+    try:
+        _, url = fleet.start_dashboard(fleet.home)
+        wait_until(lambda: request(url, "GET", "/api/instances?limit=1")[2]["total"] == 750, timeout=30)
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        try:
+            page.goto(url + "/")
+            page.wait_for_selector("#window-note:not([hidden])", timeout=20_000)
+            wait_page(
+                page, "() => document.querySelector('#window-note').textContent.includes('Showing 500 of 750 bots')"
+            )
+            assert len(targets(page)) == WINDOW
+            assert "sim-2/bot-2-000" not in targets(page)  # beyond the window
+            page.select_option("#filter-host", "sim-2")
+            wait_page(
+                page,
+                "() => document.querySelectorAll('#fleet tbody tr[data-target^=\"sim-2/\"]').length === 250",
+                timeout=20,
+            )
+            assert len(targets(page)) == 250
+            assert "Showing 250 of 250 matching bots (750 in all)" in page.inner_text("#window-note")
+            page.select_option("#filter-host", "")
+            wait_page(
+                page, "() => document.querySelector('#window-note').textContent.includes('Showing 500 of 750 bots')"
+            )
+        finally:
+            page.close()
+    finally:
+        fleet.cleanup(show_logs=False)
+
+
+def test_history_messages_the_queue_cannot_hold_are_counted_and_logged_once_a_minute(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(tmp_path / "dashboard.sqlite")
+    monitor = Monitor(load_agent_config(None, {}, {"url": "mqtt://127.0.0.1:1"}), store, Hub())
+    try:
+        while not monitor._work.full():  # the writer is not started: nothing drains the queue
+            monitor._work.put_nowait(lambda: None)
+        with caplog.at_level("WARNING", logger="supervisor.fleet.dashboard.server"):
+            for _ in range(3):
+                monitor._defer(lambda: None)
+        assert monitor.dropped == 3
+        assert monitor.snapshot()["dropped"] == 3
+        assert [r.getMessage() for r in caplog.records] == [
+            "dashboard history queue is full: 1 message(s) dropped since the last report (1 in all)"
+        ]
+    finally:
+        store.close()
+
+
+def test_a_batch_of_history_is_one_transaction_and_a_bad_message_spoils_no_other(tmp_path: Path) -> None:
+    store = Store(tmp_path / "dashboard.sqlite")
+    try:
+        with store.batch():
+            store.add_message("mm-1", "log", "one", ts=1.0)
+            with contextlib.suppress(sqlite3.IntegrityError):
+                store.add_message("mm-1", None, "no kind", ts=2.0)  # type: ignore[arg-type] # NOT NULL column
+            store.add_message("mm-1", "log", "two", ts=3.0)
+        assert [m["text"] for m in store.messages("mm-1")] == ["one", "two"]
+    finally:
+        store.close()
+
+
+def test_records_a_busy_dashboards_broker_dropped_are_asked_for_again(tmp_path: Path) -> None:
+    """The broker drops refreshes it cannot queue for a dashboard that is behind: their retained copies are fresh."""
+    broker = start_mosquitto(tmp_path / "tight-broker", extra_conf="max_inflight_messages 1\nmax_queued_messages 60\n")
+    clock = Clock(now=1000.0)
+    store = Store(tmp_path / "dashboard.sqlite")
+    monitor = Monitor(load_agent_config(None, {}, {"url": broker.url}), store, Hub(), clock=clock)
+    held, release = threading.Event(), threading.Event()
+
+    def hold(topic: str, _change: t.Any) -> None:
+        if topic.endswith("/hold/state"):
+            held.set()
+            release.wait(30)
+
+    def record(h: int, b: int, ts: float) -> tuple[str, t.Any]:
+        return (f"supervisor/sim-{h}/bot-{h}-{b}/state", {"state": "running", "ts": ts, "refresh": 30})
+
+    def count() -> int:
+        return len(monitor.snapshot()["instances"])
+
+    def stale() -> set[str]:
+        return {row["target"] for row in monitor.snapshot()["instances"] if row["state"] == "stale"}
+
+    monitor.fleet.watch(on_state=hold)
+    monitor.start()
+    try:
+        hosts = [*(f"sim-{h}" for h in range(8)), "holder"]
+        publish_retained(broker, [(f"supervisor/{host}/agent", {"state": "online", "ts": 1000.0}) for host in hosts])
+        for h in range(8):  # a host at a time: the broker queues no more than 61 for the dashboard
+            publish_retained(broker, [record(h, b, 1000.0) for b in range(10)])
+            wait_until(lambda: count() == 10 * (h + 1), message=f"sim-{h}'s records")  # noqa: B023 - called at once
+        wait_until(lambda: monitor.fleet.view._heard == 1000.0, message="a probe came back")
+        publish_retained(broker, [("supervisor/holder/hold/state", {"state": "running", "ts": 1000.0, "refresh": 30})])
+        assert held.wait(10)
+        clock.now = 1040.0
+        # Every agent refreshes its records; the broker can queue 61 of the 80 for the held dashboard.
+        publish_retained(broker, [record(h, b, 1039.0) for h in range(8) for b in range(10)])
+        release.set()
+        dropped = "being dropped for client supervisor-dashboard"
+        wait_until(lambda: dropped in broker.log.read_text(), message="the broker dropped")
+        wait_until(lambda: stale() == {"holder/hold"}, timeout=20, message="only the record nobody refreshed is stale")
+    finally:
+        release.set()
+        monitor.stop()
+        store.close()
+        stop_process(broker.process)

@@ -287,7 +287,28 @@ class FleetClient:
 
     # -- commands ----------------------------------------------------------------
 
+    def ask_again(self, host: str) -> None:
+        """Ask the broker for ``host``'s retained state records again (a broker over its limits dropped some).
+
+        The broker sends them on this subscription; :meth:`done_asking` ends it once they are queued.
+        """
+        self.connection.subscribe(f"{self.own}/{host}/+/state", self._on_state, qos=1)
+
+    def done_asking(self, host: str) -> None:
+        """End what :meth:`ask_again` began (the wildcard subscription still brings every new record)."""
+        self.connection.unsubscribe(f"{self.own}/{host}/+/state")
+
+    def probe(self) -> None:
+        """Send the view a probe of its own delay through the broker (QoS 1: queued with the state records)."""
+        probe = self.view.probe_sent()
+        self.connection.publish(f"{self._reply_prefix}/probe", json.dumps({"probe": probe}).encode(), qos=1)
+
     def _on_reply(self, topic: str, payload: bytes, _props: Mapping[str, t.Any]) -> None:
+        if topic == f"{self._reply_prefix}/probe":
+            probe = (load_record(payload) or {}).get("probe")
+            if isinstance(probe, int) and not isinstance(probe, bool):
+                self.view.probe_back(probe)
+            return
         with self._lock:
             waiter = self._waiters.get(topic)
         if waiter is not None:

@@ -36,6 +36,12 @@ BEAT_MISSES = 3
 """Beats a host may miss before it counts as unresponsive (its agent announces its beat interval)."""
 BEAT_GRACE = 2.0
 """Seconds of slack on top of the missed beats: a busy machine's agent may beat late."""
+PROBE_EVERY = 1.0
+"""Seconds between two probes of a long-lived view's delay behind the broker (the dashboard sends them)."""
+PROBE_SLACK = 0.5
+"""Seconds a probe may take to come back before the view counts itself behind the broker."""
+MAX_BEHIND = 60.0
+"""Seconds the view judges freshness in the past at most while it is behind (a lost probe stops counting then)."""
 TRUSTED_KEY = "trusted"
 """Set on every record the view keeps: whether its signature checked out (always true without a secret)."""
 
@@ -149,6 +155,8 @@ class Snapshot:
     now: float = 0.0
     left_over: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     """Instances dropped from the view because their live agent no longer publishes them."""
+    behind: float = 0.0
+    """Seconds this view is behind the broker (its probes say so): freshness was judged that much earlier."""
 
     @property
     def incomplete(self) -> list[HostView]:
@@ -225,6 +233,42 @@ class FleetView:
         self._names: dict[str, set[str]] = {}
         self._judged: dict[str, tuple[bool | None, int | None]] = {}
         self._unjudged: set[str] = set()
+        # Probes of this view's own delay: id -> (this view's clock, monotonic) when sent; the newest that came back.
+        self._probes: dict[int, tuple[float, float]] = {}
+        self._probe_id = 0
+        self._heard: float | None = None
+
+    def probe_sent(self) -> int:
+        """Note a probe sent now through the broker back to this view; return its id.
+
+        A probe that comes back (:meth:`probe_back`) proves every message the broker queued for
+        this view before it has come in. The view judges freshness at most :data:`PROBE_EVERY`
+        plus :data:`PROBE_SLACK` past the last probe back: when it is behind (a starved network
+        thread, a long queue), records that were on time do not turn stale while they wait in its queue.
+        """
+        with self._lock:
+            self._probe_id += 1
+            self._probes[self._probe_id] = (self._clock(), time.monotonic())
+            return self._probe_id
+
+    def probe_back(self, probe: int) -> None:
+        """Note that probe ``probe`` came back (an unknown id is ignored: anyone may publish it)."""
+        with self._lock:
+            sent = self._probes.get(probe)
+            if sent is None:
+                return
+            self._heard = max(self._heard or sent[0], sent[0])
+            for older in [p for p in self._probes if p <= probe]:
+                del self._probes[older]
+
+    def _judged_at(self, now: float) -> float:
+        """Return the time freshness is judged at: ``now``, or the last probe back plus period and slack (lock held)."""
+        mono = time.monotonic()
+        for probe in [p for p, (_, sent) in self._probes.items() if mono - sent > MAX_BEHIND]:
+            del self._probes[probe]  # lost (a broker over its limits): never coming back
+        if self._heard is None:
+            return now  # not probing (fleet ls), or no probe back yet
+        return min(now, max(self._heard + PROBE_EVERY + PROBE_SLACK, now - MAX_BEHIND))
 
     def remember(
         self, hosts: Mapping[str, Mapping[str, t.Any]], states: Mapping[tuple[str, str], Mapping[str, t.Any]]
@@ -295,6 +339,7 @@ class FleetView:
         with self._lock:
             self._listening = self._clock()
             self._hearing = hearing or self._hearing
+            self._probes.clear()  # sent over the connection that ended: they will not come back
 
     def on_beat(self, topic: str, payload: bytes) -> bool:
         """Take an agent's own beat on ``{own}/{host}/beat``; return whether it counts.
@@ -362,11 +407,12 @@ class FleetView:
             record = self._agents.get(host)
             remembered = host in self._remembered
             states = {key: rec for key, rec in self._states.items() if key[0] == host}
-            silence = self._silence(host, now)
+            judged = self._judged_at(now)
+            silence = self._silence(host, judged)
         if record is None:
             return None
         view = _host_view(host, record, remembered)
-        _judge_beat(view, silence, self.every_beat or _is_out_of_date(record, states.values(), now))
+        _judge_beat(view, silence, self.every_beat or _is_out_of_date(record, states.values(), judged))
         return view.state
 
     def awaiting_beats(self) -> list[str]:
@@ -386,11 +432,12 @@ class FleetView:
             for (host, _), record in self._states.items():
                 if host in candidates:
                     by_host.setdefault(host, []).append(record)
-            silences = {host: self._silence(host, now) for host in by_host}
+            judged = self._judged_at(now)
+            silences = {host: self._silence(host, judged) for host in by_host}
         waiting = []
         for host, records in sorted(by_host.items()):
             view = _host_view(host, candidates[host], remembered=False)
-            out_of_date = self.every_beat or _is_out_of_date(candidates[host], records, now)
+            out_of_date = self.every_beat or _is_out_of_date(candidates[host], records, judged)
             if out_of_date and _judge_beat(view, silences[host], out_of_date):
                 waiting.append(host)
         return waiting
@@ -428,11 +475,12 @@ class FleetView:
         """Return every host and instance, judged now; instances their live agent dropped are forgotten."""
         now = self._clock()
         with self._lock:
+            judged = self._judged_at(now)
             agents = dict(self._agents)
             remembered = set(self._remembered)
             states = dict(self._states)
             heartbeats = dict(self._heartbeats)
-            silences = {host: self._silence(host, now) for host in agents}
+            silences = {host: self._silence(host, judged) for host in agents}
             beats = dict(self._beats)
         hosts = {host: _host_view(host, rec, host in remembered) for host, rec in sorted(agents.items())}
         by_host: dict[str, list[dict[str, t.Any]]] = {}
@@ -442,14 +490,14 @@ class FleetView:
         for host, view in hosts.items():
             beat, interval = beats.get(host), view.beat_interval
             out_of_date = interval is not None and (
-                self.every_beat or _is_out_of_date(agents[host], by_host.get(host, ()), now)
+                self.every_beat or _is_out_of_date(agents[host], by_host.get(host, ()), judged)
             )
             beating = _judge_beat(view, silences[host], out_of_date)
             if interval is None or beat is None:
                 continue
             view.beat_age = now - beat.arrived
             # Only a recent beat vouches for old records: not one from before a hang.
-            if beating and beat.current and view.beat_age <= interval + BEAT_GRACE:
+            if beating and beat.current and judged - beat.arrived <= interval + BEAT_GRACE:
                 vouched.add(host)
         intervals = {host: _number(h.heartbeat_interval) or DEFAULT_HEARTBEAT for host, h in hosts.items()}
         # {ns}/{id}/hb carries no host: a live heartbeat is only attributable to a unique id.
@@ -465,7 +513,8 @@ class FleetView:
                 left_over.append((host, name))
                 continue
             age = None if ts is None else now - ts
-            stale = age is None or age > refresh + STALE_GRACE
+            # Judged as of what the view has heard: one behind the broker blames itself, not the agents.
+            stale = ts is None or judged - ts > refresh + STALE_GRACE
             if stale and online and host in vouched and agent is not None and _is_counted(agents[host], record):
                 stale = False  # its agent beats again: the record it last published is still what it has
             reported = str(record.get("state", Seen.UNKNOWN))
@@ -510,7 +559,7 @@ class FleetView:
             if host not in remembered:
                 complete, view.expected = _completeness(agents[host], names.get(host, []))
                 view.complete, view.received = complete, len(names.get(host, []))
-        return Snapshot(hosts=hosts, instances=instances, now=now, left_over=left_over)
+        return Snapshot(hosts=hosts, instances=instances, now=now, left_over=left_over, behind=round(now - judged, 1))
 
 
 def _host_view(host: str, record: Mapping[str, t.Any], remembered: bool) -> HostView:

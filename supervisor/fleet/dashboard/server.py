@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import gzip
 import http.cookies
 import http.server
 import ipaddress
@@ -39,7 +40,8 @@ from supervisor.fleet.dashboard.alerts import Alerter, shown_url
 from supervisor.fleet.dashboard.auth import LoginThrottle, Sessions, verify_password
 from supervisor.fleet.dashboard.flapping import Flapping
 from supervisor.fleet.dashboard.store import controller_figures, message_time
-from supervisor.fleet.view import GREY, TRUSTED_KEY, Seen
+from supervisor.fleet.dashboard.window import WINDOW, Query, parse_query, select, windowed
+from supervisor.fleet.view import GREY, PROBE_EVERY, TRUSTED_KEY, Seen
 from supervisor.mqtt import protocol
 from supervisor.mqtt.protocol import load_record
 from supervisor.states import ALIVE, BAD, State
@@ -85,6 +87,22 @@ MAX_STREAMS_PER_CLIENT = 8
 MAX_PASSWORD_CHECKS = 2
 MAX_PASSWORD_QUEUE = 8
 TICK = 1.0
+SNAPSHOT_SHARE = 0.1
+"""The share of one core the live view may take: after a view that took d seconds, the next waits d/share - d."""
+MIN_PUSH = 0.1
+"""At most ten pushes a second, however busy the fleet."""
+BATCH = 500
+"""History messages written in one transaction at most."""
+DROP_LOG_EVERY = 60.0
+"""Seconds between two log lines counting history messages dropped meanwhile."""
+WINDOW_BEAT = 30.0
+"""Above the window, a row's heartbeat time is sent again only once it moved this many seconds."""
+RECHECK_EVERY = 30.0
+"""Seconds before the records of a host with stale records are asked for again (a broker may have dropped them)."""
+RECHECK_RECORDS = 200
+"""Records asked for again at once, at most (whole hosts; at least one): a broker's queue for us must hold them."""
+GZIP_MIN = 1024
+"""Answers at least this long are compressed for a client that accepts gzip."""
 _RECORD_FIELDS = (
     "pid",
     "cpu_percent",
@@ -145,10 +163,20 @@ def snapshot_delta(old: Mapping[str, t.Any], new: Mapping[str, t.Any]) -> dict[s
 
     A new instance is sent whole; a known one as its target and the fields that changed.
     Heartbeat times go in a compact ``beats`` map, and ``pnl_series`` never (the page extends
-    its sparklines from the ``performance`` events).
+    its sparklines from the ``performance`` events). Between two windowed views (``summary``),
+    hosts come as ``host_changes`` and ``hosts_removed`` instead of the whole list.
     """
     before = {item["target"]: item for item in old["instances"]}
-    delta: dict[str, t.Any] = {key: new[key] for key in ("connected", "broker", "hosts") if old[key] != new[key]}
+    delta: dict[str, t.Any] = {key: new.get(key) for key in _HEADER if old.get(key) != new.get(key)}
+    if "hosts" in delta and "summary" in old and "summary" in new:
+        # Above the window (hundreds of hosts): only the hosts that changed, and the ones that went.
+        del delta["hosts"]
+        known = {host["host"]: host for host in old["hosts"]}
+        changed_hosts = [host for host in new["hosts"] if known.pop(host["host"], None) != host]
+        if changed_hosts:
+            delta["host_changes"] = changed_hosts
+        if known:
+            delta["hosts_removed"] = sorted(known)
     changed: list[dict[str, t.Any]] = []
     beats: dict[str, t.Any] = {}
     for item in new["instances"]:
@@ -171,22 +199,49 @@ def snapshot_delta(old: Mapping[str, t.Any], new: Mapping[str, t.Any]) -> dict[s
     return {"now": new["now"], **delta} if delta else None
 
 
+_HEADER = ("connected", "broker", "hosts", "summary", "dropped")
+"""The fields of a view besides its rows, sent again whenever they change (``summary``: only above the window)."""
 _QUIET = frozenset({"pnl_series", "heartbeat_ts", "pnl_ts"})
 """Fields a delta leaves out: the page keeps them up to date from the ``performance`` events and ``beats``."""
+
+
+def _coarse_beats(old: Mapping[str, t.Any], new: dict[str, t.Any]) -> dict[str, t.Any]:
+    """Return ``new`` keeping a row's last sent heartbeat time until it is :data:`WINDOW_BEAT` seconds newer.
+
+    Above the window every beat would cost each tab more than its budget; health (a late heartbeat
+    turns a row red) is judged here all the same, only the page's heartbeat age is coarser.
+    """
+    sent = {item["target"]: item.get("heartbeat_ts") for item in old["instances"]}
+    rows = []
+    for item in new["instances"]:
+        before, beat = sent.get(item["target"]), item.get("heartbeat_ts")
+        if before is not None and beat is not None and beat - before < WINDOW_BEAT:
+            item = {**item, "heartbeat_ts": before}
+        rows.append(item)
+    return {**new, "instances": rows}
 
 
 class Hub:
     """Fan-out of SSE frames to every open ``/events`` stream; a stream that cannot keep up is dropped.
 
-    A new stream starts with the last snapshot; after that every stream gets only deltas.
+    A new stream starts with the last snapshot; after that every stream gets only deltas. Above
+    :data:`~supervisor.fleet.dashboard.window.WINDOW` instances, the snapshot and deltas carry only
+    that many rows (problems first) and a summary of all; a row entering or leaving is added or removed.
 
     Slots are counted per client (a login session, or else an address): one
     client holds at most ``per_client`` streams, and opening one more ends its
     oldest, so no single client can take every slot.
     """
 
-    def __init__(self, limit: int = MAX_STREAMS, backlog: int = 500, per_client: int = MAX_STREAMS_PER_CLIENT) -> None:
+    def __init__(
+        self,
+        limit: int = MAX_STREAMS,
+        backlog: int = 500,
+        per_client: int = MAX_STREAMS_PER_CLIENT,
+        window: int = WINDOW,
+    ) -> None:
         self.limit = limit
+        self.window = window
         self.per_client = per_client
         self.backlog = backlog
         self._lock = threading.Lock()
@@ -232,7 +287,10 @@ class Hub:
 
     def publish_snapshot(self, snapshot: dict[str, t.Any]) -> None:
         """Send what changed since the last snapshot (the whole snapshot the first time)."""
+        snapshot = windowed(snapshot, self.window)
         with self._lock:
+            if self._last is not None and "summary" in snapshot:
+                snapshot = _coarse_beats(self._last, snapshot)
             if self._last is None:
                 frame: bytes | None = sse_frame("snapshot", snapshot)
             else:
@@ -296,6 +354,12 @@ class Monitor:
         self._saved: dict[tuple[str, str], tuple[float, t.Any]] = {}
         self._recent_text: dict[tuple[str, str], tuple[float, str]] = {}
         self._work: queue.Queue[Callable[[], None] | None] = queue.Queue(10_000)
+        self.dropped = 0
+        """History messages dropped since the start because the store could not keep up (never silently: logged)."""
+        self._dropped_logged = (0, 0.0)
+        self._latest: dict[str, t.Any] | None = None
+        self._asked: dict[str, float] = {}  # host -> when its records were last asked for again (monotonic)
+        self._asking: dict[str, float] = {}  # the hosts whose subscription of their own is still open
         self._poke = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -318,10 +382,16 @@ class Monitor:
         subscribe(f"{self.ns}/+/performance", self._on_performance, qos=0)
         self.fleet.__enter__()
         first = self.snapshot()
+        self._latest = first
         self.hub.publish_snapshot(first)  # the first page gets a view at once, then deltas
         self.alerter.observe(first)
         self.alerter.start()
-        for target, name in ((self._writer, "dashboard-store"), (self._ticker, "dashboard-tick")):
+        threads = (
+            (self._writer, "dashboard-store"),
+            (self._ticker, "dashboard-tick"),
+            (self._prober, "dashboard-probe"),
+        )
+        for target, name in threads:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -342,32 +412,117 @@ class Monitor:
         return self.fleet.connection.is_connected
 
     def _defer(self, job: Callable[[], None]) -> None:
-        """Run ``job`` on the store thread (MQTT handlers must return quickly)."""
+        """Run ``job`` on the store thread (MQTT handlers must return quickly); count what does not fit."""
         try:
             self._work.put_nowait(job)
         except queue.Full:
-            logger.warning("dashboard history queue is full; dropping a message")
+            with self._lock:
+                self.dropped += 1
+                count, when = self._dropped_logged
+                now = time.monotonic()
+                due = now - when >= DROP_LOG_EVERY
+                if due:
+                    self._dropped_logged = (self.dropped, now)
+            if due:
+                logger.warning(
+                    "dashboard history queue is full: %d message(s) dropped since the last report (%d in all)",
+                    self.dropped - count,
+                    self.dropped,
+                )
 
     def _writer(self) -> None:
         while True:
-            job = self._work.get()
-            if job is None:
+            jobs = [self._work.get()]
+            # Whatever else waits goes into the same transaction: one commit per batch, not per message.
+            with contextlib.suppress(queue.Empty):
+                while len(jobs) < BATCH and jobs[-1] is not None:
+                    jobs.append(self._work.get_nowait())
+            with self.store.batch():
+                for job in jobs:
+                    if job is None:
+                        break
+                    try:
+                        job()
+                    except Exception:
+                        logger.exception("recording a message failed")
+            if jobs[-1] is None:
                 return
-            try:
-                job()
-            except Exception:
-                logger.exception("recording a message failed")
 
     def _ticker(self) -> None:
+        pause = MIN_PUSH
         while not self._stop.is_set():
-            self._poke.wait(TICK)
+            self._poke.wait(max(TICK, pause))
             self._poke.clear()
             if self._stop.is_set():
                 return
+            started = time.monotonic()
             snapshot = self.snapshot()
+            with self._lock:
+                self._latest = snapshot
             self.hub.publish_snapshot(snapshot)
             self.alerter.observe(snapshot)
-            self._stop.wait(0.1)  # at most ten pushes a second, however busy the fleet
+            self._recheck(snapshot)
+            # A large fleet's view takes long to build: build it less often, so it stays a small share of a core.
+            took = time.monotonic() - started
+            pause = max(MIN_PUSH, took / SNAPSHOT_SHARE - took)
+            self._stop.wait(pause)
+
+    def _recheck(self, view: Mapping[str, t.Any]) -> None:
+        """Ask the broker again for the records of online hosts whose records look stale or are missing.
+
+        A broker over its per-client limits drops what it cannot queue for a busy dashboard, a
+        refresh too: its retained copy is the agent's latest, so a record stale only here comes back fresh.
+        """
+        now = time.monotonic()
+        for host in [h for h, when in self._asking.items() if now - when >= 1.0]:
+            del self._asking[host]
+            self.fleet.done_asking(host)
+        if not self.connected:
+            return
+        stale = {row["host"] for row in view["instances"] if row["stale"] and row["host_online"]}
+        stale |= {host["host"] for host in view["hosts"] if host["missing"] and host["online"]}
+        sizes = {host["host"]: host["instances"] + host["missing"] for host in view["hosts"]}
+        budget = RECHECK_RECORDS
+        for host in sorted(stale):
+            if now - self._asked.get(host, -math.inf) < RECHECK_EVERY:
+                continue
+            if budget < RECHECK_RECORDS and sizes.get(host, 0) > budget:
+                break
+            budget -= sizes.get(host, 0)
+            self._asked[host] = self._asking[host] = now
+            self.fleet.ask_again(host)
+        if len(self._asked) > len(sizes):
+            self._asked = {h: when for h, when in self._asked.items() if now - when < RECHECK_EVERY}
+
+    def _prober(self) -> None:
+        # The view measures how far behind the broker it is (judging freshness accordingly).
+        while not self._stop.wait(PROBE_EVERY):
+            if self.connected:
+                self.fleet.probe()
+
+    def latest(self) -> dict[str, t.Any]:
+        """Return the view as last pushed when the fleet is larger than the window, else a fresh one.
+
+        A large fleet's view is built on the ticker's schedule only: requests never build one each.
+        """
+        with self._lock:
+            latest = self._latest
+        if latest is not None and len(latest["instances"]) > self.hub.window:
+            return latest
+        return self.snapshot()
+
+    def instances(self, query: Query) -> dict[str, t.Any]:
+        """Return the page of instances ``query`` asks for, how many match and how many there are."""
+        view = self.latest()
+        rows, matching = select(view["instances"], query)
+        return {
+            "now": view["now"],
+            "total": len(view["instances"]),
+            "matching": matching,
+            "offset": query.offset,
+            "limit": query.limit,
+            "instances": rows,
+        }
 
     def _send_alert(self, alert: dict[str, t.Any]) -> None:
         logger.warning("alert: %s", alert["text"])
@@ -538,6 +693,7 @@ class Monitor:
                 "signed": h.signed,
                 "heartbeat_interval": h.heartbeat_interval,
                 "instances": per_host[h.host],
+                "missing": h.missing,
             }
             for h in view.hosts.values()
         ]
@@ -589,6 +745,8 @@ class Monitor:
             "now": now,
             "connected": self.connected,
             "broker": self.config.broker.url,
+            "dropped": self.dropped,
+            "behind": view.behind,
             "hosts": hosts,
             "instances": instances,
         }
@@ -882,9 +1040,21 @@ class _Handler(Handler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _json(self, status: int, data: t.Any, *, headers: Mapping[str, str] | None = None) -> None:
+    def _json(
+        self, status: int, data: t.Any, *, headers: Mapping[str, str] | None = None, compress: bool = False
+    ) -> None:
         body = json.dumps(data, separators=(",", ":"), default=str).encode()
+        if compress and len(body) >= GZIP_MIN and self._accepts_gzip():
+            body = gzip.compress(body, compresslevel=5)
+            headers = {**(headers or {}), "Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
         self._send(status, body, "application/json", headers=headers)
+
+    def _accepts_gzip(self) -> bool:
+        for part in self.headers.get("Accept-Encoding", "").split(","):
+            name, _, params = part.strip().partition(";")
+            if name.strip().lower() in ("gzip", "*") and params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00"):
+                return True
+        return False
 
     def _error(self, status: int, message: str) -> None:
         self._json(status, {"error": message})
@@ -980,7 +1150,9 @@ class _Handler(Handler):
         elif path.startswith(("/api/", "/events")) and self._csrf() is None:
             self._error(403, "log in first")
         elif path == "/api/snapshot":
-            self._json(200, self.app.monitor.snapshot())
+            self._snapshot()
+        elif path == "/api/instances":
+            self._instances()
         elif path.startswith("/api/history/") and path.count("/") == 4:
             target = self._target(*path.split("/")[3:5])
             if target is not None:
@@ -998,6 +1170,37 @@ class _Handler(Handler):
             self._events()
         else:
             self._error(404, "not found")
+
+    def _params(self) -> dict[str, list[str]] | None:
+        """Return the query string's parameters, or answer 400 and return ``None``."""
+        try:
+            query = urllib.parse.urlsplit(self.path).query
+            return urllib.parse.parse_qs(query, keep_blank_values=True, max_num_fields=20)
+        except ValueError:
+            self._error(400, "too many query parameters")
+            return None
+
+    def _snapshot(self) -> None:
+        params = self._params()
+        if params is None:
+            return
+        whole = params.pop("all", ["0"])
+        if params or whole not in (["0"], ["1"]):
+            self._error(400, "the only parameter is all=1 (every instance, however many)")
+            return
+        view = self.app.monitor.latest()
+        self._json(200, view if whole == ["1"] else windowed(view, self.app.hub.window), compress=True)
+
+    def _instances(self) -> None:
+        params = self._params()
+        if params is None:
+            return
+        try:
+            query = parse_query(params)
+        except ValueError as e:
+            self._error(400, str(e))
+            return
+        self._json(200, self.app.monitor.instances(query), compress=True)
 
     def do_HEAD(self) -> None:
         # Routed as GET; _send writes no body for HEAD and the event stream sends only its headers.

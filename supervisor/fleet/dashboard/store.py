@@ -10,6 +10,7 @@ record their host). Imports nothing of ours.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sqlite3
@@ -18,6 +19,7 @@ import time
 import typing as t
 
 if t.TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 KEEP_SAMPLES = 20_000
@@ -139,13 +141,25 @@ class Store:
         self.path = path
         self.keep_samples = keep_samples
         self.keep_messages = keep_messages
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by the calls inside a batch
         self._inserts: dict[tuple[str, str], int] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Run the calls inside as one transaction (one commit for many messages), holding the store meanwhile."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def add_alert(self, alert: t.Mapping[str, t.Any], ts: float) -> int:
         """Keep one alert (the newest ``KEEP_ALERTS``) and return its id."""

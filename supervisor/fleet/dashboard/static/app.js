@@ -26,7 +26,14 @@ const ui = {
   detail: null, // {host, instance, target, points: [[ts, pnl]], timer}
   drawQueued: false,
   wanted: {}, // select id -> value asked for by the address before its option exists
+  summary: null, // above the window: the stream holds only the first rows; totals of all bots are here
+  remote: null, // {key, items, matching, total}: a filtered page of /api/instances, while a filter is on
+  remoteKey: null, // the query asked for (or being asked for)
+  remoteTimer: null,
 };
+
+const REMOTE_LIMIT = 1000; // rows per /api/instances page (its maximum)
+const REMOTE_REFRESH = 5000; // ms between two reads of the filtered page
 
 const BAD_STATES = new Set(["crashed", "exited", "fatal", "install-failed"]);
 const PROGRESS_STATES = new Set(["starting", "waiting-login", "installing", "stopping"]);
@@ -178,6 +185,8 @@ async function sessionChanged(event) {
 function forgetFleet() {
   closeDetail();
   ui.items.clear();
+  ui.remote = null;
+  ui.remoteKey = null;
   ui.selected.clear();
 }
 
@@ -391,6 +400,7 @@ function updateLive() {
 function onSnapshot(snapshot) {
   ui.pendingDeltas = null;
   ui.items = new Map(snapshot.instances.map((item) => [item.target, item]));
+  ui.summary = snapshot.summary || null;
   applyHeader(snapshot);
   draw();
 }
@@ -410,6 +420,14 @@ function onDelta(delta) {
     if (old) ui.items.set(target, { ...old, heartbeat_ts: ts });
   }
   for (const target of delta.removed || []) ui.items.delete(target);
+  if ("summary" in delta) ui.summary = delta.summary || null;
+  if (ui.remote) {
+    // Rows the filtered page shows change as the stream says; the page itself is read again every few seconds.
+    for (const item of delta.instances || []) {
+      const old = ui.remote.items.get(item.target);
+      if (old) ui.remote.items.set(item.target, { ...old, ...item });
+    }
+  }
   applyHeader(delta);
   draw();
 }
@@ -420,6 +438,13 @@ function applyHeader(data) {
   if ("connected" in data) ui.connected = data.connected;
   if ("broker" in data) ui.broker = data.broker;
   if ("hosts" in data) ui.hosts = data.hosts;
+  if (data.host_changes || data.hosts_removed) {
+    // Above the window only the hosts that changed come.
+    const byHost = new Map(ui.hosts.map((h) => [h.host, h]));
+    for (const host of data.host_changes || []) byHost.set(host.host, host);
+    for (const host of data.hosts_removed || []) byHost.delete(host);
+    ui.hosts = [...byHost.values()].sort((a, b) => compare(a.host, b.host));
+  }
   updateLive();
 }
 
@@ -487,9 +512,81 @@ function compare(a, b) {
   return String(a).localeCompare(String(b), undefined, { numeric: true });
 }
 
+// --- a fleet larger than the window: the stream holds its first rows, a filter reads the rest from the server
+
+function filtering() {
+  return Boolean($("search").value.trim() || $("filter-host").value || $("filter-recipe").value || $("filter-state").value);
+}
+
+function remoteQuery() {
+  const params = new URLSearchParams();
+  const q = $("search").value.trim();
+  if (q) params.set("q", q);
+  for (const [key, id] of [["host", "filter-host"], ["recipe", "filter-recipe"], ["state", "filter-state"]]) {
+    if ($(id).value) params.set(key, $(id).value);
+  }
+  params.set("limit", String(REMOTE_LIMIT));
+  return params.toString();
+}
+
+function syncRemote() {
+  // Above the window, a filter is answered by the server (the stream does not hold every bot).
+  const key = ui.summary && filtering() ? remoteQuery() : null;
+  if (key === ui.remoteKey) return;
+  ui.remoteKey = key;
+  clearTimeout(ui.remoteTimer);
+  if (key === null) {
+    ui.remote = null;
+    return;
+  }
+  ui.remoteTimer = setTimeout(() => loadRemote(key), 250);
+}
+
+async function loadRemote(key) {
+  if (key !== ui.remoteKey) return;
+  const { status, data } = await request(`/api/instances?${key}`).catch(() => ({ status: 0, data: null }));
+  if (key !== ui.remoteKey) return;
+  if (status === 200) {
+    const old = ui.remote && ui.remote.key === key ? ui.remote.items : new Map();
+    const items = new Map(data.instances.map((item) => [item.target, { pnl_series: (old.get(item.target) || {}).pnl_series || [], ...item }]));
+    ui.remote = { key, items, matching: data.matching, total: data.total };
+    draw();
+  }
+  ui.remoteTimer = setTimeout(() => loadRemote(key), REMOTE_REFRESH);
+}
+
+function shownItems() {
+  return ui.remote ? ui.remote.items : ui.items;
+}
+
+function itemOf(target) {
+  return ui.items.get(target) || (ui.remote ? ui.remote.items.get(target) : undefined);
+}
+
+function renderWindowNote(shown) {
+  const note = $("window-note");
+  if (!ui.summary) {
+    note.hidden = true;
+    return;
+  }
+  const total = ui.summary.total.toLocaleString("en");
+  let text;
+  if (ui.remote) {
+    const matching = ui.remote.matching;
+    text = `Showing ${shown.length.toLocaleString("en")} of ${matching.toLocaleString("en")} matching bots (${total} in all), read from the server every few seconds.`;
+    if (matching > ui.remote.items.size) text += ` Only the first ${ui.remote.items.size.toLocaleString("en")} (problems first): narrow the search or filters to see the others.`;
+  } else if (filtering()) {
+    text = `Showing ${shown.length.toLocaleString("en")} of ${total} bots: asking the server for every match…`;
+  } else {
+    text = `Showing ${shown.length.toLocaleString("en")} of ${total} bots: problems first, then by name. Search, or filter by host, state or recipe, to see the others.`;
+  }
+  note.textContent = text;
+  note.hidden = false;
+}
+
 function visibleItems() {
   const now = serverNow();
-  const items = [...ui.items.values()].filter(matches);
+  const items = [...shownItems().values()].filter(matches);
   const { key, dir } = ui.sort;
   items.sort((a, b) => {
     if ($("group-host").checked) {
@@ -513,7 +610,8 @@ function visibleItems() {
 }
 
 function render() {
-  const instances = [...ui.items.values()];
+  syncRemote();
+  const instances = [...shownItems().values()];
   ui.snapshot = { hosts: ui.hosts, instances };
   renderHosts(ui.hosts);
   renderChoices();
@@ -543,15 +641,16 @@ function render() {
   });
   while (body.children.length > wanted.length) body.lastChild.remove();
   for (const [target, row] of ui.rows) {
-    if (!ui.items.has(target)) {
+    if (!shownItems().has(target)) {
       row.tr.remove();
       ui.rows.delete(target);
       ui.selected.delete(target);
     }
   }
-  $("empty").hidden = instances.length > 0;
-  $("no-match").hidden = !(instances.length > 0 && shown.length === 0);
+  $("empty").hidden = instances.length > 0 || Boolean(ui.summary);
+  $("no-match").hidden = !((instances.length > 0 || ui.remote) && shown.length === 0);
   renderSummary(instances);
+  renderWindowNote(shown);
   renderBulk(shown);
   saveView();
   for (const th of document.querySelectorAll("#fleet th[data-sort]")) {
@@ -559,7 +658,7 @@ function render() {
     th.setAttribute("aria-sort", on ? (ui.sort.dir > 0 ? "ascending" : "descending") : "none");
   }
   if (ui.detail) {
-    const item = ui.items.get(ui.detail.target);
+    const item = itemOf(ui.detail.target);
     const pill = $("detail-state");
     pill.textContent = item ? item.state : "gone";
     pill.className = `pill state-${item ? item.state : "offline"}`;
@@ -577,7 +676,7 @@ function groupRow(host, items) {
   if (!tr) {
     const button = el("button", { type: "button", class: "ghost small", textContent: "select all on this host" });
     button.addEventListener("click", () => {
-      for (const item of ui.items.values()) if (item.host === host && matches(item)) ui.selected.add(item.target);
+      for (const item of shownItems().values()) if (item.host === host && matches(item)) ui.selected.add(item.target);
       draw();
     });
     tr = el("tr", { class: "group", "data-host": host }, el("th", { colSpan: COLUMNS.length, scope: "rowgroup" }, el("span", { class: "group-name" }), button));
@@ -601,7 +700,8 @@ function renderChoices() {
   };
   const items = [...ui.items.values()];
   fill("filter-host", [...new Set([...ui.hosts.map((h) => h.host), ...items.map((i) => i.host)])].sort(), "All hosts");
-  fill("filter-recipe", [...new Set(items.map((i) => i.recipe).filter(Boolean))].sort(), "All recipes");
+  const recipes = ui.summary ? ui.summary.recipes : items.map((i) => i.recipe);
+  fill("filter-recipe", [...new Set(recipes.filter(Boolean))].sort(), "All recipes");
 }
 
 // --- the view in the address: sort, filters and grouping survive a reload and can be shared ---------
@@ -643,9 +743,19 @@ function filterHost(host) {
   draw();
 }
 
-function renderHosts(hosts) {
+const HOST_CHIPS = 50; // above the window: chips for the hosts that need a look (and the chosen one) at most
+
+function renderHosts(all) {
   const box = $("hosts");
   const chosen = $("filter-host").value;
+  let hosts = all;
+  let more = 0;
+  if (ui.summary) {
+    const problems = ui.summary.problem_hosts || {};
+    const wanted = all.filter((h) => h.host === chosen || !h.online || h.trusted === false || problems[h.host]);
+    hosts = wanted.slice(0, HOST_CHIPS);
+    more = all.length - hosts.length;
+  }
   box.replaceChildren(
     ...hosts.map((h) =>
       el(
@@ -666,16 +776,19 @@ function renderHosts(hosts) {
         `${h.host} · ${h.instances}` + (h.trusted === false ? " · untrusted" : h.online ? "" : " · offline"),
       ),
     ),
+    ...(more ? [el("span", { class: "muted", id: "hosts-more" }, `${more.toLocaleString("en")} more host${more === 1 ? "" : "s"}: pick one in the host filter`)] : []),
   );
 }
 
 function renderSummary(instances) {
   const count = (pred) => instances.filter(pred).length;
-  const running = count((i) => i.state === "running" && i.health === "ok");
-  const bad = count((i) => i.health === "bad");
-  const grey = count((i) => i.health === "off");
-  const progress = count((i) => i.health === "ok" && PROGRESS_STATES.has(i.state));
-  const stopped = instances.length - running - bad - grey - progress;
+  // Above the window the server counts every bot; the PnL total is of the bots shown.
+  const totals = ui.summary ? ui.summary.counts : null;
+  const running = totals ? totals.running : count((i) => i.state === "running" && i.health === "ok");
+  const bad = totals ? totals.bad : count((i) => i.health === "bad");
+  const grey = totals ? totals.off : count((i) => i.health === "off");
+  const progress = totals ? totals.progress : count((i) => i.health === "ok" && PROGRESS_STATES.has(i.state));
+  const stopped = totals ? totals.stopped : instances.length - running - bad - grey - progress;
   // A figure no longer reported (its strategy stopped) is stale: shown with its age, left out of the total.
   const now = serverNow();
   const live = instances.filter((i) => hasLivePnl(i, now));
@@ -925,7 +1038,7 @@ function dialog({ title, text, input, ok, items }) {
 }
 
 async function bulk(verb) {
-  const targets = [...ui.selected].filter((target) => ui.items.has(target)).sort();
+  const targets = [...ui.selected].filter((target) => itemOf(target)).sort();
   if (!targets.length) return;
   const hosts = [...new Set(targets.map((target) => target.split("/")[0]))];
   const count = `${targets.length} bot${targets.length === 1 ? "" : "s"}`;
@@ -1031,7 +1144,7 @@ function closeDetail() {
 async function refreshScreen() {
   const detail = ui.detail;
   if (!detail || detail.busy || document.hidden) return;
-  const item = ui.items.get(detail.target);
+  const item = itemOf(detail.target);
   const running = item && item.state === "running";
   if (!running && Date.now() / 1000 - detail.logAt < LOG_REFRESH) return;
   detail.busy = true;
@@ -1376,7 +1489,7 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const button of document.querySelectorAll("#bulk [data-bulk]")) button.addEventListener("click", () => bulk(button.dataset.bulk));
   setInterval(() => {
     // Ages move on between pushes: only changed records are sent.
-    if (ui.items.size) draw();
+    if (ui.items.size || ui.remote) draw();
   }, 1000);
   $("skip-to-bots").addEventListener("click", (event) => {
     // Straight to the table's tab stop (its current row), past the header, alerts and filters.
