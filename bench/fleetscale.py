@@ -334,15 +334,19 @@ class Tab:
         self.conn.close()
 
 
-def get_snapshot(port: int) -> tuple[float, int, int, str, dict[str, t.Any]]:
-    """GET ``/api/snapshot`` as a browser does (gzip accepted); return seconds, wire and plain bytes, encoding, body."""
+def get_snapshot(port: int, *, whole: bool = False) -> tuple[float, int, int, str, dict[str, t.Any]]:
+    """GET ``/api/snapshot`` as a browser does (gzip accepted); return seconds, wire and plain bytes, encoding, body.
+
+    A large fleet's snapshot holds its window of rows and a summary; ``whole`` asks for every row (``?all=1``).
+    """
     import gzip
     import http.client
 
     t0 = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     try:
-        conn.request("GET", "/api/snapshot", headers={"Accept-Encoding": "gzip", "Accept": "application/json"})
+        path = "/api/snapshot?all=1" if whole else "/api/snapshot"
+        conn.request("GET", path, headers={"Accept-Encoding": "gzip", "Accept": "application/json"})
         response = conn.getresponse()
         wire = response.read()  # http.client does not decode: these are the bytes on the wire
         took = time.perf_counter() - t0
@@ -360,6 +364,13 @@ def get_snapshot(port: int) -> tuple[float, int, int, str, dict[str, t.Any]]:
 def _instances(body: dict[str, t.Any]) -> list[dict[str, t.Any]]:
     instances = body.get("instances")
     return [i for i in instances if isinstance(i, dict)] if isinstance(instances, list) else []
+
+
+def _listed(body: dict[str, t.Any]) -> int:
+    """Return how many bots a snapshot speaks of: its summary's total (a window of a large fleet), else its rows."""
+    summary = body.get("summary")
+    total = summary.get("total") if isinstance(summary, dict) else None
+    return total if isinstance(total, int) else len(_instances(body))
 
 
 def _drops_in_snapshot(body: dict[str, t.Any]) -> dict[str, t.Any]:
@@ -388,7 +399,7 @@ def watch_dashboard(
         deadline = time.monotonic() + max(60.0, bots / 100)
         while time.monotonic() < deadline and dashboard.poll() is None:
             with contextlib.suppress(OSError, RuntimeError, ValueError):
-                listed = len(_instances(get_snapshot(port)[4]))
+                listed = _listed(get_snapshot(port)[4])
                 if listed >= bots:
                     complete_s = time.perf_counter() - spawned
                     break
@@ -420,7 +431,8 @@ def watch_dashboard(
         load_after = os.getloadavg()
         steady = tab.between(start, end)
         took, wire, plain, encoding, body = get_snapshot(port)
-        instances = _instances(body)
+        # The states are counted over every row, asked for apart from the first view that is timed.
+        instances = _instances(get_snapshot(port, whole=True)[4])
         stale = sum(1 for i in instances if i.get("stale") is True or i.get("state") == "stale")
         hosts_shown = body.get("hosts") if isinstance(body.get("hosts"), list) else []
         elapsed = end - start
@@ -443,7 +455,8 @@ def watch_dashboard(
             "snapshot_wire_bytes": wire,
             "snapshot_bytes": plain,
             "snapshot_encoding": encoding,
-            "snapshot_instances": len(instances),
+            "snapshot_instances": len(_instances(body)),
+            "snapshot_listed": _listed(body),
             "stale": stale,
             "instance_states": dict(collections.Counter(str(i.get("state")) for i in instances)),
             "host_states": dict(collections.Counter(str(h.get("state")) for h in hosts_shown if isinstance(h, dict))),

@@ -618,13 +618,16 @@ def _fleet_dashboard(fig: dict[str, t.Any]) -> str:
         frame_kb = _kb(d.get("events_first_frame_bytes"))
         brss = d.get("broker_rss_bytes") or []
         off = sum(n for state, n in d.get("instance_states", {}).items() if state != "running")
+        listed = d.get("snapshot_listed", d.get("snapshot_instances", 0))
+        rows_shown = d.get("snapshot_instances", 0)
+        window = "" if rows_shown >= listed else f"; {rows_shown:,} rows (problems first) and a summary of all"
         table = [
             [
                 "instances listed by the dashboard",
-                f"{d.get('snapshot_instances', 0):,} of {row['bots']:,}"
+                f"{listed:,} of {row['bots']:,}"
                 + (f" (all listed {d['listed_s']:.1f} s after its start)" if d.get("listed_s") else " (never all)"),
                 f"{row['bots']:,}",
-                _verdict(d.get("snapshot_instances") == row["bots"]),
+                _verdict(listed == row["bots"]),
             ],
             [
                 "instances shown stale or not running (their records and beats are all on time)",
@@ -652,7 +655,7 @@ def _fleet_dashboard(fig: dict[str, t.Any]) -> str:
                 "first view: `GET /api/snapshot`",
                 (
                     f"{snapshot_s:.2f} s, {_kb(d.get('snapshot_wire_bytes'))} on the wire ({encoding}), "
-                    f"{_kb(d.get('snapshot_bytes'))} of JSON"
+                    f"{_kb(d.get('snapshot_bytes'))} of JSON{window}"
                 ),
                 f"≤ {first:g} s",
                 _verdict(snapshot_s <= first),
