@@ -29,13 +29,21 @@ import uuid
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import SUPERVISOR, Env, Procs, free_port, log, stats, wait_until
-from fleettraffic import BEAT_S, HEARTBEAT_S, LOG_S, STATE_S, bot_name, read_counts, state_record
+from fleettraffic import (
+    BEAT_S,
+    HEARTBEAT_S,
+    LOG_S,
+    STATE_S,
+    bot_name,
+    connect_publisher,
+    read_counts,
+    state_record,
+)
 
 from supervisor.mqtt.protocol import instances_generation
 
@@ -109,17 +117,7 @@ class Broker:
 
 
 def _connect(port: int) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-sim-{uuid.uuid4().hex[:8]}")
-    client.max_inflight_messages_set(100)
-    client.max_queued_messages_set(0)
-    connected = threading.Event()
-    client.on_connect = lambda *_a: connected.set()
-    client.connect("127.0.0.1", port, keepalive=60)
-    client.loop_start()
-    if not connected.wait(10):
-        msg = f"simulated host could not connect to 127.0.0.1:{port}"
-        raise RuntimeError(msg)
-    return client
+    return connect_publisher(port, "sim", inflight=100)
 
 
 def simulate(port: int, hosts: int, per_host: int, boot: float) -> tuple[list[mqtt.Client], dict[str, str]]:

@@ -86,6 +86,21 @@ class _Stream:
             self.sent += 1
 
 
+def connect_publisher(port: int, name: str, *, inflight: int) -> mqtt.Client:
+    """Return a paho client connected to the loopback broker on ``port``, its network loop running."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{name}-{uuid.uuid4().hex[:8]}")
+    client.max_inflight_messages_set(inflight)
+    client.max_queued_messages_set(0)
+    connected = threading.Event()
+    client.on_connect = lambda *_a: connected.set()
+    client.connect("127.0.0.1", port, keepalive=60)
+    client.loop_start()
+    if not connected.wait(10):
+        msg = f"bench {name} client could not connect to 127.0.0.1:{port}"
+        raise RuntimeError(msg)
+    return client
+
+
 def publish(
     port: int,
     hosts: dict[str, str],
@@ -104,16 +119,10 @@ def publish(
     signal.signal(signal.SIGTERM, lambda *_a: stop.set())
     signal.signal(signal.SIGINT, lambda *_a: stop.set())
     parent = os.getppid()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-traffic-{uuid.uuid4().hex[:8]}")
-    client.max_inflight_messages_set(1000)
-    client.max_queued_messages_set(0)
-    connected = threading.Event()
-    client.on_connect = lambda *_a: connected.set()
-    client.connect("127.0.0.1", port, keepalive=60)
-    client.loop_start()
-    if not connected.wait(10):
-        msg = f"traffic publisher could not connect to 127.0.0.1:{port}"
-        raise SystemExit(msg)
+    try:
+        client = connect_publisher(port, "traffic", inflight=1000)
+    except RuntimeError as e:
+        raise SystemExit(str(e)) from e
     ordered = sorted(hosts)
     mine = [(h, ordered[h]) for h in range(first, len(ordered), step)]
     bots = [(host, bot_name(h, b), b) for h, host in mine for b in range(per_host)]
