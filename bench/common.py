@@ -268,3 +268,52 @@ def version_of(argv: t.Sequence[str], env: dict[str, str] | None = None) -> str:
         return f"error: {e}"
     text = (proc.stdout or proc.stderr).strip().splitlines()
     return text[-1].strip() if text else "?"
+
+
+class EventStream:
+    """One dashboard ``/events`` stream read as a browser tab reads it: the bytes received, by time.
+
+    A subclass looks into each chunk in :meth:`received` (its fields set before this ``__init__``:
+    reading starts here).
+    """
+
+    def __init__(self, port: int, timeout: float = 30.0) -> None:
+        import http.client
+        import threading
+
+        self.opened = time.perf_counter()
+        self.ended: float | None = None
+        self.chunks: list[tuple[float, int]] = []
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        self.conn.request("GET", "/events", headers={"Accept": "text/event-stream"})
+        self.sock = self.conn.sock  # http.client forgets it once a response will close the connection
+        self.response = self.conn.getresponse()
+        if self.response.status != 200:
+            msg = f"/events answered {self.response.status}"
+            raise RuntimeError(msg)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            while True:
+                data = self.response.read1(65536)
+                now = time.perf_counter()
+                if not data:
+                    break
+                self.chunks.append((now, len(data)))
+                self.received(data, now)
+        self.ended = time.perf_counter()
+
+    def received(self, data: bytes, now: float) -> None:
+        """Look at one chunk of the stream (nothing here)."""
+
+    def between(self, start: float, end: float) -> int:
+        """Return the bytes received from ``start`` to ``end``."""
+        return sum(n for when, n in list(self.chunks) if start <= when < end)
+
+    def close(self) -> None:
+        """Close the stream."""
+        with contextlib.suppress(OSError, AttributeError):
+            self.sock.shutdown(2)
+        self.conn.close()

@@ -31,6 +31,7 @@ from common import (
     PYTHON,
     SUPERVISOR,
     Env,
+    EventStream,
     Procs,
     bot_pids,
     du_kib,
@@ -645,43 +646,17 @@ def fig_new(ctx: Ctx) -> dict[str, t.Any]:
 # -- dashboard event stream ------------------------------------------------------------------------
 
 
-class _StreamReader:
-    """One ``/events`` stream read like a browser tab would: bytes received, timed."""
+class _StreamReader(EventStream):
+    """One ``/events`` stream read like a browser tab would: bytes received, timed, and its first megabyte."""
 
     def __init__(self, port: int) -> None:
-        import http.client
-        import threading
-
-        self.chunks: list[tuple[float, int]] = []
         self.head = b""
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        self.conn.request("GET", "/events", headers={"Accept": "text/event-stream"})
-        self.sock = self.conn.sock  # http.client forgets it once a response will close the connection
-        self.response = self.conn.getresponse()
-        if self.response.status != 200:
-            msg = f"/events answered {self.response.status}"
-            raise RuntimeError(msg)
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
+        super().__init__(port, timeout=30.0)
 
-    def _read(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            while True:
-                data = self.response.read1(65536)
-                if not data:
-                    return
-                if len(self.head) < 1_000_000:
-                    self.head += data
-                self.chunks.append((time.perf_counter(), len(data)))
-
-    def between(self, start: float, end: float) -> int:
-        """Return the bytes received from ``start`` to ``end``."""
-        return sum(n for when, n in list(self.chunks) if start <= when < end)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            self.sock.shutdown(2)
-        self.conn.close()
+    def received(self, data: bytes, now: float) -> None:
+        """Keep the start of the stream."""
+        if len(self.head) < 1_000_000:
+            self.head += data
 
 
 DASHBOARD_SIZES = (40, 200)

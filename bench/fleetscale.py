@@ -22,7 +22,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import typing as t
 import uuid
@@ -33,7 +32,7 @@ import paho.mqtt.client as mqtt
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import SUPERVISOR, Env, Procs, free_port, log, stats, wait_until
+from common import SUPERVISOR, Env, EventStream, Procs, free_port, log, stats, wait_until
 from fleettraffic import (
     BEAT_S,
     HEARTBEAT_S,
@@ -263,42 +262,22 @@ def _rates(before: dict[str, tuple[float, int]], after: dict[str, tuple[float, i
     return rates
 
 
-class Tab:
+class Tab(EventStream):
     """One ``/events`` stream read as a browser tab reads it: when its first frame was whole, and bytes by time."""
 
     def __init__(self, port: int) -> None:
-        import http.client
-
-        self.opened = time.perf_counter()
         self.first_frame_s: float | None = None
         self.first_frame_bytes = 0
         self.first_event = ""
-        self.ended: float | None = None
-        self.chunks: list[tuple[float, int]] = []
         self._head = b""
         self._size: int | None = None
         self._last = b""
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        self.conn.request("GET", "/events", headers={"Accept": "text/event-stream"})
-        self.sock = self.conn.sock  # http.client forgets it once a response will close the connection
-        self.response = self.conn.getresponse()
-        if self.response.status != 200:
-            msg = f"/events answered {self.response.status}"
-            raise RuntimeError(msg)
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
+        super().__init__(port, timeout=120.0)
 
-    def _read(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            while True:
-                data = self.response.read1(65536)
-                now = time.perf_counter()
-                if not data:
-                    break
-                self.chunks.append((now, len(data)))
-                if self.first_frame_s is None:
-                    self._scan(data, now)
-        self.ended = time.perf_counter()
+    def received(self, data: bytes, now: float) -> None:
+        """Time the first frame."""
+        if self.first_frame_s is None:
+            self._scan(data, now)
 
     def _scan(self, data: bytes, now: float) -> None:
         """Find where the first frame with data ends (a blank line); ``retry:`` and comments before it do not count."""
@@ -320,16 +299,6 @@ class Tab:
         else:
             self._size += len(data)
             self._last = data[-1:]
-
-    def between(self, start: float, end: float) -> int:
-        """Return the bytes received from ``start`` to ``end``."""
-        return sum(n for when, n in list(self.chunks) if start <= when < end)
-
-    def close(self) -> None:
-        """Close the stream."""
-        with contextlib.suppress(OSError, AttributeError):
-            self.sock.shutdown(2)
-        self.conn.close()
 
 
 def get_snapshot(port: int, *, whole: bool = False) -> tuple[float, int, int, str, dict[str, t.Any]]:
