@@ -46,6 +46,8 @@ from supervisor.fleet.dashboard.flapping import Flapping
 from supervisor.fleet.dashboard.server import (
     MAX_STREAMS,
     MAX_STREAMS_PER_CLIENT,
+    RECHECK_EVERY,
+    RECHECK_RECORDS,
     SECURITY_HEADERS,
     Dashboard,
     Hub,
@@ -53,7 +55,7 @@ from supervisor.fleet.dashboard.server import (
     is_loopback,
 )
 from supervisor.fleet.dashboard.store import Store, controller_figures, extract_pnl, message_time
-from supervisor.fleet.dashboard.window import WINDOW, windowed
+from supervisor.fleet.dashboard.window import SUMMARY_LIST, SUMMARY_TEXT, WINDOW, parse_query, windowed
 from supervisor.fleet.view import PROBE_SLACK
 from supervisor.mqtt.config import load_agent_config
 from supervisor.paths import Paths
@@ -2506,5 +2508,137 @@ def test_records_a_busy_dashboards_broker_dropped_are_asked_for_again(tmp_path: 
     finally:
         release.set()
         monitor.stop()
+        store.close()
+        stop_process(broker.process)
+
+
+def publish_raw_retained(broker: Broker, messages: list[tuple[str, bytes]]) -> None:
+    """Publish payloads as they are (not JSON from Python): what a stranger on the broker can send."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"stranger-{uuid.uuid4().hex[:8]}")
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        for topic, payload in messages:
+            client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_a_strangers_records_with_numbers_out_of_range_neither_stop_the_live_view_nor_break_its_json(
+    tmp_path: Path,
+) -> None:
+    # Before: 1e308 - -1e308 ended the ticker thread for good, and NaN went out as bare NaN (no browser parses it).
+    broker = start_mosquitto(tmp_path / "broker")
+    store = Store(tmp_path / "dashboard.sqlite")
+    monitor = Monitor(load_agent_config(None, {}, {"url": broker.url}), store, Hub())
+    monitor.start()
+    try:
+        now = time.time()
+        publish_raw_retained(
+            broker,
+            [
+                ("supervisor/evil/agent", b'{"state":"online","ts":%f}' % now),
+                ("supervisor/evil/far/state", b'{"state":"running","ts":1e308,"uptime":-1e308}'),
+                ("supervisor/evil/nan/state", b'{"state":"running","ts":%f,"cpu_percent":NaN,"rss":-Infinity}' % now),
+                ("supervisor/evil/big/state", b'{"state":"running","ts":%s,"uptime":1}' % (b"9" * 400)),
+                ("supervisor/good/agent", b'{"state":"online","ts":%f}' % now),
+                ("supervisor/good/bot/state", b'{"state":"running","ts":%f,"refresh":30}' % now),
+            ],
+        )
+        wait_until(lambda: len(monitor.snapshot()["instances"]) == 4, message="every record in the view")
+        rows = {row["target"]: row for row in monitor.snapshot()["instances"]}
+        assert rows["evil/far"]["started_ts"] is None
+        assert (rows["evil/nan"]["cpu_percent"], rows["evil/nan"]["rss"]) == (None, None)
+        assert rows["good/bot"]["state"] == "running"
+        # Everything the page gets is JSON a browser parses.
+        json.dumps(monitor.snapshot(), allow_nan=False)
+        json.dumps(monitor.latest(), allow_nan=False)
+        # The ticker lives on: a change after the hostile records still reaches the view it pushes.
+        publish_raw_retained(broker, [("supervisor/good/bot2/state", b'{"state":"running","ts":%f}' % time.time())])
+        wait_until(
+            lambda: any(row["target"] == "good/bot2" for row in monitor.latest()["instances"]),
+            message="the ticker built a view after the hostile records",
+        )
+        assert all(thread.is_alive() for thread in monitor._threads)
+    finally:
+        monitor.stop()
+        store.close()
+        stop_process(broker.process)
+
+
+def test_a_full_disk_in_a_history_batch_loses_that_batch_only(tmp_path: Path) -> None:
+    store = Store(tmp_path / "dashboard.sqlite")
+    try:
+        (pages,) = store._db.execute("PRAGMA page_count").fetchone()
+        store._db.execute(f"PRAGMA max_page_count = {pages + 4}")  # a disk that fills after a few pages
+        failed = 0
+        with store.batch():  # before: "cannot commit - no transaction is active" escaped here
+            for _ in range(200):
+                try:
+                    store.add_message("bot", "log", "x" * 2000)
+                except sqlite3.OperationalError as e:
+                    assert "full" in str(e)
+                    failed += 1
+        assert failed > 0
+        store._db.execute("PRAGMA max_page_count = 1000000")  # space freed: the next message is kept
+        store.add_message("bot", "log", "after the disk was freed")
+        assert store.messages("bot")[-1]["text"] == "after the disk was freed"
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"limit": ["\uff11"]}, {"offset": ["\u0663"]}, {"offset": ["\u00b2"]}, {"limit": ["1_0"]}],
+    ids=["fullwidth-one", "arabic-indic-three", "superscript-two", "underscore"],
+)
+def test_api_instances_takes_only_ascii_digits_for_numbers(params: dict[str, list[str]]) -> None:
+    key = next(iter(params))
+    with pytest.raises(ValueError, match=f"parameter '{key}' must be a whole number"):
+        parse_query(params)
+
+
+def test_a_summary_names_a_bounded_number_of_recipes_and_problem_hosts_whatever_strangers_publish() -> None:
+    rows = [
+        {"target": f"h{i}/b", "host": f"h{i}", "state": "crashed", "health": "bad", "recipe": f"r{i}-" + "x" * 50}
+        for i in range(300)
+    ]
+    rows.append({"target": "h0/long", "host": "h0", "state": "running", "health": "ok", "recipe": "y" * 5000})
+    summary = windowed({"instances": rows}, size=10)["summary"]
+    assert len(summary["recipes"]) == SUMMARY_LIST and summary["recipes_more"] == 300 - SUMMARY_LIST
+    assert all(len(recipe) <= SUMMARY_TEXT for recipe in summary["recipes"])
+    assert len(summary["problem_hosts"]) == SUMMARY_LIST and summary["problem_hosts_more"] == 300 - SUMMARY_LIST
+    assert summary["total"] == 301
+    assert len(json.dumps(summary)) < 10_000
+
+
+def test_a_host_larger_than_the_cap_is_never_asked_again_and_a_host_still_stale_waits_longer_each_time(
+    tmp_path: Path,
+) -> None:
+    broker = start_mosquitto(tmp_path / "broker")
+    store = Store(tmp_path / "dashboard.sqlite")
+    monitor = Monitor(load_agent_config(None, {}, {"url": broker.url}), store, Hub())
+    monitor.fleet.__enter__()  # connected, without the ticker (it would judge its own, empty view meanwhile)
+    try:
+
+        def view(*stale: str) -> dict[str, t.Any]:
+            sizes = {"big": RECHECK_RECORDS + 1, "small": 10}
+            return {
+                "instances": [{"host": host, "stale": True, "host_online": True} for host in stale],
+                "hosts": [{"host": h, "instances": n, "missing": 0, "online": True} for h, n in sizes.items()],
+            }
+
+        monitor._recheck(view("big", "small"))
+        # Before: the first stale host was always asked, whatever its size (the broker then drops for us).
+        assert set(monitor._asked) == {"small"}
+        assert monitor._recheck_wait["small"] == RECHECK_EVERY
+        monitor._asked["small"] -= RECHECK_EVERY + 1  # its wait is over, and it is still stale
+        monitor._recheck(view("big", "small"))
+        assert monitor._recheck_wait["small"] == 2 * RECHECK_EVERY
+        monitor._recheck(view("big"))  # fresh again: the next time it starts over
+        assert "small" not in monitor._recheck_wait
+    finally:
+        monitor.fleet.__exit__()
         store.close()
         stop_process(broker.process)

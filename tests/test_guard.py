@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from supervisor.audit import AuditLog, clip
-from supervisor.mqtt import protocol
 from supervisor.mqtt.guard import ClipFilter, RefusalLog, is_command_topic
 from tests.conftest import Clock
 
@@ -73,13 +72,20 @@ TOPICS = [
     TopicCase("commlib-reply", "rpc-849f7f8779aa4eabb9dae3aee44a6016", False),
     TopicCase("fleet-reply", "supervisor-fleet/abc/def", False),
     TopicCase("hummingbot-api", "hummingbot-api/response/x", False),
-    TopicCase("hbot-unknown-suffix", "hbot/x/replies", False),
+    # Anything under a bot is its own: an event typed into its console, its beats, its streams.
+    TopicCase("hbot-external-event", "hbot/x/external/event/buy", True),
+    TopicCase("hbot-heartbeat", "hbot/x/hb", True),
+    TopicCase("hbot-status-updates", "hbot/x/status_updates", True),
+    TopicCase("hbot-log", "hbot/x/log", True),
+    TopicCase("hbot-unknown-suffix", "hbot/x/replies", True),
+    TopicCase("hbot-alone", "hbot", False),
+    TopicCase("hbot-like", "hbotx/y/stop", False),
 ]
 
 
 @pytest.mark.parametrize("case", TOPICS, ids=[c.test_id for c in TOPICS])
 def test_command_topics_are_recognised(case: TopicCase) -> None:
-    assert is_command_topic(case.topic, "hbot", "supervisor", protocol.HBOT_COMMANDS) is case.command
+    assert is_command_topic(case.topic, "hbot", "supervisor") is case.command
 
 
 def test_the_audit_log_clips_stranger_text_and_rotates_past_its_cap(tmp_path: Path) -> None:

@@ -875,3 +875,12 @@ def test_constants() -> None:
     )
     assert protocol.OWN_VERBS == ("start", "stop", "restart", "status", "tail", "send", "logs")
     assert protocol.MAX_REQUEST_BYTES == 64 * 1024
+
+
+def test_a_record_reads_numbers_no_reader_can_use_as_null() -> None:
+    record = protocol.load_record(
+        b'{"ts":NaN,"uptime":Infinity,"rss":-Infinity,"cpu_percent":1e999,"pid":' + b"9" * 30 + b',"ok":12.5,"n":-7}'
+    )
+    assert record == {"ts": None, "uptime": None, "rss": None, "cpu_percent": None, "pid": None, "ok": 12.5, "n": -7}
+    assert protocol.load_record(b'{"big":' + b"9" * 20 + b"}") == {"big": int("9" * 20)}
+    assert protocol.load_record(b"[1]") is None

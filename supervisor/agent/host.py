@@ -383,7 +383,7 @@ class Agent:
         if self.connection.is_connected:
             self.connection.publish(f"{self.own}/agent", self._availability("online"), qos=1, retain=True)
         logger.info(
-            "agent %s (run %s) serving %s/+/… and %s/… on %s",
+            "agent %s (run %s) serving %s/{id}/… of its own bots and %s/… on %s",
             self.host,
             self.run_id,
             self.ns,
@@ -467,7 +467,7 @@ class Agent:
         for verb in protocol.HOST_VERBS:
             self.connection.subscribe(f"{self.own}/{verb}", self._on_own, qos=1)
         # Hummingbot's topics carry no host: this host's bots are listened to one by one.
-        self._listen_to_bots(*self.view.bots())
+        self._listen_to_bots(set(), set())
 
     # -- request plumbing ----------------------------------------------------------
 
@@ -607,7 +607,7 @@ class Agent:
         if announce:
             self.beacon.track(statuses)
 
-    def _listen_to_bots(self, names: set[str], plugins: set[str]) -> None:
+    def _listen_to_bots(self, _names: set[str], _plugins: set[str]) -> None:
         """Subscribe to what concerns this host's bots only, one filter each; forget bots that went.
 
         Hummingbot's requests and external events for each of this host's instances (with the relay),
@@ -618,6 +618,15 @@ class Agent:
         """
         if not self._serving:
             return
+        with self._subscription_lock:
+            # What the view holds now, under this lock: of two looks stored at once, the later one wins here.
+            names, plugins = self.view.bots()
+            self._listen_to(names, plugins)
+
+    def _listen_to(self, names: set[str], plugins: set[str]) -> None:
+        # A name that is not one topic level (a hand-edited registry) would widen the filter: never listened to.
+        names = {name for name in names if name and not set(name) & set("+#/")}
+        plugins &= names
         wanted: dict[str, tuple[Handler, int]] = {}
         for name in sorted(names) if self.hbot_relay else ():
             for command in protocol.HBOT_COMMANDS:
@@ -628,13 +637,12 @@ class Agent:
             wanted[f"{self.ns}/{name}/hb"] = (self._on_heartbeat, 0)
             if self.hbot_relay:
                 wanted[f"{self.ns}/{name}/status_updates"] = (self._on_status_update, 0)
-        with self._subscription_lock:
-            for topic_filter in self._listened.keys() - wanted.keys():
-                self.connection.unsubscribe(topic_filter)
-            for topic_filter, (handler, qos) in wanted.items():
-                if topic_filter not in self._listened:
-                    self.connection.subscribe(topic_filter, handler, qos=qos)
-            self._listened = wanted
+        for topic_filter in self._listened.keys() - wanted.keys():
+            self.connection.unsubscribe(topic_filter)
+        for topic_filter, (handler, qos) in wanted.items():
+            if topic_filter not in self._listened:
+                self.connection.subscribe(topic_filter, handler, qos=qos)
+        self._listened = wanted
 
     # -- what the watchdog reports ---------------------------------------------------
 

@@ -96,7 +96,7 @@ class Replier:
 
     def is_command_topic(self, topic: str) -> bool:
         """Return whether ``topic`` is one an agent or a bot takes as a command or a record."""
-        return is_command_topic(topic, self.namespace, self.own_prefix, protocol.HBOT_COMMANDS)
+        return is_command_topic(topic, self.namespace, self.own_prefix)
 
     def error_raw(
         self, payload: bytes, message: str, *, status: int = protocol.STATUS_ERROR, spare: bool = False

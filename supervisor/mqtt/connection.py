@@ -187,6 +187,8 @@ class Connection:
         self._min_backoff = min_backoff
         self._max_backoff = max(max_backoff, min_backoff)
         self._subscriptions: dict[str, _Subscription] = {}
+        # The filters with '+' or '#': only these are matched one by one (an agent holds ten exact filters a bot).
+        self._wildcards: dict[str, _Subscription] = {}
         self._lock = threading.Lock()
         self._ready = threading.Event()  # session up and resubscribed
         self._stopping = threading.Event()
@@ -340,7 +342,10 @@ class Connection:
             msg = f"topic filter '{topic_filter}': QoS must be 0, 1 or 2, not {qos}."
             raise AgentError(msg)
         with self._lock:
-            self._subscriptions[topic_filter] = _Subscription(handler, qos)
+            subscription = _Subscription(handler, qos)
+            self._subscriptions[topic_filter] = subscription
+            if "+" in topic_filter or "#" in topic_filter:
+                self._wildcards[topic_filter] = subscription
             # paho marks the session connected before on_connect snapshots the table
             # under this lock: either the snapshot has the filter or we send it here.
             if self._client.is_connected():
@@ -350,6 +355,7 @@ class Connection:
         """Forget ``topic_filter``'s handler and unsubscribe if connected."""
         with self._lock:
             known = self._subscriptions.pop(topic_filter, None) is not None
+            self._wildcards.pop(topic_filter, None)
             if known and self._client.is_connected():
                 self._client.unsubscribe(topic_filter)
 
@@ -623,7 +629,9 @@ class Connection:
             logger.warning("ignoring a message whose topic is not UTF-8")
             return
         with self._lock:
-            matching = [(name, sub.handler) for name, sub in self._subscriptions.items() if topic_matches(name, topic)]
+            exact = self._subscriptions.get(topic)
+            matching = [] if exact is None or topic in self._wildcards else [(topic, exact.handler)]
+            matching += [(name, sub.handler) for name, sub in self._wildcards.items() if topic_matches(name, topic)]
         if not matching:
             return
         payload = bytes(message.payload)

@@ -104,21 +104,22 @@ def configure_agent_logging(
             each.addFilter(ClipFilter())
 
 
-def is_command_topic(topic: str, namespace: str, own_prefix: str, hbot_commands: t.Iterable[str]) -> bool:
-    """Return whether ``topic`` is one any agent listens on or publishes records to.
+def is_command_topic(topic: str, namespace: str, own_prefix: str) -> bool:
+    """Return whether ``topic`` is one any agent or bot listens on or publishes records to.
 
-    Covers Hummingbot's ``{ns}/{id}/{command}`` and everything under our own
-    ``{own_prefix}/`` (host verbs, instance verbs, ``agent`` and ``state``
-    records, events), for every host: a reply published there would be taken
-    as a command or as a record.
+    Covers every topic of a bot under Hummingbot's namespace (``{ns}/{id}/…``: its commands,
+    external events, heartbeats, status updates and streams; no client of Hummingbot's has its
+    replies there) and everything under our own ``{own_prefix}/`` (host verbs, instance verbs,
+    ``agent`` and ``state`` records, events), for every host: a reply published there would be
+    taken as a command, an event to type into a console, or a record.
     """
     if topic == own_prefix or topic.startswith(f"{own_prefix}/"):
         return True
     head = f"{namespace}/"
     if not topic.startswith(head):
         return False
-    instance, sep, command = topic[len(head) :].partition("/")
-    return bool(instance) and bool(sep) and command in hbot_commands
+    instance, sep, _ = topic[len(head) :].partition("/")
+    return bool(instance) and bool(sep)
 
 
 class RefusalLog:

@@ -148,15 +148,35 @@ def make_primitive(value: t.Any) -> t.Any:
 def load_record(payload: bytes) -> dict[str, t.Any] | None:
     """Return a JSON object payload (a retained record, a reply) as a dict.
 
-    ``None`` for an empty (cleared), non-JSON or non-object payload.
+    ``None`` for an empty (cleared), non-JSON or non-object payload. Records come from anyone on
+    the broker: ``NaN``, ``Infinity``, a number out of a float's range and an integer of more than
+    :data:`_RECORD_INT_DIGITS` digits are read as ``null``, so no reader meets a number it cannot
+    compute with or write back as JSON.
     """
     if not payload:
         return None
     try:
-        value = json.loads(payload)
+        value = json.loads(payload, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int)
     except (ValueError, RecursionError):  # RecursionError: a deeply nested payload
         return None
     return value if isinstance(value, dict) else None
+
+
+_RECORD_INT_DIGITS = 20
+"""Digits an integer in a record may have (a pid, bytes of memory, a time in nanoseconds fit)."""
+
+
+def _no_constant(_name: str) -> None:
+    return None
+
+
+def _finite_float(text: str) -> float | None:
+    number = float(text)
+    return number if math.isfinite(number) else None
+
+
+def _bounded_int(text: str) -> int | None:
+    return int(text) if len(text.lstrip("-")) <= _RECORD_INT_DIGITS else None
 
 
 def instances_generation(names: t.Iterable[str]) -> str:

@@ -100,7 +100,9 @@ WINDOW_BEAT = 30.0
 RECHECK_EVERY = 30.0
 """Seconds before the records of a host with stale records are asked for again (a broker may have dropped them)."""
 RECHECK_RECORDS = 200
-"""Records asked for again at once, at most (whole hosts; at least one): a broker's queue for us must hold them."""
+"""Records asked for again at once, at most (whole hosts; a larger one is never asked): the broker must queue them."""
+RECHECK_MAX_WAIT = 600.0
+"""The longest a host still stale after being asked again waits to be asked once more."""
 GZIP_MIN = 1024
 """Answers at least this long are compressed for a client that accepts gzip."""
 _RECORD_FIELDS = (
@@ -360,6 +362,8 @@ class Monitor:
         self._latest: dict[str, t.Any] | None = None
         self._asked: dict[str, float] = {}  # host -> when its records were last asked for again (monotonic)
         self._asking: dict[str, float] = {}  # the hosts whose subscription of their own is still open
+        self._recheck_wait: dict[str, float] = {}  # host -> how long it waits before it is asked again
+        self._asked_before: set[str] = set()  # hosts asked again and stale ever since
         self._poke = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -400,7 +404,8 @@ class Monitor:
         """Disconnect and end the worker threads."""
         self._stop.set()
         self._poke.set()
-        self._work.put(None)
+        with contextlib.suppress(queue.Full):  # a writer that cannot keep up must not hold up the stop
+            self._work.put(None, timeout=5)
         for thread in self._threads:
             thread.join(5)
         self.alerter.stop()
@@ -437,14 +442,18 @@ class Monitor:
             with contextlib.suppress(queue.Empty):
                 while len(jobs) < BATCH and jobs[-1] is not None:
                     jobs.append(self._work.get_nowait())
-            with self.store.batch():
-                for job in jobs:
-                    if job is None:
-                        break
-                    try:
-                        job()
-                    except Exception:
-                        logger.exception("recording a message failed")
+            try:
+                with self.store.batch():
+                    for job in jobs:
+                        if job is None:
+                            break
+                        try:
+                            job()
+                        except Exception:
+                            logger.exception("recording a message failed")
+            except Exception:
+                # A full disk or a broken file: this batch is lost (and said so); the next one tries again.
+                logger.exception("writing a batch of %d history messages failed", len(jobs))
             if jobs[-1] is None:
                 return
 
@@ -456,12 +465,16 @@ class Monitor:
             if self._stop.is_set():
                 return
             started = time.monotonic()
-            snapshot = self.snapshot()
-            with self._lock:
-                self._latest = snapshot
-            self.hub.publish_snapshot(snapshot)
-            self.alerter.observe(snapshot)
-            self._recheck(snapshot)
+            try:
+                snapshot = self.snapshot()
+                with self._lock:
+                    self._latest = snapshot
+                self.hub.publish_snapshot(snapshot)
+                self.alerter.observe(snapshot)
+                self._recheck(snapshot)
+            except Exception:
+                # One bad view (a record no rule foresaw) must not end the live view for good.
+                logger.exception("building the fleet view failed; trying again at the next tick")
             # A large fleet's view takes long to build: build it less often, so it stays a small share of a core.
             took = time.monotonic() - started
             pause = max(MIN_PUSH, took / SNAPSHOT_SHARE - took)
@@ -483,16 +496,23 @@ class Monitor:
         stale |= {host["host"] for host in view["hosts"] if host["missing"] and host["online"]}
         sizes = {host["host"]: host["instances"] + host["missing"] for host in view["hosts"]}
         budget = RECHECK_RECORDS
+        # A host asked again and still stale waits twice as long each time (its retained copies may
+        # really be old: asking cannot help, and each time costs the broker's queue for this client).
+        self._recheck_wait = {h: wait for h, wait in self._recheck_wait.items() if h in stale}
         for host in sorted(stale):
-            if now - self._asked.get(host, -math.inf) < RECHECK_EVERY:
+            wait = self._recheck_wait.get(host, RECHECK_EVERY)
+            if now - self._asked.get(host, -math.inf) < wait:
                 continue
-            if budget < RECHECK_RECORDS and sizes.get(host, 0) > budget:
-                break
+            if sizes.get(host, 0) > budget:
+                continue  # never more than the cap at once, whatever the host: the broker would drop the rest
             budget -= sizes.get(host, 0)
             self._asked[host] = self._asking[host] = now
+            self._recheck_wait[host] = min(2 * wait, RECHECK_MAX_WAIT) if host in self._asked_before else wait
+            self._asked_before.add(host)
             self.fleet.ask_again(host)
+        self._asked_before &= stale
         if len(self._asked) > len(sizes):
-            self._asked = {h: when for h, when in self._asked.items() if now - when < RECHECK_EVERY}
+            self._asked = {h: when for h, when in self._asked.items() if now - when < RECHECK_MAX_WAIT}
 
     def _prober(self) -> None:
         # The view measures how far behind the broker it is (judging freshness accordingly).
@@ -880,7 +900,9 @@ def _check_typed(data: Mapping[str, t.Any]) -> None:
 def _started(ts: t.Any, uptime: t.Any) -> float | None:
     """Return when the process started (whole seconds, so it stays put from one state record to the next)."""
     if isinstance(ts, (int, float)) and isinstance(uptime, (int, float)) and not isinstance(uptime, bool):
-        return float(round(ts - uptime))
+        started = float(ts) - float(uptime)
+        if math.isfinite(started):  # records come from anyone: 1e308 - -1e308 is no time
+            return float(round(started))
     return None
 
 

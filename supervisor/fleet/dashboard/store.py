@@ -157,9 +157,12 @@ class Store:
             try:
                 yield
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            # SQLite ends the transaction itself on some errors (a full disk): then there is nothing to commit.
+            if self._db.in_transaction:
+                self._db.execute("COMMIT")
 
     def add_alert(self, alert: t.Mapping[str, t.Any], ts: float) -> int:
         """Keep one alert (the newest ``KEEP_ALERTS``) and return its id."""

@@ -22,7 +22,12 @@ DEFAULT_LIMIT = 500
 GROUPS = ("problems", "offline", "progress", "running", "stopped")
 """The page's state filter: what needs a look, grey (offline, stale, …), on the way, running, stopped."""
 PROGRESS = frozenset({"starting", "waiting-login", "installing", "stopping"})
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,256}")
+_DIGITS = re.compile(r"[0-9]{1,9}")
+SUMMARY_LIST = 50
+"""Recipes and problem hosts a summary names, at most (records come from anyone: the rest are counted)."""
+SUMMARY_TEXT = 100
+"""Characters of a recipe a summary names, at most."""
 _QUERY_KEYS = ("q", "host", "recipe", "state", "offset", "limit")
 MAX_TEXT = 200
 
@@ -72,15 +77,18 @@ def summarize(rows: Sequence[Mapping[str, t.Any]], shown: int) -> dict[str, t.An
         else:
             counts["stopped"] += 1
         recipe = row.get("recipe")
-        if isinstance(recipe, str) and recipe:
+        if isinstance(recipe, str) and 0 < len(recipe) <= SUMMARY_TEXT:
             recipes.add(recipe)
     return {
         "total": len(rows),
         "shown": shown,
         "groups": groups,
         "counts": counts,
-        "problem_hosts": dict(sorted(problems.items())),
-        "recipes": sorted(recipes),
+        # The hosts with the most red bots, and the first recipes by name: bounded, whatever strangers publish.
+        "problem_hosts": dict(sorted(sorted(problems.items(), key=lambda kv: (-kv[1], kv[0]))[:SUMMARY_LIST])),
+        "problem_hosts_more": max(0, len(problems) - SUMMARY_LIST),
+        "recipes": sorted(recipes)[:SUMMARY_LIST],
+        "recipes_more": max(0, len(recipes) - SUMMARY_LIST),
     }
 
 
@@ -146,7 +154,7 @@ def _whole(values: Mapping[str, str], key: str, default: int, most: int | None) 
     text = values.get(key, "")
     if not text:
         return default
-    if not text.isdigit() or len(text) > 9:
+    if not _DIGITS.fullmatch(text):
         msg = f"parameter '{key}' must be a whole number" + (f" from 0 to {most}." if most else " (0 or more).")
         raise ValueError(msg)
     number = int(text)
