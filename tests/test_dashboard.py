@@ -2200,7 +2200,9 @@ def test_above_the_window_a_view_carries_its_first_rows_problems_first_and_a_sum
         "groups": {"problems": 1, "offline": 2, "progress": 0, "running": 746, "stopped": 1},
         "counts": {"running": 746, "bad": 1, "progress": 0, "stopped": 1, "off": 2},
         "problem_hosts": {"sim-2": 1},
+        "problem_hosts_more": 0,
         "recipes": ["bench", "other"],
+        "recipes_more": 0,
     }
     # The stream: rows entering the window come whole, rows leaving it are removed, the summary follows.
     hub = Hub()

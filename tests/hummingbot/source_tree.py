@@ -138,6 +138,23 @@ def _git(args: list[str], cwd: Path) -> None:
     subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
 
 
+def _extract(archive: tarfile.TarFile, dest: Path) -> None:
+    """Extract an sdist into ``dest`` with tarfile's ``data`` filter, or, on a Python without it, check it by hand.
+
+    The ``filter`` argument came with Python 3.11.4 (and 3.12); Debian's 3.11.2 lacks it. Without it, a
+    member that is absolute, climbs out with ``..``, or is a link or a device is refused.
+    """
+    if hasattr(tarfile, "data_filter"):
+        archive.extractall(dest, filter="data")
+        return
+    for member in archive.getmembers():
+        name = Path(member.name)
+        if name.is_absolute() or ".." in name.parts or not (member.isfile() or member.isdir()):
+            msg = f"{archive.name!r}: refusing member {member.name!r} (absolute, outside the folder, or not a file)"
+            raise ValueError(msg)
+    archive.extractall(dest)  # every member was checked above
+
+
 def assemble(sdist: Path, dest: Path) -> Path:
     """Make ``dest`` a git repository (branch ``main``) holding the sdist's tree plus our files.
 
@@ -152,7 +169,7 @@ def assemble(sdist: Path, dest: Path) -> Path:
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         with tarfile.open(sdist) as archive:
-            archive.extractall(work, filter="data")
+            _extract(archive, work)
         (top,) = [p for p in work.iterdir() if p.is_dir()]
         for pyx in top.rglob("*.pyx"):
             pyx.with_suffix(".cpp").unlink(missing_ok=True)
