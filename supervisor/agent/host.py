@@ -467,7 +467,7 @@ class Agent:
         for verb in protocol.HOST_VERBS:
             self.connection.subscribe(f"{self.own}/{verb}", self._on_own, qos=1)
         # Hummingbot's topics carry no host: this host's bots are listened to one by one.
-        self._listen_to_bots(set(), set())
+        self._listen_to_bots()
 
     # -- request plumbing ----------------------------------------------------------
 
@@ -607,7 +607,7 @@ class Agent:
         if announce:
             self.beacon.track(statuses)
 
-    def _listen_to_bots(self, _names: set[str], _plugins: set[str]) -> None:
+    def _listen_to_bots(self) -> None:
         """Subscribe to what concerns this host's bots only, one filter each; forget bots that went.
 
         Hummingbot's requests and external events for each of this host's instances (with the relay),

@@ -41,8 +41,8 @@ class HostView:
     on_stored
         ``on_stored(statuses, announce)``: statuses just kept (said online/offline for when ``announce``).
     on_bots
-        ``on_bots(names, plugins)``: this host's instances, and those whose bots have their own MQTT bridge,
-        after a look that may change them.
+        ``on_bots()``: after a look that may change this host's instances or which of them have their
+        own MQTT bridge (read them with :meth:`bots`).
     """
 
     def __init__(
@@ -51,7 +51,7 @@ class HostView:
         probe: Probe,
         *,
         on_stored: Callable[[list[InstanceStatus], bool], None],
-        on_bots: Callable[[set[str], set[str]], None],
+        on_bots: Callable[[], None],
     ) -> None:
         self.manager = manager
         self.probe = probe
@@ -207,12 +207,10 @@ class HostView:
                 self._changed.add(status.name)
                 kept.append(status)
             changed = complete or kept or dropped
-            names = set(self._statuses)
-            plugins = {name for name, status in self._statuses.items() if status.plugin}
         self.probe.watch(kept)
         self._on_stored(kept, announce)
         if changed:
-            self._on_bots(names, plugins)
+            self._on_bots()
 
     def provide(self, names: list[str], foreign: bool) -> dict[str, t.Any]:
         """Answer ``supervisor ls`` over the snapshot socket: the statuses of ``names`` (all when empty).
