@@ -362,8 +362,7 @@ class Monitor:
         self._latest: dict[str, t.Any] | None = None
         self._asked: dict[str, float] = {}  # host -> when its records were last asked for again (monotonic)
         self._asking: dict[str, float] = {}  # the hosts whose subscription of their own is still open
-        self._recheck_wait: dict[str, float] = {}  # host -> how long it waits before it is asked again
-        self._asked_before: set[str] = set()  # hosts asked again and stale ever since
+        self._recheck_wait: dict[str, float] = {}  # host asked again and stale ever since -> its next wait
         self._poke = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -507,10 +506,8 @@ class Monitor:
                 continue  # never more than the cap at once, whatever the host: the broker would drop the rest
             budget -= sizes.get(host, 0)
             self._asked[host] = self._asking[host] = now
-            self._recheck_wait[host] = min(2 * wait, RECHECK_MAX_WAIT) if host in self._asked_before else wait
-            self._asked_before.add(host)
+            self._recheck_wait[host] = min(2 * wait, RECHECK_MAX_WAIT) if host in self._recheck_wait else wait
             self.fleet.ask_again(host)
-        self._asked_before &= stale
         if len(self._asked) > len(sizes):
             self._asked = {h: when for h, when in self._asked.items() if now - when < RECHECK_MAX_WAIT}
 
